@@ -1,0 +1,303 @@
+//! Kernel command-line options: space-separated `key=value` words.
+//!
+//! | option | values | default |
+//! |---|---|---|
+//! | `console=` | comma list of `com1`, `e9`; or `auto` | `auto`: COM1 if a UART answers, else port 0xe9 |
+//! | `loglevel=` | `error` `warn` `info` `debug` `trace` | `info` |
+//! | `selftest=` | comma list of `boot`, `fault`, `triple`, `hang`; or `none` | `boot` |
+//! | `heap=` | size with optional `K`/`M` suffix | `4M` |
+//!
+//! `fault`, `triple` and `hang` are test hooks: take a page fault (the exception
+//! handler must report it), triple-fault (the VMM must report it), never exit (the
+//! VMM's timeout must end it). Unknown words are kept and reported, not fatal, so that
+//! one command line can serve kernels of different versions; malformed values of known
+//! options are errors.
+
+use core::fmt;
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// And warnings.
+    Warn,
+    /// And information.
+    Info,
+    /// And debugging detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// Which console sinks to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleSel {
+    /// Probe: COM1 if present, else port 0xe9.
+    pub auto: bool,
+    /// The 16550 at 0x3f8.
+    pub com1: bool,
+    /// The Bochs/QEMU/Xen debug port 0xe9.
+    pub e9: bool,
+}
+
+/// Self-tests and test hooks requested.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelfTests {
+    /// Boot self-tests: start_info, memory, heap, frames, time, interrupts.
+    pub boot: bool,
+    /// Deliberate page fault.
+    pub fault: bool,
+    /// Deliberate triple fault.
+    pub triple: bool,
+    /// Never exit.
+    pub hang: bool,
+}
+
+/// Parsed options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options<'a> {
+    /// Console sinks.
+    pub console: ConsoleSel,
+    /// Verbosity.
+    pub loglevel: LogLevel,
+    /// Self-tests.
+    pub selftest: SelfTests,
+    /// Heap size in bytes.
+    pub heap_bytes: u64,
+    /// The whole command line, for unknown-word reporting.
+    raw: &'a str,
+}
+
+/// Default heap size.
+pub const DEFAULT_HEAP: u64 = 4 << 20;
+/// Smallest heap accepted.
+pub const MIN_HEAP: u64 = 64 << 10;
+/// Largest heap accepted.
+pub const MAX_HEAP: u64 = 1 << 30;
+
+/// A malformed value for a known option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadOption<'a> {
+    /// The offending word.
+    pub word: &'a str,
+    /// What is accepted.
+    pub expected: &'static str,
+}
+
+impl fmt::Display for BadOption<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad option '{}': expected {}", self.word, self.expected)
+    }
+}
+
+const KNOWN: [&str; 4] = ["console", "loglevel", "selftest", "heap"];
+
+impl<'a> Options<'a> {
+    /// Parses a command line.
+    pub fn parse(cmdline: &'a str) -> Result<Self, BadOption<'a>> {
+        let mut o = Options {
+            console: ConsoleSel {
+                auto: true,
+                com1: false,
+                e9: false,
+            },
+            loglevel: LogLevel::Info,
+            selftest: SelfTests {
+                boot: true,
+                ..Default::default()
+            },
+            heap_bytes: DEFAULT_HEAP,
+            raw: cmdline,
+        };
+        for word in cmdline.split_ascii_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "console" => {
+                    o.console = parse_console(value).ok_or(BadOption {
+                        word,
+                        expected: "auto, or a comma list of com1, e9",
+                    })?
+                }
+                "loglevel" => {
+                    o.loglevel = match value {
+                        "error" => LogLevel::Error,
+                        "warn" => LogLevel::Warn,
+                        "info" => LogLevel::Info,
+                        "debug" => LogLevel::Debug,
+                        "trace" => LogLevel::Trace,
+                        _ => {
+                            return Err(BadOption {
+                                word,
+                                expected: "error, warn, info, debug or trace",
+                            });
+                        }
+                    }
+                }
+                "selftest" => {
+                    o.selftest = parse_selftests(value).ok_or(BadOption {
+                        word,
+                        expected: "none, or a comma list of boot, fault, triple, hang",
+                    })?
+                }
+                "heap" => {
+                    o.heap_bytes = parse_size(value)
+                        .filter(|s| (MIN_HEAP..=MAX_HEAP).contains(s))
+                        .ok_or(BadOption {
+                            word,
+                            expected: "a size from 64K to 1024M",
+                        })?;
+                }
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+
+    /// Words this kernel does not understand (reported as warnings).
+    pub fn unknown(&self) -> impl Iterator<Item = &'a str> {
+        self.raw
+            .split_ascii_whitespace()
+            .filter(|w| match w.split_once('=') {
+                Some((k, _)) => !KNOWN.contains(&k),
+                None => true,
+            })
+    }
+}
+
+fn parse_console(v: &str) -> Option<ConsoleSel> {
+    if v == "auto" {
+        return Some(ConsoleSel {
+            auto: true,
+            com1: false,
+            e9: false,
+        });
+    }
+    let mut c = ConsoleSel {
+        auto: false,
+        com1: false,
+        e9: false,
+    };
+    for part in v.split(',') {
+        match part {
+            "com1" => c.com1 = true,
+            "e9" => c.e9 = true,
+            _ => return None,
+        }
+    }
+    Some(c)
+}
+
+fn parse_selftests(v: &str) -> Option<SelfTests> {
+    let mut s = SelfTests::default();
+    if v == "none" {
+        return Some(s);
+    }
+    for part in v.split(',') {
+        match part {
+            "boot" => s.boot = true,
+            "fault" => s.fault = true,
+            "triple" => s.triple = true,
+            "hang" => s.hang = true,
+            _ => return None,
+        }
+    }
+    Some(s)
+}
+
+/// Parses `123`, `64K`, `4M`, `1G` (binary units).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let (digits, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let o = Options::parse("").unwrap();
+        assert!(o.console.auto);
+        assert_eq!(o.loglevel, LogLevel::Info);
+        assert_eq!(
+            o.selftest,
+            SelfTests {
+                boot: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(o.heap_bytes, DEFAULT_HEAP);
+        assert_eq!(o.unknown().count(), 0);
+    }
+
+    #[test]
+    fn all_options() {
+        let o =
+            Options::parse("console=com1,e9  loglevel=debug selftest=boot,fault heap=8M").unwrap();
+        assert_eq!(
+            o.console,
+            ConsoleSel {
+                auto: false,
+                com1: true,
+                e9: true
+            }
+        );
+        assert_eq!(o.loglevel, LogLevel::Debug);
+        assert!(o.selftest.boot && o.selftest.fault && !o.selftest.hang);
+        assert_eq!(o.heap_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn selftest_none_disables_boot_tests() {
+        assert_eq!(
+            Options::parse("selftest=none").unwrap().selftest,
+            SelfTests::default()
+        );
+        let o = Options::parse("selftest=hang").unwrap();
+        assert!(o.selftest.hang && !o.selftest.boot);
+    }
+
+    #[test]
+    fn unknown_words_are_reported_not_fatal() {
+        let o = Options::parse("quiet foo=bar heap=1M").unwrap();
+        assert_eq!(o.unknown().collect::<Vec<_>>(), vec!["quiet", "foo=bar"]);
+    }
+
+    #[test]
+    fn malformed_known_options_are_errors() {
+        for bad in [
+            "console=vga",
+            "console=",
+            "loglevel=loud",
+            "selftest=boot,xyz",
+            "heap=lots",
+            "heap=1K",
+            "heap=2G",
+            "heap=99999999999999999999G",
+        ] {
+            let e = Options::parse(bad).unwrap_err();
+            assert_eq!(e.word, bad);
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("3m"), Some(3 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("18446744073709551615K"), None);
+    }
+}

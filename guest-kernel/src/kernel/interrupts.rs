@@ -1,0 +1,331 @@
+//! GDT, TSS, IDT, the interrupt entry stubs and their dispatch.
+//!
+//! Every vector gets a 16-byte assembly stub (`isr_stubs + 16 * vector`) that pushes
+//! a dummy error code where the CPU pushes none, then the vector, and jumps to common
+//! code that saves the general registers and calls [`interrupt_dispatch`] with a
+//! [`TrapFrame`]. Stable Rust has no `x86-interrupt` ABI, so the stubs are ours.
+//!
+//! CPU exceptions are fatal: the handler prints the vector, error code, RIP, CR2 and
+//! the registers, and exits with `exit_status::EXCEPTION`. The double fault runs on
+//! its own IST stack so that a kernel stack overflow is still reported.
+
+use super::{apic, arch, exit};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use guest_kernel::exit_status;
+use spin::Once;
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::{lidt, load_tss};
+use x86_64::registers::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// Vector of the LAPIC spurious interrupt (no EOI for it).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// Vector of the LAPIC error interrupt.
+pub const APIC_ERROR_VECTOR: u8 = 0xfe;
+/// First vector available to devices and timers.
+pub const FIRST_DYNAMIC_VECTOR: u8 = 0x20;
+
+const DOUBLE_FAULT_IST: u16 = 0;
+const IST_STACK_SIZE: usize = 16 * 1024;
+
+/// The state saved by the entry stubs, lowest address first.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+core::arch::global_asm!(
+    ".pushsection .text.isr, \"ax\"",
+    ".balign 16",
+    ".global isr_stubs",
+    "isr_stubs:",
+    ".set isr_vec, 0",
+    ".rept 256",
+    ".balign 16",
+    // Vectors for which the CPU pushes an error code: #DF #TS #NP #SS #GP #PF #AC #CP
+    // #VC #SX.
+    ".if (isr_vec == 8) || (isr_vec == 10) || (isr_vec == 11) || (isr_vec == 12) || (isr_vec == 13) || (isr_vec == 14) || (isr_vec == 17) || (isr_vec == 21) || (isr_vec == 29) || (isr_vec == 30)",
+    ".else",
+    "pushq $0",
+    ".endif",
+    "pushq $isr_vec",
+    "jmp isr_common",
+    ".set isr_vec, isr_vec + 1",
+    ".endr",
+    "isr_common:",
+    "pushq %rax",
+    "pushq %rbx",
+    "pushq %rcx",
+    "pushq %rdx",
+    "pushq %rsi",
+    "pushq %rdi",
+    "pushq %rbp",
+    "pushq %r8",
+    "pushq %r9",
+    "pushq %r10",
+    "pushq %r11",
+    "pushq %r12",
+    "pushq %r13",
+    "pushq %r14",
+    "pushq %r15",
+    "mov %rsp, %rdi",
+    "cld",
+    // 22 quadwords above a 16-byte aligned frame base: %rsp is 16-byte aligned here.
+    "call {dispatch}",
+    "popq %r15",
+    "popq %r14",
+    "popq %r13",
+    "popq %r12",
+    "popq %r11",
+    "popq %r10",
+    "popq %r9",
+    "popq %r8",
+    "popq %rbp",
+    "popq %rdi",
+    "popq %rsi",
+    "popq %rdx",
+    "popq %rcx",
+    "popq %rbx",
+    "popq %rax",
+    "add $16, %rsp",
+    "iretq",
+    ".popsection",
+    dispatch = sym interrupt_dispatch,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static isr_stubs: u8;
+}
+
+/// One IDT gate (Intel SDM Vol. 3, 6.14.1: 64-bit interrupt gate).
+#[repr(C, align(16))]
+#[derive(Clone, Copy)]
+struct Gate([u64; 2]);
+
+#[repr(C, align(4096))]
+struct Idt([Gate; 256]);
+
+static mut IDT: Idt = Idt([Gate([0; 2]); 256]);
+
+struct Tables {
+    gdt: GlobalDescriptorTable,
+    code: SegmentSelector,
+    data: SegmentSelector,
+    tss: SegmentSelector,
+}
+
+#[repr(C, align(16))]
+struct IstStack([u8; IST_STACK_SIZE]);
+static mut DOUBLE_FAULT_STACK: IstStack = IstStack([0; IST_STACK_SIZE]);
+
+static TSS: Once<TaskStateSegment> = Once::new();
+static TABLES: Once<Tables> = Once::new();
+
+/// Handlers for vectors 32..=255: `fn(&mut TrapFrame)` stored as `usize` (0 = none).
+static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+
+/// Loads the kernel's GDT (code, data, TSS), the TSS and the IDT.
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        let top = VirtAddr::from_ptr(&raw const DOUBLE_FAULT_STACK) + IST_STACK_SIZE as u64;
+        tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST)] = top;
+        tss
+    });
+    let t = TABLES.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        Tables {
+            gdt,
+            code,
+            data,
+            tss,
+        }
+    });
+    t.gdt.load();
+    // SAFETY: the selectors index descriptors of the GDT just loaded, which lives in a
+    // `static` and therefore for the rest of the kernel's life.
+    unsafe {
+        CS::set_reg(t.code);
+        DS::set_reg(t.data);
+        ES::set_reg(t.data);
+        SS::set_reg(t.data);
+        load_tss(t.tss);
+    }
+
+    // `isr_stubs` is the start of the stub table defined in the asm above.
+    let base = (&raw const isr_stubs) as u64;
+    let cs = t.code.0;
+    let gates = (&raw mut IDT).cast::<Gate>();
+    for vector in 0..256usize {
+        let handler = base + 16 * vector as u64;
+        let ist = if vector == 8 {
+            u64::from(DOUBLE_FAULT_IST) + 1
+        } else {
+            0
+        };
+        // Present, DPL 0, type 0xE (64-bit interrupt gate: IF cleared on entry).
+        let low = (handler & 0xffff)
+            | (u64::from(cs) << 16)
+            | (ist << 32)
+            | (0x8e << 40)
+            | ((handler >> 16) & 0xffff) << 48;
+        // SAFETY: `vector` < 256 indexes the static IDT; this runs at boot on the only
+        // CPU with interrupts off, so nothing else reads or writes the IDT meanwhile.
+        unsafe { gates.add(vector).write(Gate([low, handler >> 32])) };
+    }
+    let ptr = DescriptorTablePointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: VirtAddr::from_ptr(&raw const IDT),
+    };
+    // SAFETY: the IDT is a `static` that outlives every interrupt, and every gate
+    // points at a stub in this image.
+    unsafe { lidt(&ptr) };
+}
+
+/// Routes `vector` (>= 32) to `handler`; the dispatcher sends the EOI afterwards.
+pub fn register(vector: u8, handler: fn(&mut TrapFrame)) {
+    assert!(
+        vector >= FIRST_DYNAMIC_VECTOR,
+        "vectors below 32 are CPU exceptions"
+    );
+    HANDLERS[usize::from(vector)].store(handler as usize, Ordering::Release);
+}
+
+/// Loads an empty IDT and raises an exception: the CPU cannot deliver it, nor the
+/// double fault that follows, and shuts down (a triple fault). A test hook.
+pub fn triple_fault() -> ! {
+    let ptr = DescriptorTablePointer {
+        limit: 0,
+        base: VirtAddr::new(0),
+    };
+    // SAFETY: deliberately makes every interrupt undeliverable; the next instruction
+    // raises #BP, which ends this virtual machine.
+    unsafe {
+        lidt(&ptr);
+        core::arch::asm!("int3");
+    }
+    arch::halt_forever()
+}
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor segment overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved 15",
+    "#MF x87 error",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD error",
+    "#VE virtualization",
+    "#CP control protection",
+    "reserved 22",
+    "reserved 23",
+    "reserved 24",
+    "reserved 25",
+    "reserved 26",
+    "reserved 27",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security",
+    "reserved 31",
+];
+
+extern "C" fn interrupt_dispatch(frame: &mut TrapFrame) {
+    let vector = frame.vector as usize;
+    if vector < 32 {
+        report_exception(frame);
+    }
+    if vector == usize::from(SPURIOUS_VECTOR) {
+        return; // no EOI for spurious interrupts (SDM 10.9)
+    }
+    let h = HANDLERS
+        .get(vector)
+        .map_or(0, |h| h.load(Ordering::Acquire));
+    if h != 0 {
+        // SAFETY: only `register` stores non-zero values, and it stores valid
+        // `fn(&mut TrapFrame)` pointers.
+        let f: fn(&mut TrapFrame) = unsafe { core::mem::transmute(h) };
+        f(frame);
+    } else {
+        log::warn!("unexpected interrupt vector {vector:#x}");
+    }
+    apic::eoi();
+}
+
+fn report_exception(f: &TrapFrame) -> ! {
+    use core::fmt::Write as _;
+    let mut c = super::console::EmergencyConsole;
+    let name = EXCEPTION_NAMES[f.vector as usize & 31];
+    let _ = writeln!(
+        c,
+        "EXCEPTION: {name} (vector {}) error_code={:#x} rip={:#x} cr2={:#x}",
+        f.vector,
+        f.error_code,
+        f.rip,
+        arch::cr2()
+    );
+    let _ = writeln!(
+        c,
+        "  rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  rsi={:#018x} rdi={:#018x} rbp={:#018x} rsp={:#018x}\n  r8={:#018x} r9={:#018x} r10={:#018x} r11={:#018x}\n  r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}\n  cs={:#x} ss={:#x} rflags={:#x}",
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx,
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.rsp,
+        f.r8,
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15,
+        f.cs,
+        f.ss,
+        f.rflags
+    );
+    exit::exit(exit_status::EXCEPTION)
+}

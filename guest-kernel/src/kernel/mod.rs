@@ -1,0 +1,187 @@
+//! The kernel proper: entered from pvh-boot's long-mode trampoline.
+
+pub mod apic;
+pub mod arch;
+pub mod console;
+pub mod exit;
+pub mod interrupts;
+pub mod memory;
+pub mod selftest;
+pub mod time;
+
+use crate::kprintln;
+use guest_kernel::cmdline::{ConsoleSel, LogLevel, Options};
+use guest_kernel::exit_status;
+use pvh_boot::entry::IDENTITY_MAP_END;
+use pvh_boot::start_info::{self, BootInfo, PhysRead, Unreadable};
+use spin::Once;
+
+/// Physical memory through the boot identity map.
+struct IdentityMap;
+
+impl PhysRead for IdentityMap {
+    fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), Unreadable> {
+        let end = paddr.checked_add(buf.len() as u64).ok_or(Unreadable)?;
+        if end > IDENTITY_MAP_END {
+            return Err(Unreadable);
+        }
+        // SAFETY: [paddr, end) lies inside the identity map, which maps page 0 until
+        // `unmap_page_zero` (called after parsing); the loader's data is plain bytes
+        // and `buf` does not alias it.
+        unsafe {
+            core::ptr::copy_nonoverlapping(paddr as *const u8, buf.as_mut_ptr(), buf.len());
+        }
+        Ok(())
+    }
+}
+
+static BOOT_INFO: Once<BootInfo> = Once::new();
+
+/// Called by pvh-boot's entry code in long mode with the start_info address.
+#[unsafe(no_mangle)]
+extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
+    console::init(ConsoleSel {
+        auto: true,
+        com1: false,
+        e9: false,
+    });
+    console::init_log(LogLevel::Info);
+    interrupts::init();
+
+    let mut anomalies = [None; 8];
+    let mut n_anomalies = 0;
+    let parsed = start_info::parse(&IdentityMap, start_info_paddr, |a| {
+        if let Some(slot) = anomalies.get_mut(n_anomalies) {
+            *slot = Some(a);
+        }
+        n_anomalies += 1;
+    });
+    let boot = match parsed {
+        Ok(b) => BOOT_INFO.call_once(|| b),
+        Err(e) => {
+            log::error!("pvh: bad start_info at {start_info_paddr:#x}: {e}");
+            exit::exit(exit_status::BAD_BOOT_INFO);
+        }
+    };
+    // SAFETY: everything the kernel needs from the loader is now copied into BOOT_INFO
+    // (modules are never in page 0: `occupied` ranges are reserved, page 0 is below
+    // 1 MiB and never allocated).
+    unsafe { pvh_boot::entry::unmap_page_zero() };
+    let opts = match Options::parse(boot.cmdline()) {
+        Ok(o) => o,
+        Err(e) => {
+            log::error!("cmdline: {e}");
+            exit::exit(exit_status::BAD_CMDLINE);
+        }
+    };
+    let (com1, e9) = console::init(opts.console);
+    console::init_log(opts.loglevel);
+
+    kprintln!("guest-kernel {} (Xen PVH entry)", env!("CARGO_PKG_VERSION"));
+    kprintln!(
+        "console: {}{}",
+        if com1 { "com1 " } else { "" },
+        if e9 { "e9" } else { "" }
+    );
+    kprintln!(
+        "pvh: start_info at {start_info_paddr:#x}: magic {:#010x} version {} flags {:#x}",
+        pv_drivers::abi::start_info::XEN_HVM_START_MAGIC_VALUE,
+        boot.version,
+        boot.flags
+    );
+    kprintln!("pvh: cmdline: \"{}\"", boot.cmdline());
+    for w in opts.unknown() {
+        log::warn!("cmdline: ignoring unknown option '{w}'");
+    }
+    kprintln!(
+        "pvh: memmap: {} entries from the loader",
+        boot.memmap_entries
+    );
+    for r in boot.memmap.regions() {
+        kprintln!(
+            "pvh:   [{:#014x}, {:#014x}) {}",
+            r.start,
+            r.end,
+            r.kind.name()
+        );
+    }
+    for a in anomalies.iter().flatten() {
+        log::warn!("pvh: {a}");
+    }
+    if n_anomalies > anomalies.len() {
+        log::warn!(
+            "pvh: {} more memory-map anomalies",
+            n_anomalies - anomalies.len()
+        );
+    }
+    for (i, m) in boot.modules().iter().enumerate() {
+        kprintln!("pvh: module {i}: [{:#x}, +{:#x})", m.paddr, m.size);
+    }
+    if let Some(rsdp) = boot.rsdp_paddr {
+        kprintln!("pvh: ACPI RSDP at {rsdp:#x}");
+    }
+
+    let mem = match memory::init(boot, opts.heap_bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            log::error!("memory: {e}");
+            exit::exit(exit_status::BAD_BOOT_INFO);
+        }
+    };
+    let (ks, ke) = memory::kernel_image();
+    kprintln!(
+        "memory: kernel [{ks:#x}, {ke:#x}), {} KiB usable, heap {} KiB at {:#x}, {} frames free",
+        mem.usable_bytes >> 10,
+        mem.heap_bytes >> 10,
+        mem.heap_start,
+        mem.free_frames
+    );
+
+    match time::calibrate() {
+        Ok((khz, source)) => kprintln!("time: TSC {khz} kHz (from {source:?})"),
+        Err(e) => log::warn!("time: TSC calibration failed: {e}"),
+    }
+    match apic::init() {
+        Some(a) => {
+            let timer_khz = apic::calibrate_timer();
+            kprintln!(
+                "apic: {} id {} version {:#x}, timer {}",
+                if a.x2apic { "x2APIC" } else { "xAPIC" },
+                a.id,
+                a.version,
+                match (a.tsc_deadline, timer_khz) {
+                    (true, _) => "TSC-deadline",
+                    (false, Some(_)) => "one-shot (calibrated)",
+                    (false, None) => "unavailable",
+                }
+            );
+        }
+        None => log::warn!("apic: no local APIC"),
+    }
+
+    let mut status = exit_status::SUCCESS;
+    if opts.selftest.boot {
+        let (_, failed) = selftest::run_boot(boot, &mem);
+        if failed > 0 {
+            status = exit_status::SELFTEST_FAILED;
+        }
+    }
+    if opts.selftest.fault {
+        selftest::page_fault();
+    }
+    if opts.selftest.triple {
+        kprintln!("selftest: triple: loading an empty IDT and raising #BP");
+        interrupts::triple_fault();
+    }
+    if opts.selftest.hang {
+        selftest::hang();
+    }
+    exit::exit(status)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::fmt::Write as _;
+    let _ = writeln!(console::EmergencyConsole, "PANIC: {info}");
+    exit::exit(exit_status::PANIC)
+}

@@ -1,0 +1,3 @@
+//! Mirrors of Xen's public headers. One file per header; each names its source.
+
+pub mod start_info;
