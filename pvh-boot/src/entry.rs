@@ -19,15 +19,15 @@ pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 pub const IDENTITY_MAP_END: u64 = 4 << 30;
 
 core::arch::global_asm!(
-    // XEN_ELFNOTE_PHYS32_ENTRY (xen/include/public/elfnote.h: 18). The descriptor is
+    // XEN_ELFNOTE_PHYS32_ENTRY (xen/include/public/elfnote.h). The descriptor is
     // the physical entry address; QEMU reads it as 8 bytes from an ELF64 image and Xen
     // accepts any of 1/2/4/8 bytes, so emit a quad. The section stays 4-aligned so that
     // loaders that walk notes by the PT_NOTE alignment find it.
     ".pushsection .note.Xen, \"a\", @note",
     ".balign 4",
-    ".long 4",         // namesz: "Xen\0"
-    ".long 8",         // descsz
-    ".long 18",        // type
+    ".long 4", // namesz: "Xen\0" (XEN_NOTE_NAME)
+    ".long 8", // descsz
+    ".long {note_type}",
     ".asciz \"Xen\"",
     ".balign 4",
     ".quad pvh_start32",
@@ -147,6 +147,7 @@ core::arch::global_asm!(
     "jmp 2b",
     ".popsection",
     stack_size = const BOOT_STACK_SIZE,
+    note_type = const pv_drivers::abi::elfnote::XEN_ELFNOTE_PHYS32_ENTRY,
     options(att_syntax)
 );
 

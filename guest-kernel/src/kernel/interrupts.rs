@@ -221,16 +221,19 @@ pub fn register(vector: u8, handler: fn(&mut TrapFrame)) {
 
 /// Loads an empty IDT and raises an exception: the CPU cannot deliver it, nor the
 /// double fault that follows, and shuts down (a triple fault). A test hook.
+///
+/// The exception is a fault (`ud2`), not a software interrupt: kvm-pvm emulates
+/// `int3`/`int n` through a broken IDT as an emulation failure, not a shutdown.
 pub fn triple_fault() -> ! {
     let ptr = DescriptorTablePointer {
         limit: 0,
         base: VirtAddr::new(0),
     };
     // SAFETY: deliberately makes every interrupt undeliverable; the next instruction
-    // raises #BP, which ends this virtual machine.
+    // raises #UD, which ends this virtual machine.
     unsafe {
         lidt(&ptr);
-        core::arch::asm!("int3");
+        core::arch::asm!("ud2");
     }
     arch::halt_forever()
 }

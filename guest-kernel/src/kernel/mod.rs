@@ -78,11 +78,13 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     console::init_log(opts.loglevel);
 
     kprintln!("guest-kernel {} (Xen PVH entry)", env!("CARGO_PKG_VERSION"));
-    kprintln!(
-        "console: {}{}",
-        if com1 { "com1 " } else { "" },
-        if e9 { "e9" } else { "" }
-    );
+    let sinks = match (com1, e9) {
+        (true, true) => "com1 e9",
+        (true, false) => "com1",
+        (false, true) => "e9",
+        (false, false) => "none",
+    };
+    kprintln!("console: {sinks}");
     kprintln!(
         "pvh: start_info at {start_info_paddr:#x}: magic {:#010x} version {} flags {:#x}",
         pv_drivers::abi::start_info::XEN_HVM_START_MAGIC_VALUE,
@@ -170,7 +172,7 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         selftest::page_fault();
     }
     if opts.selftest.triple {
-        kprintln!("selftest: triple: loading an empty IDT and raising #BP");
+        kprintln!("selftest: triple: loading an empty IDT and raising #UD");
         interrupts::triple_fault();
     }
     if opts.selftest.hang {

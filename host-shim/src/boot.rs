@@ -1,0 +1,651 @@
+//! Guest memory layout and the PVH boot protocol (Xen's `docs/misc/pvh.pandoc`).
+//!
+//! RAM starts at guest-physical 0. Above 3 GiB the RAM is split so that nothing is mapped
+//! in the MMIO hole `[3 GiB, 4 GiB)` (IOAPIC at 0xfec00000, LAPIC at 0xfee00000); the rest
+//! continues at 4 GiB. The shim's boot information lives in low memory:
+//!
+//! | guest-physical | contents |
+//! |---|---|
+//! | 0x5000 | GDT: null, flat 32-bit code (0x08), flat data (0x10), busy TSS (0x18) |
+//! | 0x6000 | `hvm_start_info` version 1 (`xen/include/public/arch-x86/hvm/start_info.h`) |
+//! | 0x6038 | its memory map (`hvm_memmap_table_entry[]`) |
+//! | 0x7000 | the NUL-terminated command line (at most 4095 bytes) |
+//!
+//! The vCPU starts as the PVH spec requires: protected mode, paging off, `CR0 = PE|ET`,
+//! `CR4 = EFER = 0`, flat 32-bit `CS`/data segments, a 32-bit busy TSS with base 0 and
+//! limit 0x67, `EIP` at the note's entry and `EBX` = the `hvm_start_info` address.
+//! Everything here is hypervisor-neutral; [`crate::kvm`] translates [`CpuStartState`].
+
+use std::io::Cursor;
+
+use linux_loader::loader::{KernelLoader, elf::Elf};
+use pv_drivers::abi::start_info::{
+    HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM, XEN_HVM_MEMMAP_TYPE_RESERVED,
+    XEN_HVM_START_MAGIC_VALUE,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::elf::KernelImage;
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// Smallest guest memory the shim accepts, in MiB.
+pub const MIN_MEM_MIB: u64 = 2;
+/// Largest guest memory the shim accepts, in MiB.
+pub const MAX_MEM_MIB: u64 = 65536;
+/// Start of the MMIO hole below 4 GiB.
+pub const MMIO_HOLE_START: u64 = 3 << 30;
+/// Where RAM resumes above the MMIO hole.
+pub const HIGH_RAM_START: u64 = 4 << 30;
+/// The IOAPIC's MMIO page.
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// The local APIC's MMIO page.
+pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+/// Start of the region PC firmware reserves below 1 MiB (EBDA, VGA, option ROMs, BIOS).
+pub const LOW_RESERVED_START: u64 = 0x9_fc00;
+/// Start of RAM above the legacy region.
+pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+
+/// Guest-physical address of the boot GDT.
+pub const GDT_ADDR: u64 = 0x5000;
+/// Guest-physical address of `hvm_start_info`.
+pub const START_INFO_ADDR: u64 = 0x6000;
+/// Guest-physical address of the memory map, right after `hvm_start_info`.
+pub const MEMMAP_ADDR: u64 = START_INFO_ADDR + HvmStartInfo::SIZE as u64;
+/// Guest-physical address of the command line page.
+pub const CMDLINE_ADDR: u64 = 0x7000;
+/// Longest command line, in bytes, without its NUL (it must fit in one page).
+pub const CMDLINE_MAX: usize = 4095;
+/// The boot information area, `[start, end)`: no kernel segment may overlap it.
+pub const BOOT_INFO_AREA: (u64, u64) = (GDT_ADDR, CMDLINE_ADDR + 0x1000);
+
+/// Selector of the flat 32-bit code segment in the boot GDT.
+pub const CODE_SELECTOR: u16 = 0x08;
+/// Selector of the flat 32-bit data segment in the boot GDT.
+pub const DATA_SELECTOR: u16 = 0x10;
+/// Selector of the TSS in the boot GDT.
+pub const TSS_SELECTOR: u16 = 0x18;
+
+/// Errors in the guest's memory, command line and boot information.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Memory size outside the accepted range.
+    #[error("memory size {0} MiB is out of range ({MIN_MEM_MIB}..={MAX_MEM_MIB} MiB)")]
+    MemSize(u64),
+    /// Command line longer than its page.
+    #[error("command line is {0} bytes; at most {CMDLINE_MAX} fit in its page")]
+    CmdlineTooLong(usize),
+    /// Command line with an embedded NUL.
+    #[error("command line contains a NUL byte")]
+    CmdlineNul,
+    /// A kernel segment outside guest RAM (or spanning the MMIO hole).
+    #[error(
+        "segment {index} [{start:#x}, {end:#x}) does not fit in the guest's {mib} MiB of RAM ({ram})"
+    )]
+    SegmentOutsideRam {
+        /// Program header index.
+        index: usize,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+        /// Guest memory size.
+        mib: u64,
+        /// The RAM ranges, for the message.
+        ram: String,
+    },
+    /// A kernel segment over the shim's boot information.
+    #[error(
+        "segment {index} [{start:#x}, {end:#x}) overlaps the shim's boot information area [{:#x}, {:#x})",
+        BOOT_INFO_AREA.0, BOOT_INFO_AREA.1
+    )]
+    SegmentOverlapsBootInfo {
+        /// Program header index.
+        index: usize,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// The host could not provide the guest's memory.
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    Allocate {
+        /// Guest memory size.
+        mib: u64,
+        /// What vm-memory reported.
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// linux-loader failed after validation passed.
+    #[error("loading the kernel into guest memory failed: {0}")]
+    Load(#[from] linux_loader::loader::Error),
+    /// Writing the boot information failed.
+    #[error("writing boot information to guest memory failed: {0}")]
+    Write(#[from] vm_memory::GuestMemoryError),
+}
+
+/// Where the guest's RAM is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLayout {
+    /// Bytes of RAM from 0 (at most 3 GiB).
+    pub low_size: u64,
+    /// Bytes of RAM from 4 GiB.
+    pub high_size: u64,
+}
+
+impl MemoryLayout {
+    /// The layout for `mem_mib` MiB of RAM.
+    pub fn new(mem_mib: u64) -> Result<Self, BootError> {
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&mem_mib) {
+            return Err(BootError::MemSize(mem_mib));
+        }
+        let total = mem_mib * MIB;
+        let low_size = total.min(MMIO_HOLE_START);
+        Ok(Self {
+            low_size,
+            high_size: total - low_size,
+        })
+    }
+
+    /// Total RAM in MiB.
+    pub fn mib(&self) -> u64 {
+        (self.low_size + self.high_size) / MIB
+    }
+
+    /// The RAM ranges as `(start, size)`, ascending.
+    pub fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        let mut ranges = vec![(0, self.low_size)];
+        if self.high_size > 0 {
+            ranges.push((HIGH_RAM_START, self.high_size));
+        }
+        ranges
+    }
+
+    /// Whether `[start, end)` lies inside one RAM range.
+    pub fn contains(&self, start: u64, end: u64) -> bool {
+        start <= end
+            && self
+                .ram_ranges()
+                .iter()
+                .any(|&(base, size)| start >= base && end <= base + size)
+    }
+
+    /// The memory map handed to the guest: sorted, non-overlapping.
+    pub fn memmap(&self) -> Vec<HvmMemmapTableEntry> {
+        let entry = |addr: u64, size: u64, type_: u32| HvmMemmapTableEntry {
+            addr,
+            size,
+            type_,
+            reserved: 0,
+        };
+        let mut map = vec![entry(0, LOW_RESERVED_START, XEN_HVM_MEMMAP_TYPE_RAM)];
+        map.push(entry(
+            LOW_RESERVED_START,
+            HIGH_MEMORY_START - LOW_RESERVED_START,
+            XEN_HVM_MEMMAP_TYPE_RESERVED,
+        ));
+        if self.low_size > HIGH_MEMORY_START {
+            map.push(entry(
+                HIGH_MEMORY_START,
+                self.low_size - HIGH_MEMORY_START,
+                XEN_HVM_MEMMAP_TYPE_RAM,
+            ));
+        }
+        map.push(entry(IOAPIC_ADDR, 0x1000, XEN_HVM_MEMMAP_TYPE_RESERVED));
+        map.push(entry(LAPIC_ADDR, 0x1000, XEN_HVM_MEMMAP_TYPE_RESERVED));
+        if self.high_size > 0 {
+            map.push(entry(
+                HIGH_RAM_START,
+                self.high_size,
+                XEN_HVM_MEMMAP_TYPE_RAM,
+            ));
+        }
+        map
+    }
+
+    fn describe(&self) -> String {
+        self.ram_ranges()
+            .iter()
+            .map(|&(base, size)| format!("[{base:#x}, {:#x})", base + size))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// Checks that every segment of `image` lies in RAM and clear of the boot information.
+    pub fn check_fits(&self, image: &KernelImage) -> Result<(), BootError> {
+        for seg in &image.segments {
+            let (start, end) = (seg.paddr, seg.end());
+            if !self.contains(start, end) {
+                return Err(BootError::SegmentOutsideRam {
+                    index: seg.index,
+                    start,
+                    end,
+                    mib: self.mib(),
+                    ram: self.describe(),
+                });
+            }
+            if start < BOOT_INFO_AREA.1 && end > BOOT_INFO_AREA.0 {
+                return Err(BootError::SegmentOverlapsBootInfo {
+                    index: seg.index,
+                    start,
+                    end,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates the guest's RAM (anonymous, `MAP_NORESERVE`, zero-filled).
+    pub fn allocate(&self) -> Result<GuestMemoryMmap, BootError> {
+        let ranges: Vec<(GuestAddress, usize)> = self
+            .ram_ranges()
+            .iter()
+            .map(|&(base, size)| (GuestAddress(base), size as usize))
+            .collect();
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| BootError::Allocate {
+            mib: self.mib(),
+            source,
+        })
+    }
+}
+
+/// Checks that `cmdline` fits its page and can be NUL-terminated.
+pub fn check_cmdline(cmdline: &str) -> Result<(), BootError> {
+    if cmdline.len() > CMDLINE_MAX {
+        return Err(BootError::CmdlineTooLong(cmdline.len()));
+    }
+    if cmdline.as_bytes().contains(&0) {
+        return Err(BootError::CmdlineNul);
+    }
+    Ok(())
+}
+
+/// Copies a validated kernel image into guest memory. `p_memsz` beyond `p_filesz`
+/// needs no clearing: guest memory is freshly mapped and therefore zero.
+pub fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<(), BootError> {
+    Elf::load(mem, None, &mut Cursor::new(image), None)?;
+    Ok(())
+}
+
+/// Writes the GDT, `hvm_start_info`, memory map and command line; returns the
+/// `hvm_start_info` address (the guest's `EBX`).
+pub fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    cmdline: &str,
+) -> Result<u64, BootError> {
+    check_cmdline(cmdline)?;
+    let gdt: Vec<u8> = boot_gdt().iter().flat_map(|d| d.to_le_bytes()).collect();
+    mem.write_slice(&gdt, GuestAddress(GDT_ADDR))?;
+
+    let memmap = layout.memmap();
+    let map_bytes: Vec<u8> = memmap.iter().flat_map(|e| e.to_bytes()).collect();
+    debug_assert!(MEMMAP_ADDR + map_bytes.len() as u64 <= CMDLINE_ADDR);
+    mem.write_slice(&map_bytes, GuestAddress(MEMMAP_ADDR))?;
+
+    let mut line = cmdline.as_bytes().to_vec();
+    line.push(0);
+    mem.write_slice(&line, GuestAddress(CMDLINE_ADDR))?;
+
+    let info = HvmStartInfo {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: 1,
+        flags: 0,
+        nr_modules: 0,
+        modlist_paddr: 0,
+        cmdline_paddr: CMDLINE_ADDR,
+        rsdp_paddr: 0,
+        memmap_paddr: MEMMAP_ADDR,
+        memmap_entries: memmap.len() as u32,
+        reserved: 0,
+    };
+    mem.write_slice(&info.to_bytes(), GuestAddress(START_INFO_ADDR))?;
+    Ok(START_INFO_ADDR)
+}
+
+/// A segment register's hidden state, in the terms of the x86 descriptor format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Selector (index into the boot GDT).
+    pub selector: u16,
+    /// Linear base address.
+    pub base: u32,
+    /// Limit in bytes (0xffffffff with `g` set means the whole 4 GiB).
+    pub limit: u32,
+    /// Type field (code/data/system type).
+    pub type_: u8,
+    /// Code/data (true) or system (false) descriptor.
+    pub s: bool,
+    /// Privilege level.
+    pub dpl: u8,
+    /// Present.
+    pub present: bool,
+    /// Default operation size 32-bit.
+    pub db: bool,
+    /// Limit counts 4 KiB pages.
+    pub g: bool,
+}
+
+impl Segment {
+    /// Flat 4 GiB segment of the given type.
+    const fn flat(selector: u16, type_: u8) -> Self {
+        Segment {
+            selector,
+            base: 0,
+            limit: 0xffff_ffff,
+            type_,
+            s: true,
+            dpl: 0,
+            present: true,
+            db: true,
+            g: true,
+        }
+    }
+
+    /// Its 8-byte GDT descriptor.
+    pub fn descriptor(&self) -> u64 {
+        let limit = if self.g { self.limit >> 12 } else { self.limit };
+        let (base, limit) = (u64::from(self.base), u64::from(limit));
+        let access = u64::from(self.type_ & 0xf)
+            | u64::from(self.s) << 4
+            | u64::from(self.dpl & 3) << 5
+            | u64::from(self.present) << 7;
+        let flags = u64::from(self.db) << 2 | u64::from(self.g) << 3;
+        (limit & 0xffff)
+            | (base & 0xff_ffff) << 16
+            | access << 40
+            | (limit >> 16 & 0xf) << 48
+            | flags << 52
+            | (base >> 24 & 0xff) << 56
+    }
+}
+
+/// `CS` at entry: flat 32-bit execute/read code, accessed (type 0xb).
+pub const PVH_CODE: Segment = Segment::flat(CODE_SELECTOR, 0xb);
+/// `DS`/`ES`/`FS`/`GS`/`SS` at entry: flat 32-bit read/write data, accessed (type 0x3).
+pub const PVH_DATA: Segment = Segment::flat(DATA_SELECTOR, 0x3);
+/// `TR` at entry: a busy 32-bit TSS (type 0xb) with base 0 and limit 0x67.
+pub const PVH_TSS: Segment = Segment {
+    selector: TSS_SELECTOR,
+    base: 0,
+    limit: 0x67,
+    type_: 0xb,
+    s: false,
+    dpl: 0,
+    present: true,
+    db: false,
+    g: false,
+};
+
+/// The boot GDT written at [`GDT_ADDR`].
+pub fn boot_gdt() -> [u64; 4] {
+    [
+        0,
+        PVH_CODE.descriptor(),
+        PVH_DATA.descriptor(),
+        PVH_TSS.descriptor(),
+    ]
+}
+
+/// `CR0.PE`.
+pub const CR0_PE: u64 = 1 << 0;
+/// `CR0.ET`.
+pub const CR0_ET: u64 = 1 << 4;
+
+/// The vCPU state at the PVH entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuStartState {
+    /// The PVH entry point.
+    pub rip: u64,
+    /// The `hvm_start_info` address.
+    pub rbx: u64,
+    /// Only the reserved bit 1.
+    pub rflags: u64,
+    /// `PE | ET`.
+    pub cr0: u64,
+    /// Zero.
+    pub cr4: u64,
+    /// Zero.
+    pub efer: u64,
+    /// `CS`.
+    pub code: Segment,
+    /// `DS`, `ES`, `FS`, `GS`, `SS`.
+    pub data: Segment,
+    /// `TR`.
+    pub tss: Segment,
+    /// GDTR base.
+    pub gdt_base: u64,
+    /// GDTR limit.
+    pub gdt_limit: u16,
+}
+
+/// The state `docs/misc/pvh.pandoc` prescribes for entering at `entry`.
+pub fn pvh_start_state(entry: u32, start_info: u64) -> CpuStartState {
+    CpuStartState {
+        rip: u64::from(entry),
+        rbx: start_info,
+        rflags: 0x2,
+        cr0: CR0_PE | CR0_ET,
+        cr4: 0,
+        efer: 0,
+        code: PVH_CODE,
+        data: PVH_DATA,
+        tss: PVH_TSS,
+        gdt_base: GDT_ADDR,
+        gdt_limit: (boot_gdt().len() * 8 - 1) as u16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf;
+    use crate::testing::ElfBuilder;
+    use pv_drivers::abi::start_info::XEN_HVM_MEMMAP_TYPE_RESERVED as RSV;
+    use vm_memory::GuestMemoryBackend;
+
+    #[test]
+    fn memory_size_range_is_enforced() {
+        for bad in [0, 1, MAX_MEM_MIB + 1, 10_000_000] {
+            let err = MemoryLayout::new(bad).expect_err("out of range");
+            assert_eq!(
+                err.to_string(),
+                format!("memory size {bad} MiB is out of range (2..=65536 MiB)")
+            );
+        }
+        assert!(MemoryLayout::new(MIN_MEM_MIB).is_ok());
+        assert!(MemoryLayout::new(MAX_MEM_MIB).is_ok());
+    }
+
+    #[test]
+    fn small_memory_is_one_range() {
+        let l = MemoryLayout::new(128).expect("layout");
+        assert_eq!(l.ram_ranges(), vec![(0, 128 * MIB)]);
+        assert_eq!(l.mib(), 128);
+    }
+
+    #[test]
+    fn memory_above_3g_skips_the_mmio_hole() {
+        let l = MemoryLayout::new(4096).expect("layout");
+        assert_eq!(
+            l.ram_ranges(),
+            vec![(0, 3 << 30), (HIGH_RAM_START, 1 << 30)]
+        );
+        assert!(l.contains(0x1000, 0x2000));
+        assert!(!l.contains(MMIO_HOLE_START - 0x1000, MMIO_HOLE_START + 0x1000));
+        assert!(!l.contains(LAPIC_ADDR, LAPIC_ADDR + 4));
+        assert!(l.contains(HIGH_RAM_START, HIGH_RAM_START + (1 << 30)));
+        assert!(!l.contains(HIGH_RAM_START, HIGH_RAM_START + (1 << 30) + 1));
+        let exactly_3g = MemoryLayout::new(3072).expect("layout");
+        assert_eq!(exactly_3g.high_size, 0);
+    }
+
+    #[test]
+    fn memmap_is_sorted_disjoint_and_marks_the_legacy_hole() {
+        for mib in [2, 128, 3072, 5000] {
+            let l = MemoryLayout::new(mib).expect("layout");
+            let map = l.memmap();
+            for pair in map.windows(2) {
+                assert!(pair[0].addr + pair[0].size <= pair[1].addr, "{map:?}");
+            }
+            assert_eq!((map[0].addr, map[0].size), (0, LOW_RESERVED_START));
+            assert_eq!(map[0].type_, XEN_HVM_MEMMAP_TYPE_RAM);
+            assert_eq!(map[1].type_, RSV);
+            assert_eq!(map[1].addr + map[1].size, HIGH_MEMORY_START);
+            let ram: u64 = map
+                .iter()
+                .filter(|e| e.type_ == XEN_HVM_MEMMAP_TYPE_RAM)
+                .map(|e| e.size)
+                .sum();
+            assert_eq!(ram, mib * MIB - (HIGH_MEMORY_START - LOW_RESERVED_START));
+        }
+    }
+
+    #[test]
+    fn start_info_memmap_and_cmdline_read_back() {
+        let layout = MemoryLayout::new(64).expect("layout");
+        let mem = layout.allocate().expect("memory");
+        let addr = write_boot_info(&mem, &layout, "console=hvc0 io=pv").expect("write");
+        assert_eq!(addr, START_INFO_ADDR);
+
+        let mut raw = [0u8; HvmStartInfo::SIZE];
+        mem.read_slice(&mut raw, GuestAddress(addr)).expect("read");
+        let si = HvmStartInfo::from_bytes(&raw);
+        assert_eq!(si.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(si.version, 1);
+        assert_eq!((si.nr_modules, si.rsdp_paddr, si.flags), (0, 0, 0));
+        assert_eq!(si.cmdline_paddr, CMDLINE_ADDR);
+
+        let expected = layout.memmap();
+        assert_eq!(si.memmap_entries as usize, expected.len());
+        for (i, want) in expected.iter().enumerate() {
+            let mut e = [0u8; HvmMemmapTableEntry::SIZE];
+            let at = si.memmap_paddr + (i * HvmMemmapTableEntry::SIZE) as u64;
+            mem.read_slice(&mut e, GuestAddress(at)).expect("read");
+            assert_eq!(HvmMemmapTableEntry::from_bytes(&e), *want);
+        }
+        assert!(
+            si.memmap_paddr + (expected.len() * HvmMemmapTableEntry::SIZE) as u64 <= CMDLINE_ADDR
+        );
+
+        let mut line = [0u8; 19];
+        mem.read_slice(&mut line, GuestAddress(si.cmdline_paddr))
+            .expect("read");
+        assert_eq!(&line, b"console=hvc0 io=pv\0");
+    }
+
+    #[test]
+    fn empty_cmdline_is_still_written() {
+        let layout = MemoryLayout::new(8).expect("layout");
+        let mem = layout.allocate().expect("memory");
+        mem.write_slice(&[0xaa], GuestAddress(CMDLINE_ADDR))
+            .expect("dirty");
+        write_boot_info(&mem, &layout, "").expect("write");
+        let b: u8 = mem.read_obj(GuestAddress(CMDLINE_ADDR)).expect("read");
+        assert_eq!(b, 0);
+    }
+
+    #[test]
+    fn cmdline_limits() {
+        assert!(check_cmdline(&"x".repeat(CMDLINE_MAX)).is_ok());
+        let err = check_cmdline(&"x".repeat(CMDLINE_MAX + 1)).expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            "command line is 4096 bytes; at most 4095 fit in its page"
+        );
+        assert!(matches!(check_cmdline("a\0b"), Err(BootError::CmdlineNul)));
+        let layout = MemoryLayout::new(8).expect("layout");
+        let mem = layout.allocate().expect("memory");
+        assert!(write_boot_info(&mem, &layout, &"y".repeat(CMDLINE_MAX)).is_ok());
+        let last: u8 = mem
+            .read_obj(GuestAddress(CMDLINE_ADDR + CMDLINE_MAX as u64))
+            .expect("read");
+        assert_eq!(last, 0);
+    }
+
+    #[test]
+    fn segments_must_fit_ram_and_avoid_boot_info() {
+        let layout = MemoryLayout::new(16).expect("layout");
+        let check = |b: ElfBuilder| layout.check_fits(&elf::parse(&b.build()).expect("elf"));
+        let ok = ElfBuilder::new()
+            .segment(0x10_0000, &[0x90; 4])
+            .pvh_entry(0x10_0000);
+        assert!(check(ok.clone()).is_ok());
+
+        let beyond = ok.clone().segment_with_memsz(0xf0_0000, &[], 0x20_0000);
+        let err = check(beyond).expect_err("beyond RAM");
+        assert_eq!(
+            err.to_string(),
+            "segment 1 [0xf00000, 0x1100000) does not fit in the guest's 16 MiB of RAM \
+             ([0x0, 0x1000000))"
+        );
+
+        let bss_beyond = ok.clone().segment_with_memsz(0x10_1000, &[1], 0x100_0000);
+        assert!(matches!(
+            check(bss_beyond),
+            Err(BootError::SegmentOutsideRam { .. })
+        ));
+
+        let over_info = ok.clone().segment(0x7ff0, &[0; 0x20]);
+        let err = check(over_info).expect_err("overlap");
+        assert_eq!(
+            err.to_string(),
+            "segment 1 [0x7ff0, 0x8010) overlaps the shim's boot information area [0x5000, 0x8000)"
+        );
+        assert!(check(ok.clone().segment(0x8000, &[0; 16])).is_ok());
+        assert!(check(ok.segment(0x4ff0, &[0; 16])).is_ok());
+    }
+
+    #[test]
+    fn segment_in_the_mmio_hole_is_rejected() {
+        let layout = MemoryLayout::new(5000).expect("layout");
+        let img = ElfBuilder::new()
+            .segment(0x10_0000, &[0x90])
+            .pvh_entry(0x10_0000)
+            .segment_with_memsz(MMIO_HOLE_START - 0x1000, &[], 0x2000)
+            .build();
+        let err = layout
+            .check_fits(&elf::parse(&img).expect("elf"))
+            .expect_err("hole");
+        assert!(err.to_string().contains("and [0x100000000, "), "{err}");
+    }
+
+    #[test]
+    fn kernel_segments_land_at_their_physical_addresses() {
+        let layout = MemoryLayout::new(8).expect("layout");
+        let mem = layout.allocate().expect("memory");
+        let img = ElfBuilder::new()
+            .segment(0x10_0000, &[1, 2, 3, 4])
+            .segment_with_memsz(0x20_0000, &[9], 0x1000)
+            .pvh_entry(0x10_0000)
+            .build();
+        load_kernel(&mem, &img).expect("load");
+        let mut b = [0u8; 4];
+        mem.read_slice(&mut b, GuestAddress(0x10_0000))
+            .expect("read");
+        assert_eq!(b, [1, 2, 3, 4]);
+        let v: u8 = mem.read_obj(GuestAddress(0x20_0000)).expect("read");
+        assert_eq!(v, 9);
+        assert_eq!(mem.num_regions(), 1);
+    }
+
+    #[test]
+    fn gdt_descriptors_are_the_classic_flat_ones() {
+        assert_eq!(PVH_CODE.descriptor(), 0x00cf_9b00_0000_ffff);
+        assert_eq!(PVH_DATA.descriptor(), 0x00cf_9300_0000_ffff);
+        assert_eq!(PVH_TSS.descriptor(), 0x0000_8b00_0000_0067);
+    }
+
+    #[test]
+    fn start_state_follows_the_pvh_spec() {
+        let s = pvh_start_state(0x10_0040, START_INFO_ADDR);
+        assert_eq!((s.rip, s.rbx, s.rflags), (0x10_0040, START_INFO_ADDR, 2));
+        assert_eq!((s.cr0, s.cr4, s.efer), (0x11, 0, 0));
+        assert_eq!(
+            (s.code.base, s.code.limit, s.code.type_),
+            (0, 0xffff_ffff, 0xb)
+        );
+        assert!(s.code.db && s.code.g && s.code.s && s.code.present);
+        assert_eq!((s.data.type_, s.tss.type_, s.tss.limit), (0x3, 0xb, 0x67));
+        assert_eq!(s.gdt_limit, 31);
+    }
+}

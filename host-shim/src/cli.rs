@@ -1,0 +1,293 @@
+//! The `host-shim` command line: `host-shim run --kernel FILE [...]`.
+//!
+//! Every failure is reported as one line on stderr, `host-shim: error: <message>`,
+//! including command-line syntax errors (which clap would otherwise print over several
+//! lines with status 2). Exit statuses are listed in [`EXIT_STATUS_HELP`].
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+
+use crate::devices::console::ConsoleSink;
+use crate::vmm::{Kernel, VmConfig, Vmm};
+use crate::{EXIT_SHIM_ERROR, boot};
+
+/// The exit-status table shown after `--help`.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0-255  the guest wrote that value to the exit port 0xf4 (isa-debug-exit
+         compatible; the low byte of the write, not QEMU's (v << 1) | 1)
+  124    --timeout expired before the guest exited
+  125    shim error: bad input, KVM failure
+  126    the guest crashed: triple fault, KVM internal error, entry failure
+
+Guest console output (COM1 at 0x3f8 and the debug console at port 0xe9) goes to
+stdout. Errors are one line on stderr: 'host-shim: error: <message>'.";
+
+/// A KVM-based VMM that boots a Xen PVH kernel.
+#[derive(Debug, Parser)]
+#[command(name = "host-shim", version, after_help = EXIT_STATUS_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a PVH kernel and run it until it writes to the exit port.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Run(RunArgs),
+}
+
+/// Options of `host-shim run`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct RunArgs {
+    /// The kernel: an ELF64 with a XEN_ELFNOTE_PHYS32_ENTRY (PVH) note.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// Guest memory in MiB (2..=65536).
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub mem: u64,
+    /// The guest's command line (at most 4095 bytes).
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Stop the guest after this many seconds (exit status 124).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+    /// Print the run's counters as one JSON object on stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// Write the run's counters as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 1e9) {
+        return Err(format!("'{s}' is not between 0 and 1e9 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses the command line. On `--help`/`--version` prints them and returns `Err(0)`;
+/// on a syntax error prints one error line and returns `Err(125)`.
+pub fn parse<I, T>(args: I) -> Result<Cli, u8>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(cli),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                let _ = e.print();
+                Err(0)
+            }
+            _ => {
+                report(&mut io::stderr(), &usage_error(&e));
+                Err(EXIT_SHIM_ERROR)
+            }
+        },
+    }
+}
+
+/// clap's multi-line error as one line: its first paragraph without the "error: ".
+pub fn usage_error(e: &clap::Error) -> String {
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "missing subcommand; try 'host-shim --help'".into();
+    }
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    first.strip_prefix("error: ").unwrap_or(&first).to_owned()
+}
+
+/// Writes `host-shim: error: <message>` as one line.
+pub fn report(stderr: &mut dyn Write, message: &str) {
+    let line = message.replace('\n', " ");
+    let _ = writeln!(stderr, "host-shim: error: {line}");
+}
+
+/// Runs a parsed command with the console on stdout; returns the exit status.
+pub fn execute(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Run(args) => run(&args, ConsoleSink::stdout(), &mut io::stderr()),
+    }
+}
+
+impl RunArgs {
+    /// The VM configuration these options describe. Checks memory size and command line
+    /// first, so that those errors are reported before the kernel file is even read.
+    pub fn to_config(&self, console: ConsoleSink) -> Result<VmConfig, crate::Error> {
+        boot::MemoryLayout::new(self.mem)?;
+        boot::check_cmdline(&self.cmdline)?;
+        Ok(VmConfig {
+            kernel: Kernel::from_file(&self.kernel)?,
+            mem_mib: self.mem,
+            cmdline: self.cmdline.clone(),
+            timeout: self.timeout,
+            console,
+        })
+    }
+}
+
+/// `host-shim run`: boots the kernel, reports errors and stats on `stderr`, and returns
+/// the exit status.
+pub fn run(args: &RunArgs, console: ConsoleSink, stderr: &mut dyn Write) -> u8 {
+    let report_result = args
+        .to_config(console)
+        .and_then(Vmm::new)
+        .and_then(Vmm::run);
+    let run = match report_result {
+        Ok(run) => run,
+        Err(e) => {
+            report(stderr, &e.to_string());
+            return EXIT_SHIM_ERROR;
+        }
+    };
+    if !run.outcome.is_guest_exit() {
+        report(stderr, &run.outcome.to_string());
+    }
+    let json = run.to_json();
+    if args.stats {
+        let _ = writeln!(stderr, "{json}");
+    }
+    if let Some(path) = &args.stats_file
+        && let Err(e) = std::fs::write(path, format!("{json}\n"))
+    {
+        report(
+            stderr,
+            &format!("cannot write stats file {}: {e}", path.display()),
+        );
+        return EXIT_SHIM_ERROR;
+    }
+    run.exit_code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(args: &[&str]) -> RunArgs {
+        match Cli::try_parse_from(args).expect("parses").command {
+            Command::Run(r) => r,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse_ok(&["host-shim", "run", "--kernel", "k.elf"]);
+        assert_eq!(a.kernel, PathBuf::from("k.elf"));
+        assert_eq!(a.mem, 128);
+        assert_eq!(a.cmdline, "");
+        assert_eq!(a.timeout, None);
+        assert!(!a.stats);
+        assert_eq!(a.stats_file, None);
+    }
+
+    #[test]
+    fn all_options() {
+        let a = parse_ok(&[
+            "host-shim",
+            "run",
+            "--kernel",
+            "k",
+            "--mem",
+            "4096",
+            "--cmdline",
+            "io=pv quiet",
+            "--timeout",
+            "1.5",
+            "--stats",
+            "--stats-file",
+            "s.json",
+        ]);
+        assert_eq!(a.mem, 4096);
+        assert_eq!(a.cmdline, "io=pv quiet");
+        assert_eq!(a.timeout, Some(Duration::from_millis(1500)));
+        assert!(a.stats);
+        assert_eq!(a.stats_file, Some(PathBuf::from("s.json")));
+    }
+
+    #[test]
+    fn syntax_errors_become_one_line() {
+        for (args, want) in [
+            (&["host-shim", "run"][..], "--kernel"),
+            (
+                &["host-shim", "run", "--kernel", "k", "--mem", "x"][..],
+                "--mem",
+            ),
+            (
+                &["host-shim", "run", "--kernel", "k", "--timeout", "0"][..],
+                "--timeout",
+            ),
+            (
+                &["host-shim", "run", "--kernel", "k", "--timeout", "-1"][..],
+                "-1",
+            ),
+            (&["host-shim", "fly"][..], "fly"),
+        ] {
+            let e = Cli::try_parse_from(args).expect_err("rejected");
+            let line = usage_error(&e);
+            assert!(!line.contains('\n'), "{line}");
+            assert!(!line.starts_with("error:"), "{line}");
+            assert!(line.contains(want), "{line:?} should mention {want}");
+        }
+        let e = Cli::try_parse_from(["host-shim"]).expect_err("rejected");
+        assert_eq!(
+            usage_error(&e),
+            "missing subcommand; try 'host-shim --help'"
+        );
+    }
+
+    #[test]
+    fn help_lists_exit_statuses() {
+        let e = Cli::try_parse_from(["host-shim", "run", "--help"]).expect_err("help");
+        assert_eq!(e.kind(), ErrorKind::DisplayHelp);
+        let help = e.to_string();
+        for needle in [
+            "--kernel",
+            "--mem",
+            "--cmdline",
+            "--timeout",
+            "--stats-file",
+            "124",
+            "125",
+            "126",
+        ] {
+            assert!(help.contains(needle), "help lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_one_error_line_and_125() {
+        let mut err = Vec::new();
+        let args = parse_ok(&["host-shim", "run", "--kernel", "/nonexistent/k.elf"]);
+        let code = run(&args, ConsoleSink::new(io::sink()), &mut err);
+        assert_eq!(code, 125);
+        let text = String::from_utf8(err).expect("utf8");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("host-shim: error: kernel /nonexistent/k.elf: cannot read: "));
+
+        let mut err = Vec::new();
+        let args = parse_ok(&["host-shim", "run", "--kernel", "k", "--mem", "0"]);
+        assert_eq!(run(&args, ConsoleSink::new(io::sink()), &mut err), 125);
+        assert_eq!(
+            String::from_utf8_lossy(&err),
+            "host-shim: error: memory size 0 MiB is out of range (2..=65536 MiB)\n"
+        );
+    }
+}

@@ -1,0 +1,610 @@
+//! The one door to KVM: everything that names `kvm_ioctls` or `kvm_bindings` is here.
+//!
+//! [`Vm`] creates the VM with an in-kernel irqchip (PIC, IOAPIC, LAPIC) and PIT, maps guest
+//! memory, wires eventfds to interrupt lines and creates vCPUs in a given
+//! [`CpuStartState`]. [`Vcpu::run`] enters the guest and decodes the exit into the shim's
+//! own [`VcpuExit`], so the run loop and the devices never see a KVM type.
+//!
+//! vCPU setup follows Firecracker: CPUID from `KVM_GET_SUPPORTED_CPUID` with the APIC IDs
+//! (leaf 1 `EBX[31:24]`, leaves 0xb/0x1f `EDX`) set to the vCPU's id, the LAPIC's LINT0
+//! in ExtINT mode (the 8259 PIC's output) and LINT1 in NMI mode, as on a PC.
+
+use std::ffi::CStr;
+use std::fmt;
+
+use kvm_bindings::{
+    KVM_EXIT_DEBUG, KVM_EXIT_EXCEPTION, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_HYPERCALL,
+    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_IOAPIC_EOI,
+    KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO, KVM_EXIT_NMI, KVM_EXIT_NOTIFY,
+    KVM_EXIT_SET_TPR, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_TPR_ACCESS,
+    KVM_EXIT_UNKNOWN, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY, kvm_fpu, kvm_lapic_state, kvm_pit_config, kvm_regs, kvm_segment,
+    kvm_sregs, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use serde::Serialize;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{CpuStartState, Segment};
+
+/// Where KVM puts the three-page TSS it needs on Intel hosts (inside the MMIO hole,
+/// below the BIOS area, as Firecracker and QEMU do).
+pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
+/// Where KVM puts the identity-map page table it needs on Intel hosts.
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+
+/// The KVM device node.
+pub const KVM_DEVICE: &CStr = c"/dev/kvm";
+const KVM_API_VERSION: i32 = 12;
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0b100;
+const APIC_MODE_EXTINT: u32 = 0b111;
+
+/// A failed KVM operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The KVM device is missing or not accessible.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The device path.
+        path: String,
+        /// Why it could not be opened.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// An incompatible KVM.
+    #[error("/dev/kvm speaks KVM API version {0}; the shim needs {KVM_API_VERSION}")]
+    ApiVersion(i32),
+    /// An ioctl failed.
+    #[error("{op} failed: {source}")]
+    Ioctl {
+        /// The ioctl (or step) that failed.
+        op: &'static str,
+        /// The error KVM returned.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// More guest memory regions than KVM memory slots.
+    #[error("guest memory has {0} regions, more than KVM's {1} memory slots")]
+    TooManyRegions(usize, usize),
+}
+
+fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Ioctl { op, source }
+}
+
+/// A VM with an in-kernel irqchip and PIT.
+pub struct Vm {
+    // Dropped first: the memory below must outlive the VM's use of it.
+    fd: VmFd,
+    kvm: Kvm,
+    memory: Option<GuestMemoryMmap>,
+}
+
+impl Vm {
+    /// Opens `/dev/kvm` and creates a VM with its interrupt controllers and PIT.
+    pub fn new() -> Result<Self, Error> {
+        Self::open(KVM_DEVICE)
+    }
+
+    /// Like [`Vm::new`] with another KVM device node.
+    pub fn open(device: &CStr) -> Result<Self, Error> {
+        let kvm = Kvm::new_with_path(device).map_err(|source| Error::Open {
+            path: device.to_string_lossy().into_owned(),
+            source,
+        })?;
+        let version = kvm.get_api_version();
+        if version != KVM_API_VERSION {
+            return Err(Error::ApiVersion(version));
+        }
+        let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        if kvm.check_extension(Cap::SetTssAddr) {
+            fd.set_tss_address(KVM_TSS_ADDR)
+                .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        }
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+                .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        }
+        fd.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        // The guest calibrates its TSC by latching and reading PIT channel 0. The dummy
+        // speaker makes port 0x61 (PIT channel 2 gate) answer in the kernel too.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+        Ok(Self {
+            fd,
+            kvm,
+            memory: None,
+        })
+    }
+
+    /// Maps every region of `memory` into the guest at its guest-physical address.
+    pub fn map_memory(&mut self, memory: &GuestMemoryMmap) -> Result<(), Error> {
+        let slots = self.kvm.get_nr_memslots();
+        if memory.num_regions() > slots {
+            return Err(Error::TooManyRegions(memory.num_regions(), slots));
+        }
+        for (slot, region) in memory.iter().enumerate() {
+            let mapping = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the host range is a live mapping of exactly `memory_size` bytes owned
+            // by the region, and `self` (like every `Vcpu`) keeps a clone of `memory`, so
+            // the mapping outlives the VM's and its vCPUs' use of it.
+            unsafe { self.fd.set_user_memory_region(mapping) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        self.memory = Some(memory.clone());
+        Ok(())
+    }
+
+    /// Makes a write to `evt` raise interrupt line `gsi` (irqfd).
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
+        self.fd.register_irqfd(evt, gsi).map_err(ioctl("KVM_IRQFD"))
+    }
+
+    /// Creates vCPU `id` in `state`. Call after [`Vm::map_memory`].
+    pub fn create_vcpu(&self, id: u8, state: &CpuStartState) -> Result<Vcpu, Error> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(ioctl("KVM_CREATE_VCPU"))?;
+
+        let mut cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        for entry in cpuid.as_mut_slice() {
+            match entry.function {
+                1 => {
+                    entry.ebx = (entry.ebx & 0x00ff_ffff) | u32::from(id) << 24;
+                    entry.ecx |= 1 << 31; // hypervisor present
+                }
+                0xb | 0x1f => entry.edx = u32::from(id),
+                _ => {}
+            }
+        }
+        fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+
+        let mut lapic = fd.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+        set_lvt_mode(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lvt_mode(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
+        fd.set_lapic(&lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
+
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        fd.set_fpu(&fpu).map_err(ioctl("KVM_SET_FPU"))?;
+
+        let mut sregs = fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        apply_start_sregs(&mut sregs, state);
+        fd.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+        let regs = kvm_regs {
+            rip: state.rip,
+            rbx: state.rbx,
+            rflags: state.rflags,
+            ..Default::default()
+        };
+        fd.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
+
+        Ok(Vcpu {
+            fd,
+            run_size: self.fd.run_size(),
+            _memory: self.memory.clone(),
+        })
+    }
+}
+
+fn set_lvt_mode(lapic: &mut kvm_lapic_state, reg: usize, mode: u32) {
+    let bytes = &mut lapic.regs[reg..reg + 4];
+    let old = u32::from_le_bytes([
+        bytes[0] as u8,
+        bytes[1] as u8,
+        bytes[2] as u8,
+        bytes[3] as u8,
+    ]);
+    // Delivery mode is bits 8..=10 of an LVT entry.
+    let new = (old & !0x700) | mode << 8;
+    for (dst, src) in bytes.iter_mut().zip(new.to_le_bytes()) {
+        *dst = src as _;
+    }
+}
+
+fn kvm_seg(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: u64::from(s.base),
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: u8::from(s.present),
+        dpl: s.dpl,
+        db: u8::from(s.db),
+        s: u8::from(s.s),
+        l: 0,
+        g: u8::from(s.g),
+        avl: 0,
+        unusable: u8::from(!s.present),
+        padding: 0,
+    }
+}
+
+/// Puts the PVH entry state into `sregs`, keeping what KVM set up that the PVH spec
+/// leaves open (IDTR, APIC base).
+fn apply_start_sregs(sregs: &mut kvm_sregs, state: &CpuStartState) {
+    sregs.cs = kvm_seg(&state.code);
+    let data = kvm_seg(&state.data);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = kvm_seg(&state.tss);
+    sregs.ldt = kvm_segment {
+        type_: 0x2,
+        unusable: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = state.gdt_base;
+    sregs.gdt.limit = state.gdt_limit;
+    sregs.cr0 = state.cr0;
+    sregs.cr3 = 0;
+    sregs.cr4 = state.cr4;
+    sregs.efer = state.efer;
+}
+
+/// Register state worth reporting when a guest dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CpuSnapshot {
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// `CR0`.
+    pub cr0: u64,
+    /// `CR2` (last page-fault address).
+    pub cr2: u64,
+    /// `CR3`.
+    pub cr3: u64,
+    /// `CR4`.
+    pub cr4: u64,
+    /// `EFER`.
+    pub efer: u64,
+    /// `CS` selector.
+    pub cs: u16,
+}
+
+impl fmt::Display for CpuSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rip={:#x}, cs={:#x}, rsp={:#x}, rflags={:#x}, cr0={:#x}, cr2={:#x}, cr3={:#x}, \
+             cr4={:#x}, efer={:#x}",
+            self.rip,
+            self.cs,
+            self.rsp,
+            self.rflags,
+            self.cr0,
+            self.cr2,
+            self.cr3,
+            self.cr4,
+            self.efer
+        )
+    }
+}
+
+/// A guest `rdmsr`/`wrmsr` that KVM forwarded to user space.
+#[derive(Debug)]
+pub struct MsrAccess<'a> {
+    /// The MSR's index.
+    pub index: u32,
+    value: &'a mut u64,
+    error: &'a mut u8,
+}
+
+impl MsrAccess<'_> {
+    /// The value the guest writes (for `wrmsr`).
+    pub fn value(&self) -> u64 {
+        *self.value
+    }
+
+    /// Answers an `rdmsr` with `value`.
+    pub fn reply(&mut self, value: u64) {
+        *self.value = value;
+    }
+
+    /// Makes the access raise #GP in the guest.
+    pub fn fault(&mut self) {
+        *self.error = 1;
+    }
+}
+
+/// Why the vCPU left the guest, in the shim's terms.
+#[derive(Debug)]
+pub enum VcpuExit<'a> {
+    /// `in`: fill `data` (`data.len() / size` accesses of `size` bytes).
+    IoIn {
+        /// Port.
+        port: u16,
+        /// Bytes per access.
+        size: usize,
+        /// The bytes to fill.
+        data: &'a mut [u8],
+    },
+    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes.
+    IoOut {
+        /// Port.
+        port: u16,
+        /// Bytes per access.
+        size: usize,
+        /// The bytes written.
+        data: &'a [u8],
+    },
+    /// A read of unmapped guest-physical memory: fill `data`.
+    MmioRead {
+        /// Guest-physical address.
+        addr: u64,
+        /// The bytes to fill.
+        data: &'a mut [u8],
+    },
+    /// A write to unmapped guest-physical memory.
+    MmioWrite {
+        /// Guest-physical address.
+        addr: u64,
+        /// The bytes written.
+        data: &'a [u8],
+    },
+    /// `rdmsr` forwarded to user space.
+    MsrRead(MsrAccess<'a>),
+    /// `wrmsr` forwarded to user space.
+    MsrWrite(MsrAccess<'a>),
+    /// `hlt` (only without an in-kernel LAPIC).
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// `KVM_RUN` was interrupted by a signal.
+    Interrupted,
+    /// A KVM system event (`KVM_SYSTEM_EVENT_*`).
+    SystemEvent(u32),
+    /// VM entry failed with this hardware reason.
+    FailEntry(u64),
+    /// KVM could not handle an exit (`KVM_INTERNAL_ERROR_*` suberror).
+    InternalError(u32),
+    /// Any other exit.
+    Other {
+        /// Exit name, e.g. "debug".
+        name: &'static str,
+        /// `KVM_EXIT_*` code.
+        reason: u32,
+        /// Whether the guest can simply be resumed.
+        resumable: bool,
+    },
+}
+
+/// One vCPU. Movable to the thread that runs it.
+pub struct Vcpu {
+    fd: VcpuFd,
+    run_size: usize,
+    _memory: Option<GuestMemoryMmap>,
+}
+
+impl Vcpu {
+    /// Runs the guest until the next exit.
+    pub fn run(&mut self) -> Result<VcpuExit<'_>, Error> {
+        // kvm-ioctls' own decoding drops the access size of port I/O, so only the ioctl's
+        // result is taken from it and the exit is decoded from `kvm_run` here.
+        if let Err(e) = self.fd.run() {
+            return match e.errno() {
+                libc::EINTR | libc::EAGAIN => Ok(VcpuExit::Interrupted),
+                _ => Err(Error::Ioctl {
+                    op: "KVM_RUN",
+                    source: e,
+                }),
+            };
+        }
+        let run_size = self.run_size;
+        let run = self.fd.get_kvm_run();
+        let reason = run.exit_reason;
+        let other = |name, resumable| VcpuExit::Other {
+            name,
+            reason,
+            resumable,
+        };
+        Ok(match reason {
+            KVM_EXIT_IO => {
+                // SAFETY: `exit_reason` says `io` is the union member KVM filled in.
+                let io = unsafe { run.__bindgen_anon_1.io };
+                let size = usize::from(io.size);
+                let len = size * io.count as usize;
+                let offset = usize::try_from(io.data_offset).unwrap_or(usize::MAX);
+                if size == 0 || offset.checked_add(len).is_none_or(|end| end > run_size) {
+                    return Ok(other("io_malformed", false));
+                }
+                let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+                // SAFETY: KVM maps `run_size` bytes at `base`: the `kvm_run` structure and,
+                // after it, the page KVM stages port-I/O data in. `[offset, offset + len)`
+                // lies inside that mapping (checked above), after the structure, and the
+                // slice is the only reference to it while `self` is borrowed.
+                let data = unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) };
+                if u32::from(io.direction) == KVM_EXIT_IO_OUT {
+                    VcpuExit::IoOut {
+                        port: io.port,
+                        size,
+                        data,
+                    }
+                } else {
+                    VcpuExit::IoIn {
+                        port: io.port,
+                        size,
+                        data,
+                    }
+                }
+            }
+            KVM_EXIT_MMIO => {
+                // SAFETY: `exit_reason` says `mmio` is the union member KVM filled in.
+                let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+                let len = (mmio.len as usize).min(mmio.data.len());
+                let (addr, is_write) = (mmio.phys_addr, mmio.is_write != 0);
+                let data = &mut mmio.data[..len];
+                if is_write {
+                    VcpuExit::MmioWrite { addr, data }
+                } else {
+                    VcpuExit::MmioRead { addr, data }
+                }
+            }
+            KVM_EXIT_X86_RDMSR | KVM_EXIT_X86_WRMSR => {
+                // SAFETY: `exit_reason` says `msr` is the union member KVM filled in.
+                let msr = unsafe { &mut run.__bindgen_anon_1.msr };
+                let access = MsrAccess {
+                    index: msr.index,
+                    value: &mut msr.data,
+                    error: &mut msr.error,
+                };
+                if reason == KVM_EXIT_X86_RDMSR {
+                    VcpuExit::MsrRead(access)
+                } else {
+                    VcpuExit::MsrWrite(access)
+                }
+            }
+            KVM_EXIT_HLT => VcpuExit::Hlt,
+            KVM_EXIT_SHUTDOWN => VcpuExit::Shutdown,
+            KVM_EXIT_INTR => VcpuExit::Interrupted,
+            KVM_EXIT_SYSTEM_EVENT => {
+                // SAFETY: `exit_reason` says `system_event` is the union member KVM filled in.
+                let kind = unsafe { run.__bindgen_anon_1.system_event.type_ };
+                VcpuExit::SystemEvent(kind)
+            }
+            KVM_EXIT_FAIL_ENTRY => {
+                // SAFETY: `exit_reason` says `fail_entry` is the union member KVM filled in.
+                let fail = unsafe { run.__bindgen_anon_1.fail_entry };
+                VcpuExit::FailEntry(fail.hardware_entry_failure_reason)
+            }
+            KVM_EXIT_INTERNAL_ERROR => {
+                // SAFETY: `exit_reason` says `internal` is the union member KVM filled in.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                VcpuExit::InternalError(internal.suberror)
+            }
+            KVM_EXIT_IRQ_WINDOW_OPEN => other("irq_window_open", true),
+            KVM_EXIT_SET_TPR => other("set_tpr", true),
+            KVM_EXIT_TPR_ACCESS => other("tpr_access", true),
+            KVM_EXIT_NMI => other("nmi", true),
+            KVM_EXIT_IOAPIC_EOI => other("ioapic_eoi", true),
+            KVM_EXIT_UNKNOWN => other("unknown", false),
+            KVM_EXIT_EXCEPTION => other("exception", false),
+            KVM_EXIT_HYPERCALL => other("hypercall", false),
+            KVM_EXIT_DEBUG => other("debug", false),
+            KVM_EXIT_MEMORY_FAULT => other("memory_fault", false),
+            KVM_EXIT_XEN => other("xen", false),
+            KVM_EXIT_NOTIFY => other("notify", false),
+            _ => other("unsupported", false),
+        })
+    }
+
+    /// The registers worth reporting when the guest dies.
+    pub fn snapshot(&self) -> Result<CpuSnapshot, Error> {
+        let regs = self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+        let sregs = self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        Ok(CpuSnapshot {
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rflags: regs.rflags,
+            cr0: sregs.cr0,
+            cr2: sregs.cr2,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+            cs: sregs.cs.selector,
+        })
+    }
+}
+
+/// Human-readable name of a `KVM_SYSTEM_EVENT_*` type.
+pub fn system_event_name(kind: u32) -> &'static str {
+    match kind {
+        kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "shutdown",
+        kvm_bindings::KVM_SYSTEM_EVENT_RESET => "reset",
+        kvm_bindings::KVM_SYSTEM_EVENT_CRASH => "crash",
+        kvm_bindings::KVM_SYSTEM_EVENT_WAKEUP => "wakeup",
+        kvm_bindings::KVM_SYSTEM_EVENT_SUSPEND => "suspend",
+        _ => "unknown",
+    }
+}
+
+/// Human-readable name of a `KVM_INTERNAL_ERROR_*` suberror.
+pub fn internal_error_name(suberror: u32) -> &'static str {
+    match suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "instruction emulation failed",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception during exception delivery",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "exit during event delivery",
+        kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected exit reason",
+        _ => "unknown suberror",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::{START_INFO_ADDR, pvh_start_state};
+
+    #[test]
+    fn start_sregs_are_flat_protected_mode() {
+        let mut sregs = kvm_sregs {
+            apic_base: 0xfee0_0900,
+            cr0: 0x6000_0010,
+            ..Default::default()
+        };
+        apply_start_sregs(&mut sregs, &pvh_start_state(0x10_0000, START_INFO_ADDR));
+        assert_eq!((sregs.cr0, sregs.cr4, sregs.efer), (0x11, 0, 0));
+        assert_eq!(sregs.apic_base, 0xfee0_0900);
+        let cs = sregs.cs;
+        assert_eq!((cs.base, cs.limit, cs.type_), (0, 0xffff_ffff, 0xb));
+        assert_eq!(
+            (cs.s, cs.dpl, cs.present, cs.db, cs.g, cs.l),
+            (1, 0, 1, 1, 1, 0)
+        );
+        for seg in [sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss] {
+            assert_eq!(
+                (seg.base, seg.limit, seg.type_, seg.db, seg.g),
+                (0, 0xffff_ffff, 3, 1, 1)
+            );
+        }
+        let tr = sregs.tr;
+        assert_eq!(
+            (tr.base, tr.limit, tr.type_, tr.s, tr.present),
+            (0, 0x67, 0xb, 0, 1)
+        );
+        assert_eq!(sregs.ldt.unusable, 1);
+    }
+
+    #[test]
+    fn missing_device_is_named_in_the_error() {
+        let err = Vm::open(c"/nonexistent/kvm").err().expect("no such device");
+        assert_eq!(
+            err.to_string(),
+            "cannot open /nonexistent/kvm: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn lvt_delivery_mode_keeps_other_bits() {
+        let mut lapic = kvm_lapic_state::default();
+        lapic.regs[APIC_LVT0 + 2] = 1; // mask bit 16
+        set_lvt_mode(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lvt_mode(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
+        assert_eq!(lapic.regs[APIC_LVT0 + 1] as u8, 0x07);
+        assert_eq!(lapic.regs[APIC_LVT0 + 2], 1);
+        assert_eq!(lapic.regs[APIC_LVT1 + 1] as u8, 0x04);
+    }
+}

@@ -1,0 +1,188 @@
+//! Builders for tiny guest images, shared by the shim's unit tests, its integration
+//! tests, its fuzz target, and the system tests that want a guest without building one.
+//!
+//! [`ElfBuilder`] writes an ELF64 x86-64 executable: the header, one `PT_LOAD` per
+//! segment, and one 4-aligned `PT_NOTE` holding any extra notes followed by the
+//! `XEN_ELFNOTE_PHYS32_ENTRY` note with an 8-byte descriptor, as our guest emits it.
+
+use crate::elf::{XEN_ELFNOTE_PHYS32_ENTRY, XEN_NOTE_NAME};
+
+#[derive(Debug, Clone)]
+struct Segment {
+    paddr: u64,
+    data: Vec<u8>,
+    memsz: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Note {
+    name: Vec<u8>,
+    n_type: u32,
+    desc: Vec<u8>,
+}
+
+/// Builds a small ELF64 image in memory.
+#[derive(Debug, Clone, Default)]
+pub struct ElfBuilder {
+    segments: Vec<Segment>,
+    notes: Vec<Note>,
+    pvh_desc: Option<Vec<u8>>,
+    notes_filesz: Option<u64>,
+}
+
+impl ElfBuilder {
+    /// An image with no segments and no notes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a `PT_LOAD` segment at guest-physical `paddr` holding `data`.
+    pub fn segment(self, paddr: u64, data: &[u8]) -> Self {
+        let memsz = data.len() as u64;
+        self.segment_with_memsz(paddr, data, memsz)
+    }
+
+    /// Adds a `PT_LOAD` segment whose `p_memsz` is `memsz` (may be smaller than the
+    /// data, to build invalid images).
+    pub fn segment_with_memsz(mut self, paddr: u64, data: &[u8], memsz: u64) -> Self {
+        self.segments.push(Segment {
+            paddr,
+            data: data.to_vec(),
+            memsz,
+        });
+        self
+    }
+
+    /// Adds the `XEN_ELFNOTE_PHYS32_ENTRY` note with `entry` as an 8-byte descriptor.
+    pub fn pvh_entry(self, entry: u64) -> Self {
+        self.pvh_descriptor(&entry.to_le_bytes())
+    }
+
+    /// Adds the `XEN_ELFNOTE_PHYS32_ENTRY` note with a raw descriptor.
+    pub fn pvh_descriptor(mut self, desc: &[u8]) -> Self {
+        self.pvh_desc = Some(desc.to_vec());
+        self
+    }
+
+    /// Adds another note (placed before the PVH note).
+    pub fn extra_note(mut self, name: &[u8], n_type: u32, desc: &[u8]) -> Self {
+        self.notes.push(Note {
+            name: name.to_vec(),
+            n_type,
+            desc: desc.to_vec(),
+        });
+        self
+    }
+
+    /// Overrides the `PT_NOTE` segment's `p_filesz` (to build malformed notes).
+    pub fn truncate_notes(mut self, filesz: u64) -> Self {
+        self.notes_filesz = Some(filesz);
+        self
+    }
+
+    fn note_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let pvh = self.pvh_desc.as_ref().map(|desc| Note {
+            name: XEN_NOTE_NAME.to_vec(),
+            n_type: XEN_ELFNOTE_PHYS32_ENTRY,
+            desc: desc.clone(),
+        });
+        for note in self.notes.iter().chain(pvh.as_ref()) {
+            out.extend_from_slice(&(note.name.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(note.desc.len() as u32).to_le_bytes());
+            out.extend_from_slice(&note.n_type.to_le_bytes());
+            out.extend_from_slice(&note.name);
+            out.resize(out.len().next_multiple_of(4), 0);
+            out.extend_from_slice(&note.desc);
+            out.resize(out.len().next_multiple_of(4), 0);
+        }
+        out
+    }
+
+    /// The image's bytes.
+    pub fn build(&self) -> Vec<u8> {
+        let notes = self.note_bytes();
+        let has_notes = !notes.is_empty() || self.notes_filesz.is_some();
+        let phnum = self.segments.len() + usize::from(has_notes);
+        let notes_at = 64 + 56 * phnum;
+        let mut data_at = (notes_at + notes.len()).next_multiple_of(16);
+
+        let mut phdrs = Vec::new();
+        let mut payload = Vec::new();
+        for seg in &self.segments {
+            phdrs.push(phdr(
+                1,
+                5,
+                data_at as u64,
+                seg.paddr,
+                seg.data.len() as u64,
+                seg.memsz,
+                16,
+            ));
+            payload.extend_from_slice(&seg.data);
+            data_at += seg.data.len();
+        }
+        if has_notes {
+            let filesz = self.notes_filesz.unwrap_or(notes.len() as u64);
+            phdrs.push(phdr(4, 4, notes_at as u64, 0, filesz, filesz, 4));
+        }
+
+        let entry = match &self.pvh_desc {
+            Some(d) if d.len() >= 4 => u64::from(u32::from_le_bytes([d[0], d[1], d[2], d[3]])),
+            _ => self.segments.first().map_or(0, |s| s.paddr),
+        };
+        let mut out = Vec::new();
+        out.extend_from_slice(b"\x7fELF");
+        out.extend_from_slice(&[2, 1, 1, 0]); // ELFCLASS64, little-endian, version 1, SysV
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        out.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&entry.to_le_bytes());
+        out.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+        out.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        out.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        out.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        out.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        out.extend_from_slice(&(phnum as u16).to_le_bytes());
+        out.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        out.extend_from_slice(&[0; 4]); // e_shnum, e_shstrndx
+        for p in phdrs {
+            out.extend_from_slice(&p);
+        }
+        out.extend_from_slice(&notes);
+        out.resize(out.len().next_multiple_of(16), 0);
+        out.extend_from_slice(&payload);
+        out
+    }
+}
+
+fn phdr(
+    p_type: u32,
+    flags: u32,
+    offset: u64,
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+    align: u64,
+) -> [u8; 56] {
+    let mut p = [0u8; 56];
+    p[0..4].copy_from_slice(&p_type.to_le_bytes());
+    p[4..8].copy_from_slice(&flags.to_le_bytes());
+    p[8..16].copy_from_slice(&offset.to_le_bytes());
+    p[16..24].copy_from_slice(&paddr.to_le_bytes()); // p_vaddr = p_paddr
+    p[24..32].copy_from_slice(&paddr.to_le_bytes());
+    p[32..40].copy_from_slice(&filesz.to_le_bytes());
+    p[40..48].copy_from_slice(&memsz.to_le_bytes());
+    p[48..56].copy_from_slice(&align.to_le_bytes());
+    p
+}
+
+/// A PVH kernel whose 32-bit code at `0x100000` is `code`, entered there.
+pub fn pvh_kernel(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    ElfBuilder::new()
+        .segment(LOAD, code)
+        .pvh_entry(LOAD)
+        .build()
+}

@@ -1,0 +1,571 @@
+//! The VMM: builds a VM from a [`VmConfig`], runs its vCPU on its own thread, and reports
+//! how the run ended ([`Outcome`]) with the counters of [`crate::stats`].
+//!
+//! `Vmm::new` validates everything the user controls (memory size, command line, kernel
+//! image and its fit in memory) before it touches `/dev/kvm`, so bad input is reported
+//! the same way on hosts without KVM.
+//!
+//! Timeout: the calling thread waits on a channel with a deadline (no polling). When the
+//! deadline passes it sets a stop flag and kicks the vCPU thread out of `KVM_RUN` with a
+//! real-time signal. A signal that lands just before the thread enters `KVM_RUN` is lost,
+//! so the kick is repeated every few milliseconds until the thread answers.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::boot::{self, BootError, MemoryLayout};
+use crate::devices::console::ConsoleSink;
+use crate::devices::debugcon::{DEBUGCON_PORT, DebugCon};
+use crate::devices::exit_port::{EXIT_PORT, EXIT_PORT_SIZE, ExitPort};
+use crate::devices::serial::{COM1_IRQ, COM1_PORT, COM1_SIZE, SerialPort};
+use crate::devices::{Action, Bus, BusError};
+use crate::elf::{self, ElfError};
+use crate::kvm::{self, CpuSnapshot, Vcpu, VcpuExit, Vm};
+use crate::stats::RunStats;
+use crate::{EXIT_GUEST_CRASHED, EXIT_TIMEOUT};
+
+/// Largest kernel file the shim reads.
+pub const MAX_KERNEL_SIZE: u64 = 1 << 30;
+
+/// How often the watchdog re-sends the kick until the vCPU thread answers.
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Any failure of the shim itself (exit status 125). How the guest ended is not an
+/// error but an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel file cannot be read.
+    #[error("kernel {name}: cannot read: {source}")]
+    KernelRead {
+        /// The path as given.
+        name: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The kernel image is not a valid PVH ELF.
+    #[error("kernel {name}: {source}")]
+    Elf {
+        /// The path as given.
+        name: String,
+        /// What is wrong with it.
+        source: ElfError,
+    },
+    /// The kernel does not fit the guest's memory.
+    #[error("kernel {name}: {source}")]
+    KernelFit {
+        /// The path as given.
+        name: String,
+        /// Which segment does not fit, and where.
+        source: BootError,
+    },
+    /// Memory, command line or boot information.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// KVM refused something.
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+    /// Two devices claim the same addresses.
+    #[error("device bus: {0}")]
+    Bus(#[from] BusError),
+    /// An eventfd or thread could not be created.
+    #[error("cannot create {what}: {source}")]
+    Resource {
+        /// What was being created.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The vCPU kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    /// The vCPU thread died without reporting.
+    #[error("the vCPU thread ended without reporting a result")]
+    VcpuThreadLost,
+}
+
+/// A kernel image and the name to call it by in messages.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// Usually the path it was read from.
+    pub name: String,
+    /// The ELF file's bytes.
+    pub image: Vec<u8>,
+}
+
+impl Kernel {
+    /// Reads the kernel from `path` (a regular file or a pipe, at most
+    /// [`MAX_KERNEL_SIZE`] bytes; a device such as `/dev/zero` is refused rather than
+    /// read forever).
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let name = path.display().to_string();
+        let read_err = |source| Error::KernelRead {
+            name: name.clone(),
+            source,
+        };
+        let file = File::open(path).map_err(read_err)?;
+        let kind = file.metadata().map_err(read_err)?.file_type();
+        if kind.is_dir() {
+            return Err(read_err(io::ErrorKind::IsADirectory.into()));
+        }
+        if !(kind.is_file() || kind.is_fifo()) {
+            return Err(read_err(io::Error::other("not a regular file")));
+        }
+        let mut image = Vec::new();
+        file.take(MAX_KERNEL_SIZE + 1)
+            .read_to_end(&mut image)
+            .map_err(read_err)?;
+        if image.len() as u64 > MAX_KERNEL_SIZE {
+            return Err(read_err(io::Error::other(format!(
+                "larger than {} MiB",
+                MAX_KERNEL_SIZE >> 20
+            ))));
+        }
+        Ok(Self { name, image })
+    }
+
+    /// A kernel held in memory (tests build these with [`crate::testing`]).
+    pub fn from_bytes(name: impl Into<String>, image: Vec<u8>) -> Self {
+        Self {
+            name: name.into(),
+            image,
+        }
+    }
+}
+
+/// Everything a run needs.
+pub struct VmConfig {
+    /// The PVH kernel.
+    pub kernel: Kernel,
+    /// Guest RAM in MiB ([`boot::MIN_MEM_MIB`]..=[`boot::MAX_MEM_MIB`]).
+    pub mem_mib: u64,
+    /// The guest's command line (at most [`boot::CMDLINE_MAX`] bytes).
+    pub cmdline: String,
+    /// End the run with [`Outcome::Timeout`] after this long.
+    pub timeout: Option<Duration>,
+    /// Where guest console output goes.
+    pub console: ConsoleSink,
+}
+
+impl VmConfig {
+    /// 128 MiB, empty command line, no timeout, console on stdout.
+    pub fn new(kernel: Kernel) -> Self {
+        Self {
+            kernel,
+            mem_mib: 128,
+            cmdline: String::new(),
+            timeout: None,
+            console: ConsoleSink::stdout(),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The guest wrote `status` to the exit port.
+    Exited {
+        /// The low byte of the value written.
+        status: u8,
+    },
+    /// The timeout expired first.
+    Timeout {
+        /// The timeout, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The guest triple-faulted (`KVM_EXIT_SHUTDOWN`).
+    TripleFault {
+        /// Registers at the fault, if KVM still reported them.
+        cpu: Option<CpuSnapshot>,
+    },
+    /// KVM could not handle an exit.
+    InternalError {
+        /// `KVM_INTERNAL_ERROR_*`.
+        suberror: u32,
+        /// Registers at the error, if KVM still reported them.
+        cpu: Option<CpuSnapshot>,
+    },
+    /// VM entry failed.
+    FailEntry {
+        /// Hardware entry failure reason.
+        reason: u64,
+    },
+    /// A KVM system event (reset, shutdown, crash).
+    SystemEvent {
+        /// `KVM_SYSTEM_EVENT_*`.
+        event: u32,
+    },
+    /// An exit the shim cannot resume from.
+    UnexpectedExit {
+        /// Exit name.
+        exit: String,
+        /// `KVM_EXIT_*` code.
+        reason: u32,
+    },
+}
+
+impl Outcome {
+    /// The `host-shim` process exit status for this outcome.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Exited { status } => *status,
+            Outcome::Timeout { .. } => EXIT_TIMEOUT,
+            _ => EXIT_GUEST_CRASHED,
+        }
+    }
+
+    /// Whether the guest ended the run itself through the exit port.
+    pub fn is_guest_exit(&self) -> bool {
+        matches!(self, Outcome::Exited { .. })
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let regs = |cpu: &Option<CpuSnapshot>| match cpu {
+            Some(cpu) => format!(" ({cpu})"),
+            None => String::new(),
+        };
+        match self {
+            Outcome::Exited { status } => write!(f, "guest exited with status {status}"),
+            Outcome::Timeout { timeout_ms } => {
+                let secs = Duration::from_millis(*timeout_ms).as_secs_f64();
+                write!(f, "guest did not exit within {secs} s")
+            }
+            Outcome::TripleFault { cpu } => write!(f, "guest triple-faulted{}", regs(cpu)),
+            Outcome::InternalError { suberror, cpu } => write!(
+                f,
+                "KVM internal error {suberror} ({}){}",
+                kvm::internal_error_name(*suberror),
+                regs(cpu)
+            ),
+            Outcome::FailEntry { reason } => write!(
+                f,
+                "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
+            ),
+            Outcome::SystemEvent { event } => write!(
+                f,
+                "guest raised KVM system event {event} ({})",
+                kvm::system_event_name(*event)
+            ),
+            Outcome::UnexpectedExit { exit, reason } => {
+                write!(
+                    f,
+                    "unexpected vCPU exit '{exit}' (KVM exit reason {reason})"
+                )
+            }
+        }
+    }
+}
+
+/// The result of [`Vmm::run`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// The `host-shim` exit status for it.
+    pub exit_code: u8,
+    /// Wall-clock time from starting the vCPU to the end of the run.
+    pub run_time_ns: u64,
+    /// All vCPU exits, whatever their kind.
+    pub exits_total: u64,
+    /// The counters.
+    pub stats: RunStats,
+}
+
+impl RunReport {
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        // Plain structs of integers, strings and maps: serialisation cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// A VM ready to run.
+pub struct Vmm {
+    vm: Vm,
+    vcpu: Vcpu,
+    pio: Bus,
+    mmio: Bus,
+    console: ConsoleSink,
+    timeout: Option<Duration>,
+}
+
+impl Vmm {
+    /// Validates `config`, loads the kernel and sets up the VM, its devices and vCPU.
+    pub fn new(config: VmConfig) -> Result<Self, Error> {
+        let VmConfig {
+            kernel,
+            mem_mib,
+            cmdline,
+            timeout,
+            console,
+        } = config;
+        let layout = MemoryLayout::new(mem_mib)?;
+        boot::check_cmdline(&cmdline)?;
+        let image = elf::parse(&kernel.image).map_err(|source| Error::Elf {
+            name: kernel.name.clone(),
+            source,
+        })?;
+        layout
+            .check_fits(&image)
+            .map_err(|source| Error::KernelFit {
+                name: kernel.name.clone(),
+                source,
+            })?;
+
+        let memory = layout.allocate()?;
+        boot::load_kernel(&memory, &kernel.image)?;
+        let start_info = boot::write_boot_info(&memory, &layout, &cmdline)?;
+
+        let mut vm = Vm::new()?;
+        vm.map_memory(&memory)?;
+
+        let mut pio = Bus::new();
+        let serial = SerialPort::new(console.clone()).map_err(|source| Error::Resource {
+            what: "the COM1 interrupt eventfd",
+            source,
+        })?;
+        vm.register_irqfd(serial.irq_evt(), COM1_IRQ)?;
+        pio.insert(
+            COM1_PORT.into(),
+            COM1_SIZE.into(),
+            Arc::new(Mutex::new(serial)),
+        )?;
+        pio.insert(
+            DEBUGCON_PORT.into(),
+            1,
+            Arc::new(Mutex::new(DebugCon::new(console.clone()))),
+        )?;
+        pio.insert(
+            EXIT_PORT.into(),
+            EXIT_PORT_SIZE.into(),
+            Arc::new(Mutex::new(ExitPort::new())),
+        )?;
+
+        let vcpu = vm.create_vcpu(0, &boot::pvh_start_state(image.pvh_entry, start_info))?;
+        Ok(Self {
+            vm,
+            vcpu,
+            pio,
+            mmio: Bus::new(),
+            console,
+            timeout,
+        })
+    }
+
+    /// The port-I/O bus, for adding devices before [`Vmm::run`].
+    pub fn pio_bus(&mut self) -> &mut Bus {
+        &mut self.pio
+    }
+
+    /// The MMIO bus, for adding devices before [`Vmm::run`].
+    pub fn mmio_bus(&mut self) -> &mut Bus {
+        &mut self.mmio
+    }
+
+    /// Runs the guest until it exits, crashes, or the timeout expires.
+    pub fn run(self) -> Result<RunReport, Error> {
+        install_kick_handler()?;
+        let Vmm {
+            vm,
+            vcpu,
+            pio,
+            mmio,
+            mut console,
+            timeout,
+        } = self;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let mut runner = VcpuRunner {
+            vcpu,
+            pio,
+            mmio,
+            stop: stop.clone(),
+            stats: RunStats::default(),
+        };
+        let start = Instant::now();
+        let handle = thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn(move || {
+                let result = runner.run();
+                let _ = tx.send((result, runner.stats));
+            })
+            .map_err(|source| Error::Resource {
+                what: "the vCPU thread",
+                source,
+            })?;
+
+        let received = match timeout {
+            None => rx.recv().ok(),
+            Some(limit) => match rx.recv_timeout(limit) {
+                Ok(r) => Some(r),
+                Err(RecvTimeoutError::Disconnected) => None,
+                Err(RecvTimeoutError::Timeout) => {
+                    stop.store(true, Ordering::SeqCst);
+                    loop {
+                        // Fails only once the thread has exited, and then the channel
+                        // answers below.
+                        let _ = handle.kill(SIGRTMIN());
+                        match rx.recv_timeout(KICK_INTERVAL) {
+                            Ok(r) => break Some(r),
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => break None,
+                        }
+                    }
+                }
+            },
+        };
+        let run_time = start.elapsed();
+        let _ = handle.join();
+        let _ = console.flush();
+        drop(vm);
+
+        let (result, stats) = received.ok_or(Error::VcpuThreadLost)?;
+        let outcome = match result? {
+            Some(outcome) => outcome,
+            // Stopped: only the watchdog sets the flag.
+            None => Outcome::Timeout {
+                timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
+            },
+        };
+        Ok(RunReport {
+            exit_code: outcome.exit_code(),
+            outcome,
+            run_time_ns: run_time.as_nanos() as u64,
+            exits_total: stats.exits.total(),
+            stats,
+        })
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: delivering the signal is what makes KVM_RUN return EINTR.
+}
+
+fn install_kick_handler() -> Result<(), Error> {
+    // Process-wide and idempotent: install once, remember the answer.
+    static INSTALLED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
+    (*INSTALLED.get_or_init(|| register_signal_handler(SIGRTMIN(), kick_handler)))
+        .map_err(Error::Signal)
+}
+
+/// The vCPU thread's state: the vCPU, the buses and the counters.
+struct VcpuRunner {
+    vcpu: Vcpu,
+    pio: Bus,
+    mmio: Bus,
+    stop: Arc<AtomicBool>,
+    stats: RunStats,
+}
+
+impl VcpuRunner {
+    /// Runs until an outcome (`Some`) or until stopped by the watchdog (`None`).
+    fn run(&mut self) -> Result<Option<Outcome>, kvm::Error> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            if let Some(outcome) = self.step()? {
+                return Ok(Some(outcome));
+            }
+        }
+    }
+
+    /// One `KVM_RUN` and the handling of its exit.
+    fn step(&mut self) -> Result<Option<Outcome>, kvm::Error> {
+        let stats = &mut self.stats;
+        match self.vcpu.run()? {
+            VcpuExit::IoOut { port, size, data } => {
+                stats.exits.io_out += 1;
+                stats.count_port(port);
+                // A string instruction arrives as several accesses in one exit.
+                for access in data.chunks(size) {
+                    match self.pio.write(port.into(), access) {
+                        None => stats.unclaimed.pio_writes += 1,
+                        Some(Action::Continue) => {}
+                        Some(Action::Exit(status)) => {
+                            return Ok(Some(Outcome::Exited { status }));
+                        }
+                    }
+                }
+            }
+            VcpuExit::IoIn { port, size, data } => {
+                stats.exits.io_in += 1;
+                stats.count_port(port);
+                for access in data.chunks_mut(size) {
+                    if !self.pio.read(port.into(), access) {
+                        stats.unclaimed.pio_reads += 1;
+                    }
+                }
+            }
+            VcpuExit::MmioRead { addr, data } => {
+                stats.exits.mmio_read += 1;
+                if !self.mmio.read(addr, data) {
+                    stats.unclaimed.mmio_reads += 1;
+                }
+            }
+            VcpuExit::MmioWrite { addr, data } => {
+                stats.exits.mmio_write += 1;
+                match self.mmio.write(addr, data) {
+                    None => stats.unclaimed.mmio_writes += 1,
+                    Some(Action::Continue) => {}
+                    Some(Action::Exit(status)) => return Ok(Some(Outcome::Exited { status })),
+                }
+            }
+            // Only MSRs KVM does not know reach user space: answer as hardware would.
+            VcpuExit::MsrRead(mut msr) => {
+                stats.exits.msr_read += 1;
+                msr.fault();
+            }
+            VcpuExit::MsrWrite(mut msr) => {
+                stats.exits.msr_write += 1;
+                msr.fault();
+            }
+            VcpuExit::Hlt => stats.exits.hlt += 1,
+            VcpuExit::Interrupted => stats.exits.intr += 1,
+            VcpuExit::Shutdown => {
+                stats.exits.shutdown += 1;
+                let cpu = self.vcpu.snapshot().ok();
+                return Ok(Some(Outcome::TripleFault { cpu }));
+            }
+            VcpuExit::InternalError(suberror) => {
+                stats.exits.internal_error += 1;
+                let cpu = self.vcpu.snapshot().ok();
+                return Ok(Some(Outcome::InternalError { suberror, cpu }));
+            }
+            VcpuExit::FailEntry(reason) => {
+                stats.exits.fail_entry += 1;
+                return Ok(Some(Outcome::FailEntry { reason }));
+            }
+            VcpuExit::SystemEvent(event) => {
+                stats.exits.system_event += 1;
+                return Ok(Some(Outcome::SystemEvent { event }));
+            }
+            VcpuExit::Other {
+                name,
+                reason,
+                resumable,
+            } => {
+                stats.count_other(name);
+                if !resumable {
+                    return Ok(Some(Outcome::UnexpectedExit {
+                        exit: name.to_owned(),
+                        reason,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,243 @@
+//! Runs the `host-shim` binary: bad input must give exactly one error line and status
+//! 125; with KVM, a guest's output, status, crash and timeout reach the caller.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Asm, hello_kernel, kvm_usable};
+use host_shim::testing::ElfBuilder;
+
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn shim(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_host-shim"))
+        .args(args)
+        .output()
+        .expect("run host-shim");
+    Run {
+        status: out.status.code().expect("exited normally"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes `bytes` to a file private to this test.
+fn file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("host-shim-cli");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write test file");
+    path
+}
+
+fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Asserts one stderr line, exactly `host-shim: error: <message>`, and status 125.
+fn assert_error(run: &Run, message: &str) {
+    assert_eq!(run.stderr, format!("host-shim: error: {message}\n"));
+    assert_eq!(run.status, 125, "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+}
+
+#[test]
+fn missing_kernel_file() {
+    let run = shim(&["run", "--kernel", "/nonexistent/kernel.elf"]);
+    assert_error(
+        &run,
+        "kernel /nonexistent/kernel.elf: cannot read: No such file or directory (os error 2)",
+    );
+}
+
+#[test]
+fn kernel_is_a_directory() {
+    let run = shim(&["run", "--kernel", "/"]);
+    assert_error(&run, "kernel /: cannot read: is a directory");
+}
+
+#[test]
+fn kernel_is_a_device() {
+    let run = shim(&["run", "--kernel", "/dev/zero"]);
+    assert_error(&run, "kernel /dev/zero: cannot read: not a regular file");
+}
+
+#[test]
+fn kernel_is_not_an_elf() {
+    let k = file("notes.txt", b"just some text\n");
+    let run = shim(&["run", "--kernel", path_str(&k)]);
+    assert_error(
+        &run,
+        &format!("kernel {}: not an ELF file (bad magic)", k.display()),
+    );
+}
+
+#[test]
+fn elf_without_pvh_note() {
+    let k = file(
+        "no-note.elf",
+        &ElfBuilder::new().segment(0x10_0000, &[0xf4]).build(),
+    );
+    let run = shim(&["run", "--kernel", path_str(&k)]);
+    assert_error(
+        &run,
+        &format!(
+            "kernel {}: has no XEN_ELFNOTE_PHYS32_ENTRY note; not a PVH kernel",
+            k.display()
+        ),
+    );
+}
+
+#[test]
+fn image_too_large_for_memory() {
+    let k = file(
+        "big.elf",
+        &ElfBuilder::new()
+            .segment_with_memsz(0x10_0000, &[0xf4], 8 << 20)
+            .pvh_entry(0x10_0000)
+            .build(),
+    );
+    let run = shim(&["run", "--kernel", path_str(&k), "--mem", "4"]);
+    assert_error(
+        &run,
+        &format!(
+            "kernel {}: segment 0 [0x100000, 0x900000) does not fit in the guest's 4 MiB of \
+             RAM ([0x0, 0x400000))",
+            k.display()
+        ),
+    );
+}
+
+#[test]
+fn absurd_memory_sizes() {
+    for mem in ["0", "10000000"] {
+        let run = shim(&["run", "--kernel", "/nonexistent", "--mem", mem]);
+        assert_error(
+            &run,
+            &format!("memory size {mem} MiB is out of range (2..=65536 MiB)"),
+        );
+    }
+}
+
+#[test]
+fn command_line_too_long() {
+    let k = file("ok.elf", &hello_kernel("x", 0));
+    let long = "a".repeat(5000);
+    let run = shim(&["run", "--kernel", path_str(&k), "--cmdline", &long]);
+    assert_error(
+        &run,
+        "command line is 5000 bytes; at most 4095 fit in its page",
+    );
+    // Reported before the kernel is looked at.
+    let run = shim(&["run", "--kernel", "/nonexistent", "--cmdline", &long]);
+    assert_error(
+        &run,
+        "command line is 5000 bytes; at most 4095 fit in its page",
+    );
+}
+
+#[test]
+fn syntax_errors_are_one_line_too() {
+    let run = shim(&["run", "--kernel", "k", "--mem", "lots"]);
+    assert_eq!(run.status, 125);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("host-shim: error: invalid value 'lots' for '--mem <MIB>'")
+    );
+    let run = shim(&[]);
+    assert_error(&run, "missing subcommand; try 'host-shim --help'");
+}
+
+#[test]
+fn help_documents_exit_statuses() {
+    let run = shim(&["run", "--help"]);
+    assert_eq!(run.status, 0);
+    for needle in [
+        "--kernel <FILE>",
+        "--timeout <SECS>",
+        "124",
+        "125",
+        "126",
+        "0xf4",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "help lacks {needle}:\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn guest_output_status_and_stats() {
+    if !kvm_usable("guest_output_status_and_stats") {
+        return;
+    }
+    let k = file("hello.elf", &hello_kernel("hello, shim\n", 3));
+    let stats = file("hello-stats.json", b"");
+    let run = shim(&[
+        "run",
+        "--kernel",
+        path_str(&k),
+        "--mem",
+        "8",
+        "--timeout",
+        "30",
+        "--stats",
+        "--stats-file",
+        path_str(&stats),
+    ]);
+    assert_eq!(run.stdout, "hello, shim\n");
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    let json: serde_json::Value = serde_json::from_str(&run.stderr).expect("stats JSON");
+    assert_eq!(json["outcome"]["kind"], "exited");
+    assert_eq!(json["exit_code"], 3);
+    assert_eq!(json["stats"]["pio_ports"]["0xe9"], 12);
+    assert_eq!(json["stats"]["exits"]["io_out"], 13);
+    let from_file = std::fs::read_to_string(&stats).expect("stats file");
+    assert_eq!(from_file.trim_end(), run.stderr.trim_end());
+}
+
+#[test]
+fn crashed_guest_exits_126() {
+    if !kvm_usable("crashed_guest_exits_126") {
+        return;
+    }
+    // ud2 with the reset IDT (base 0, all gates absent): #UD, #NP, #DF, shutdown.
+    let k = file("crash.elf", &Asm::new().raw(&[0x0f, 0x0b]).kernel());
+    let run = shim(&["run", "--kernel", path_str(&k), "--timeout", "30"]);
+    assert_eq!(run.status, 126, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("host-shim: error: guest triple-faulted (rip=0x100000, "),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn hung_guest_times_out_with_124() {
+    if !kvm_usable("hung_guest_times_out_with_124") {
+        return;
+    }
+    let k = file("hang.elf", &common::pvh_kernel(&[0xfa, 0xf4, 0xeb, 0xfd]));
+    let run = shim(&["run", "--kernel", path_str(&k), "--timeout", "1", "--stats"]);
+    assert_eq!(run.status, 124, "{}", run.stderr);
+    let mut lines = run.stderr.lines();
+    assert_eq!(
+        lines.next(),
+        Some("host-shim: error: guest did not exit within 1 s")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(lines.next().expect("stats line")).expect("JSON");
+    assert_eq!(json["outcome"]["kind"], "timeout");
+}

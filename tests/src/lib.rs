@@ -1,0 +1,313 @@
+//! The harness for whole-system tests, benchmarks and the demo: builds the real guest
+//! image and the shim, boots the guest under host-shim (KVM) or QEMU (TCG), and
+//! collects what it printed and how it ended.
+//!
+//! Exit statuses: host-shim exits with the guest's own status (see
+//! `guest_kernel::exit_status`); QEMU's `isa-debug-exit` makes QEMU exit with
+//! `(status << 1) | 1`, which [`QemuRun::guest_status`] maps back. QEMU exiting 0
+//! means the guest ended some other way (a triple fault with `-no-reboot`).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The rustc target of the guest image.
+pub const GUEST_TARGET: &str = "x86_64-unknown-none";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives inside the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn cargo_build(args: &[&str], what: &str) {
+    let status = cargo()
+        .args(["build", "--release", "--quiet"])
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {what}: {e}"));
+    assert!(status.success(), "building {what} failed: {status}");
+}
+
+/// Builds the guest image (once per process) and returns its path.
+pub fn guest_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        cargo_build(
+            &["-p", "guest-kernel", "--target", GUEST_TARGET],
+            "the guest image",
+        );
+        workspace_root()
+            .join("target")
+            .join(GUEST_TARGET)
+            .join("release")
+            .join("guest-kernel")
+    })
+}
+
+/// Builds host-shim (once per process) and returns its path.
+pub fn shim_binary() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        cargo_build(&["-p", "host-shim", "--bin", "host-shim"], "host-shim");
+        workspace_root()
+            .join("target")
+            .join("release")
+            .join("host-shim")
+    })
+}
+
+/// Whether `/dev/kvm` can be opened. When it cannot, says so loudly on stderr: the
+/// caller must skip, never pretend to pass.
+pub fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            // Straight to the stderr handle: libtest captures `eprintln!` of passing
+            // tests, and a skip must be seen.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {test}: /dev/kvm is not usable here ({e}); this KVM test did not run"
+            );
+            false
+        }
+    }
+}
+
+/// The QEMU binary; panics with a clear message if it is not installed (the project's
+/// `scripts/setup.sh` installs it, so its absence is a failure, not a skip).
+pub fn qemu_binary() -> &'static str {
+    const QEMU: &str = "qemu-system-x86_64";
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(QEMU).is_file()));
+    assert!(
+        found,
+        "{QEMU} not found in PATH: run scripts/setup.sh (installs qemu-system-x86)"
+    );
+    QEMU
+}
+
+/// How a process run by the harness ended.
+#[derive(Debug)]
+pub struct Run {
+    /// Everything written to stdout (the guest console).
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+    /// The process's exit status; `None` if the harness had to kill it.
+    pub status: Option<ExitStatus>,
+    /// Time from spawn to the first byte on stdout.
+    pub first_output: Option<Duration>,
+    /// Time from spawn to exit.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The process's exit code (`None` if killed or ended by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    /// Asserts that the console has `line` as a whole line.
+    #[track_caller]
+    pub fn assert_line(&self, line: &str) {
+        assert!(
+            self.stdout.lines().any(|l| l.trim_end() == line),
+            "console lacks the line {line:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+
+    /// Asserts that some console line contains `fragment`.
+    #[track_caller]
+    pub fn assert_contains(&self, fragment: &str) {
+        assert!(
+            self.stdout.contains(fragment),
+            "console lacks {fragment:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// Runs `cmd`, capturing stdout/stderr; kills it after `limit` (a safety net so that a
+/// broken build cannot hang the suite; tests never assert on speed).
+pub fn run_with_limit(mut cmd: Command, limit: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut first = None;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match out.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    first.get_or_insert_with(|| start.elapsed());
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        (buf, first)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+        }
+    };
+    let elapsed = start.elapsed();
+    let (out, first_output) = out_reader.join().expect("stdout reader");
+    let err = err_reader.join().expect("stderr reader");
+    Run {
+        stdout: String::from_utf8_lossy(&out).replace('\r', ""),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+        status,
+        first_output,
+        elapsed,
+    }
+}
+
+/// Safety-net limit for one guest boot (QEMU TCG or the shim on kvm-pvm).
+pub const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+/// Boots `kernel` under host-shim with `cmdline` and extra arguments.
+pub fn run_shim(kernel: &Path, cmdline: &str, extra: &[&str]) -> Run {
+    let mut cmd = Command::new(shim_binary());
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(kernel)
+        .args(["--cmdline", cmdline])
+        .args(extra);
+    run_with_limit(cmd, BOOT_LIMIT)
+}
+
+/// A QEMU machine model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// `-M microvm`: no PCI, no firmware tables beyond what PVH needs.
+    Microvm,
+    /// `-M pc`: i440FX PC.
+    Pc,
+}
+
+impl Machine {
+    /// QEMU's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Microvm => "microvm",
+            Self::Pc => "pc",
+        }
+    }
+}
+
+/// The QEMU command that boots `kernel` by its PVH note under TCG, COM1 on stdout,
+/// with the `isa-debug-exit` device at 0xf4.
+pub fn qemu_command(machine: Machine, kernel: &Path, cmdline: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(qemu_binary());
+    cmd.args([
+        "-M",
+        machine.name(),
+        "-accel",
+        "tcg",
+        "-m",
+        "128",
+        "-smp",
+        "1",
+    ])
+    .args([
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    .arg("-kernel")
+    .arg(kernel)
+    .args(["-append", cmdline])
+    .args(extra);
+    cmd
+}
+
+/// A finished QEMU run.
+#[derive(Debug)]
+pub struct QemuRun(pub Run);
+
+impl QemuRun {
+    /// The guest's status if it left through the debug-exit port.
+    pub fn guest_status(&self) -> Option<u8> {
+        match self.0.code()? {
+            c if c & 1 == 1 => u8::try_from(c >> 1).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Boots `kernel` in QEMU.
+pub fn run_qemu(machine: Machine, kernel: &Path, cmdline: &str, extra: &[&str]) -> QemuRun {
+    QemuRun(run_with_limit(
+        qemu_command(machine, kernel, cmdline, extra),
+        BOOT_LIMIT,
+    ))
+}
+
+/// Assertions every successful boot of the real guest must satisfy, whatever the
+/// machine: start_info read and echoed, a sane memory map, the self-tests passed.
+#[track_caller]
+pub fn assert_good_boot(run: &Run, cmdline: &str) {
+    run.assert_contains("pvh: start_info at ");
+    run.assert_contains(": magic 0x336ec578 version 1");
+    run.assert_line(&format!("pvh: cmdline: \"{cmdline}\""));
+    let ram_regions = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("pvh:   [") && l.ends_with(" ram"))
+        .count();
+    assert!(
+        ram_regions >= 1,
+        "no RAM region in the memory map:\n{}",
+        run.stdout
+    );
+    for test in ["start_info", "heap", "frames", "time", "apic_timer"] {
+        run.assert_contains(&format!("selftest: {test}: PASS"));
+    }
+    run.assert_line("selftest: 5 passed, 0 failed");
+    run.assert_line("guest: exit status 0");
+}
