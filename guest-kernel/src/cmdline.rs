@@ -4,11 +4,12 @@
 //! |---|---|---|
 //! | `console=` | comma list of `com1`, `e9`; or `auto` | `auto`: COM1 if a UART answers, else port 0xe9 |
 //! | `loglevel=` | `error` `warn` `info` `debug` `trace` | `info` |
-//! | `selftest=` | comma list of `boot`, `fault`, `triple`, `hang`; or `none` | `boot` |
+//! | `selftest=` | comma list of `boot`, `fault`, `panic`, `triple`, `hang`; or `none` | `boot` |
 //! | `heap=` | size with optional `K`/`M` suffix | `4M` |
 //!
-//! `fault`, `triple` and `hang` are test hooks: take a page fault (the exception
-//! handler must report it), triple-fault (the VMM must report it), never exit (the
+//! `fault`, `panic`, `triple` and `hang` are test hooks: take a page fault (the
+//! exception handler must report it), panic (the panic handler must report it),
+//! triple-fault (the VMM must report it), never exit (the
 //! VMM's timeout must end it). Unknown words are kept and reported, not fatal, so that
 //! one command line can serve kernels of different versions; malformed values of known
 //! options are errors.
@@ -48,6 +49,8 @@ pub struct SelfTests {
     pub boot: bool,
     /// Deliberate page fault.
     pub fault: bool,
+    /// Deliberate panic.
+    pub panic: bool,
     /// Deliberate triple fault.
     pub triple: bool,
     /// Never exit.
@@ -139,7 +142,7 @@ impl<'a> Options<'a> {
                 "selftest" => {
                     o.selftest = parse_selftests(value).ok_or(BadOption {
                         word,
-                        expected: "none, or a comma list of boot, fault, triple, hang",
+                        expected: "none, or a comma list of boot, fault, panic, triple, hang",
                     })?
                 }
                 "heap" => {
@@ -199,6 +202,7 @@ fn parse_selftests(v: &str) -> Option<SelfTests> {
         match part {
             "boot" => s.boot = true,
             "fault" => s.fault = true,
+            "panic" => s.panic = true,
             "triple" => s.triple = true,
             "hang" => s.hang = true,
             _ => return None,
@@ -264,6 +268,8 @@ mod tests {
         );
         let o = Options::parse("selftest=hang").unwrap();
         assert!(o.selftest.hang && !o.selftest.boot);
+        let o = Options::parse("selftest=panic,triple").unwrap();
+        assert!(o.selftest.panic && o.selftest.triple && !o.selftest.fault && !o.selftest.boot);
     }
 
     #[test]

@@ -98,3 +98,12 @@ fn bigger_memory_is_seen() {
     run.0
         .assert_contains("selftest: start_info: PASS (511 MiB RAM");
 }
+
+#[test]
+fn panic_is_reported_with_exit_status_2() {
+    let run = run_qemu(Machine::Microvm, guest_image(), "selftest=panic", &[]);
+    run.0
+        .assert_contains("PANIC: panicked at guest-kernel/src/kernel/mod.rs:");
+    run.0.assert_contains("selftest: deliberate panic");
+    assert_eq!(run.guest_status(), Some(2));
+}

@@ -119,3 +119,14 @@ fn bad_guest_cmdline_is_the_guests_error() {
     run.assert_contains("error: cmdline: bad option 'selftest=bogus'");
     assert_eq!(run.code(), Some(5));
 }
+
+#[test]
+fn panic_is_reported_with_exit_status_2() {
+    if !kvm_available("shim_boot::panic_is_reported_with_exit_status_2") {
+        return;
+    }
+    let run = run_shim(guest_image(), "selftest=panic", &["--timeout", TIMEOUT]);
+    run.assert_contains("PANIC: panicked at ");
+    run.assert_contains("selftest: deliberate panic");
+    assert_eq!(run.code(), Some(2), "{}\n{}", run.stdout, run.stderr);
+}

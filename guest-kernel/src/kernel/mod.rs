@@ -171,6 +171,9 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     if opts.selftest.fault {
         selftest::page_fault();
     }
+    if opts.selftest.panic {
+        panic!("selftest: deliberate panic");
+    }
     if opts.selftest.triple {
         kprintln!("selftest: triple: loading an empty IDT and raising #UD");
         interrupts::triple_fault();
