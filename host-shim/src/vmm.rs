@@ -11,7 +11,7 @@
 //! so the kick is repeated every few milliseconds until the thread answers.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -377,12 +377,13 @@ impl Vmm {
     /// Runs the guest until it exits, crashes, or the timeout expires.
     pub fn run(self) -> Result<RunReport, Error> {
         install_kick_handler()?;
+        unblock_kick_signal()?;
         let Vmm {
             vm,
             vcpu,
             pio,
             mmio,
-            mut console,
+            console,
             timeout,
         } = self;
         let stop = Arc::new(AtomicBool::new(false));
@@ -413,6 +414,9 @@ impl Vmm {
                 Err(RecvTimeoutError::Disconnected) => None,
                 Err(RecvTimeoutError::Timeout) => {
                     stop.store(true, Ordering::SeqCst);
+                    // A vCPU thread waiting for console room (host output blocked)
+                    // cannot be kicked; release it by dropping further output.
+                    console.abandon();
                     loop {
                         // Fails only once the thread has exited, and then the channel
                         // answers below.
@@ -428,7 +432,16 @@ impl Vmm {
         };
         let run_time = start.elapsed();
         let _ = handle.join();
-        let _ = console.flush();
+        // All of a finished guest's output reaches the host; after a timeout, give the
+        // host a moment but do not wait on a blocked output.
+        let timed_out = received
+            .as_ref()
+            .is_some_and(|(r, _)| matches!(r, Ok(None)));
+        if timed_out {
+            console.drain(Some(CONSOLE_DRAIN_AFTER_TIMEOUT));
+        } else {
+            console.drain(None);
+        }
         drop(vm);
 
         let (result, stats) = received.ok_or(Error::VcpuThreadLost)?;
@@ -449,8 +462,30 @@ impl Vmm {
     }
 }
 
+/// How long output queued by a timed-out guest may take to reach the host.
+const CONSOLE_DRAIN_AFTER_TIMEOUT: Duration = Duration::from_millis(500);
+
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // Nothing to do: delivering the signal is what makes KVM_RUN return EINTR.
+}
+
+/// Unblocks the kick signal in the calling thread, and so in the vCPU thread it is
+/// about to create (threads inherit their creator's mask). Signal masks also survive
+/// `exec`, so a parent that blocked SIGRTMIN would otherwise disable `--timeout`.
+fn unblock_kick_signal() -> Result<(), Error> {
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use, and
+    // pthread_sigmask only changes the calling thread's mask.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, SIGRTMIN());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::Signal(vmm_sys_util::errno::Error::new(rc)))
+    }
 }
 
 fn install_kick_handler() -> Result<(), Error> {

@@ -241,3 +241,72 @@ fn hung_guest_times_out_with_124() {
         serde_json::from_str(lines.next().expect("stats line")).expect("JSON");
     assert_eq!(json["outcome"]["kind"], "timeout");
 }
+
+/// Runs the shim with stdout on a pipe that nobody reads, after `prepare` ran in the
+/// child before exec; returns the exit status (the harness kills it after 60 s).
+fn shim_unread_stdout(args: &[&str], block_sigrtmin: bool) -> Option<i32> {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::Stdio;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_host-shim"));
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    if block_sigrtmin {
+        // SAFETY: runs in the forked child before exec and only changes its signal
+        // mask with async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGRTMIN());
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().expect("run host-shim");
+    // Keep the pipe open and unread: once its buffer is full, every console write of
+    // the shim would block.
+    let _stdout = child.stdout.take();
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s.code();
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn timeout_holds_when_host_stdout_blocks() {
+    if !kvm_usable("timeout_holds_when_host_stdout_blocks") {
+        return;
+    }
+    // Prints on port 0xe9 forever: fills the unread pipe, then the console queue.
+    let mut asm = common::Asm::new();
+    asm.label("top").out8(0xe9, b'A').jump(0xeb, "top");
+    let k = file("flood.elf", &asm.kernel());
+    let status = shim_unread_stdout(&["run", "--kernel", path_str(&k), "--timeout", "1"], false);
+    assert_eq!(
+        status,
+        Some(124),
+        "the shim hung on a blocked stdout (None) or failed"
+    );
+}
+
+#[test]
+fn timeout_holds_when_the_parent_blocked_the_kick_signal() {
+    if !kvm_usable("timeout_holds_when_the_parent_blocked_the_kick_signal") {
+        return;
+    }
+    let k = file("spin.elf", &common::pvh_kernel(&[0xeb, 0xfe]));
+    let status = shim_unread_stdout(&["run", "--kernel", path_str(&k), "--timeout", "1"], true);
+    assert_eq!(
+        status,
+        Some(124),
+        "the shim ignored --timeout (None) or failed"
+    );
+}

@@ -2,18 +2,78 @@
 //!
 //! The binary passes stdout; in-process tests pass a [`Capture`] and read it back.
 //! Several devices share one sink, so it is a cloneable handle.
+//!
+//! Devices run on the vCPU thread, and the guest must never be able to stall the shim
+//! through the host's output (a full pipe, a stopped terminal): a stalled vCPU thread
+//! cannot be kicked out of `write(2)`, so `--timeout` would hang. So the sink is a
+//! bounded queue drained by a writer thread of its own. A device's write waits while
+//! the queue is full (back-pressure, no loss), until [`ConsoleSink::abandon`] is called:
+//! from then on writes are dropped and nothing waits.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-/// A cloneable, thread-safe handle to the console's writer.
+/// Bytes queued before writers wait for the writer thread.
+const QUEUE_CAPACITY: usize = 64 * 1024;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<u8>,
+    /// The writer thread is writing bytes it took from the queue.
+    writing: bool,
+    /// Writes are dropped from now on (the run is being torn down).
+    abandoned: bool,
+    /// Every handle is gone: the writer thread drains the queue and ends.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when bytes are queued, or the sink is closed.
+    queued: Condvar,
+    /// Signalled when the writer thread made room or went idle, or on abandon.
+    drained: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A state poisoned by a panic elsewhere is still consistent: every update is a
+        // single assignment or queue operation.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Closes the queue when the last [`ConsoleSink`] clone is dropped.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.queued.notify_all();
+    }
+}
+
+/// A cloneable, thread-safe handle to the console.
 #[derive(Clone)]
-pub struct ConsoleSink(Arc<Mutex<Box<dyn Write + Send>>>);
+pub struct ConsoleSink(Arc<Handle>);
 
 impl ConsoleSink {
-    /// A sink writing to `writer`.
+    /// A sink writing to `writer` from a writer thread of its own.
     pub fn new(writer: impl Write + Send + 'static) -> Self {
-        Self(Arc::new(Mutex::new(Box::new(writer))))
+        let shared = Arc::new(Shared::default());
+        let drain = shared.clone();
+        // If the thread cannot be spawned, output is lost but the VM still runs:
+        // writes never wait for a writer that does not exist.
+        let spawned = std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || writer_thread(&drain, writer));
+        if spawned.is_err() {
+            shared.lock().abandoned = true;
+        }
+        Self(Arc::new(Handle(shared)))
     }
 
     /// A sink writing to the process's stdout.
@@ -21,11 +81,65 @@ impl ConsoleSink {
         Self::new(io::stdout())
     }
 
-    fn inner(&self) -> MutexGuard<'_, Box<dyn Write + Send>> {
-        // A writer poisoned by a panic elsewhere is still a writer.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Drops all further output and releases every writer waiting for room.
+    pub fn abandon(&self) {
+        self.0.0.lock().abandoned = true;
+        self.0.0.drained.notify_all();
+    }
+
+    /// Waits until everything queued so far has been written, or `limit` passed.
+    /// Returns whether the queue was drained.
+    pub fn drain(&self, limit: Option<Duration>) -> bool {
+        let shared = &self.0.0;
+        let deadline = limit.map(|l| Instant::now() + l);
+        let mut st = shared.lock();
+        while !st.queue.is_empty() || st.writing {
+            if st.abandoned && limit.is_none() {
+                return false;
+            }
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) => left,
+                    None => return false,
+                },
+                None => Duration::from_millis(100),
+            };
+            st = shared
+                .drained
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+fn writer_thread(shared: &Shared, mut writer: impl Write) {
+    let mut chunk = Vec::new();
+    loop {
+        {
+            let mut st = shared.lock();
+            st.writing = false;
+            shared.drained.notify_all();
+            while st.queue.is_empty() && !st.closed {
+                st = shared.queued.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.queue.is_empty() {
+                return; // closed and drained
+            }
+            chunk.clear();
+            chunk.extend(st.queue.drain(..));
+            st.writing = true;
+            shared.drained.notify_all();
+        }
+        // A failing host writer (closed pipe) loses the output, never the VM.
+        if writer
+            .write_all(&chunk)
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
+            shared.lock().abandoned = true;
+        }
     }
 }
 
@@ -37,11 +151,27 @@ impl std::fmt::Debug for ConsoleSink {
 
 impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner().write(buf)
+        let shared = &self.0.0;
+        let mut st = shared.lock();
+        loop {
+            if st.abandoned {
+                return Ok(buf.len());
+            }
+            // Room for all of it, or for part of a write larger than the queue.
+            let room = QUEUE_CAPACITY.saturating_sub(st.queue.len());
+            if room > 0 {
+                let n = room.min(buf.len());
+                st.queue.extend(&buf[..n]);
+                shared.queued.notify_one();
+                return Ok(n);
+            }
+            st = shared.drained.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner().flush()
+        self.drain(None);
+        Ok(())
     }
 }
 
@@ -81,5 +211,65 @@ impl Write for Capture {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    /// A writer that blocks until released, like a full pipe.
+    struct Blocked(Arc<(Mutex<bool>, Condvar)>);
+
+    impl Write for Blocked {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (lock, cv) = &*self.0;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_arrives_in_order() {
+        let cap = Capture::new();
+        let mut sink = ConsoleSink::new(cap.clone());
+        for i in 0..1000u32 {
+            write!(sink, "{i},").unwrap();
+        }
+        sink.flush().unwrap();
+        let want: String = (0..1000u32).map(|i| format!("{i},")).collect();
+        assert_eq!(cap.text(), want);
+    }
+
+    #[test]
+    fn a_blocked_host_writer_never_blocks_after_abandon() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let mut sink = ConsoleSink::new(Blocked(gate.clone()));
+        // The writer thread takes this and blocks in the host write.
+        sink.write_all(b"first").unwrap();
+        assert!(
+            !sink.drain(Some(Duration::from_millis(50))),
+            "drained through a blocked writer"
+        );
+        let mut producer = sink.clone();
+        // More than the queue holds: the producer must wait, not lose bytes...
+        let t = std::thread::spawn(move || {
+            let data = vec![b'x'; 4 * QUEUE_CAPACITY];
+            producer.write_all(&data).unwrap();
+        });
+        // ...until the sink is abandoned, which releases it (dropping output).
+        sink.abandon();
+        t.join().unwrap();
+        sink.write_all(b"dropped").unwrap();
+        // Release the writer so its thread can end with the test.
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let _ = sink.flush();
     }
 }
