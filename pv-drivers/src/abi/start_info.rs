@@ -95,34 +95,30 @@ const _: () = assert!(core::mem::offset_of!(HvmStartInfo, memmap_paddr) == HVM_S
 const _: () = assert!(core::mem::size_of::<HvmModlistEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<HvmMemmapTableEntry>() == 24);
 
-/// Byte-level (de)serialisation for the plain-old-data ABI types, so neither side
-/// needs `unsafe` to move them in and out of guest memory.
-macro_rules! pod_bytes {
-    ($t:ty) => {
-        impl $t {
-            /// Size of the structure in bytes.
-            pub const SIZE: usize = core::mem::size_of::<$t>();
-
-            /// The structure's bytes in guest (little-endian) layout.
-            pub fn to_bytes(&self) -> [u8; core::mem::size_of::<$t>()] {
-                // SAFETY: the type is `repr(C)`, made only of integers, and has no
-                // padding (its size is asserted above to equal the sum of its fields),
-                // so every byte is initialised and any byte pattern is a valid value.
-                unsafe { core::mem::transmute_copy(self) }
-            }
-
-            /// Reads the structure from its guest layout.
-            pub fn from_bytes(bytes: &[u8; core::mem::size_of::<$t>()]) -> Self {
-                // SAFETY: as for `to_bytes`: every bit pattern is a valid value, and
-                // `read_unaligned` places no alignment demand on the source.
-                unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<$t>()) }
-            }
-        }
-    };
-}
-pod_bytes!(HvmStartInfo);
-pod_bytes!(HvmModlistEntry);
-pod_bytes!(HvmMemmapTableEntry);
+pod_bytes!(HvmStartInfo {
+    magic,
+    version,
+    flags,
+    nr_modules,
+    modlist_paddr,
+    cmdline_paddr,
+    rsdp_paddr,
+    memmap_paddr,
+    memmap_entries,
+    reserved,
+});
+pod_bytes!(HvmModlistEntry {
+    paddr,
+    size,
+    cmdline_paddr,
+    reserved
+});
+pod_bytes!(HvmMemmapTableEntry {
+    addr,
+    size,
+    type_,
+    reserved
+});
 
 #[cfg(test)]
 mod tests {
