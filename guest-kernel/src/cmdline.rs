@@ -4,11 +4,13 @@
 //! |---|---|---|
 //! | `console=` | comma list of `com1`, `e9`; or `auto` | `auto`: COM1 if a UART answers, else port 0xe9 |
 //! | `loglevel=` | `error` `warn` `info` `debug` `trace` | `info` |
-//! | `selftest=` | comma list of `boot`, `fault`, `panic`, `triple`, `hang`; or `none` | `boot` |
+//! | `selftest=` | comma list of `boot`, `fault`, `stack`, `panic`, `triple`, `hang`; or `none` | `boot` |
 //! | `heap=` | size with optional `K`/`M` suffix | `4M` |
 //!
-//! `fault`, `panic`, `triple` and `hang` are test hooks: take a page fault (the
-//! exception handler must report it), panic (the panic handler must report it),
+//! `fault`, `stack`, `panic`, `triple` and `hang` are test hooks: take a page fault
+//! (the exception handler must report it), overflow the boot stack (the guard page and
+//! the double-fault stack must turn it into a report), panic (the panic handler must
+//! report it),
 //! triple-fault (the VMM must report it), never exit (the
 //! VMM's timeout must end it). Unknown words are kept and reported, not fatal, so that
 //! one command line can serve kernels of different versions; malformed values of known
@@ -49,6 +51,8 @@ pub struct SelfTests {
     pub boot: bool,
     /// Deliberate page fault.
     pub fault: bool,
+    /// Deliberate boot-stack overflow.
+    pub stack: bool,
     /// Deliberate panic.
     pub panic: bool,
     /// Deliberate triple fault.
@@ -139,12 +143,10 @@ impl<'a> Options<'a> {
                         }
                     }
                 }
-                "selftest" => {
-                    o.selftest = parse_selftests(value).ok_or(BadOption {
-                        word,
-                        expected: "none, or a comma list of boot, fault, panic, triple, hang",
-                    })?
-                }
+                "selftest" => o.selftest = parse_selftests(value).ok_or(BadOption {
+                    word,
+                    expected: "none, or a comma list of boot, fault, stack, panic, triple, hang",
+                })?,
                 "heap" => {
                     o.heap_bytes = parse_size(value)
                         .filter(|s| (MIN_HEAP..=MAX_HEAP).contains(s))
@@ -202,6 +204,7 @@ fn parse_selftests(v: &str) -> Option<SelfTests> {
         match part {
             "boot" => s.boot = true,
             "fault" => s.fault = true,
+            "stack" => s.stack = true,
             "panic" => s.panic = true,
             "triple" => s.triple = true,
             "hang" => s.hang = true,
@@ -268,6 +271,7 @@ mod tests {
         );
         let o = Options::parse("selftest=hang").unwrap();
         assert!(o.selftest.hang && !o.selftest.boot);
+        assert!(Options::parse("selftest=stack").unwrap().selftest.stack);
         let o = Options::parse("selftest=panic,triple").unwrap();
         assert!(o.selftest.panic && o.selftest.triple && !o.selftest.fault && !o.selftest.boot);
     }

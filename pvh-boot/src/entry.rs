@@ -7,8 +7,15 @@
 //!
 //! The page tables are static data (no loop at boot: ring 0 is emulated instruction
 //! by instruction on kvm-pvm hosts). They identity-map 0..4 GiB: the first 2 MiB with
-//! 4 KiB pages, leaving page 0 unmapped so that a null dereference faults, the rest
-//! with 2 MiB pages; 3..4 GiB (the MMIO hole: LAPIC, IOAPIC, PCI BARs) is uncached.
+//! 4 KiB pages, the rest with 2 MiB pages; 3..4 GiB (the MMIO hole: LAPIC, IOAPIC, PCI
+//! BARs) is uncached. Page 0 is mapped at entry because loaders put boot data there
+//! (QEMU's memory map sits at 0x5a8); once the kernel has copied the boot information
+//! out it calls [`unmap_page_zero`] so that a null dereference faults.
+//!
+//! Below the boot stack lies a guard page; [`unmap_stack_guard`] unmaps it so that a
+//! stack overflow faults (and is reported from the double-fault IST stack) instead of
+//! overwriting the kernel's data. The linker script keeps it in the first 2 MiB, where
+//! the boot page tables have 4 KiB entries.
 //!
 //! The kernel provides `extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> !`.
 
@@ -93,7 +100,10 @@ core::arch::global_asm!(
     ".popsection",
     //
     ".pushsection .bss.pvh_stack, \"aw\", @nobits",
-    ".balign 16",
+    ".balign 4096",
+    ".global pvh_stack_guard",
+    "pvh_stack_guard:",
+    ".skip 4096",
     "pvh_stack_bottom:",
     ".skip {stack_size}",
     "pvh_stack_top:",
@@ -153,6 +163,30 @@ core::arch::global_asm!(
 
 unsafe extern "C" {
     static mut pvh_pt0: [u64; 512];
+    static pvh_stack_guard: u8;
+}
+
+/// Clears the boot page-table entry of the 4 KiB page at `addr` (below 2 MiB).
+///
+/// # Safety
+/// Nothing may use the page afterwards.
+unsafe fn unmap_low_page(addr: u64) {
+    let index = (addr >> 12) as usize;
+    assert!(
+        index < 512,
+        "page {addr:#x} is not covered by the 4 KiB boot page table"
+    );
+    // SAFETY: `pvh_pt0` is the boot page table for the first 2 MiB, defined above and
+    // live for the kernel's lifetime, and `index` < 512; clearing an entry and flushing
+    // its TLB entry only removes the mapping of that page, which the caller guarantees
+    // is unused.
+    unsafe {
+        (&raw mut pvh_pt0)
+            .cast::<u64>()
+            .add(index)
+            .write_volatile(0);
+        core::arch::asm!("invlpg [{0}]", in(reg) addr, options(nostack, preserves_flags));
+    }
 }
 
 /// Unmaps physical page 0 from the boot page tables.
@@ -160,11 +194,13 @@ unsafe extern "C" {
 /// # Safety
 /// Nothing may still refer to data in page 0 (copy the boot information out first).
 pub unsafe fn unmap_page_zero() {
-    // SAFETY: `pvh_pt0` is the boot page table for the first 2 MiB, defined above and
-    // live for the kernel's lifetime; clearing entry 0 and flushing its TLB entry only
-    // removes the mapping of page 0, which the caller guarantees is unused.
-    unsafe {
-        (&raw mut pvh_pt0).cast::<u64>().write_volatile(0);
-        core::arch::asm!("invlpg [{0}]", in(reg) 0u64, options(nostack, preserves_flags));
-    }
+    // SAFETY: the caller guarantees page 0 is no longer used.
+    unsafe { unmap_low_page(0) }
+}
+
+/// Unmaps the guard page below the boot stack.
+pub fn unmap_stack_guard() {
+    let guard = (&raw const pvh_stack_guard) as u64;
+    // SAFETY: the guard page is reserved for exactly this and never used as memory.
+    unsafe { unmap_low_page(guard) }
 }

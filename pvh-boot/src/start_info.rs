@@ -54,6 +54,8 @@ pub enum BootError {
     ModuleWraps(usize),
     /// The memory-map array itself wraps the address space.
     MemmapWraps,
+    /// Modules are announced but the module-list address is 0 ("not present").
+    NullModuleList(u32),
 }
 
 impl core::fmt::Display for BootError {
@@ -75,6 +77,7 @@ impl core::fmt::Display for BootError {
             Self::TooManyModules(n) => write!(f, "{n} modules; at most {MAX_MODULES} supported"),
             Self::ModuleWraps(i) => write!(f, "module {i} wraps the address space"),
             Self::MemmapWraps => write!(f, "memory map array wraps the address space"),
+            Self::NullModuleList(n) => write!(f, "{n} modules announced at address 0"),
         }
     }
 }
@@ -241,8 +244,13 @@ pub fn parse(
     }
 
     // Modules.
+    // start_info.h: "a 0 value in any of the address fields should be treated as not
+    // present".
     if si.nr_modules as usize > MAX_MODULES {
         return Err(BootError::TooManyModules(si.nr_modules));
+    }
+    if si.nr_modules > 0 && si.modlist_paddr == 0 {
+        return Err(BootError::NullModuleList(si.nr_modules));
     }
     let mut modules = [Module::default(); MAX_MODULES];
     for (i, m) in modules.iter_mut().enumerate().take(si.nr_modules as usize) {
@@ -262,7 +270,7 @@ pub fn parse(
     }
 
     // Memory map (version 1): this kernel allocates only memory the loader called RAM.
-    if version == 0 || si.memmap_entries == 0 {
+    if version == 0 || si.memmap_entries == 0 || si.memmap_paddr == 0 {
         return Err(BootError::NoMemoryMap);
     }
     let n = (si.memmap_entries as usize).min(MAX_MEMMAP_ENTRIES);
@@ -438,6 +446,23 @@ mod tests {
     fn empty_memory_map_is_rejected() {
         let (mem, _) = guest(b"\0", &[]);
         assert_eq!(parse(&mem, SI, |_| {}).unwrap_err(), BootError::NoMemoryMap);
+    }
+
+    #[test]
+    fn zero_addresses_mean_not_present() {
+        let (mut mem, mut si) = guest(b"\0", &[ram(0, 0x1000)]);
+        si.memmap_paddr = 0;
+        mem.put(SI, &si.to_bytes());
+        assert_eq!(parse(&mem, SI, |_| {}).unwrap_err(), BootError::NoMemoryMap);
+
+        let (mut mem, mut si) = guest(b"\0", &[ram(0, 0x1000)]);
+        si.nr_modules = 2;
+        si.modlist_paddr = 0;
+        mem.put(SI, &si.to_bytes());
+        assert_eq!(
+            parse(&mem, SI, |_| {}).unwrap_err(),
+            BootError::NullModuleList(2)
+        );
     }
 
     #[test]

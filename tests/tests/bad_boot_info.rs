@@ -12,7 +12,7 @@ use system_tests::{Machine, guest_image, kvm_available, run_qemu, run_shim};
 
 const BAD_MAGIC: u32 = 0xdead_beef;
 
-fn guest_with_bad_magic() -> std::path::PathBuf {
+fn guest_with_bad_magic(test: &str) -> std::path::PathBuf {
     let bytes = std::fs::read(guest_image()).expect("guest image");
     let image = elf::parse(&bytes).expect("the guest is a valid PVH ELF");
     // Just above the guest's image: RAM that neither loader uses for itself (QEMU's
@@ -36,7 +36,8 @@ fn guest_with_bad_magic() -> std::path::PathBuf {
         let data = &bytes[s.offset as usize..(s.offset + s.filesz) as usize];
         b = b.segment_with_memsz(s.paddr, data, s.memsz);
     }
-    let path = std::env::temp_dir().join(format!("guest-bad-magic-{}.elf", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("guest-bad-magic-{test}-{}.elf", std::process::id()));
     std::fs::write(&path, b.build()).expect("write wrapped guest");
     path
 }
@@ -48,7 +49,7 @@ fn under_host_shim() {
     if !kvm_available("bad_boot_info::under_host_shim") {
         return;
     }
-    let kernel = guest_with_bad_magic();
+    let kernel = guest_with_bad_magic("shim");
     let run = run_shim(&kernel, "", &["--timeout", "120"]);
     let _ = std::fs::remove_file(&kernel);
     run.assert_contains(EXPECTED);
@@ -58,7 +59,7 @@ fn under_host_shim() {
 
 #[test]
 fn in_qemu() {
-    let kernel = guest_with_bad_magic();
+    let kernel = guest_with_bad_magic("qemu");
     let run = run_qemu(Machine::Microvm, &kernel, "", &[]);
     let _ = std::fs::remove_file(&kernel);
     run.0.assert_contains(EXPECTED);

@@ -107,3 +107,13 @@ fn panic_is_reported_with_exit_status_2() {
     run.0.assert_contains("selftest: deliberate panic");
     assert_eq!(run.guest_status(), Some(2));
 }
+
+#[test]
+fn stack_overflow_hits_the_guard_page_and_is_reported() {
+    let run = run_qemu(Machine::Microvm, guest_image(), "selftest=stack", &[]);
+    run.0
+        .assert_contains("selftest: stack: recursing into the guard page");
+    run.0
+        .assert_contains("EXCEPTION: #DF double fault (vector 8)");
+    assert_eq!(run.guest_status(), Some(3));
+}

@@ -130,3 +130,14 @@ fn panic_is_reported_with_exit_status_2() {
     run.assert_contains("selftest: deliberate panic");
     assert_eq!(run.code(), Some(2), "{}\n{}", run.stdout, run.stderr);
 }
+
+#[test]
+fn stack_overflow_hits_the_guard_page_and_is_reported() {
+    if !kvm_available("shim_boot::stack_overflow_hits_the_guard_page_and_is_reported") {
+        return;
+    }
+    let run = run_shim(guest_image(), "selftest=stack", &["--timeout", TIMEOUT]);
+    run.assert_contains("selftest: stack: recursing into the guard page");
+    run.assert_contains("EXCEPTION: #DF double fault (vector 8)");
+    assert_eq!(run.code(), Some(3), "{}\n{}", run.stdout, run.stderr);
+}

@@ -85,7 +85,10 @@ pub fn init(boot: &BootInfo, heap_bytes: u64) -> Result<MemoryInfo, MemoryError>
     let (ks, ke) = kernel_image();
     usable.remove(ks, ke)?;
     for (s, e) in boot.occupied() {
-        usable.remove(s & !(PAGE_SIZE - 1), e.next_multiple_of(PAGE_SIZE))?;
+        // Clamp before rounding up: a range ending in the last page below 2^64 would
+        // otherwise wrap to 0 and reserve nothing.
+        let e = e.min(IDENTITY_MAP_END).next_multiple_of(PAGE_SIZE);
+        usable.remove(s & !(PAGE_SIZE - 1), e)?;
     }
     let usable_bytes = usable.total();
 

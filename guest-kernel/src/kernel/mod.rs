@@ -22,14 +22,16 @@ struct IdentityMap;
 impl PhysRead for IdentityMap {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), Unreadable> {
         let end = paddr.checked_add(buf.len() as u64).ok_or(Unreadable)?;
-        if end > IDENTITY_MAP_END {
+        // Address 0 is "not present" in start_info (and a null pointer in Rust).
+        if paddr == 0 || end > IDENTITY_MAP_END {
             return Err(Unreadable);
         }
-        // SAFETY: [paddr, end) lies inside the identity map, which maps page 0 until
-        // `unmap_page_zero` (called after parsing); the loader's data is plain bytes
-        // and `buf` does not alias it.
+        // SAFETY: [paddr, end) is non-null and inside the identity map, which maps page
+        // 0 until `unmap_page_zero` (called after parsing). The loader's data is plain
+        // bytes; a hostile loader may point it at `buf` itself, so the copy tolerates
+        // overlap.
         unsafe {
-            core::ptr::copy_nonoverlapping(paddr as *const u8, buf.as_mut_ptr(), buf.len());
+            core::ptr::copy(paddr as *const u8, buf.as_mut_ptr(), buf.len());
         }
         Ok(())
     }
@@ -67,6 +69,7 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     // (modules are never in page 0: `occupied` ranges are reserved, page 0 is below
     // 1 MiB and never allocated).
     unsafe { pvh_boot::entry::unmap_page_zero() };
+    pvh_boot::entry::unmap_stack_guard();
     let opts = match Options::parse(boot.cmdline()) {
         Ok(o) => o,
         Err(e) => {
@@ -170,6 +173,9 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     }
     if opts.selftest.fault {
         selftest::page_fault();
+    }
+    if opts.selftest.stack {
+        selftest::overflow_stack();
     }
     if opts.selftest.panic {
         panic!("selftest: deliberate panic");

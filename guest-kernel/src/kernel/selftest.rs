@@ -219,6 +219,24 @@ pub fn page_fault() -> ! {
     panic!("read of an unmapped address returned {v:#x}");
 }
 
+/// `selftest=stack`: recurse until the boot stack runs into its guard page. The page
+/// fault cannot be delivered on the exhausted stack, so the CPU raises a double fault,
+/// which runs on its own IST stack and is reported.
+pub fn overflow_stack() -> ! {
+    kprintln!("selftest: stack: recursing into the guard page");
+    let depth = recurse(0);
+    panic!("stack overflow went undetected after {depth} frames");
+}
+
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 32]);
+    if depth == u64::MAX {
+        return frame[0];
+    }
+    recurse(depth + 1).wrapping_add(frame[31])
+}
+
 /// `selftest=hang`: never exit (the VMM's timeout must end the guest).
 pub fn hang() -> ! {
     kprintln!("selftest: hang: spinning forever");
