@@ -10,9 +10,10 @@
 //! real-time signal. A signal that lands just before the thread enters `KVM_RUN` is lost,
 //! so the kick is repeated every few milliseconds until the thread answers.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::io::AsRawFd as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -112,13 +113,32 @@ impl Kernel {
             name: name.clone(),
             source,
         };
-        let file = File::open(path).map_err(read_err)?;
+        let check = |kind: std::fs::FileType| {
+            if kind.is_dir() {
+                return Err(read_err(io::ErrorKind::IsADirectory.into()));
+            }
+            if !(kind.is_file() || kind.is_fifo()) {
+                return Err(read_err(io::Error::other("not a regular file")));
+            }
+            Ok(())
+        };
+        // Look before opening: opening some devices has effects (a watchdog arms), and
+        // opening a FIFO without a writer blocks.
+        check(std::fs::metadata(path).map_err(read_err)?.file_type())?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(read_err)?;
+        // The path may have changed between the two looks.
         let kind = file.metadata().map_err(read_err)?.file_type();
-        if kind.is_dir() {
-            return Err(read_err(io::ErrorKind::IsADirectory.into()));
-        }
-        if !(kind.is_file() || kind.is_fifo()) {
-            return Err(read_err(io::Error::other("not a regular file")));
+        check(kind)?;
+        if kind.is_fifo() {
+            // Blocking reads from here on: a pipe's writer may still be producing.
+            // SAFETY: F_SETFL on a descriptor this function owns; no memory involved.
+            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
+                return Err(read_err(io::Error::last_os_error()));
+            }
         }
         let mut image = Vec::new();
         file.take(MAX_KERNEL_SIZE + 1)
@@ -325,7 +345,10 @@ impl Vmm {
             })?;
 
         let memory = layout.allocate()?;
-        boot::load_kernel(&memory, &kernel.image)?;
+        boot::load_kernel(&memory, &kernel.image).map_err(|source| Error::KernelFit {
+            name: kernel.name.clone(),
+            source,
+        })?;
         let start_info = boot::write_boot_info(&memory, &layout, &cmdline)?;
 
         let mut vm = Vm::new()?;

@@ -310,3 +310,16 @@ fn timeout_holds_when_the_parent_blocked_the_kick_signal() {
         "the shim ignored --timeout (None) or failed"
     );
 }
+
+#[test]
+fn fifo_without_writer_is_an_error_not_a_hang() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("host-shim-cli");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let fifo = dir.join("no-writer.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(path_str(&fifo)).expect("path");
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let run = shim(&["run", "--kernel", path_str(&fifo)]);
+    assert_error(&run, &format!("kernel {}: not an ELF file (bad magic)", fifo.display()));
+}
