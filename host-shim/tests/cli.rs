@@ -321,5 +321,8 @@ fn fifo_without_writer_is_an_error_not_a_hang() {
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
     let run = shim(&["run", "--kernel", path_str(&fifo)]);
-    assert_error(&run, &format!("kernel {}: not an ELF file (bad magic)", fifo.display()));
+    assert_error(
+        &run,
+        &format!("kernel {}: not an ELF file (bad magic)", fifo.display()),
+    );
 }
