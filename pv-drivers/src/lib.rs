@@ -8,4 +8,9 @@
 //! that everything here is unit-tested with plain `cargo test`.
 #![cfg_attr(not(test), no_std)]
 
+// Drivers and the xenstore client allocate; the guest kernel has a heap.
+extern crate alloc;
+
 pub mod abi;
+pub mod shmem;
+
