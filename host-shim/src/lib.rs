@@ -38,6 +38,7 @@ pub mod kvm;
 pub mod stats;
 pub mod testing;
 pub mod vmm;
+pub mod xen;
 
 pub use boot::MemoryLayout;
 pub use devices::console::{Capture, ConsoleSink};

@@ -12,5 +12,12 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod console;
+pub mod evtchn;
+pub mod grant;
+pub mod hypercall;
+pub mod pvclock;
+pub mod ring;
 pub mod shmem;
-
+pub mod xenbus;
+pub mod xenstore;

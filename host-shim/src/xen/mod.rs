@@ -1,0 +1,3 @@
+//! The shim's implementation of the Xen interface (in progress).
+
+pub mod xenstored;
