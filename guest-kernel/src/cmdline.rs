@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `console=` | comma list of `com1`, `e9`; or `auto` | `auto`: COM1 if a UART answers, else port 0xe9 |
 //! | `loglevel=` | `error` `warn` `info` `debug` `trace` | `info` |
-//! | `selftest=` | comma list of `boot`, `fault`, `stack`, `panic`, `triple`, `hang`; or `none` | `boot` |
+//! | `selftest=` | comma list of `boot`, `xen`, `fault`, `stack`, `panic`, `triple`, `hang`; or `none` | `boot` |
 //! | `heap=` | size with optional `K`/`M` suffix | `4M` |
 //!
 //! `fault`, `stack`, `panic`, `triple` and `hang` are test hooks: take a page fault
@@ -59,6 +59,9 @@ pub struct SelfTests {
     pub triple: bool,
     /// Never exit.
     pub hang: bool,
+    /// The Xen interface: xenstore, watches, transactions, event channels, grants,
+    /// the timer (`selftest=xen`).
+    pub xen: bool,
 }
 
 /// Parsed options.
@@ -208,6 +211,7 @@ fn parse_selftests(v: &str) -> Option<SelfTests> {
             "panic" => s.panic = true,
             "triple" => s.triple = true,
             "hang" => s.hang = true,
+            "xen" => s.xen = true,
             _ => return None,
         }
     }
@@ -272,6 +276,8 @@ mod tests {
         let o = Options::parse("selftest=hang").unwrap();
         assert!(o.selftest.hang && !o.selftest.boot);
         assert!(Options::parse("selftest=stack").unwrap().selftest.stack);
+        let o = Options::parse("selftest=boot,xen").unwrap();
+        assert!(o.selftest.xen && o.selftest.boot && !o.selftest.hang);
         let o = Options::parse("selftest=panic,triple").unwrap();
         assert!(o.selftest.panic && o.selftest.triple && !o.selftest.fault && !o.selftest.boot);
     }

@@ -123,6 +123,17 @@ pub enum BootError {
     Write(#[from] vm_memory::GuestMemoryError),
 }
 
+/// First page of the Xen "special pages" (xenstore and console rings), where Xen's
+/// toolstack puts them for HVM/PVH guests: just below 0xff00_0000, in the hole below
+/// 4 GiB, marked reserved in the memory map so the guest does not take them for RAM.
+pub const SPECIAL_PAGES_START: u64 = 0xfeff_8000;
+/// Number of special pages.
+pub const SPECIAL_PAGES: u64 = 8;
+/// The xenstore ring page (libxl's special page 4, `SPECIALPAGE_XENSTORE`).
+pub const XENSTORE_PAGE: u64 = SPECIAL_PAGES_START + 4 * 0x1000;
+/// The PV console ring page (libxl's special page 7, `SPECIALPAGE_CONSOLE`).
+pub const CONSOLE_PAGE: u64 = SPECIAL_PAGES_START + 7 * 0x1000;
+
 /// Where the guest's RAM is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryLayout {
@@ -192,6 +203,11 @@ impl MemoryLayout {
         }
         map.push(entry(IOAPIC_ADDR, 0x1000, XEN_HVM_MEMMAP_TYPE_RESERVED));
         map.push(entry(LAPIC_ADDR, 0x1000, XEN_HVM_MEMMAP_TYPE_RESERVED));
+        map.push(entry(
+            SPECIAL_PAGES_START,
+            SPECIAL_PAGES * 0x1000,
+            XEN_HVM_MEMMAP_TYPE_RESERVED,
+        ));
         if self.high_size > 0 {
             map.push(entry(
                 HIGH_RAM_START,
@@ -234,13 +250,22 @@ impl MemoryLayout {
         Ok(())
     }
 
-    /// Allocates the guest's RAM (anonymous, `MAP_NORESERVE`, zero-filled).
+    /// Allocates the guest's RAM and the special pages (anonymous, `MAP_NORESERVE`,
+    /// zero-filled).
     pub fn allocate(&self) -> Result<GuestMemoryMmap, BootError> {
-        let ranges: Vec<(GuestAddress, usize)> = self
+        let mut ranges: Vec<(GuestAddress, usize)> = self
             .ram_ranges()
             .iter()
             .map(|&(base, size)| (GuestAddress(base), size as usize))
             .collect();
+        // Between the low RAM (at most 3 GiB) and 4 GiB: sorted order is kept.
+        ranges.insert(
+            1,
+            (
+                GuestAddress(SPECIAL_PAGES_START),
+                (SPECIAL_PAGES * 0x1000) as usize,
+            ),
+        );
         GuestMemoryMmap::from_ranges(&ranges).map_err(|source| BootError::Allocate {
             mib: self.mib(),
             source,
@@ -625,7 +650,8 @@ mod tests {
         assert_eq!(b, [1, 2, 3, 4]);
         let v: u8 = mem.read_obj(GuestAddress(0x20_0000)).expect("read");
         assert_eq!(v, 9);
-        assert_eq!(mem.num_regions(), 1);
+        // Low RAM and the special pages.
+        assert_eq!(mem.num_regions(), 2);
     }
 
     #[test]

@@ -23,10 +23,12 @@ Exit status:
          compatible; the low byte of the write, not QEMU's (v << 1) | 1)
   124    --timeout expired before the guest exited
   125    shim error: bad input, KVM failure
-  126    the guest crashed: triple fault, KVM internal error, entry failure
+  126    the guest crashed: triple fault, KVM internal error, entry failure,
+         or SCHEDOP_shutdown with reason crash or watchdog
+  0      also: SCHEDOP_shutdown with reason poweroff, reboot, suspend or soft reset
 
-Guest console output (COM1 at 0x3f8 and the debug console at port 0xe9) goes to
-stdout. Errors are one line on stderr: 'host-shim: error: <message>'.";
+Guest console output (COM1 at 0x3f8, the debug console at port 0xe9, Xen's
+console_io hypercall and the Xen PV console ring) goes to stdout. Errors are one line on stderr: 'host-shim: error: <message>'.";
 
 /// A KVM-based VMM that boots a Xen PVH kernel.
 #[derive(Debug, Parser)]
@@ -66,6 +68,27 @@ pub struct RunArgs {
     /// Write the run's counters as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+    /// Hide the Xen interface: no Xen CPUID leaves, hypercalls or PV devices (the
+    /// guest then sees a plain HVM machine, as in QEMU).
+    #[arg(long)]
+    pub no_xen: bool,
+    /// The guest's Xen domain id (1..32751).
+    #[arg(long, value_name = "ID", default_value_t = crate::xen::DEFAULT_DOMID,
+          value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
+    pub domid: u16,
+    /// The guest's name in xenstore.
+    #[arg(long, value_name = "NAME", default_value = "guest", value_parser = parse_name)]
+    pub name: String,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    // A xenstore node value: keep it printable and short, as xl does for names.
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "'{s}' is not a domain name (1-64 printable ASCII characters, no spaces)"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -140,6 +163,9 @@ impl RunArgs {
             cmdline: self.cmdline.clone(),
             timeout: self.timeout,
             console,
+            xen: !self.no_xen,
+            domid: self.domid,
+            name: self.name.clone(),
         })
     }
 }

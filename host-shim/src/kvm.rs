@@ -18,10 +18,14 @@ use kvm_bindings::{
     KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO, KVM_EXIT_NMI, KVM_EXIT_NOTIFY,
     KVM_EXIT_SET_TPR, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_TPR_ACCESS,
     KVM_EXIT_UNKNOWN, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY, kvm_fpu, kvm_lapic_state, kvm_pit_config, kvm_regs, kvm_segment,
-    kvm_sregs, kvm_userspace_memory_region,
+    KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY, kvm_cpuid_entry2, kvm_enable_cap, kvm_fpu,
+    kvm_lapic_state, kvm_msi, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{
+    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
+};
+use std::sync::Arc;
 use serde::Serialize;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -66,6 +70,9 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// KVM lacks something the shim needs.
+    #[error("KVM does not offer {0}")]
+    Missing(&'static str),
     /// More guest memory regions than KVM memory slots.
     #[error("guest memory has {0} regions, more than KVM's {1} memory slots")]
     TooManyRegions(usize, usize),
@@ -75,10 +82,58 @@ fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Ioctl { op, source }
 }
 
+/// One CPUID leaf the shim sets on top of what KVM supports (the hypervisor leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidLeaf {
+    /// `EAX` input.
+    pub function: u32,
+    /// `ECX` input, if the leaf has sub-leaves.
+    pub index: Option<u32>,
+    /// Output registers `[eax, ebx, ecx, edx]`.
+    pub regs: [u32; 4],
+}
+
+/// The first hypervisor CPUID leaf; KVM's own leaves there are replaced when the shim
+/// supplies its own.
+pub const HYPERVISOR_CPUID_BASE: u32 = 0x4000_0000;
+
+/// Raises interrupts in a VM from any thread (`KVM_SIGNAL_MSI` to the in-kernel LAPIC).
+#[derive(Clone)]
+pub struct Interrupter {
+    fd: Arc<VmFd>,
+}
+
+impl Interrupter {
+    /// Sends a fixed, edge-triggered interrupt with `vector` to the LAPIC with
+    /// `apic_id`. Returns whether the LAPIC accepted it (it does unless the vector is
+    /// one the architecture reserves).
+    pub fn send_vector(&self, apic_id: u8, vector: u8) -> Result<bool, Error> {
+        let msi = kvm_msi {
+            // The MSI address window with the destination APIC id in bits 12..=19
+            // (physical destination mode); data: fixed delivery, edge, `vector`.
+            address_lo: 0xfee0_0000 | u32::from(apic_id) << 12,
+            address_hi: 0,
+            data: u32::from(vector),
+            ..Default::default()
+        };
+        self.fd
+            .signal_msi(msi)
+            .map(|delivered| delivered > 0)
+            .map_err(ioctl("KVM_SIGNAL_MSI"))
+    }
+}
+
+impl fmt::Debug for Interrupter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Interrupter")
+    }
+}
+
 /// A VM with an in-kernel irqchip and PIT.
 pub struct Vm {
-    // Dropped first: the memory below must outlive the VM's use of it.
-    fd: VmFd,
+    // Dropped first: the memory below must outlive the VM's use of it. Interrupters
+    // share the descriptor but never touch guest memory.
+    fd: Arc<VmFd>,
     kvm: Kvm,
     memory: Option<GuestMemoryMmap>,
 }
@@ -117,10 +172,46 @@ impl Vm {
         };
         fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
         Ok(Self {
-            fd,
+            fd: Arc::new(fd),
             kvm,
             memory: None,
         })
+    }
+
+    /// A handle that raises interrupts from other threads.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter {
+            fd: self.fd.clone(),
+        }
+    }
+
+    /// Makes guest `rdmsr`/`wrmsr` of the MSRs in `first..first + count` exit to user
+    /// space ([`VcpuExit::MsrRead`]/[`VcpuExit::MsrWrite`]) instead of being handled (or
+    /// refused) by KVM. Every other MSR keeps KVM's behaviour.
+    pub fn trap_msrs(&self, first: u32, count: u32) -> Result<(), Error> {
+        if !self.kvm.check_extension(Cap::X86UserSpaceMsr) {
+            return Err(Error::Missing("KVM_CAP_X86_USER_SPACE_MSR"));
+        }
+        let cap = kvm_enable_cap {
+            cap: Cap::X86UserSpaceMsr as u32,
+            args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(ioctl("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
+        // A clear bit denies the access, which with the capability above means "exit to
+        // user space".
+        let bitmap = vec![0u8; count.div_ceil(8) as usize];
+        let range = MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base: first,
+            msr_count: count,
+            bitmap: &bitmap,
+        };
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+            .map_err(ioctl("KVM_X86_SET_MSR_FILTER"))
     }
 
     /// Maps every region of `memory` into the guest at its guest-physical address.
@@ -200,6 +291,7 @@ impl Vm {
 
         Ok(Vcpu {
             fd,
+            cpuid,
             run_size: self.fd.run_size(),
             _memory: self.memory.clone(),
         })
@@ -305,6 +397,41 @@ impl fmt::Display for CpuSnapshot {
     }
 }
 
+/// The registers a Xen hypercall reads (x86_64 ABI: number in `rax`, arguments in
+/// `rdi`, `rsi`, `rdx`, `r10`, `r8`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Registers {
+    /// Hypercall number.
+    pub rax: u64,
+    /// Argument 1.
+    pub rdi: u64,
+    /// Argument 2.
+    pub rsi: u64,
+    /// Argument 3.
+    pub rdx: u64,
+    /// Argument 4.
+    pub r10: u64,
+    /// Argument 5.
+    pub r8: u64,
+    /// Instruction pointer.
+    pub rip: u64,
+}
+
+/// Control registers that decide how guest-virtual addresses translate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PagingState {
+    /// CR0 (PG is bit 31).
+    pub cr0: u64,
+    /// CR3: the top-level page table.
+    pub cr3: u64,
+    /// CR4 (PAE bit 5, PSE bit 4).
+    pub cr4: u64,
+    /// EFER (LMA bit 10).
+    pub efer: u64,
+    /// Whether the code segment is 64-bit.
+    pub long_mode_code: bool,
+}
+
 /// A guest `rdmsr`/`wrmsr` that KVM forwarded to user space.
 #[derive(Debug)]
 pub struct MsrAccess<'a> {
@@ -396,6 +523,8 @@ pub enum VcpuExit<'a> {
 /// One vCPU. Movable to the thread that runs it.
 pub struct Vcpu {
     fd: VcpuFd,
+    /// The CPUID table as set at creation.
+    cpuid: kvm_bindings::CpuId,
     run_size: usize,
     _memory: Option<GuestMemoryMmap>,
 }
@@ -510,6 +639,115 @@ impl Vcpu {
             KVM_EXIT_NOTIFY => other("notify", false),
             _ => other("unsupported", false),
         })
+    }
+
+    /// Replaces KVM's hypervisor CPUID leaves (from [`HYPERVISOR_CPUID_BASE`]) with
+    /// `leaves`. Call before the first [`Vcpu::run`].
+    pub fn set_hypervisor_leaves(&mut self, leaves: &[CpuidLeaf]) -> Result<(), Error> {
+        let mut entries: Vec<kvm_cpuid_entry2> = self
+            .cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| e.function < HYPERVISOR_CPUID_BASE || e.function >= 0x8000_0000)
+            .copied()
+            .collect();
+        for leaf in leaves {
+            let [eax, ebx, ecx, edx] = leaf.regs;
+            entries.push(kvm_cpuid_entry2 {
+                function: leaf.function,
+                index: leaf.index.unwrap_or(0),
+                flags: if leaf.index.is_some() {
+                    kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+                } else {
+                    0
+                },
+                eax,
+                ebx,
+                ecx,
+                edx,
+                ..Default::default()
+            });
+        }
+        let cpuid = kvm_bindings::CpuId::from_entries(&entries)
+            .map_err(|_| Error::Missing("room for the hypervisor CPUID leaves"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(ioctl("KVM_SET_CPUID2"))?;
+        self.cpuid = cpuid;
+        Ok(())
+    }
+
+    /// Supplies the data of the port read that caused the last exit (read by the guest
+    /// when it resumes). Does nothing unless the last exit was a port read of exactly
+    /// `data.len()` bytes.
+    pub fn complete_io_in(&mut self, data: &[u8]) -> Result<(), Error> {
+        let run_size = self.run_size;
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return Ok(());
+        }
+        // SAFETY: `exit_reason` says `io` is the union member KVM filled in.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let len = usize::from(io.size) * io.count as usize;
+        let offset = usize::try_from(io.data_offset).unwrap_or(usize::MAX);
+        if u32::from(io.direction) == KVM_EXIT_IO_OUT
+            || len != data.len()
+            || offset.checked_add(len).is_none_or(|end| end > run_size)
+        {
+            return Ok(());
+        }
+        let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+        // SAFETY: as in `run`: KVM maps `run_size` bytes at `base`, and
+        // `[offset, offset + len)` is inside that mapping (checked above), in the data
+        // area after `kvm_run`; nothing else references it while `self` is borrowed.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), len) };
+        Ok(())
+    }
+
+    /// The general-purpose registers.
+    pub fn registers(&self) -> Result<Registers, Error> {
+        let r = self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+        Ok(Registers {
+            rax: r.rax,
+            rdi: r.rdi,
+            rsi: r.rsi,
+            rdx: r.rdx,
+            r10: r.r10,
+            r8: r.r8,
+            rip: r.rip,
+        })
+    }
+
+    /// What the MMU needs to translate guest-virtual addresses.
+    pub fn paging(&self) -> Result<PagingState, Error> {
+        let s = self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        Ok(PagingState {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+            long_mode_code: s.cs.l != 0,
+        })
+    }
+
+    /// The vCPU's TSC frequency in kHz (`KVM_GET_TSC_KHZ`).
+    pub fn tsc_khz(&self) -> Result<u32, Error> {
+        self.fd.get_tsc_khz().map_err(ioctl("KVM_GET_TSC_KHZ"))
+    }
+
+    /// The guest's current TSC value (`IA32_TSC` through `KVM_GET_MSRS`).
+    pub fn guest_tsc(&self) -> Result<u64, Error> {
+        const IA32_TSC: u32 = 0x10;
+        let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: IA32_TSC,
+            ..Default::default()
+        }])
+        .map_err(|_| Error::Missing("an MSR buffer"))?;
+        let n = self.fd.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
+        match msrs.as_slice().first() {
+            Some(e) if n == 1 => Ok(e.data),
+            _ => Err(Error::Missing("IA32_TSC through KVM_GET_MSRS")),
+        }
     }
 
     /// The registers worth reporting when the guest dies.

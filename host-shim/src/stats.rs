@@ -29,6 +29,8 @@ pub struct ExitCounters {
     pub hlt: u64,
     /// Triple faults.
     pub shutdown: u64,
+    /// Xen hypercalls (port reads from the hypercall page; also counted in `io_in`).
+    pub hypercall: u64,
     /// `KVM_RUN` interrupted by a signal.
     pub intr: u64,
     /// KVM system events.
@@ -53,6 +55,7 @@ impl ExitCounters {
             msr_write,
             hlt,
             shutdown,
+            hypercall: _,
             intr,
             system_event,
             fail_entry,
@@ -101,6 +104,9 @@ pub struct RunStats {
     pub other_exits: BTreeMap<String, u64>,
     /// Accesses no device claimed.
     pub unclaimed: Unclaimed,
+    /// The Xen interface's counters, when the guest had it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xen: Option<crate::xen::XenStats>,
 }
 
 impl RunStats {

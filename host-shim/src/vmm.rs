@@ -10,7 +10,7 @@
 //! real-time signal. A signal that lands just before the thread enters `KVM_RUN` is lost,
 //! so the kick is repeated every few milliseconds until the thread answers.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write as _};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::io::AsRawFd as _;
@@ -33,6 +33,8 @@ use crate::devices::{Action, Bus, BusError};
 use crate::elf::{self, ElfError};
 use crate::kvm::{self, CpuSnapshot, Vcpu, VcpuExit, Vm};
 use crate::stats::RunStats;
+use crate::xen::hypercall_page::HYPERCALL_PORT;
+use crate::xen::{self, Xen, XenConfig};
 use crate::{EXIT_GUEST_CRASHED, EXIT_TIMEOUT};
 
 /// Largest kernel file the shim reads.
@@ -89,6 +91,9 @@ pub enum Error {
     /// The vCPU kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    /// The Xen interface could not be set up.
+    #[error("xen: {0}")]
+    Xen(String),
     /// The vCPU thread died without reporting.
     #[error("the vCPU thread ended without reporting a result")]
     VcpuThreadLost,
@@ -174,6 +179,12 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Where guest console output goes.
     pub console: ConsoleSink,
+    /// Offer the Xen interface (CPUID leaves, hypercalls, xenstore, PV console).
+    pub xen: bool,
+    /// The guest's domain id under Xen.
+    pub domid: u16,
+    /// The guest's name in xenstore.
+    pub name: String,
 }
 
 impl VmConfig {
@@ -185,6 +196,9 @@ impl VmConfig {
             cmdline: String::new(),
             timeout: None,
             console: ConsoleSink::stdout(),
+            xen: true,
+            domid: xen::DEFAULT_DOMID,
+            name: "guest".into(),
         }
     }
 }
@@ -197,6 +211,11 @@ pub enum Outcome {
     Exited {
         /// The low byte of the value written.
         status: u8,
+    },
+    /// The guest called `SCHEDOP_shutdown`.
+    XenShutdown {
+        /// `SHUTDOWN_*`: 0 poweroff, 1 reboot, 2 suspend, 3 crash, 4 watchdog, 5 soft reset.
+        reason: u32,
     },
     /// The timeout expired first.
     Timeout {
@@ -239,6 +258,12 @@ impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Exited { status } => *status,
+            Outcome::XenShutdown { reason } => match *reason {
+                pv_drivers::abi::sched::SHUTDOWN_CRASH | pv_drivers::abi::sched::SHUTDOWN_WATCHDOG => {
+                    EXIT_GUEST_CRASHED
+                }
+                _ => 0,
+            },
             Outcome::Timeout { .. } => EXIT_TIMEOUT,
             _ => EXIT_GUEST_CRASHED,
         }
@@ -246,7 +271,7 @@ impl Outcome {
 
     /// Whether the guest ended the run itself through the exit port.
     pub fn is_guest_exit(&self) -> bool {
-        matches!(self, Outcome::Exited { .. })
+        matches!(self, Outcome::Exited { .. } | Outcome::XenShutdown { .. })
     }
 }
 
@@ -258,6 +283,11 @@ impl std::fmt::Display for Outcome {
         };
         match self {
             Outcome::Exited { status } => write!(f, "guest exited with status {status}"),
+            Outcome::XenShutdown { reason } => write!(
+                f,
+                "guest shut down through Xen: {}",
+                shutdown_reason_name(*reason)
+            ),
             Outcome::Timeout { timeout_ms } => {
                 let secs = Duration::from_millis(*timeout_ms).as_secs_f64();
                 write!(f, "guest did not exit within {secs} s")
@@ -315,6 +345,7 @@ impl RunReport {
 pub struct Vmm {
     vm: Vm,
     vcpu: Vcpu,
+    xen: Option<Arc<Xen>>,
     pio: Bus,
     mmio: Bus,
     console: ConsoleSink,
@@ -330,7 +361,16 @@ impl Vmm {
             cmdline,
             timeout,
             console,
+            xen: with_xen,
+            domid,
+            name,
         } = config;
+        if with_xen && !(1..pv_drivers::abi::xen::DOMID_FIRST_RESERVED).contains(&domid) {
+            return Err(Error::Xen(format!(
+                "domain id {domid} is not a guest domain id (1..{})",
+                pv_drivers::abi::xen::DOMID_FIRST_RESERVED
+            )));
+        }
         let layout = MemoryLayout::new(mem_mib)?;
         boot::check_cmdline(&cmdline)?;
         let image = elf::parse(&kernel.image).map_err(|source| Error::Elf {
@@ -376,10 +416,39 @@ impl Vmm {
             Arc::new(Mutex::new(ExitPort::new())),
         )?;
 
-        let vcpu = vm.create_vcpu(0, &boot::pvh_start_state(image.pvh_entry, start_info))?;
+        let mut vcpu = vm.create_vcpu(0, &boot::pvh_start_state(image.pvh_entry, start_info))?;
+        let xen = if with_xen {
+            let config = XenConfig {
+                domid,
+                name,
+                tsc_khz: vcpu.tsc_khz()?,
+                ram_pages: layout.mib() * boot::MIB / 4096,
+                max_gpfn: layout
+                    .ram_ranges()
+                    .last()
+                    .map_or(0, |&(base, size)| (base + size) / 4096 - 1),
+                store_page: boot::XENSTORE_PAGE,
+                console_page: boot::CONSOLE_PAGE,
+            };
+            vcpu.set_hypervisor_leaves(&xen::cpuid_leaves(&config))?;
+            vm.trap_msrs(xen::HYPERCALL_MSR, 1)?;
+            let tsc = vcpu.guest_tsc()?;
+            let xen = Xen::new(
+                config,
+                xen::guest_mem::GuestRam::new(memory.clone()),
+                vm.interrupter(),
+                tsc,
+            )
+            .map_err(Error::Xen)?;
+            xen.attach_console(console.clone()).map_err(Error::Xen)?;
+            Some(xen)
+        } else {
+            None
+        };
         Ok(Self {
             vm,
             vcpu,
+            xen,
             pio,
             mmio: Bus::new(),
             console,
@@ -404,6 +473,7 @@ impl Vmm {
         let Vmm {
             vm,
             vcpu,
+            xen,
             pio,
             mmio,
             console,
@@ -413,10 +483,27 @@ impl Vmm {
         let (tx, rx) = mpsc::channel();
         let mut runner = VcpuRunner {
             vcpu,
+            xen: xen.clone(),
+            console: console.clone(),
             pio,
             mmio,
             stop: stop.clone(),
             stats: RunStats::default(),
+        };
+        let timer = match &xen {
+            Some(xen) => {
+                let xen = xen.clone();
+                Some(
+                    thread::Builder::new()
+                        .name("xen-timer".into())
+                        .spawn(move || xen.timer_thread())
+                        .map_err(|source| Error::Resource {
+                            what: "the Xen timer thread",
+                            source,
+                        })?,
+                )
+            }
+            None => None,
         };
         let start = Instant::now();
         let handle = thread::Builder::new()
@@ -455,6 +542,12 @@ impl Vmm {
         };
         let run_time = start.elapsed();
         let _ = handle.join();
+        if let Some(xen) = &xen {
+            xen.stop();
+        }
+        if let Some(timer) = timer {
+            let _ = timer.join();
+        }
         // All of a finished guest's output reaches the host; after a timeout, give the
         // host a moment but do not wait on a blocked output.
         let timed_out = received
@@ -467,7 +560,8 @@ impl Vmm {
         }
         drop(vm);
 
-        let (result, stats) = received.ok_or(Error::VcpuThreadLost)?;
+        let (result, mut stats) = received.ok_or(Error::VcpuThreadLost)?;
+        stats.xen = xen.as_ref().map(|x| x.stats());
         let outcome = match result? {
             Some(outcome) => outcome,
             // Stopped: only the watchdog sets the flag.
@@ -482,6 +576,19 @@ impl Vmm {
             exits_total: stats.exits.total(),
             stats,
         })
+    }
+}
+
+fn shutdown_reason_name(reason: u32) -> &'static str {
+    use pv_drivers::abi::sched::*;
+    match reason {
+        SHUTDOWN_POWEROFF => "poweroff",
+        SHUTDOWN_REBOOT => "reboot",
+        SHUTDOWN_SUSPEND => "suspend",
+        SHUTDOWN_CRASH => "crash",
+        SHUTDOWN_WATCHDOG => "watchdog",
+        SHUTDOWN_SOFT_RESET => "soft reset",
+        _ => "unknown reason",
     }
 }
 
@@ -521,6 +628,8 @@ fn install_kick_handler() -> Result<(), Error> {
 /// The vCPU thread's state: the vCPU, the buses and the counters.
 struct VcpuRunner {
     vcpu: Vcpu,
+    xen: Option<Arc<Xen>>,
+    console: ConsoleSink,
     pio: Bus,
     mmio: Bus,
     stop: Arc<AtomicBool>,
@@ -543,7 +652,20 @@ impl VcpuRunner {
     /// One `KVM_RUN` and the handling of its exit.
     fn step(&mut self) -> Result<Option<Outcome>, kvm::Error> {
         let stats = &mut self.stats;
+        let mut hypercall = false;
         match self.vcpu.run()? {
+            VcpuExit::IoIn { port, size, data }
+                if self.xen.is_some() && port == u16::from(HYPERCALL_PORT) =>
+            {
+                stats.exits.io_in += 1;
+                stats.exits.hypercall += 1;
+                if size == 4 && data.len() == 4 {
+                    // Answered below, once the exit's borrow of the vCPU has ended.
+                    hypercall = true;
+                } else {
+                    data.fill(0xff);
+                }
+            }
             VcpuExit::IoOut { port, size, data } => {
                 stats.exits.io_out += 1;
                 stats.count_port(port);
@@ -581,14 +703,21 @@ impl VcpuRunner {
                     Some(Action::Exit(status)) => return Ok(Some(Outcome::Exited { status })),
                 }
             }
-            // Only MSRs KVM does not know reach user space: answer as hardware would.
+            // Only the Xen MSRs reach user space (the MSR filter): reads fault, as on
+            // Xen; a write installs the hypercall page or faults.
             VcpuExit::MsrRead(mut msr) => {
                 stats.exits.msr_read += 1;
                 msr.fault();
             }
             VcpuExit::MsrWrite(mut msr) => {
                 stats.exits.msr_write += 1;
-                msr.fault();
+                let ok = self
+                    .xen
+                    .as_ref()
+                    .is_some_and(|xen| xen.write_msr(msr.index, msr.value()).is_ok());
+                if !ok {
+                    msr.fault();
+                }
             }
             VcpuExit::Hlt => stats.exits.hlt += 1,
             VcpuExit::Interrupted => stats.exits.intr += 1,
@@ -624,6 +753,32 @@ impl VcpuRunner {
                 }
             }
         }
+        if hypercall {
+            return self.hypercall();
+        }
         Ok(None)
+    }
+
+    /// Runs the hypercall whose stub just exited, and answers it in `eax`.
+    fn hypercall(&mut self) -> Result<Option<Outcome>, kvm::Error> {
+        let Some(xen) = self.xen.clone() else {
+            return Ok(None);
+        };
+        let regs = self.vcpu.registers()?;
+        let vcpu = &self.vcpu;
+        let mut fetch = || vcpu.paging().ok();
+        let console = &mut self.console;
+        let mut print = |bytes: &[u8]| {
+            // A closed host console loses the output, never the guest.
+            let _ = console.write_all(bytes);
+        };
+        let mut ctx = xen::hypercall::Ctx::new(&mut fetch, &mut print);
+        let outcome = xen.hypercall(&regs, &mut ctx);
+        // The stub sign-extends eax: results are 0, -errno, or small positive values.
+        self.vcpu.complete_io_in(&(outcome.ret as i32).to_le_bytes())?;
+        Ok(match outcome.after {
+            xen::hypercall::After::Resume => None,
+            xen::hypercall::After::Shutdown(reason) => Some(Outcome::XenShutdown { reason }),
+        })
     }
 }

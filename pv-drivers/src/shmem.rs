@@ -46,6 +46,10 @@ pub trait SharedMemory {
     fn load_u32(&self, offset: usize, order: Ordering) -> u32;
     /// Atomically stores the `u32` at `offset` (4-aligned).
     fn store_u32(&self, offset: usize, value: u32, order: Ordering);
+    /// Atomic compare-exchange of the `u32` at `offset` (4-aligned), with the semantics
+    /// of [`AtomicU32::compare_exchange`] (`AcqRel`/`Acquire`). Xen updates a grant
+    /// entry's flags and domid together this way.
+    fn compare_exchange_u32(&self, offset: usize, current: u32, new: u32) -> Result<u32, u32>;
 
     /// Atomically loads the `u64` at `offset` (8-aligned).
     fn load_u64(&self, offset: usize, order: Ordering) -> u64;
@@ -62,6 +66,59 @@ pub trait SharedMemory {
     fn read_bytes(&self, offset: usize, buf: &mut [u8]);
     /// Copies `data` to `offset` (no atomicity across bytes).
     fn write_bytes(&self, offset: usize, data: &[u8]);
+}
+
+/// A reference to shared memory is shared memory (so protocol types can borrow a page
+/// they do not own).
+impl<T: SharedMemory + ?Sized> SharedMemory for &T {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn load_u8(&self, offset: usize, order: Ordering) -> u8 {
+        (**self).load_u8(offset, order)
+    }
+    fn store_u8(&self, offset: usize, value: u8, order: Ordering) {
+        (**self).store_u8(offset, value, order)
+    }
+    fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
+        (**self).load_u16(offset, order)
+    }
+    fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
+        (**self).store_u16(offset, value, order)
+    }
+    fn compare_exchange_u16(&self, offset: usize, current: u16, new: u16) -> Result<u16, u16> {
+        (**self).compare_exchange_u16(offset, current, new)
+    }
+    fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
+        (**self).load_u32(offset, order)
+    }
+    fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
+        (**self).store_u32(offset, value, order)
+    }
+    fn compare_exchange_u32(&self, offset: usize, current: u32, new: u32) -> Result<u32, u32> {
+        (**self).compare_exchange_u32(offset, current, new)
+    }
+    fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
+        (**self).load_u64(offset, order)
+    }
+    fn store_u64(&self, offset: usize, value: u64, order: Ordering) {
+        (**self).store_u64(offset, value, order)
+    }
+    fn swap_u64(&self, offset: usize, value: u64, order: Ordering) -> u64 {
+        (**self).swap_u64(offset, value, order)
+    }
+    fn fetch_or_u64(&self, offset: usize, bits: u64, order: Ordering) -> u64 {
+        (**self).fetch_or_u64(offset, bits, order)
+    }
+    fn fetch_and_u64(&self, offset: usize, bits: u64, order: Ordering) -> u64 {
+        (**self).fetch_and_u64(offset, bits, order)
+    }
+    fn read_bytes(&self, offset: usize, buf: &mut [u8]) {
+        (**self).read_bytes(offset, buf)
+    }
+    fn write_bytes(&self, offset: usize, data: &[u8]) {
+        (**self).write_bytes(offset, data)
+    }
 }
 
 /// Whether an access of `len` bytes at `offset`, aligned to `align`, fits `size` bytes.
@@ -162,6 +219,20 @@ impl SharedMemory for RawSharedMemory {
         if let Some(a) = raw_atomic!(self.at(offset, 4), AtomicU32) {
             a.store(value.to_le(), order);
         }
+    }
+
+    fn compare_exchange_u32(&self, offset: usize, current: u32, new: u32) -> Result<u32, u32> {
+        let Some(a) = raw_atomic!(self.at(offset, 4), AtomicU32) else {
+            return Err(0);
+        };
+        a.compare_exchange(
+            current.to_le(),
+            new.to_le(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .map(u32::from_le)
+        .map_err(u32::from_le)
     }
 
     fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
@@ -313,6 +384,17 @@ impl SharedMemory for HeapSharedMemory {
         self.store_small(offset, 4, value.into(), order);
     }
 
+    fn compare_exchange_u32(&self, offset: usize, current: u32, new: u32) -> Result<u32, u32> {
+        let current = u64::from(current);
+        match self.update_small(offset, 4, Ordering::AcqRel, |old| {
+            (old == current).then_some(new.into())
+        }) {
+            Some(Ok(old)) => Ok(old as u32),
+            Some(Err(old)) => Err(old as u32),
+            None => Err(0),
+        }
+    }
+
     fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
         self.load_small(offset, 8, order).unwrap_or(0)
     }
@@ -376,6 +458,10 @@ mod tests {
         assert_eq!(m.compare_exchange_u16(8, 0, 0x1234), Ok(0));
         assert_eq!(m.load_u16(8, Ordering::Relaxed), 0x1234);
         assert_eq!(m.load_u64(8, Ordering::Relaxed), 0x1234);
+        assert_eq!(m.compare_exchange_u32(8, 0, 1), Err(0x1234));
+        assert_eq!(m.compare_exchange_u32(8, 0x1234, 0x5_1234), Ok(0x1234));
+        assert_eq!(m.load_u16(10, Ordering::Relaxed), 5);
+        m.store_u32(8, 0x1234, Ordering::Relaxed);
 
         assert_eq!(m.fetch_or_u64(16, 0b1010, Ordering::AcqRel), 0);
         assert_eq!(m.fetch_and_u64(16, !0b10, Ordering::AcqRel), 0b1010);

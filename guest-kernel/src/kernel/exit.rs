@@ -1,10 +1,13 @@
 //! The one exit path of the kernel.
 //!
-//! Writes the status to the `isa-debug-exit` compatible port (QEMU, host-shim). On a
-//! machine without that device the write is ignored and the CPU halts for good;
-//! `SCHEDOP_shutdown` for Xen joins here with the Xen interface.
+//! On Xen (real or host-shim), success is `SCHEDOP_shutdown(poweroff)`. Any other
+//! status is first written to the `isa-debug-exit` compatible port (QEMU and host-shim
+//! end the run with it; real Xen ignores the write) and then, on Xen, reported as
+//! `SCHEDOP_shutdown(crash)`. Without Xen the port write ends the run, and on a machine
+//! without that device the CPU halts for good.
 
-use super::{arch, console};
+use super::{arch, console, xen};
+use pv_drivers::abi::sched::{SHUTDOWN_CRASH, SHUTDOWN_POWEROFF};
 use guest_kernel::exit_status::DEBUG_EXIT_PORT;
 
 /// Ends the guest with `status` (see `guest_kernel::exit_status`).
@@ -13,7 +16,11 @@ pub fn exit(status: u8) -> ! {
     let mut line = [0u8; 32];
     let msg = format_exit(status, &mut line);
     console::write_bytes_unlocked(msg);
+    if status == 0 && xen::get().is_some() {
+        xen::shutdown(SHUTDOWN_POWEROFF);
+    }
     arch::outl(DEBUG_EXIT_PORT, u32::from(status));
+    xen::shutdown(SHUTDOWN_CRASH);
     arch::halt_forever()
 }
 

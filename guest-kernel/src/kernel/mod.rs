@@ -8,6 +8,7 @@ pub mod interrupts;
 pub mod memory;
 pub mod selftest;
 pub mod time;
+pub mod xen;
 
 use crate::kprintln;
 use guest_kernel::cmdline::{ConsoleSel, LogLevel, Options};
@@ -164,7 +165,50 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         None => log::warn!("apic: no local APIC"),
     }
 
+    match xen::detect() {
+        Some(c) => {
+            kprintln!(
+                "xen: Xen {}.{} at CPUID {:#x}, hypercall MSR {:#x}, domid {}",
+                c.major,
+                c.minor,
+                c.base,
+                c.msr,
+                c.domid.map_or("unknown".into(), |d| alloc::format!("{d}"))
+            );
+            match xen::init(c) {
+                Ok(x) => {
+                    kprintln!(
+                        "xen: shared_info mapped, upcall vector {:#x}, system time {} ms",
+                        xen::UPCALL_VECTOR,
+                        x.now_ns() / 1_000_000
+                    );
+                    if let Some(t) = x.unix_time_ns() {
+                        kprintln!("xen: wallclock {} s since the Unix epoch", t / 1_000_000_000);
+                    }
+                    if x.console.lock().is_some() {
+                        x.console_write(b"xen: hello on the PV console\n");
+                    }
+                }
+                Err(e) => log::error!("xen: bring-up failed: {e}"),
+            }
+        }
+        None => kprintln!("xen: not present"),
+    }
+
     let mut status = exit_status::SUCCESS;
+    if opts.selftest.xen {
+        let (_, failed) = selftest::run_xen();
+        if failed > 0 {
+            status = exit_status::SELFTEST_FAILED;
+        }
+    }
+    if let Some(x) = xen::get() {
+        let (delivered, spurious) = x.event_counts();
+        kprintln!(
+            "xen: {} upcalls, {delivered} events handled, {spurious} without a handler",
+            x.upcalls.load(core::sync::atomic::Ordering::Relaxed)
+        );
+    }
     if opts.selftest.boot {
         let (_, failed) = selftest::run_boot(boot, &mem);
         if failed > 0 {

@@ -5,7 +5,7 @@
 //! the summary line is `selftest: N passed, M failed`, and the exit status says
 //! whether all passed. Assertions are about behaviour, never about speed.
 
-use super::{apic, arch, interrupts, memory, time};
+use super::{apic, arch, interrupts, memory, time, xen};
 use crate::kprintln;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -243,4 +243,266 @@ pub fn hang() -> ! {
     loop {
         core::hint::spin_loop();
     }
+}
+
+/// Runs the Xen self-tests (`selftest=xen`); returns (passed, failed). Without Xen,
+/// the single test `xen_present` fails.
+pub fn run_xen() -> (u32, u32) {
+    let Some(x) = xen::get() else {
+        kprintln!("selftest: xen_present: FAIL (no Xen platform: not detected or init failed)");
+        kprintln!("selftest: 0 passed, 1 failed");
+        return (0, 1);
+    };
+    let tests: [(&str, &dyn Fn(&xen::Xen) -> TestResult); 7] = [
+        ("xen_store_identity", &test_xs_identity),
+        ("xen_store_rw", &test_xs_rw),
+        ("xen_store_watch", &test_xs_watch),
+        ("xen_store_transaction", &test_xs_transaction),
+        ("xen_evtchn_loopback", &test_evtchn_loopback),
+        ("xen_grant_copy", &test_grant_copy),
+        ("xen_timer", &test_xen_timer),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        match test(x) {
+            Ok(detail) => {
+                passed += 1;
+                kprintln!("selftest: {name}: PASS ({detail})");
+            }
+            Err(why) => {
+                failed += 1;
+                kprintln!("selftest: {name}: FAIL ({why})");
+            }
+        }
+    }
+    kprintln!("selftest: {passed} passed, {failed} failed");
+    (passed, failed)
+}
+
+type Store = pv_drivers::xenstore::XenStore<
+    alloc::boxed::Box<pv_drivers::shmem::RawSharedMemory>,
+    xen::StoreEvents,
+>;
+
+fn with_store(x: &xen::Xen, f: impl FnOnce(&mut Store) -> TestResult) -> TestResult {
+    let mut guard = x.store.lock();
+    let store = guard.as_mut().ok_or("no xenstore connection")?;
+    f(store)
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+const NO_TX: pv_drivers::xenstore::TxId = pv_drivers::xenstore::TxId::NONE;
+
+fn test_xs_identity(x: &xen::Xen) -> TestResult {
+    with_store(x, |s| {
+        let domid = s.read(NO_TX, "domid").map_err(|e| alloc::format!("read domid: {e}"))?;
+        let name = s.read(NO_TX, "name").map_err(|e| alloc::format!("read name: {e}"))?;
+        let domid = text(&domid);
+        if let Some(d) = x.domid {
+            check!(domid == alloc::format!("{d}"), "domid node {domid} != CPUID domid {d}");
+        }
+        check!(!name.is_empty(), "empty name");
+        let path = s
+            .get_domain_path(domid.parse().map_err(|_| alloc::format!("domid '{domid}'"))?)
+            .map_err(|e| alloc::format!("get_domain_path: {e}"))?;
+        Ok(alloc::format!("domid {domid}, name {}, home {path}", text(&name)))
+    })
+}
+
+fn test_xs_rw(x: &xen::Xen) -> TestResult {
+    with_store(x, |s| {
+        let key = "data/selftest-rw";
+        s.write(NO_TX, key, b"hello xenstore")
+            .map_err(|e| alloc::format!("write: {e}"))?;
+        let v = s.read(NO_TX, key).map_err(|e| alloc::format!("read: {e}"))?;
+        check!(v == b"hello xenstore", "read back '{}'", text(&v));
+        let dir = s.directory(NO_TX, "data").map_err(|e| alloc::format!("directory: {e}"))?;
+        check!(dir.iter().any(|d| d == "selftest-rw"), "directory lacks the node: {dir:?}");
+        s.rm(NO_TX, key).map_err(|e| alloc::format!("rm: {e}"))?;
+        match s.read(NO_TX, key) {
+            Err(pv_drivers::xenstore::XsError::Xen(pv_drivers::abi::errno::XenErrno::ENOENT)) => {}
+            other => return Err(alloc::format!("read after rm: {other:?}")),
+        }
+        // A node outside our own tree is refused.
+        match s.write(NO_TX, "/local/domain/0/selftest", b"x") {
+            Err(pv_drivers::xenstore::XsError::Xen(pv_drivers::abi::errno::XenErrno::EACCES)) => {}
+            other => return Err(alloc::format!("write to dom0's node: {other:?}")),
+        }
+        Ok("write, read, directory, rm, EACCES outside own tree".into())
+    })
+}
+
+fn test_xs_watch(x: &xen::Xen) -> TestResult {
+    with_store(x, |s| {
+        let key = "data/selftest-watch";
+        s.write(NO_TX, key, b"0").map_err(|e| alloc::format!("write: {e}"))?;
+        s.watch(key, "st-watch").map_err(|e| alloc::format!("watch: {e}"))?;
+        let first = s
+            .wait_watch_event(Some("st-watch"))
+            .map_err(|e| alloc::format!("initial event: {e}"))?;
+        s.write(NO_TX, key, b"1").map_err(|e| alloc::format!("write: {e}"))?;
+        let ev = s
+            .wait_watch_event(Some("st-watch"))
+            .map_err(|e| alloc::format!("event after write: {e}"))?;
+        s.unwatch(key, "st-watch").map_err(|e| alloc::format!("unwatch: {e}"))?;
+        let _ = s.rm(NO_TX, key);
+        check!(ev.path.ends_with("selftest-watch"), "event path {}", ev.path);
+        Ok(alloc::format!("initial {} then {}", first.path, ev.path))
+    })
+}
+
+fn test_xs_transaction(x: &xen::Xen) -> TestResult {
+    with_store(x, |s| {
+        let key = "data/selftest-tx";
+        s.write(NO_TX, key, b"0").map_err(|e| alloc::format!("write: {e}"))?;
+        // A transaction that conflicts with a write outside it must fail with EAGAIN.
+        let tx = s.transaction_start().map_err(|e| alloc::format!("start: {e}"))?;
+        let _ = s.read(tx, key).map_err(|e| alloc::format!("tx read: {e}"))?;
+        s.write(NO_TX, key, b"outside").map_err(|e| alloc::format!("write: {e}"))?;
+        s.write(tx, key, b"inside").map_err(|e| alloc::format!("tx write: {e}"))?;
+        match s.transaction_end(tx, true) {
+            Err(pv_drivers::xenstore::XsError::Xen(pv_drivers::abi::errno::XenErrno::EAGAIN)) => {}
+            other => return Err(alloc::format!("conflicting commit: {other:?}")),
+        }
+        // The retry loop: the first attempt conflicts, the second commits.
+        let mut attempts = 0u32;
+        let result: Result<(), pv_drivers::xenstore::XsError> = s.transaction(|tx| {
+            attempts += 1;
+            let v = tx.read(key)?;
+            if attempts == 1 {
+                tx.store().write(NO_TX, key, b"meddle")?;
+            }
+            let mut next = v.clone();
+            next.extend_from_slice(b"+");
+            tx.write(key, &next)
+        });
+        result.map_err(|e| alloc::format!("transaction: {e}"))?;
+        let v = s.read(NO_TX, key).map_err(|e| alloc::format!("read: {e}"))?;
+        let _ = s.rm(NO_TX, key);
+        check!(attempts == 2, "{attempts} attempts, expected 2");
+        check!(v == b"meddle+", "committed value '{}'", text(&v));
+        Ok(alloc::format!("EAGAIN on conflict, committed after {attempts} attempts"))
+    })
+}
+
+static LOOPBACK_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+fn wait_for(x: &xen::Xen, ns: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = x.now_ns().saturating_add(ns);
+    while !done() {
+        if x.now_ns() > deadline {
+            return false;
+        }
+        arch::sti();
+        core::hint::spin_loop();
+    }
+    true
+}
+
+fn test_evtchn_loopback(x: &xen::Xen) -> TestResult {
+    use pv_drivers::hypercall::XenHypercalls as _;
+    let me = x.domid.ok_or("domid unknown")?;
+    let a = x
+        .hv
+        .evtchn_alloc_unbound(me)
+        .map_err(|e| alloc::format!("alloc_unbound: {e}"))?;
+    let b = x
+        .hv
+        .evtchn_bind_interdomain(me, a)
+        .map_err(|e| alloc::format!("bind_interdomain: {e}"))?;
+    LOOPBACK_EVENTS.store(0, Ordering::SeqCst);
+    x.bind(a, alloc::boxed::Box::new(|_| {
+        LOOPBACK_EVENTS.fetch_add(1, Ordering::SeqCst);
+    }));
+    x.hv.evtchn_send(b).map_err(|e| alloc::format!("send: {e}"))?;
+    let arrived = wait_for(x, 2_000_000_000, || LOOPBACK_EVENTS.load(Ordering::SeqCst) > 0);
+    // Give a duplicate the chance to show up.
+    let settle = x.now_ns() + 5_000_000;
+    wait_for(x, 10_000_000, || x.now_ns() > settle);
+    let n = LOOPBACK_EVENTS.load(Ordering::SeqCst);
+    let status = x.hv.evtchn_status(a);
+    x.unbind(a);
+    let _ = x.hv.evtchn_close(b);
+    let _ = x.hv.evtchn_close(a);
+    check!(arrived, "no event within 2 s");
+    check!(n == 1, "handler ran {n} times");
+    let status = status.map_err(|e| alloc::format!("status: {e}"))?;
+    check!(
+        status.interdomain() == Some((me, b)),
+        "status of port {a}: {status:?}"
+    );
+    Ok(alloc::format!("ports {a} <-> {b}, handler ran once"))
+}
+
+fn test_grant_copy(x: &xen::Xen) -> TestResult {
+    use pv_drivers::abi::grant_table::{GNTCOPY_SOURCE_GREF, GnttabCopy, GnttabCopyPtr};
+    use pv_drivers::abi::xen::DOMID_SELF;
+    use pv_drivers::hypercall::XenHypercalls as _;
+    let me = x.domid.ok_or("domid unknown")?;
+    let (src, dst) = {
+        let mut frames = memory::FRAMES.lock();
+        let f = frames.as_mut().ok_or("no frame allocator")?;
+        (f.alloc().ok_or("no frame")?, f.alloc().ok_or("no frame")?)
+    };
+    // SAFETY: both frames were just allocated and are identity-mapped RAM we own.
+    let (s, d) = unsafe {
+        (
+            core::slice::from_raw_parts_mut(src as *mut u8, 4096),
+            core::slice::from_raw_parts_mut(dst as *mut u8, 4096),
+        )
+    };
+    for (i, b) in s.iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    d.fill(0);
+    let gref = x
+        .grants
+        .lock()
+        .grant_access(me, src >> 12, true)
+        .map_err(|e| alloc::format!("grant: {e:?}"))?;
+    let mut ops = [GnttabCopy {
+        source: GnttabCopyPtr::gref(gref, DOMID_SELF, 16),
+        dest: GnttabCopyPtr::gmfn(dst >> 12, DOMID_SELF, 32),
+        len: 1000,
+        flags: GNTCOPY_SOURCE_GREF,
+        status: 0,
+        _pad: 0,
+    }];
+    let copied = x.hv.gnttab_copy(&mut ops);
+    let ended = x.grants.lock().end_access_and_free(gref);
+    let ok = s[16..1016] == d[32..1032] && d[..32].iter().all(|&b| b == 0);
+    {
+        let mut frames = memory::FRAMES.lock();
+        if let Some(f) = frames.as_mut() {
+            let _ = f.free(src);
+            let _ = f.free(dst);
+        }
+    }
+    copied.map_err(|e| alloc::format!("GNTTABOP_copy: {e}"))?;
+    ended.map_err(|e| alloc::format!("end access: {e:?}"))?;
+    check!(ok, "copied data differs");
+    Ok(alloc::format!("ref {gref}: 1000 bytes copied and verified"))
+}
+
+fn test_xen_timer(x: &xen::Xen) -> TestResult {
+    use pv_drivers::hypercall::XenHypercalls as _;
+    x.timer_port().ok_or("VIRQ_TIMER not bound")?;
+    x.timer_fired_at.store(0, Ordering::SeqCst);
+    let interval = 5_000_000;
+    let deadline = x.now_ns() + interval;
+    x.hv
+        .vcpu_set_singleshot_timer(0, deadline, true)
+        .map_err(|e| alloc::format!("set_singleshot_timer: {e}"))?;
+    let fired = wait_for(x, 2_000_000_000, || x.timer_fired_at.load(Ordering::SeqCst) != 0);
+    check!(fired, "no VIRQ_TIMER within 2 s");
+    let at = x.timer_fired_at.load(Ordering::SeqCst);
+    check!(at >= deadline, "fired {} ns early", deadline - at);
+    Ok(alloc::format!(
+        "{} us interval, fired {} us after the deadline",
+        interval / 1000,
+        (at - deadline) / 1000
+    ))
 }

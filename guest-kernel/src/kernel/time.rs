@@ -81,6 +81,10 @@ fn from_cpuid_15() -> Option<u64> {
 }
 
 fn from_hypervisor_leaf() -> Option<u64> {
+    // Xen's time leaf names the guest TSC frequency (Xen PVH has no PIT).
+    if let Some(khz) = super::xen::detect().and_then(|x| x.tsc_khz) {
+        return Some(u64::from(khz));
+    }
     let (_, _, ecx, _) = arch::cpuid(1, 0);
     if ecx & (1 << 31) == 0 {
         return None; // not running on a hypervisor

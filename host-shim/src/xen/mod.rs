@@ -1,3 +1,506 @@
-//! The shim's implementation of the Xen interface (in progress).
+//! The shim's implementation of the Xen interface for one PVH guest.
+//!
+//! The guest finds Xen through CPUID ([`cpuid_leaves`]), installs the hypercall page
+//! through the MSR those leaves name ([`Xen::write_msr`]), and calls hypercalls through
+//! it; the stubs ([`hypercall_page`]) exit to the shim with a port read that the vCPU
+//! loop hands to [`Xen::hypercall`]. Everything the guest passes is checked: every
+//! argument, guest address, length, port and grant reference; garbage gets a Xen errno.
+//!
+//! The shim plays domain 0: xenstored, the console backend and the PV backends are its
+//! domain-0 ports ([`evtchn`]). Events to the guest set bits in its shared_info page
+//! and raise its upcall vector through the in-kernel LAPIC.
+//!
+//! Threads: the vCPU thread runs hypercalls; the timer thread and backend threads raise
+//! events. All state is behind one mutex; notifiers of domain-0 ports run after it is
+//! released.
 
+pub mod console;
+pub mod evtchn;
+pub mod grant;
+pub mod guest_mem;
+pub mod hypercall;
+pub mod hypercall_page;
 pub mod xenstored;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use pv_drivers::abi::cpuid::{
+    LEAF_HVM, LEAF_HYPERCALL, LEAF_SIGNATURE, LEAF_TIME, LEAF_VERSION,
+    XEN_CPUID_SIGNATURE_EBX, XEN_CPUID_SIGNATURE_ECX, XEN_CPUID_SIGNATURE_EDX,
+    XEN_HVM_CPUID_DOMID_PRESENT, XEN_HVM_CPUID_UPCALL_VECTOR, XEN_HVM_CPUID_VCPU_ID_PRESENT,
+    XEN_HVM_CPUID_X2APIC_VIRT,
+};
+use pv_drivers::abi::xen::DomId;
+use pv_drivers::shmem::SharedMemory;
+
+use crate::kvm::{CpuidLeaf, HYPERVISOR_CPUID_BASE, Interrupter};
+use evtchn::{Binding, DOM0_PORTS, GUEST_PORTS, Notifier, PortTable};
+use guest_mem::{GuestRam, SharedPage};
+
+/// The Xen version the shim reports (4.17, the version Debian bookworm ships).
+pub const XEN_VERSION: (u16, u16) = (4, 17);
+
+/// The MSR through which the guest installs the hypercall page (CPUID base+2 `EBX`).
+pub const HYPERCALL_MSR: u32 = 0x4000_0000;
+
+/// Grant-table frames the guest may map (Xen's default `max_grant_frames` is 64).
+pub const MAX_GRANT_FRAMES: u32 = 64;
+
+/// The domain id the shim gives the guest (Xen's toolstack starts domUs at 1).
+pub const DEFAULT_DOMID: DomId = 1;
+
+/// Longest a `SCHEDOP_block` waits before returning (a spurious wake is allowed by the
+/// ABI; the bound lets the vCPU loop notice a stop request and in-kernel LAPIC
+/// interrupts, which the shim cannot see).
+pub const BLOCK_SLICE: Duration = Duration::from_millis(10);
+
+/// What the guest is called and how it is numbered.
+#[derive(Debug, Clone)]
+pub struct XenConfig {
+    /// The guest's domain id (1..0x7ff0).
+    pub domid: DomId,
+    /// The guest's name in xenstore.
+    pub name: String,
+    /// The vCPU's TSC frequency, reported in the time leaf and used for pvclock.
+    pub tsc_khz: u32,
+    /// Pages of RAM the guest has (`XENMEM_current_reservation`).
+    pub ram_pages: u64,
+    /// The highest guest frame number of RAM (`XENMEM_maximum_gpfn`).
+    pub max_gpfn: u64,
+    /// Guest-physical address of the xenstore ring page.
+    pub store_page: u64,
+    /// Guest-physical address of the PV console ring page.
+    pub console_page: u64,
+}
+
+/// The toolstack-provided rings and their event channels (HVM params).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Special {
+    /// `HVM_PARAM_STORE_PFN`.
+    pub store_pfn: u64,
+    /// `HVM_PARAM_STORE_EVTCHN` (guest side).
+    pub store_port: u32,
+    /// Domain 0's end of the xenstore channel.
+    pub store_dom0_port: u32,
+    /// `HVM_PARAM_CONSOLE_PFN`.
+    pub console_pfn: u64,
+    /// `HVM_PARAM_CONSOLE_EVTCHN` (guest side).
+    pub console_port: u32,
+    /// Domain 0's end of the console channel.
+    pub console_dom0_port: u32,
+}
+
+/// Xen's CPUID leaves at [`HYPERVISOR_CPUID_BASE`] for a guest with `config`.
+pub fn cpuid_leaves(config: &XenConfig) -> Vec<CpuidLeaf> {
+    let base = HYPERVISOR_CPUID_BASE;
+    let leaf = |n: u32, regs| CpuidLeaf {
+        function: base + n,
+        index: None,
+        regs,
+    };
+    let sub = |n: u32, index, regs| CpuidLeaf {
+        function: base + n,
+        index: Some(index),
+        regs,
+    };
+    let (major, minor) = XEN_VERSION;
+    vec![
+        leaf(
+            LEAF_SIGNATURE,
+            [
+                base + LEAF_HVM,
+                XEN_CPUID_SIGNATURE_EBX,
+                XEN_CPUID_SIGNATURE_ECX,
+                XEN_CPUID_SIGNATURE_EDX,
+            ],
+        ),
+        leaf(LEAF_VERSION, [u32::from(major) << 16 | u32::from(minor), 0, 0, 0]),
+        leaf(LEAF_HYPERCALL, [1, HYPERCALL_MSR, 0, 0]),
+        // Time: TSC not emulated, tsc_mode 2 ("never emulate"), guest TSC kHz.
+        sub(LEAF_TIME, 0, [0, 2, config.tsc_khz, 0]),
+        sub(LEAF_TIME, 1, [0, 0, 0, 0]),
+        sub(LEAF_TIME, 2, [config.tsc_khz, 0, 0, 0]),
+        leaf(
+            LEAF_HVM,
+            [
+                XEN_HVM_CPUID_X2APIC_VIRT
+                    | XEN_HVM_CPUID_VCPU_ID_PRESENT
+                    | XEN_HVM_CPUID_DOMID_PRESENT
+                    | XEN_HVM_CPUID_UPCALL_VECTOR,
+                0,
+                u32::from(config.domid),
+                0,
+            ],
+        ),
+    ]
+}
+
+/// Counters for `--stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct XenStats {
+    /// Hypercalls by name (`"event_channel_op.send"` style for multiplexed ones).
+    pub hypercalls: BTreeMap<String, u64>,
+    /// Hypercalls that returned an error.
+    pub hypercall_errors: u64,
+    /// Events the guest sent to domain 0 (xenstored, console, backends).
+    pub events_to_dom0: u64,
+    /// Events set pending for the guest.
+    pub events_to_guest: u64,
+    /// Upcall interrupts injected into the guest.
+    pub upcalls_injected: u64,
+    /// Timer expiries delivered.
+    pub timer_fires: u64,
+}
+
+/// Why the guest asked to stop (`SCHEDOP_shutdown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownRequest {
+    /// `SHUTDOWN_*`.
+    pub reason: u32,
+}
+
+/// Everything behind the lock.
+struct State {
+    hypercall_page: Option<u64>,
+    shared_info: Option<SharedPage>,
+    /// Ports raised before the guest mapped shared_info (Xen keeps the bits in a page
+    /// that exists from the start; the shim keeps them here until there is one).
+    early_pending: Vec<u32>,
+    upcall_vector: Option<u8>,
+    callback_via: u64,
+    guest_ports: PortTable<()>,
+    dom0_ports: PortTable<Option<Notifier>>,
+    grant_frames: Vec<Option<SharedPage>>,
+    grant_pins: grant::ActiveGrants,
+    timer_deadline: Option<u64>,
+    timer_period: Option<u64>,
+    shutdown: Option<ShutdownRequest>,
+    stopping: bool,
+    stats: XenStats,
+}
+
+/// The Xen interface of one guest.
+pub struct Xen {
+    config: XenConfig,
+    special: Special,
+    ram: GuestRam,
+    irq: Interrupter,
+    /// Host time at Xen system time 0.
+    epoch: Instant,
+    /// The guest's TSC at Xen system time 0 (read just before `epoch`, so that the
+    /// shim's clock lags the guest's by a few microseconds rather than leading it: a
+    /// timer then fires a little late, never early).
+    tsc_epoch: u64,
+    /// TSC ticks to nanoseconds, as published in `vcpu_time_info`.
+    scale: pv_drivers::pvclock::TscScale,
+    state: Mutex<State>,
+    /// Signalled when an event is raised for the guest or the timer changes.
+    wake: Condvar,
+}
+
+impl Xen {
+    /// The Xen side of a guest with `config`, whose RAM is `ram`; `guest_tsc` is the
+    /// guest's TSC now, which becomes Xen system time 0.
+    pub fn new(
+        config: XenConfig,
+        ram: GuestRam,
+        irq: Interrupter,
+        guest_tsc: u64,
+    ) -> Result<Arc<Self>, String> {
+        let scale = pv_drivers::pvclock::TscScale::from_khz(config.tsc_khz.into())
+            .map_err(|e| format!("TSC frequency {} kHz: {e}", config.tsc_khz))?;
+        let mut guest_ports = PortTable::new(GUEST_PORTS);
+        let mut dom0_ports = PortTable::new(DOM0_PORTS);
+        // As Xen's toolstack does before the guest starts: a channel each for xenstore
+        // and the console, already bound by their domain-0 daemons.
+        let mut connect = || {
+            let guest = guest_ports.alloc(Binding::Unbound { remote: 0 }, ())?;
+            let dom0 = dom0_ports.alloc(
+                Binding::Interdomain {
+                    dom: config.domid,
+                    port: guest,
+                },
+                None,
+            )?;
+            guest_ports.rebind(
+                guest,
+                Binding::Interdomain {
+                    dom: 0,
+                    port: dom0,
+                },
+            );
+            Some((guest, dom0))
+        };
+        // Fresh tables have thousands of free ports.
+        let (store_port, store_dom0_port) = connect().unwrap_or((0, 0));
+        let (console_port, console_dom0_port) = connect().unwrap_or((0, 0));
+        let special = Special {
+            store_pfn: config.store_page / guest_mem::PAGE_SIZE,
+            store_port,
+            store_dom0_port,
+            console_pfn: config.console_page / guest_mem::PAGE_SIZE,
+            console_port,
+            console_dom0_port,
+        };
+        Ok(Arc::new(Self {
+            config,
+            special,
+            ram,
+            irq,
+            tsc_epoch: guest_tsc,
+            scale,
+            epoch: Instant::now(),
+            state: Mutex::new(State {
+                hypercall_page: None,
+                shared_info: None,
+                early_pending: Vec::new(),
+                upcall_vector: None,
+                callback_via: 0,
+                guest_ports,
+                dom0_ports,
+                grant_frames: (0..MAX_GRANT_FRAMES).map(|_| None).collect(),
+                grant_pins: grant::ActiveGrants::new(),
+                timer_deadline: None,
+                timer_period: None,
+                shutdown: None,
+                stopping: false,
+                stats: XenStats::default(),
+            }),
+            wake: Condvar::new(),
+        }))
+    }
+
+    /// Writes vCPU 0's `vcpu_time_info` and the wallclock into shared_info.
+    fn publish_time_locked(&self, st: &mut State) {
+        use pv_drivers::pvclock::{WallClock, write_time_info, write_wallclock};
+        let Some(shared) = st.shared_info.as_ref() else {
+            return;
+        };
+        let info = self.scale.time_info(
+            self.tsc_epoch,
+            0,
+            pv_drivers::abi::xen::XEN_PVCLOCK_TSC_STABLE_BIT,
+        );
+        let _ = write_time_info(shared.mem(), 0, &info);
+        // The wall time at which system time was 0.
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_nanos(self.now_ns()));
+        let _ = write_wallclock(
+            shared.mem(),
+            WallClock {
+                sec: since_epoch.as_secs(),
+                nsec: since_epoch.subsec_nanos(),
+            },
+        );
+    }
+
+    /// The guest's domain id.
+    pub fn domid(&self) -> DomId {
+        self.config.domid
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &XenConfig {
+        &self.config
+    }
+
+    /// The guest's RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// The xenstore and console rings and their channels.
+    pub fn special(&self) -> Special {
+        self.special
+    }
+
+    /// Sets what runs when the guest signals domain-0 port `dom0_port`.
+    pub fn set_dom0_notifier(&self, dom0_port: u32, notify: Notifier) -> bool {
+        let mut st = self.lock();
+        let Some(binding) = st.dom0_ports.get(dom0_port) else {
+            return false;
+        };
+        st.dom0_ports.close(dom0_port);
+        // Reopen at the same number: `alloc` takes the lowest free port, which is this
+        // one only if all below are open; set the slot directly instead.
+        st.dom0_ports.set(dom0_port, binding, Some(notify))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a shim bug; the state itself stays usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Xen system time: nanoseconds since the VM started.
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> XenStats {
+        self.lock().stats.clone()
+    }
+
+    /// The guest's shutdown request, once it made one.
+    pub fn shutdown_request(&self) -> Option<ShutdownRequest> {
+        self.lock().shutdown
+    }
+
+    /// Tells waiting threads (the timer, a blocked vCPU) to finish.
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+        self.wake.notify_all();
+    }
+
+    /// Handles a guest `wrmsr` to a Xen MSR. `Err` makes the guest take #GP, as Xen
+    /// does for a bad page index or an address that is not RAM.
+    pub fn write_msr(&self, index: u32, value: u64) -> Result<(), ()> {
+        if index != HYPERCALL_MSR {
+            return Err(());
+        }
+        // Bits 0..12 select the hypercall page (only page 0 exists).
+        if value & 0xfff != 0 {
+            return Err(());
+        }
+        let gpa = value & !0xfff;
+        if !self.ram.is_ram(gpa, guest_mem::PAGE_SIZE) {
+            return Err(());
+        }
+        self.ram
+            .write_phys(gpa, &hypercall_page::hypercall_page())
+            .map_err(|_| ())?;
+        self.lock().hypercall_page = Some(gpa);
+        Ok(())
+    }
+
+    /// Opens a domain-0 port connected to the guest's new port, as a backend does with
+    /// `EVTCHNOP_bind_interdomain` to a port the toolstack allocated. `notify` runs
+    /// whenever the guest signals its end. Returns `(guest_port, dom0_port)`.
+    pub fn connect_dom0(&self, notify: Option<Notifier>) -> Option<(u32, u32)> {
+        let mut st = self.lock();
+        let guest = st.guest_ports.alloc(Binding::Unbound { remote: 0 }, ())?;
+        let Some(dom0) = st.dom0_ports.alloc(
+            Binding::Interdomain {
+                dom: self.config.domid,
+                port: guest,
+            },
+            notify,
+        ) else {
+            st.guest_ports.close(guest);
+            return None;
+        };
+        st.guest_ports.rebind(
+            guest,
+            Binding::Interdomain {
+                dom: 0,
+                port: dom0,
+            },
+        );
+        Some((guest, dom0))
+    }
+
+    /// Signals the guest end of domain-0 port `dom0_port` (a backend's
+    /// `EVTCHNOP_send`). False if the port is not connected to the guest.
+    pub fn notify_guest(&self, dom0_port: u32) -> bool {
+        let mut st = self.lock();
+        match st.dom0_ports.get(dom0_port) {
+            Some(Binding::Interdomain { dom, port }) if dom == self.config.domid => {
+                self.raise_locked(&mut st, port);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sets `port` pending for the guest and injects the upcall if that is due.
+    fn raise_locked(&self, st: &mut State, port: u32) {
+        st.stats.events_to_guest += 1;
+        let Some(shared) = st.shared_info.as_ref() else {
+            if !st.early_pending.contains(&port) {
+                st.early_pending.push(port);
+            }
+            self.wake.notify_all();
+            return;
+        };
+        if set_pending_2l(shared.mem(), port) {
+            self.inject_upcall_locked(st);
+        }
+        self.wake.notify_all();
+    }
+
+    fn inject_upcall_locked(&self, st: &mut State) {
+        let vector = st.upcall_vector.or_else(|| {
+            let (kind, value) = pv_drivers::abi::hvm::hvm_callback_decode(st.callback_via);
+            (kind == pv_drivers::abi::hvm::HVM_PARAM_CALLBACK_TYPE_VECTOR && value >= 0x10)
+                .then_some(value as u8)
+        });
+        if let Some(vector) = vector
+            && self.irq.send_vector(0, vector).is_ok()
+        {
+            st.stats.upcalls_injected += 1;
+        }
+    }
+
+    /// Whether the guest has an event waiting (vCPU 0's `evtchn_upcall_pending`).
+    fn upcall_pending_locked(st: &State) -> bool {
+        st.shared_info
+            .as_ref()
+            .is_some_and(|s| s.mem().load_u8(0, std::sync::atomic::Ordering::Acquire) != 0)
+    }
+
+    /// Expires the guest's timer if due; returns how long until it next needs a look.
+    pub fn run_timer(&self) -> Option<Duration> {
+        let mut st = self.lock();
+        let deadline = st.timer_deadline?;
+        let now = self.now_ns();
+        if now < deadline {
+            return Some(Duration::from_nanos(deadline - now));
+        }
+        st.timer_deadline = st.timer_period.map(|p| now.saturating_add(p));
+        st.stats.timer_fires += 1;
+        if let Some(port) = st.guest_ports.find_virq(pv_drivers::abi::xen::VIRQ_TIMER) {
+            self.raise_locked(&mut st, port);
+        }
+        st.timer_deadline.map(|d| Duration::from_nanos(d.saturating_sub(now)))
+    }
+
+    /// The timer thread's body: sleeps until the guest's timer is due and delivers it,
+    /// until [`Xen::stop`].
+    pub fn timer_thread(&self) {
+        let mut st = self.lock();
+        loop {
+            if st.stopping {
+                return;
+            }
+            drop(st);
+            let wait = self.run_timer();
+            st = self.lock();
+            if st.stopping {
+                return;
+            }
+            st = match wait {
+                Some(d) => {
+                    self.wake
+                        .wait_timeout(st, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.wake.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+}
+
+/// Xen's 2-level `evtchn_set_pending` on the shared_info page: returns whether the
+/// upcall must be injected.
+fn set_pending_2l(mem: &pv_drivers::shmem::RawSharedMemory, port: u32) -> bool {
+    pv_drivers::evtchn::HostEvents::new(mem)
+        .and_then(|ev| ev.set_pending(port, 0))
+        .is_ok_and(|r| r.must_inject())
+}

@@ -88,13 +88,16 @@ macro_rules! pod_bytes {
     };
 }
 
+pub mod blkif;
 pub mod console;
+pub mod cpuid;
 pub mod elfnote;
 pub mod errno;
 pub mod event_channel;
 pub mod grant_table;
 pub mod hvm;
 pub mod memory;
+pub mod netif;
 pub mod sched;
 pub mod start_info;
 pub mod vcpu;

@@ -1,0 +1,963 @@
+//! Hypercall dispatch: number → handler, arguments checked, Xen errno values returned.
+//!
+//! Hypercalls the shim does not implement return `-ENOSYS`, as Xen does for a number it
+//! does not know; sub-operations it does not implement return what Xen returns for an
+//! unknown sub-op (`-ENOSYS`). Structures are copied in from guest-virtual addresses,
+//! checked, acted on, and copied back; a bad address gives `-EFAULT` and changes
+//! nothing.
+
+use std::sync::atomic::Ordering;
+
+use pv_drivers::abi::Pod;
+use pv_drivers::abi::errno::XenErrno;
+use pv_drivers::abi::event_channel::*;
+use pv_drivers::abi::grant_table::*;
+use pv_drivers::abi::hvm::*;
+use pv_drivers::abi::memory::*;
+use pv_drivers::abi::sched::*;
+use pv_drivers::abi::vcpu::*;
+use pv_drivers::abi::xen::*;
+use pv_drivers::shmem::SharedMemory;
+
+use super::evtchn::Binding;
+use super::guest_mem::{Fault, PAGE_SIZE};
+use super::{State, Xen, XenStats};
+
+use crate::kvm::{PagingState, Registers};
+
+/// What the vCPU loop does after a hypercall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Return `ret` to the guest and resume it.
+    Resume,
+    /// The guest asked to shut down (`SCHEDOP_shutdown`).
+    Shutdown(u32),
+}
+
+/// A hypercall's result: the value for `rax`, and what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// 0, a positive result, or a negated Xen errno.
+    pub ret: i64,
+    /// What next.
+    pub after: After,
+}
+
+type HResult = Result<i64, XenErrno>;
+
+/// Reads the guest's paging state at most once per hypercall, when a pointer
+/// argument needs translating.
+pub struct Ctx<'a> {
+    paging: Option<PagingState>,
+    fetch: &'a mut dyn FnMut() -> Option<PagingState>,
+    /// Where console_io output goes.
+    pub console: &'a mut dyn FnMut(&[u8]),
+}
+
+impl<'a> Ctx<'a> {
+    /// `fetch` reads the vCPU's control registers; `console` prints.
+    pub fn new(
+        fetch: &'a mut dyn FnMut() -> Option<PagingState>,
+        console: &'a mut dyn FnMut(&[u8]),
+    ) -> Self {
+        Self {
+            paging: None,
+            fetch,
+            console,
+        }
+    }
+
+    fn paging(&mut self) -> Result<PagingState, XenErrno> {
+        if self.paging.is_none() {
+            self.paging = (self.fetch)();
+        }
+        self.paging.ok_or(XenErrno::EFAULT)
+    }
+}
+
+fn efault(_: Fault) -> XenErrno {
+    XenErrno::EFAULT
+}
+
+impl Xen {
+    fn get<T: Pod>(&self, ctx: &mut Ctx<'_>, gva: u64) -> Result<T, XenErrno> {
+        let paging = ctx.paging()?;
+        let mut buf = vec![0u8; size_of::<T>()];
+        self.ram.read_virt(&paging, gva, &mut buf).map_err(efault)?;
+        // SAFETY: `T: Pod` accepts every bit pattern, `buf` holds exactly
+        // `size_of::<T>()` initialised bytes, and `read_unaligned` has no alignment
+        // requirement.
+        Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+    }
+
+    fn put<T: Pod>(&self, ctx: &mut Ctx<'_>, gva: u64, value: &T) -> Result<(), XenErrno> {
+        let paging = ctx.paging()?;
+        // SAFETY: `T: Pod` has no padding, so all `size_of::<T>()` bytes of `value` are
+        // initialised; the slice borrows `value` only for this call.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        };
+        self.ram.write_virt(&paging, gva, bytes).map_err(efault)
+    }
+
+    /// `domid` as the caller means it: DOMID_SELF or its own id; anything else is
+    /// another domain, which an unprivileged guest may not name (`-EPERM`), or one that
+    /// does not exist (`-ESRCH`).
+    fn own_domain(&self, domid: DomId) -> Result<(), XenErrno> {
+        if domid == DOMID_SELF || domid == self.config.domid {
+            Ok(())
+        } else if domid == 0 {
+            Err(XenErrno::EPERM)
+        } else {
+            Err(XenErrno::ESRCH)
+        }
+    }
+
+    /// Runs hypercall `regs.rax` with the x86_64 argument registers.
+    pub fn hypercall(&self, regs: &Registers, ctx: &mut Ctx<'_>) -> Outcome {
+        let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
+        let nr = regs.rax;
+        let (name, result) = self.dispatch(nr, args, ctx);
+        let mut st = self.lock();
+        let stats: &mut XenStats = &mut st.stats;
+        *stats.hypercalls.entry(name).or_default() += 1;
+        let ret = match result {
+            Ok(v) => v,
+            Err(e) => {
+                stats.hypercall_errors += 1;
+                e.as_neg()
+            }
+        };
+        let after = match st.shutdown {
+            Some(req) if nr == u64::from(HYPERVISOR_SCHED_OP) => After::Shutdown(req.reason),
+            _ => After::Resume,
+        };
+        Outcome { ret, after }
+    }
+
+    fn dispatch(&self, nr: u64, a: [u64; 5], ctx: &mut Ctx<'_>) -> (String, HResult) {
+        let Ok(nr) = u32::try_from(nr) else {
+            return ("invalid".into(), Err(XenErrno::ENOSYS));
+        };
+        let op = a[0] as u32;
+        let named = |group: &str, sub: &str| format!("{group}.{sub}");
+        match nr {
+            HYPERVISOR_XEN_VERSION => (
+                named("xen_version", xenver_name(op)),
+                self.xen_version(op, a[1], ctx),
+            ),
+            HYPERVISOR_CONSOLE_IO => ("console_io".into(), self.console_io(op, a[1], a[2], ctx)),
+            HYPERVISOR_MEMORY_OP => (
+                named("memory_op", memory_op_name(op)),
+                self.memory_op(op, a[1], ctx),
+            ),
+            HYPERVISOR_HVM_OP => (named("hvm_op", hvm_op_name(op)), self.hvm_op(op, a[1], ctx)),
+            HYPERVISOR_EVENT_CHANNEL_OP => (
+                named("event_channel_op", evtchn_op_name(op)),
+                self.event_channel_op(op, a[1], ctx),
+            ),
+            HYPERVISOR_GRANT_TABLE_OP => (
+                named("grant_table_op", gnttab_op_name(op)),
+                self.grant_table_op(op, a[1], a[2], ctx),
+            ),
+            HYPERVISOR_VCPU_OP => (
+                named("vcpu_op", vcpu_op_name(op)),
+                self.vcpu_op(op, a[1] as u32, a[2], ctx),
+            ),
+            HYPERVISOR_SCHED_OP => (
+                named("sched_op", sched_op_name(op)),
+                self.sched_op(op, a[1], ctx),
+            ),
+            HYPERVISOR_SET_TIMER_OP => ("set_timer_op".into(), self.set_timer(a[0], false)),
+            _ => (format!("unknown_{nr}"), Err(XenErrno::ENOSYS)),
+        }
+    }
+
+    // ---- xen_version -------------------------------------------------------------
+
+    fn xen_version(&self, cmd: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
+        let (major, minor) = super::XEN_VERSION;
+        match cmd {
+            XENVER_VERSION => Ok(i64::from(major) << 16 | i64::from(minor)),
+            XENVER_EXTRAVERSION => {
+                let mut v = [0u8; 16];
+                v[..5].copy_from_slice(b".0-ks");
+                self.put(ctx, arg, &v)?;
+                Ok(0)
+            }
+            XENVER_COMPILE_INFO => {
+                // compiler[64], compile_by[16], compile_domain[32], compile_date[32]
+                let mut v = [0u8; 144];
+                v[..8].copy_from_slice(b"rustc   ");
+                v[64..73].copy_from_slice(b"host-shim");
+                self.put(ctx, arg, &v)?;
+                Ok(0)
+            }
+            XENVER_CAPABILITIES => {
+                let mut v = [0u8; 1024];
+                let caps = b"hvm-3.0-x86_64";
+                v[..caps.len()].copy_from_slice(caps);
+                self.put(ctx, arg, &v)?;
+                Ok(0)
+            }
+            XENVER_CHANGESET => {
+                let mut v = [0u8; 64];
+                v[..9].copy_from_slice(b"host-shim");
+                self.put(ctx, arg, &v)?;
+                Ok(0)
+            }
+            XENVER_PLATFORM_PARAMETERS => {
+                // virt_start: none for an HVM guest.
+                self.put(ctx, arg, &0u64)?;
+                Ok(0)
+            }
+            XENVER_GET_FEATURES => {
+                // struct xen_feature_info { unsigned int submap_idx; uint32_t submap; }
+                let req: [u32; 2] = self.get(ctx, arg)?;
+                let submap = if req[0] == 0 { XEN_FEATURES_SUBMAP0 } else { 0 };
+                self.put(ctx, arg, &[req[0], submap])?;
+                Ok(0)
+            }
+            XENVER_PAGESIZE => Ok(PAGE_SIZE as i64),
+            XENVER_GUEST_HANDLE => {
+                self.put(ctx, arg, &[0u8; 16])?;
+                Ok(0)
+            }
+            _ => Err(XenErrno::ENOSYS),
+        }
+    }
+
+    // ---- console_io ----------------------------------------------------------------
+
+    fn console_io(&self, cmd: u32, count: u64, buf: u64, ctx: &mut Ctx<'_>) -> HResult {
+        match cmd {
+            CONSOLEIO_WRITE => {
+                // Xen copies in chunks and caps nothing but the guest's patience; the
+                // shim caps one call at 64 KiB so a huge count cannot stall the vCPU.
+                let count = count.min(CONSOLE_IO_MAX) as usize;
+                let paging = ctx.paging()?;
+                let mut data = vec![0u8; count];
+                self.ram
+                    .read_virt(&paging, buf, &mut data)
+                    .map_err(efault)?;
+                (ctx.console)(&data);
+                Ok(0)
+            }
+            // No input source: nothing to read.
+            CONSOLEIO_READ => Ok(0),
+            _ => Err(XenErrno::ENOSYS),
+        }
+    }
+
+    // ---- memory_op -----------------------------------------------------------------
+
+    fn memory_op(&self, cmd: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
+        match cmd {
+            XENMEM_ADD_TO_PHYSMAP => {
+                let req: XenAddToPhysmap = self.get(ctx, arg)?;
+                self.own_domain(req.domid)?;
+                self.add_to_physmap(req.space, req.idx, req.gpfn)
+            }
+            XENMEM_MAXIMUM_RESERVATION | XENMEM_CURRENT_RESERVATION => {
+                let domid: DomId = self.get(ctx, arg)?;
+                self.own_domain(domid)?;
+                Ok(self.config.ram_pages as i64)
+            }
+            XENMEM_MAXIMUM_GPFN => {
+                let domid: DomId = self.get(ctx, arg)?;
+                self.own_domain(domid)?;
+                Ok(self.config.max_gpfn as i64)
+            }
+            _ => Err(XenErrno::ENOSYS),
+        }
+    }
+
+    fn add_to_physmap(&self, space: u32, idx: u64, gpfn: u64) -> HResult {
+        let page = self.ram.page(gpfn).map_err(|_| XenErrno::EINVAL)?;
+        let mut st = self.lock();
+        match space {
+            XENMAPSPACE_SHARED_INFO => {
+                if idx != 0 {
+                    return Err(XenErrno::EINVAL);
+                }
+                self.map_shared_info_locked(&mut st, page);
+                Ok(0)
+            }
+            XENMAPSPACE_GRANT_TABLE => {
+                if idx & XENMAPIDX_GRANT_TABLE_STATUS != 0 {
+                    // Status frames exist only in grant-table v2.
+                    return Err(XenErrno::EINVAL);
+                }
+                let slot = st
+                    .grant_frames
+                    .get_mut(idx as usize)
+                    .ok_or(XenErrno::EINVAL)?;
+                // Moving a frame keeps its entries (Xen maps the same frame elsewhere);
+                // a new frame starts zeroed.
+                let mut contents = [0u8; PAGE_SIZE as usize];
+                if let Some(old) = slot.as_ref() {
+                    old.mem().read_bytes(0, &mut contents);
+                }
+                page.mem().write_bytes(0, &contents);
+                *slot = Some(page);
+                Ok(0)
+            }
+            _ => Err(XenErrno::EINVAL),
+        }
+    }
+
+    fn map_shared_info_locked(&self, st: &mut State, page: super::guest_mem::SharedPage) {
+        let mut contents = [0u8; PAGE_SIZE as usize];
+        if let Some(old) = st.shared_info.as_ref() {
+            old.mem().read_bytes(0, &mut contents);
+        }
+        page.mem().write_bytes(0, &contents);
+        st.shared_info = Some(page);
+        self.publish_time_locked(st);
+        let early = std::mem::take(&mut st.early_pending);
+        for port in early {
+            self.raise_locked(st, port);
+        }
+    }
+
+    // ---- hvm_op --------------------------------------------------------------------
+
+    fn hvm_op(&self, op: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
+        match op {
+            HVMOP_SET_PARAM | HVMOP_GET_PARAM => {
+                let mut p: XenHvmParam = self.get(ctx, arg)?;
+                self.own_domain(p.domid)?;
+                if p.index >= HVM_NR_PARAMS {
+                    return Err(XenErrno::EINVAL);
+                }
+                if op == HVMOP_SET_PARAM {
+                    self.set_param(p.index, p.value)?;
+                } else {
+                    p.value = self.get_param(p.index)?;
+                    self.put(ctx, arg, &p)?;
+                }
+                Ok(0)
+            }
+            HVMOP_SET_EVTCHN_UPCALL_VECTOR => {
+                let req: XenHvmEvtchnUpcallVector = self.get(ctx, arg)?;
+                if req.vcpu != 0 {
+                    return Err(XenErrno::ENOENT);
+                }
+                // Xen refuses the exception vectors.
+                if req.vector < 0x10 {
+                    return Err(XenErrno::EINVAL);
+                }
+                let mut st = self.lock();
+                st.upcall_vector = Some(req.vector);
+                // Events already pending are delivered now.
+                if Self::upcall_pending_locked(&st) {
+                    self.inject_upcall_locked(&mut st);
+                }
+                Ok(0)
+            }
+            _ => Err(XenErrno::ENOSYS),
+        }
+    }
+
+    fn set_param(&self, index: u32, value: u64) -> Result<(), XenErrno> {
+        match index {
+            HVM_PARAM_CALLBACK_IRQ => {
+                let (kind, vector) = hvm_callback_decode(value);
+                if value != 0 && kind != HVM_PARAM_CALLBACK_TYPE_VECTOR {
+                    // GSI and PCI INTx callbacks need an emulated interrupt line the
+                    // shim does not offer.
+                    return Err(XenErrno::EINVAL);
+                }
+                if value != 0 && !(0x10..=0xff).contains(&vector) {
+                    return Err(XenErrno::EINVAL);
+                }
+                let mut st = self.lock();
+                st.callback_via = value;
+                if Self::upcall_pending_locked(&st) {
+                    self.inject_upcall_locked(&mut st);
+                }
+                Ok(())
+            }
+            // The toolstack's parameters are read-only to the guest.
+            _ => Err(XenErrno::EPERM),
+        }
+    }
+
+    fn get_param(&self, index: u32) -> Result<u64, XenErrno> {
+        let st = self.lock();
+        match index {
+            HVM_PARAM_CALLBACK_IRQ => Ok(st.callback_via),
+            HVM_PARAM_STORE_PFN => Ok(self.special.store_pfn),
+            HVM_PARAM_STORE_EVTCHN => Ok(self.special.store_port.into()),
+            HVM_PARAM_CONSOLE_PFN => Ok(self.special.console_pfn),
+            HVM_PARAM_CONSOLE_EVTCHN => Ok(self.special.console_port.into()),
+            _ => Err(XenErrno::EPERM),
+        }
+    }
+
+    // ---- event_channel_op ------------------------------------------------------------
+
+    fn event_channel_op(&self, cmd: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
+        let me = self.config.domid;
+        let resolve = |d: DomId| if d == DOMID_SELF { me } else { d };
+        match cmd {
+            EVTCHNOP_ALLOC_UNBOUND => {
+                let mut req: EvtchnAllocUnbound = self.get(ctx, arg)?;
+                self.own_domain(req.dom)?;
+                let remote = resolve(req.remote_dom);
+                if remote != me && remote != 0 {
+                    return Err(XenErrno::ESRCH);
+                }
+                let port = self
+                    .lock()
+                    .guest_ports
+                    .alloc(Binding::Unbound { remote }, ())
+                    .ok_or(XenErrno::ENOSPC)?;
+                req.port = port;
+                self.put(ctx, arg, &req).inspect_err(|_| {
+                    self.lock().guest_ports.close(port);
+                })?;
+                Ok(0)
+            }
+            EVTCHNOP_BIND_INTERDOMAIN => {
+                let mut req: EvtchnBindInterdomain = self.get(ctx, arg)?;
+                let remote = resolve(req.remote_dom);
+                let local = self.bind_interdomain(remote, req.remote_port)?;
+                req.local_port = local;
+                self.put(ctx, arg, &req).inspect_err(|_| {
+                    self.close_port(local);
+                })?;
+                Ok(0)
+            }
+            EVTCHNOP_BIND_VIRQ => {
+                let mut req: EvtchnBindVirq = self.get(ctx, arg)?;
+                if req.virq >= NR_VIRQS {
+                    return Err(XenErrno::EINVAL);
+                }
+                if req.vcpu != 0 {
+                    return Err(XenErrno::ENOENT);
+                }
+                let port = {
+                    let mut st = self.lock();
+                    if st.guest_ports.find_virq(req.virq).is_some() {
+                        return Err(XenErrno::EEXIST);
+                    }
+                    st.guest_ports
+                        .alloc(Binding::Virq(req.virq), ())
+                        .ok_or(XenErrno::ENOSPC)?
+                };
+                req.port = port;
+                self.put(ctx, arg, &req).inspect_err(|_| {
+                    self.lock().guest_ports.close(port);
+                })?;
+                Ok(0)
+            }
+            EVTCHNOP_BIND_IPI => {
+                let mut req: EvtchnBindIpi = self.get(ctx, arg)?;
+                if req.vcpu != 0 {
+                    return Err(XenErrno::ENOENT);
+                }
+                let port = self
+                    .lock()
+                    .guest_ports
+                    .alloc(Binding::Ipi, ())
+                    .ok_or(XenErrno::ENOSPC)?;
+                req.port = port;
+                self.put(ctx, arg, &req).inspect_err(|_| {
+                    self.lock().guest_ports.close(port);
+                })?;
+                Ok(0)
+            }
+            EVTCHNOP_CLOSE => {
+                let req: EvtchnClose = self.get(ctx, arg)?;
+                if !self.lock().guest_ports.is_valid(req.port) {
+                    return Err(XenErrno::EINVAL);
+                }
+                self.close_port(req.port);
+                Ok(0)
+            }
+            EVTCHNOP_SEND => {
+                let req: EvtchnSend = self.get(ctx, arg)?;
+                self.send(req.port)
+            }
+            EVTCHNOP_STATUS => {
+                let mut req: EvtchnStatus = self.get(ctx, arg)?;
+                self.own_domain(req.dom)?;
+                let st = self.lock();
+                if !st.guest_ports.is_valid(req.port) {
+                    return Err(XenErrno::EINVAL);
+                }
+                req.vcpu = 0;
+                req.u = [0; 2];
+                match st.guest_ports.get(req.port) {
+                    None => req.status = EVTCHNSTAT_CLOSED,
+                    Some(Binding::Unbound { remote }) => req.set_unbound(remote),
+                    Some(Binding::Interdomain { dom, port }) => req.set_interdomain(dom, port),
+                    Some(Binding::Virq(v)) => req.set_virq(v),
+                    Some(Binding::Ipi) => req.status = EVTCHNSTAT_IPI,
+                }
+                drop(st);
+                self.put(ctx, arg, &req)?;
+                Ok(0)
+            }
+            EVTCHNOP_UNMASK => {
+                let req: EvtchnUnmask = self.get(ctx, arg)?;
+                let mut st = self.lock();
+                if !st.guest_ports.is_valid(req.port) {
+                    return Err(XenErrno::EINVAL);
+                }
+                let inject = st
+                    .shared_info
+                    .as_ref()
+                    .and_then(|s| pv_drivers::evtchn::HostEvents::new(s.mem()).ok())
+                    .is_some_and(|ev| ev.unmask(req.port, 0).unwrap_or(false));
+                if inject {
+                    self.inject_upcall_locked(&mut st);
+                }
+                Ok(0)
+            }
+            EVTCHNOP_BIND_VCPU => {
+                let req: EvtchnBindVcpu = self.get(ctx, arg)?;
+                if !self.lock().guest_ports.is_valid(req.port) {
+                    return Err(XenErrno::EINVAL);
+                }
+                if req.vcpu != 0 {
+                    return Err(XenErrno::ENOENT);
+                }
+                Ok(0)
+            }
+            // FIFO event channels are not offered; guests fall back to 2-level.
+            _ => Err(XenErrno::ENOSYS),
+        }
+    }
+
+    fn bind_interdomain(&self, remote: DomId, remote_port: u32) -> Result<u32, XenErrno> {
+        let me = self.config.domid;
+        let mut st = self.lock();
+        if remote == me {
+            match st.guest_ports.get(remote_port) {
+                Some(Binding::Unbound { remote: r }) if r == me => {}
+                _ => return Err(XenErrno::EINVAL),
+            }
+            let local = st
+                .guest_ports
+                .alloc(
+                    Binding::Interdomain {
+                        dom: me,
+                        port: remote_port,
+                    },
+                    (),
+                )
+                .ok_or(XenErrno::ENOSPC)?;
+            st.guest_ports.rebind(
+                remote_port,
+                Binding::Interdomain {
+                    dom: me,
+                    port: local,
+                },
+            );
+            // Xen marks the new local port pending: notifications sent to the
+            // unbound port before the bind may otherwise be lost.
+            self.raise_locked(&mut st, local);
+            Ok(local)
+        } else if remote == 0 {
+            match st.dom0_ports.get(remote_port) {
+                Some(Binding::Unbound { remote: r }) if r == me => {}
+                _ => return Err(XenErrno::EINVAL),
+            }
+            let local = st
+                .guest_ports
+                .alloc(
+                    Binding::Interdomain {
+                        dom: 0,
+                        port: remote_port,
+                    },
+                    (),
+                )
+                .ok_or(XenErrno::ENOSPC)?;
+            st.dom0_ports.rebind(
+                remote_port,
+                Binding::Interdomain {
+                    dom: me,
+                    port: local,
+                },
+            );
+            self.raise_locked(&mut st, local);
+            Ok(local)
+        } else {
+            Err(XenErrno::ESRCH)
+        }
+    }
+
+    /// Closes a guest port; an interdomain peer reverts to unbound.
+    fn close_port(&self, port: u32) {
+        let me = self.config.domid;
+        let mut st = self.lock();
+        if let Some(s) = st.shared_info.as_ref()
+            && let Ok(ev) = pv_drivers::evtchn::HostEvents::new(s.mem())
+        {
+            let _ = ev.clear_pending(port);
+        }
+        st.early_pending.retain(|&p| p != port);
+        if let Some(Binding::Interdomain { dom, port: peer }) = st.guest_ports.close(port) {
+            if dom == me {
+                st.guest_ports.rebind(peer, Binding::Unbound { remote: me });
+            } else if dom == 0 {
+                st.dom0_ports.rebind(peer, Binding::Unbound { remote: me });
+            }
+        }
+    }
+
+    fn send(&self, port: u32) -> HResult {
+        let me = self.config.domid;
+        let mut st = self.lock();
+        match st.guest_ports.get(port) {
+            None => Err(XenErrno::EINVAL),
+            Some(Binding::Interdomain { dom, port: peer }) if dom == me => {
+                self.raise_locked(&mut st, peer);
+                Ok(0)
+            }
+            Some(Binding::Interdomain { port: peer, .. }) => {
+                st.stats.events_to_dom0 += 1;
+                let notify = st.dom0_ports.payload(peer).cloned().flatten();
+                drop(st);
+                if let Some(notify) = notify {
+                    notify();
+                }
+                Ok(0)
+            }
+            Some(Binding::Ipi) => {
+                self.raise_locked(&mut st, port);
+                Ok(0)
+            }
+            // Nobody listens yet: the event is dropped, as on Xen.
+            Some(Binding::Unbound { .. }) => Ok(0),
+            Some(Binding::Virq(_)) => Err(XenErrno::EINVAL),
+        }
+    }
+
+    // ---- grant_table_op --------------------------------------------------------------
+
+    fn grant_table_op(&self, cmd: u32, arg: u64, count: u64, ctx: &mut Ctx<'_>) -> HResult {
+        // Xen bounds batch sizes; anything above is refused outright.
+        if count > 512 {
+            return Err(XenErrno::EINVAL);
+        }
+        match cmd {
+            GNTTABOP_QUERY_SIZE => {
+                if count != 1 {
+                    return Err(XenErrno::EINVAL);
+                }
+                let mut q: GnttabQuerySize = self.get(ctx, arg)?;
+                match self.own_domain(q.dom) {
+                    Ok(()) => {
+                        let st = self.lock();
+                        q.nr_frames = st
+                            .grant_frames
+                            .iter()
+                            .rposition(Option::is_some)
+                            .map_or(0, |i| i as u32 + 1);
+                        q.max_nr_frames = super::MAX_GRANT_FRAMES;
+                        q.status = GNTST_OKAY;
+                    }
+                    Err(_) => q.status = GNTST_BAD_DOMAIN,
+                }
+                self.put(ctx, arg, &q)?;
+                Ok(0)
+            }
+            GNTTABOP_SET_VERSION => {
+                if count != 1 {
+                    return Err(XenErrno::EINVAL);
+                }
+                let mut v: GnttabSetVersion = self.get(ctx, arg)?;
+                let requested = v.version;
+                v.version = 1;
+                self.put(ctx, arg, &v)?;
+                // Version 2 is not offered.
+                if requested == 1 || requested == 0 {
+                    Ok(0)
+                } else {
+                    Err(XenErrno::EINVAL)
+                }
+            }
+            GNTTABOP_COPY => {
+                for i in 0..count {
+                    let at = arg + i * GnttabCopy::SIZE as u64;
+                    let mut op: GnttabCopy = self.get(ctx, at)?;
+                    op.status = self.grant_copy(&op);
+                    self.put(ctx, at, &op)?;
+                }
+                Ok(0)
+            }
+            _ => Err(XenErrno::ENOSYS),
+        }
+    }
+
+    /// One `GNTTABOP_copy` element by the guest; returns its `GNTST_*` status.
+    fn grant_copy(&self, op: &GnttabCopy) -> i16 {
+        let len = u64::from(op.len);
+        if u64::from(op.source.offset) + len > PAGE_SIZE
+            || u64::from(op.dest.offset) + len > PAGE_SIZE
+        {
+            return GNTST_BAD_COPY_ARG;
+        }
+        let unknown = !(GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF);
+        if op.flags & unknown != 0 {
+            return GNTST_BAD_COPY_ARG;
+        }
+        let src = match self.copy_end(&op.source, op.flags & GNTCOPY_SOURCE_GREF != 0, false) {
+            Ok(end) => end,
+            Err(status) => return status,
+        };
+        let dst = match self.copy_end(&op.dest, op.flags & GNTCOPY_DEST_GREF != 0, true) {
+            Ok(end) => end,
+            Err(status) => {
+                self.release_end(src);
+                return status;
+            }
+        };
+        let mut buf = vec![0u8; len as usize];
+        let status = match self
+            .ram
+            .read_phys(src.pfn * PAGE_SIZE + u64::from(op.source.offset), &mut buf)
+            .and_then(|()| {
+                self.ram
+                    .write_phys(dst.pfn * PAGE_SIZE + u64::from(op.dest.offset), &buf)
+            }) {
+            Ok(()) => GNTST_OKAY,
+            Err(_) => GNTST_BAD_PAGE,
+        };
+        self.release_end(src);
+        self.release_end(dst);
+        status
+    }
+
+    // ---- vcpu_op ----------------------------------------------------------------------
+
+    fn vcpu_op(&self, cmd: u32, vcpu: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
+        if vcpu != 0 {
+            return Err(XenErrno::ENOENT);
+        }
+        match cmd {
+            VCPUOP_SET_SINGLESHOT_TIMER => {
+                let t: VcpuSetSingleshotTimer = self.get(ctx, arg)?;
+                if t.flags & !VCPU_SSHOTTMR_FUTURE != 0 {
+                    return Err(XenErrno::EINVAL);
+                }
+                self.set_timer(t.timeout_abs_ns, t.flags & VCPU_SSHOTTMR_FUTURE != 0)
+            }
+            VCPUOP_STOP_SINGLESHOT_TIMER => {
+                self.lock().timer_deadline = None;
+                self.wake.notify_all();
+                Ok(0)
+            }
+            VCPUOP_SET_PERIODIC_TIMER => {
+                let t: VcpuSetPeriodicTimer = self.get(ctx, arg)?;
+                // Xen refuses periods under 1 ms... rather, under its minimum; the
+                // shim's minimum keeps a guest from busying the timer thread.
+                if t.period_ns < 1_000_000 {
+                    return Err(XenErrno::EINVAL);
+                }
+                let mut st = self.lock();
+                st.timer_period = Some(t.period_ns);
+                st.timer_deadline = Some(self.now_ns().saturating_add(t.period_ns));
+                self.wake.notify_all();
+                Ok(0)
+            }
+            VCPUOP_STOP_PERIODIC_TIMER => {
+                self.lock().timer_period = None;
+                Ok(0)
+            }
+            VCPUOP_IS_UP => Ok(1),
+            _ => Err(XenErrno::ENOSYS),
+        }
+    }
+
+    /// Arms the one-shot timer at Xen system time `deadline_ns` (0 stops it, as in
+    /// `set_timer_op`). With `future`, a deadline already past is `-ETIME`.
+    fn set_timer(&self, deadline_ns: u64, future: bool) -> HResult {
+        let mut st = self.lock();
+        if deadline_ns == 0 {
+            st.timer_deadline = None;
+        } else {
+            if future && deadline_ns < self.now_ns() {
+                return Err(XenErrno::ETIME);
+            }
+            st.timer_deadline = Some(deadline_ns);
+        }
+        self.wake.notify_all();
+        Ok(0)
+    }
+
+    // ---- sched_op ---------------------------------------------------------------------
+
+    fn sched_op(&self, cmd: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
+        match cmd {
+            SCHEDOP_YIELD => Ok(0),
+            SCHEDOP_BLOCK => {
+                // Xen enables event delivery, then blocks unless something is pending.
+                let st = self.lock();
+                if let Some(s) = st.shared_info.as_ref() {
+                    s.mem().store_u8(1, 0, Ordering::Release);
+                }
+                if !Self::upcall_pending_locked(&st) && !st.stopping {
+                    let _ = self.wake.wait_timeout(st, super::BLOCK_SLICE);
+                }
+                Ok(0)
+            }
+            SCHEDOP_POLL => {
+                let req: SchedPoll = self.get(ctx, arg)?;
+                if req.nr_ports > 128 {
+                    return Err(XenErrno::EINVAL);
+                }
+                let mut ports = Vec::with_capacity(req.nr_ports as usize);
+                for i in 0..u64::from(req.nr_ports) {
+                    let port: u32 = self.get(ctx, req.ports + i * 4)?;
+                    if !self.lock().guest_ports.is_valid(port) {
+                        return Err(XenErrno::EINVAL);
+                    }
+                    ports.push(port);
+                }
+                let st = self.lock();
+                let pending = |st: &State| {
+                    st.shared_info.as_ref().is_some_and(|s| {
+                        ports
+                            .iter()
+                            .any(|&p| {
+                                pv_drivers::evtchn::HostEvents::new(s.mem())
+                                    .and_then(|ev| ev.is_pending(p))
+                                    .unwrap_or(false)
+                            })
+                    })
+                };
+                if !pending(&st) && !st.stopping {
+                    let wait = if req.timeout == 0 {
+                        super::BLOCK_SLICE
+                    } else {
+                        let left = req.timeout.saturating_sub(self.now_ns());
+                        std::time::Duration::from_nanos(left).min(super::BLOCK_SLICE)
+                    };
+                    let _ = self.wake.wait_timeout(st, wait);
+                }
+                Ok(0)
+            }
+            SCHEDOP_SHUTDOWN => {
+                let req: SchedShutdown = self.get(ctx, arg)?;
+                if req.reason > SHUTDOWN_MAX {
+                    return Err(XenErrno::EINVAL);
+                }
+                self.lock().shutdown = Some(super::ShutdownRequest { reason: req.reason });
+                Ok(0)
+            }
+            SCHEDOP_SHUTDOWN_CODE => {
+                let req: SchedShutdown = self.get(ctx, arg)?;
+                if req.reason > SHUTDOWN_MAX {
+                    return Err(XenErrno::EINVAL);
+                }
+                Ok(0)
+            }
+            _ => Err(XenErrno::ENOSYS),
+        }
+    }
+}
+
+/// Longest `console_io` write the shim takes in one call.
+const CONSOLE_IO_MAX: u64 = 64 * 1024;
+
+// `xen/include/public/version.h`.
+const XENVER_VERSION: u32 = 0;
+const XENVER_EXTRAVERSION: u32 = 1;
+const XENVER_COMPILE_INFO: u32 = 2;
+const XENVER_CAPABILITIES: u32 = 3;
+const XENVER_CHANGESET: u32 = 4;
+const XENVER_PLATFORM_PARAMETERS: u32 = 5;
+const XENVER_GET_FEATURES: u32 = 6;
+const XENVER_PAGESIZE: u32 = 7;
+const XENVER_GUEST_HANDLE: u32 = 8;
+
+/// `features.h` bits the shim reports in submap 0: XENFEAT_writable_page_tables (0),
+/// XENFEAT_auto_translated_physmap (2), XENFEAT_supervisor_mode_kernel (3),
+/// XENFEAT_hvm_callback_vector (8), XENFEAT_hvm_safe_pvclock (9),
+/// XENFEAT_hvm_pirqs is not (no PIRQs).
+const XEN_FEATURES_SUBMAP0: u32 = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 8) | (1 << 9);
+
+fn xenver_name(cmd: u32) -> &'static str {
+    match cmd {
+        XENVER_VERSION => "version",
+        XENVER_EXTRAVERSION => "extraversion",
+        XENVER_COMPILE_INFO => "compile_info",
+        XENVER_CAPABILITIES => "capabilities",
+        XENVER_CHANGESET => "changeset",
+        XENVER_PLATFORM_PARAMETERS => "platform_parameters",
+        XENVER_GET_FEATURES => "get_features",
+        XENVER_PAGESIZE => "pagesize",
+        XENVER_GUEST_HANDLE => "guest_handle",
+        _ => "other",
+    }
+}
+
+fn memory_op_name(cmd: u32) -> &'static str {
+    match cmd {
+        XENMEM_ADD_TO_PHYSMAP => "add_to_physmap",
+        XENMEM_MAXIMUM_RESERVATION => "maximum_reservation",
+        XENMEM_CURRENT_RESERVATION => "current_reservation",
+        XENMEM_MAXIMUM_GPFN => "maximum_gpfn",
+        _ => "other",
+    }
+}
+
+fn hvm_op_name(op: u32) -> &'static str {
+    match op {
+        HVMOP_SET_PARAM => "set_param",
+        HVMOP_GET_PARAM => "get_param",
+        HVMOP_SET_EVTCHN_UPCALL_VECTOR => "set_evtchn_upcall_vector",
+        _ => "other",
+    }
+}
+
+fn evtchn_op_name(op: u32) -> &'static str {
+    match op {
+        EVTCHNOP_BIND_INTERDOMAIN => "bind_interdomain",
+        EVTCHNOP_BIND_VIRQ => "bind_virq",
+        EVTCHNOP_CLOSE => "close",
+        EVTCHNOP_SEND => "send",
+        EVTCHNOP_STATUS => "status",
+        EVTCHNOP_ALLOC_UNBOUND => "alloc_unbound",
+        EVTCHNOP_BIND_IPI => "bind_ipi",
+        EVTCHNOP_BIND_VCPU => "bind_vcpu",
+        EVTCHNOP_UNMASK => "unmask",
+        _ => "other",
+    }
+}
+
+fn gnttab_op_name(op: u32) -> &'static str {
+    match op {
+        GNTTABOP_QUERY_SIZE => "query_size",
+        GNTTABOP_SET_VERSION => "set_version",
+        GNTTABOP_COPY => "copy",
+        GNTTABOP_SETUP_TABLE => "setup_table",
+        _ => "other",
+    }
+}
+
+fn vcpu_op_name(op: u32) -> &'static str {
+    match op {
+        VCPUOP_SET_SINGLESHOT_TIMER => "set_singleshot_timer",
+        VCPUOP_STOP_SINGLESHOT_TIMER => "stop_singleshot_timer",
+        VCPUOP_SET_PERIODIC_TIMER => "set_periodic_timer",
+        VCPUOP_STOP_PERIODIC_TIMER => "stop_periodic_timer",
+        VCPUOP_IS_UP => "is_up",
+        _ => "other",
+    }
+}
+
+fn sched_op_name(op: u32) -> &'static str {
+    match op {
+        SCHEDOP_YIELD => "yield",
+        SCHEDOP_BLOCK => "block",
+        SCHEDOP_SHUTDOWN => "shutdown",
+        SCHEDOP_POLL => "poll",
+        SCHEDOP_SHUTDOWN_CODE => "shutdown_code",
+        _ => "other",
+    }
+}
