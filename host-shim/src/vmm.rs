@@ -259,9 +259,8 @@ impl Outcome {
         match self {
             Outcome::Exited { status } => *status,
             Outcome::XenShutdown { reason } => match *reason {
-                pv_drivers::abi::sched::SHUTDOWN_CRASH | pv_drivers::abi::sched::SHUTDOWN_WATCHDOG => {
-                    EXIT_GUEST_CRASHED
-                }
+                pv_drivers::abi::sched::SHUTDOWN_CRASH
+                | pv_drivers::abi::sched::SHUTDOWN_WATCHDOG => EXIT_GUEST_CRASHED,
                 _ => 0,
             },
             Outcome::Timeout { .. } => EXIT_TIMEOUT,
@@ -441,6 +440,7 @@ impl Vmm {
             )
             .map_err(Error::Xen)?;
             xen.attach_console(console.clone()).map_err(Error::Xen)?;
+            xen.attach_xenstore().map_err(Error::Xen)?;
             Some(xen)
         } else {
             None
@@ -775,7 +775,8 @@ impl VcpuRunner {
         let mut ctx = xen::hypercall::Ctx::new(&mut fetch, &mut print);
         let outcome = xen.hypercall(&regs, &mut ctx);
         // The stub sign-extends eax: results are 0, -errno, or small positive values.
-        self.vcpu.complete_io_in(&(outcome.ret as i32).to_le_bytes())?;
+        self.vcpu
+            .complete_io_in(&(outcome.ret as i32).to_le_bytes())?;
         Ok(match outcome.after {
             xen::hypercall::After::Resume => None,
             xen::hypercall::After::Shutdown(reason) => Some(Outcome::XenShutdown { reason }),

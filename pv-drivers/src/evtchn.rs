@@ -1105,6 +1105,14 @@ mod tests {
                 done.clone(),
             );
             std::thread::spawn(move || {
+                // Ends the guest's loop even if an assertion here fails.
+                struct Done(Arc<AtomicBool>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::Release);
+                    }
+                }
+                let _done = Done(done);
                 let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
                 for i in 0..SETS {
                     // Every 32 events, let the guest catch up, so that there are many
@@ -1113,6 +1121,17 @@ mod tests {
                         while progress.load(Ordering::Acquire) < injections.load(Ordering::Acquire)
                         {
                             std::thread::yield_now();
+                        }
+                        // The guest is idle and has handled every upcall: nothing may
+                        // be pending unless masked, and nothing announced.
+                        let m = host.memory();
+                        assert_eq!(m.load_u64(VCPU0_PENDING_SEL_OFFSET, Ordering::SeqCst), 0);
+                        assert!(!GuestEvents::new(m, 0).unwrap().upcall_pending());
+                        for w in 0..EVTCHN_WORDS {
+                            let pending =
+                                m.load_u64(EVTCHN_PENDING_OFFSET + 8 * w, Ordering::SeqCst);
+                            let mask = m.load_u64(EVTCHN_MASK_OFFSET + 8 * w, Ordering::SeqCst);
+                            assert_eq!(pending & !mask, 0, "word {w}: event stranded");
                         }
                     }
                     x ^= x << 13;
@@ -1139,7 +1158,6 @@ mod tests {
                         }
                     }
                 }
-                done.store(true, Ordering::Release);
             })
         };
 
@@ -1161,7 +1179,7 @@ mod tests {
             if inj > seen {
                 seen = inj;
                 // Every 8th scan is checked for completeness (snapshots cost 4096 loads).
-                let check = scans % 8 == 0;
+                let check = scans.is_multiple_of(8);
                 if check {
                     for (b, n) in before.iter_mut().zip(newly.iter()) {
                         *b = n.load(Ordering::Acquire);

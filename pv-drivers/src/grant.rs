@@ -480,8 +480,9 @@ impl<M: SharedMemory> HostGrantTable<M> {
                 next.frame = frame;
             } else if frame != act.frame {
                 // The guest rewrote a pinned entry: refuse the upgrade (Xen compares
-                // the frame of an already active entry the same way).
-                self.clear_flags(off, newly);
+                // the frame of an already active entry the same way). The readers
+                // still hold the entry, so only the write flag set here is undone.
+                self.clear_flags(off, newly & !GTF_READING);
                 return Err(AccessError::Unstable(gref));
             }
         }
@@ -609,7 +610,7 @@ mod tests {
         assert_eq!(g.free_count(), 504);
         let mut refs = Vec::new();
         while let Ok(r) = g.claim() {
-            assert!(r >= GNTTAB_NR_RESERVED_ENTRIES && r < 512);
+            assert!((GNTTAB_NR_RESERVED_ENTRIES..512).contains(&r));
             refs.push(r);
         }
         assert_eq!(refs.len(), 504);

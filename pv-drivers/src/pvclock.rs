@@ -666,12 +666,19 @@ mod tests {
 
     #[test]
     fn concurrent_readers_never_see_a_torn_record() {
-        // The writer keeps system_time == 3 * tsc_timestamp and flags == low byte of
-        // tsc_timestamp; a torn read would break one of these.
+        // Every record the writer publishes has system_time == 3 * tsc_timestamp, and
+        // flags and mul derived from tsc_timestamp; a torn read would break one.
         let mem = Arc::new(HeapSharedMemory::new(4096));
         let done = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicU64::new(0));
-        write_time_info(&*mem, 0, &VcpuTimeInfo::default()).unwrap();
+        let record = |t: u64| VcpuTimeInfo {
+            tsc_timestamp: t,
+            system_time: 3 * t,
+            tsc_to_system_mul: !(t as u32),
+            flags: t as u8,
+            ..Default::default()
+        };
+        write_time_info(&*mem, 0, &record(0)).unwrap();
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let (mem, done, reads) = (mem.clone(), done.clone(), reads.clone());
@@ -687,18 +694,20 @@ mod tests {
                 })
             })
             .collect();
-        for t in 0..20_000u64 {
-            let info = VcpuTimeInfo {
-                tsc_timestamp: t,
-                system_time: 3 * t,
-                tsc_to_system_mul: !(t as u32),
-                flags: t as u8,
-                ..Default::default()
-            };
-            write_time_info(&*mem, 0, &info).unwrap();
-        }
-        while reads.load(Ordering::Relaxed) < 1000 {
-            std::thread::yield_now();
+        // Keep writing until the readers have read plenty (or one has failed). A
+        // short pause between updates leaves the readers windows to succeed in, as a
+        // real writer (updating at most every few microseconds) does; without one, a
+        // reader can be starved into `Unstable`, which is the bound doing its job.
+        let mut t = 1u64;
+        while (t < 20_000 || reads.load(Ordering::Relaxed) < 50_000)
+            && !readers.iter().any(|r| r.is_finished())
+            && t < 10_000_000
+        {
+            write_time_info(&*mem, 0, &record(t)).unwrap();
+            t += 1;
+            for _ in 0..(t % 64) {
+                core::hint::spin_loop();
+            }
         }
         done.store(true, Ordering::Relaxed);
         for r in readers {

@@ -311,3 +311,14 @@ pub fn assert_good_boot(run: &Run, cmdline: &str) {
     run.assert_line("selftest: 5 passed, 0 failed");
     run.assert_line("guest: exit status 0");
 }
+
+/// The JSON object `host-shim --stats` printed last on `stderr`.
+#[track_caller]
+pub fn stats_json(stderr: &str) -> serde_json::Value {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON on stderr:\n{stderr}"));
+    serde_json::from_str(line).expect("stats are JSON")
+}

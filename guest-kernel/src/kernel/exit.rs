@@ -7,8 +7,8 @@
 //! without that device the CPU halts for good.
 
 use super::{arch, console, xen};
-use pv_drivers::abi::sched::{SHUTDOWN_CRASH, SHUTDOWN_POWEROFF};
 use guest_kernel::exit_status::DEBUG_EXIT_PORT;
+use pv_drivers::abi::sched::{SHUTDOWN_CRASH, SHUTDOWN_POWEROFF};
 
 /// Ends the guest with `status` (see `guest_kernel::exit_status`).
 pub fn exit(status: u8) -> ! {

@@ -178,12 +178,16 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
             match xen::init(c) {
                 Ok(x) => {
                     kprintln!(
-                        "xen: shared_info mapped, upcall vector {:#x}, system time {} ms",
+                        "xen: shared_info mapped, upcall vector {:#x}, system time {} ms, TSC {} kHz",
                         xen::UPCALL_VECTOR,
-                        x.now_ns() / 1_000_000
+                        x.now_ns() / 1_000_000,
+                        x.cpuid.tsc_khz.unwrap_or(0)
                     );
                     if let Some(t) = x.unix_time_ns() {
-                        kprintln!("xen: wallclock {} s since the Unix epoch", t / 1_000_000_000);
+                        kprintln!(
+                            "xen: wallclock {} s since the Unix epoch",
+                            t / 1_000_000_000
+                        );
                     }
                     if x.console.lock().is_some() {
                         x.console_write(b"xen: hello on the PV console\n");

@@ -253,7 +253,8 @@ pub fn run_xen() -> (u32, u32) {
         kprintln!("selftest: 0 passed, 1 failed");
         return (0, 1);
     };
-    let tests: [(&str, &dyn Fn(&xen::Xen) -> TestResult); 7] = [
+    type XenTest<'a> = (&'a str, &'a dyn Fn(&xen::Xen) -> TestResult);
+    let tests: [XenTest<'_>; 7] = [
         ("xen_store_identity", &test_xs_identity),
         ("xen_store_rw", &test_xs_rw),
         ("xen_store_watch", &test_xs_watch),
@@ -298,17 +299,31 @@ const NO_TX: pv_drivers::xenstore::TxId = pv_drivers::xenstore::TxId::NONE;
 
 fn test_xs_identity(x: &xen::Xen) -> TestResult {
     with_store(x, |s| {
-        let domid = s.read(NO_TX, "domid").map_err(|e| alloc::format!("read domid: {e}"))?;
-        let name = s.read(NO_TX, "name").map_err(|e| alloc::format!("read name: {e}"))?;
+        let domid = s
+            .read(NO_TX, "domid")
+            .map_err(|e| alloc::format!("read domid: {e}"))?;
+        let name = s
+            .read(NO_TX, "name")
+            .map_err(|e| alloc::format!("read name: {e}"))?;
         let domid = text(&domid);
         if let Some(d) = x.domid {
-            check!(domid == alloc::format!("{d}"), "domid node {domid} != CPUID domid {d}");
+            check!(
+                domid == alloc::format!("{d}"),
+                "domid node {domid} != CPUID domid {d}"
+            );
         }
         check!(!name.is_empty(), "empty name");
         let path = s
-            .get_domain_path(domid.parse().map_err(|_| alloc::format!("domid '{domid}'"))?)
+            .get_domain_path(
+                domid
+                    .parse()
+                    .map_err(|_| alloc::format!("domid '{domid}'"))?,
+            )
             .map_err(|e| alloc::format!("get_domain_path: {e}"))?;
-        Ok(alloc::format!("domid {domid}, name {}, home {path}", text(&name)))
+        Ok(alloc::format!(
+            "domid {domid}, name {}, home {path}",
+            text(&name)
+        ))
     })
 }
 
@@ -317,10 +332,17 @@ fn test_xs_rw(x: &xen::Xen) -> TestResult {
         let key = "data/selftest-rw";
         s.write(NO_TX, key, b"hello xenstore")
             .map_err(|e| alloc::format!("write: {e}"))?;
-        let v = s.read(NO_TX, key).map_err(|e| alloc::format!("read: {e}"))?;
+        let v = s
+            .read(NO_TX, key)
+            .map_err(|e| alloc::format!("read: {e}"))?;
         check!(v == b"hello xenstore", "read back '{}'", text(&v));
-        let dir = s.directory(NO_TX, "data").map_err(|e| alloc::format!("directory: {e}"))?;
-        check!(dir.iter().any(|d| d == "selftest-rw"), "directory lacks the node: {dir:?}");
+        let dir = s
+            .directory(NO_TX, "data")
+            .map_err(|e| alloc::format!("directory: {e}"))?;
+        check!(
+            dir.iter().any(|d| d == "selftest-rw"),
+            "directory lacks the node: {dir:?}"
+        );
         s.rm(NO_TX, key).map_err(|e| alloc::format!("rm: {e}"))?;
         match s.read(NO_TX, key) {
             Err(pv_drivers::xenstore::XsError::Xen(pv_drivers::abi::errno::XenErrno::ENOENT)) => {}
@@ -338,18 +360,26 @@ fn test_xs_rw(x: &xen::Xen) -> TestResult {
 fn test_xs_watch(x: &xen::Xen) -> TestResult {
     with_store(x, |s| {
         let key = "data/selftest-watch";
-        s.write(NO_TX, key, b"0").map_err(|e| alloc::format!("write: {e}"))?;
-        s.watch(key, "st-watch").map_err(|e| alloc::format!("watch: {e}"))?;
+        s.write(NO_TX, key, b"0")
+            .map_err(|e| alloc::format!("write: {e}"))?;
+        s.watch(key, "st-watch")
+            .map_err(|e| alloc::format!("watch: {e}"))?;
         let first = s
             .wait_watch_event(Some("st-watch"))
             .map_err(|e| alloc::format!("initial event: {e}"))?;
-        s.write(NO_TX, key, b"1").map_err(|e| alloc::format!("write: {e}"))?;
+        s.write(NO_TX, key, b"1")
+            .map_err(|e| alloc::format!("write: {e}"))?;
         let ev = s
             .wait_watch_event(Some("st-watch"))
             .map_err(|e| alloc::format!("event after write: {e}"))?;
-        s.unwatch(key, "st-watch").map_err(|e| alloc::format!("unwatch: {e}"))?;
+        s.unwatch(key, "st-watch")
+            .map_err(|e| alloc::format!("unwatch: {e}"))?;
         let _ = s.rm(NO_TX, key);
-        check!(ev.path.ends_with("selftest-watch"), "event path {}", ev.path);
+        check!(
+            ev.path.ends_with("selftest-watch"),
+            "event path {}",
+            ev.path
+        );
         Ok(alloc::format!("initial {} then {}", first.path, ev.path))
     })
 }
@@ -357,12 +387,19 @@ fn test_xs_watch(x: &xen::Xen) -> TestResult {
 fn test_xs_transaction(x: &xen::Xen) -> TestResult {
     with_store(x, |s| {
         let key = "data/selftest-tx";
-        s.write(NO_TX, key, b"0").map_err(|e| alloc::format!("write: {e}"))?;
+        s.write(NO_TX, key, b"0")
+            .map_err(|e| alloc::format!("write: {e}"))?;
         // A transaction that conflicts with a write outside it must fail with EAGAIN.
-        let tx = s.transaction_start().map_err(|e| alloc::format!("start: {e}"))?;
-        let _ = s.read(tx, key).map_err(|e| alloc::format!("tx read: {e}"))?;
-        s.write(NO_TX, key, b"outside").map_err(|e| alloc::format!("write: {e}"))?;
-        s.write(tx, key, b"inside").map_err(|e| alloc::format!("tx write: {e}"))?;
+        let tx = s
+            .transaction_start()
+            .map_err(|e| alloc::format!("start: {e}"))?;
+        let _ = s
+            .read(tx, key)
+            .map_err(|e| alloc::format!("tx read: {e}"))?;
+        s.write(NO_TX, key, b"outside")
+            .map_err(|e| alloc::format!("write: {e}"))?;
+        s.write(tx, key, b"inside")
+            .map_err(|e| alloc::format!("tx write: {e}"))?;
         match s.transaction_end(tx, true) {
             Err(pv_drivers::xenstore::XsError::Xen(pv_drivers::abi::errno::XenErrno::EAGAIN)) => {}
             other => return Err(alloc::format!("conflicting commit: {other:?}")),
@@ -380,11 +417,15 @@ fn test_xs_transaction(x: &xen::Xen) -> TestResult {
             tx.write(key, &next)
         });
         result.map_err(|e| alloc::format!("transaction: {e}"))?;
-        let v = s.read(NO_TX, key).map_err(|e| alloc::format!("read: {e}"))?;
+        let v = s
+            .read(NO_TX, key)
+            .map_err(|e| alloc::format!("read: {e}"))?;
         let _ = s.rm(NO_TX, key);
         check!(attempts == 2, "{attempts} attempts, expected 2");
         check!(v == b"meddle+", "committed value '{}'", text(&v));
-        Ok(alloc::format!("EAGAIN on conflict, committed after {attempts} attempts"))
+        Ok(alloc::format!(
+            "EAGAIN on conflict, committed after {attempts} attempts"
+        ))
     })
 }
 
@@ -405,20 +446,24 @@ fn wait_for(x: &xen::Xen, ns: u64, mut done: impl FnMut() -> bool) -> bool {
 fn test_evtchn_loopback(x: &xen::Xen) -> TestResult {
     use pv_drivers::hypercall::XenHypercalls as _;
     let me = x.domid.ok_or("domid unknown")?;
-    let a = x
-        .hv
-        .evtchn_alloc_unbound(me)
-        .map_err(|e| alloc::format!("alloc_unbound: {e}"))?;
-    let b = x
-        .hv
-        .evtchn_bind_interdomain(me, a)
-        .map_err(|e| alloc::format!("bind_interdomain: {e}"))?;
+    let a =
+        x.hv.evtchn_alloc_unbound(me)
+            .map_err(|e| alloc::format!("alloc_unbound: {e}"))?;
+    let b =
+        x.hv.evtchn_bind_interdomain(me, a)
+            .map_err(|e| alloc::format!("bind_interdomain: {e}"))?;
     LOOPBACK_EVENTS.store(0, Ordering::SeqCst);
-    x.bind(a, alloc::boxed::Box::new(|_| {
-        LOOPBACK_EVENTS.fetch_add(1, Ordering::SeqCst);
-    }));
-    x.hv.evtchn_send(b).map_err(|e| alloc::format!("send: {e}"))?;
-    let arrived = wait_for(x, 2_000_000_000, || LOOPBACK_EVENTS.load(Ordering::SeqCst) > 0);
+    x.bind(
+        a,
+        alloc::boxed::Box::new(|_| {
+            LOOPBACK_EVENTS.fetch_add(1, Ordering::SeqCst);
+        }),
+    );
+    x.hv.evtchn_send(b)
+        .map_err(|e| alloc::format!("send: {e}"))?;
+    let arrived = wait_for(x, 2_000_000_000, || {
+        LOOPBACK_EVENTS.load(Ordering::SeqCst) > 0
+    });
     // Give a duplicate the chance to show up.
     let settle = x.now_ns() + 5_000_000;
     wait_for(x, 10_000_000, || x.now_ns() > settle);
@@ -493,10 +538,11 @@ fn test_xen_timer(x: &xen::Xen) -> TestResult {
     x.timer_fired_at.store(0, Ordering::SeqCst);
     let interval = 5_000_000;
     let deadline = x.now_ns() + interval;
-    x.hv
-        .vcpu_set_singleshot_timer(0, deadline, true)
+    x.hv.vcpu_set_singleshot_timer(0, deadline, true)
         .map_err(|e| alloc::format!("set_singleshot_timer: {e}"))?;
-    let fired = wait_for(x, 2_000_000_000, || x.timer_fired_at.load(Ordering::SeqCst) != 0);
+    let fired = wait_for(x, 2_000_000_000, || {
+        x.timer_fired_at.load(Ordering::SeqCst) != 0
+    });
     check!(fired, "no VIRQ_TIMER within 2 s");
     let at = x.timer_fired_at.load(Ordering::SeqCst);
     check!(at >= deadline, "fired {} ns early", deadline - at);

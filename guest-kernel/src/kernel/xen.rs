@@ -12,8 +12,8 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pv_drivers::abi::cpuid::{
-    LEAF_HVM, LEAF_HYPERCALL, LEAF_TIME, LEAF_VERSION, XEN_CPUID_FIRST_LEAF, XEN_CPUID_SCAN_END,
-    XEN_CPUID_SCAN_STEP, XEN_HVM_CPUID_DOMID_PRESENT, HYPERCALL_STUB_SIZE, is_xen_signature,
+    HYPERCALL_STUB_SIZE, LEAF_HVM, LEAF_HYPERCALL, LEAF_TIME, LEAF_VERSION, XEN_CPUID_FIRST_LEAF,
+    XEN_CPUID_SCAN_END, XEN_CPUID_SCAN_STEP, XEN_HVM_CPUID_DOMID_PRESENT, is_xen_signature,
 };
 use pv_drivers::abi::hvm::{
     HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN,
@@ -222,7 +222,8 @@ pub fn init(cpuid: XenCpuid) -> Result<&'static Xen, InitError> {
 
     // shared_info at a frame we give up.
     let si = alloc_frame()?;
-    hv.map_shared_info(si >> 12).map_err(hc("map shared_info"))?;
+    hv.map_shared_info(si >> 12)
+        .map_err(hc("map shared_info"))?;
     // SAFETY: `si` is a frame now owned by Xen's shared_info mapping, never used as
     // Rust data again; the reference lives forever (leaked box).
     let shared: &'static RawSharedMemory = Box::leak(Box::new(unsafe { share(si, 4096) }));
@@ -244,7 +245,9 @@ pub fn init(cpuid: XenCpuid) -> Result<&'static Xen, InitError> {
     let grants = GrantTable::new(unsafe { share(gt, (GRANT_FRAMES * 4096) as usize) })
         .map_err(|_| InitError::Setup("grant table"))?;
 
-    let store_pfn = hv.hvm_get_param(HVM_PARAM_STORE_PFN).map_err(hc("store pfn"))?;
+    let store_pfn = hv
+        .hvm_get_param(HVM_PARAM_STORE_PFN)
+        .map_err(hc("store pfn"))?;
     let store_port = hv
         .hvm_get_param(HVM_PARAM_STORE_EVTCHN)
         .map_err(hc("store evtchn"))? as u32;
@@ -280,10 +283,16 @@ pub fn init(cpuid: XenCpuid) -> Result<&'static Xen, InitError> {
     // Upcall: the per-vCPU vector, or the older callback-via-vector parameter.
     interrupts::register(UPCALL_VECTOR, upcall);
     if hv.hvm_set_evtchn_upcall_vector(0, UPCALL_VECTOR).is_err() {
-        hv.hvm_set_param(HVM_PARAM_CALLBACK_IRQ, hvm_callback_via_vector(UPCALL_VECTOR))
-            .map_err(hc("set upcall vector"))?;
+        hv.hvm_set_param(
+            HVM_PARAM_CALLBACK_IRQ,
+            hvm_callback_via_vector(UPCALL_VECTOR),
+        )
+        .map_err(hc("set upcall vector"))?;
     }
-    xen.bind(store_port, Box::new(|_| STORE_EVENT.store(true, Ordering::Release)));
+    xen.bind(
+        store_port,
+        Box::new(|_| STORE_EVENT.store(true, Ordering::Release)),
+    );
     if let Some(port) = timer_port {
         xen.bind(
             port,

@@ -57,18 +57,22 @@ impl GuestRam {
 
     /// Reads guest-physical memory.
     pub fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault> {
-        self.mem.read_slice(buf, GuestAddress(gpa)).map_err(|_| Fault {
-            addr: gpa,
-            why: "not guest RAM",
-        })
+        self.mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| Fault {
+                addr: gpa,
+                why: "not guest RAM",
+            })
     }
 
     /// Writes guest-physical memory.
     pub fn write_phys(&self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
-        self.mem.write_slice(data, GuestAddress(gpa)).map_err(|_| Fault {
-            addr: gpa,
-            why: "not guest RAM",
-        })
+        self.mem
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| Fault {
+                addr: gpa,
+                why: "not guest RAM",
+            })
     }
 
     /// Reads a little-endian `u64` of guest-physical memory.
@@ -176,12 +180,7 @@ impl GuestRam {
     }
 
     /// Copies `buf.len()` bytes from guest-virtual `gva` (Xen's `copy_from_guest`).
-    pub fn read_virt(
-        &self,
-        paging: &PagingState,
-        gva: u64,
-        buf: &mut [u8],
-    ) -> Result<(), Fault> {
+    pub fn read_virt(&self, paging: &PagingState, gva: u64, buf: &mut [u8]) -> Result<(), Fault> {
         let mut done = 0usize;
         while done < buf.len() {
             let addr = gva.wrapping_add(done as u64);
@@ -312,7 +311,8 @@ mod tests {
         r.write_phys(pdpt, &(pd | P | W).to_le_bytes()).unwrap();
         r.write_phys(pd, &(P | W | LARGE).to_le_bytes()).unwrap();
         // 0x4000_0000: PML4 0, PDPT 1, PD 0, PT 0.
-        r.write_phys(pdpt + 8, &(pdpt_hi | P | W).to_le_bytes()).unwrap();
+        r.write_phys(pdpt + 8, &(pdpt_hi | P | W).to_le_bytes())
+            .unwrap();
         let _ = pd_hi;
         r.write_phys(pdpt_hi, &(pt | P | W).to_le_bytes()).unwrap();
         r.write_phys(pt, &(0x30_0000 | P).to_le_bytes()).unwrap();
@@ -335,7 +335,10 @@ mod tests {
             r.translate(&p, 0x4000_0010, true).unwrap_err().why,
             "mapped read-only"
         );
-        assert_eq!(r.translate(&p, 0x4000_1000, false).unwrap_err().why, "not mapped");
+        assert_eq!(
+            r.translate(&p, 0x4000_1000, false).unwrap_err().why,
+            "not mapped"
+        );
         assert_eq!(
             r.translate(&p, 0x8000_0000_0000, false).unwrap_err().why,
             "non-canonical address"

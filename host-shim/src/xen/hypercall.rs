@@ -821,13 +821,11 @@ impl Xen {
                 let st = self.lock();
                 let pending = |st: &State| {
                     st.shared_info.as_ref().is_some_and(|s| {
-                        ports
-                            .iter()
-                            .any(|&p| {
-                                pv_drivers::evtchn::HostEvents::new(s.mem())
-                                    .and_then(|ev| ev.is_pending(p))
-                                    .unwrap_or(false)
-                            })
+                        ports.iter().any(|&p| {
+                            pv_drivers::evtchn::HostEvents::new(s.mem())
+                                .and_then(|ev| ev.is_pending(p))
+                                .unwrap_or(false)
+                        })
                     })
                 };
                 if !pending(&st) && !st.stopping {

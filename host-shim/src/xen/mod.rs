@@ -20,6 +20,7 @@ pub mod grant;
 pub mod guest_mem;
 pub mod hypercall;
 pub mod hypercall_page;
+pub mod store;
 pub mod xenstored;
 
 use std::collections::BTreeMap;
@@ -29,10 +30,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use pv_drivers::abi::cpuid::{
-    LEAF_HVM, LEAF_HYPERCALL, LEAF_SIGNATURE, LEAF_TIME, LEAF_VERSION,
-    XEN_CPUID_SIGNATURE_EBX, XEN_CPUID_SIGNATURE_ECX, XEN_CPUID_SIGNATURE_EDX,
-    XEN_HVM_CPUID_DOMID_PRESENT, XEN_HVM_CPUID_UPCALL_VECTOR, XEN_HVM_CPUID_VCPU_ID_PRESENT,
-    XEN_HVM_CPUID_X2APIC_VIRT,
+    LEAF_HVM, LEAF_HYPERCALL, LEAF_SIGNATURE, LEAF_TIME, LEAF_VERSION, XEN_CPUID_SIGNATURE_EBX,
+    XEN_CPUID_SIGNATURE_ECX, XEN_CPUID_SIGNATURE_EDX, XEN_HVM_CPUID_DOMID_PRESENT,
+    XEN_HVM_CPUID_UPCALL_VECTOR, XEN_HVM_CPUID_VCPU_ID_PRESENT, XEN_HVM_CPUID_X2APIC_VIRT,
 };
 use pv_drivers::abi::xen::DomId;
 use pv_drivers::shmem::SharedMemory;
@@ -118,7 +118,10 @@ pub fn cpuid_leaves(config: &XenConfig) -> Vec<CpuidLeaf> {
                 XEN_CPUID_SIGNATURE_EDX,
             ],
         ),
-        leaf(LEAF_VERSION, [u32::from(major) << 16 | u32::from(minor), 0, 0, 0]),
+        leaf(
+            LEAF_VERSION,
+            [u32::from(major) << 16 | u32::from(minor), 0, 0, 0],
+        ),
         leaf(LEAF_HYPERCALL, [1, HYPERCALL_MSR, 0, 0]),
         // Time: TSC not emulated, tsc_mode 2 ("never emulate"), guest TSC kHz.
         sub(LEAF_TIME, 0, [0, 2, config.tsc_khz, 0]),
@@ -154,7 +157,15 @@ pub struct XenStats {
     pub upcalls_injected: u64,
     /// Timer expiries delivered.
     pub timer_fires: u64,
+    /// xenstored's counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xenstore: Option<xenstored::XenstoredStats>,
 }
+
+/// Why a guest MSR write was refused (the guest takes #GP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("MSR write refused: {0}")]
+pub struct MsrRefused(pub &'static str);
 
 /// Why the guest asked to stop (`SCHEDOP_shutdown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +211,8 @@ pub struct Xen {
     state: Mutex<State>,
     /// Signalled when an event is raised for the guest or the timer changes.
     wake: Condvar,
+    /// xenstored, once attached.
+    store: std::sync::OnceLock<Arc<Mutex<store::StoreService>>>,
 }
 
 impl Xen {
@@ -226,13 +239,7 @@ impl Xen {
                 },
                 None,
             )?;
-            guest_ports.rebind(
-                guest,
-                Binding::Interdomain {
-                    dom: 0,
-                    port: dom0,
-                },
-            );
+            guest_ports.rebind(guest, Binding::Interdomain { dom: 0, port: dom0 });
             Some((guest, dom0))
         };
         // Fresh tables have thousands of free ports.
@@ -271,6 +278,7 @@ impl Xen {
                 stats: XenStats::default(),
             }),
             wake: Condvar::new(),
+            store: std::sync::OnceLock::new(),
         }))
     }
 
@@ -344,7 +352,9 @@ impl Xen {
 
     /// A copy of the counters.
     pub fn stats(&self) -> XenStats {
-        self.lock().stats.clone()
+        let mut stats = self.lock().stats.clone();
+        stats.xenstore = self.xenstore_stats();
+        stats
     }
 
     /// The guest's shutdown request, once it made one.
@@ -360,21 +370,21 @@ impl Xen {
 
     /// Handles a guest `wrmsr` to a Xen MSR. `Err` makes the guest take #GP, as Xen
     /// does for a bad page index or an address that is not RAM.
-    pub fn write_msr(&self, index: u32, value: u64) -> Result<(), ()> {
+    pub fn write_msr(&self, index: u32, value: u64) -> Result<(), MsrRefused> {
         if index != HYPERCALL_MSR {
-            return Err(());
+            return Err(MsrRefused("not a Xen MSR"));
         }
         // Bits 0..12 select the hypercall page (only page 0 exists).
         if value & 0xfff != 0 {
-            return Err(());
+            return Err(MsrRefused("no such hypercall page"));
         }
         let gpa = value & !0xfff;
         if !self.ram.is_ram(gpa, guest_mem::PAGE_SIZE) {
-            return Err(());
+            return Err(MsrRefused("hypercall page address is not RAM"));
         }
         self.ram
             .write_phys(gpa, &hypercall_page::hypercall_page())
-            .map_err(|_| ())?;
+            .map_err(|_| MsrRefused("hypercall page address is not RAM"))?;
         self.lock().hypercall_page = Some(gpa);
         Ok(())
     }
@@ -395,13 +405,8 @@ impl Xen {
             st.guest_ports.close(guest);
             return None;
         };
-        st.guest_ports.rebind(
-            guest,
-            Binding::Interdomain {
-                dom: 0,
-                port: dom0,
-            },
-        );
+        st.guest_ports
+            .rebind(guest, Binding::Interdomain { dom: 0, port: dom0 });
         Some((guest, dom0))
     }
 
@@ -467,7 +472,8 @@ impl Xen {
         if let Some(port) = st.guest_ports.find_virq(pv_drivers::abi::xen::VIRQ_TIMER) {
             self.raise_locked(&mut st, port);
         }
-        st.timer_deadline.map(|d| Duration::from_nanos(d.saturating_sub(now)))
+        st.timer_deadline
+            .map(|d| Duration::from_nanos(d.saturating_sub(now)))
     }
 
     /// The timer thread's body: sleeps until the guest's timer is due and delivers it,

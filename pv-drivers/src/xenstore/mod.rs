@@ -23,20 +23,28 @@
 //! (clearing it) or a deadline passes; then
 //! `XenStore::connect(Box::new(page), events)?` and use it.
 //!
-//! In a host test against a server running in the same process (see this module's
-//! tests, or the shim's xenstored): create a `HeapSharedMemory` of a page, give the
-//! server the same memory (`Arc`), build an [`XsEvents`] whose `notify` wakes (or
-//! directly runs) the server and whose `wait` blocks until the server signals or a
-//! short timeout, then `XenStore::connect(page, events)` and issue requests:
+//! In a host test against a server in the same process (this module's tests use a
+//! small one; the shim's xenstored works the same way): give client and server the
+//! same page (`&HeapSharedMemory`, or an `Arc` when the server has its own thread),
+//! and an [`XsEvents`] whose `notify` runs (or wakes) the server and whose `wait` runs
+//! it again, or blocks until it signals, reporting [`WaitOutcome::TimedOut`] when
+//! nothing happened:
 //!
 //! ```text
-//! let page = Arc::new(HeapSharedMemory::new(4096));
-//! let server = spawn_server(page.clone());           // serves the page
-//! let mut xs = XenStore::connect(page, events)?;     // events: notify/wait pair
+//! let page = HeapSharedMemory::new(XenstoreDomainInterface::SIZE);
+//! // server set up on &page (e.g. RingServer::attach + Xenstored::introduce_domain)
+//! struct Ev<'a> { /* &mut server, &page */ }
+//! impl XsEvents for Ev<'_> {
+//!     fn notify(&mut self) { server.pump(&page); }
+//!     fn wait(&mut self) -> WaitOutcome {
+//!         if server.pump(&page).moved_anything { WaitOutcome::Event } else { WaitOutcome::TimedOut }
+//!     }
+//! }
+//! let mut xs = XenStore::connect(&page, Ev { .. })?;
 //! xs.write(TxId::NONE, "data/x", b"1")?;
 //! xs.watch("data", "tok")?;
 //! let ev = xs.wait_watch_event(Some("tok"))?;        // the initial firing
-//! let n = xs.transaction(|tx| { let v = tx.read("data/x")?; tx.write("data/y", &v) })?;
+//! let v = xs.transaction(|tx| { let v = tx.read("data/x")?; tx.write("data/y", &v)?; Ok::<_, XsError>(v) })?;
 //! ```
 
 pub mod client;

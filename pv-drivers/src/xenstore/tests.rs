@@ -627,7 +627,13 @@ fn threaded_server() {
         })
     };
 
-    let mut xs = XenStore::connect(page.clone(), ChannelEvents { kick, wake }).unwrap();
+    // Generous: a loaded test machine may stall the server thread for a while.
+    let limits = Limits {
+        max_idle_waits: 50,
+        ..Limits::default()
+    };
+    let mut xs =
+        XenStore::connect_with(page.clone(), ChannelEvents { kick, wake }, limits).unwrap();
     xs.watch("device", "dev").unwrap();
     assert_eq!(
         xs.wait_watch_event(Some("dev")).unwrap(),

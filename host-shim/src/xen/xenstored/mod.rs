@@ -6,7 +6,8 @@
 //! Behaviour follows C xenstored (`tools/xenstored/{core,domain,transaction,watch}.c`
 //! of xen.git) and the protocol description `docs/misc/xenstore.txt`, so that a guest
 //! written for Xen cannot tell the difference:
-//! - the tree, paths and permissions: [`path`](self) rules, [`Perms`]; new nodes take
+//! - the tree, paths (absolute, relative to `/local/domain/<id>`, or special `@...`;
+//!   xenstored's character set and length limits) and permissions ([`Perms`]); new nodes take
 //!   their parent's permissions and belong to the unprivileged domain creating them;
 //! - every wire operation with xenstored's argument checks and error choices (the
 //!   reply to an error is `XS_ERROR` with the errno's name, e.g. `"ENOENT\0"`);
@@ -354,7 +355,8 @@ struct DomainRecord {
     uuid: Option<String>,
 }
 
-/// The xenstore daemon.
+/// The xenstore daemon. It is `Send`: the shim may keep it behind a lock shared by
+/// the threads serving rings and backends.
 #[derive(Debug)]
 pub struct Xenstored {
     db: Db,
@@ -363,6 +365,12 @@ pub struct Xenstored {
     domains: BTreeMap<u16, DomainRecord>,
     stats: XenstoredStats,
 }
+
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Xenstored>();
+    assert_send::<RingServer>();
+};
 
 impl Xenstored {
     /// A daemon with xenstored's initial tree (`/`, `/tool/xenstored`, the special
@@ -444,7 +452,11 @@ impl Xenstored {
     ///
     /// Errors: `EINVAL` for dom0, a reserved id or a bad UUID; `EEXIST` if the domain
     /// is already introduced.
-    pub fn introduce_domain_with(&mut self, domid: u16, config: &DomainConfig) -> Result<(), XsError> {
+    pub fn introduce_domain_with(
+        &mut self,
+        domid: u16,
+        config: &DomainConfig,
+    ) -> Result<(), XsError> {
         if domid == 0 || domid >= DOMID_FIRST_RESERVED {
             return Err(XenErrno::EINVAL.into());
         }
@@ -527,7 +539,10 @@ impl Xenstored {
                 v.write(&format!("{dom}/store/port"), port.to_string().as_bytes())?;
             }
             if let Some(frame) = config.store_ring_ref {
-                v.write(&format!("{dom}/store/ring-ref"), frame.to_string().as_bytes())?;
+                v.write(
+                    &format!("{dom}/store/ring-ref"),
+                    frame.to_string().as_bytes(),
+                )?;
             }
             for cpu in 0..config.vcpus.unwrap_or(0) {
                 v.write(&format!("{dom}/cpu/{cpu}/availability"), b"online")?;
@@ -539,7 +554,8 @@ impl Xenstored {
     /// xenstored's part of introducing `domid`: its connection, and `@introduceDomain`.
     fn connect(&mut self, domid: u16) {
         self.domains.entry(domid).or_default();
-        self.conns.insert(ConnKey::Ring(domid), Connection::new(domid));
+        self.conns
+            .insert(ConnKey::Ring(domid), Connection::new(domid));
         self.stats.domains_introduced += 1;
         self.fire_special("@introduceDomain", domid);
     }
@@ -705,7 +721,12 @@ impl Xenstored {
     /// Fails with `ENOENT` only if `domid` has no connection (not introduced, or
     /// ignored after a protocol error); every problem with the request itself is
     /// answered on the wire.
-    pub fn handle(&mut self, domid: u16, header: XsdSockmsg, payload: &[u8]) -> Result<(), XsError> {
+    pub fn handle(
+        &mut self,
+        domid: u16,
+        header: XsdSockmsg,
+        payload: &[u8],
+    ) -> Result<(), XsError> {
         let key = ConnKey::Ring(domid);
         if !self.is_connected(domid) {
             return Err(XenErrno::ENOENT.into());
@@ -768,9 +789,15 @@ impl Xenstored {
     }
 
     /// Checks a path from `key`'s caller.
-    fn canon(&self, key: ConnKey, raw: &[u8], allow_special: bool) -> Result<path::Canonical, XenErrno> {
+    fn canon(
+        &self,
+        key: ConnKey,
+        raw: &[u8],
+        allow_special: bool,
+    ) -> Result<path::Canonical, XenErrno> {
         let domid = key.domid();
-        let rel_max = (domid != 0 && self.quotas.path_max != 0).then_some(self.quotas.path_max as usize);
+        let rel_max =
+            (domid != 0 && self.quotas.path_max != 0).then_some(self.quotas.path_max as usize);
         path::canonicalize(raw, domid, allow_special, rel_max)
     }
 
@@ -838,12 +865,23 @@ impl Xenstored {
     }
 
     /// Adds a watch for `key`; returns the payload of its initial event.
-    fn add_watch(&mut self, key: ConnKey, raw: &[u8], token: &[u8], depth: Option<u32>) -> Result<Vec<u8>, XenErrno> {
+    fn add_watch(
+        &mut self,
+        key: ConnKey,
+        raw: &[u8],
+        token: &[u8],
+        depth: Option<u32>,
+    ) -> Result<Vec<u8>, XenErrno> {
         let c = self.canon(key, raw, true)?;
         let domid = key.domid();
-        let limit = (domid != 0 && self.quotas.watches != 0).then_some(self.quotas.watches as usize);
+        let limit =
+            (domid != 0 && self.quotas.watches != 0).then_some(self.quotas.watches as usize);
         let conn = self.conns.get_mut(&key).ok_or(XenErrno::ENOENT)?;
-        if conn.watches.iter().any(|w| w.path == c.path && w.token == token) {
+        if conn
+            .watches
+            .iter()
+            .any(|w| w.path == c.path && w.token == token)
+        {
             return Err(XenErrno::EEXIST);
         }
         if limit.is_some_and(|max| conn.watches.len() >= max) {
@@ -879,7 +917,8 @@ impl Xenstored {
 
     fn transaction_start(&mut self, key: ConnKey) -> Result<u32, XenErrno> {
         let domid = key.domid();
-        let limit = (domid != 0 && self.quotas.transactions != 0).then_some(self.quotas.transactions as usize);
+        let limit = (domid != 0 && self.quotas.transactions != 0)
+            .then_some(self.quotas.transactions as usize);
         let conn = self.conns.get_mut(&key).ok_or(XenErrno::ENOENT)?;
         if limit.is_some_and(|max| conn.transactions.len() >= max) {
             return Err(XenErrno::ENOSPC);
@@ -995,7 +1034,10 @@ impl Xenstored {
                 Ok(self.with_view(key, tx, |v| v.get_perms(&p.path))?.to_wire())
             }
             T::Write => {
-                let nul = payload.iter().position(|&b| b == 0).ok_or(XenErrno::EINVAL)?;
+                let nul = payload
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or(XenErrno::EINVAL)?;
                 let p = self.canon(key, &payload[..nul], false)?;
                 let value = &payload[nul + 1..];
                 self.with_view(key, tx, |v| v.write(&p.path, value))?;
@@ -1023,7 +1065,9 @@ impl Xenstored {
                 let perms = Perms::parse(entries)?;
                 let known = self.known_domains();
                 let p = self.canon(key, p, true)?;
-                self.with_view(key, tx, |v| v.set_perms(&p.path, perms, |d| known.contains(&d)))?;
+                self.with_view(key, tx, |v| {
+                    v.set_perms(&p.path, perms, |d| known.contains(&d))
+                })?;
                 Ok(OK.to_vec())
             }
             T::Watch => {
@@ -1032,7 +1076,8 @@ impl Xenstored {
                     [p, token] => (p, token, None),
                     // Every domain here has XENSTORE_SERVER_FEATURE_WATCHDEPTH.
                     [p, token, depth] => {
-                        let depth = u32::try_from(wire::atoi(depth)).map_err(|_| XenErrno::EINVAL)?;
+                        let depth =
+                            u32::try_from(wire::atoi(depth)).map_err(|_| XenErrno::EINVAL)?;
                         (p, token, Some(depth))
                     }
                     _ => return Err(XenErrno::EINVAL),
@@ -1118,7 +1163,10 @@ impl Xenstored {
                 if !self.is_domain_introduced(t) {
                     return Err(XenErrno::ENOENT);
                 }
-                let conn = self.conns.get_mut(&ConnKey::Ring(d)).ok_or(XenErrno::ENOENT)?;
+                let conn = self
+                    .conns
+                    .get_mut(&ConnKey::Ring(d))
+                    .ok_or(XenErrno::ENOENT)?;
                 conn.target = Some(t);
                 Ok(OK.to_vec())
             }
@@ -1220,7 +1268,9 @@ impl Dom0<'_> {
         allow_special: bool,
         f: impl FnOnce(&mut View<'_>, &str) -> Result<T, XenErrno>,
     ) -> Result<T, XsError> {
-        let c = self.xs.canon(ConnKey::Api, path.as_bytes(), allow_special)?;
+        let c = self
+            .xs
+            .canon(ConnKey::Api, path.as_bytes(), allow_special)?;
         let tx = tx.map_or(0, TxId::id);
         Ok(self.xs.with_view(ConnKey::Api, tx, |v| f(v, &c.path))?)
     }
@@ -1261,10 +1311,17 @@ impl Dom0<'_> {
 
     /// Sets a node's permissions. Entries naming domains that are not introduced grant
     /// nothing; an owner that is not introduced is `ENOENT`.
-    pub fn set_perms(&mut self, tx: Option<TxId>, path: &str, perms: &Perms) -> Result<(), XsError> {
+    pub fn set_perms(
+        &mut self,
+        tx: Option<TxId>,
+        path: &str,
+        perms: &Perms,
+    ) -> Result<(), XsError> {
         let known = self.xs.known_domains();
         let perms = perms.clone();
-        self.run(tx, path, true, |v, p| v.set_perms(p, perms, |d| known.contains(&d)))
+        self.run(tx, path, true, |v, p| {
+            v.set_perms(p, perms, |d| known.contains(&d))
+        })
     }
 
     /// Watches `path` (and below) with `token`; the initial event is queued at once.
@@ -1273,11 +1330,18 @@ impl Dom0<'_> {
     }
 
     /// Watches `path` down to `depth` levels below it.
-    pub fn watch_depth(&mut self, path: &str, token: &str, depth: Option<u32>) -> Result<(), XsError> {
+    pub fn watch_depth(
+        &mut self,
+        path: &str,
+        token: &str,
+        depth: Option<u32>,
+    ) -> Result<(), XsError> {
         if token.contains('\0') {
             return Err(XenErrno::EINVAL.into());
         }
-        let initial = self.xs.add_watch(ConnKey::Api, path.as_bytes(), token.as_bytes(), depth)?;
+        let initial = self
+            .xs
+            .add_watch(ConnKey::Api, path.as_bytes(), token.as_bytes(), depth)?;
         let limit = self.xs.quotas.dom0_event_bytes as usize;
         let Xenstored { conns, stats, .. } = &mut *self.xs;
         if let Some(conn) = conns.get_mut(&ConnKey::Api) {
@@ -1288,7 +1352,9 @@ impl Dom0<'_> {
 
     /// Removes a watch.
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        Ok(self.xs.remove_watch(ConnKey::Api, path.as_bytes(), token.as_bytes())?)
+        Ok(self
+            .xs
+            .remove_watch(ConnKey::Api, path.as_bytes(), token.as_bytes())?)
     }
 
     /// Starts a transaction.

@@ -109,7 +109,12 @@ impl View<'_> {
     /// What to tell a caller who lacks a node or the right to it: the error itself if
     /// the nearest existing ancestor grants any of `perm`, else `EACCES`, so that
     /// nothing leaks about nodes the caller may not see.
-    fn errno_from_parents(&mut self, path: &str, errnum: XenErrno, perm: u8) -> Result<XenErrno, XenErrno> {
+    fn errno_from_parents(
+        &mut self,
+        path: &str,
+        errnum: XenErrno,
+        perm: u8,
+    ) -> Result<XenErrno, XenErrno> {
         let mut p = path;
         while p != "/" {
             p = parent(p);
@@ -180,7 +185,10 @@ impl View<'_> {
         let mut len = 0;
         // Whole names (the first may be cut by the caller's offset) while they fit.
         while len < rest.len() {
-            let name_len = rest[len..].iter().position(|&b| b == 0).unwrap_or(rest.len() - len);
+            let name_len = rest[len..]
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(rest.len() - len);
             if len + name_len >= max {
                 break;
             }
@@ -294,7 +302,11 @@ impl View<'_> {
             return Err(XenErrno::EINVAL);
         };
         for (p, node) in self.subtree(path)? {
-            let how = if p == path { Match::Subtree } else { Match::Exact };
+            let how = if p == path {
+                Match::Subtree
+            } else {
+                Match::Exact
+            };
             self.fire(&p, how, Some(node.perms), None);
             self.store(&p, None)?;
         }
@@ -329,7 +341,12 @@ impl View<'_> {
     /// `XS_SET_PERMS`: only the owner (or dom0) may, and only dom0 may change the
     /// owner. `known` tells which domains exist: entries for others grant nothing,
     /// and an unknown owner is `ENOENT`.
-    pub fn set_perms(&mut self, path: &str, mut perms: Perms, known: impl Fn(u16) -> bool) -> Result<(), XenErrno> {
+    pub fn set_perms(
+        &mut self,
+        path: &str,
+        mut perms: Perms,
+        known: impl Fn(u16) -> bool,
+    ) -> Result<(), XenErrno> {
         if perms.mark_unknown(known) {
             return Err(XenErrno::ENOENT);
         }

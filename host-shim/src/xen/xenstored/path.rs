@@ -162,10 +162,7 @@ mod tests {
             })
         );
         assert_eq!(canon("/", false).map(|c| c.path), Ok("/".into()));
-        assert_eq!(
-            canon("@releaseDomain", true).map(|c| c.relative),
-            Ok(false)
-        );
+        assert_eq!(canon("@releaseDomain", true).map(|c| c.relative), Ok(false));
         assert_eq!(canon("@releaseDomain", false), Err(XenErrno::EINVAL));
         // '@' is an ordinary character after the first byte.
         assert!(canon("/a@b", false).is_ok());

@@ -246,16 +246,14 @@ impl fmt::Display for Perms {
 /// whitespace), up to 65535; `None` for anything else.
 fn parse_c_number(s: &[u8]) -> Option<u16> {
     let text = core::str::from_utf8(s).ok()?;
-    let (digits, radix) = if let Some(hex) = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-    {
-        (hex, 16)
-    } else if text.len() > 1 && text.starts_with('0') {
-        (&text[1..], 8)
-    } else {
-        (text, 10)
-    };
+    let (digits, radix) =
+        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            (hex, 16)
+        } else if text.len() > 1 && text.starts_with('0') {
+            (&text[1..], 8)
+        } else {
+            (text, 10)
+        };
     if digits.is_empty() || !digits.bytes().all(|b| (b as char).is_digit(radix)) {
         return None;
     }
@@ -277,12 +275,18 @@ mod tests {
     fn access_rule() {
         // libxl's "roperm": owner dom0, nobody else, domain 5 may read.
         let p = Perms::new(0, Access::None).grant(5, Access::Read);
-        assert_eq!(p.access_for(&caller(0)), PERM_READ | PERM_WRITE | PERM_OWNER);
+        assert_eq!(
+            p.access_for(&caller(0)),
+            PERM_READ | PERM_WRITE | PERM_OWNER
+        );
         assert_eq!(p.access_for(&caller(5)), PERM_READ);
         assert_eq!(p.access_for(&caller(6)), 0);
         // Owner has everything, whatever the default.
         let own = Perms::new(5, Access::None);
-        assert_eq!(own.access_for(&caller(5)), PERM_READ | PERM_WRITE | PERM_OWNER);
+        assert_eq!(
+            own.access_for(&caller(5)),
+            PERM_READ | PERM_WRITE | PERM_OWNER
+        );
         assert_eq!(own.access_for(&caller(6)), 0);
         // First matching entry wins.
         let p = Perms::new(0, Access::Both)
@@ -327,7 +331,16 @@ mod tests {
         let p = Perms::parse(&[b"n0", b"r5", b"b0x10", b"w010"]).unwrap();
         assert_eq!(p.to_string(), "n0 r5 b16 w8");
         assert_eq!(p.to_wire(), b"n0\0r5\0b16\0w8\0");
-        for bad in [&b""[..], b"r", b"x5", b"r-1", b"r5x", b"r65536", b"r 5", b"r0x"] {
+        for bad in [
+            &b""[..],
+            b"r",
+            b"x5",
+            b"r-1",
+            b"r5x",
+            b"r65536",
+            b"r 5",
+            b"r0x",
+        ] {
             assert_eq!(Perms::parse(&[bad]), Err(XenErrno::EINVAL), "{bad:?}");
         }
         assert_eq!(Perms::parse(&[]), Err(XenErrno::EINVAL));

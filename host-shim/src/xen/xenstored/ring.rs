@@ -182,7 +182,11 @@ impl RingServer {
             if let Some((header, payload_len)) = self.complete() {
                 // The domain is connected (checked above) and nothing in between
                 // disconnects it, so this cannot fail.
-                let _ = store.handle(self.domid, header, &self.input[HEADER..HEADER + payload_len]);
+                let _ = store.handle(
+                    self.domid,
+                    header,
+                    &self.input[HEADER..HEADER + payload_len],
+                );
                 self.input.clear();
                 result.requests += 1;
             }
@@ -233,7 +237,11 @@ impl RingServer {
     }
 
     /// Writes as much queued output as `rsp` has room for; returns how much.
-    fn flush<M: SharedMemory + ?Sized>(&mut self, store: &mut Xenstored, mem: &M) -> Result<usize, u32> {
+    fn flush<M: SharedMemory + ?Sized>(
+        &mut self,
+        store: &mut Xenstored,
+        mem: &M,
+    ) -> Result<usize, u32> {
         if store.pending_output(self.domid) == 0 {
             return Ok(0);
         }
@@ -300,7 +308,8 @@ impl GuestRing {
         }
         self.req_prod = self.req_prod.wrapping_add(n as u32);
         fence(Ordering::Release);
-        self.mem.store_u32(REQ_PROD, self.req_prod, Ordering::Relaxed);
+        self.mem
+            .store_u32(REQ_PROD, self.req_prod, Ordering::Relaxed);
         n
     }
 
@@ -322,7 +331,8 @@ impl GuestRing {
             .collect();
         self.rsp_cons = self.rsp_cons.wrapping_add(avail as u32);
         fence(Ordering::Release);
-        self.mem.store_u32(RSP_CONS, self.rsp_cons, Ordering::Relaxed);
+        self.mem
+            .store_u32(RSP_CONS, self.rsp_cons, Ordering::Relaxed);
         out
     }
 

@@ -118,7 +118,12 @@ impl Transaction {
 
     /// Commits into `db`: checks for conflicts and quotas, applies every change and
     /// returns the watch events to fire. On error nothing is applied.
-    pub fn commit(self, db: &mut Db, quotas: &Quotas, caller: Caller) -> Result<Vec<Fire>, XenErrno> {
+    pub fn commit(
+        self,
+        db: &mut Db,
+        quotas: &Quotas,
+        caller: Caller,
+    ) -> Result<Vec<Fire>, XenErrno> {
         if self.fail {
             // C xenstored reports a transaction it had to mark failed as ENOMEM.
             return Err(XenErrno::ENOMEM);
@@ -126,7 +131,10 @@ impl Transaction {
         // The quota first, as C xenstored's do_transaction_end() does.
         if !caller.privileged() && self.node_created && quotas.nodes != 0 {
             for (&domid, &delta) in &self.delta {
-                if domid != 0 && delta > 0 && i64::from(db.owned(domid)) + delta > i64::from(quotas.nodes) {
+                if domid != 0
+                    && delta > 0
+                    && i64::from(db.owned(domid)) + delta > i64::from(quotas.nodes)
+                {
                     return Err(XenErrno::ENOSPC);
                 }
             }
@@ -136,8 +144,11 @@ impl Transaction {
                 return Err(XenErrno::EAGAIN);
             }
         }
-        let mut changed: Vec<(String, Accessed)> =
-            self.accessed.into_iter().filter(|(_, a)| a.modified).collect();
+        let mut changed: Vec<(String, Accessed)> = self
+            .accessed
+            .into_iter()
+            .filter(|(_, a)| a.modified)
+            .collect();
         changed.sort_by_key(|(_, a)| a.seq);
         let mut fires = Vec::new();
         for (path, a) in changed {

@@ -47,7 +47,9 @@ pub(super) fn atoi(arg: &[u8]) -> i64 {
     let value = digits
         .iter()
         .take_while(|b| b.is_ascii_digit())
-        .fold(0i64, |v, &b| v.saturating_mul(10).saturating_add(i64::from(b - b'0')));
+        .fold(0i64, |v, &b| {
+            v.saturating_mul(10).saturating_add(i64::from(b - b'0'))
+        });
     if neg { -value } else { value }
 }
 
@@ -130,7 +132,14 @@ mod tests {
     fn numbers() {
         assert_eq!(parse_domid(b"0"), Ok(0));
         assert_eq!(parse_domid(b"65535"), Ok(65535));
-        for bad in [&b""[..], b"65536", b"-1", b"1x", b" 1", b"99999999999999999999"] {
+        for bad in [
+            &b""[..],
+            b"65536",
+            b"-1",
+            b"1x",
+            b" 1",
+            b"99999999999999999999",
+        ] {
             assert_eq!(parse_domid(bad), Err(XenErrno::EINVAL), "{bad:?}");
         }
         assert_eq!(atoi(b"12abc"), 12);

@@ -1,0 +1,88 @@
+//! Serving the guest's xenstore ring with the in-process [`Xenstored`].
+//!
+//! The guest's `EVTCHNOP_send` on its store channel runs [`StoreService::pump`] on the
+//! vCPU thread; the shim's own backends use the daemon through [`Xen::xenstore`] and
+//! then [`Xen::kick_xenstore`] so that watch events they caused reach the guest.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use super::Xen;
+use super::guest_mem::SharedPage;
+use super::xenstored::{Quotas, RingServer, Xenstored};
+
+/// The daemon and the guest's ring.
+pub struct StoreService {
+    /// The daemon.
+    pub daemon: Xenstored,
+    ring: RingServer,
+    page: SharedPage,
+}
+
+impl StoreService {
+    /// Serves every complete request; returns whether the guest must be notified.
+    pub fn pump(&mut self) -> bool {
+        let mut notify = false;
+        // Bounded: a guest that keeps the ring full yields the thread after a while and
+        // is served again on its next notification.
+        for _ in 0..16 {
+            let r = self.ring.pump(&mut self.daemon, &self.page);
+            notify |= r.notify;
+            if !r.more {
+                break;
+            }
+        }
+        notify
+    }
+}
+
+impl Xen {
+    /// Starts xenstored with this guest introduced (`/local/domain/<domid>` with
+    /// `domid` and `name`), serving the guest's store ring. Call once, before the guest
+    /// runs.
+    pub fn attach_xenstore(self: &Arc<Self>) -> Result<(), String> {
+        let page = self
+            .ram
+            .page(self.special.store_pfn)
+            .map_err(|e| format!("xenstore page: {e}"))?;
+        let mut daemon = Xenstored::new(Quotas::default());
+        daemon
+            .introduce_domain(self.config.domid, &self.config.name)
+            .map_err(|e| format!("introducing domain {}: {e}", self.config.domid))?;
+        let mut ring = RingServer::new(self.config.domid);
+        ring.attach(&page);
+        let service = Arc::new(Mutex::new(StoreService { daemon, ring, page }));
+        let _ = self.store.set(service.clone());
+        let weak: Weak<Xen> = Arc::downgrade(self);
+        let notify = Arc::new(move || {
+            if let Some(xen) = weak.upgrade() {
+                xen.kick_xenstore();
+            }
+        });
+        if self.set_dom0_notifier(self.special.store_dom0_port, notify) {
+            Ok(())
+        } else {
+            Err("xenstore event channel is not open".into())
+        }
+    }
+
+    /// The daemon, for the shim's backends (domain 0). Call [`Xen::kick_xenstore`]
+    /// after changes so the guest sees replies and watch events.
+    pub fn xenstore(&self) -> Option<MutexGuard<'_, StoreService>> {
+        self.store
+            .get()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Serves the guest's ring and notifies it if anything moved.
+    pub fn kick_xenstore(&self) {
+        let notify = self.xenstore().is_some_and(|mut s| s.pump());
+        if notify {
+            self.notify_guest(self.special.store_dom0_port);
+        }
+    }
+
+    /// xenstored's counters, if it runs.
+    pub fn xenstore_stats(&self) -> Option<super::xenstored::XenstoredStats> {
+        self.xenstore().map(|s| s.daemon.stats().clone())
+    }
+}

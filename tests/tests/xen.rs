@@ -1,0 +1,130 @@
+//! The Xen interface end to end: the real guest's `selftest=xen` under host-shim (the
+//! shim plays Xen), the same image without Xen (`--no-xen`, QEMU), and the counters
+//! the shim reports. Skips loudly where /dev/kvm is absent.
+
+use system_tests::{Machine, guest_image, kvm_available, run_qemu, run_shim, stats_json};
+
+const TIMEOUT: &str = "120";
+
+const XEN_TESTS: [&str; 7] = [
+    "xen_store_identity",
+    "xen_store_rw",
+    "xen_store_watch",
+    "xen_store_transaction",
+    "xen_evtchn_loopback",
+    "xen_grant_copy",
+    "xen_timer",
+];
+
+#[test]
+fn selftest_xen_passes_under_the_shim_and_ends_with_schedop_shutdown() {
+    if !kvm_available("xen::selftest_xen_passes_under_the_shim") {
+        return;
+    }
+    let run = run_shim(
+        guest_image(),
+        "selftest=xen",
+        &["--timeout", TIMEOUT, "--stats"],
+    );
+    assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    run.assert_contains("xen: Xen 4.17 at CPUID 0x40000000, hypercall MSR 0x40000000, domid 1");
+    run.assert_line("xen: hello on the PV console");
+    for test in XEN_TESTS {
+        run.assert_contains(&format!("selftest: {test}: PASS"));
+    }
+    run.assert_line("selftest: 7 passed, 0 failed");
+    run.assert_contains("selftest: xen_evtchn_loopback: PASS (ports ");
+    run.assert_line("guest: exit status 0");
+
+    let v = stats_json(&run.stderr);
+    assert_eq!(v["outcome"]["kind"], "xen_shutdown", "{v}");
+    assert_eq!(v["outcome"]["reason"], 0, "{v}");
+    let xen = &v["stats"]["xen"];
+    let calls = &xen["hypercalls"];
+    for name in [
+        "memory_op.add_to_physmap",
+        "hvm_op.set_evtchn_upcall_vector",
+        "event_channel_op.alloc_unbound",
+        "event_channel_op.bind_interdomain",
+        "event_channel_op.send",
+        "grant_table_op.copy",
+        "vcpu_op.set_singleshot_timer",
+        "sched_op.shutdown",
+    ] {
+        assert!(calls[name].as_u64().unwrap_or(0) >= 1, "{name}: {v}");
+    }
+    assert_eq!(xen["hypercall_errors"], 0, "{v}");
+    assert!(xen["upcalls_injected"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert!(xen["timer_fires"].as_u64().unwrap_or(0) >= 1, "{v}");
+    let store = &xen["xenstore"];
+    assert_eq!(store["transaction_conflicts"], 2, "{v}");
+    assert_eq!(store["errors"]["EACCES"], 1, "{v}");
+    // Every hypercall went through the hypercall page's port exit.
+    let total: u64 = calls
+        .as_object()
+        .expect("hypercalls map")
+        .values()
+        .map(|n| n.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        v["stats"]["exits"]["hypercall"].as_u64(),
+        Some(total),
+        "{v}"
+    );
+}
+
+#[test]
+fn domain_id_and_name_come_from_the_command_line() {
+    if !kvm_available("xen::domain_id_and_name_come_from_the_command_line") {
+        return;
+    }
+    let run = run_shim(
+        guest_image(),
+        "selftest=xen",
+        &["--timeout", TIMEOUT, "--domid", "7", "--name", "web-7"],
+    );
+    assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    run.assert_contains(
+        "selftest: xen_store_identity: PASS (domid 7, name web-7, home /local/domain/7)",
+    );
+}
+
+#[test]
+fn without_xen_the_guest_says_so_and_the_xen_selftest_fails() {
+    if !kvm_available("xen::without_xen_the_guest_says_so") {
+        return;
+    }
+    let run = run_shim(
+        guest_image(),
+        "selftest=xen",
+        &["--timeout", TIMEOUT, "--no-xen"],
+    );
+    run.assert_line("xen: not present");
+    run.assert_contains("selftest: xen_present: FAIL");
+    run.assert_contains("(from Pit)");
+    assert_eq!(run.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+}
+
+#[test]
+fn qemu_has_no_xen_and_the_xen_selftest_fails() {
+    let run = run_qemu(Machine::Microvm, guest_image(), "selftest=xen", &[]);
+    run.0.assert_line("xen: not present");
+    run.0.assert_contains("selftest: xen_present: FAIL");
+    assert_eq!(run.guest_status(), Some(1), "{}", run.0.stdout);
+}
+
+#[test]
+fn bad_domain_id_or_name_is_refused() {
+    for args in [
+        ["--domid", "0"],
+        ["--domid", "32752"],
+        ["--name", "has space"],
+        ["--name", ""],
+    ] {
+        let mut all = vec!["--timeout", TIMEOUT];
+        all.extend(args);
+        let run = run_shim(guest_image(), "", &all);
+        assert_ne!(run.code(), Some(0), "{args:?} accepted: {}", run.stderr);
+        assert!(run.stderr.contains("host-shim"), "{args:?}: {}", run.stderr);
+    }
+}
