@@ -672,8 +672,10 @@ pub trait XenHypercalls: Hypercall {
         Ok(())
     }
 
-    /// `CONSOLEIO_write`: writes `bytes` to Xen's console (in pieces; an unprivileged
-    /// domain's output shows only in a debug Xen or with `guest_loglvl`).
+    /// `CONSOLEIO_write`: writes `bytes` to Xen's console, in pieces. Xen's default
+    /// policy refuses it (`-EPERM`) to an unprivileged domain unless the domain is
+    /// marked as a console domain or Xen is a `CONFIG_VERBOSE_DEBUG` build; what it
+    /// accepts from a domU it strips of non-printing bytes and logs per line.
     fn console_write(&self, bytes: &[u8]) -> Result<(), HypercallError> {
         for chunk in bytes.chunks(CONSOLE_CHUNK) {
             // SAFETY: the one address is `chunk`, borrowed for the call, of exactly

@@ -135,6 +135,27 @@ impl TscScale {
         }
     }
 
+    /// The TSC frequency in Hz the scale stands for, by the header's formula
+    /// `((10^9 << 32) / tsc_to_system_mul) >> tsc_shift` (a guest on Xen learns its
+    /// TSC rate this way); `None` for a zero `mul` or a result beyond `u64`.
+    pub fn tsc_hz(&self) -> Option<u64> {
+        if self.mul == 0 {
+            return None;
+        }
+        let base = (u128::from(NSEC_PER_SEC) << 32) / u128::from(self.mul);
+        let hz = if self.shift >= 0 {
+            base.checked_shr(u32::from(self.shift.unsigned_abs()))
+                .unwrap_or(0)
+        } else {
+            let up = u32::from(self.shift.unsigned_abs());
+            if base.leading_zeros() < up {
+                return None;
+            }
+            base << up
+        };
+        u64::try_from(hz).ok()
+    }
+
     /// Nanoseconds in `delta` TSC ticks ([`scale_delta`]).
     pub fn ticks_to_ns(&self, delta: u64) -> u64 {
         scale_delta(delta, self.mul, self.shift)
@@ -487,6 +508,35 @@ mod tests {
             TscScale::from_khz(u64::MAX),
             Err(PvclockError::BadFrequency)
         );
+    }
+
+    #[test]
+    fn frequency_round_trips_through_the_scale() {
+        for hz in [
+            1_000_000_000u64,
+            2_500_000_000,
+            3_000_000_000,
+            100_000_000,
+            25_000_000,
+            3_192_614_000,
+        ] {
+            let back = TscScale::from_hz(hz).unwrap().tsc_hz().unwrap();
+            assert!(
+                back.abs_diff(hz) * 1_000_000 < hz,
+                "{hz} Hz came back as {back}"
+            );
+        }
+        let zero = TscScale { mul: 0, shift: 0 };
+        assert_eq!(zero.tsc_hz(), None);
+        assert_eq!(
+            TscScale {
+                mul: 1,
+                shift: -100
+            }
+            .tsc_hz(),
+            None
+        );
+        assert_eq!(TscScale { mul: 1, shift: 127 }.tsc_hz(), Some(0));
     }
 
     #[test]
