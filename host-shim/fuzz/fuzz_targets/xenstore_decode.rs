@@ -3,7 +3,7 @@
 //!
 //! Input is mostly valid: requests built from structured fields (a message type, a
 //! transaction id, a few arguments drawn from real paths, tokens, permissions and
-//! numbers, or raw bytes), sent by two guests and dom0 directly, or by guest 1
+//! numbers, or raw bytes), sent by guest 2 and dom0 directly, or by guest 1
 //! through its ring in pieces, with now and then a lying length or a corrupted ring
 //! index. After every step the daemon's database must be consistent and every message
 //! it sends well-formed. Run with `cargo +nightly fuzz run xenstore_decode` from
@@ -132,7 +132,9 @@ fuzz_target!(|input: Input| {
         let req_id = i as u32;
         match step {
             Step::Direct { domain, request } => {
-                let domain = u16::from(domain % 3);
+                // Guest 1 is served through its ring, whose output must not be taken
+                // here (a message half written to the ring would tear the stream).
+                let domain = [0, 2][usize::from(domain % 2)];
                 let payload = request.payload();
                 let header = request.header(payload.len(), req_id);
                 // Keep the domains under test alive.

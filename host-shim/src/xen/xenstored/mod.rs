@@ -52,7 +52,7 @@ use serde::Serialize;
 pub use perms::{Access, PermEntry, Perms};
 /// The message header and types [`Xenstored::handle`] takes (from `pv_drivers`).
 pub use pv_drivers::abi::xs_wire::{XsdSockmsg, XsdSockmsgType};
-pub use ring::{GuestRing, PumpResult, RingServer};
+pub use ring::{GuestRing, MAX_REQUESTS_PER_PUMP, PumpResult, RingServer};
 pub use stats::XenstoredStats;
 
 use ops::View;
