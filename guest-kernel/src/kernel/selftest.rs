@@ -28,9 +28,14 @@ pub fn run_boot(boot: &BootInfo, mem: &memory::MemoryInfo) -> (u32, u32) {
         ("time", &test_time),
         ("apic_timer", &test_apic_timer),
     ];
+    report(tests.iter().map(|(name, test)| (*name, test())))
+}
+
+/// Prints each result and the summary; returns (passed, failed).
+fn report<'a>(results: impl Iterator<Item = (&'a str, TestResult)>) -> (u32, u32) {
     let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        match test() {
+    for (name, result) in results {
+        match result {
             Ok(detail) => {
                 passed += 1;
                 kprintln!("selftest: {name}: PASS ({detail})");
@@ -249,9 +254,8 @@ pub fn hang() -> ! {
 /// the single test `xen_present` fails.
 pub fn run_xen() -> (u32, u32) {
     let Some(x) = xen::get() else {
-        kprintln!("selftest: xen_present: FAIL (no Xen platform: not detected or init failed)");
-        kprintln!("selftest: 0 passed, 1 failed");
-        return (0, 1);
+        let why = "no Xen platform: not detected or init failed";
+        return report(core::iter::once(("xen_present", Err(why.into()))));
     };
     type XenTest<'a> = (&'a str, &'a dyn Fn(&xen::Xen) -> TestResult);
     let tests: [XenTest<'_>; 7] = [
@@ -263,21 +267,7 @@ pub fn run_xen() -> (u32, u32) {
         ("xen_grant_copy", &test_grant_copy),
         ("xen_timer", &test_xen_timer),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        match test(x) {
-            Ok(detail) => {
-                passed += 1;
-                kprintln!("selftest: {name}: PASS ({detail})");
-            }
-            Err(why) => {
-                failed += 1;
-                kprintln!("selftest: {name}: FAIL ({why})");
-            }
-        }
-    }
-    kprintln!("selftest: {passed} passed, {failed} failed");
-    (passed, failed)
+    report(tests.iter().map(|(name, test)| (*name, test(x))))
 }
 
 type Store = pv_drivers::xenstore::XenStore<

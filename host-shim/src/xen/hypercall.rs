@@ -533,60 +533,43 @@ impl Xen {
 
     fn bind_interdomain(&self, remote: DomId, remote_port: u32) -> Result<u32, XenErrno> {
         let me = self.config.domid;
-        let mut st = self.lock();
-        if remote == me {
-            match st.guest_ports.get(remote_port) {
-                Some(Binding::Unbound { remote: r }) if r == me => {}
-                _ => return Err(XenErrno::EINVAL),
-            }
-            let local = st
-                .guest_ports
-                .alloc(
-                    Binding::Interdomain {
-                        dom: me,
-                        port: remote_port,
-                    },
-                    (),
-                )
-                .ok_or(XenErrno::ENOSPC)?;
-            st.guest_ports.rebind(
-                remote_port,
-                Binding::Interdomain {
-                    dom: me,
-                    port: local,
-                },
-            );
-            // Xen marks the new local port pending: notifications sent to the
-            // unbound port before the bind may otherwise be lost.
-            self.raise_locked(&mut st, local);
-            Ok(local)
-        } else if remote == 0 {
-            match st.dom0_ports.get(remote_port) {
-                Some(Binding::Unbound { remote: r }) if r == me => {}
-                _ => return Err(XenErrno::EINVAL),
-            }
-            let local = st
-                .guest_ports
-                .alloc(
-                    Binding::Interdomain {
-                        dom: 0,
-                        port: remote_port,
-                    },
-                    (),
-                )
-                .ok_or(XenErrno::ENOSPC)?;
-            st.dom0_ports.rebind(
-                remote_port,
-                Binding::Interdomain {
-                    dom: me,
-                    port: local,
-                },
-            );
-            self.raise_locked(&mut st, local);
-            Ok(local)
-        } else {
-            Err(XenErrno::ESRCH)
+        if remote != me && remote != 0 {
+            return Err(XenErrno::ESRCH);
         }
+        let mut st = self.lock();
+        let st = &mut *st;
+        // The remote port must be waiting for us.
+        let peer_binding = if remote == me {
+            st.guest_ports.get(remote_port)
+        } else {
+            st.dom0_ports.get(remote_port)
+        };
+        if peer_binding != Some(Binding::Unbound { remote: me }) {
+            return Err(XenErrno::EINVAL);
+        }
+        let local = st
+            .guest_ports
+            .alloc(
+                Binding::Interdomain {
+                    dom: remote,
+                    port: remote_port,
+                },
+                (),
+            )
+            .ok_or(XenErrno::ENOSPC)?;
+        let back = Binding::Interdomain {
+            dom: me,
+            port: local,
+        };
+        if remote == me {
+            st.guest_ports.rebind(remote_port, back);
+        } else {
+            st.dom0_ports.rebind(remote_port, back);
+        }
+        // Xen marks the new local port pending: notifications sent to the unbound
+        // port before the bind may otherwise be lost.
+        self.raise_locked(st, local);
+        Ok(local)
     }
 
     /// Closes a guest port; an interdomain peer reverts to unbound.
@@ -682,7 +665,11 @@ impl Xen {
             }
             GNTTABOP_COPY => {
                 for i in 0..count {
-                    let at = arg + i * GnttabCopy::SIZE as u64;
+                    // Guest-supplied base: an array running off the address space is
+                    // a bad address, not an overflow.
+                    let at = (i * GnttabCopy::SIZE as u64)
+                        .checked_add(arg)
+                        .ok_or(XenErrno::EFAULT)?;
                     let mut op: GnttabCopy = self.get(ctx, at)?;
                     op.status = self.grant_copy(&op);
                     self.put(ctx, at, &op)?;
@@ -812,7 +799,8 @@ impl Xen {
                 }
                 let mut ports = Vec::with_capacity(req.nr_ports as usize);
                 for i in 0..u64::from(req.nr_ports) {
-                    let port: u32 = self.get(ctx, req.ports + i * 4)?;
+                    let at = req.ports.checked_add(i * 4).ok_or(XenErrno::EFAULT)?;
+                    let port: u32 = self.get(ctx, at)?;
                     if !self.lock().guest_ports.is_valid(port) {
                         return Err(XenErrno::EINVAL);
                     }
