@@ -30,6 +30,7 @@
 //! the written value itself. A guest that writes 124, 125 or 126 is indistinguishable
 //! from the shim's own statuses; use `--stats` to tell them apart.
 
+pub mod backends;
 pub mod boot;
 pub mod cli;
 pub mod devices;

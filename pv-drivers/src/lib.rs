@@ -12,10 +12,14 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod blkfront;
 pub mod console;
+pub mod device;
 pub mod evtchn;
+pub mod frontend;
 pub mod grant;
 pub mod hypercall;
+pub mod netfront;
 pub mod pvclock;
 pub mod ring;
 pub mod shmem;

@@ -14,6 +14,7 @@
 //! events. All state is behind one mutex; notifiers of domain-0 ports run after it is
 //! released.
 
+mod backend;
 pub mod console;
 pub mod evtchn;
 pub mod grant;

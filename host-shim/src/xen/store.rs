@@ -4,9 +4,11 @@
 //! vCPU thread; the shim's own backends use the daemon through [`Xen::xenstore`] and
 //! then [`Xen::kick_xenstore`] so that watch events they caused reach the guest.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::Xen;
+use super::evtchn::Notifier;
 use super::guest_mem::SharedPage;
 use super::xenstored::{Quotas, RingServer, Xenstored};
 
@@ -16,6 +18,8 @@ pub struct StoreService {
     pub daemon: Xenstored,
     ring: RingServer,
     page: SharedPage,
+    /// Domain 0's watches by token ([`Xen::watch_dom0`]): who to wake on an event.
+    pub(super) watchers: HashMap<String, Notifier>,
 }
 
 impl StoreService {
@@ -50,7 +54,12 @@ impl Xen {
             .map_err(|e| format!("introducing domain {}: {e}", self.config.domid))?;
         let mut ring = RingServer::new(self.config.domid);
         ring.attach(&page);
-        let service = Arc::new(Mutex::new(StoreService { daemon, ring, page }));
+        let service = Arc::new(Mutex::new(StoreService {
+            daemon,
+            ring,
+            page,
+            watchers: HashMap::new(),
+        }));
         let _ = self.store.set(service.clone());
         let weak: Weak<Xen> = Arc::downgrade(self);
         let notify = Arc::new(move || {
@@ -73,11 +82,31 @@ impl Xen {
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Serves the guest's ring and notifies it if anything moved.
+    /// The daemon's shared handle, for backends that keep it.
+    pub fn store_service(&self) -> Option<Arc<Mutex<StoreService>>> {
+        self.store.get().cloned()
+    }
+
+    /// Serves the guest's ring and notifies it if anything moved; then wakes the
+    /// backends whose domain-0 watches fired.
     pub fn kick_xenstore(&self) {
-        let notify = self.xenstore().is_some_and(|mut s| s.pump());
+        let mut wake: Vec<Notifier> = Vec::new();
+        let notify = self.xenstore().is_some_and(|mut s| {
+            let notify = s.pump();
+            for ev in s.daemon.take_dom0_events() {
+                if let Some(n) = s.watchers.get(&ev.token)
+                    && !wake.iter().any(|w| Arc::ptr_eq(w, n))
+                {
+                    wake.push(n.clone());
+                }
+            }
+            notify
+        });
         if notify {
             self.notify_guest(self.special.store_dom0_port);
+        }
+        for n in wake {
+            n();
         }
     }
 

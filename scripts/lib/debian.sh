@@ -1,0 +1,50 @@
+# Shared shell functions for the runners that build boot images from Debian packages.
+# Source it: `. "$(dirname "$0")/lib/debian.sh"`. Nothing here installs packages on
+# the host: packages are downloaded with `apt-get download` (using the host's apt
+# lists, which scripts/setup.sh keeps current, bookworm-backports included) into a
+# cache directory and unpacked with `dpkg-deb -x` into a staging tree.
+
+# Where downloaded .deb files are kept between runs.
+DEB_CACHE=${DEB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pvh-xen/debs}
+
+deb_say() { echo "${DEB_SAY_PREFIX:-debian}: $*" >&2; }
+
+# deb_fetch PKG[=VERSION|/SUITE]... : downloads each package (not its dependencies) into
+# $DEB_CACHE unless a matching file is already there; prints the .deb paths, one per
+# line, in argument order. Fails naming the package that could not be fetched.
+deb_fetch() {
+    mkdir -p "$DEB_CACHE"
+    local spec name found
+    for spec in "$@"; do
+        name=${spec%%[=/]*}
+        found=$(ls -1 "$DEB_CACHE/${name}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
+        if [ -z "$found" ]; then
+            if ! (cd "$DEB_CACHE" && apt-get download -qq "$spec" >/dev/null 2>&1); then
+                # The lists may be stale on a fresh machine: refresh once, then retry.
+                if [ -z "${DEB_UPDATED:-}" ]; then
+                    if [ "$(id -u)" -eq 0 ]; then apt-get update -qq >/dev/null; else sudo apt-get update -qq >/dev/null; fi
+                    DEB_UPDATED=1
+                fi
+                (cd "$DEB_CACHE" && apt-get download -qq "$spec" >/dev/null 2>&1) || {
+                    deb_say "cannot download Debian package '$spec' (apt-get download failed)"
+                    return 1
+                }
+            fi
+            found=$(ls -1 "$DEB_CACHE/${name}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
+            [ -n "$found" ] || { deb_say "package '$spec' downloaded but no ${name}_*.deb in $DEB_CACHE"; return 1; }
+        fi
+        echo "$found"
+    done
+}
+
+# deb_extract DEST PKG... : fetches the packages and unpacks all of them into DEST.
+deb_extract() {
+    local dest=$1 deb
+    shift
+    mkdir -p "$dest"
+    deb_fetch "$@" >"$dest.debs" || { rm -f "$dest.debs"; return 1; }
+    while IFS= read -r deb; do
+        dpkg-deb -x "$deb" "$dest" || { deb_say "cannot unpack $deb"; rm -f "$dest.debs"; return 1; }
+    done <"$dest.debs"
+    rm -f "$dest.debs"
+}
