@@ -2,7 +2,7 @@
 //!
 //! | option | values | default |
 //! |---|---|---|
-//! | `console=` | comma list of `com1`, `e9`; or `auto` | `auto`: COM1 if a UART answers, else port 0xe9 |
+//! | `console=` | comma list of `com1`, `e9`, `xen`, `xenio`; or `auto` | `auto`: COM1 if a UART answers, else port 0xe9 |
 //! | `loglevel=` | `error` `warn` `info` `debug` `trace` | `info` |
 //! | `selftest=` | comma list of `boot`, `xen`, `fault`, `stack`, `panic`, `triple`, `hang`; or `none` | `boot` |
 //! | `heap=` | size with optional `K`/`M` suffix | `4M` |
@@ -34,7 +34,7 @@ pub enum LogLevel {
 }
 
 /// Which console sinks to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConsoleSel {
     /// Probe: COM1 if present, else port 0xe9.
     pub auto: bool,
@@ -42,6 +42,27 @@ pub struct ConsoleSel {
     pub com1: bool,
     /// The Bochs/QEMU/Xen debug port 0xe9.
     pub e9: bool,
+    /// Xen's PV console ring (`HVM_PARAM_CONSOLE_PFN`), once the Xen interface is up.
+    pub xen: bool,
+    /// Xen's own console through the `console_io` hypercall, from as soon as the
+    /// hypercall page is installed (real Xen refuses it to an ordinary domU).
+    pub xenio: bool,
+}
+
+impl ConsoleSel {
+    /// `console=auto`.
+    pub const AUTO: Self = Self {
+        auto: true,
+        com1: false,
+        e9: false,
+        xen: false,
+        xenio: false,
+    };
+
+    /// Whether a Xen sink is asked for (output waits in a buffer until Xen is up).
+    pub fn wants_xen(&self) -> bool {
+        self.xen || self.xenio
+    }
 }
 
 /// Self-tests and test hooks requested.
@@ -107,11 +128,7 @@ impl<'a> Options<'a> {
     /// Parses a command line.
     pub fn parse(cmdline: &'a str) -> Result<Self, BadOption<'a>> {
         let mut o = Options {
-            console: ConsoleSel {
-                auto: true,
-                com1: false,
-                e9: false,
-            },
+            console: ConsoleSel::AUTO,
             loglevel: LogLevel::Info,
             selftest: SelfTests {
                 boot: true,
@@ -128,7 +145,7 @@ impl<'a> Options<'a> {
                 "console" => {
                     o.console = parse_console(value).ok_or(BadOption {
                         word,
-                        expected: "auto, or a comma list of com1, e9",
+                        expected: "auto, or a comma list of com1, e9, xen, xenio",
                     })?
                 }
                 "loglevel" => {
@@ -169,7 +186,7 @@ impl<'a> Options<'a> {
         self.raw
             .split_ascii_whitespace()
             .filter(|w| match w.split_once('=') {
-                Some((k, _)) => !KNOWN.contains(&k),
+                Some((k, _)) => !KNOWN.contains(&k) && !crate::ioopts::is_known(k),
                 None => true,
             })
     }
@@ -177,21 +194,15 @@ impl<'a> Options<'a> {
 
 fn parse_console(v: &str) -> Option<ConsoleSel> {
     if v == "auto" {
-        return Some(ConsoleSel {
-            auto: true,
-            com1: false,
-            e9: false,
-        });
+        return Some(ConsoleSel::AUTO);
     }
-    let mut c = ConsoleSel {
-        auto: false,
-        com1: false,
-        e9: false,
-    };
+    let mut c = ConsoleSel::default();
     for part in v.split(',') {
         match part {
             "com1" => c.com1 = true,
             "e9" => c.e9 = true,
+            "xen" => c.xen = true,
+            "xenio" => c.xenio = true,
             _ => return None,
         }
     }
@@ -257,11 +268,16 @@ mod tests {
         assert_eq!(
             o.console,
             ConsoleSel {
-                auto: false,
                 com1: true,
-                e9: true
+                e9: true,
+                ..ConsoleSel::default()
             }
         );
+        let xen = Options::parse("console=xen,e9").unwrap().console;
+        assert!(xen.xen && xen.e9 && !xen.xenio && !xen.auto && xen.wants_xen());
+        let xenio = Options::parse("console=xenio").unwrap().console;
+        assert!(xenio.xenio && !xenio.xen && xenio.wants_xen());
+        assert!(!Options::parse("console=auto").unwrap().console.wants_xen());
         assert_eq!(o.loglevel, LogLevel::Debug);
         assert!(o.selftest.boot && o.selftest.fault && !o.selftest.hang);
         assert_eq!(o.heap_bytes, 8 << 20);
@@ -293,6 +309,8 @@ mod tests {
         for bad in [
             "console=vga",
             "console=",
+            "console=xen,",
+            "console=pv",
             "loglevel=loud",
             "selftest=boot,xyz",
             "heap=lots",

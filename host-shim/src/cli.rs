@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
+use crate::backends::spec::{DiskSpec, NetSpec, SpecError};
 use crate::devices::console::ConsoleSink;
 use crate::vmm::{Kernel, VmConfig, Vmm};
 use crate::{EXIT_SHIM_ERROR, boot};
@@ -79,6 +80,23 @@ pub struct RunArgs {
     /// The guest's name in xenstore.
     #[arg(long, value_name = "NAME", default_value = "guest", value_parser = parse_name)]
     pub name: String,
+    /// A PV disk (blkback) on a raw image file, the guest's xvda, xvdb, ... in order:
+    /// `PATH[,ro][,create=SIZE][,direct]` (create= makes the file if absent; direct
+    /// opens it with O_DIRECT). Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    pub disk: Vec<DiskSpec>,
+    /// A PV network interface (netback) on a TAP device, created if absent:
+    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`. Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    pub net: Vec<NetSpec>,
+}
+
+fn parse_disk(s: &str) -> Result<DiskSpec, String> {
+    s.parse().map_err(|e: SpecError| e.to_string())
+}
+
+fn parse_net(s: &str) -> Result<NetSpec, String> {
+    s.parse().map_err(|e: SpecError| e.to_string())
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -166,6 +184,8 @@ impl RunArgs {
             xen: !self.no_xen,
             domid: self.domid,
             name: self.name.clone(),
+            disks: self.disk.clone(),
+            nets: self.net.clone(),
         })
     }
 }

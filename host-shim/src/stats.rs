@@ -107,6 +107,9 @@ pub struct RunStats {
     /// The Xen interface's counters, when the guest had it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xen: Option<crate::xen::XenStats>,
+    /// Each PV backend's counters, by device name ("vbd-51712", "vif-0").
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, serde_json::Value>,
 }
 
 impl RunStats {

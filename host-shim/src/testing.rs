@@ -4,8 +4,23 @@
 //! [`ElfBuilder`] writes an ELF64 x86-64 executable: the header, one `PT_LOAD` per
 //! segment, and one 4-aligned `PT_NOTE` holding any extra notes followed by the
 //! `XEN_ELFNOTE_PHYS32_ENTRY` note with an 8-byte descriptor, as our guest emits it.
+//!
+//! [`xen_without_kvm`] gives the shim's Xen interface over plain memory, for tests that
+//! need no vCPU.
+
+pub mod fuzz;
+
+pub use fuzz::{fuzz_hypercall, fuzz_xenstore};
+
+use std::sync::Arc;
+
+use pv_drivers::abi::xen::DomId;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::elf::{XEN_ELFNOTE_PHYS32_ENTRY, XEN_NOTE_NAME};
+use crate::kvm::{InterruptLog, Interrupter};
+use crate::xen::guest_mem::{GuestRam, PAGE_SIZE};
+use crate::xen::{Xen, XenConfig};
 
 #[derive(Debug, Clone)]
 struct Segment {
@@ -186,3 +201,29 @@ pub fn pvh_kernel(code: &[u8]) -> Vec<u8> {
         .pvh_entry(LOAD)
         .build()
 }
+
+/// A Xen interface for a guest with `mib` MiB of fresh RAM at address 0, without KVM:
+/// the upcalls it injects go to the returned log. The xenstore and console rings are
+/// the last two pages of RAM; xenstored serves the former, the latter has no backend.
+/// For unit tests and fuzzing of the hypercall dispatcher and grant tables.
+pub fn xen_without_kvm(mib: u64) -> (Arc<Xen>, InterruptLog) {
+    let bytes = mib << 20;
+    let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)])
+        .expect("mapping test guest RAM");
+    let config = XenConfig {
+        domid: TEST_DOMID,
+        name: "guest".into(),
+        tsc_khz: 1_000_000,
+        ram_pages: bytes / PAGE_SIZE,
+        max_gpfn: bytes / PAGE_SIZE - 1,
+        store_page: bytes - 2 * PAGE_SIZE,
+        console_page: bytes - PAGE_SIZE,
+    };
+    let (irq, log) = Interrupter::recording();
+    let xen = Xen::new(config, GuestRam::new(ram), irq, 0).expect("Xen interface");
+    xen.attach_xenstore().expect("xenstored");
+    (xen, log)
+}
+
+/// The guest's domain id in [`xen_without_kvm`].
+pub const TEST_DOMID: DomId = 7;

@@ -185,6 +185,10 @@ pub struct VmConfig {
     pub domid: u16,
     /// The guest's name in xenstore.
     pub name: String,
+    /// PV disks (blkback), in xvda, xvdb, ... order.
+    pub disks: Vec<crate::backends::spec::DiskSpec>,
+    /// PV network interfaces (netback on TAP devices).
+    pub nets: Vec<crate::backends::spec::NetSpec>,
 }
 
 impl VmConfig {
@@ -199,6 +203,8 @@ impl VmConfig {
             xen: true,
             domid: xen::DEFAULT_DOMID,
             name: "guest".into(),
+            disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 }
@@ -345,6 +351,7 @@ pub struct Vmm {
     vm: Vm,
     vcpu: Vcpu,
     xen: Option<Arc<Xen>>,
+    backends: Vec<crate::backends::Running>,
     pio: Bus,
     mmio: Bus,
     console: ConsoleSink,
@@ -363,7 +370,15 @@ impl Vmm {
             xen: with_xen,
             domid,
             name,
+            disks,
+            nets,
         } = config;
+        if !with_xen && (!disks.is_empty() || !nets.is_empty()) {
+            return Err(Error::Xen(
+                "--disk and --net are PV devices: they need the Xen interface (drop --no-xen)"
+                    .into(),
+            ));
+        }
         if with_xen && !(1..pv_drivers::abi::xen::DOMID_FIRST_RESERVED).contains(&domid) {
             return Err(Error::Xen(format!(
                 "domain id {domid} is not a guest domain id (1..{})",
@@ -445,10 +460,16 @@ impl Vmm {
         } else {
             None
         };
+        // The toolstack's part: device nodes exist before the guest runs.
+        let backends = match &xen {
+            Some(xen) => crate::backends::start(xen, &disks, &nets).map_err(Error::Xen)?,
+            None => Vec::new(),
+        };
         Ok(Self {
             vm,
             vcpu,
             xen,
+            backends,
             pio,
             mmio: Bus::new(),
             console,
@@ -474,6 +495,7 @@ impl Vmm {
             vm,
             vcpu,
             xen,
+            backends,
             pio,
             mmio,
             console,
@@ -548,6 +570,10 @@ impl Vmm {
         if let Some(timer) = timer {
             let _ = timer.join();
         }
+        let backend_stats: std::collections::BTreeMap<String, serde_json::Value> = backends
+            .into_iter()
+            .map(|b| (b.name().replace(' ', "-"), b.stop()))
+            .collect();
         // All of a finished guest's output reaches the host; after a timeout, give the
         // host a moment but do not wait on a blocked output.
         let timed_out = received
@@ -562,6 +588,7 @@ impl Vmm {
 
         let (result, mut stats) = received.ok_or(Error::VcpuThreadLost)?;
         stats.xen = xen.as_ref().map(|x| x.stats());
+        stats.backends = backend_stats;
         let outcome = match result? {
             Some(outcome) => outcome,
             // Stopped: only the watchdog sets the flag.

@@ -412,6 +412,10 @@ static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 pub struct HostGrantTable<M> {
     mem: M,
     id: u64,
+    /// Entries in the table now (`mem.len() / ENTRY_SIZE`).
+    nr: usize,
+    /// Private state per entry; never shorter than `nr` (see
+    /// [`update_memory`](Self::update_memory)).
     active: Vec<Active>,
 }
 
@@ -423,6 +427,7 @@ impl<M: SharedMemory> HostGrantTable<M> {
         Self {
             mem,
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+            nr,
             active: vec![Active::default(); nr],
         }
     }
@@ -432,9 +437,27 @@ impl<M: SharedMemory> HostGrantTable<M> {
         &self.mem
     }
 
+    /// Changes the table memory with `f` and adopts its new size: the guest added
+    /// grant frames (Xen's `gnttab_grow_table`) or moved one to another address.
+    /// Returns what `f` returns.
+    ///
+    /// Pins survive: the private state of every entry is kept, and the entries' flags
+    /// are wherever `f` leaves them, so `f` must carry over the contents of a frame it
+    /// replaces (Xen's frames keep theirs when the guest maps them elsewhere). Should
+    /// the memory shrink, the entries beyond its end keep their private state, so
+    /// accesses to them still end, but no new access begins there.
+    pub fn update_memory<R>(&mut self, f: impl FnOnce(&mut M) -> R) -> R {
+        let r = f(&mut self.mem);
+        self.nr = self.mem.len() / ENTRY_SIZE;
+        if self.active.len() < self.nr {
+            self.active.resize(self.nr, Active::default());
+        }
+        r
+    }
+
     /// Entries in the table.
     pub fn nr_entries(&self) -> usize {
-        self.active.len()
+        self.nr
     }
 
     /// `(readers, writers)` holding `gref` (a write access counts as a writer only).
@@ -442,6 +465,11 @@ impl<M: SharedMemory> HostGrantTable<M> {
         self.active
             .get(gref as usize)
             .map(|a| (a.readers, a.writers))
+    }
+
+    /// Entries with at least one access in flight.
+    pub fn pinned_entries(&self) -> usize {
+        self.active.iter().filter(|a| a.pins() > 0).count()
     }
 
     /// Begins an access by domain `by` to the frame granted in `gref`, for writing if
@@ -460,6 +488,7 @@ impl<M: SharedMemory> HostGrantTable<M> {
         let act = *self
             .active
             .get(gref as usize)
+            .filter(|_| (gref as usize) < self.nr)
             .ok_or(AccessError::BadRef(gref))?;
         let off = gref as usize * ENTRY_SIZE;
         if act.pins() > 0 && act.domid != by {
@@ -802,6 +831,64 @@ mod tests {
         h.end_access(rd).unwrap();
         h.end_access(rd2).unwrap();
         assert_eq!(flags(&g, r), GTF_PERMIT_ACCESS);
+    }
+
+    /// The guest places a second frame while the backend holds a pin in the first,
+    /// then moves the first frame elsewhere: the host table grows, the pin survives the
+    /// move, and ending it clears the flags in the frame's new place.
+    #[test]
+    fn host_table_grows_and_moves_frames_keeping_pins() {
+        use crate::shmem::PagedMemory;
+        let (f0, f1) = (SharedArc::new(4096), SharedArc::new(4096));
+        let frames = || PagedMemory::from_pages([f0.clone(), f1.clone()]).unwrap();
+        let mut g = GrantTable::new(frames()).unwrap();
+        let mut h = HostGrantTable::new(PagedMemory::from_pages([f0.clone()]).unwrap());
+        assert_eq!(h.nr_entries(), 512);
+
+        let r0 = g.grant_access(BACKEND, 7, false).unwrap();
+        let r1 = loop {
+            let r = g.claim().unwrap();
+            if r >= 512 {
+                break r;
+            }
+        };
+        g.grant_access_ref(r1, BACKEND, 8, true).unwrap();
+        let a = h.begin_access(r0, BACKEND, true).unwrap();
+        assert_eq!(
+            h.begin_access(r1, BACKEND, false),
+            Err(AccessError::BadRef(r1))
+        );
+
+        h.update_memory(|m| m.set_page(1, f1.clone()).map(|_| ()))
+            .unwrap();
+        assert_eq!(h.nr_entries(), 1024);
+        let b = h.begin_access(r1, BACKEND, false).unwrap();
+        assert_eq!(
+            (b.frame(), h.pins(r0), h.pinned_entries()),
+            (8, Some((0, 1)), 2)
+        );
+
+        // Frame 0 moves, carrying its contents (and the pin's flags) along.
+        let moved = SharedArc::new(4096);
+        let old = h.update_memory(|m| {
+            let mut page = [0u8; 4096];
+            m.read_bytes(0, &mut page);
+            moved.write_bytes(0, &page);
+            m.set_page(0, moved.clone())
+        });
+        assert!(matches!(old, Ok(Some(_))));
+        let off = r0 as usize * ENTRY_SIZE;
+        assert_eq!(
+            moved.load_u16(off, Ordering::Relaxed),
+            GTF_PERMIT_ACCESS | GTF_READING | GTF_WRITING
+        );
+        h.end_access(a).unwrap();
+        assert_eq!(moved.load_u16(off, Ordering::Relaxed), GTF_PERMIT_ACCESS);
+        assert_eq!(h.pinned_entries(), 1);
+
+        h.end_access(b).unwrap();
+        assert_eq!(h.pinned_entries(), 0);
+        assert_eq!(g.end_access(r1), Ok(()));
     }
 
     #[test]

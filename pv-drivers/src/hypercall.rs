@@ -95,11 +95,12 @@ const _: () = assert!(core::mem::offset_of!(XenFeatureInfo, submap) == 4);
 /// The raw hypercall interface.
 ///
 /// **Addresses.** Every pointer argument the wrappers pass is the address of the
-/// caller's own memory (a local structure, a slice) as the guest kernel sees it. Xen
-/// translates such addresses through the guest's page tables; host-shim takes them as
-/// guest-physical addresses. The guest kernel is identity-mapped (virtual address =
-/// guest-physical address), so both agree, provided that memory passed to a hypercall
-/// (stack, heap, statics) stays identity-mapped.
+/// caller's own memory (a local structure, a slice) as the guest kernel sees it: a
+/// guest-virtual address. Xen (`copy_from_guest`) and host-shim alike translate it
+/// through the calling vCPU's current page tables, page by page, so the memory passed
+/// to a hypercall (stack, heap, statics) must be mapped (and writable where the
+/// hypercall writes) in the address space that makes the call; it need not be
+/// identity-mapped, nor physically contiguous.
 ///
 /// # Safety
 ///

@@ -356,6 +356,11 @@ impl<M: SharedMemory, Req: RingEntry, Rsp: RingEntry> FrontRing<M, Req, Rsp> {
         &self.mem
     }
 
+    /// Gives the shared memory back (a driver tearing down frees the ring page).
+    pub fn into_memory(self) -> M {
+        self.mem
+    }
+
     /// Writes `req` into the next free slot (`RING_GET_REQUEST(req_prod_pvt++)`). The
     /// backend sees it only after
     /// [`push_requests_and_check_notify`](Self::push_requests_and_check_notify).

@@ -6,7 +6,10 @@
 //! over [`SharedMemory`]. The guest implements it over a page it owns or granted
 //! ([`RawSharedMemory`]), the shim over guest RAM (also [`RawSharedMemory`], on the host
 //! mapping of a checked guest range), and tests over [`HeapSharedMemory`], so front and
-//! back halves exchange real messages in a plain `cargo test`.
+//! back halves exchange real messages in a plain `cargo test`. [`PagedMemory`] joins
+//! separate pages into one region: the hypervisor's view of a guest's grant-table
+//! frames, or of a multi-page ring granted page by page, which lie at unrelated
+//! addresses.
 //!
 //! The other side may write anything at any time. Nothing read through this trait is
 //! trusted: callers copy values out once and check them before use.
@@ -17,6 +20,7 @@
 //! compare-exchange fails (and `debug_assert!` flags it in tests). Multi-byte values are
 //! little-endian, as on x86.
 
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 /// A region of memory shared with another domain.
@@ -434,6 +438,197 @@ impl SharedMemory for HeapSharedMemory {
     }
 }
 
+/// Bytes in each piece of a [`PagedMemory`].
+pub const PAGE_SIZE: usize = 4096;
+
+/// One region made of separate page-sized pieces: page `i` covers offsets
+/// `i * PAGE_SIZE..(i + 1) * PAGE_SIZE`. The pieces may lie anywhere (guest frames the
+/// guest placed at scattered addresses), and may be replaced or added while the region
+/// is in use by its owner.
+///
+/// A page may be absent (a hole, e.g. a grant-table frame the guest has not placed
+/// yet): it reads as zeros, drops stores and fails every compare-exchange with `Err(0)`,
+/// like an access outside the region, but without flagging a bug, because which pages
+/// exist is the peer's choice.
+///
+/// Atomic accesses are naturally aligned (the trait requires it) and pages are
+/// `PAGE_SIZE`-aligned in the region, so no atomic crosses a page; byte copies may, and
+/// are split.
+#[derive(Debug)]
+pub struct PagedMemory<M> {
+    pages: Vec<Option<M>>,
+}
+
+impl<M> Default for PagedMemory<M> {
+    fn default() -> Self {
+        Self { pages: Vec::new() }
+    }
+}
+
+impl<M: SharedMemory> PagedMemory<M> {
+    /// An empty region.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A region of `pages` in order; `Err` returns the first piece that is not
+    /// `PAGE_SIZE` bytes long.
+    pub fn from_pages(pages: impl IntoIterator<Item = M>) -> Result<Self, M> {
+        let mut m = Self::new();
+        for page in pages {
+            let i = m.pages.len();
+            m.set_page(i, page)?;
+        }
+        Ok(m)
+    }
+
+    /// Pages in the region (holes included).
+    pub fn nr_pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Page `index`, unless it is a hole or beyond the end.
+    pub fn page(&self, index: usize) -> Option<&M> {
+        self.pages.get(index).and_then(Option::as_ref)
+    }
+
+    /// Puts `page` at `index`, growing the region (with holes) to reach it; returns the
+    /// page it replaces. A piece that is not `PAGE_SIZE` bytes long is refused and
+    /// handed back. The caller bounds `index`: the region grows to `index + 1` pages.
+    pub fn set_page(&mut self, index: usize, page: M) -> Result<Option<M>, M> {
+        if page.len() != PAGE_SIZE {
+            return Err(page);
+        }
+        if index >= self.pages.len() {
+            self.pages.resize_with(index + 1, || None);
+        }
+        Ok(self.pages[index].replace(page))
+    }
+
+    /// Takes page `index` out, leaving a hole.
+    pub fn take_page(&mut self, index: usize) -> Option<M> {
+        self.pages.get_mut(index).and_then(Option::take)
+    }
+
+    /// The page holding an access of `size` bytes at `offset` (aligned to `size`), and
+    /// the offset within it; `None` outside the region, misaligned, or in a hole.
+    fn at(&self, offset: usize, size: usize) -> Option<(&M, usize)> {
+        if !check(offset, size, size, self.len()) {
+            return None;
+        }
+        let page = self.page(offset / PAGE_SIZE)?;
+        Some((page, offset % PAGE_SIZE))
+    }
+
+    /// Splits `offset..offset + len` (already checked to lie in the region) at page
+    /// boundaries: `(page, offset in page, offset in the caller's buffer, length)`.
+    fn pieces(
+        &self,
+        offset: usize,
+        len: usize,
+    ) -> impl Iterator<Item = (Option<&M>, usize, usize, usize)> {
+        let mut done = 0;
+        core::iter::from_fn(move || {
+            if done == len {
+                return None;
+            }
+            let at = offset + done;
+            let within = at % PAGE_SIZE;
+            let n = (len - done).min(PAGE_SIZE - within);
+            let piece = (self.page(at / PAGE_SIZE), within, done, n);
+            done += n;
+            Some(piece)
+        })
+    }
+}
+
+impl<M: SharedMemory> SharedMemory for PagedMemory<M> {
+    fn len(&self) -> usize {
+        self.pages.len() * PAGE_SIZE
+    }
+
+    fn load_u8(&self, offset: usize, order: Ordering) -> u8 {
+        self.at(offset, 1).map_or(0, |(p, o)| p.load_u8(o, order))
+    }
+    fn store_u8(&self, offset: usize, value: u8, order: Ordering) {
+        if let Some((p, o)) = self.at(offset, 1) {
+            p.store_u8(o, value, order);
+        }
+    }
+
+    fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
+        self.at(offset, 2).map_or(0, |(p, o)| p.load_u16(o, order))
+    }
+    fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
+        if let Some((p, o)) = self.at(offset, 2) {
+            p.store_u16(o, value, order);
+        }
+    }
+    fn compare_exchange_u16(&self, offset: usize, current: u16, new: u16) -> Result<u16, u16> {
+        self.at(offset, 2)
+            .map_or(Err(0), |(p, o)| p.compare_exchange_u16(o, current, new))
+    }
+
+    fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
+        self.at(offset, 4).map_or(0, |(p, o)| p.load_u32(o, order))
+    }
+    fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
+        if let Some((p, o)) = self.at(offset, 4) {
+            p.store_u32(o, value, order);
+        }
+    }
+    fn compare_exchange_u32(&self, offset: usize, current: u32, new: u32) -> Result<u32, u32> {
+        self.at(offset, 4)
+            .map_or(Err(0), |(p, o)| p.compare_exchange_u32(o, current, new))
+    }
+
+    fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
+        self.at(offset, 8).map_or(0, |(p, o)| p.load_u64(o, order))
+    }
+    fn store_u64(&self, offset: usize, value: u64, order: Ordering) {
+        if let Some((p, o)) = self.at(offset, 8) {
+            p.store_u64(o, value, order);
+        }
+    }
+    fn swap_u64(&self, offset: usize, value: u64, order: Ordering) -> u64 {
+        self.at(offset, 8)
+            .map_or(0, |(p, o)| p.swap_u64(o, value, order))
+    }
+    fn fetch_or_u64(&self, offset: usize, bits: u64, order: Ordering) -> u64 {
+        self.at(offset, 8)
+            .map_or(0, |(p, o)| p.fetch_or_u64(o, bits, order))
+    }
+    fn fetch_and_u64(&self, offset: usize, bits: u64, order: Ordering) -> u64 {
+        self.at(offset, 8)
+            .map_or(0, |(p, o)| p.fetch_and_u64(o, bits, order))
+    }
+
+    fn read_bytes(&self, offset: usize, buf: &mut [u8]) {
+        if !check(offset, buf.len(), 1, self.len()) {
+            buf.fill(0);
+            return;
+        }
+        for (page, within, at, n) in self.pieces(offset, buf.len()) {
+            let chunk = &mut buf[at..at + n];
+            match page {
+                Some(p) => p.read_bytes(within, chunk),
+                None => chunk.fill(0),
+            }
+        }
+    }
+
+    fn write_bytes(&self, offset: usize, data: &[u8]) {
+        if !check(offset, data.len(), 1, self.len()) {
+            return;
+        }
+        for (page, within, at, n) in self.pieces(offset, data.len()) {
+            if let Some(p) = page {
+                p.write_bytes(within, &data[at..at + n]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,5 +697,111 @@ mod tests {
             assert_eq!(m.fetch_or_u64(4, 1, Ordering::Relaxed), 0);
             assert_eq!(m.load_u64(0, Ordering::Relaxed), 0);
         }
+    }
+
+    fn paged(pages: usize) -> PagedMemory<HeapSharedMemory> {
+        PagedMemory::from_pages((0..pages).map(|_| HeapSharedMemory::new(PAGE_SIZE))).unwrap()
+    }
+
+    #[test]
+    fn paged_memory_bytes_and_words_agree() {
+        exercise(&paged(1));
+        // The same checks on the second page, through the page itself.
+        let m = paged(2);
+        exercise(m.page(1).unwrap());
+        assert_eq!(
+            m.load_u64(PAGE_SIZE, Ordering::Relaxed),
+            0xdead_beef_0302_0100
+        );
+        assert_eq!(m.load_u64(PAGE_SIZE + 16, Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn paged_memory_splits_copies_at_page_boundaries() {
+        let m = paged(3);
+        assert_eq!(m.len(), 3 * PAGE_SIZE);
+        // A copy across all three pages lands in each, in order.
+        let data: Vec<u8> = (0..PAGE_SIZE + 20).map(|i| i as u8).collect();
+        m.write_bytes(PAGE_SIZE - 10, &data);
+        let mut tail = [0u8; 10];
+        m.page(0).unwrap().read_bytes(PAGE_SIZE - 10, &mut tail);
+        assert_eq!(tail[..], data[..10]);
+        let mut head = [0u8; 10];
+        m.page(2).unwrap().read_bytes(0, &mut head);
+        assert_eq!(head[..], data[PAGE_SIZE + 10..]);
+        let mut back = vec![0u8; data.len()];
+        m.read_bytes(PAGE_SIZE - 10, &mut back);
+        assert_eq!(back, data);
+        // Atomics on either side of a boundary reach the right page.
+        m.store_u64(PAGE_SIZE - 8, u64::MAX, Ordering::Relaxed);
+        m.store_u64(PAGE_SIZE, 1, Ordering::Relaxed);
+        assert_eq!(
+            m.page(0)
+                .unwrap()
+                .load_u64(PAGE_SIZE - 8, Ordering::Relaxed),
+            u64::MAX
+        );
+        assert_eq!(m.page(1).unwrap().load_u64(0, Ordering::Relaxed), 1);
+        assert_eq!(m.compare_exchange_u32(2 * PAGE_SIZE + 16, 0, 9), Ok(0));
+        assert_eq!(m.page(2).unwrap().load_u32(16, Ordering::Relaxed), 9);
+    }
+
+    #[test]
+    fn paged_memory_holes_read_zero_and_pages_can_be_replaced() {
+        let mut m = PagedMemory::new();
+        assert_eq!(m.len(), 0);
+        assert!(
+            m.set_page(2, HeapSharedMemory::new(PAGE_SIZE))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!((m.nr_pages(), m.len()), (3, 3 * PAGE_SIZE));
+        assert!(m.page(0).is_none() && m.page(1).is_none() && m.page(2).is_some());
+        // A hole: zeros in, stores dropped, compare-exchange fails.
+        m.store_u32(8, 5, Ordering::Relaxed);
+        assert_eq!(m.load_u32(8, Ordering::Relaxed), 0);
+        assert_eq!(m.compare_exchange_u16(8, 0, 1), Err(0));
+        assert_eq!(m.fetch_or_u64(PAGE_SIZE, 1, Ordering::Relaxed), 0);
+        // A copy through a hole into a page: only the page's part sticks.
+        m.write_bytes(2 * PAGE_SIZE - 2, &[1, 2, 3, 4]);
+        let mut buf = [9u8; 4];
+        m.read_bytes(2 * PAGE_SIZE - 2, &mut buf);
+        assert_eq!(buf, [0, 0, 3, 4]);
+        // Filling the hole; replacing a page returns the old one.
+        let first = HeapSharedMemory::new(PAGE_SIZE);
+        first.store_u8(0, 0x11, Ordering::Relaxed);
+        assert!(m.set_page(0, first).unwrap().is_none());
+        assert_eq!(m.load_u8(0, Ordering::Relaxed), 0x11);
+        let old = m
+            .set_page(0, HeapSharedMemory::new(PAGE_SIZE))
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.load_u8(0, Ordering::Relaxed), 0x11);
+        assert_eq!(m.load_u8(0, Ordering::Relaxed), 0);
+        assert!(m.take_page(2).is_some());
+        assert_eq!(m.load_u8(2 * PAGE_SIZE + 3, Ordering::Relaxed), 0);
+        assert_eq!(m.nr_pages(), 3, "taking a page leaves a hole");
+        // Pieces of another size are refused.
+        let wrong = HeapSharedMemory::new(PAGE_SIZE - 8);
+        assert_eq!(m.set_page(1, wrong).unwrap_err().len(), PAGE_SIZE - 8);
+        assert!(PagedMemory::from_pages([HeapSharedMemory::new(8)]).is_err());
+        assert!(m.page(1).is_none());
+    }
+
+    #[test]
+    #[cfg(not(debug_assertions))]
+    fn paged_memory_out_of_range_is_harmless() {
+        let m = paged(2);
+        let mut buf = [9u8; 4];
+        m.read_bytes(2 * PAGE_SIZE - 2, &mut buf);
+        assert_eq!(buf, [0; 4]);
+        m.write_bytes(2 * PAGE_SIZE - 2, &[1, 2, 3]);
+        assert_eq!(m.load_u16(2 * PAGE_SIZE - 2, Ordering::Relaxed), 0);
+        assert_eq!(m.load_u64(2 * PAGE_SIZE, Ordering::Relaxed), 0);
+        m.store_u32(2 * PAGE_SIZE, 1, Ordering::Relaxed);
+        // Misaligned: would cross a page boundary.
+        m.store_u64(PAGE_SIZE - 4, u64::MAX, Ordering::Relaxed);
+        assert_eq!(m.load_u32(PAGE_SIZE - 4, Ordering::Relaxed), 0);
+        assert_eq!(m.compare_exchange_u32(PAGE_SIZE - 2, 0, 1), Err(0));
     }
 }

@@ -6,11 +6,12 @@ use system_tests::{Machine, guest_image, kvm_available, run_qemu, run_shim, stat
 
 const TIMEOUT: &str = "120";
 
-const XEN_TESTS: [&str; 7] = [
+const XEN_TESTS: [&str; 8] = [
     "xen_store_identity",
     "xen_store_rw",
     "xen_store_watch",
     "xen_store_transaction",
+    "xen_store_wait_blocks",
     "xen_evtchn_loopback",
     "xen_grant_copy",
     "xen_timer",
@@ -32,9 +33,20 @@ fn selftest_xen_passes_under_the_shim_and_ends_with_schedop_shutdown() {
     for test in XEN_TESTS {
         run.assert_contains(&format!("selftest: {test}: PASS"));
     }
-    run.assert_line("selftest: 7 passed, 0 failed");
+    run.assert_line("selftest: 8 passed, 0 failed");
     run.assert_contains("selftest: xen_evtchn_loopback: PASS (ports ");
     run.assert_line("guest: exit status 0");
+    // The xenstore client blocks in SCHEDOP_poll rather than spinning: its 30 ms wait
+    // with nothing to come took a few polls (the shim ends each after 10 ms at most).
+    // The client's other waits end at once: the shim answers during the notification.
+    run.assert_contains("selftest: xen_store_wait_blocks: PASS (woke ");
+    let [waits, wakeups] = line_numbers(&run.stdout, "xen: xenstore client waited ")[..] else {
+        panic!("{}", run.stdout);
+    };
+    assert!(
+        waits >= 2 && wakeups <= waits + 10,
+        "{waits} waits, {wakeups} wake-ups"
+    );
 
     let v = stats_json(&run.stderr);
     assert_eq!(v["outcome"]["kind"], "xen_shutdown", "{v}");
@@ -54,6 +66,7 @@ fn selftest_xen_passes_under_the_shim_and_ends_with_schedop_shutdown() {
         assert!(calls[name].as_u64().unwrap_or(0) >= 1, "{name}: {v}");
     }
     assert_eq!(xen["hypercall_errors"], 0, "{v}");
+    assert!(calls["sched_op.poll"].as_u64() >= Some(2), "{v}");
     assert!(xen["upcalls_injected"].as_u64().unwrap_or(0) >= 1, "{v}");
     assert!(xen["timer_fires"].as_u64().unwrap_or(0) >= 1, "{v}");
     let store = &xen["xenstore"];
@@ -71,6 +84,105 @@ fn selftest_xen_passes_under_the_shim_and_ends_with_schedop_shutdown() {
         Some(total),
         "{v}"
     );
+}
+
+/// The numbers in the line starting with `prefix`.
+fn line_numbers(stdout: &str, prefix: &str) -> Vec<u64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line '{prefix}...' in:\n{stdout}"));
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+/// PIO exits at `port` in the shim's stats (0 if none).
+fn port_exits(v: &serde_json::Value, port: &str) -> u64 {
+    v["stats"]["pio_ports"][port].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn console_xen_logs_through_the_pv_console_ring() {
+    if !kvm_available("xen::console_xen_logs_through_the_pv_console_ring") {
+        return;
+    }
+    let run = run_shim(
+        guest_image(),
+        "selftest=xen console=xen",
+        &["--timeout", TIMEOUT, "--stats"],
+    );
+    assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    // Lines from before the Xen interface came up (buffered, then replayed), from
+    // after, and the exit line.
+    assert!(
+        run.stdout.starts_with("guest-kernel "),
+        "early lines first: {}",
+        run.stdout
+    );
+    run.assert_line("console: xen (from Xen bring-up)");
+    run.assert_contains("pvh: memmap: ");
+    run.assert_contains("xen: Xen 4.17 at CPUID 0x40000000");
+    run.assert_line("selftest: 8 passed, 0 failed");
+    run.assert_line("guest: exit status 0");
+    assert!(!run.stdout.contains("warning: console"), "{}", run.stdout);
+    // Not one byte went out by COM1 (its line-status register is read before every
+    // byte) or port 0xe9: everything came through the ring and its backend.
+    let v = stats_json(&run.stderr);
+    assert_eq!(port_exits(&v, "0x3fd"), 0, "{v}");
+    assert_eq!(port_exits(&v, "0xe9"), 0, "{v}");
+    let sends = v["stats"]["xen"]["hypercalls"]["event_channel_op.send"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(sends >= 50, "one notification per log line at least: {v}");
+}
+
+#[test]
+fn console_xenio_logs_through_console_io() {
+    if !kvm_available("xen::console_xenio_logs_through_console_io") {
+        return;
+    }
+    let run = run_shim(
+        guest_image(),
+        "selftest=none console=xenio",
+        &["--timeout", TIMEOUT, "--stats"],
+    );
+    assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.starts_with("guest-kernel "), "{}", run.stdout);
+    run.assert_line("console: xenio (from Xen bring-up)");
+    run.assert_line("guest: exit status 0");
+    let v = stats_json(&run.stderr);
+    assert_eq!(port_exits(&v, "0x3fd"), 0, "{v}");
+    assert_eq!(port_exits(&v, "0xe9"), 0, "{v}");
+    assert!(
+        v["stats"]["xen"]["hypercalls"]["console_io"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 10,
+        "{v}"
+    );
+}
+
+#[test]
+fn console_xen_without_xen_falls_back_to_the_uart() {
+    let run = run_qemu(
+        Machine::Microvm,
+        guest_image(),
+        "selftest=none console=xen,xenio",
+        &[],
+    );
+    assert_eq!(run.guest_status(), Some(0), "{}", run.0.stdout);
+    // The buffered early lines were replayed on the fallback.
+    run.0.assert_contains("guest-kernel ");
+    run.0.assert_contains("pvh: memmap: ");
+    run.0.assert_line("xen: not present");
+    run.0
+        .assert_line("warning: console: the Xen PV console ring is not available");
+    run.0
+        .assert_line("warning: console: Xen refused console_io (or there is no Xen)");
+    run.0
+        .assert_line("warning: console: no console left; falling back to com1");
+    run.0.assert_line("guest: exit status 0");
 }
 
 #[test]

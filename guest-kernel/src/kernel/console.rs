@@ -1,27 +1,79 @@
-//! The console: COM1 (16550 at 0x3f8) and/or the debug port 0xe9, behind `log`.
+//! The console: COM1 (16550 at 0x3f8), the debug port 0xe9, and on Xen the PV console
+//! ring and Xen's own console (`console_io`), behind `log`.
 //!
 //! COM1 is probed through its scratch register (absent ports read as all-ones), so
 //! the same image prints on QEMU and host-shim (COM1) and on Xen PVH, which emulates
 //! no UART but forwards port 0xe9 to its console. Output is polled: boot runs with
 //! interrupts off.
+//!
+//! The Xen sinks (`console=xen`, `console=xenio`) exist only once the Xen interface is
+//! up, which is after memory and time. Until then output waits in a buffer; each Xen
+//! sink replays it when it comes up (`console_io` as soon as the hypercall page is
+//! installed, the ring at the end of Xen's bring-up), and [`xen_settled`] decides
+//! after Xen's bring-up: a Xen sink that did not come up (no Xen, no console ring,
+//! `console_io` refused as real Xen refuses it to a domU with `-EPERM`) is dropped, and
+//! if no sink is left, the console falls back to `auto` and replays the buffer there.
 
 use super::arch::{inb, outb};
+use super::xen::HypercallPage;
 use guest_kernel::cmdline::{ConsoleSel, LogLevel};
+use pv_drivers::hypercall::XenHypercalls as _;
 use spin::Mutex;
 
 const COM1: u16 = 0x3f8;
 const DEBUG_PORT: u16 = 0xe9;
 /// Line-status reads before a stuck UART is given up on (a bound, not a delay).
 const THRE_SPINS: u32 = 100_000;
+/// Output kept for the Xen sinks until Xen is up.
+const EARLY_BYTES: usize = 16 * 1024;
+
+/// What the console buffers until Xen is up.
+struct Early {
+    buf: [u8; EARLY_BYTES],
+    len: usize,
+    /// Bytes that did not fit.
+    lost: usize,
+}
+
+impl Early {
+    fn push(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(EARLY_BYTES - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+        self.lost += bytes.len() - n;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
 
 struct Sinks {
     com1: bool,
     e9: bool,
+    /// The PV console ring, up.
+    xen: bool,
+    /// `console_io`, up.
+    xenio: Option<HypercallPage>,
+    /// The Xen sinks asked for on the command line.
+    want: ConsoleSel,
+    /// Buffering for Xen sinks not yet settled.
+    buffering: bool,
+    early: Early,
 }
 
 static SINKS: Mutex<Sinks> = Mutex::new(Sinks {
     com1: false,
     e9: false,
+    xen: false,
+    xenio: None,
+    want: ConsoleSel::AUTO,
+    buffering: false,
+    early: Early {
+        buf: [0; EARLY_BYTES],
+        len: 0,
+        lost: 0,
+    },
 });
 static LOGGER: Logger = Logger;
 
@@ -52,13 +104,19 @@ fn com1_put(b: u8) {
     outb(COM1, b);
 }
 
-/// Probes and initialises the console per `sel`; returns which sinks are active.
-pub fn init(sel: ConsoleSel) -> (bool, bool) {
+/// The port sinks `auto` picks: COM1 if a 16550 answers, else port 0xe9.
+fn auto_ports() -> (bool, bool) {
     let has_com1 = com1_present();
+    (has_com1, !has_com1)
+}
+
+/// Probes and initialises the console per `sel`; returns which port sinks (COM1,
+/// 0xe9) are active. Xen sinks start buffering (see the module doc).
+pub fn init(sel: ConsoleSel) -> (bool, bool) {
     let (com1, e9) = if sel.auto {
-        (has_com1, !has_com1)
+        auto_ports()
     } else {
-        (sel.com1 && has_com1, sel.e9)
+        (sel.com1 && com1_present(), sel.e9)
     };
     if com1 {
         com1_init();
@@ -66,7 +124,107 @@ pub fn init(sel: ConsoleSel) -> (bool, bool) {
     let mut s = SINKS.lock();
     s.com1 = com1;
     s.e9 = e9;
+    s.want = sel;
+    s.buffering = sel.wants_xen();
     (com1, e9)
+}
+
+/// The active sinks, for the boot log.
+pub fn describe() -> &'static str {
+    let s = SINKS.lock();
+    let xen = s.want.xen && (s.xen || s.buffering);
+    let xenio = s.want.xenio && (s.xenio.is_some() || s.buffering);
+    match (s.com1, s.e9, xen, xenio) {
+        (false, false, false, false) => "none",
+        (true, false, false, false) => "com1",
+        (false, true, false, false) => "e9",
+        (true, true, false, false) => "com1 e9",
+        (false, false, true, false) => "xen (from Xen bring-up)",
+        (false, false, false, true) => "xenio (from Xen bring-up)",
+        (false, false, true, true) => "xen xenio (from Xen bring-up)",
+        _ => "ports and xen (xen from Xen bring-up)",
+    }
+}
+
+/// The hypercall page is installed: `console_io` can be tried. Called by Xen's
+/// bring-up; replays the buffer there if `console=xenio` asked for it.
+pub fn xen_hypercalls_ready(hv: HypercallPage) {
+    let mut s = SINKS.lock();
+    if !s.want.xenio || !s.buffering {
+        return;
+    }
+    // Real Xen refuses `console_io` to a domU (`-EPERM`): then this sink is not there.
+    if hv.console_write(s.early.bytes()).is_ok() {
+        s.xenio = Some(hv);
+    }
+}
+
+/// The PV console ring is up (Xen's bring-up is done and found one): replays the
+/// buffer there if `console=xen` asked for it.
+pub fn xen_ring_ready() {
+    let mut s = SINKS.lock();
+    if !s.want.xen || !s.buffering {
+        return;
+    }
+    let Some(x) = super::xen::get() else {
+        return;
+    };
+    let n = s.early.len;
+    if x.console_write(s.early.bytes()) == n {
+        s.xen = true;
+    }
+}
+
+/// Xen's bring-up is over (or there is no Xen): the Xen sinks that came up stay, the
+/// others are dropped with a warning, and if nothing is left the console falls back
+/// to `auto`, where the buffered output is replayed.
+pub fn xen_settled() {
+    let (lost, fell_back, missing) = {
+        let mut s = SINKS.lock();
+        if !s.buffering {
+            return;
+        }
+        s.buffering = false;
+        let missing = (s.want.xen && !s.xen, s.want.xenio && s.xenio.is_none());
+        let mut fell_back = None;
+        if !(s.com1 || s.e9 || s.xen || s.xenio.is_some()) {
+            let (com1, e9) = auto_ports();
+            if com1 {
+                com1_init();
+            }
+            s.com1 = com1;
+            s.e9 = e9;
+            fell_back = Some(if com1 { "com1" } else { "e9" });
+            let early = &s.early;
+            put_ports(com1, e9, early.bytes());
+        }
+        let lost = s.early.lost;
+        s.early.len = 0;
+        (lost, fell_back, missing)
+    };
+    if missing.0 {
+        log::warn!("console: the Xen PV console ring is not available");
+    }
+    if missing.1 {
+        log::warn!("console: Xen refused console_io (or there is no Xen)");
+    }
+    if let Some(to) = fell_back {
+        log::warn!("console: no console left; falling back to {to}");
+    }
+    if lost > 0 {
+        log::warn!("console: {lost} bytes of early output did not fit the buffer");
+    }
+}
+
+fn put_ports(com1: bool, e9: bool, bytes: &[u8]) {
+    for &b in bytes {
+        if com1 {
+            com1_put(b);
+        }
+        if e9 {
+            outb(DEBUG_PORT, b);
+        }
+    }
 }
 
 /// Installs the `log` backend at `level`.
@@ -85,33 +243,42 @@ pub fn init_log(level: LogLevel) {
 
 /// Writes raw bytes to every active sink.
 pub fn write_bytes(bytes: &[u8]) {
-    let s = SINKS.lock();
-    for &b in bytes {
-        if s.com1 {
-            com1_put(b);
-        }
-        if s.e9 {
-            outb(DEBUG_PORT, b);
-        }
+    let mut s = SINKS.lock();
+    put_ports(s.com1, s.e9, bytes);
+    if s.buffering {
+        s.early.push(bytes);
+    }
+    if s.xen
+        && let Some(x) = super::xen::get()
+    {
+        x.console_write(bytes);
+    }
+    if let Some(hv) = s.xenio
+        && hv.console_write(bytes).is_err()
+    {
+        s.xenio = None;
     }
 }
 
-/// Writes to the console without taking its lock: for the panic and exception paths,
-/// which may interrupt a holder of the lock.
+/// Writes to the console without waiting for its lock: for the panic and exception
+/// paths, which may interrupt a holder of the lock.
 pub fn write_bytes_unlocked(bytes: &[u8]) {
-    // If the lock is held by the code this path interrupted, print to both sinks:
-    // an absent sink ignores the bytes.
-    let (com1, e9) = match SINKS.try_lock() {
-        Some(s) => (s.com1, s.e9),
-        None => (true, true),
+    let Some(s) = SINKS.try_lock() else {
+        // The interrupted code holds the lock: print to both ports (an absent one
+        // ignores the bytes).
+        put_ports(true, true, bytes);
+        return;
     };
-    for &b in bytes {
-        if com1 {
-            com1_put(b);
-        }
-        if e9 {
-            outb(DEBUG_PORT, b);
-        }
+    let (xen, xenio) = (s.xen, s.xenio);
+    // With only buffered sinks (Xen not up yet), the ports are the last resort.
+    let ports = !(s.com1 || s.e9 || xen || xenio.is_some());
+    put_ports(s.com1 || ports, s.e9 || ports, bytes);
+    drop(s);
+    if xen && let Some(x) = super::xen::get() {
+        x.try_console_write(bytes);
+    }
+    if let Some(hv) = xenio {
+        let _ = hv.console_write(bytes);
     }
 }
 

@@ -2,10 +2,13 @@
 
 pub mod apic;
 pub mod arch;
+pub mod block;
 pub mod console;
 pub mod exit;
 pub mod interrupts;
 pub mod memory;
+pub mod net;
+pub mod pv;
 pub mod selftest;
 pub mod time;
 pub mod xen;
@@ -43,11 +46,7 @@ static BOOT_INFO: Once<BootInfo> = Once::new();
 /// Called by pvh-boot's entry code in long mode with the start_info address.
 #[unsafe(no_mangle)]
 extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
-    console::init(ConsoleSel {
-        auto: true,
-        com1: false,
-        e9: false,
-    });
+    console::init(ConsoleSel::AUTO);
     console::init_log(LogLevel::Info);
     interrupts::init();
 
@@ -78,16 +77,18 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
             exit::exit(exit_status::BAD_CMDLINE);
         }
     };
-    let (com1, e9) = console::init(opts.console);
+    let io = match guest_kernel::ioopts::parse(boot.cmdline()) {
+        Ok(o) => o,
+        Err(e) => {
+            log::error!("cmdline: {e}");
+            exit::exit(exit_status::BAD_CMDLINE);
+        }
+    };
+    console::init(opts.console);
     console::init_log(opts.loglevel);
 
     kprintln!("guest-kernel {} (Xen PVH entry)", env!("CARGO_PKG_VERSION"));
-    let sinks = match (com1, e9) {
-        (true, true) => "com1 e9",
-        (true, false) => "com1",
-        (false, true) => "e9",
-        (false, false) => "none",
-    };
+    let sinks = console::describe();
     kprintln!("console: {sinks}");
     kprintln!(
         "pvh: start_info at {start_info_paddr:#x}: magic {:#010x} version {} flags {:#x}",
@@ -198,6 +199,7 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         }
         None => kprintln!("xen: not present"),
     }
+    console::xen_settled();
 
     let mut status = exit_status::SUCCESS;
     if opts.selftest.xen {
@@ -205,6 +207,19 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         if failed > 0 {
             status = exit_status::SELFTEST_FAILED;
         }
+    }
+    // The PV I/O workloads, when the command line asks for them: the block workload
+    // first (it ends by itself), then the network services (until their exit
+    // condition).
+    if let Some(b) = &io.blk
+        && !block::run(b)
+    {
+        status = exit_status::SELFTEST_FAILED;
+    }
+    if let Some(n) = &io.net
+        && !net::run(n)
+    {
+        status = exit_status::SELFTEST_FAILED;
     }
     if let Some(x) = xen::get() {
         let (delivered, spurious) = x.event_counts();

@@ -149,11 +149,18 @@ pub struct Xen {
     /// The PV console.
     pub console: Mutex<Option<ConsoleFront<RawSharedMemory>>>,
     console_port: u32,
+    store_port: u32,
     timer_port: Option<u32>,
     /// Set by the timer's event handler: the pvclock time it ran at.
     pub timer_fired_at: AtomicU64,
+    /// System time never goes back, even when Xen's per-CPU time records disagree.
+    clock: pvclock::MonotonicClock,
     /// Upcalls taken.
     pub upcalls: AtomicU64,
+    /// Times the xenstore client waited for the daemon.
+    pub store_waits: AtomicU64,
+    /// Times such a wait woke up (from `SCHEDOP_poll`), event or not.
+    pub store_wakeups: AtomicU64,
 }
 
 static XEN: Once<Xen> = Once::new();
@@ -219,6 +226,7 @@ pub fn init(cpuid: XenCpuid) -> Result<&'static Xen, InitError> {
     unsafe { arch::wrmsr(cpuid.msr, page) };
     let hv = HypercallPage { page };
     hv.xen_version().map_err(hc("xen_version"))?;
+    super::console::xen_hypercalls_ready(hv);
 
     // shared_info at a frame we give up.
     let si = alloc_frame()?;
@@ -275,9 +283,13 @@ pub fn init(cpuid: XenCpuid) -> Result<&'static Xen, InitError> {
         store: Mutex::new(None),
         console: Mutex::new(console),
         console_port,
+        store_port,
         timer_port,
         timer_fired_at: AtomicU64::new(0),
+        clock: pvclock::MonotonicClock::new(),
         upcalls: AtomicU64::new(0),
+        store_waits: AtomicU64::new(0),
+        store_wakeups: AtomicU64::new(0),
     });
 
     // Upcall: the per-vCPU vector, or the older callback-via-vector parameter.
@@ -305,6 +317,10 @@ pub fn init(cpuid: XenCpuid) -> Result<&'static Xen, InitError> {
     }
     arch::sti();
 
+    if xen.console.lock().is_some() {
+        super::console::xen_ring_ready();
+    }
+
     if store_pfn != 0 {
         // SAFETY: the toolstack's xenstore page, reserved in the memory map, shared
         // with xenstored.
@@ -329,8 +345,15 @@ fn upcall(_frame: &mut interrupts::TrapFrame) {
 
 impl Xen {
     /// Xen system time (pvclock), in ns.
+    ///
+    /// Monotonic: without `XEN_PVCLOCK_TSC_STABLE_BIT` a vCPU moved to another physical
+    /// CPU reads that CPU's record, which may be behind (see
+    /// [`pvclock::MonotonicClock`]). A record that cannot be read consistently (the
+    /// hypervisor never finishes an update) yields the last time handed out.
     pub fn now_ns(&self) -> u64 {
-        pvclock::system_time_now(self.shared, 0, arch::rdtsc).unwrap_or(0)
+        self.clock
+            .system_time_now(self.shared, 0, arch::rdtsc)
+            .unwrap_or_else(|_| self.clock.clamp(0))
     }
 
     /// The wallclock: Unix time in ns now, if published.
@@ -379,10 +402,22 @@ impl Xen {
     /// Writes `bytes` to the PV console ring, notifying the backend; waits (bounded) for
     /// room. Returns how much was written.
     pub fn console_write(&self, bytes: &[u8]) -> usize {
-        let mut guard = self.console.lock();
-        let Some(con) = guard.as_mut() else {
-            return 0;
-        };
+        match self.console.lock().as_mut() {
+            Some(con) => self.ring_write(con, bytes),
+            None => 0,
+        }
+    }
+
+    /// [`Xen::console_write`] unless the ring is locked (by the code a panic or an
+    /// exception interrupted): then nothing is written.
+    pub fn try_console_write(&self, bytes: &[u8]) -> usize {
+        match self.console.try_lock() {
+            Some(mut guard) => guard.as_mut().map_or(0, |con| self.ring_write(con, bytes)),
+            None => 0,
+        }
+    }
+
+    fn ring_write(&self, con: &mut ConsoleFront<RawSharedMemory>, bytes: &[u8]) -> usize {
         let mut done = 0;
         let mut idle_rounds = 0u32;
         while done < bytes.len() && idle_rounds < 1_000_000 {
@@ -401,8 +436,9 @@ impl Xen {
     }
 }
 
-/// The xenstore client's environment: notify by `EVTCHNOP_send`, wait for the store
-/// port's handler to latch an event (with interrupts on), bounded by pvclock time.
+/// The xenstore client's environment: notify by `EVTCHNOP_send`; wait, blocked in
+/// `SCHEDOP_poll` on the store port, for its handler to latch an event, bounded by
+/// pvclock time.
 pub struct StoreEvents {
     port: u32,
 }
@@ -418,16 +454,39 @@ impl XsEvents for StoreEvents {
         let Some(x) = get() else {
             return WaitOutcome::TimedOut;
         };
-        let deadline = x.now_ns().saturating_add(XS_WAIT_NS);
+        x.store_wait_until(x.now_ns().saturating_add(XS_WAIT_NS))
+    }
+}
+
+impl Xen {
+    /// Waits, blocked in `SCHEDOP_poll` on the xenstore port, until the port's handler
+    /// latched an event or pvclock time `deadline` passed. Consumes the latched event.
+    pub fn store_wait_until(&self, deadline: u64) -> WaitOutcome {
+        self.store_waits.fetch_add(1, Ordering::Relaxed);
         loop {
+            // Interrupts stay off from the check to the poll: an event that arrives in
+            // between stays pending in shared_info (its handler cannot run and clear
+            // it), so the poll returns at once instead of sleeping to the deadline.
+            arch::cli();
             if STORE_EVENT.swap(false, Ordering::AcqRel) {
+                arch::sti();
                 return WaitOutcome::Event;
             }
-            if x.now_ns() >= deadline {
+            if self.now_ns() >= deadline {
+                arch::sti();
                 return WaitOutcome::TimedOut;
             }
+            // Returns when the store port is pending, at the deadline, or spuriously
+            // (the ABI allows it; the shim wakes every few milliseconds).
+            let polled = self.hv.sched_poll(&[self.store_port], deadline);
+            // The pending event's upcall runs here and latches STORE_EVENT.
             arch::sti();
-            core::hint::spin_loop();
+            self.store_wakeups.fetch_add(1, Ordering::Relaxed);
+            if polled.is_err() {
+                // A hypervisor without SCHEDOP_poll: this becomes a busy wait, still
+                // bounded by the deadline.
+                core::hint::spin_loop();
+            }
         }
     }
 }

@@ -226,6 +226,10 @@ struct State {
     ring: RingServer,
     watchers: HashMap<String, Notifier>,
     stats: LoopStats,
+    /// The daemon wrote to the frontend's xenstore ring since the frontend's client
+    /// last waited: the latched "event channel" of [`LoopXs::wait`]. Whoever pumps
+    /// (the frontend or a backend thread) sets it.
+    xs_signal: bool,
 }
 
 /// A frontend domain and domain 0, in one process.
@@ -268,6 +272,7 @@ impl Loopback {
                 ring,
                 watchers: HashMap::new(),
                 stats: LoopStats::default(),
+                xs_signal: false,
             }),
             cv: Condvar::new(),
         }))
@@ -322,6 +327,7 @@ impl Loopback {
                     break;
                 }
             }
+            st.xs_signal |= moved;
             let mut wake: Vec<Notifier> = Vec::new();
             for ev in st.store.take_dom0_events() {
                 if let Some(n) = st.watchers.get(&ev.token)
@@ -524,27 +530,25 @@ impl XsEvents for LoopXs {
 
     fn wait(&mut self) -> WaitOutcome {
         let lb = &self.0;
-        if lb.pump() {
-            return WaitOutcome::Event;
-        }
         let deadline = Instant::now() + XS_WAIT;
         loop {
-            // Wait for a backend's store change (it pumps, which signals `cv`), then
-            // look at the ring again.
-            {
-                let st = lb.lock();
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return WaitOutcome::TimedOut;
-                }
-                let _ = lb
-                    .cv
-                    .wait_timeout(st, left.min(Duration::from_millis(50)))
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-            if lb.pump() {
+            // Serve the ring, then take the latched signal: set by this pump or by a
+            // backend's (whose store change may have put a watch event on the ring
+            // before this call, which must not be lost).
+            lb.pump();
+            let mut st = lb.lock();
+            if std::mem::take(&mut st.xs_signal) {
                 return WaitOutcome::Event;
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return WaitOutcome::TimedOut;
+            }
+            // A backend's pump signals `cv` after it set the latch.
+            let _ = lb
+                .cv
+                .wait_timeout(st, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 }

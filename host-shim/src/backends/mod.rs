@@ -15,10 +15,10 @@
 pub mod blkback;
 pub mod loopback;
 pub mod netback;
+mod shim_env;
+pub mod spec;
 pub mod tap;
-// Enabled once `Xen::grant_map` lands.
-// mod shim_env;
-// pub use shim_env::ShimEnv;
+pub use shim_env::ShimEnv;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -299,4 +299,72 @@ pub fn read_state(xs: &mut Xenstored, path: &str) -> XenbusState {
 pub fn write_state(xs: &mut Xenstored, path: &str, state: XenbusState) -> Result<(), XsError> {
     xs.dom0()
         .write(None, path, (state as u32).to_string().as_bytes())
+}
+
+/// Creates the PV devices the command line asked for (backing file or TAP opened,
+/// device nodes in xenstore) and starts their backends, before the guest runs. Disks
+/// become `vbd` 51712, 51728, ... (the guest's xvda, xvdb, ...), networks `vif` 0, 1, ...
+pub fn start(
+    xen: &Arc<crate::xen::Xen>,
+    disks: &[spec::DiskSpec],
+    nets: &[spec::NetSpec],
+) -> Result<Vec<Running>, String> {
+    let mut running = Vec::new();
+    if disks.is_empty() && nets.is_empty() {
+        return Ok(running);
+    }
+    let env = ShimEnv::new(xen.clone())?;
+    for (i, d) in disks.iter().enumerate() {
+        let image = blkback::DiskImage::open(
+            &d.path,
+            blkback::DiskOptions {
+                read_only: d.read_only,
+                create_size: d.create,
+                direct: d.direct,
+            },
+        )
+        .map_err(|e| format!("disk {}: {e}", d.path.display()))?;
+        if image.sectors() == 0 {
+            return Err(format!(
+                "disk {}: empty (use create=SIZE to make a new image)",
+                d.path.display()
+            ));
+        }
+        let kick = Kick::new();
+        let devid = spec::vbd_devid(i);
+        let back = blkback::Blkback::new(
+            env.clone(),
+            kick.clone(),
+            devid,
+            image,
+            blkback::BlkbackOptions::default(),
+        )
+        .map_err(|e| format!("disk {}: {e}", d.path.display()))?;
+        running.push(spawn(back, kick).map_err(|e| format!("blkback thread: {e}"))?);
+    }
+    for (i, n) in nets.iter().enumerate() {
+        let devid = i as u32;
+        let tap = tap::Tap::open(
+            &n.tap,
+            tap::TapOptions {
+                vnet_hdr: false,
+                up: true,
+            },
+        )
+        .map_err(|e| format!("TAP {}: {e}", n.tap))?;
+        let mac = n
+            .mac
+            .unwrap_or_else(|| spec::default_mac(xen.domid(), devid));
+        let kick = Kick::new();
+        let mut back = netback::Netback::new(
+            env.clone(),
+            tap,
+            kick.clone(),
+            netback::NetbackConfig::new(devid, mac),
+        );
+        // Device nodes are written now, before the guest can look for them.
+        back.run_once(Kick::XENBUS);
+        running.push(spawn(back, kick).map_err(|e| format!("netback thread: {e}"))?);
+    }
+    Ok(running)
 }

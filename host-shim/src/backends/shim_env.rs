@@ -2,10 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::xen::xenstored::XsError;
 use pv_drivers::abi::errno::XenErrno;
 use pv_drivers::abi::grant_table::GrantRef;
 use pv_drivers::abi::xen::DomId;
-use crate::xen::xenstored::XsError;
 
 use super::BackendEnv;
 use crate::xen::Xen;

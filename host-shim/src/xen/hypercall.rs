@@ -274,13 +274,12 @@ impl Xen {
 
     fn add_to_physmap(&self, space: u32, idx: u64, gpfn: u64) -> HResult {
         let page = self.ram.page(gpfn).map_err(|_| XenErrno::EINVAL)?;
-        let mut st = self.lock();
         match space {
             XENMAPSPACE_SHARED_INFO => {
                 if idx != 0 {
                     return Err(XenErrno::EINVAL);
                 }
-                self.map_shared_info_locked(&mut st, page);
+                self.map_shared_info_locked(&mut self.lock(), page);
                 Ok(0)
             }
             XENMAPSPACE_GRANT_TABLE => {
@@ -288,19 +287,9 @@ impl Xen {
                     // Status frames exist only in grant-table v2.
                     return Err(XenErrno::EINVAL);
                 }
-                let slot = st
-                    .grant_frames
-                    .get_mut(idx as usize)
-                    .ok_or(XenErrno::EINVAL)?;
-                // Moving a frame keeps its entries (Xen maps the same frame elsewhere);
-                // a new frame starts zeroed.
-                let mut contents = [0u8; PAGE_SIZE as usize];
-                if let Some(old) = slot.as_ref() {
-                    old.mem().read_bytes(0, &mut contents);
-                }
-                page.mem().write_bytes(0, &contents);
-                *slot = Some(page);
-                Ok(0)
+                self.place_grant_frame(idx, page)
+                    .map(|()| 0)
+                    .map_err(|()| XenErrno::EINVAL)
             }
             _ => Err(XenErrno::EINVAL),
         }
@@ -634,12 +623,7 @@ impl Xen {
                 let mut q: GnttabQuerySize = self.get(ctx, arg)?;
                 match self.own_domain(q.dom) {
                     Ok(()) => {
-                        let st = self.lock();
-                        q.nr_frames = st
-                            .grant_frames
-                            .iter()
-                            .rposition(Option::is_some)
-                            .map_or(0, |i| i as u32 + 1);
+                        q.nr_frames = self.grant_frames();
                         q.max_nr_frames = super::MAX_GRANT_FRAMES;
                         q.status = GNTST_OKAY;
                     }

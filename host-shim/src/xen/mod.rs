@@ -40,6 +40,7 @@ use pv_drivers::shmem::SharedMemory;
 
 use crate::kvm::{CpuidLeaf, HYPERVISOR_CPUID_BASE, Interrupter};
 use evtchn::{Binding, DOM0_PORTS, GUEST_PORTS, Notifier, PortTable};
+pub use grant::GrantMapping;
 use guest_mem::{GuestRam, SharedPage};
 
 /// The Xen version the shim reports (4.17, the version Debian bookworm ships).
@@ -158,6 +159,8 @@ pub struct XenStats {
     pub upcalls_injected: u64,
     /// Timer expiries delivered.
     pub timer_fires: u64,
+    /// Grant mappings domain 0 holds now ([`Xen::grant_map`]).
+    pub grant_maps: u64,
     /// xenstored's counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xenstore: Option<xenstored::XenstoredStats>,
@@ -186,8 +189,7 @@ struct State {
     callback_via: u64,
     guest_ports: PortTable<()>,
     dom0_ports: PortTable<Option<Notifier>>,
-    grant_frames: Vec<Option<SharedPage>>,
-    grant_pins: grant::ActiveGrants,
+    grants: grant::Grants,
     timer_deadline: Option<u64>,
     timer_period: Option<u64>,
     shutdown: Option<ShutdownRequest>,
@@ -270,8 +272,7 @@ impl Xen {
                 callback_via: 0,
                 guest_ports,
                 dom0_ports,
-                grant_frames: (0..MAX_GRANT_FRAMES).map(|_| None).collect(),
-                grant_pins: grant::ActiveGrants::new(),
+                grants: grant::Grants::new(grant::GrantFrames::new()),
                 timer_deadline: None,
                 timer_period: None,
                 shutdown: None,

@@ -345,13 +345,52 @@ impl Access {
     }
 }
 
-/// One domain's entry in a node's access list.
+/// One domain's entry in a node's access list: one `<perm-as-string>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Perm {
     /// The domain.
     pub domid: DomId,
     /// Its access.
     pub access: Access,
+}
+
+impl Perm {
+    /// Parses one `<perm-as-string>`: an access letter and a domain id, the number as
+    /// C's `strtol(s, &end, 0)` reads it in `xenstore_strings_to_perms()` (decimal,
+    /// `0x` hex or leading-zero octal; no sign, no spaces, nothing after it), up to
+    /// 65535. Every xenstored writes decimal; a daemon must take all three forms in
+    /// `SET_PERMS`, as C xenstored does.
+    pub fn parse(text: &[u8]) -> Option<Self> {
+        let (&letter, number) = text.split_first()?;
+        let access = Access::from_letter(letter)?;
+        let domid = parse_c_number(number)?;
+        Some(Self { domid, access })
+    }
+}
+
+impl fmt::Display for Perm {
+    /// The wire text (`xenstore_perm_to_string()`): the letter and the decimal domid.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.access.letter() as char, self.domid)
+    }
+}
+
+/// A domain id written as C's `strtol(s, &end, 0)` reads it (without sign or
+/// whitespace), up to 65535; `None` for anything else.
+fn parse_c_number(s: &[u8]) -> Option<DomId> {
+    let text = core::str::from_utf8(s).ok()?;
+    let (digits, radix) =
+        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            (hex, 16)
+        } else if text.len() > 1 && text.starts_with('0') {
+            (&text[1..], 8)
+        } else {
+            (text, 10)
+        };
+    if digits.is_empty() || !digits.bytes().all(|b| (b as char).is_digit(radix)) {
+        return None;
+    }
+    DomId::from_str_radix(digits, radix).ok()
 }
 
 /// A node's permissions (`GET_PERMS` / `SET_PERMS`).
@@ -428,25 +467,15 @@ impl fmt::Display for Permissions {
             if i > 0 {
                 f.write_str(" ")?;
             }
-            write!(f, "{}{}", p.access.letter() as char, p.domid)?;
+            write!(f, "{p}")?;
         }
         Ok(())
     }
 }
 
-/// Parses one `<perm-as-string>`: a letter and a decimal domid.
+/// Parses one `<perm-as-string>` of a reply.
 fn parse_perm(s: &str) -> Result<Perm, ProtocolError> {
-    let (&letter, digits) = s
-        .as_bytes()
-        .split_first()
-        .ok_or(ProtocolError::MalformedReply)?;
-    let access = Access::from_letter(letter).ok_or(ProtocolError::MalformedReply)?;
-    let domid = core::str::from_utf8(digits)
-        .ok()
-        .and_then(parse_decimal)
-        .and_then(|v| DomId::try_from(v).ok())
-        .ok_or(ProtocolError::MalformedReply)?;
-    Ok(Perm { domid, access })
+    Perm::parse(s.as_bytes()).ok_or(ProtocolError::MalformedReply)
 }
 
 /// A watch firing: `WATCH_EVENT <epath>|<token>|`.
@@ -706,6 +735,28 @@ mod tests {
         for bad in [&b""[..], b"x1\0", b"r\0", b"r65536\0", b"r-1\0", b"n0\0\0"] {
             assert!(Permissions::parse(bad).is_err(), "{bad:?}");
         }
+        // One entry, as C's strtol(.., 0) reads the number.
+        let perm = |domid, access| Some(Perm { domid, access });
+        assert_eq!(Perm::parse(b"b0x10"), perm(16, Access::Both));
+        assert_eq!(Perm::parse(b"w010"), perm(8, Access::Write));
+        assert_eq!(Perm::parse(b"n0"), perm(0, Access::None));
+        assert_eq!(Perm::parse(b"r0XfFfF"), perm(65535, Access::Read));
+        for bad in [
+            &b""[..],
+            b"r",
+            b"x5",
+            b"r-1",
+            b"r+1",
+            b"r5x",
+            b"r65536",
+            b"r 5",
+            b"r0x",
+            b"r09",
+            b"r0x10000",
+        ] {
+            assert_eq!(Perm::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(perm(7, Access::Read).unwrap().to_string(), "r7");
         assert!(Access::Both.can_read() && Access::Both.can_write());
         assert!(!Access::Write.can_read() && !Access::Read.can_write());
     }

@@ -8,6 +8,9 @@
 //! wins). The owner, the privileged domain (dom0) and a domain targeting the owner
 //! (`XS_SET_TARGET`) always have full access. `DOMID_ANY` in an entry matches every
 //! domain (`XENSTORE_SERVER_FEATURE_DOMID_ANY`).
+//!
+//! The access letters and the text of one entry are the client's
+//! (`pv_drivers::xenstore::{Access, Perm}`): one parser for both halves.
 
 use core::fmt;
 
@@ -21,59 +24,16 @@ pub(super) const PERM_WRITE: u8 = 0x02;
 /// `XS_PERM_OWNER`: only the owner, dom0 and a target holder get it.
 pub(super) const PERM_OWNER: u8 = 0x08;
 
-/// What a permission entry allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Access {
-    /// `n`: nothing.
-    None,
-    /// `r`: read.
-    Read,
-    /// `w`: write.
-    Write,
-    /// `b`: read and write.
-    Both,
-}
+pub use pv_drivers::xenstore::{Access, Perm as PermEntry};
 
-impl Access {
-    /// The letter of the text form (`n`, `r`, `w`, `b`).
-    pub const fn letter(self) -> char {
-        match self {
-            Self::None => 'n',
-            Self::Read => 'r',
-            Self::Write => 'w',
-            Self::Both => 'b',
-        }
+/// `XS_PERM_*` bits of `access`.
+const fn bits(access: Access) -> u8 {
+    match access {
+        Access::None => 0,
+        Access::Read => PERM_READ,
+        Access::Write => PERM_WRITE,
+        Access::Both => PERM_READ | PERM_WRITE,
     }
-
-    /// Decodes a letter of the text form.
-    pub const fn from_letter(letter: u8) -> Option<Self> {
-        Some(match letter {
-            b'n' => Self::None,
-            b'r' => Self::Read,
-            b'w' => Self::Write,
-            b'b' => Self::Both,
-            _ => return None,
-        })
-    }
-
-    /// `XS_PERM_*` bits.
-    pub(super) const fn bits(self) -> u8 {
-        match self {
-            Self::None => 0,
-            Self::Read => PERM_READ,
-            Self::Write => PERM_WRITE,
-            Self::Both => PERM_READ | PERM_WRITE,
-        }
-    }
-}
-
-/// One entry of a node's permission list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PermEntry {
-    /// The domain (or `DOMID_ANY`).
-    pub domid: u16,
-    /// What it may do.
-    pub access: Access,
 }
 
 /// A node's permission list: never empty; the first entry is the owner and the default.
@@ -200,20 +160,16 @@ impl Perms {
             .zip(&self.ignored)
             .skip(1)
             .find(|(e, ignored)| !**ignored && caller.matches(e.domid))
-            .map_or(self.others().bits(), |(e, _)| e.access.bits())
+            .map_or(bits(self.others()), |(e, _)| bits(e.access))
     }
 
     /// Parses the text entries of an `XS_SET_PERMS` request: a letter and a number
-    /// (C `strtol(.., 0)`: decimal, `0x` hex or leading-zero octal).
+    /// (C `strtol(.., 0)`: decimal, `0x` hex or leading-zero octal; see
+    /// [`PermEntry::parse`]).
     pub(super) fn parse(strings: &[&[u8]]) -> Result<Self, XenErrno> {
         let entries = strings
             .iter()
-            .map(|s| {
-                let (&letter, number) = s.split_first().ok_or(XenErrno::EINVAL)?;
-                let access = Access::from_letter(letter).ok_or(XenErrno::EINVAL)?;
-                let domid = parse_c_number(number).ok_or(XenErrno::EINVAL)?;
-                Ok(PermEntry { domid, access })
-            })
+            .map(|s| PermEntry::parse(s).ok_or(XenErrno::EINVAL))
             .collect::<Result<Vec<_>, XenErrno>>()?;
         Self::from_entries(entries).ok_or(XenErrno::EINVAL)
     }
@@ -222,7 +178,7 @@ impl Perms {
     pub(super) fn to_wire(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for e in &self.entries {
-            out.extend_from_slice(format!("{}{}", e.access.letter(), e.domid).as_bytes());
+            out.extend_from_slice(e.to_string().as_bytes());
             out.push(0);
         }
         out
@@ -236,28 +192,10 @@ impl fmt::Display for Perms {
             if i > 0 {
                 f.write_str(" ")?;
             }
-            write!(f, "{}{}", e.access.letter(), e.domid)?;
+            write!(f, "{e}")?;
         }
         Ok(())
     }
-}
-
-/// A domain id written as C's `strtol(s, &end, 0)` reads it (without sign or
-/// whitespace), up to 65535; `None` for anything else.
-fn parse_c_number(s: &[u8]) -> Option<u16> {
-    let text = core::str::from_utf8(s).ok()?;
-    let (digits, radix) =
-        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-            (hex, 16)
-        } else if text.len() > 1 && text.starts_with('0') {
-            (&text[1..], 8)
-        } else {
-            (text, 10)
-        };
-    if digits.is_empty() || !digits.bytes().all(|b| (b as char).is_digit(radix)) {
-        return None;
-    }
-    u16::from_str_radix(digits, radix).ok()
 }
 
 #[cfg(test)]

@@ -1,0 +1,361 @@
+//! Command-line options of the I/O workloads: the network services (`net.*`) and the
+//! block workload (`blk.*`). Parsed apart from [`crate::cmdline`] (which only learns
+//! their names through [`is_known`]) so that the two grow independently.
+//!
+//! | option | values | default |
+//! |---|---|---|
+//! | `net.ip=` | `A.B.C.D/N`: starts the network services on the first (or chosen) vif | off |
+//! | `net.gw=` | `A.B.C.D`, the default route | none |
+//! | `net.exit-after=` | stop after K TCP connections completed (0: no limit) | `0` |
+//! | `net.time-limit=` | stop after S seconds (0: no limit) | `0` |
+//! | `net.bulk=` | bytes the bulk service (port 19) sends per connection | `64K` |
+//! | `net.seed=` | pattern seed of the bulk stream | `1` |
+//! | `net.device=` | vif id | the first listed |
+//! | `blk.workload=` | comma list of `write-pattern`, `verify-pattern`, `seq-read`, `seq-write`, `rand-read`, `rand-write`, `rand-rw`, run in order | off |
+//! | `blk.device=` | vbd id | the first listed |
+//! | `blk.offset=` | region start, bytes | `0` |
+//! | `blk.size=` | region size, bytes | `256K` |
+//! | `blk.bs=` | bytes per request | `4K` |
+//! | `blk.qd=` | requests in flight, 1..=256 | `8` |
+//! | `blk.seed=` | pattern seed | `1` |
+//! | `blk.ops=` | requests of a random phase (0: one per block) | `0` |
+//! | `blk.read-pct=` | reads in `rand-rw`, 0..=100 | `50` |
+//! | `blk.verify=` | `on`/`off`: compare reads with the pattern | `on` |
+//!
+//! Sizes take `K`/`M`/`G` suffixes ([`crate::cmdline::parse_size`]). Options of a
+//! service that is off (e.g. `net.gw=` without `net.ip=`) are errors, so a typo in the
+//! enabling option is not silently ignored.
+
+use core::net::Ipv4Addr;
+
+use crate::cmdline::{BadOption, parse_size};
+use pv_drivers::workload::{Config, Phase};
+
+/// Network service options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetOptions<'a> {
+    /// The interface address.
+    pub ip: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// Default gateway.
+    pub gw: Option<Ipv4Addr>,
+    /// Stop after this many completed TCP connections (0: never).
+    pub exit_after: u64,
+    /// Stop after this many seconds (0: never).
+    pub time_limit_s: u64,
+    /// Bytes the bulk service sends per connection.
+    pub bulk_bytes: u64,
+    /// Pattern seed of the bulk stream.
+    pub seed: u64,
+    /// The vif to use (its xenstore id); the first one if `None`.
+    pub device: Option<&'a str>,
+}
+
+/// Most phases one `blk.workload=` runs.
+pub const MAX_PHASES: usize = 8;
+
+/// Block workload options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkOptions<'a> {
+    /// Phases in order (`phases[..count]`).
+    pub phases: [Phase; MAX_PHASES],
+    /// How many of `phases` are used.
+    pub count: usize,
+    /// Everything but the phase.
+    pub config: Config,
+    /// The vbd to use (its xenstore id); the first one if `None`.
+    pub device: Option<&'a str>,
+}
+
+impl BlkOptions<'_> {
+    /// The workloads to run, in order.
+    pub fn configs(&self) -> impl Iterator<Item = Config> + '_ {
+        self.phases[..self.count].iter().map(|&phase| Config {
+            phase,
+            ..self.config
+        })
+    }
+}
+
+/// What the command line asks of the I/O layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoOptions<'a> {
+    /// Network services, if `net.ip=` was given.
+    pub net: Option<NetOptions<'a>>,
+    /// Block workload, if `blk.workload=` was given.
+    pub blk: Option<BlkOptions<'a>>,
+}
+
+const NET_KEYS: [&str; 7] = [
+    "net.ip",
+    "net.gw",
+    "net.exit-after",
+    "net.time-limit",
+    "net.bulk",
+    "net.seed",
+    "net.device",
+];
+const BLK_KEYS: [&str; 10] = [
+    "blk.workload",
+    "blk.device",
+    "blk.offset",
+    "blk.size",
+    "blk.bs",
+    "blk.qd",
+    "blk.seed",
+    "blk.ops",
+    "blk.read-pct",
+    "blk.verify",
+];
+
+/// Whether `key` is one of this module's options.
+pub fn is_known(key: &str) -> bool {
+    NET_KEYS.contains(&key) || BLK_KEYS.contains(&key)
+}
+
+fn bad<'a>(word: &'a str, expected: &'static str) -> BadOption<'a> {
+    BadOption { word, expected }
+}
+
+fn parse_cidr(v: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = v.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| (1..=32).contains(p))?;
+    Some((addr.parse().ok()?, prefix))
+}
+
+fn parse_id(v: &str) -> Option<&str> {
+    (!v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_digit())).then_some(v)
+}
+
+/// Parses the `net.*` and `blk.*` options of a command line.
+pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
+    let mut net = NetOptions {
+        ip: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+        gw: None,
+        exit_after: 0,
+        time_limit_s: 0,
+        bulk_bytes: 64 << 10,
+        seed: 1,
+        device: None,
+    };
+    let mut blk = BlkOptions {
+        phases: [Phase::VerifyPattern; MAX_PHASES],
+        count: 0,
+        config: Config::default(),
+        device: None,
+    };
+    let (mut net_on, mut net_other) = (false, None);
+    let (mut blk_on, mut blk_other) = (false, None);
+    for word in cmdline.split_ascii_whitespace() {
+        let Some((key, v)) = word.split_once('=') else {
+            continue;
+        };
+        if NET_KEYS.contains(&key) && key != "net.ip" {
+            net_other.get_or_insert(word);
+        }
+        if BLK_KEYS.contains(&key) && key != "blk.workload" {
+            blk_other.get_or_insert(word);
+        }
+        let num = |expected| v.parse::<u64>().map_err(|_| bad(word, expected));
+        let size = |expected| parse_size(v).ok_or(bad(word, expected));
+        match key {
+            "net.ip" => {
+                (net.ip, net.prefix) =
+                    parse_cidr(v).ok_or(bad(word, "an IPv4 address with a prefix, A.B.C.D/N"))?;
+                net_on = true;
+            }
+            "net.gw" => net.gw = Some(v.parse().map_err(|_| bad(word, "an IPv4 address"))?),
+            "net.exit-after" => net.exit_after = num("a number of connections")?,
+            "net.time-limit" => net.time_limit_s = num("a number of seconds")?,
+            "net.bulk" => net.bulk_bytes = size("a size")?,
+            "net.seed" => net.seed = num("a number")?,
+            "net.device" => net.device = Some(parse_id(v).ok_or(bad(word, "a vif id"))?),
+            "blk.workload" => {
+                blk.count = 0;
+                for name in v.split(',') {
+                    let phase = Phase::parse(name).ok_or(bad(
+                        word,
+                        "a comma list of write-pattern, verify-pattern, seq-read, seq-write, \
+                         rand-read, rand-write, rand-rw",
+                    ))?;
+                    let slot = blk
+                        .phases
+                        .get_mut(blk.count)
+                        .ok_or(bad(word, "at most 8 phases"))?;
+                    *slot = phase;
+                    blk.count += 1;
+                }
+                blk_on = true;
+            }
+            "blk.device" => blk.device = Some(parse_id(v).ok_or(bad(word, "a vbd id"))?),
+            "blk.offset" => blk.config.offset = size("a size in bytes")?,
+            "blk.size" => {
+                blk.config.size = size("a size in bytes")?;
+                if blk.config.size == 0 {
+                    return Err(bad(word, "a non-zero size"));
+                }
+            }
+            "blk.bs" => {
+                blk.config.block = u32::try_from(size("a block size up to 1G")?)
+                    .ok()
+                    .filter(|&b| b > 0)
+                    .ok_or(bad(word, "a block size from 1 to 1G"))?
+            }
+            "blk.qd" => {
+                blk.config.queue_depth = num("a queue depth")?
+                    .try_into()
+                    .ok()
+                    .filter(|q| (1..=256).contains(q))
+                    .ok_or(bad(word, "a queue depth from 1 to 256"))?
+            }
+            "blk.seed" => blk.config.seed = num("a number")?,
+            "blk.ops" => blk.config.ops = num("a number of requests")?,
+            "blk.read-pct" => {
+                blk.config.read_percent = num("a percentage")?
+                    .try_into()
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .ok_or(bad(word, "a percentage from 0 to 100"))?
+            }
+            "blk.verify" => {
+                blk.config.verify = match v {
+                    "on" | "1" => true,
+                    "off" | "0" => false,
+                    _ => return Err(bad(word, "on or off")),
+                }
+            }
+            _ => {}
+        }
+    }
+    if let (false, Some(word)) = (net_on, net_other) {
+        return Err(bad(word, "net.ip= to turn the network services on"));
+    }
+    if let (false, Some(word)) = (blk_on, blk_other) {
+        return Err(bad(word, "blk.workload= to turn the block workload on"));
+    }
+    Ok(IoOptions {
+        net: net_on.then_some(net),
+        blk: blk_on.then_some(blk),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_by_default() {
+        assert_eq!(
+            parse("selftest=boot heap=8M").unwrap(),
+            IoOptions::default()
+        );
+    }
+
+    #[test]
+    fn net_options() {
+        let o = parse(
+            "net.ip=10.0.2.15/24 net.gw=10.0.2.2 net.exit-after=3 net.bulk=1M net.seed=7 \
+             net.time-limit=30 net.device=1",
+        )
+        .unwrap();
+        let n = o.net.unwrap();
+        assert_eq!(n.ip, Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(n.prefix, 24);
+        assert_eq!(n.gw, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(
+            (n.exit_after, n.bulk_bytes, n.seed, n.time_limit_s),
+            (3, 1 << 20, 7, 30)
+        );
+        assert_eq!(n.device, Some("1"));
+        assert!(o.blk.is_none());
+        let n = parse("net.ip=192.168.1.2/32").unwrap().net.unwrap();
+        assert_eq!((n.gw, n.exit_after, n.bulk_bytes), (None, 0, 64 << 10));
+    }
+
+    #[test]
+    fn blk_options() {
+        let o = parse(
+            "blk.workload=write-pattern,verify-pattern blk.qd=16 blk.size=1M blk.bs=8K \
+             blk.seed=5 blk.offset=64K blk.ops=10 blk.read-pct=70 blk.verify=off blk.device=768",
+        )
+        .unwrap();
+        let b = o.blk.unwrap();
+        let phases: Vec<_> = b.configs().map(|c| c.phase).collect();
+        assert_eq!(phases, [Phase::WritePattern, Phase::VerifyPattern]);
+        let c = b.config;
+        assert_eq!(
+            (
+                c.queue_depth,
+                c.size,
+                c.block,
+                c.seed,
+                c.offset,
+                c.ops,
+                c.read_percent
+            ),
+            (16, 1 << 20, 8192, 5, 64 << 10, 10, 70)
+        );
+        assert!(!c.verify);
+        assert_eq!(b.device, Some("768"));
+        let d = parse("blk.workload=rand-rw").unwrap().blk.unwrap();
+        assert_eq!(
+            d.config,
+            Config {
+                phase: Phase::VerifyPattern,
+                ..Config::default()
+            }
+        );
+        assert_eq!(d.configs().next().unwrap().phase, Phase::RandRw);
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        for bad in [
+            "net.ip=10.0.2.15",
+            "net.ip=10.0.2.15/33",
+            "net.ip=10.0.2/24",
+            "net.ip=10.0.2.15/0",
+            "net.exit-after=many",
+            "blk.workload=seq",
+            "blk.workload=seq-read,,seq-write",
+            "blk.workload=seq-read,seq-read,seq-read,seq-read,seq-read,seq-read,seq-read,seq-read,seq-read",
+            "blk.qd=0",
+            "blk.qd=257",
+            "blk.bs=0",
+            "blk.size=0",
+            "blk.read-pct=101",
+            "blk.verify=maybe",
+            "blk.device=../x",
+            "net.device=",
+        ] {
+            let line = if bad.starts_with("net.ip") || bad.starts_with("blk.workload") {
+                bad.to_string()
+            } else if bad.starts_with("net.") {
+                format!("net.ip=10.0.0.1/8 {bad}")
+            } else {
+                format!("blk.workload=seq-read {bad}")
+            };
+            let e = parse(&line).unwrap_err();
+            assert_eq!(e.word, bad, "{line}");
+        }
+    }
+
+    #[test]
+    fn options_of_a_service_that_is_off_are_errors() {
+        assert_eq!(
+            parse("net.gw=10.0.0.1").unwrap_err().word,
+            "net.gw=10.0.0.1"
+        );
+        assert_eq!(parse("blk.qd=4").unwrap_err().word, "blk.qd=4");
+        assert!(is_known("blk.qd") && is_known("net.ip") && !is_known("net.foo"));
+    }
+
+    #[test]
+    fn the_kernel_options_do_not_report_these_as_unknown() {
+        let line = "net.ip=10.0.0.2/24 net.foo=1 blk.workload=seq-read blk.qd=2";
+        let o = crate::cmdline::Options::parse(line).unwrap();
+        assert_eq!(o.unknown().collect::<Vec<_>>(), ["net.foo=1"]);
+    }
+}

@@ -1,0 +1,166 @@
+//! The block workload on a PV disk (`blk.workload=`, see `guest_kernel::ioopts`).
+//!
+//! Finds the vbd in xenstore, opens it ([`open_block`]: the one place blkfront plugs
+//! in), runs each requested phase of `pv_drivers::workload` on it and prints, per phase,
+//! one result line and, at the end, `blk: PASS` or `blk: FAIL`. The engine waits for
+//! the device through [`GuestWaiter`]: halt until the device's event or a recovery
+//! tick; polls after a tick that find completions are counted as recoveries.
+
+use alloc::boxed::Box;
+
+use guest_kernel::ioopts::BlkOptions;
+use pv_drivers::device::BlockDevice;
+use pv_drivers::workload::{self, Waiter};
+
+use super::pv::{self, DeviceEvent, GuestEnv, RECOVERY_TICK_NS, Woken};
+use crate::kprintln;
+
+/// A workload that completes nothing for this long is abandoned.
+const STALL_NS: u64 = 30_000_000_000;
+
+/// Opens vbd `id` with `env` (whose [`DeviceEvent`] the caller already holds).
+///
+/// Connects blkfront (xenbus negotiation with the backend); `None` with the reason
+/// logged if that fails.
+fn open_block(env: GuestEnv, id: &str) -> Option<Box<dyn BlockDevice>> {
+    let x = super::xen::get()?;
+    let mut store = x.store.lock();
+    let xs = store.as_mut()?;
+    match pv_drivers::blkfront::Blkfront::connect(env, xs, id, Default::default()) {
+        Ok(dev) => Some(Box::new(dev)),
+        Err(e) => {
+            log::error!("blk: vbd {id}: {e}");
+            None
+        }
+    }
+}
+
+/// Runs the workload of `opts` on the chosen vbd; true if every phase passed.
+pub fn run(opts: &BlkOptions<'_>) -> bool {
+    let ids = pv::list_devices("vbd");
+    kprintln!("blk: vbd devices: {ids:?}");
+    let Some(id) = pv::choose("vbd", &ids, opts.device) else {
+        kprintln!("blk: FAIL (no device)");
+        return false;
+    };
+    let Some(env) = GuestEnv::new() else {
+        log::error!("blk: no Xen environment for a frontend");
+        kprintln!("blk: FAIL (no Xen)");
+        return false;
+    };
+    let event = env.event();
+    let Some(mut dev) = open_block(env, id) else {
+        kprintln!("blk: FAIL (vbd {id} not opened)");
+        return false;
+    };
+    run_on(&mut *dev, &event, opts)
+}
+
+/// Runs every phase of `opts` on `dev`, whose events set `event`; prints the results
+/// and `blk: PASS`/`blk: FAIL`.
+pub fn run_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, opts: &BlkOptions<'_>) -> bool {
+    let info = dev.info();
+    kprintln!(
+        "blk: {} sectors of {} bytes{}{}, queue depth {}, max transfer {} bytes",
+        info.sectors,
+        info.sector_size,
+        if info.read_only { ", read-only" } else { "" },
+        if info.flush { ", flush" } else { "" },
+        info.queue_depth,
+        info.max_transfer
+    );
+    let mut pass = true;
+    for cfg in opts.configs() {
+        kprintln!(
+            "blk: {}: region [{:#x}, +{:#x}), {} bytes per request, queue depth {}, seed {}",
+            cfg.phase.name(),
+            cfg.offset,
+            cfg.size,
+            cfg.block,
+            cfg.queue_depth,
+            cfg.seed
+        );
+        let mut waiter = GuestWaiter::new(event);
+        match workload::run(dev, &cfg, &mut waiter) {
+            Ok(r) => {
+                kprintln!("blk: {}: {r}", cfg.phase.name());
+                kprintln!(
+                    "blk: {}: {} waits, {} events, {} recoveries",
+                    cfg.phase.name(),
+                    waiter.waits,
+                    waiter.events,
+                    waiter.recoveries
+                );
+                pass &= r.passed();
+            }
+            Err(e) => {
+                log::error!("blk: {}: {e}", cfg.phase.name());
+                pass = false;
+            }
+        }
+    }
+    kprintln!("blk: {}", if pass { "PASS" } else { "FAIL" });
+    pass
+}
+
+/// Waits for a block device: its event, or a recovery tick; gives up after
+/// [`STALL_NS`] without a completion.
+pub struct GuestWaiter<'a> {
+    event: &'a DeviceEvent,
+    last_progress: u64,
+    last_wake: Woken,
+    /// Waits, events that ended one, polls after a tick that found completions.
+    pub waits: u64,
+    pub events: u64,
+    pub recoveries: u64,
+}
+
+impl<'a> GuestWaiter<'a> {
+    /// A waiter on `event`.
+    pub fn new(event: &'a DeviceEvent) -> Self {
+        Self {
+            event,
+            last_progress: pv::now_ns(),
+            last_wake: Woken::Event,
+            waits: 0,
+            events: 0,
+            recoveries: 0,
+        }
+    }
+}
+
+impl Waiter for GuestWaiter<'_> {
+    fn wait(&mut self) -> bool {
+        let now = pv::now_ns();
+        if now.saturating_sub(self.last_progress) > STALL_NS {
+            log::error!(
+                "blk: no completion for {} s: giving up",
+                STALL_NS / 1_000_000_000
+            );
+            return false;
+        }
+        self.waits += 1;
+        self.last_wake = pv::wait_for_event(self.event, now.saturating_add(RECOVERY_TICK_NS));
+        if self.last_wake == Woken::Event {
+            self.events += 1;
+        }
+        true
+    }
+
+    fn now_ns(&self) -> u64 {
+        pv::now_ns()
+    }
+
+    fn polled(&mut self, completions: usize) {
+        if completions == 0 {
+            return;
+        }
+        self.last_progress = pv::now_ns();
+        // Work that no event announced (the event is not merely late: it would have
+        // set the flag by now).
+        if self.last_wake == Woken::Deadline && !self.event.is_pending() {
+            self.recoveries += 1;
+        }
+        self.last_wake = Woken::Event;
+    }
+}

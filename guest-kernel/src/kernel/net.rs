@@ -1,0 +1,129 @@
+//! The network services on a PV NIC (`net.ip=`, see `guest_kernel::ioopts`).
+//!
+//! Finds the vif in xenstore, opens it ([`open_net`]: the one place netfront plugs
+//! in), and runs `guest_kernel::netstack` on it: ping, TCP echo (7), discard (9), bulk
+//! (19) and control (5). The serve loop polls the stack, then halts until the device's
+//! event, smoltcp's next timer, or a recovery tick, whichever is first; a poll after a
+//! tick that receives frames is counted as a recovery (a lost event). It ends as the
+//! options say (`exit` on the control port, `net.exit-after`, `net.time-limit`) and
+//! prints the counters.
+
+use alloc::boxed::Box;
+
+use guest_kernel::ioopts::NetOptions;
+use guest_kernel::netstack::{BULK_PORT, CONTROL_PORT, DISCARD_PORT, ECHO_PORT, Finish, NetStack};
+use pv_drivers::device::NetDevice;
+
+use super::pv::{self, DeviceEvent, GuestEnv, RECOVERY_TICK_NS, Woken};
+use crate::kprintln;
+
+/// Opens vif `id` with `env` (whose [`DeviceEvent`] the caller already holds).
+///
+/// Connects netfront (xenbus negotiation with the backend); `None` with the reason
+/// logged if that fails.
+fn open_net(env: GuestEnv, id: &str) -> Option<Box<dyn NetDevice>> {
+    let x = super::xen::get()?;
+    let mut store = x.store.lock();
+    let xs = store.as_mut()?;
+    match pv_drivers::netfront::Netfront::connect(env, xs, id, Default::default()) {
+        Ok(dev) => Some(Box::new(dev)),
+        Err(e) => {
+            log::error!("net: vif {id}: {e}");
+            None
+        }
+    }
+}
+
+/// Serves on the chosen vif until the options' exit condition; true unless the device
+/// could not be opened or failed.
+pub fn run(opts: &NetOptions<'_>) -> bool {
+    let ids = pv::list_devices("vif");
+    kprintln!("net: vif devices: {ids:?}");
+    let Some(id) = pv::choose("vif", &ids, opts.device) else {
+        kprintln!("net: FAIL (no device)");
+        return false;
+    };
+    let Some(env) = GuestEnv::new() else {
+        log::error!("net: no Xen environment for a frontend");
+        kprintln!("net: FAIL (no Xen)");
+        return false;
+    };
+    let event = env.event();
+    let Some(mut dev) = open_net(env, id) else {
+        kprintln!("net: FAIL (vif {id} not opened)");
+        return false;
+    };
+    serve(&mut *dev, &event, opts)
+}
+
+/// Runs the services on `dev`, whose events set `event`; true unless the device failed.
+pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>) -> bool {
+    let start = pv::now_ns();
+    let ms = || pv::now_ns().saturating_sub(start) / 1_000_000;
+    let mut stack = match NetStack::new(opts, dev, ms(), pv::boot_entropy()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("net: {e}");
+            kprintln!("net: FAIL");
+            return false;
+        }
+    };
+    let info = dev.info();
+    let m = info.mac;
+    kprintln!(
+        "net: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}/{}{}, max frame {}",
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5],
+        opts.ip,
+        opts.prefix,
+        opts.gw
+            .map_or(alloc::string::String::new(), |g| alloc::format!(" via {g}")),
+        info.max_frame
+    );
+    kprintln!(
+        "net: serving: icmp echo, tcp echo {ECHO_PORT}, discard {DISCARD_PORT}, bulk \
+         {BULK_PORT} ({} bytes, seed {}), control {CONTROL_PORT}",
+        opts.bulk_bytes,
+        opts.seed
+    );
+    let (mut woke, mut waits, mut recoveries, mut busy_rounds) = (Woken::Event, 0u64, 0u64, 0u32);
+    let finish = loop {
+        let now = ms();
+        let act = stack.poll(dev, now);
+        if woke == Woken::Deadline && act.rx_frames > 0 && !event.is_pending() {
+            recoveries += 1;
+        }
+        if let Some(f) = stack.finished(now) {
+            break f;
+        }
+        let delay_ns = stack
+            .poll_delay_ms(now)
+            .map_or(RECOVERY_TICK_NS, |d| d.saturating_mul(1_000_000))
+            .min(RECOVERY_TICK_NS);
+        // smoltcp may want a poll right away; but a stack that keeps saying so (its
+        // transmit queue blocked on a full device) waits a little for the device.
+        if delay_ns == 0 && busy_rounds < 8 {
+            busy_rounds += 1;
+            woke = Woken::Event;
+            continue;
+        }
+        busy_rounds = 0;
+        waits += 1;
+        woke = pv::wait_for_event(event, pv::now_ns().saturating_add(delay_ns.max(1_000_000)));
+    };
+    kprintln!("net: stopped: {finish}");
+    kprintln!("net: {}", stack.counters);
+    kprintln!(
+        "net: {} waits, {} device events, {recoveries} recoveries, {} ms",
+        waits,
+        event.count(),
+        ms()
+    );
+    let ok = !matches!(finish, Finish::Device(_));
+    kprintln!("net: {}", if ok { "PASS" } else { "FAIL" });
+    ok
+}

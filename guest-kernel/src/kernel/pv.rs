@@ -1,0 +1,271 @@
+//! The guest's side of the PV frontends: [`GuestEnv`] (pages, grants and event
+//! channels for blkfront/netfront on this kernel's Xen) and waiting for a device.
+//!
+//! Every port a frontend allocates through [`GuestEnv`] is bound to one handler that
+//! sets the env's [`DeviceEvent`] flag, so the layer above polls its device when the
+//! device's event fired. Events can be lost (issue #6: a nested hypervisor sometimes
+//! drops a wake-up), so [`wait_for_event`] also returns at a deadline, and the callers
+//! poll then as well and count a *recovery* when such a poll found work that no event
+//! announced.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use guest_kernel::frames::PAGE_SIZE;
+use pv_drivers::abi::grant_table::GrantRef;
+use pv_drivers::abi::xen::DomId;
+use pv_drivers::frontend::{EnvError, FrontendEnv};
+use pv_drivers::hypercall::{HypercallError, XenHypercalls as _};
+use pv_drivers::shmem::{RawSharedMemory, SharedMemory as _};
+use pv_drivers::xenstore::TxId;
+
+use super::{arch, memory, xen};
+
+/// How often a waiting driver is polled without an event: the bound on how long a
+/// lost event can stall it.
+pub const RECOVERY_TICK_NS: u64 = 20_000_000;
+
+fn errno(e: HypercallError) -> EnvError {
+    EnvError::Evtchn(match e {
+        HypercallError::Xen(x) => x.as_neg() as i32,
+        HypercallError::Unknown(v) => i32::try_from(v).unwrap_or(i32::MIN),
+        _ => -22, // -EINVAL: the request never reached Xen
+    })
+}
+
+/// A device's event latch, shared by its event handler and the code waiting for it.
+#[derive(Clone, Default)]
+pub struct DeviceEvent {
+    pending: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+}
+
+impl DeviceEvent {
+    /// Takes the pending flag: whether an event arrived since the last call.
+    pub fn take(&self) -> bool {
+        self.pending.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether an event is pending (without taking it).
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Events received so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn handler(&self) -> pv_drivers::evtchn::Handler {
+        let me = self.clone();
+        Box::new(move |_| {
+            me.count.fetch_add(1, Ordering::Relaxed);
+            me.pending.store(true, Ordering::Release);
+        })
+    }
+}
+
+/// Why a wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Woken {
+    /// The device's event arrived.
+    Event,
+    /// The deadline passed first.
+    Deadline,
+}
+
+/// Halts until `ev` fires or Xen system time `deadline_ns` passes (a Xen single-shot
+/// timer wakes the CPU then). Other interrupts wake the CPU too; the loop halts again.
+pub fn wait_for_event(ev: &DeviceEvent, deadline_ns: u64) -> Woken {
+    let Some(x) = xen::get() else {
+        return Woken::Deadline;
+    };
+    let timer = x.timer_port().is_some()
+        && x.hv
+            .vcpu_set_singleshot_timer(0, deadline_ns, false)
+            .is_ok();
+    loop {
+        // Interrupts off between the checks and `hlt`: `sti; hlt` enables them only
+        // after the `hlt` starts, so an event arriving after the check still wakes us.
+        arch::cli();
+        if ev.take() {
+            arch::sti();
+            return Woken::Event;
+        }
+        if x.now_ns() >= deadline_ns {
+            arch::sti();
+            return Woken::Deadline;
+        }
+        if timer {
+            x86_64::instructions::interrupts::enable_and_hlt();
+        } else {
+            // No timer to wake us: spin with interrupts on.
+            arch::sti();
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// [`FrontendEnv`] on this kernel's Xen: frames from the frame allocator (identity
+/// mapped), grants in the kernel's grant table, event channels by hypercall. One per
+/// device, so that each device has its own [`DeviceEvent`].
+pub struct GuestEnv {
+    xen: &'static xen::Xen,
+    domid: DomId,
+    event: DeviceEvent,
+}
+
+impl GuestEnv {
+    /// An environment for one device; `None` without Xen or when the domain id is
+    /// unknown (neither CPUID nor xenstore's `domid` gives it).
+    pub fn new() -> Option<Self> {
+        let xen = xen::get()?;
+        let domid = match xen.domid {
+            Some(d) => d,
+            None => {
+                let mut store = xen.store.lock();
+                let raw = store.as_mut()?.read(TxId::NONE, "domid").ok()?;
+                let d = core::str::from_utf8(&raw).ok()?.trim().parse().ok()?;
+                drop(store);
+                d
+            }
+        };
+        Some(Self {
+            xen,
+            domid,
+            event: DeviceEvent::default(),
+        })
+    }
+
+    /// The event latch of every port this env allocates.
+    pub fn event(&self) -> DeviceEvent {
+        self.event.clone()
+    }
+}
+
+impl FrontendEnv for GuestEnv {
+    type Pages = RawSharedMemory;
+
+    fn alloc_pages(&mut self, count: usize) -> Result<(u64, RawSharedMemory), EnvError> {
+        if count == 0 {
+            return Err(EnvError::NoMemory);
+        }
+        let len = count
+            .checked_mul(PAGE_SIZE as usize)
+            .ok_or(EnvError::NoMemory)?;
+        let base = {
+            let mut frames = memory::FRAMES.lock();
+            let f = frames.as_mut().ok_or(EnvError::NoMemory)?;
+            if count == 1 {
+                f.alloc()
+            } else {
+                f.alloc_contiguous(count as u64, PAGE_SIZE)
+            }
+        }
+        .ok_or(EnvError::NoMemory)?;
+        // Zero with 64-bit stores (not a byte loop: ring-0 code may be emulated one
+        // instruction at a time).
+        let words = base as *mut u64;
+        for i in 0..len / 8 {
+            // SAFETY: [base, base + len) was just taken from the frame allocator: RAM
+            // mapped at its physical address that nothing else uses; `i * 8 < len`.
+            unsafe { words.add(i).write_volatile(0) };
+        }
+        // SAFETY: the frames are ours until `free_pages`, identity-mapped, and from
+        // now on are only reached through this view (and by the backend via grants).
+        let view = unsafe { RawSharedMemory::new(base as *mut u8, len) };
+        Ok((base / PAGE_SIZE, view))
+    }
+
+    fn free_pages(&mut self, pfn: u64, pages: RawSharedMemory) {
+        // The view is consumed here: nothing reaches the frames through it any more.
+        let count = pages.len() as u64 / PAGE_SIZE;
+        let mut frames = memory::FRAMES.lock();
+        let Some(f) = frames.as_mut() else { return };
+        for i in 0..count {
+            if let Err(e) = f.free((pfn + i) * PAGE_SIZE) {
+                log::warn!("pv: freeing frame {:#x}: {e:?}", pfn + i);
+            }
+        }
+    }
+
+    fn grant(&mut self, to: DomId, pfn: u64, readonly: bool) -> Result<GrantRef, EnvError> {
+        Ok(self.xen.grants.lock().grant_access(to, pfn, readonly)?)
+    }
+
+    fn end_grant(&mut self, gref: GrantRef) -> Result<(), EnvError> {
+        Ok(self.xen.grants.lock().end_access_and_free(gref)?)
+    }
+
+    fn alloc_unbound(&mut self, remote: DomId) -> Result<u32, EnvError> {
+        let port = self.xen.hv.evtchn_alloc_unbound(remote).map_err(errno)?;
+        self.xen.bind(port, self.event.handler());
+        Ok(port)
+    }
+
+    fn notify(&mut self, port: u32) {
+        if let Err(e) = self.xen.hv.evtchn_send(port) {
+            log::warn!("pv: notify port {port}: {e}");
+        }
+    }
+
+    fn close_port(&mut self, port: u32) {
+        self.xen.unbind(port);
+        if let Err(e) = self.xen.hv.evtchn_close(port) {
+            log::warn!("pv: close port {port}: {e}");
+        }
+    }
+
+    fn domid(&self) -> DomId {
+        self.domid
+    }
+}
+
+/// The ids of this domain's devices of `kind` (`vbd`, `vif`) in xenstore.
+pub fn list_devices(kind: &str) -> alloc::vec::Vec<alloc::string::String> {
+    let Some(x) = xen::get() else {
+        return alloc::vec::Vec::new();
+    };
+    let mut store = x.store.lock();
+    let Some(xs) = store.as_mut() else {
+        log::warn!("pv: no xenstore: no {kind} devices");
+        return alloc::vec::Vec::new();
+    };
+    match pv_drivers::xenbus::list_devices(xs, kind) {
+        Ok(ids) => ids,
+        Err(e) => {
+            log::warn!("pv: listing device/{kind}: {e}");
+            alloc::vec::Vec::new()
+        }
+    }
+}
+
+/// Picks `wanted` (if given and present) or the first of `ids`.
+pub fn choose<'a>(
+    kind: &str,
+    ids: &'a [alloc::string::String],
+    wanted: Option<&str>,
+) -> Option<&'a str> {
+    let found = match wanted {
+        Some(w) => ids.iter().find(|id| id.as_str() == w),
+        None => ids.first(),
+    };
+    if found.is_none() {
+        match wanted {
+            Some(w) => log::error!("pv: no {kind} device {w} (found: {ids:?})"),
+            None => log::error!("pv: no {kind} device in xenstore"),
+        }
+    }
+    found.map(|s| s.as_str())
+}
+
+/// Xen system time in ns (0 without Xen).
+pub fn now_ns() -> u64 {
+    xen::get().map_or(0, |x| x.now_ns())
+}
+
+/// A seed that differs between boots (for TCP sequence numbers).
+pub fn boot_entropy() -> u64 {
+    arch::rdtsc() ^ now_ns().rotate_left(29)
+}
