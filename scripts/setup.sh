@@ -5,7 +5,12 @@
 #     nested interrupt wake-ups (see shared/design/ENVIRONMENT.md); one QEMU version
 #     only, since QEMU refuses module files of another build.
 #   - the Rust toolchain pinned by rust-toolchain.toml, with the x86_64-unknown-none
-#     target, rustfmt and clippy.
+#     target (the guest), the x86_64-unknown-linux-musl target (a static host-shim for
+#     scripts/shim-in-qemu.sh; it links with Rust's own musl, no musl-tools), rustfmt
+#     and clippy.
+#   - zstd, to unpack the Debian kernel that scripts/shim-in-qemu.sh boots as its L1;
+#     binutils (readelf) for scripts/xen-in-qemu.sh; iputils-ping, with which the PV
+#     network tests ping the guest through a TAP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +44,16 @@ SRC
     [ "$(qemu_major)" = "10" ] || { say "QEMU 10 did not install"; exit 1; }
 fi
 
+missing=()
+command -v zstd >/dev/null || missing+=(zstd)
+command -v readelf >/dev/null || missing+=(binutils)
+command -v ping >/dev/null || missing+=(iputils-ping)
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    need_root apt-get update -qq
+    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 if ! command -v cargo >/dev/null; then
     say "cargo not found: install rustup (https://rustup.rs), then rerun"
     exit 1
@@ -46,5 +61,7 @@ fi
 # rust-toolchain.toml names the channel, target and components; `rustup show` installs
 # whatever of it is missing.
 rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
-rustup target list --installed | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
+for t in x86_64-unknown-none x86_64-unknown-linux-musl; do
+    rustup target list --installed | grep -qx "$t" || rustup target add "$t"
+done
 say "ok: $(qemu-system-x86_64 --version | head -1); $(rustc --version)"

@@ -13,6 +13,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== clippy (guest target)"
 cargo clippy -p guest-kernel -p pvh-boot -p pv-drivers --target x86_64-unknown-none \
     --release --quiet -- -D warnings
+echo "== check (static host-shim for scripts/shim-in-qemu.sh)"
+cargo check -p host-shim --release --target x86_64-unknown-linux-musl --quiet
 if [ ! -e /dev/kvm ]; then
     echo "WARNING: /dev/kvm is absent: the tests that boot the guest under host-shim will SKIP" >&2
 fi

@@ -19,17 +19,24 @@ deb_fetch() {
         name=${spec%%[=/]*}
         found=$(ls -1 "$DEB_CACHE/${name}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
         if [ -z "$found" ]; then
-            if ! (cd "$DEB_CACHE" && apt-get download -qq "$spec" >/dev/null 2>&1); then
+            # Download into a private directory, then move: another runner fetching
+            # the same package at once never sees a half-written file.
+            local tmp
+            tmp=$(mktemp -d "$DEB_CACHE/.fetch.XXXXXX")
+            if ! (cd "$tmp" && apt-get download -qq "$spec" >/dev/null 2>&1); then
                 # The lists may be stale on a fresh machine: refresh once, then retry.
                 if [ -z "${DEB_UPDATED:-}" ]; then
                     if [ "$(id -u)" -eq 0 ]; then apt-get update -qq >/dev/null; else sudo apt-get update -qq >/dev/null; fi
                     DEB_UPDATED=1
                 fi
-                (cd "$DEB_CACHE" && apt-get download -qq "$spec" >/dev/null 2>&1) || {
+                (cd "$tmp" && apt-get download -qq "$spec" >/dev/null 2>&1) || {
+                    rm -rf "$tmp"
                     deb_say "cannot download Debian package '$spec' (apt-get download failed)"
                     return 1
                 }
             fi
+            mv -f "$tmp"/*.deb "$DEB_CACHE"/ 2>/dev/null || true
+            rm -rf "$tmp"
             found=$(ls -1 "$DEB_CACHE/${name}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
             [ -n "$found" ] || { deb_say "package '$spec' downloaded but no ${name}_*.deb in $DEB_CACHE"; return 1; }
         fi

@@ -21,7 +21,7 @@ use pv_drivers::abi::grant_table::{GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GrantR
 use pv_drivers::abi::xen::DomId;
 use pv_drivers::frontend::{EnvError, FrontendEnv, PAGE_SIZE};
 use pv_drivers::grant::{GrantTable, HostGrantTable};
-use pv_drivers::shmem::{HeapSharedMemory, SharedMemory};
+use pv_drivers::shmem::{HeapSharedMemory, PagedMemory, SharedMemory};
 use pv_drivers::xenstore::{WaitOutcome, XenStore, XsError as ClientError, XsEvents};
 
 use super::BackendEnv;
@@ -560,104 +560,20 @@ pub struct LoopBack(Arc<Loopback>);
 /// A backend's mapping of granted frames on a [`Loopback`]; unpins on drop.
 pub struct LoopMapping {
     lb: Arc<Loopback>,
-    pages: Vec<(pv_drivers::grant::GrantAccess, Window)>,
-}
-
-impl LoopMapping {
-    fn page(&self, o: usize) -> Option<(&Window, usize)> {
-        self.pages
-            .get(o / PAGE_SIZE)
-            .map(|(_, w)| (w, o % PAGE_SIZE))
-    }
+    accesses: Vec<pv_drivers::grant::GrantAccess>,
+    pages: PagedMemory<Window>,
 }
 
 impl Drop for LoopMapping {
     fn drop(&mut self) {
         let mut st = self.lb.lock();
-        for (access, _) in self.pages.drain(..) {
+        for access in self.accesses.drain(..) {
             let _ = st.host_grants.end_access(access);
         }
     }
 }
 
-macro_rules! paged {
-    ($self:ident, $o:ident, $zero:expr, |$w:ident, $off:ident| $body:expr) => {
-        match $self.page($o) {
-            Some(($w, $off)) => $body,
-            None => $zero,
-        }
-    };
-}
-
-impl SharedMemory for LoopMapping {
-    fn len(&self) -> usize {
-        self.pages.len() * PAGE_SIZE
-    }
-    fn load_u8(&self, o: usize, ord: Ordering) -> u8 {
-        paged!(self, o, 0, |w, off| w.load_u8(off, ord))
-    }
-    fn store_u8(&self, o: usize, v: u8, ord: Ordering) {
-        paged!(self, o, (), |w, off| w.store_u8(off, v, ord))
-    }
-    fn load_u16(&self, o: usize, ord: Ordering) -> u16 {
-        paged!(self, o, 0, |w, off| w.load_u16(off, ord))
-    }
-    fn store_u16(&self, o: usize, v: u16, ord: Ordering) {
-        paged!(self, o, (), |w, off| w.store_u16(off, v, ord))
-    }
-    fn compare_exchange_u16(&self, o: usize, c: u16, n: u16) -> Result<u16, u16> {
-        paged!(self, o, Err(0), |w, off| w.compare_exchange_u16(off, c, n))
-    }
-    fn load_u32(&self, o: usize, ord: Ordering) -> u32 {
-        paged!(self, o, 0, |w, off| w.load_u32(off, ord))
-    }
-    fn store_u32(&self, o: usize, v: u32, ord: Ordering) {
-        paged!(self, o, (), |w, off| w.store_u32(off, v, ord))
-    }
-    fn compare_exchange_u32(&self, o: usize, c: u32, n: u32) -> Result<u32, u32> {
-        paged!(self, o, Err(0), |w, off| w.compare_exchange_u32(off, c, n))
-    }
-    fn load_u64(&self, o: usize, ord: Ordering) -> u64 {
-        paged!(self, o, 0, |w, off| w.load_u64(off, ord))
-    }
-    fn store_u64(&self, o: usize, v: u64, ord: Ordering) {
-        paged!(self, o, (), |w, off| w.store_u64(off, v, ord))
-    }
-    fn swap_u64(&self, o: usize, v: u64, ord: Ordering) -> u64 {
-        paged!(self, o, 0, |w, off| w.swap_u64(off, v, ord))
-    }
-    fn fetch_or_u64(&self, o: usize, v: u64, ord: Ordering) -> u64 {
-        paged!(self, o, 0, |w, off| w.fetch_or_u64(off, v, ord))
-    }
-    fn fetch_and_u64(&self, o: usize, v: u64, ord: Ordering) -> u64 {
-        paged!(self, o, 0, |w, off| w.fetch_and_u64(off, v, ord))
-    }
-    fn read_bytes(&self, mut o: usize, buf: &mut [u8]) {
-        let mut done = 0;
-        while done < buf.len() {
-            let Some((w, off)) = self.page(o) else {
-                buf[done..].fill(0);
-                return;
-            };
-            let n = (PAGE_SIZE - off).min(buf.len() - done);
-            w.read_bytes(off, &mut buf[done..done + n]);
-            done += n;
-            o += n;
-        }
-    }
-    fn write_bytes(&self, mut o: usize, data: &[u8]) {
-        let mut done = 0;
-        while done < data.len() {
-            let Some((w, off)) = self.page(o) else {
-                return;
-            };
-            let n = (PAGE_SIZE - off).min(data.len() - done);
-            w.write_bytes(off, &data[done..done + n]);
-            done += n;
-            o += n;
-        }
-    }
-}
+delegate_shared_memory!(LoopMapping, self => self.pages);
 
 impl BackendEnv for LoopBack {
     type Mapping = LoopMapping;
@@ -670,7 +586,8 @@ impl BackendEnv for LoopBack {
         let lb = &self.0;
         let mut map = LoopMapping {
             lb: lb.clone(),
-            pages: Vec::with_capacity(grefs.len()),
+            accesses: Vec::with_capacity(grefs.len()),
+            pages: PagedMemory::new(),
         };
         let mut st = lb.lock();
         for &gref in grefs {
@@ -689,7 +606,11 @@ impl BackendEnv for LoopBack {
                 start: frame * PAGE_SIZE,
                 len: PAGE_SIZE,
             };
-            map.pages.push((access, win));
+            map.accesses.push(access);
+            if map.pages.set_page(map.accesses.len() - 1, win).is_err() {
+                drop(st);
+                return Err(GNTST_GENERAL_ERROR);
+            }
         }
         st.stats.maps += 1;
         drop(st);

@@ -219,14 +219,21 @@ impl Tap {
         let mut req = zeroed_ifreq();
         req.ifr_name = ifr_name(&self.name)?;
         // SAFETY: SIOCGIFFLAGS fills the `ifreq`, which lives across the call.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        if unsafe {
+            libc::ioctl(
+                sock.as_raw_fd(),
+                libc::SIOCGIFFLAGS as libc::Ioctl,
+                &mut req,
+            )
+        } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: SIOCGIFFLAGS has just written the flags member of the union.
         let flags = unsafe { req.ifr_ifru.ifru_flags };
         req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
         // SAFETY: SIOCSIFFLAGS reads the `ifreq`, which lives across the call.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
