@@ -227,3 +227,38 @@ pub fn xen_without_kvm(mib: u64) -> (Arc<Xen>, InterruptLog) {
 
 /// The guest's domain id in [`xen_without_kvm`].
 pub const TEST_DOMID: DomId = 7;
+
+/// xorshift64*: deterministic pseudo-random numbers for the fuzz-style and hostile-input
+/// tests (the same inputs on every run; no wall clock, no OS entropy).
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    /// Up to `max - 1` random bytes.
+    pub fn bytes(&mut self, max: u64) -> Vec<u8> {
+        let mut v = vec![0; self.below(max) as usize];
+        self.fill(&mut v);
+        v
+    }
+}

@@ -329,9 +329,18 @@ pub fn system_time_now<M: SharedMemory + ?Sized>(
     vcpu: u32,
     read_tsc: impl FnMut() -> u64,
 ) -> Result<u64, PvclockError> {
+    read_now(mem, vcpu, read_tsc).map(|(now, _)| now)
+}
+
+/// The system time now and the record's flags.
+fn read_now<M: SharedMemory + ?Sized>(
+    mem: &M,
+    vcpu: u32,
+    read_tsc: impl FnMut() -> u64,
+) -> Result<(u64, u8), PvclockError> {
     let base = time_base(mem, vcpu)?;
     let (info, tsc) = read_consistent(mem, base, DEFAULT_MAX_ATTEMPTS, read_tsc)?;
-    Ok(system_time_at(&info, tsc))
+    Ok((system_time_at(&info, tsc), info.flags))
 }
 
 /// A clock that never goes back: the last time handed out.
@@ -362,10 +371,8 @@ impl MonotonicClock {
         vcpu: u32,
         read_tsc: impl FnMut() -> u64,
     ) -> Result<u64, PvclockError> {
-        let base = time_base(mem, vcpu)?;
-        let (info, tsc) = read_consistent(mem, base, DEFAULT_MAX_ATTEMPTS, read_tsc)?;
-        let now = system_time_at(&info, tsc);
-        if info.flags & crate::abi::xen::XEN_PVCLOCK_TSC_STABLE_BIT != 0 {
+        let (now, flags) = read_now(mem, vcpu, read_tsc)?;
+        if flags & crate::abi::xen::XEN_PVCLOCK_TSC_STABLE_BIT != 0 {
             return Ok(now);
         }
         Ok(self.clamp(now))

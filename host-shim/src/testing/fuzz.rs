@@ -769,22 +769,7 @@ pub fn fuzz_xenstore(data: &[u8]) {
 mod tests {
     use super::*;
 
-    /// xorshift64*: the inputs are the same on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn bytes(&mut self, max: u64) -> Vec<u8> {
-            let n = self.next() % max;
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::testing::Rng;
 
     #[test]
     fn hypercall_dispatcher_survives_pseudo_random_guests() {

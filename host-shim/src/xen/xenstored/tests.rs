@@ -1280,21 +1280,14 @@ fn stats_count_requests_and_errors() {
     assert!(serde_json::to_string(s).unwrap().contains("\"READ\":2"));
 }
 
-/// xorshift64*: deterministic pseudo-random numbers for the hostile-input tests.
-struct Rng(u64);
+use crate::testing::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
+/// Picks from a vocabulary.
+trait Pick {
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str;
+}
 
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
+impl Pick for Rng {
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len() as u64) as usize]
     }
@@ -1339,7 +1332,7 @@ fn random_payload(rng: &mut Rng) -> Vec<u8> {
     }
     if rng.below(10) == 0 {
         for _ in 0..rng.below(64) {
-            p.push(rng.next() as u8);
+            p.push(rng.next_u64() as u8);
         }
     }
     p
@@ -1358,7 +1351,7 @@ fn hostile_requests_never_panic_or_corrupt() {
     for i in 0..20_000u32 {
         let dom = [0, 1, 2][rng.below(3) as usize];
         let type_ = if rng.below(20) == 0 {
-            rng.next() as u32
+            rng.next_u64() as u32
         } else {
             rng.below(28) as u32
         };
@@ -1674,11 +1667,11 @@ fn ring_hostile_byte_streams_never_panic() {
             match rng.below(10) {
                 0 => {
                     // Raw garbage.
-                    let junk: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+                    let junk: Vec<u8> = (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect();
                     guest.send(&junk);
                 }
-                1 if step > 250 => guest.set_req_prod(rng.next() as u32),
-                2 if step > 250 => guest.set_rsp_cons(rng.next() as u32),
+                1 if step > 250 => guest.set_req_prod(rng.next_u64() as u32),
+                2 if step > 250 => guest.set_rsp_cons(rng.next_u64() as u32),
                 3 => {
                     guest.receive();
                 }
