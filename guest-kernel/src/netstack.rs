@@ -648,8 +648,11 @@ impl NetStack {
                     }
                 }
             }
-            if state == tcp::State::CloseWait && s.may_send() {
-                // The client closed its half; ours follows once the queued data is out.
+            let bulk_pending = matches!(slot.service, Service::Bulk) && slot.sent < self.bulk_total;
+            if state == tcp::State::CloseWait && s.may_send() && !bulk_pending {
+                // The client closed its half; ours follows once the queued data is out
+                // (the bulk service first sends all it promised: `nc host 19 </dev/null`
+                // half-closes at once and still expects the whole stream).
                 s.close();
                 queued = true;
             }
@@ -952,6 +955,38 @@ mod tests {
         assert!(c.rx_frames > 10 && c.tx_frames > 10);
         assert!(sdev.kicks > 0 && sdev.polls > 0);
         assert_eq!(server.finished(now), None);
+    }
+
+    #[test]
+    fn bulk_sends_everything_to_a_client_that_half_closed_at_once() {
+        // `nc guest 19 </dev/null`: the client's FIN comes before any data.
+        let (mut server, mut sdev, mut client, mut now) = setup(opts());
+        let bulk = client.connect(BULK_PORT, 40003);
+        let mut bulk_in = Vec::new();
+        let ok = run(
+            &mut server,
+            &mut sdev,
+            &mut client,
+            &mut now,
+            20_000,
+            |_, c, _| {
+                let s = c.tcp(bulk);
+                if s.state() == tcp::State::Established && s.may_send() {
+                    s.close();
+                }
+                if s.can_recv() {
+                    s.recv(|b| {
+                        bulk_in.extend_from_slice(b);
+                        (b.len(), ())
+                    })
+                    .unwrap();
+                }
+                matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)
+            },
+        );
+        assert!(ok, "connection did not finish: {}", server.counters);
+        assert_eq!(bulk_in.len(), 20_000);
+        assert_eq!(pattern::check(3, 0, &bulk_in), None);
     }
 
     #[test]

@@ -715,7 +715,13 @@ impl RawFront {
             self.lb.take_front_events();
             if let Some(rsp) = self.ring.take_response().unwrap() {
                 assert_eq!(rsp.id, req.id);
-                assert_eq!(rsp.operation, req.operation);
+                // Linux's rule: an indirect request is answered with its data op.
+                let op = if req.operation == BLKIF_OP_INDIRECT {
+                    req.as_indirect().indirect_op
+                } else {
+                    req.operation
+                };
+                assert_eq!(rsp.operation, op);
                 return rsp;
             }
             if self.ring.final_check_for_responses().unwrap() {
@@ -1196,14 +1202,30 @@ fn hostile_backend_wrong_operation_and_bad_status() {
     assert_broken(&mut fb, &done, 1);
 
     let mut fb = FakeBack::new(true);
-    // An indirect request must be answered as BLKIF_OP_INDIRECT.
+    // An indirect request is answered with its data operation, as Linux's blkback
+    // does (or, tolerated, with BLKIF_OP_INDIRECT); another operation is a violation.
+    for answer in [BLKIF_OP_WRITE, BLKIF_OP_INDIRECT] {
+        fb.dev
+            .submit(BlockOp::Write, 0, 128, &[7; 128 * 512])
+            .unwrap();
+        fb.dev.kick();
+        let reqs = fb.requests();
+        let last = reqs.last().unwrap();
+        assert_eq!(last.operation, BLKIF_OP_INDIRECT);
+        fb.answer(&[BlkifResponse::new(last.id, answer, 0)]);
+        let (_, done) = fb.poll();
+        assert_eq!(fb.dev.violation(), None, "answered with op {answer}");
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].result, Ok(()));
+    }
+    let mut fb = FakeBack::new(true);
     fb.dev
         .submit(BlockOp::Write, 0, 128, &[7; 128 * 512])
         .unwrap();
     fb.dev.kick();
     let reqs = fb.requests();
     assert_eq!(reqs[0].operation, BLKIF_OP_INDIRECT);
-    fb.answer(&[BlkifResponse::new(reqs[0].id, BLKIF_OP_WRITE, 0)]);
+    fb.answer(&[BlkifResponse::new(reqs[0].id, BLKIF_OP_READ, 0)]);
     let (_, done) = fb.poll();
     assert!(matches!(
         fb.dev.violation(),

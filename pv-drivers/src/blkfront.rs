@@ -500,8 +500,13 @@ struct Page<P> {
 struct InFlight<P> {
     tag: u64,
     op: BlockOp,
-    /// The operation in the ring (what the response must echo).
+    /// The operation in the ring: `BLKIF_OP_INDIRECT` for an indirect request.
     wire_op: u8,
+    /// The data operation (`indirect_op` of an indirect request, else `wire_op`).
+    /// A response echoes it or `wire_op`: Linux's blkback answers an indirect
+    /// request with its `indirect_op` (`pending_req->operation = req_operation` in
+    /// `dispatch_rw_block_io`), and Linux's blkfront expects exactly that.
+    data_op: u8,
     bytes: usize,
     /// Data pages then indirect pages.
     pages: Vec<Page<P>>,
@@ -896,12 +901,12 @@ impl<E: FrontendEnv> Blkfront<E> {
     /// Validates a response and completes its request.
     fn complete(&mut self, rsp: BlkifResponse) -> Result<(), Violation> {
         self.stats.responses += 1;
-        let expected = match self.slab.get(rsp.id) {
-            Ok(req) => req.wire_op,
+        let (expected, data_op) = match self.slab.get(rsp.id) {
+            Ok(req) => (req.wire_op, req.data_op),
             Err(IdError::Unknown) => return Err(Violation::UnknownId(rsp.id)),
             Err(IdError::Stale) => return Err(Violation::StaleId(rsp.id)),
         };
-        if rsp.operation != expected {
+        if rsp.operation != expected && rsp.operation != data_op {
             return Err(Violation::WrongOperation {
                 expected,
                 got: rsp.operation,
@@ -1185,6 +1190,7 @@ impl<E: FrontendEnv> Blkfront<E> {
             tag: self.next_tag,
             op,
             wire_op: if indirect { BLKIF_OP_INDIRECT } else { wire_op },
+            data_op: wire_op,
             bytes,
             pages: Vec::with_capacity(nseg + nind),
             grants: Vec::new(),

@@ -549,7 +549,14 @@ impl<E: BackendEnv> Blkback<E> {
                 Err(e) => break Some(e),
             };
             let status = self.handle(&req);
-            let rsp = BlkifResponse::new(req.id, req.operation, status);
+            // As Linux's blkback: an indirect request is answered with its data
+            // operation (`indirect_op`), which is what Linux's blkfront checks.
+            let op = if req.operation == BLKIF_OP_INDIRECT {
+                req.as_indirect().indirect_op
+            } else {
+                req.operation
+            };
+            let rsp = BlkifResponse::new(req.id, op, status);
             let Some(conn) = self.conn.as_mut() else {
                 break None;
             };
