@@ -13,6 +13,30 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The guest's `selftest=xen` tests, in the order it runs them.
+pub const XEN_SELFTESTS: [&str; 8] = [
+    "xen_store_identity",
+    "xen_store_rw",
+    "xen_store_watch",
+    "xen_store_transaction",
+    "xen_store_wait_blocks",
+    "xen_evtchn_loopback",
+    "xen_grant_copy",
+    "xen_timer",
+];
+
+/// Asserts that every `selftest=xen` test passed and the summary line says so.
+#[track_caller]
+pub fn assert_xen_selftests_passed(run: &Run) {
+    for test in XEN_SELFTESTS {
+        run.assert_contains(&format!("selftest: {test}: PASS"));
+    }
+    run.assert_line(&format!(
+        "selftest: {} passed, 0 failed",
+        XEN_SELFTESTS.len()
+    ));
+}
+
 /// The rustc target of the guest image.
 pub const GUEST_TARGET: &str = "x86_64-unknown-none";
 
