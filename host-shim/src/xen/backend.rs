@@ -6,7 +6,29 @@ use crate::xen::xenstored::XsError;
 use pv_drivers::abi::errno::XenErrno;
 
 use super::Xen;
-use super::evtchn::{Binding, Notifier};
+use super::evtchn::{Binding, Notifier, PortTable};
+
+/// Connects the guest's `guest_port` (allocated, waiting for domain 0) to a new
+/// domain-0 port with `notify`: the one way both ends of a guest/domain-0 channel are
+/// made, whether by the toolstack at start (xenstore, console) or by a backend's bind.
+/// `None` (and nothing changed) when domain 0 has no free port.
+pub(super) fn join_dom0(
+    guest_ports: &mut PortTable<()>,
+    dom0_ports: &mut PortTable<Option<Notifier>>,
+    domid: pv_drivers::abi::xen::DomId,
+    guest_port: u32,
+    notify: Option<Notifier>,
+) -> Option<u32> {
+    let dom0 = dom0_ports.alloc(
+        Binding::Interdomain {
+            dom: domid,
+            port: guest_port,
+        },
+        notify,
+    )?;
+    guest_ports.rebind(guest_port, Binding::Interdomain { dom: 0, port: dom0 });
+    Some(dom0)
+}
 
 impl Xen {
     /// Binds a new domain-0 port to the guest's port `guest_port`, which must be
@@ -21,18 +43,15 @@ impl Xen {
         if st.guest_ports.get(guest_port) != Some(Binding::Unbound { remote: 0 }) {
             return Err(XenErrno::EINVAL);
         }
-        let dom0 = st
-            .dom0_ports
-            .alloc(
-                Binding::Interdomain {
-                    dom: domid,
-                    port: guest_port,
-                },
-                Some(notify),
-            )
-            .ok_or(XenErrno::ENOSPC)?;
-        st.guest_ports
-            .rebind(guest_port, Binding::Interdomain { dom: 0, port: dom0 });
+        let st = &mut *st;
+        let dom0 = join_dom0(
+            &mut st.guest_ports,
+            &mut st.dom0_ports,
+            domid,
+            guest_port,
+            Some(notify),
+        )
+        .ok_or(XenErrno::ENOSPC)?;
         Ok(dom0)
     }
 
@@ -73,6 +92,41 @@ impl Xen {
 
 #[cfg(test)]
 mod tests {
-    // Exercised through the backends' tests (host-shim/tests/*_front_back.rs use the
-    // same port rules through their own environment) and the whole-system tests.
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_backend_binds_only_a_port_waiting_for_dom0_and_closing_leaves_it_waiting() {
+        let (xen, _irqs) = crate::testing::xen_without_kvm(8);
+        let notify: Notifier = Arc::new(|| {});
+        let (waiting, other) = {
+            let mut st = xen.lock();
+            (
+                st.guest_ports
+                    .alloc(Binding::Unbound { remote: 0 }, ())
+                    .unwrap(),
+                st.guest_ports
+                    .alloc(Binding::Unbound { remote: 5 }, ())
+                    .unwrap(),
+            )
+        };
+        assert_eq!(xen.bind_dom0(other, notify.clone()), Err(XenErrno::EINVAL));
+        assert_eq!(xen.bind_dom0(4000, notify.clone()), Err(XenErrno::EINVAL));
+        let dom0 = xen.bind_dom0(waiting, notify.clone()).unwrap();
+        assert_eq!(
+            xen.lock().guest_ports.get(waiting),
+            Some(Binding::Interdomain { dom: 0, port: dom0 })
+        );
+        // Bound once: a second bind is refused.
+        assert_eq!(xen.bind_dom0(waiting, notify), Err(XenErrno::EINVAL));
+        assert!(xen.notify_guest(dom0));
+        xen.close_dom0(dom0);
+        assert_eq!(
+            xen.lock().guest_ports.get(waiting),
+            Some(Binding::Unbound { remote: 0 })
+        );
+        assert!(!xen.notify_guest(dom0));
+        xen.close_dom0(dom0);
+    }
 }

@@ -235,14 +235,8 @@ impl Xen {
         // and the console, already bound by their domain-0 daemons.
         let mut connect = || {
             let guest = guest_ports.alloc(Binding::Unbound { remote: 0 }, ())?;
-            let dom0 = dom0_ports.alloc(
-                Binding::Interdomain {
-                    dom: config.domid,
-                    port: guest,
-                },
-                None,
-            )?;
-            guest_ports.rebind(guest, Binding::Interdomain { dom: 0, port: dom0 });
+            let dom0 =
+                backend::join_dom0(&mut guest_ports, &mut dom0_ports, config.domid, guest, None)?;
             Some((guest, dom0))
         };
         // Fresh tables have thousands of free ports.
@@ -389,27 +383,6 @@ impl Xen {
             .map_err(|_| MsrRefused("hypercall page address is not RAM"))?;
         self.lock().hypercall_page = Some(gpa);
         Ok(())
-    }
-
-    /// Opens a domain-0 port connected to the guest's new port, as a backend does with
-    /// `EVTCHNOP_bind_interdomain` to a port the toolstack allocated. `notify` runs
-    /// whenever the guest signals its end. Returns `(guest_port, dom0_port)`.
-    pub fn connect_dom0(&self, notify: Option<Notifier>) -> Option<(u32, u32)> {
-        let mut st = self.lock();
-        let guest = st.guest_ports.alloc(Binding::Unbound { remote: 0 }, ())?;
-        let Some(dom0) = st.dom0_ports.alloc(
-            Binding::Interdomain {
-                dom: self.config.domid,
-                port: guest,
-            },
-            notify,
-        ) else {
-            st.guest_ports.close(guest);
-            return None;
-        };
-        st.guest_ports
-            .rebind(guest, Binding::Interdomain { dom: 0, port: dom0 });
-        Some((guest, dom0))
     }
 
     /// Signals the guest end of domain-0 port `dom0_port` (a backend's
