@@ -313,11 +313,24 @@ pub fn read_time_info_bounded<M: SharedMemory + ?Sized>(
 }
 
 /// System time in ns at TSC value `tsc` by `info`: `system_time` plus the scaled ticks
-/// since `tsc_timestamp` (a `tsc` before the timestamp counts as no time).
+/// `tsc - tsc_timestamp`.
+///
+/// The difference is taken modulo 2^64, as Xen and Linux (`__pvclock_read_cycles`)
+/// take it: `tsc_timestamp` is in the guest's TSC, which for an HVM/PVH domain is the
+/// host's TSC plus a (usually negative) offset, so a record stamped before the domain's
+/// TSC passed zero carries a "negative" timestamp, e.g. 2^64 - 506842270 a few hundred
+/// milliseconds after the domain was built (seen on Xen 4.17, until its next 1 s time
+/// calibration). Read as a signed difference, a `tsc` slightly before the timestamp
+/// (a record a hostile or sloppy writer stamped in the future) extrapolates backwards
+/// instead of jumping 2^64 ticks ahead; the result saturates at 0.
 pub fn system_time_at(info: &VcpuTimeInfo, tsc: u64) -> u64 {
-    let delta = tsc.saturating_sub(info.tsc_timestamp);
-    info.system_time
-        .wrapping_add(scale_delta(delta, info.tsc_to_system_mul, info.tsc_shift))
+    let delta = tsc.wrapping_sub(info.tsc_timestamp) as i64;
+    let ns = scale_delta(delta.unsigned_abs(), info.tsc_to_system_mul, info.tsc_shift);
+    if delta >= 0 {
+        info.system_time.wrapping_add(ns)
+    } else {
+        info.system_time.saturating_sub(ns)
+    }
 }
 
 /// The current system time in ns of `vcpu` (Xen's "system time": ns since the
@@ -670,14 +683,17 @@ mod tests {
         for shift in -8i8..=8 {
             for mul in [0x8000_0000u32, 0xAAAA_AAAA, 0xFFFF_FFFF, 0xC000_1234] {
                 for delta in [0u64, 1, 999, 1 << 20, (1 << 28) + 12_345] {
-                    let info = VcpuTimeInfo {
-                        tsc_to_system_mul: mul,
-                        tsc_shift: shift,
-                        ..Default::default()
+                    // `(((tsc - tsc_timestamp) << tsc_shift) * mul) >> 32`, a
+                    // negative shift shifting right.
+                    let shifted = if shift >= 0 {
+                        delta << shift
+                    } else {
+                        delta >> -shift
                     };
+                    let header = ((u128::from(shifted) * u128::from(mul)) >> 32) as u64;
                     assert_eq!(
                         scale_delta(delta, mul, shift),
-                        info.ns_since_update(delta),
+                        header,
                         "delta {delta} mul {mul:#x} shift {shift}"
                     );
                 }
@@ -735,7 +751,35 @@ mod tests {
         assert_eq!(now, 7_000_001_000);
         let info = read_time_info(&mem, 0).unwrap();
         assert_eq!(system_time_at(&info, 10_000), 7_000_000_000);
-        assert_eq!(system_time_at(&info, 5), 7_000_000_000, "TSC before stamp");
+        // A TSC before the stamp extrapolates backwards (2 ticks per ns).
+        assert_eq!(system_time_at(&info, 8_000), 6_999_999_000);
+        assert_eq!(
+            system_time_at(
+                &VcpuTimeInfo {
+                    system_time: 10,
+                    ..info
+                },
+                0
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn a_timestamp_before_the_guest_tsc_passed_zero_wraps() {
+        // Xen 4.17 under QEMU: a record stamped 506842270 ticks before the domain's
+        // TSC passed zero, read 1245849577 ticks after it, at 2.6 GHz.
+        let info = VcpuTimeInfo {
+            tsc_timestamp: 0u64.wrapping_sub(506_842_270),
+            system_time: 8_681_841_276,
+            tsc_to_system_mul: 3_304_031_680,
+            tsc_shift: -1,
+            ..Default::default()
+        };
+        let now = system_time_at(&info, 1_245_849_577);
+        let elapsed = now - info.system_time;
+        // 1752691847 ticks at 2.6 GHz: 674 ms.
+        assert!((674_000_000..675_000_000).contains(&elapsed), "{elapsed}");
     }
 
     #[test]

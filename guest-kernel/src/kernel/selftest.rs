@@ -304,10 +304,12 @@ fn test_xs_wait_blocks(x: &xen::Xen) -> TestResult {
         // A stale latch from an earlier event would end the wait at once.
         while x.store_wait_until(0) == pv_drivers::xenstore::WaitOutcome::Event {}
         let woke = x.store_wakeups.load(Ordering::Relaxed);
+        *x.wait_trace.lock() = Some(xen::WaitTrace::default());
         let start = x.now_ns();
         let outcome = x.store_wait_until(start + WAIT_NS);
         let took = x.now_ns() - start;
         let woke = x.store_wakeups.load(Ordering::Relaxed) - woke;
+        let trace = x.wait_trace.lock().take().unwrap_or_default();
         check!(
             outcome == pv_drivers::xenstore::WaitOutcome::TimedOut,
             "an event arrived"
@@ -318,7 +320,7 @@ fn test_xs_wait_blocks(x: &xen::Xen) -> TestResult {
         );
         check!(
             woke <= 10,
-            "woke {woke} times in {took} ns: spinning, not blocking"
+            "woke {woke} times in {took} ns: spinning, not blocking (start {start}, clock: {trace})"
         );
         Ok(alloc::format!(
             "woke {woke} times in {} ms",

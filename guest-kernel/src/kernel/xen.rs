@@ -161,6 +161,69 @@ pub struct Xen {
     pub store_waits: AtomicU64,
     /// Times such a wait woke up (from `SCHEDOP_poll`), event or not.
     pub store_wakeups: AtomicU64,
+    /// When set, [`Xen::store_wait_until`] records the clock it sees (diagnostics).
+    pub wait_trace: Mutex<Option<WaitTrace>>,
+}
+
+/// What [`Xen::store_wait_until`] saw of the clock while a trace was armed: each
+/// distinct time record once (up to [`WaitTrace::MAX_RECORDS`]), with the TSC and the
+/// raw (unclamped) reading at that moment, and how often the TSC read was behind the
+/// record's own timestamp (the record then extrapolates no time at all).
+#[derive(Debug, Default)]
+pub struct WaitTrace {
+    /// `(wake-up number, TSC, record, raw system time)` for each new record version.
+    pub records: alloc::vec::Vec<(u64, u64, pv_drivers::abi::xen::VcpuTimeInfo, u64)>,
+    /// Wake-ups at which the TSC was below the record's `tsc_timestamp`.
+    pub tsc_behind: u64,
+    /// Wake-ups recorded.
+    pub wakeups: u64,
+}
+
+impl WaitTrace {
+    /// Records kept.
+    pub const MAX_RECORDS: usize = 8;
+
+    fn observe(&mut self, shared: &RawSharedMemory) {
+        self.wakeups += 1;
+        let Ok(info) = pvclock::read_time_info(shared, 0) else {
+            return;
+        };
+        let tsc = arch::rdtsc();
+        if tsc < info.tsc_timestamp {
+            self.tsc_behind += 1;
+        }
+        let new = self
+            .records
+            .last()
+            .is_none_or(|(_, _, last, _)| last.version != info.version);
+        if new && self.records.len() < Self::MAX_RECORDS {
+            let raw = pvclock::system_time_at(&info, tsc);
+            self.records.push((self.wakeups, tsc, info, raw));
+        }
+    }
+}
+
+impl core::fmt::Display for WaitTrace {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} wake-ups, TSC behind the record at {}",
+            self.wakeups, self.tsc_behind
+        )?;
+        for (wake, tsc, r, raw) in &self.records {
+            write!(
+                f,
+                "; #{wake} tsc {tsc} v{} stamp {} sys {} mul {} shift {} flags {:#x} raw {raw}",
+                r.version,
+                r.tsc_timestamp,
+                r.system_time,
+                r.tsc_to_system_mul,
+                r.tsc_shift,
+                r.flags
+            )?;
+        }
+        Ok(())
+    }
 }
 
 static XEN: Once<Xen> = Once::new();
@@ -290,6 +353,7 @@ pub fn init(cpuid: XenCpuid) -> Result<&'static Xen, InitError> {
         upcalls: AtomicU64::new(0),
         store_waits: AtomicU64::new(0),
         store_wakeups: AtomicU64::new(0),
+        wait_trace: Mutex::new(None),
     });
 
     // Upcall: the per-vCPU vector, or the older callback-via-vector parameter.
@@ -482,6 +546,9 @@ impl Xen {
             // The pending event's upcall runs here and latches STORE_EVENT.
             arch::sti();
             self.store_wakeups.fetch_add(1, Ordering::Relaxed);
+            if let Some(Some(trace)) = self.wait_trace.try_lock().as_deref_mut() {
+                trace.observe(self.shared);
+            }
             if polled.is_err() {
                 // A hypervisor without SCHEDOP_poll: this becomes a busy wait, still
                 // bounded by the deadline.

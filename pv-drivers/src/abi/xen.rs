@@ -207,28 +207,6 @@ pub struct VcpuTimeInfo {
     pub pad1: [u8; 2],
 }
 
-impl VcpuTimeInfo {
-    /// Nanoseconds elapsed since `tsc_timestamp` at TSC value `tsc`, by the header's
-    /// formula `(((tsc - tsc_timestamp) << tsc_shift) * tsc_to_system_mul) >> 32`
-    /// (a negative shift shifts right). A `tsc` before `tsc_timestamp` counts as 0.
-    pub fn ns_since_update(&self, tsc: u64) -> u64 {
-        let delta = tsc.saturating_sub(self.tsc_timestamp);
-        let shift = self.tsc_shift;
-        let delta = if shift >= 0 {
-            delta << (shift as u32 & 63)
-        } else {
-            delta >> ((-(shift as i32)) as u32 & 63)
-        };
-        ((u128::from(delta) * u128::from(self.tsc_to_system_mul)) >> 32) as u64
-    }
-
-    /// Current system time in nanoseconds at TSC value `tsc`:
-    /// `system_time + ns_since_update(tsc)`.
-    pub fn system_time_at(&self, tsc: u64) -> u64 {
-        self.system_time.wrapping_add(self.ns_since_update(tsc))
-    }
-}
-
 /// `struct arch_vcpu_info` (x86_64).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -425,12 +403,6 @@ mod tests {
         assert_eq!(b[28], 1);
         assert_eq!(b[29], XEN_PVCLOCK_TSC_STABLE_BIT);
         assert_eq!(VcpuTimeInfo::from_bytes(&b), t);
-
-        assert_eq!(t.system_time_at(1_000), 5_000_000);
-        assert_eq!(t.system_time_at(1_250), 5_000_250);
-        assert_eq!(t.system_time_at(10), 5_000_000);
-        let slow = VcpuTimeInfo { tsc_shift: -2, ..t };
-        assert_eq!(slow.ns_since_update(1_400), 50);
     }
 
     #[test]
