@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use host_shim::backends::blkback::{Blkback, BlkbackOptions, BlkbackStats, DiskImage, DiskOptions};
-use host_shim::backends::loopback::{LoopFront, LoopXs, Loopback};
-use host_shim::backends::{DevicePaths, Kick, Running, create_device, read_state, spawn};
+use host_shim::backends::loopback::{FrontStore, LoopFront, LoopXs, Loopback};
+use host_shim::backends::{
+    DevicePaths, Kick, Running, create_device, read_state, spawn, write_state,
+};
 use pv_drivers::abi::blkif::{
     BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
     BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BlkifRequest,
@@ -21,9 +23,11 @@ use pv_drivers::abi::blkif::{
 use pv_drivers::abi::grant_table::GrantRef;
 use pv_drivers::blkfront::{Blkfront, BlkfrontConfig, Violation};
 use pv_drivers::device::{BlockCompletion, BlockDevice, BlockError, BlockOp};
+use pv_drivers::follow::Followed;
 use pv_drivers::frontend::FrontendEnv;
 use pv_drivers::ring::{BlkifBackRing, BlkifFrontRing, RingError, SRING_REQ_PROD, SRING_RSP_PROD};
 use pv_drivers::shmem::{HeapSharedMemory, SharedMemory};
+use pv_drivers::workload::{self, Waiter};
 use pv_drivers::xenbus::XenbusState;
 use pv_drivers::xenstore::{TxId, XenStore};
 
@@ -612,6 +616,100 @@ fn backend_going_away_fails_unpublished_requests() {
         Err(BlockError::Disconnected)
     );
     assert_eq!(rig.store_read(&front_node("state")).unwrap(), b"6");
+}
+
+/// Waits for the frontend's event (bounded); at the `detach_at`-th wait the toolstack
+/// detaches the disk as `xl block-detach` does: the backend's `online` goes 0 and its
+/// `state` Closing.
+struct DetachingWaiter<'a> {
+    rig: &'a Rig,
+    detach_at: u32,
+    waits: u32,
+    start: Instant,
+}
+
+impl Waiter for DetachingWaiter<'_> {
+    fn wait(&mut self) -> bool {
+        self.waits += 1;
+        if self.waits == self.detach_at {
+            let (online, state) = (self.rig.paths.back("online"), self.rig.paths.back("state"));
+            self.rig.lb.with_store(|xs| {
+                xs.dom0().write(None, &online, b"0").unwrap();
+                write_state(xs, &state, XenbusState::Closing).unwrap();
+            });
+        }
+        self.rig.lb.take_front_events();
+        self.rig.lb.wait_front_event(Duration::from_millis(20));
+        self.start.elapsed() < WAIT
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+#[test]
+fn a_detach_during_a_workload_closes_a_following_frontend_and_ends_the_workload() {
+    let rig = Rig::new(8 << 20, DiskOptions::default(), BlkbackOptions::default());
+    let store = FrontStore::new(&rig.lb).unwrap();
+    let dev = Blkfront::connect(
+        rig.lb.front(),
+        &mut store.lock(),
+        &DEVID.to_string(),
+        BlkfrontConfig::default(),
+    )
+    .unwrap();
+    let mut dev = Followed::new(dev, store.clone());
+    let cfg = workload::Config {
+        phase: workload::Phase::SeqWrite,
+        size: 8 << 20,
+        block: 4096,
+        queue_depth: 4,
+        ..Default::default()
+    };
+    let mut waiter = DetachingWaiter {
+        rig: &rig,
+        detach_at: 3,
+        waits: 0,
+        start: Instant::now(),
+    };
+    let report = workload::run(&mut dev, &cfg, &mut waiter).unwrap();
+    // The workload ended on the detach, long before its 2048 writes, and did not
+    // wait for the deadline.
+    assert_eq!(
+        report.first_error,
+        Some(BlockError::Disconnected),
+        "{report:?}"
+    );
+    assert!(report.ops < 2048, "{report:?}");
+    assert!(waiter.waits < 100, "{} waits", waiter.waits);
+    assert_eq!(dev.backend_state(), Some(XenbusState::Closing));
+    assert!(!dev.device().is_connected());
+    assert_eq!(dev.device().watch_token(), None);
+    assert!(
+        dev.stats().events >= 1 && dev.stats().errors == 0,
+        "{:?}",
+        dev.stats()
+    );
+    // The frontend closed its end, which is what the toolstack waits for; the backend
+    // follows it to Closed and releases the ring.
+    assert_eq!(rig.store_read(&front_node("state")).unwrap(), b"6");
+    rig.wait_back_state(XenbusState::Closed);
+    rig.wait_back_stats("a disconnect", |s| s.disconnects == 1);
+    // Every write that completed reached the disk (the image was zeros before).
+    let image = rig.image.contents();
+    let mut expect = vec![0u8; 4096];
+    let on_disk = (0..2048u64)
+        .filter(|block| {
+            pv_drivers::pattern::fill(cfg.seed, block * 4096, &mut expect);
+            image[(block * 4096) as usize..][..4096] == expect[..]
+        })
+        .count() as u64;
+    assert!(report.writes > 0, "{report:?}");
+    assert!(
+        on_disk >= report.writes,
+        "{on_disk} blocks on disk, {report:?}"
+    );
 }
 
 #[test]
@@ -1326,7 +1424,7 @@ fn backend_closing_fails_requests_in_flight() {
     fb.lb
         .with_store(|s| s.dom0().write(None, &path, b"5"))
         .unwrap();
-    let ev = fb.xs.next_watch_event().unwrap();
+    let ev = fb.xs.next_watch_event(None).unwrap();
     assert!(ev.is_some_and(|e| Some(e.token.as_str()) == fb.dev.watch_token()));
     assert_eq!(
         fb.dev.on_xenbus_event(&mut fb.xs).unwrap(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use host_shim::backends::loopback::{LoopBack, LoopFront, LoopMapping, Loopback};
+use host_shim::backends::loopback::{FrontStore, LoopBack, LoopFront, LoopMapping, Loopback};
 use host_shim::backends::netback::{Netback, NetbackConfig};
 use host_shim::backends::spec::format_mac;
 use host_shim::backends::tap::{Link, MemLink, Tap, TapOptions};
@@ -22,6 +22,7 @@ use pv_drivers::abi::netif::{
     NetifTxResponse, XEN_NETIF_GSO_TYPE_TCPV4,
 };
 use pv_drivers::device::{NetDevice, NetError};
+use pv_drivers::follow::Followed;
 use pv_drivers::frontend::FrontendEnv;
 use pv_drivers::netfront::{Netfront, NetfrontConfig};
 use pv_drivers::ring::{
@@ -228,6 +229,52 @@ fn negotiation_and_frames_both_ways() {
     assert_eq!(num(&stats, &["rx_slots"]), 5);
     assert_eq!(num(&stats, &["tx_errors", "size"]), 0);
     assert!(num(&stats, &["grant_copies"]) >= 10);
+}
+
+#[test]
+fn a_detach_while_serving_closes_a_following_frontend() {
+    let mut rig = Rig::new(true);
+    let store = FrontStore::new(&rig.lb).unwrap();
+    let nf = Netfront::connect(
+        rig.lb.front(),
+        &mut store.lock(),
+        "0",
+        NetfrontConfig::default(),
+    )
+    .unwrap();
+    let mut nf = Followed::new(nf, store.clone());
+    rig.wait_backend(XenbusState::Connected);
+    // Serving: frames in from the host.
+    rig.host.send_frame(&frame(60, 1)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut got = 0;
+    while got == 0 {
+        assert!(Instant::now() < deadline, "no frame arrived");
+        rig.lb.wait_front_event(Duration::from_millis(20));
+        rig.lb.take_front_events();
+        nf.poll().expect("poll while connected");
+        while nf.receive(&mut |_| got += 1).unwrap() {}
+    }
+    // `xl network-detach`: the toolstack takes the backend offline and closing.
+    rig.lb.with_store(|xs| {
+        xs.dom0()
+            .write(None, &paths().back("online"), b"0")
+            .unwrap();
+        write_state(xs, &paths().back("state"), XenbusState::Closing).unwrap();
+    });
+    // The next poll notices, without any device event, and closes this end.
+    assert_eq!(nf.poll(), Err(NetError::Disconnected));
+    assert_eq!(nf.backend_state(), Some(XenbusState::Closing));
+    assert_eq!(nf.transmit(60, &mut |_| ()), Err(NetError::Disconnected));
+    assert_eq!(
+        store.lock().read(TxId::NONE, "device/vif/0/state").unwrap(),
+        b"6"
+    );
+    assert_eq!(nf.device().watch_token(), None);
+    // netback follows the frontend to Closed and lets the rings go.
+    rig.wait_backend(XenbusState::Closed);
+    let stats = rig.stop();
+    assert_eq!(num(&stats, &["rx_frames"]), 1, "{stats}");
 }
 
 #[test]
@@ -698,21 +745,27 @@ fn malicious_backend_is_counted_and_dropped_without_panic() {
     assert_eq!(nf.transmit(60, &mut |_| ()), Err(NetError::Protocol));
     assert!(!nf.can_transmit(60));
 
-    // The backend closes: the frontend follows.
+    // The backend closes: the frontend's own watch fires and the frontend follows.
+    let token = nf
+        .watch_token()
+        .expect("a connected netfront watches")
+        .to_owned();
+    while xs.next_watch_event(Some(&token)).unwrap().is_some() {}
     lb.with_store(|xs| write_state(xs, &paths().back("state"), XenbusState::Closing))
         .unwrap();
-    assert_eq!(nf.backend_changed(&mut xs).unwrap(), XenbusState::Closing);
-    assert_eq!(
-        xs.read(TxId::NONE, "device/vif/0/state").unwrap(),
-        b"5".to_vec()
-    );
-    lb.with_store(|xs| write_state(xs, &paths().back("state"), XenbusState::Closed))
-        .unwrap();
-    assert_eq!(nf.backend_changed(&mut xs).unwrap(), XenbusState::Closed);
+    let ev = xs.wait_watch_event(Some(&token)).unwrap();
+    assert_eq!(ev.path, nf.backend_state_path());
+    assert_eq!(nf.on_xenbus_event(&mut xs).unwrap(), XenbusState::Closing);
     assert_eq!(
         xs.read(TxId::NONE, "device/vif/0/state").unwrap(),
         b"6".to_vec()
     );
+    // Closed: the watch is gone, and a later change is only reported.
+    lb.with_store(|xs| write_state(xs, &paths().back("state"), XenbusState::Closed))
+        .unwrap();
+    assert_eq!(nf.on_xenbus_event(&mut xs).unwrap(), XenbusState::Closed);
+    assert_eq!(nf.watch_token(), None);
+    assert_eq!(xs.watches().count(), 0);
 }
 
 #[test]

@@ -1391,6 +1391,25 @@ impl<E: FrontendEnv> BlockDevice for Blkfront<E> {
     }
 }
 
+impl<E: FrontendEnv> crate::follow::Follower for Blkfront<E> {
+    type Error = BlkfrontError;
+
+    fn watch_token(&self) -> Option<&str> {
+        Blkfront::watch_token(self)
+    }
+
+    fn on_backend_change<P, X>(
+        &mut self,
+        xs: &mut XenStore<P, X>,
+    ) -> Result<XenbusState, BlkfrontError>
+    where
+        P: Deref<Target: SharedMemory>,
+        X: XsEvents,
+    {
+        self.on_xenbus_event(xs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod blkfront;
 pub mod console;
 pub mod device;
 pub mod evtchn;
+pub mod follow;
 pub mod frontend;
 pub mod grant;
 pub mod hypercall;

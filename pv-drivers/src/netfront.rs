@@ -433,6 +433,8 @@ pub struct Netfront<E: FrontendEnv> {
     connected: bool,
     error: Option<NetError>,
     stats: NetfrontStats,
+    /// The token of our watch on the backend's `state`, while it is registered.
+    watch: Option<String>,
 }
 
 impl<E: FrontendEnv> Netfront<E> {
@@ -510,6 +512,7 @@ impl<E: FrontendEnv> Netfront<E> {
             connected: false,
             error: None,
             stats: NetfrontStats::default(),
+            watch: None,
         };
         if let Err(e) = nf.setup(split, config) {
             nf.release();
@@ -603,8 +606,30 @@ impl<E: FrontendEnv> Netfront<E> {
         if state != XenbusState::Connected {
             return Err(NetfrontError::BackendClosed(state));
         }
+        // Watch the backend from now on, so that its closing is noticed.
+        let token = xs.unique_token("netfront-");
+        xs.watch(&self.backend_state_path(), &token)
+            .map_err(XenbusError::Store)?;
+        self.watch = Some(token);
         self.connected = true;
         Ok(())
+    }
+
+    /// The token of the watch on the backend's `state` (registered once connected,
+    /// removed when the device closes): on an event with it, call
+    /// [`Netfront::on_xenbus_event`].
+    pub fn watch_token(&self) -> Option<&str> {
+        self.watch.as_deref()
+    }
+
+    fn unwatch<P, X>(&mut self, xs: &mut XenStore<P, X>)
+    where
+        P: Deref<Target: SharedMemory>,
+        X: XsEvents,
+    {
+        if let Some(token) = self.watch.take() {
+            let _ = xs.unwatch(&self.backend_state_path(), &token);
+        }
     }
 
     /// The event-channel ports: the guest routes both to [`NetDevice::poll`].
@@ -612,8 +637,7 @@ impl<E: FrontendEnv> Netfront<E> {
         self.ports
     }
 
-    /// The backend's `state` node: the guest watches it and calls
-    /// [`Netfront::backend_changed`] when it fires.
+    /// The backend's `state` node (the one [`Netfront::watch_token`] watches).
     pub fn backend_state_path(&self) -> String {
         xenbus::join(&self.backend_path, "state")
     }
@@ -633,10 +657,11 @@ impl<E: FrontendEnv> Netfront<E> {
         self.stats
     }
 
-    /// Follows a change of the backend's state: when it is closing or gone, stops the
-    /// device and completes the close (`Closing`, then `Closed`), releasing what the
-    /// backend no longer holds. Returns the backend's state.
-    pub fn backend_changed<P, X>(
+    /// Follows a change of the backend's state (the watch [`Netfront::watch_token`]
+    /// fired): when it is closing or gone, stops the device, switches to `Closed` and
+    /// releases what the backend no longer holds (a page it still maps is leaked, not
+    /// reused). Returns the backend's state.
+    pub fn on_xenbus_event<P, X>(
         &mut self,
         xs: &mut XenStore<P, X>,
     ) -> Result<XenbusState, NetfrontError>
@@ -651,18 +676,16 @@ impl<E: FrontendEnv> Netfront<E> {
             ))) => XenbusState::Unknown,
             Err(e) => return Err(e.into()),
         };
-        if matches!(
+        let gone = matches!(
             state,
             XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown
-        ) && self.connected
-        {
+        );
+        if gone && (self.connected || self.tx_ring.is_some()) {
+            // As Linux's netfront does (`xenbus_frontend_closed`): straight to Closed,
+            // which is what the backend (Linux's netback stays Closing until then) and
+            // the toolstack (`xl network-detach`) wait for.
             self.connected = false;
-            xenbus::switch_state(xs, &self.dir, XenbusState::Closing)?;
-            if state != XenbusState::Closing {
-                xenbus::switch_state(xs, &self.dir, XenbusState::Closed)?;
-                self.release();
-            }
-        } else if state == XenbusState::Closed && self.tx_ring.is_some() {
+            self.unwatch(xs);
             xenbus::switch_state(xs, &self.dir, XenbusState::Closed)?;
             self.release();
         }
@@ -685,6 +708,7 @@ impl<E: FrontendEnv> Netfront<E> {
             )
         };
         let r = xenbus::wait_for_state(xs, &self.backend_path, closed, 16);
+        self.unwatch(xs);
         xenbus::switch_state(xs, &self.dir, XenbusState::Closed)?;
         self.release();
         r.map(drop).map_err(Into::into)
@@ -1052,6 +1076,25 @@ impl<E: FrontendEnv> NetDevice for Netfront<E> {
         self.refill()?;
         self.kick();
         Ok(())
+    }
+}
+
+impl<E: FrontendEnv> crate::follow::Follower for Netfront<E> {
+    type Error = NetfrontError;
+
+    fn watch_token(&self) -> Option<&str> {
+        Netfront::watch_token(self)
+    }
+
+    fn on_backend_change<P, X>(
+        &mut self,
+        xs: &mut XenStore<P, X>,
+    ) -> Result<XenbusState, NetfrontError>
+    where
+        P: Deref<Target: SharedMemory>,
+        X: XsEvents,
+    {
+        self.on_xenbus_event(xs)
     }
 }
 

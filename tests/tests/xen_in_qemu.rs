@@ -298,3 +298,85 @@ fn netfront_serves_ping_and_tcp_to_dom0_through_linux_netback() {
     run.assert_line("net: stopped: 2 connections completed");
     run.assert_line("net: PASS");
 }
+
+/// The dom0 side of the detach test (busybox sh): once the guest's vbd is connected,
+/// `xl block-detach` it; once its vif is, `xl network-detach` it. libxl takes the
+/// backend offline and Closing, then waits up to 10 s for the frontend to close before
+/// it removes the device by force; `-vvv` makes it say so ("initiating forced
+/// remove"), which must not happen: the guest follows the backend's state.
+const DETACH_SCRIPT: &str = r#"#!/bin/sh
+xl=/usr/lib/xen-4.17/bin/xl
+wait_state() { # path, wanted state
+    tries=0
+    until [ "$(xenstore-read "$1" 2>/dev/null)" = "$2" ]; do
+        tries=$((tries + 1))
+        if [ "$tries" -ge 900 ]; then echo "DETACH-CHECK: FAIL: $1 never became $2"; exit 1; fi
+        sleep 0.2
+    done
+}
+detach() { # what, backend directory, xl command
+    wait_state "$2/state" 4
+    echo "DETACH-CHECK: $1 connected"
+    # Let I/O run for a while first.
+    sleep 2
+    "$xl" -vvv "$3" "$XENRUN_DOMID" "$4" >/tmp/detach.log 2>&1
+    status=$?
+    grep -i "forced remove\|timed out\|error" /tmp/detach.log
+    if [ "$status" != 0 ]; then echo "DETACH-CHECK: FAIL: $3 status $status"; exit 1; fi
+    if grep -qi "forced remove" /tmp/detach.log; then
+        echo "DETACH-CHECK: FAIL: $1 removed by force: the frontend never closed"; exit 1
+    fi
+    if xenstore-read "$2/state" >/dev/null 2>&1; then
+        echo "DETACH-CHECK: FAIL: $2 still exists"; exit 1
+    fi
+    echo "DETACH-CHECK: $1 detached cleanly"
+}
+detach vbd "/local/domain/0/backend/vbd/$XENRUN_DOMID/51712" block-detach 51712
+detach vif "/local/domain/0/backend/vif/$XENRUN_DOMID/0" network-detach 0
+"#;
+
+/// `xl block-detach` and `xl network-detach` while the guest uses the devices: each
+/// frontend follows its backend to Closed at once (libxl never has to force the
+/// removal), and the guest's workload and network service end with "disconnected"
+/// instead of waiting out their timeouts.
+#[test]
+fn xl_detach_closes_blkfront_and_netfront_cleanly() {
+    let img = TempFile::new("detach.img");
+    std::fs::write(&img.0, vec![0u8; 4 << 20]).expect("write the disk image");
+    let script = TempFile::new("detach.sh");
+    std::fs::write(&script.0, DETACH_SCRIPT).expect("write the dom0 script");
+    // Far more work than the run allows: only the detach can end either.
+    let cmdline = "blk.workload=rand-write blk.size=4M blk.bs=4K blk.qd=8 blk.ops=100000000 \
+                   net.ip=10.0.0.2/24";
+    let run = runner(
+        &[
+            "--disk",
+            img.path(),
+            "--net",
+            "--dom0-script",
+            script.path(),
+            "--cmdline",
+            cmdline,
+            "--timeout",
+            GUEST_TIMEOUT,
+        ],
+        Some(guest_image()),
+    );
+    let all = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        run.stdout, run.stderr
+    );
+    // The workload and the service failed (their devices went away): status 1.
+    assert_eq!(run.code(), Some(1), "{all}");
+    run.assert_line("dom0-script: DETACH-CHECK: vbd connected");
+    run.assert_line("dom0-script: DETACH-CHECK: vbd detached cleanly");
+    run.assert_line("dom0-script: DETACH-CHECK: vif connected");
+    run.assert_line("dom0-script: DETACH-CHECK: vif detached cleanly");
+    assert!(!run.stdout.contains("DETACH-CHECK: FAIL"), "{all}");
+    run.assert_line("blk: backend of 51712 went Closing (5): device closed");
+    run.assert_line("net: stopped: device failed: device disconnected");
+    run.assert_line("net: backend of 0 went Closing (5): device closed");
+    run.assert_line("blk: FAIL");
+    run.assert_line("net: FAIL");
+    assert!(!run.stderr.contains("the dom0 script failed"), "{all}");
+}

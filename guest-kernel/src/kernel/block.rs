@@ -6,13 +6,12 @@
 //! the device through [`GuestWaiter`]: halt until the device's event or a recovery
 //! tick; polls after a tick that find completions are counted as recoveries.
 
-use alloc::boxed::Box;
-
 use guest_kernel::ioopts::BlkOptions;
+use pv_drivers::blkfront::Blkfront;
 use pv_drivers::device::BlockDevice;
 use pv_drivers::workload::{self, Waiter};
 
-use super::pv::{self, DeviceEvent, GuestEnv, RECOVERY_TICK_NS, Woken};
+use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, RECOVERY_TICK_NS, Woken};
 use crate::kprintln;
 
 /// A workload that completes nothing for this long is abandoned.
@@ -20,14 +19,14 @@ const STALL_NS: u64 = 30_000_000_000;
 
 /// Opens vbd `id` with `env` (whose [`DeviceEvent`] the caller already holds).
 ///
-/// Connects blkfront (xenbus negotiation with the backend); `None` with the reason
-/// logged if that fails.
-fn open_block(env: GuestEnv, id: &str) -> Option<Box<dyn BlockDevice>> {
+/// Connects blkfront (xenbus negotiation with the backend) and has it follow the
+/// backend's state (a detach closes it); `None` with the reason logged if that fails.
+fn open_block(env: GuestEnv, id: &str) -> Option<Followed<Blkfront<GuestEnv>>> {
     let x = super::xen::get()?;
     let mut store = x.store.lock();
     let xs = store.as_mut()?;
-    match pv_drivers::blkfront::Blkfront::connect(env, xs, id, Default::default()) {
-        Ok(dev) => Some(Box::new(dev)),
+    match Blkfront::connect(env, xs, id, Default::default()) {
+        Ok(dev) => Some(Followed::new(dev, GuestStore)),
         Err(e) => {
             log::error!("blk: vbd {id}: {e}");
             None
@@ -53,7 +52,9 @@ pub fn run(opts: &BlkOptions<'_>) -> bool {
         kprintln!("blk: FAIL (vbd {id} not opened)");
         return false;
     };
-    run_on(&mut *dev, &event, opts)
+    let pass = run_on(&mut dev, &event, opts);
+    pv::report_backend("blk", id, &dev);
+    pass
 }
 
 /// Runs every phase of `opts` on `dev`, whose events set `event`; prints the results

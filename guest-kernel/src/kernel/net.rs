@@ -8,25 +8,24 @@
 //! options say (`exit` on the control port, `net.exit-after`, `net.time-limit`) and
 //! prints the counters.
 
-use alloc::boxed::Box;
-
 use guest_kernel::ioopts::NetOptions;
 use guest_kernel::netstack::{BULK_PORT, CONTROL_PORT, DISCARD_PORT, ECHO_PORT, Finish, NetStack};
 use pv_drivers::device::NetDevice;
+use pv_drivers::netfront::Netfront;
 
-use super::pv::{self, DeviceEvent, GuestEnv, RECOVERY_TICK_NS, Woken};
+use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, RECOVERY_TICK_NS, Woken};
 use crate::kprintln;
 
 /// Opens vif `id` with `env` (whose [`DeviceEvent`] the caller already holds).
 ///
-/// Connects netfront (xenbus negotiation with the backend); `None` with the reason
-/// logged if that fails.
-fn open_net(env: GuestEnv, id: &str) -> Option<Box<dyn NetDevice>> {
+/// Connects netfront (xenbus negotiation with the backend) and has it follow the
+/// backend's state (a detach closes it); `None` with the reason logged if that fails.
+fn open_net(env: GuestEnv, id: &str) -> Option<Followed<Netfront<GuestEnv>>> {
     let x = super::xen::get()?;
     let mut store = x.store.lock();
     let xs = store.as_mut()?;
-    match pv_drivers::netfront::Netfront::connect(env, xs, id, Default::default()) {
-        Ok(dev) => Some(Box::new(dev)),
+    match Netfront::connect(env, xs, id, Default::default()) {
+        Ok(dev) => Some(Followed::new(dev, GuestStore)),
         Err(e) => {
             log::error!("net: vif {id}: {e}");
             None
@@ -53,7 +52,9 @@ pub fn run(opts: &NetOptions<'_>) -> bool {
         kprintln!("net: FAIL (vif {id} not opened)");
         return false;
     };
-    serve(&mut *dev, &event, opts)
+    let ok = serve(&mut dev, &event, opts);
+    pv::report_backend("net", id, &dev);
+    ok
 }
 
 /// Runs the services on `dev`, whose events set `event`; true unless the device failed.

@@ -15,12 +15,14 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_kernel::frames::PAGE_SIZE;
 use pv_drivers::abi::grant_table::GrantRef;
 use pv_drivers::abi::xen::DomId;
+use pv_drivers::follow::{Follower, StoreAccess};
 use pv_drivers::frontend::{EnvError, FrontendEnv};
 use pv_drivers::hypercall::{HypercallError, XenHypercalls as _};
 use pv_drivers::shmem::{RawSharedMemory, SharedMemory as _};
-use pv_drivers::xenstore::TxId;
+use pv_drivers::xenstore::{TxId, XenStore};
 
 use super::{arch, memory, xen};
+use crate::kprintln;
 
 /// How often a waiting driver is polled without an event: the bound on how long a
 /// lost event can stall it.
@@ -220,6 +222,51 @@ impl FrontendEnv for GuestEnv {
     fn domid(&self) -> DomId {
         self.domid
     }
+}
+
+/// The kernel's xenstore client, for devices that follow their backend
+/// (`pv_drivers::follow::Followed`): activity is the count of xenstore-port events.
+pub struct GuestStore;
+
+impl StoreAccess for GuestStore {
+    type Pages = Box<RawSharedMemory>;
+    type Events = xen::StoreEvents;
+
+    fn activity(&self) -> u64 {
+        xen::store_activity()
+    }
+
+    fn with_store<R>(
+        &self,
+        f: impl FnOnce(&mut XenStore<Self::Pages, Self::Events>) -> R,
+    ) -> Option<R> {
+        // Only from thread context: an interrupted holder of the lock would deadlock.
+        let x = xen::get()?;
+        let mut store = x.store.try_lock()?;
+        Some(f(store.as_mut()?))
+    }
+}
+
+/// `dev` following its backend through the kernel's xenstore client.
+pub type Followed<D> = pv_drivers::follow::Followed<D, GuestStore>;
+
+/// Says, once, that a followed device's backend closed it (or that following failed).
+pub fn report_backend<D: Follower>(kind: &str, id: &str, dev: &Followed<D>) {
+    let s = dev.stats();
+    if let Some(st) = dev.backend_state()
+        && st != pv_drivers::xenbus::XenbusState::Connected
+    {
+        kprintln!("{kind}: backend of {id} went {st}: device closed");
+    }
+    if let Some(e) = dev.last_error() {
+        log::warn!("{kind}: following the backend of {id}: {e}");
+    }
+    log::info!(
+        "{kind}: backend watch: {} looks, {} events, {} errors",
+        s.checks,
+        s.events,
+        s.errors
+    );
 }
 
 /// The ids of this domain's devices of `kind` (`vbd`, `vif`) in xenstore.

@@ -228,6 +228,14 @@ impl core::fmt::Display for WaitTrace {
 
 static XEN: Once<Xen> = Once::new();
 static STORE_EVENT: AtomicBool = AtomicBool::new(false);
+/// Events on the xenstore port so far (never consumed: devices following their
+/// backends compare it with what they saw last, see `pv_drivers::follow`).
+static STORE_ACTIVITY: AtomicU64 = AtomicU64::new(0);
+
+/// Events on the xenstore port so far.
+pub fn store_activity() -> u64 {
+    STORE_ACTIVITY.load(Ordering::Acquire)
+}
 
 /// The platform, if the kernel runs on Xen and [`init`] succeeded.
 pub fn get() -> Option<&'static Xen> {
@@ -367,7 +375,10 @@ pub fn init(cpuid: XenCpuid) -> Result<&'static Xen, InitError> {
     }
     xen.bind(
         store_port,
-        Box::new(|_| STORE_EVENT.store(true, Ordering::Release)),
+        Box::new(|_| {
+            STORE_ACTIVITY.fetch_add(1, Ordering::AcqRel);
+            STORE_EVENT.store(true, Ordering::Release);
+        }),
     );
     if let Some(port) = timer_port {
         xen.bind(

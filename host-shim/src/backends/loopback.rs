@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use pv_drivers::abi::errno::XenErrno;
 use pv_drivers::abi::grant_table::{GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GrantRef};
 use pv_drivers::abi::xen::DomId;
+use pv_drivers::follow::StoreAccess;
 use pv_drivers::frontend::{EnvError, FrontendEnv, PAGE_SIZE};
 use pv_drivers::grant::{GrantTable, HostGrantTable};
 use pv_drivers::shmem::{HeapSharedMemory, PagedMemory, SharedMemory};
@@ -230,6 +231,8 @@ struct State {
     /// last waited: the latched "event channel" of [`LoopXs::wait`]. Whoever pumps
     /// (the frontend or a backend thread) sets it.
     xs_signal: bool,
+    /// Times the daemon wrote to the frontend's ring (its "event channel" fired).
+    xs_activity: u64,
 }
 
 /// A frontend domain and domain 0, in one process.
@@ -273,6 +276,7 @@ impl Loopback {
                 watchers: HashMap::new(),
                 stats: LoopStats::default(),
                 xs_signal: false,
+                xs_activity: 0,
             }),
             cv: Condvar::new(),
         }))
@@ -328,6 +332,7 @@ impl Loopback {
                 }
             }
             st.xs_signal |= moved;
+            st.xs_activity += u64::from(moved);
             let mut wake: Vec<Notifier> = Vec::new();
             for ev in st.store.take_dom0_events() {
                 if let Some(n) = st.watchers.get(&ev.token)
@@ -550,6 +555,46 @@ impl XsEvents for LoopXs {
                 .wait_timeout(st, left.min(Duration::from_millis(50)))
                 .unwrap_or_else(|p| p.into_inner());
         }
+    }
+}
+
+/// The frontend's xenstore client, shared by a test and devices that follow their
+/// backends (`pv_drivers::follow::Followed`); its activity is the count of the daemon's
+/// writes to the frontend's ring, the loopback's "xenstore event channel".
+#[derive(Clone)]
+pub struct FrontStore {
+    lb: Arc<Loopback>,
+    xs: Arc<Mutex<XenStore<Arc<HeapSharedMemory>, LoopXs>>>,
+}
+
+impl FrontStore {
+    /// Connects a client to `lb`'s xenstore.
+    pub fn new(lb: &Arc<Loopback>) -> Result<Self, ClientError> {
+        Ok(Self {
+            lb: lb.clone(),
+            xs: Arc::new(Mutex::new(lb.xenstore()?)),
+        })
+    }
+
+    /// The client, for the test's own operations.
+    pub fn lock(&self) -> MutexGuard<'_, XenStore<Arc<HeapSharedMemory>, LoopXs>> {
+        self.xs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StoreAccess for FrontStore {
+    type Pages = Arc<HeapSharedMemory>;
+    type Events = LoopXs;
+
+    fn activity(&self) -> u64 {
+        self.lb.lock().xs_activity
+    }
+
+    fn with_store<R>(
+        &self,
+        f: impl FnOnce(&mut XenStore<Arc<HeapSharedMemory>, LoopXs>) -> R,
+    ) -> Option<R> {
+        Some(f(&mut *self.xs.try_lock().ok()?))
     }
 }
 

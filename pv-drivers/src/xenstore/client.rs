@@ -478,14 +478,15 @@ where
         self.settle(r, false).map(drop)
     }
 
-    /// The oldest queued watch event, after processing what has arrived; `None` if
-    /// there is none. Never waits.
-    pub fn next_watch_event(&mut self) -> Result<Option<WatchEvent>, XsError> {
-        if let Some(ev) = self.watches.pop(None) {
+    /// The oldest queued watch event, or the oldest with `token`, after processing
+    /// what has arrived; `None` if there is none. Events for other tokens stay queued.
+    /// Never waits.
+    pub fn next_watch_event(&mut self, token: Option<&str>) -> Result<Option<WatchEvent>, XsError> {
+        if let Some(ev) = self.watches.pop(token) {
             return Ok(Some(ev));
         }
         self.poll()?;
-        Ok(self.watches.pop(None))
+        Ok(self.watches.pop(token))
     }
 
     /// Waits (bounded, see [`Limits`]) for a watch event, the oldest one or the oldest

@@ -157,12 +157,12 @@ fn watch_events_are_queued_with_path_and_token() {
         xs.wait_watch_event(Some("dev")).unwrap(),
         ev("device", "dev")
     );
-    assert_eq!(xs.next_watch_event().unwrap(), None);
+    assert_eq!(xs.next_watch_event(None).unwrap(), None);
 
     // Our own write fires it; the event arrives before the reply and is queued.
     xs.write(NONE, "device/vbd/768/state", b"1").unwrap();
     assert_eq!(
-        xs.next_watch_event().unwrap(),
+        xs.next_watch_event(None).unwrap(),
         Some(ev("device/vbd/768/state", "dev"))
     );
     // Another domain's write fires it too (relative watch: relative event path).
@@ -188,6 +188,18 @@ fn watch_events_are_queued_with_path_and_token() {
         xs.wait_watch_event(Some("dev")).unwrap(),
         ev("device/y", "dev")
     );
+    // Without waiting, by token: the other token's event stays queued.
+    xs.write(NONE, "device/w", b"1").unwrap();
+    xs.write(NONE, "data/v", b"1").unwrap();
+    assert_eq!(
+        xs.next_watch_event(Some("abs")).unwrap(),
+        Some(ev("/local/domain/5/data/v", "abs"))
+    );
+    assert_eq!(xs.next_watch_event(Some("abs")).unwrap(), None);
+    assert_eq!(
+        xs.next_watch_event(None).unwrap(),
+        Some(ev("device/w", "dev"))
+    );
 
     assert_eq!(
         xs.watch("device", "dev"),
@@ -197,7 +209,7 @@ fn watch_events_are_queued_with_path_and_token() {
     xs.unwatch("device", "dev").unwrap();
     assert_eq!(server.borrow().watch_count(), 1);
     server.borrow_mut().set("device/z", b"1");
-    assert_eq!(xs.next_watch_event().unwrap(), None);
+    assert_eq!(xs.next_watch_event(None).unwrap(), None);
     assert_eq!(
         xs.wait_watch_event(Some("dev")),
         Err(XsError::InvalidArgument)
@@ -213,7 +225,7 @@ fn first_event_may_overtake_the_watch_reply() {
     let (mut xs, server, _) = setup();
     server.borrow_mut().faults.event_before_reply = true;
     xs.watch("data", "t").unwrap();
-    assert_eq!(xs.next_watch_event().unwrap(), Some(ev("data", "t")));
+    assert_eq!(xs.next_watch_event(None).unwrap(), Some(ev("data", "t")));
     assert_eq!(xs.stats().watch_events_dropped, 0);
 }
 
@@ -232,7 +244,7 @@ fn unknown_and_malformed_events_are_dropped() {
     }
     xs.read(NONE, "/").unwrap();
     assert_eq!(xs.stats().watch_events_dropped, 3);
-    assert_eq!(xs.next_watch_event().unwrap(), Some(ev("data/ok", "t")));
+    assert_eq!(xs.next_watch_event(None).unwrap(), Some(ev("data/ok", "t")));
 }
 
 #[test]
@@ -255,7 +267,7 @@ fn watch_queue_is_bounded() {
     assert_eq!(stats.watch_events_overflowed, 7);
     assert!(stats.watch_events_merged >= 1);
     // The newest survive.
-    assert_eq!(xs.next_watch_event().unwrap(), Some(ev("data/6", "t")));
+    assert_eq!(xs.next_watch_event(None).unwrap(), Some(ev("data/6", "t")));
 }
 
 #[test]
