@@ -240,7 +240,8 @@ impl StoreAccess for GuestStore {
         &self,
         f: impl FnOnce(&mut XenStore<Self::Pages, Self::Events>) -> R,
     ) -> Option<R> {
-        // Only from thread context: an interrupted holder of the lock would deadlock.
+        // `try_lock`: code that already holds the client (none polls a device while it
+        // does) makes this look a no-op, and `Followed` looks again at the next poll.
         let x = xen::get()?;
         let mut store = x.store.try_lock()?;
         Some(f(store.as_mut()?))
@@ -253,8 +254,9 @@ pub type Followed<D> = pv_drivers::follow::Followed<D, GuestStore>;
 /// Says, once, that a followed device's backend closed it (or that following failed).
 pub fn report_backend<D: Follower>(kind: &str, id: &str, dev: &Followed<D>) {
     let s = dev.stats();
+    use pv_drivers::xenbus::XenbusState as S;
     if let Some(st) = dev.backend_state()
-        && st != pv_drivers::xenbus::XenbusState::Connected
+        && matches!(st, S::Closing | S::Closed | S::Unknown)
     {
         kprintln!("{kind}: backend of {id} went {st}: device closed");
     }
