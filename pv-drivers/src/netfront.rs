@@ -1,8 +1,8 @@
 //! netfront: the PV network frontend (`xen/include/public/io/netif.h`), one queue.
 //!
 //! # Negotiation ([`Netfront::connect`])
-//! Waits for the backend to reach `InitWait`; reads its `mac` (validated: six hex
-//! octets, unicast, not all zero), `feature-rx-copy` (required: page flipping is not
+//! Waits for the backend to reach `InitWait`; reads `mac` (our own directory's, else
+//! the backend's; validated: six hex octets, unicast, not all zero), `feature-rx-copy` (required: page flipping is not
 //! supported), `feature-sg` and `feature-split-event-channels`; grants the two ring
 //! pages and the data buffers, allocates one event channel (or two when split channels
 //! are offered and wanted), posts every receive buffer, then writes in one transaction
@@ -118,7 +118,7 @@ pub enum NetfrontError {
     Env(EnvError),
     /// A shared ring could not be set up.
     Ring(RingError),
-    /// The backend's `mac` node is not a usable unicast address.
+    /// The `mac` node is not a usable unicast address.
     BadMac(String),
     /// The backend does not offer `feature-rx-copy` (page flipping is not supported).
     NoRxCopy,
@@ -134,7 +134,7 @@ impl fmt::Display for NetfrontError {
             Self::Xenbus(e) => write!(f, "xenbus: {e}"),
             Self::Env(e) => write!(f, "{e}"),
             Self::Ring(e) => write!(f, "ring: {e}"),
-            Self::BadMac(m) => write!(f, "backend mac {m:?} is not a unicast address"),
+            Self::BadMac(m) => write!(f, "mac {m:?} is not a unicast address"),
             Self::NoRxCopy => f.write_str("backend does not offer feature-rx-copy"),
             Self::BackendClosed(s) => write!(f, "backend went to {s} instead of connecting"),
             Self::BadConfig => f.write_str("buffer counts must be 1..=256"),
@@ -467,9 +467,15 @@ impl<E: FrontendEnv> Netfront<E> {
         if matches!(state, XenbusState::Closing | XenbusState::Closed) {
             return Err(NetfrontError::BackendClosed(state));
         }
-        let raw_mac = xs
-            .read(TxId::NONE, &dev.backend_node("mac"))
-            .map_err(XenbusError::from)?;
+        // The toolstack's `mac` in our own directory, as Linux's netfront reads it
+        // (libxl writes it on both ends, QEMU's Xen emulation only there), else the
+        // backend's.
+        let raw_mac = match xs.read(TxId::NONE, &dev.node("mac")) {
+            Err(crate::xenstore::XsError::Xen(crate::abi::errno::XenErrno::ENOENT)) => xs
+                .read(TxId::NONE, &dev.backend_node("mac"))
+                .map_err(XenbusError::from)?,
+            r => r.map_err(XenbusError::from)?,
+        };
         let mac = parse_mac(&raw_mac)
             .ok_or_else(|| NetfrontError::BadMac(String::from_utf8_lossy(&raw_mac).into()))?;
         if !xenbus::read_feature(xs, TxId::NONE, &dev.backend_node("feature-rx-copy"))? {

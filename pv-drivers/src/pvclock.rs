@@ -175,6 +175,27 @@ impl TscScale {
     }
 }
 
+/// The guest TSC frequency in kHz from Xen's CPUID time leaf (`arch-x86/cpuid.h`,
+/// leaf base+3): from subleaf 1's `mul`/`shift` (the TSC-to-ns scale Xen itself uses
+/// for the guest's time records) when `sub1_mul` is non-zero, else subleaf 0's ECX
+/// ("guest TSC frequency in kHz"); `None` when neither gives a frequency.
+///
+/// Subleaf 1 comes first because one implementation gets subleaf 0 wrong: under QEMU's
+/// Xen emulation (KVM_CAP_XEN_HVM) KVM writes the scale into the leaf's only entry, so
+/// subleaf 0 ECX reads the multiplier (3303823538 "kHz" for a 2.6 GHz TSC).
+pub fn tsc_khz_from_cpuid(sub0_ecx: u32, sub1_mul: u32, sub1_shift: u32) -> Option<u32> {
+    if sub1_mul != 0 {
+        let scale = TscScale {
+            mul: sub1_mul,
+            shift: sub1_shift as u8 as i8,
+        };
+        // Nearest kHz: the scale's own rounding leaves a few Hz off.
+        let khz = scale.tsc_hz().map(|hz| (hz + 500) / 1000)?;
+        return u32::try_from(khz).ok().filter(|&k| k != 0);
+    }
+    (sub0_ecx != 0).then_some(sub0_ecx)
+}
+
 /// Xen's `scale_delta()`: `((delta << shift) * mul) >> 32` (`>> -shift` when `shift` is
 /// negative), with a 128-bit intermediate so that no delta overflows; a result beyond
 /// `u64::MAX` ns (584 years) saturates.
@@ -763,6 +784,26 @@ mod tests {
             ),
             0
         );
+    }
+
+    #[test]
+    fn tsc_frequency_from_the_cpuid_time_leaf() {
+        // Xen 4.17 under QEMU, a 2.6 GHz TSC: both subleaves agree.
+        let s = TscScale::from_khz(2_599_998).unwrap();
+        let shift = s.shift as u8 as u32;
+        assert_eq!(tsc_khz_from_cpuid(2_599_998, s.mul, shift), Some(2_599_998));
+        // QEMU's Xen emulation: subleaf 0 ECX holds the multiplier.
+        assert_eq!(tsc_khz_from_cpuid(s.mul, s.mul, shift), Some(2_599_998));
+        // Only subleaf 0; neither.
+        assert_eq!(tsc_khz_from_cpuid(1_000_000, 0, 0), Some(1_000_000));
+        assert_eq!(tsc_khz_from_cpuid(0, 0, 0), None);
+        // A hostile scale gives no frequency rather than a wrong huge one.
+        assert_eq!(tsc_khz_from_cpuid(0, 1, 0xe0), None);
+        for khz in [1_000_000u64, 2_100_000, 3_303_823, 4_000_000] {
+            let s = TscScale::from_khz(khz).unwrap();
+            let got = tsc_khz_from_cpuid(0, s.mul, s.shift as u8 as u32);
+            assert_eq!(got, Some(khz as u32), "{khz} kHz");
+        }
     }
 
     #[test]

@@ -55,7 +55,8 @@ fn selftest_xen_passes_under_the_shim_and_ends_with_schedop_shutdown() {
         assert!(calls[name].as_u64().unwrap_or(0) >= 1, "{name}: {v}");
     }
     assert_eq!(xen["hypercall_errors"], 0, "{v}");
-    assert!(calls["sched_op.poll"].as_u64() >= Some(2), "{v}");
+    // The xenstore wait blocks in SCHEDOP_poll (then, after a spurious return, in hlt).
+    assert!(calls["sched_op.poll"].as_u64() >= Some(1), "{v}");
     assert!(xen["upcalls_injected"].as_u64().unwrap_or(0) >= 1, "{v}");
     assert!(xen["timer_fires"].as_u64().unwrap_or(0) >= 1, "{v}");
     let store = &xen["xenstore"];

@@ -19,7 +19,7 @@ use pv_drivers::follow::{Follower, StoreAccess};
 use pv_drivers::frontend::{EnvError, FrontendEnv};
 use pv_drivers::hypercall::{HypercallError, XenHypercalls as _};
 use pv_drivers::shmem::{RawSharedMemory, SharedMemory as _};
-use pv_drivers::xenstore::{TxId, XenStore};
+use pv_drivers::xenstore::XenStore;
 
 use super::{arch, memory, xen};
 use crate::kprintln;
@@ -123,16 +123,7 @@ impl GuestEnv {
     /// unknown (neither CPUID nor xenstore's `domid` gives it).
     pub fn new() -> Option<Self> {
         let xen = xen::get()?;
-        let domid = match xen.domid {
-            Some(d) => d,
-            None => {
-                let mut store = xen.store.lock();
-                let raw = store.as_mut()?.read(TxId::NONE, "domid").ok()?;
-                let d = core::str::from_utf8(&raw).ok()?.trim().parse().ok()?;
-                drop(store);
-                d
-            }
-        };
+        let domid = xen.domain_id()?;
         Some(Self {
             xen,
             domid,

@@ -74,8 +74,12 @@ pub fn detect() -> Option<XenCpuid> {
                 return None;
             }
             let tsc_khz = (max >= base + LEAF_TIME)
-                .then(|| arch::cpuid(base + LEAF_TIME, 0).2)
-                .filter(|&k| k != 0);
+                .then(|| {
+                    let (_, _, khz, _) = arch::cpuid(base + LEAF_TIME, 0);
+                    let (_, _, mul, shift) = arch::cpuid(base + LEAF_TIME, 1);
+                    pvclock::tsc_khz_from_cpuid(khz, mul, shift)
+                })
+                .flatten();
             let domid = (max >= base + LEAF_HVM)
                 .then(|| arch::cpuid(base + LEAF_HVM, 0))
                 .filter(|&(flags, ..)| flags & XEN_HVM_CPUID_DOMID_PRESENT != 0)
@@ -419,6 +423,22 @@ fn upcall(_frame: &mut interrupts::TrapFrame) {
 }
 
 impl Xen {
+    /// Our domain id: from CPUID if the HVM leaf reports it (real Xen and host-shim
+    /// do; the flag is optional, and QEMU's Xen emulation leaves it out), else from
+    /// xenstore's `domid` under our home. `None` if neither says.
+    pub fn domain_id(&self) -> Option<DomId> {
+        if let Some(d) = self.domid {
+            return Some(d);
+        }
+        let raw = self
+            .store
+            .lock()
+            .as_mut()?
+            .read(pv_drivers::xenstore::TxId::NONE, "domid")
+            .ok()?;
+        core::str::from_utf8(&raw).ok()?.trim().parse().ok()
+    }
+
     /// Xen system time (pvclock), in ns.
     ///
     /// Monotonic: without `XEN_PVCLOCK_TSC_STABLE_BIT` a vCPU moved to another physical
@@ -554,6 +574,22 @@ impl Xen {
             // Returns when the store port is pending, at the deadline, or spuriously
             // (the ABI allows it; the shim wakes every few milliseconds).
             let polled = self.hv.sched_poll(&[self.store_port], deadline);
+            // Back before the deadline with nothing for us: a spurious return. QEMU's
+            // Xen emulation (KVM's in-kernel SCHEDOP_poll) returns at once every time
+            // while its view of shared_info is stale, which would make this loop a
+            // spin; so the rest of this round sleeps in `hlt` until an event or the
+            // single-shot timer at the deadline (interrupts stay off until the `hlt`).
+            if polled.is_ok()
+                && self.timer_port.is_some()
+                && !self.events.is_pending(self.store_port).unwrap_or(true)
+                && self.now_ns() < deadline
+                && self
+                    .hv
+                    .vcpu_set_singleshot_timer(0, deadline, false)
+                    .is_ok()
+            {
+                x86_64::instructions::interrupts::enable_and_hlt();
+            }
             // The pending event's upcall runs here and latches STORE_EVENT.
             arch::sti();
             self.store_wakeups.fetch_add(1, Ordering::Relaxed);

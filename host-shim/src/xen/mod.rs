@@ -110,6 +110,8 @@ pub fn cpuid_leaves(config: &XenConfig) -> Vec<CpuidLeaf> {
         regs,
     };
     let (major, minor) = XEN_VERSION;
+    let tsc_scale = pv_drivers::pvclock::TscScale::from_khz(config.tsc_khz.into())
+        .map_or((0, 0), |s| (s.mul, s.shift as u8 as u32));
     vec![
         leaf(
             LEAF_SIGNATURE,
@@ -125,9 +127,12 @@ pub fn cpuid_leaves(config: &XenConfig) -> Vec<CpuidLeaf> {
             [u32::from(major) << 16 | u32::from(minor), 0, 0, 0],
         ),
         leaf(LEAF_HYPERCALL, [1, HYPERCALL_MSR, 0, 0]),
-        // Time: TSC not emulated, tsc_mode 2 ("never emulate"), guest TSC kHz.
+        // Time (`arch-x86/cpuid.h`): subleaf 0 TSC not emulated, tsc_mode 2 ("never
+        // emulate"), guest TSC kHz; subleaf 1 the guest TSC's offset (none) and its
+        // TSC-to-ns scale, the same `mul`/`shift` as the pvclock records; subleaf 2 the
+        // host TSC kHz.
         sub(LEAF_TIME, 0, [0, 2, config.tsc_khz, 0]),
-        sub(LEAF_TIME, 1, [0, 0, 0, 0]),
+        sub(LEAF_TIME, 1, [0, 0, tsc_scale.0, tsc_scale.1]),
         sub(LEAF_TIME, 2, [config.tsc_khz, 0, 0, 0]),
         leaf(
             LEAF_HVM,

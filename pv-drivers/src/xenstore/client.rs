@@ -371,8 +371,15 @@ where
         let req = RequestBuilder::new(XsdSockmsgType::Unwatch)
             .path(path)?
             .string(token)?;
+        let ours = self.watches.is_registered(path, token);
         self.watches.unregister(path, token);
-        self.request(req, TxId::NONE).map(drop)
+        match self.request(req, TxId::NONE) {
+            // The server has no such watch although we registered it: it is gone
+            // either way. (QEMU's xenstore answers ENOENT when removing any watch but
+            // the first on a path.)
+            Err(XsError::Xen(XenErrno::ENOENT)) if ours => Ok(()),
+            r => r.map(drop),
+        }
     }
 
     /// Forgets a watch locally without telling the server (when the connection is

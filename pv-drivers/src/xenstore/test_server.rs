@@ -139,6 +139,11 @@ impl<P: Deref<Target: SharedMemory>> TestServer<P> {
             .map(|n| n.value.clone())
     }
 
+    /// Drops every watch without telling the client (a server that lost them).
+    pub fn forget_watches(&mut self) {
+        self.watches.clear();
+    }
+
     /// Number of watches registered.
     pub fn watch_count(&self) -> usize {
         self.watches.len()

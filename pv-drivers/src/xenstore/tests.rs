@@ -677,3 +677,15 @@ fn threaded_server() {
     drop(xs);
     thread.join().unwrap();
 }
+
+#[test]
+fn unwatch_of_a_watch_the_server_lost_succeeds_and_of_an_unknown_one_fails() {
+    let (mut xs, server, _) = setup();
+    xs.watch("data", "t").unwrap();
+    server.borrow_mut().forget_watches();
+    // Ours, but the server has none (QEMU's xenstore does this): gone either way.
+    assert_eq!(xs.unwatch("data", "t"), Ok(()));
+    assert_eq!(xs.watches().count(), 0);
+    // Never ours: the server's ENOENT stands.
+    assert_eq!(xs.unwatch("data", "t"), Err(XsError::Xen(XenErrno::ENOENT)));
+}
