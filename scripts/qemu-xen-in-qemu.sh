@@ -90,24 +90,14 @@ done
 say() { if [ -n "$verbose" ]; then echo "$prog: $*" >&2; fi; }
 
 # ---- check the input before building or downloading anything
-[[ $timeout =~ ^[1-9][0-9]*$ ]] || die "--timeout '$timeout' is not a whole number of seconds"
-if ! [[ $l1_mem =~ ^[1-9][0-9]*$ ]] || [ "$l1_mem" -lt 256 ]; then
-    die "--l1-mem '$l1_mem' is not a size in MiB >= 256"
-fi
+l1_check_settings
 if ! [[ $l1_ip =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$ ]]; then
     die "--l1-ip '$l1_ip' is not an IPv4 address with a prefix length (e.g. 10.0.0.1/24)"
 fi
-# A regular readable file, by its absolute path.
-input_file() { # WHAT PATH
-    [ -e "$2" ] || die "$1 '$2': no such file"
-    [ -f "$2" ] || die "$1 '$2': not a regular file"
-    [ -r "$2" ] || die "$1 '$2': not readable"
-    realpath "$2"
-}
-[ -z "$kernel" ] || kernel=$(input_file "guest kernel" "$kernel")
-[ -z "$disk" ] || disk=$(input_file "--disk" "$disk")
-[ -z "$pre" ] || pre=$(input_file "--l1-pre script" "$pre")
-[ -z "$script" ] || script=$(input_file "--l1-script script" "$script")
+[ -z "$kernel" ] || kernel=$(l1_input_file "guest kernel" "$kernel")
+[ -z "$disk" ] || disk=$(l1_input_file "--disk" "$disk")
+[ -z "$pre" ] || pre=$(l1_input_file "--l1-pre script" "$pre")
+[ -z "$script" ] || script=$(l1_input_file "--l1-script script" "$script")
 if ! command -v "$qemu" >/dev/null; then
     die "QEMU not found: '$qemu' is not installed or not executable (scripts/setup.sh installs QEMU 10)"
 fi

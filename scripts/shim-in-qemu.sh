@@ -78,26 +78,16 @@ shim_args=("$@")
 say() { if [ -n "$verbose" ]; then echo "$prog: $*" >&2; fi; }
 
 # ---- check the input before building or downloading anything
-[[ $timeout =~ ^[1-9][0-9]*$ ]] || die "--timeout '$timeout' is not a whole number of seconds"
-if ! [[ $l1_mem =~ ^[1-9][0-9]*$ ]] || [ "$l1_mem" -lt 256 ]; then
-    die "--l1-mem '$l1_mem' is not a size in MiB >= 256"
-fi
+l1_check_settings
 for a in "${shim_args[@]}"; do
     case $a in
         --kernel | --kernel=*) die "give the guest kernel as the runner's --kernel (before '--'), not as a host-shim argument" ;;
     esac
 done
-# A regular readable file, by its absolute path.
-input_file() { # WHAT PATH
-    [ -e "$2" ] || die "$1 '$2': no such file"
-    [ -f "$2" ] || die "$1 '$2': not a regular file"
-    [ -r "$2" ] || die "$1 '$2': not readable"
-    realpath "$2"
-}
-[ -z "$kernel" ] || kernel=$(input_file "guest kernel" "$kernel")
-[ -z "$shim" ] || shim=$(input_file "host-shim binary" "$shim")
-[ -z "$pre" ] || pre=$(input_file "--l1-pre script" "$pre")
-[ -z "$script" ] || script=$(input_file "--l1-script script" "$script")
+[ -z "$kernel" ] || kernel=$(l1_input_file "guest kernel" "$kernel")
+[ -z "$shim" ] || shim=$(l1_input_file "host-shim binary" "$shim")
+[ -z "$pre" ] || pre=$(l1_input_file "--l1-pre script" "$pre")
+[ -z "$script" ] || script=$(l1_input_file "--l1-script script" "$script")
 # Files keep their absolute paths in the L1; these are the L1's own.
 not_shadowing() { # WHAT PATH
     case $2 in
@@ -108,7 +98,7 @@ not_shadowing() { # WHAT PATH
 [ -z "$kernel" ] || not_shadowing "guest kernel" "$kernel"
 abs_files=()
 for f in "${files[@]}"; do
-    f=$(input_file "--file" "$f")
+    f=$(l1_input_file "--file" "$f")
     not_shadowing "--file" "$f"
     abs_files+=("$f")
 done

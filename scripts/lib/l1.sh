@@ -12,6 +12,10 @@
 # and these settings (the runners' options):
 #   qemu timeout l1_mem l1_cpu l1_append verbose
 #
+# l1_check_settings checks --timeout and --l1-mem (dies on a bad value)
+# l1_input_file WHAT PATH
+#                   prints PATH made absolute if it is a regular readable file; dies
+#                   naming WHAT otherwise
 # l1_start          makes the private $tmp directory and the traps that clean it up
 # l1_image          sets L1_IMAGE: the cached L1 kernel + base initramfs (built once)
 # l1_pack DIR OUT   packs DIR as a newc archive OUT (the kernel unpacks concatenated
@@ -31,6 +35,20 @@ l1_here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 L1_CPU_DEFAULT=EPYC,-fxsr-opt,-misalignsse,-osvw,-topoext,-nrip-save,-xsavec
 # What the per-run program's status is called in messages.
 L1_WHAT=${L1_WHAT:-"host-shim's status"}
+
+l1_check_settings() {
+    [[ $timeout =~ ^[1-9][0-9]*$ ]] || die "--timeout '$timeout' is not a whole number of seconds"
+    if ! [[ $l1_mem =~ ^[1-9][0-9]*$ ]] || [ "$l1_mem" -lt 256 ]; then
+        die "--l1-mem '$l1_mem' is not a size in MiB >= 256"
+    fi
+}
+
+l1_input_file() { # WHAT PATH
+    [ -e "$2" ] || die "$1 '$2': no such file"
+    [ -f "$2" ] || die "$1 '$2': not a regular file"
+    [ -r "$2" ] || die "$1 '$2': not readable"
+    realpath "$2"
+}
 
 qpid='' pids=()
 # shellcheck disable=SC2317 # called by the EXIT trap
