@@ -346,3 +346,42 @@ pub fn stats_json(stderr: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no JSON on stderr:\n{stderr}"));
     serde_json::from_str(line).expect("stats are JSON")
 }
+
+/// A temporary directory, removed (with its contents) when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the system's temporary directory, named after `tag`,
+    /// the process and a counter (one per test).
+    pub fn new(tag: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{tag}.{}.{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A busybox `sh` client for the guest's network service: pings `ip` until it answers
+/// (2 minutes at most), then sends `text` to its TCP echo port and checks the reply.
+/// Prints `client: ping answered` and `client: echo said: <reply>`; exits non-zero on
+/// a failure.
+pub fn ping_echo_client(ip: &str, text: &str) -> String {
+    format!(
+        r#"i=0
+while ! ping -c 1 -W 1 {ip} >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -lt 120 ] || {{ echo "client: no ping reply"; exit 1; }}
+done
+echo "client: ping answered"
+r=$(echo "{text}" | nc -w 30 {ip} 7)
+echo "client: echo said: $r"
+[ "$r" = "{text}" ]
+"#
+    )
+}

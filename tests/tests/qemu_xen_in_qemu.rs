@@ -11,11 +11,12 @@
 //! cached under `~/.cache/pvh-xen`); a failed download fails the tests, it does not skip
 //! them. They skip (loudly) only when the host has no QEMU at all.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use system_tests::{Run, XEN_SELFTESTS, guest_image, run_with_limit, workspace_root};
+use system_tests::{
+    Run, TempDir, XEN_SELFTESTS, guest_image, ping_echo_client, run_with_limit, workspace_root,
+};
 
 /// The runner's bound on one whole run (L1 boot included); generous, since the tests
 /// of this file run in parallel on a shared 2-core machine under TCG. A cached run
@@ -154,15 +155,7 @@ fn pv_network_works_under_qemu_xen_emulation() {
     let client = dir.0.join("client.sh");
     std::fs::write(
         &client,
-        r#"i=0
-while ! ping -c 1 -W 1 10.0.0.2 >/dev/null 2>&1; do
-    i=$((i + 1)); [ $i -lt 120 ] || { echo "client: no ping reply"; exit 1; }
-done
-echo "client: ping answered"
-r=$(echo "hello through xen-net-device" | nc -w 30 10.0.0.2 7)
-echo "client: echo said: $r"
-[ "$r" = "hello through xen-net-device" ]
-"#,
+        ping_echo_client("10.0.0.2", "hello through xen-net-device"),
     )
     .expect("write the client");
     let run = run_in_qemu_xen(
@@ -273,20 +266,6 @@ fn bad_input_is_a_clear_error() {
     }
 }
 
-/// A temporary directory removed on drop, one per test.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn tempdir() -> TempDir {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir =
-        std::env::temp_dir().join(format!("qemu-xen-in-qemu-test.{}.{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    TempDir(dir)
+    TempDir::new("qemu-xen-in-qemu-test")
 }

@@ -7,13 +7,12 @@
 //! The first run builds the L1 image from Debian packages (downloads cached under
 //! `~/.cache/pvh-xen`); a failed download fails the tests, it does not skip them.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use system_tests::{
-    Run, assert_good_boot, assert_xen_selftests_passed, guest_image, run_with_limit, stats_json,
-    workspace_root,
+    Run, TempDir, assert_good_boot, assert_xen_selftests_passed, guest_image, ping_echo_client,
+    run_with_limit, stats_json, workspace_root,
 };
 
 /// The runner's bound on one whole run (L1 boot included); generous, since the tests
@@ -181,15 +180,7 @@ fn pv_network_works_under_the_shim_in_qemu() {
     let client = dir.0.join("client.sh");
     std::fs::write(
         &client,
-        r#"i=0
-while ! ping -c 1 -W 1 10.203.0.2 >/dev/null 2>&1; do
-    i=$((i + 1)); [ $i -lt 120 ] || { echo "client: no ping reply"; exit 1; }
-done
-echo "client: ping answered"
-r=$(echo "hello through netback" | nc -w 30 10.203.0.2 7)
-echo "client: echo said: $r"
-[ "$r" = "hello through netback" ]
-"#,
+        ping_echo_client("10.203.0.2", "hello through netback"),
     )
     .expect("write the client");
     let run = run_in_qemu(
@@ -294,19 +285,6 @@ fn bad_runner_arguments_are_refused() {
     }
 }
 
-/// A temporary directory removed on drop, one per test.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn tempdir() -> TempDir {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("shim-in-qemu-test.{}.{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    TempDir(dir)
+    TempDir::new("shim-in-qemu-test")
 }
