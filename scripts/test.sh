@@ -11,7 +11,7 @@ cargo fmt --all -- --check
 echo "== clippy (host)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== clippy (guest target)"
-cargo clippy -p guest-kernel -p pvh-boot -p pv-drivers --target x86_64-unknown-none \
+cargo clippy -p guest-kernel -p pvh-boot -p pv-drivers -p hw-devices --target x86_64-unknown-none \
     --release --quiet -- -D warnings
 echo "== check (static host-shim for scripts/shim-in-qemu.sh)"
 cargo check -p host-shim --release --target x86_64-unknown-linux-musl --quiet

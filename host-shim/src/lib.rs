@@ -35,6 +35,7 @@ pub mod boot;
 pub mod cli;
 pub mod devices;
 pub mod elf;
+pub mod hostio;
 pub mod kvm;
 pub mod stats;
 pub mod testing;

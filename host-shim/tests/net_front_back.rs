@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use host_shim::backends::loopback::{FrontStore, LoopBack, LoopFront, LoopMapping, Loopback};
 use host_shim::backends::netback::{Netback, NetbackConfig};
 use host_shim::backends::spec::format_mac;
-use host_shim::backends::tap::{Link, MemLink, Tap, TapOptions};
 use host_shim::backends::{
     BackendEnv, DevicePaths, Kick, Running, create_device, read_state, spawn, write_state,
 };
+use host_shim::hostio::tap::{Link, MemLink, Tap, TapOptions};
 use pv_drivers::abi::netif::{
     NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETRXF_CSUM_BLANK, NETRXF_MORE_DATA,
     NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, NetifExtraInfo, NetifRxResponse, NetifTxRequest,

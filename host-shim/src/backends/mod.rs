@@ -17,7 +17,6 @@ pub mod loopback;
 pub mod netback;
 mod shim_env;
 pub mod spec;
-pub mod tap;
 pub use shim_env::ShimEnv;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -344,9 +343,9 @@ pub fn start(
     }
     for (i, n) in nets.iter().enumerate() {
         let devid = i as u32;
-        let tap = tap::Tap::open(
+        let tap = crate::hostio::tap::Tap::open(
             &n.tap,
-            tap::TapOptions {
+            crate::hostio::tap::TapOptions {
                 vnet_hdr: false,
                 up: true,
             },

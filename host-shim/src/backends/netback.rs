@@ -67,8 +67,8 @@ use pv_drivers::xenbus::{XenbusState, parse_bool, parse_u32};
 use serde::Serialize;
 
 use super::spec::format_mac;
-use super::tap::{FrameMeta, Link};
 use super::{Backend, BackendEnv, DevicePaths, Kick, create_device, read_state, write_state};
+use crate::hostio::tap::{FrameMeta, Link};
 use crate::xen::xenstored::Xenstored;
 
 /// The [`Kick`] reason a link raises when a frame is waiting.
@@ -103,7 +103,7 @@ impl NetbackConfig {
             devid,
             mac,
             split_event_channels: true,
-            max_tx_frame: super::tap::MAX_FRAME,
+            max_tx_frame: crate::hostio::tap::MAX_FRAME,
         }
     }
 }
@@ -662,7 +662,7 @@ impl<E: BackendEnv, L: Link> Netback<E, L> {
                 return;
             };
             let max = if conn.sg {
-                super::tap::MAX_FRAME
+                crate::hostio::tap::MAX_FRAME
             } else {
                 XEN_PAGE_SIZE
             };

@@ -8,11 +8,35 @@
 //! - [`serial`]: COM1, a 16550 UART (vm-superio) at 0x3f8..0x400, IRQ 4.
 //! - [`debugcon`]: the Bochs/QEMU debug console at port 0xe9.
 //! - [`exit_port`]: an `isa-debug-exit`-compatible port at 0xf4..0xf8.
+//! - [`pci`]: the [`pci::PciDevice`] trait and the configuration header PCI models
+//!   embed.
+//! - [`ide`]: the PIIX3 IDE controller (8086:7010) with one disk, PIO and bus-master
+//!   DMA.
+//! - [`e1000`]: the Intel 82540EM (8086:100E) network controller on a TAP link.
+//!
+//! Emulated devices reach guest memory as DMA through [`GuestMemory`], which checks
+//! every access against guest RAM; they raise interrupts through an [`IrqLine`].
 
 pub mod console;
 pub mod debugcon;
+pub mod e1000;
 pub mod exit_port;
+pub mod ide;
+pub mod pci;
 pub mod serial;
+
+/// Guest RAM as a device's DMA sees it: every access is checked against the RAM
+/// ranges (vm-memory's `Bytes` on it fails outside them).
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// An interrupt line from a device to the interrupt controller. A model drives its
+/// output level: for a level-triggered line (PCI INTx) the line stays asserted while
+/// the condition holds; for an edge-triggered ISA line a low-to-high change is the
+/// interrupt. Callable from any thread.
+pub trait IrqLine: Send + Sync {
+    /// Sets the line's level (`true`: asserted).
+    fn set_level(&self, asserted: bool);
+}
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

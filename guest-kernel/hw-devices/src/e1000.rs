@@ -1,0 +1,1 @@
+//! (placeholder: filled by the e1000 work)

@@ -1,0 +1,1 @@
+//! (placeholder: the PIIX3 IDE model)
