@@ -51,8 +51,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 prog="qemu-xen-in-qemu"
+# shellcheck source=scripts/lib/common.sh
+. "$here/lib/common.sh"
 
-die() { echo "$prog: error: $*" >&2; exit 125; }
 usage() {
     sed -n '/^#   scripts\/qemu-xen-in-qemu.sh/,/^# `l1-modprobe/p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
@@ -66,7 +67,6 @@ l1_cpu=$L1_CPU_DEFAULT
 kernel='' cmdline='' disk='' net='' l1_ip=10.0.0.1/24 pre='' script=''
 timeout=600 l1_mem=1024 qemu=qemu-system-x86_64 verbose='' l1_append=''
 qemu_args=()
-need_value() { if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value"; fi; }
 while [ "$#" -gt 0 ]; do
     case $1 in
         --kernel) need_value "$@"; kernel=$2; shift 2 ;;
@@ -87,7 +87,6 @@ while [ "$#" -gt 0 ]; do
         *) die "unknown option '$1' (--help for usage)" ;;
     esac
 done
-say() { if [ -n "$verbose" ]; then echo "$prog: $*" >&2; fi; }
 
 # ---- check the input before building or downloading anything
 l1_check_settings
@@ -98,15 +97,7 @@ fi
 [ -z "$disk" ] || disk=$(l1_input_file "--disk" "$disk")
 [ -z "$pre" ] || pre=$(l1_input_file "--l1-pre script" "$pre")
 [ -z "$script" ] || script=$(l1_input_file "--l1-script script" "$script")
-if ! command -v "$qemu" >/dev/null; then
-    die "QEMU not found: '$qemu' is not installed or not executable (scripts/setup.sh installs QEMU 10)"
-fi
-qemu_version=$("$qemu" --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9.]*\).*/\1/p')
-[ -n "$qemu_version" ] || die "'$qemu' does not run as QEMU ('$qemu --version' failed)"
-case $qemu_version in
-    10.* | 1[1-9].*) ;;
-    *) echo "$prog: warning: QEMU $qemu_version: versions before 10 lose nested interrupt wake-ups (use QEMU 10)" >&2 ;;
-esac
+check_qemu "$qemu"
 command -v readelf >/dev/null || die "readelf not found (binutils; scripts/setup.sh installs it)"
 
 l1_start
@@ -116,7 +107,7 @@ if [ -z "$kernel" ]; then
     say "building the guest image"
     (cd "$root" && cargo build --release --quiet -p guest-kernel --target x86_64-unknown-none) >&2 ||
         die "building the guest image failed"
-    kernel=$root/target/x86_64-unknown-none/release/guest-kernel
+    kernel=$(cargo_target_dir)/x86_64-unknown-none/release/guest-kernel
 fi
 
 # ---- the L1 image (kernel + base initramfs) and the L1's QEMU, both cached
@@ -154,8 +145,6 @@ fi
 [ -z "$script" ] || install -m 755 "$script" "$stage/l1/script"
 args+=("${qemu_args[@]}")
 # run.conf: `set -- QEMU-ARGS...`, each argument single-quoted for sh.
-# shellcheck disable=SC2001 # a sed script reads more plainly than ${1//\'/...} here
-quote() { printf "'%s'" "$(sed "s/'/'\\\\''/g" <<<"$1")"; }
 {
     printf 'L1_PROG=%s\n' "$prog"
     printf 'set --'

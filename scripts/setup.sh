@@ -2,15 +2,17 @@
 # Installs what building and testing need, on a fresh Debian 12 machine of this
 # project's kind. Idempotent and quick when everything is already there.
 #   - QEMU 10 (qemu-system-x86) from bookworm-backports: Debian 12's QEMU 7.2 loses
-#     nested interrupt wake-ups (see shared/design/ENVIRONMENT.md); one QEMU version
-#     only, since QEMU refuses module files of another build.
+#     nested interrupt wake-ups (about once per 1,000 round trips, and it can freeze
+#     the L1; QEMU 10 showed none in 84,000); one QEMU version only, since QEMU refuses
+#     module files of another build.
 #   - the Rust toolchain pinned by rust-toolchain.toml, with the x86_64-unknown-none
 #     target (the guest), the x86_64-unknown-linux-musl target (a static host-shim for
 #     scripts/shim-in-qemu.sh; it links with Rust's own musl, no musl-tools), rustfmt
 #     and clippy.
 #   - zstd, to unpack the Debian kernel that scripts/shim-in-qemu.sh boots as its L1;
 #     binutils (readelf) for scripts/xen-in-qemu.sh; iputils-ping, with which the PV
-#     network tests ping the guest through a TAP.
+#     network tests ping the guest through a TAP; shellcheck, which the test command
+#     runs over every script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +50,7 @@ missing=()
 command -v zstd >/dev/null || missing+=(zstd)
 command -v readelf >/dev/null || missing+=(binutils)
 command -v ping >/dev/null || missing+=(iputils-ping)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
     need_root apt-get update -qq

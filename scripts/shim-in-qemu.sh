@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Boots the guest under host-shim inside a QEMU TCG virtual machine, for hosts whose own
-# KVM is missing or unusable (e.g. kvm-pvm, see shared/design/ENVIRONMENT.md).
+# KVM is missing or unusable (e.g. kvm-pvm, whose instruction emulator runs guest ring-0
+# code 500-1000x slower than native and cannot boot a stock Linux at all).
 #
 #   scripts/shim-in-qemu.sh [OPTIONS] [-- HOST-SHIM-RUN-ARGS...]
 #
@@ -42,8 +43,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 prog="shim-in-qemu"
+# shellcheck source=scripts/lib/common.sh
+. "$here/lib/common.sh"
 
-die() { echo "$prog: error: $*" >&2; exit 125; }
 usage() {
     sed -n '/^#   scripts\/shim-in-qemu.sh/,/^# `l1-modprobe/p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
@@ -55,7 +57,6 @@ l1_cpu=$L1_CPU_DEFAULT
 shim=${SHIM_IN_QEMU_SHIM:-}
 kernel='' pre='' script='' timeout=600 l1_mem=1024 qemu=qemu-system-x86_64 verbose='' l1_append=''
 files=()
-need_value() { if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value"; fi; }
 while [ "$#" -gt 0 ]; do
     case $1 in
         --kernel) need_value "$@"; kernel=$2; shift 2 ;;
@@ -75,7 +76,6 @@ while [ "$#" -gt 0 ]; do
     esac
 done
 shim_args=("$@")
-say() { if [ -n "$verbose" ]; then echo "$prog: $*" >&2; fi; }
 
 # ---- check the input before building or downloading anything
 l1_check_settings
@@ -102,15 +102,7 @@ for f in "${files[@]}"; do
     not_shadowing "--file" "$f"
     abs_files+=("$f")
 done
-if ! command -v "$qemu" >/dev/null; then
-    die "QEMU not found: '$qemu' is not installed or not executable (scripts/setup.sh installs QEMU 10)"
-fi
-qemu_version=$("$qemu" --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9.]*\).*/\1/p')
-[ -n "$qemu_version" ] || die "'$qemu' does not run as QEMU ('$qemu --version' failed)"
-case $qemu_version in
-    10.* | 1[1-9].*) ;;
-    *) echo "$prog: warning: QEMU $qemu_version: versions before 10 lose nested interrupt wake-ups (use QEMU 10)" >&2 ;;
-esac
+check_qemu "$qemu"
 
 l1_start
 
@@ -123,13 +115,13 @@ cargo_build() { # WHAT ARGS...
 }
 if [ -z "$kernel" ]; then
     cargo_build "the guest image" -p guest-kernel --target x86_64-unknown-none
-    kernel=$root/target/x86_64-unknown-none/release/guest-kernel
+    kernel=$(cargo_target_dir)/x86_64-unknown-none/release/guest-kernel
 fi
 if [ -z "$shim" ]; then
     # The musl target links a static-pie binary with Rust's own musl and crt objects:
     # no musl-tools needed (no C dependencies).
     cargo_build "host-shim (static, musl)" -p host-shim --bin host-shim --target x86_64-unknown-linux-musl
-    shim=$root/target/x86_64-unknown-linux-musl/release/host-shim
+    shim=$(cargo_target_dir)/x86_64-unknown-linux-musl/release/host-shim
 fi
 
 # ---- the L1 image: kernel + base initramfs, cached (scripts/lib/l1.sh)
@@ -147,8 +139,6 @@ done
 [ -z "$pre" ] || install -m 755 "$pre" "$stage/l1/pre"
 [ -z "$script" ] || install -m 755 "$script" "$stage/l1/script"
 # run.conf: `set -- --kernel GUEST ARGS...`, each argument single-quoted for sh.
-# shellcheck disable=SC2001 # a sed script reads more plainly than ${1//\'/...} here
-quote() { printf "'%s'" "$(sed "s/'/'\\\\''/g" <<<"$1")"; }
 {
     printf 'set --'
     for a in --kernel "$kernel" "${shim_args[@]}"; do printf ' %s' "$(quote "$a")"; done

@@ -8,8 +8,8 @@
 # xenstored and xenconsoled and `xl create -F` of the guest (type "pvh"). The guest's
 # console (port 0xe9, which Xen forwards as "(dN)" lines, and its PV console, which
 # xenconsoled logs) is streamed to stdout; progress and errors go to stderr.
-# shared/design/ENVIRONMENT.md ("Real Xen runs inside QEMU here") explains each QEMU,
-# Xen and dom0 setting used here.
+# The comments where each QEMU, Xen and dom0 setting is made say which failure it
+# avoids (each was found by one).
 #
 # Exit status: the guest's own status (see README "Guest exit statuses"): 0 when xl
 # reports a shutdown with reason poweroff; on a crash, the status the guest printed
@@ -20,7 +20,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 XEN_DIR="$ROOT/scripts/xen"
-DEB_SAY_PREFIX=xen-in-qemu
+prog=xen-in-qemu
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+DEB_SAY_PREFIX=$prog
 # shellcheck source=scripts/lib/debian.sh
 . "$ROOT/scripts/lib/debian.sh"
 
@@ -46,11 +49,8 @@ Environment: XEN_IN_QEMU_CACHE (dom0 image cache), DEB_CACHE (downloaded .debs).
 EOF
 }
 
-say() { echo "xen-in-qemu: $*" >&2; }
-die() {
-    echo "xen-in-qemu: error: $*" >&2
-    exit 125
-}
+# This runner always reports its progress (the others only with -v).
+say() { echo "$prog: $*" >&2; }
 
 kernel=
 cmdline=
@@ -89,12 +89,12 @@ done
 
 # --- Check the input before anything is downloaded or built. ---
 is_uint() { [[ $1 =~ ^[0-9]+$ ]] && [ "${#1}" -le 6 ]; }
-is_uint "$timeout" && [ "$timeout" -ge 1 ] || die "--timeout wants whole seconds >= 1, not '$timeout'"
-is_uint "$mem" && [ "$mem" -ge 16 ] && [ "$mem" -le 1024 ] ||
+{ is_uint "$timeout" && [ "$timeout" -ge 1 ]; } || die "--timeout wants whole seconds >= 1, not '$timeout'"
+{ is_uint "$mem" && [ "$mem" -ge 16 ] && [ "$mem" -le 1024 ]; } ||
     die "--mem wants MiB in 16..1024 (dom0 leaves about 1.5 GiB), not '$mem'"
 # The command line goes inside a double-quoted xl config string.
 case "$cmdline" in
-*'"'* | *'\'* | *$'\n'*) die "--cmdline may not contain double quotes, backslashes or newlines" ;;
+*'"'* | *\\* | *$'\n'*) die "--cmdline may not contain double quotes, backslashes or newlines" ;;
 esac
 [ "${#cmdline}" -le 1000 ] || die "--cmdline is longer than 1000 characters"
 for line in "${xl_lines[@]}"; do
@@ -117,13 +117,13 @@ if [ -n "$kernel" ]; then
 fi
 if [ -n "$disk" ]; then
     [ -f "$disk" ] || die "disk image '$disk' does not exist or is not a regular file"
-    [ -r "$disk" ] && [ -w "$disk" ] || die "disk image '$disk' must be readable and writable"
+    { [ -r "$disk" ] && [ -w "$disk" ]; } || die "disk image '$disk' must be readable and writable"
     disk=$(realpath "$disk")
     # QEMU's option syntax: a comma in a path would have to be doubled.
     case "$disk" in *,*) die "disk image path may not contain a comma: '$disk'" ;; esac
 fi
 if [ -n "$dom0_script" ]; then
-    [ -f "$dom0_script" ] && [ -r "$dom0_script" ] || die "dom0 script '$dom0_script' is not a readable file"
+    { [ -f "$dom0_script" ] && [ -r "$dom0_script" ]; } || die "dom0 script '$dom0_script' is not a readable file"
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found: run scripts/setup.sh"
 for tool in apt-get dpkg-deb gzip sha256sum flock od realpath readelf timeout tail awk; do
@@ -137,7 +137,7 @@ if [ -z "$kernel" ]; then
     say "building the guest (cargo build --release -p guest-kernel --target x86_64-unknown-none)"
     (cd "$ROOT" && cargo build --release --quiet -p guest-kernel --target x86_64-unknown-none) ||
         die "building the guest failed"
-    kernel="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-none/release/guest-kernel"
+    kernel="$(cargo_target_dir)/x86_64-unknown-none/release/guest-kernel"
     check_kernel "$kernel"
 fi
 
@@ -155,12 +155,12 @@ DOM0_XEN_BINS=(xl xenstored xenconsoled xen-init-dom0 xenconsole)
 dom0_kernel_pkg() {
     # Debian's linux-image-amd64 names the current 6.1 ABI package of bookworm.
     local pkg
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
+    pkg=$({ apt-cache depends linux-image-amd64 2>/dev/null || true; } | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
     if [ -z "$pkg" ]; then
         say "apt lists lack linux-image-amd64: running apt-get update"
         if [ "$(id -u)" -eq 0 ]; then apt-get update -qq >/dev/null; else sudo apt-get update -qq >/dev/null; fi ||
             die "apt-get update failed"
-        pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
+        pkg=$({ apt-cache depends linux-image-amd64 2>/dev/null || true; } | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
     fi
     [ -n "$pkg" ] || die "cannot tell which linux-image package linux-image-amd64 stands for"
     echo "$pkg"
@@ -203,10 +203,10 @@ add_module() {
     grep -qx "[^ ]*/$name.ko" "$root/etc/xenrun/modules" 2>/dev/null && return 0
     alt=$(echo "$name" | tr '_-' '-_')
     file=$(find "$stage/lib/modules/$kver/kernel" \( -name "$name.ko" -o -name "$name.ko.xz" \
-        -o -name "$alt.ko" -o -name "$alt.ko.xz" \) | head -n 1)
+        -o -name "$alt.ko" -o -name "$alt.ko.xz" \) -print -quit 2>/dev/null || true)
     [ -n "$file" ] || die "dom0 image: kernel $kver has no module $name"
     rel=${file#"$stage/lib/modules/"}
-    for dep in $(tr '\0' '\n' <"$file" | sed -n 's/^depends=//p' | head -n 1 | tr ',' ' '); do
+    for dep in $(tr '\0' '\n' <"$file" | sed -n '/^depends=/{s///;p;q}' | tr ',' ' '); do
         add_module "$stage" "$root" "$kver" "$dep"
     done
     grep -qx "${rel%.xz}" "$root/etc/xenrun/modules" 2>/dev/null && return 0
@@ -320,6 +320,7 @@ dom0_image
 run=$(mktemp -d "${TMPDIR:-/tmp}/xen-in-qemu.XXXXXX")
 qemu_pid=
 tail_pid=
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null
     [ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null
@@ -374,6 +375,7 @@ serial="$run/serial.log"
 : >"$serial"
 xen_cmdline="console=com1 com1=115200,8n1 dom0_mem=384M,max:384M dom0_max_vcpus=2 loglvl=all guest_loglvl=all $xen_args"
 dom0_cmdline="console=hvc0 earlyprintk=xen rdinit=/init loglevel=4"
+# shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
 qemu_args=(-M pc -accel tcg,thread=multi -cpu EPYC,-monitor,-smap -m 2048 -smp 2
     -display none -vga none -monitor none -nic none -serial stdio -no-reboot
     -kernel "$DOM0_DIR/xen" -append "$xen_cmdline"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared shell functions for the runners that build boot images from Debian packages.
 # Source it: `. "$(dirname "$0")/lib/debian.sh"`. Nothing here installs packages on
 # the host: packages are downloaded with `apt-get download` (using the host's apt
@@ -9,20 +10,26 @@ DEB_CACHE=${DEB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pvh-xen/debs}
 
 deb_say() { echo "${DEB_SAY_PREFIX:-debian}: $*" >&2; }
 
+# deb_cached NAME: the newest cached .deb of package NAME, or nothing.
+deb_cached() {
+    { find "$DEB_CACHE" -maxdepth 1 -name "${1}_*.deb" 2>/dev/null || true; } | sort -V | tail -1
+}
+
 # deb_fetch PKG[=VERSION|/SUITE]... : downloads each package (not its dependencies) into
 # $DEB_CACHE unless a matching file is already there; prints the .deb paths, one per
 # line, in argument order. Fails naming the package that could not be fetched.
 deb_fetch() {
-    mkdir -p "$DEB_CACHE"
+    # Called in `|| die` contexts, where set -e is off: every step checks itself.
+    mkdir -p "$DEB_CACHE" || { deb_say "cannot create the package cache $DEB_CACHE"; return 1; }
     local spec name found
     for spec in "$@"; do
         name=${spec%%[=/]*}
-        found=$(ls -1 "$DEB_CACHE/${name}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
+        found=$(deb_cached "$name")
         if [ -z "$found" ]; then
             # Download into a private directory, then move: another runner fetching
             # the same package at once never sees a half-written file.
             local tmp
-            tmp=$(mktemp -d "$DEB_CACHE/.fetch.XXXXXX")
+            tmp=$(mktemp -d "$DEB_CACHE/.fetch.XXXXXX") || { deb_say "cannot write to $DEB_CACHE"; return 1; }
             if ! (cd "$tmp" && apt-get download -qq "$spec" >/dev/null 2>&1); then
                 # The lists may be stale on a fresh machine: refresh once, then retry.
                 if [ -z "${DEB_UPDATED:-}" ]; then
@@ -37,7 +44,7 @@ deb_fetch() {
             fi
             mv -f "$tmp"/*.deb "$DEB_CACHE"/ 2>/dev/null || true
             rm -rf "$tmp"
-            found=$(ls -1 "$DEB_CACHE/${name}_"*.deb 2>/dev/null | sort -V | tail -1 || true)
+            found=$(deb_cached "$name")
             [ -n "$found" ] || { deb_say "package '$spec' downloaded but no ${name}_*.deb in $DEB_CACHE"; return 1; }
         fi
         echo "$found"
@@ -49,9 +56,9 @@ deb_extract() {
     local dest=$1 deb
     shift
     mkdir -p "$dest"
-    deb_fetch "$@" >"$dest.debs" || { rm -f "$dest.debs"; return 1; }
+    local debs
+    debs=$(deb_fetch "$@") || return 1
     while IFS= read -r deb; do
-        dpkg-deb -x "$deb" "$dest" || { deb_say "cannot unpack $deb"; rm -f "$dest.debs"; return 1; }
-    done <"$dest.debs"
-    rm -f "$dest.debs"
+        dpkg-deb -x "$deb" "$dest" || { deb_say "cannot unpack $deb"; return 1; }
+    done <<<"$debs"
 }

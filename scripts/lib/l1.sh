@@ -5,11 +5,8 @@
 # kernel + busybox-static (all from Debian packages), scripts/l1/init as PID 1, which
 # loads kvm_amd, runs the per-run program and reports how it ended.
 #
-# Source it after defining, in the runner:
-#   prog          the runner's name, for messages ("$prog: error: ...")
-#   die MSG       prints "$prog: error: MSG" on stderr and exits 125
-#   say MSG       a progress message (only with -v)
-# and these settings (the runners' options):
+# Source it after scripts/lib/common.sh (prog, die, say, the ERR trap), and set these
+# settings (the runners' options):
 #   qemu timeout l1_mem l1_cpu l1_append verbose
 #
 # l1_check_settings checks --timeout and --l1-mem (dies on a bad value)
@@ -75,7 +72,7 @@ L1_MODULES="kvm_amd tun bridge veth"
 l1_module_file() { # TREE NAME
     local pat
     pat=${2//[-_]/[-_]}
-    find "$1" -name "$pat.ko.xz" -print -quit
+    find "$1" -name "$pat.ko.xz" -print -quit 2>/dev/null || true
 }
 
 # Prints the insmod order for NAME: its dependencies (recursively) first.
@@ -101,7 +98,7 @@ l1_build_image() { # IMAGE KPKG
     # its size. QEMU boots that ELF by its PVH note: no decompressor or real-mode
     # setup at TCG speed (measured: a whole run ~1-2 s shorter than -kernel bzImage),
     # and no need for the -dbg package (~1 GB unpacked) that ships vmlinux.
-    bz=$(find "$x/boot" -name 'vmlinuz-*' -print -quit)
+    bz=$(find "$x/boot" -name 'vmlinuz-*' -print -quit 2>/dev/null || true)
     [ -n "$bz" ] || die "$kpkg has no /boot/vmlinuz-*"
     b() { od -An -t "u$2" -j "$1" -N "$2" "$bz" | tr -d ' '; }
     setup_sects=$(b $((0x1f1)) 1)
@@ -127,7 +124,7 @@ l1_build_image() { # IMAGE KPKG
     for m in $("$x/bin/busybox" --list); do
         [ -e "$work/root/bin/$m" ] || ln -s busybox "$work/root/bin/$m"
     done
-    kdir=$(find "$x/lib/modules" -mindepth 1 -maxdepth 1 -type d -print -quit)
+    kdir=$(find "$x/lib/modules" -mindepth 1 -maxdepth 1 -type d -print -quit 2>/dev/null || true)
     [ -n "$kdir" ] || die "$kpkg has no /lib/modules/VERSION"
     : >"$work/root/lib/modules/l1.deps"
     for m in $L1_MODULES; do
@@ -170,12 +167,13 @@ l1_image() {
     # the one bookworm-backports' linux-image-amd64 names (asking apt takes seconds).
     kpkg=${SHIM_IN_QEMU_KERNEL_PKG:-}
     if [ -z "$kpkg" ]; then
-        kpkg=$(find "$DEB_CACHE" -maxdepth 1 -name 'linux-image-6.1[2-9].*+deb12-amd64_*_amd64.deb' 2>/dev/null |
+        # (No cache directory yet on a fresh machine: find fails, and that means "none".)
+        kpkg=$({ find "$DEB_CACHE" -maxdepth 1 -name 'linux-image-6.1[2-9].*+deb12-amd64_*_amd64.deb' 2>/dev/null || true; } |
             sort -V | tail -1 | sed 's|.*/||; s|_.*||')
     fi
     if [ -z "$kpkg" ]; then
-        kpkg=$(apt-cache depends linux-image-amd64/bookworm-backports 2>/dev/null |
-            sed -n 's/^ *Depends: \(linux-image-6\.[0-9.]*+deb12-amd64\)$/\1/p' | head -1)
+        kpkg=$({ apt-cache depends linux-image-amd64/bookworm-backports 2>/dev/null || true; } |
+            sed -n 's/^ *Depends: \(linux-image-6\.[0-9.]*+deb12-amd64\)$/\1/p;T;q')
         [ -n "$kpkg" ] || die "cannot find the bookworm-backports kernel package (apt-cache depends linux-image-amd64/bookworm-backports): run scripts/setup.sh"
     fi
     debs=$(deb_fetch "$kpkg" busybox-static) || die "cannot download the L1's Debian packages ($kpkg, busybox-static)"
@@ -238,10 +236,8 @@ l1_boot() { # INITRD
         tail -n +1 -f --pid="$qpid" "$log" | sed -u 's/^/L1: /' >&2 &
         pids+=($!)
     fi
-    set +e
-    wait "$qpid"
-    qstatus=$?
-    set -e
+    qstatus=0
+    wait "$qpid" || qstatus=$?
     qpid=
     say "QEMU ended with status $qstatus after $(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $start }") s"
     # Let the relays drain and end. Opening the FIFO read-write never blocks, and its

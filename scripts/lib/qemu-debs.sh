@@ -173,7 +173,7 @@ qemu_debs_cpio() {
     mkdir -p "$cache_root"
     # apt's answer only changes with its package lists: kept per state of the lists
     # (asking apt takes seconds).
-    lists=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -printf '%f %s %T@\n' 2>/dev/null |
+    lists=$({ find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -printf '%f %s %T@\n' 2>/dev/null || true; } |
         sort | sha256sum | cut -c1-16)
     resolved=$(cat "$cache_root/resolved-$lists" 2>/dev/null || true)
     if [ -z "$resolved" ]; then

@@ -48,6 +48,31 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory for this workspace, as cargo itself reports it (so
+/// `CARGO_TARGET_DIR` and `.cargo/config.toml` are honoured).
+pub fn target_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = cargo()
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cargo metadata: {e}"));
+        assert!(
+            out.status.success(),
+            "cargo metadata failed: {}",
+            out.status
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+        PathBuf::from(
+            v["target_directory"]
+                .as_str()
+                .expect("cargo metadata names the target directory"),
+        )
+    })
+}
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(workspace_root());
@@ -71,8 +96,7 @@ pub fn guest_image() -> &'static Path {
             &["-p", "guest-kernel", "--target", GUEST_TARGET],
             "the guest image",
         );
-        workspace_root()
-            .join("target")
+        target_dir()
             .join(GUEST_TARGET)
             .join("release")
             .join("guest-kernel")
@@ -84,10 +108,7 @@ pub fn shim_binary() -> &'static Path {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
     SHIM.get_or_init(|| {
         cargo_build(&["-p", "host-shim", "--bin", "host-shim"], "host-shim");
-        workspace_root()
-            .join("target")
-            .join("release")
-            .join("host-shim")
+        target_dir().join("release").join("host-shim")
     })
 }
 
@@ -366,6 +387,80 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Points a runner's caches at a path that cannot be created (a directory under
+/// `/dev/null`), so the runner fails where it did not foresee it: the failure every
+/// runner must report in exactly one line (its ERR trap), never silently.
+pub fn with_unusable_cache(cmd: &mut Command) -> &mut Command {
+    cmd.env("XDG_CACHE_HOME", "/dev/null/cache")
+        .env_remove("DEB_CACHE")
+        .env_remove("XEN_IN_QEMU_CACHE")
+        .env_remove("SHIM_IN_QEMU_KERNEL_PKG")
+}
+
+/// Asserts that a runner ended with status 125 and exactly one `PROG: error: ` line on
+/// stderr, which names the failure.
+#[track_caller]
+pub fn assert_one_error_line(run: &Run, prog: &str) {
+    let prefix = format!("{prog}: error: ");
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .collect();
+    assert_eq!(run.code(), Some(125), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(errors.len(), 1, "want one error line:\n{}", run.stderr);
+    assert!(errors[0].len() > prefix.len() + 10, "{}", errors[0]);
+}
+
+/// Runs `body` on a thread of its own inside a new network namespace (loopback up),
+/// so every TAP, address and packet of a network test, and of the host-shim and client
+/// processes it starts, stays invisible outside it and vanishes with it. Returns `None`
+/// after printing SKIPPED when the namespace cannot be made (no `CAP_SYS_ADMIN`). A
+/// panic in `body` fails the test.
+pub fn in_private_netns<T: Send>(test: &str, body: impl FnOnce() -> T + Send) -> Option<T> {
+    std::thread::scope(|s| {
+        let inner = s.spawn(|| {
+            if let Err(e) = host_shim::hostio::netns::enter_private() {
+                eprintln!(
+                    "SKIPPED: {test}: cannot make a private network namespace (needs root): {e}"
+                );
+                return None;
+            }
+            Some(body())
+        });
+        inner
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Writes a shell script that a test hands to a runner (a hook, a client, a dom0
+/// script) and checks it with `shellcheck -s sh` (scripts/setup.sh installs it; where it
+/// is absent the check says SKIPPED). A finding fails the test: scripts in tests are
+/// checked like the project's own.
+pub fn write_script(path: impl AsRef<Path>, text: impl AsRef<str>) -> std::io::Result<()> {
+    let (path, text) = (path.as_ref(), text.as_ref());
+    std::fs::write(path, text)?;
+    match Command::new("shellcheck")
+        .args(["-s", "sh", "-f", "gcc"])
+        .arg(path)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "shellcheck finds fault with {}:\n{}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            text
+        ),
+        Err(_) => eprintln!(
+            "SKIPPED: shellcheck of {}: shellcheck is not installed",
+            path.display()
+        ),
+    }
+    Ok(())
 }
 
 /// A busybox `sh` client for the guest's network service: pings `ip` until it answers

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use pv_drivers::pattern;
 use system_tests::{
-    BOOT_LIMIT, guest_image, kvm_available, run_shim, run_with_limit, shim_binary, stats_json,
+    BOOT_LIMIT, guest_image, in_private_netns, kvm_available, run_shim, run_with_limit,
+    shim_binary, stats_json,
 };
 
 const TIMEOUT: &str = "150";
@@ -246,11 +247,15 @@ fn connect(addr: &str) -> TcpStream {
 
 #[test]
 fn host_pings_the_guest_and_moves_data_over_tcp_through_the_tap() {
-    if !kvm_available("pv_io::host_pings_the_guest")
-        || !tap_available("pv_io::host_pings_the_guest")
-    {
+    const TEST: &str = "pv_io::host_pings_the_guest";
+    if !kvm_available(TEST) || !tap_available(TEST) {
         return;
     }
+    // The TAP, its address, the shim and every client live in the test's own namespace.
+    in_private_netns(TEST, ping_and_tcp_through_a_tap);
+}
+
+fn ping_and_tcp_through_a_tap() {
     let tap = Tap::new("pvtap-t0", "10.203.0.1/24");
     let mut shim = Command::new(shim_binary());
     shim.args(["run", "--kernel"]).arg(guest_image()).args([

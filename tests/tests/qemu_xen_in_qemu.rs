@@ -15,7 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use system_tests::{
-    Run, TempDir, XEN_SELFTESTS, guest_image, ping_echo_client, run_with_limit, workspace_root,
+    Run, TempDir, XEN_SELFTESTS, assert_one_error_line, guest_image, ping_echo_client,
+    run_with_limit, with_unusable_cache, workspace_root, write_script,
 };
 
 /// The runner's bound on one whole run (L1 boot included); generous, since the tests
@@ -153,7 +154,7 @@ fn pv_network_works_under_qemu_xen_emulation() {
     // guest and talks to its TCP echo port, and the guest stops after that connection.
     let dir = tempdir();
     let client = dir.0.join("client.sh");
-    std::fs::write(
+    write_script(
         &client,
         ping_echo_client("10.0.0.2", "hello through xen-net-device"),
     )
@@ -189,13 +190,13 @@ fn guest_status_and_hooks_pass_through() {
     // sees the L1's KVM and the guest image; the hook alongside reports its status.
     let dir = tempdir();
     let pre = dir.0.join("pre.sh");
-    std::fs::write(
+    write_script(
         &pre,
         "test -c /dev/kvm\ntest -s /l1/guest.elf\necho pre-hook: ok\n",
     )
     .expect("write the pre-hook");
     let script = dir.0.join("script.sh");
-    std::fs::write(&script, "exit 7\n").expect("write the hook");
+    write_script(&script, "exit 7\n").expect("write the hook");
     let run = run_in_qemu_xen(
         "selftest=panic",
         &[
@@ -264,6 +265,16 @@ fn bad_input_is_a_clear_error() {
         assert_runner_error(&run, what);
         assert_eq!(run.stdout, "", "no guest output expected");
     }
+}
+
+#[test]
+fn an_unforeseen_failure_is_one_error_line() {
+    let mut cmd = runner();
+    with_unusable_cache(&mut cmd)
+        .arg("--kernel")
+        .arg(guest_image());
+    let run = run_with_limit(cmd, LIMIT);
+    assert_one_error_line(&run, "qemu-xen-in-qemu");
 }
 
 fn tempdir() -> TempDir {

@@ -11,8 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use system_tests::{
-    Run, TempDir, assert_good_boot, assert_xen_selftests_passed, guest_image, ping_echo_client,
-    run_with_limit, stats_json, workspace_root,
+    Run, TempDir, assert_good_boot, assert_one_error_line, assert_xen_selftests_passed,
+    guest_image, ping_echo_client, run_with_limit, stats_json, with_unusable_cache, workspace_root,
+    write_script,
 };
 
 /// The runner's bound on one whole run (L1 boot included); generous, since the tests
@@ -101,7 +102,7 @@ fn guest_status_files_and_hooks_pass_through() {
     let data = dir.0.join("data.txt");
     std::fs::write(&data, "hello from the host\n").expect("write the data file");
     let pre = dir.0.join("pre.sh");
-    std::fs::write(
+    write_script(
         &pre,
         format!(
             "set -e\ntest -s '{}'\ngrep -qx 'hello from the host' '{}'\n\
@@ -113,7 +114,7 @@ fn guest_status_files_and_hooks_pass_through() {
     )
     .expect("write the pre-hook");
     let script = dir.0.join("script.sh");
-    std::fs::write(&script, "exit 7\n").expect("write the hook");
+    write_script(&script, "exit 7\n").expect("write the hook");
     let mut cmd = runner();
     cmd.arg("--kernel")
         .arg(&copy)
@@ -172,13 +173,13 @@ fn pv_network_works_under_the_shim_in_qemu() {
     // connection.
     let dir = tempdir();
     let pre = dir.0.join("pre.sh");
-    std::fs::write(
+    write_script(
         &pre,
         "set -e\ntunctl -t tap0 >/dev/null\nip addr add 10.203.0.1/24 dev tap0\nip link set tap0 up\n",
     )
     .expect("write the pre-hook");
     let client = dir.0.join("client.sh");
-    std::fs::write(
+    write_script(
         &client,
         ping_echo_client("10.203.0.2", "hello through netback"),
     )
@@ -262,6 +263,20 @@ fn missing_qemu_is_a_clear_error() {
     ]);
     let run = run_with_limit(cmd, LIMIT);
     assert_runner_error(&run, "QEMU not found");
+}
+
+#[test]
+fn an_unforeseen_failure_is_one_error_line() {
+    // Any existing file passes as --shim: the run fails at the cache, before QEMU.
+    let mut cmd = runner();
+    with_unusable_cache(&mut cmd)
+        .arg("--kernel")
+        .arg(guest_image())
+        .arg("--shim")
+        .arg(guest_image())
+        .arg("--");
+    let run = run_with_limit(cmd, LIMIT);
+    assert_one_error_line(&run, "shim-in-qemu");
 }
 
 #[test]

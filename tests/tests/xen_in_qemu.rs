@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use pv_drivers::pattern;
 use system_tests::{
-    Run, assert_xen_selftests_passed, guest_image, qemu_binary, run_with_limit, workspace_root,
+    Run, assert_one_error_line, assert_xen_selftests_passed, guest_image, qemu_binary,
+    run_with_limit, with_unusable_cache, workspace_root, write_script,
 };
 
 /// The guest's own limit inside dom0 (from `xl create` to the domain's end).
@@ -74,6 +75,17 @@ fn a_panicking_guest_is_reported_as_a_crash_with_its_status() {
     assert_stderr(&run, "has shut down, reason code 3 0x3");
     assert_stderr(&run, "xl reports the domain crashed");
     assert_eq!(run.code(), Some(2), "{}\n{}", run.stdout, run.stderr);
+}
+
+#[test]
+fn an_unforeseen_failure_is_one_error_line() {
+    qemu_binary();
+    let mut cmd = Command::new(workspace_root().join("scripts").join("xen-in-qemu.sh"));
+    with_unusable_cache(&mut cmd)
+        .arg("--kernel")
+        .arg(guest_image());
+    let run = run_with_limit(cmd, RUN_LIMIT);
+    assert_one_error_line(&run, "xen-in-qemu");
 }
 
 #[test]
@@ -269,7 +281,7 @@ fn crc32(data: &[u8]) -> u32 {
 fn netfront_serves_ping_and_tcp_to_dom0_through_linux_netback() {
     const BULK: usize = 40000;
     let script = TempFile::new("net.sh");
-    std::fs::write(&script.0, NET_SCRIPT).expect("write the dom0 script");
+    write_script(&script.0, NET_SCRIPT).expect("write the dom0 script");
     let cmdline = format!("net.ip=10.0.0.2/24 net.exit-after=2 net.bulk={BULK} net.seed=9");
     let run = runner(
         &[
@@ -344,7 +356,7 @@ fn xl_detach_closes_blkfront_and_netfront_cleanly() {
     let img = TempFile::new("detach.img");
     std::fs::write(&img.0, vec![0u8; 4 << 20]).expect("write the disk image");
     let script = TempFile::new("detach.sh");
-    std::fs::write(&script.0, DETACH_SCRIPT).expect("write the dom0 script");
+    write_script(&script.0, DETACH_SCRIPT).expect("write the dom0 script");
     // Far more work than the run allows: only the detach can end either.
     let cmdline = "blk.workload=rand-write blk.size=4M blk.bs=4K blk.qd=8 blk.ops=100000000 \
                    net.ip=10.0.0.2/24";

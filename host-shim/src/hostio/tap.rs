@@ -207,36 +207,9 @@ impl Tap {
         self.file.as_raw_fd()
     }
 
-    /// Brings the interface up (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`).
+    /// Brings the interface up (needs `CAP_NET_ADMIN`).
     pub fn set_up(&self) -> io::Result<()> {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if sock < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `sock` was just created and nothing else owns it.
-        let sock = unsafe { File::from_raw_fd(sock) };
-        let mut req = zeroed_ifreq();
-        req.ifr_name = ifr_name(&self.name)?;
-        // SAFETY: SIOCGIFFLAGS fills the `ifreq`, which lives across the call.
-        if unsafe {
-            libc::ioctl(
-                sock.as_raw_fd(),
-                libc::SIOCGIFFLAGS as libc::Ioctl,
-                &mut req,
-            )
-        } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: SIOCGIFFLAGS has just written the flags member of the union.
-        let flags = unsafe { req.ifr_ifru.ifru_flags };
-        req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-        // SAFETY: SIOCSIFFLAGS reads the `ifreq`, which lives across the call.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        set_link_up(&self.name)
     }
 
     fn start_poller(&mut self) -> io::Result<Arc<Poller>> {
@@ -305,6 +278,38 @@ fn poll_loop(p: &Poller, fd: RawFd) {
             }
         }
     }
+}
+
+/// Brings interface `name` up (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`).
+pub fn set_link_up(name: &str) -> io::Result<()> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sock` was just created and nothing else owns it.
+    let sock = unsafe { File::from_raw_fd(sock) };
+    let mut req = zeroed_ifreq();
+    req.ifr_name = ifr_name(name)?;
+    // SAFETY: SIOCGIFFLAGS fills the `ifreq`, which lives across the call.
+    if unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFFLAGS as libc::Ioctl,
+            &mut req,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS has just written the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the `ifreq`, which lives across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for Tap {

@@ -1,8 +1,9 @@
 //! The shim's hypercall page.
 //!
 //! On Xen the guest writes a page's address to the hypercall-page MSR and Xen fills the
-//! page with one 32-byte stub per hypercall (`mov $nr, %eax; vmcall; ret`). KVM here
-//! cannot intercept `vmcall` (ENVIRONMENT.md), so the shim's stubs leave the guest with
+//! page with one 32-byte stub per hypercall (`mov $nr, %eax; vmcall; ret`). KVM on this
+//! project's machines (kvm-pvm, without `KVM_CAP_XEN_HVM`) cannot intercept `vmcall`,
+//! so the shim's stubs leave the guest with
 //! a port read instead:
 //!
 //! ```text
