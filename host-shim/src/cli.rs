@@ -80,13 +80,15 @@ pub struct RunArgs {
     /// The guest's name in xenstore.
     #[arg(long, value_name = "NAME", default_value = "guest", value_parser = parse_name)]
     pub name: String,
-    /// A PV disk (blkback) on a raw image file, the guest's xvda, xvdb, ... in order:
-    /// `PATH[,ro][,create=SIZE][,direct]` (create= makes the file if absent; direct
-    /// opens it with O_DIRECT). Repeatable.
+    /// A disk on a raw image file: `PATH[,ro][,create=SIZE][,direct][,if=xen|ide]`
+    /// (create= makes the file if absent; direct opens it with O_DIRECT). `if=xen`
+    /// (default) is a PV disk (blkback), the guest's xvda, xvdb, ... in order; `if=ide`
+    /// the emulated PIIX3 IDE controller's primary master (one IDE disk). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
-    /// A PV network interface (netback) on a TAP device, created if absent:
-    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`. Repeatable.
+    /// A network interface on a TAP device, created if absent:
+    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000]`. `model=xen` (default) is a PV
+    /// NIC (netback), `model=e1000` an emulated Intel 82540EM on PCI. Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<NetSpec>,
 }

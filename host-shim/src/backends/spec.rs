@@ -1,13 +1,38 @@
-//! The command-line descriptions of PV devices: `--disk PATH[,ro][,create=SIZE][,direct]`
-//! and `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+//! The command-line descriptions of disks and NICs, QEMU-like:
+//! `--disk PATH[,ro][,create=SIZE][,direct][,if=xen|ide]` and
+//! `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000]`. The interface or model
+//! says which device the guest sees (a Xen PV device, the default, or an emulated one);
+//! the host side (the image file, the TAP) is the same for all of them.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// The device through which the guest reaches a disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskInterface {
+    /// A Xen PV disk (blkback): `if=xen`.
+    #[default]
+    Xen,
+    /// The emulated PIIX3 IDE controller's primary master: `if=ide`.
+    Ide,
+}
+
+/// The device through which the guest reaches a network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetModel {
+    /// A Xen PV NIC (netback): `model=xen`.
+    #[default]
+    Xen,
+    /// The emulated Intel 82540EM: `model=e1000`.
+    E1000,
+}
+
 /// One `--disk`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskSpec {
+    /// The device the guest sees.
+    pub interface: DiskInterface,
     /// The raw image file.
     pub path: PathBuf,
     /// Refuse the guest's writes (and open the file read-only).
@@ -21,6 +46,8 @@ pub struct DiskSpec {
 /// One `--net`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetSpec {
+    /// The device the guest sees.
+    pub model: NetModel,
     /// The TAP interface (created if absent).
     pub tap: String,
     /// The guest's MAC address; a locally administered one derived from the domid
@@ -90,10 +117,11 @@ impl FromStr for DiskSpec {
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
             return Err(err(
-                "--disk needs a file: --disk PATH[,ro][,create=SIZE][,direct]",
+                "--disk needs a file: --disk PATH[,ro][,create=SIZE][,direct][,if=xen|ide]",
             ));
         }
         let mut spec = DiskSpec {
+            interface: DiskInterface::Xen,
             path: PathBuf::from(path),
             read_only: false,
             create: None,
@@ -104,6 +132,13 @@ impl FromStr for DiskSpec {
                 None if opt == "ro" => spec.read_only = true,
                 None if opt == "rw" => spec.read_only = false,
                 None if opt == "direct" => spec.direct = true,
+                Some(("if", "xen")) => spec.interface = DiskInterface::Xen,
+                Some(("if", "ide")) => spec.interface = DiskInterface::Ide,
+                Some(("if", other)) => {
+                    return Err(err(format!(
+                        "--disk if={other}: unknown interface (expected xen or ide)"
+                    )));
+                }
                 Some(("create", size)) => {
                     let bytes = parse_size(size)
                         .filter(|&b| b > 0 && b % 512 == 0 && b <= MAX_CREATE)
@@ -117,7 +152,8 @@ impl FromStr for DiskSpec {
                 }
                 _ => {
                     return Err(err(format!(
-                        "--disk: unknown option '{opt}' (expected ro, rw, direct, create=SIZE)"
+                        "--disk: unknown option '{opt}' (expected ro, rw, direct, create=SIZE, \
+                         if=xen|ide)"
                     )));
                 }
             }
@@ -143,6 +179,7 @@ impl FromStr for NetSpec {
     fn from_str(s: &str) -> Result<Self, SpecError> {
         let mut tap = None;
         let mut mac = None;
+        let mut model = NetModel::Xen;
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("tap", name)) if valid_ifname(name) => tap = Some(name.to_owned()),
@@ -150,6 +187,13 @@ impl FromStr for NetSpec {
                     return Err(err(format!(
                         "--net tap={name}: not an interface name (1-15 characters, no '/', ':' \
                          or spaces)"
+                    )));
+                }
+                Some(("model", "xen")) => model = NetModel::Xen,
+                Some(("model", "e1000")) => model = NetModel::E1000,
+                Some(("model", other)) => {
+                    return Err(err(format!(
+                        "--net model={other}: unknown model (expected xen or e1000)"
                     )));
                 }
                 Some(("mac", m)) => {
@@ -161,13 +205,14 @@ impl FromStr for NetSpec {
                 }
                 _ => {
                     return Err(err(format!(
-                        "--net: unknown option '{opt}' (expected tap=NAME[,mac=XX:XX:XX:XX:XX:XX])"
+                        "--net: unknown option '{opt}' (expected \
+                         tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000])"
                     )));
                 }
             }
         }
         let tap = tap.ok_or_else(|| err("--net needs tap=NAME"))?;
-        Ok(NetSpec { tap, mac })
+        Ok(NetSpec { model, tap, mac })
     }
 }
 
@@ -196,7 +241,14 @@ mod tests {
         let d: DiskSpec = "d.img,create=64M,direct".parse().unwrap();
         assert_eq!(d.create, Some(64 << 20));
         assert!(d.direct && !d.read_only);
+        assert_eq!(d.interface, DiskInterface::Xen);
+        let d: DiskSpec = "d.img,if=ide,ro".parse().unwrap();
+        assert_eq!(d.interface, DiskInterface::Ide);
+        assert!(d.read_only);
         for bad in [
+            "d,if=",
+            "d,if=virtio9",
+            "d,if=IDE",
             "",
             ",ro",
             "d,create=3",
@@ -217,7 +269,12 @@ mod tests {
         assert_eq!(format_mac(&n.mac.unwrap()), "00:16:3e:01:02:03");
         let n: NetSpec = "tap=t".parse().unwrap();
         assert_eq!(n.mac, None);
+        assert_eq!(n.model, NetModel::Xen);
+        let n: NetSpec = "model=e1000,tap=t".parse().unwrap();
+        assert_eq!(n.model, NetModel::E1000);
         for bad in [
+            "tap=t,model=",
+            "tap=t,model=rtl8139",
             "",
             "tap=",
             "tap=a/b",
