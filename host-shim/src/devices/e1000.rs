@@ -396,12 +396,7 @@ pub struct E1000 {
 impl E1000 {
     /// A device with Ethernet address `mac` on `link`, interrupting through `irq`,
     /// reaching guest RAM `mem` by DMA. Interrupt mitigation is on, as in QEMU.
-    pub fn new(
-        mac: [u8; 6],
-        link: Box<dyn Link>,
-        irq: Arc<dyn IrqLine>,
-        mem: GuestMemory,
-    ) -> Self {
+    pub fn new(mac: [u8; 6], link: Box<dyn Link>, irq: Arc<dyn IrqLine>, mem: GuestMemory) -> Self {
         let mut config = ConfigSpace::new(PciIds {
             vendor: hw::VENDOR_ID,
             device: hw::DEVICE_ID,
@@ -735,8 +730,7 @@ impl E1000 {
                 self.c.err_mdic += 1;
             } else if r == phy::BMCR {
                 self.phy[r as usize] = data & !(0x3f | phy::BMCR_RESET | phy::BMCR_ANRESTART);
-                if data & phy::BMCR_AUTOEN != 0 && data & phy::BMCR_ANRESTART != 0 && self.link_up
-                {
+                if data & phy::BMCR_AUTOEN != 0 && data & phy::BMCR_ANRESTART != 0 && self.link_up {
                     // Auto-negotiation completes at once (QEMU: after 500 ms).
                     self.phy[phy::BMSR as usize] |= phy::BMSR_AN_COMP;
                     self.set_ics(icr::LSC);
@@ -1452,7 +1446,6 @@ fn run(dev: &Mutex<E1000>, wake: &Wake) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1499,7 +1492,10 @@ mod tests {
         let irq = Arc::new(Irq::default());
         let mut d = E1000::new(MAC, Box::new(a), irq.clone(), mem.clone());
         d.set_mitigation(false);
-        d.config_write(4, &(command::MEMORY_SPACE | command::BUS_MASTER).to_le_bytes());
+        d.config_write(
+            4,
+            &(command::MEMORY_SPACE | command::BUS_MASTER).to_le_bytes(),
+        );
         Rig {
             d,
             peer: b,
@@ -1522,7 +1518,9 @@ mod tests {
         }
         fn get(&self, addr: u64, len: usize) -> Vec<u8> {
             let mut v = vec![0; len];
-            self.mem.read_slice(&mut v, GuestAddress(addr)).expect("ram");
+            self.mem
+                .read_slice(&mut v, GuestAddress(addr))
+                .expect("ram");
             v
         }
         fn tx_desc(&self, i: u64, d: TxDesc) {
@@ -1586,7 +1584,10 @@ mod tests {
             assert_ne!(v & eerd::DONE, 0);
             let w = (v >> eerd::DATA_SHIFT) as u16;
             if a < 3 {
-                assert_eq!(w.to_le_bytes(), [MAC[2 * a as usize], MAC[2 * a as usize + 1]]);
+                assert_eq!(
+                    w.to_le_bytes(),
+                    [MAC[2 * a as usize], MAC[2 * a as usize + 1]]
+                );
             }
             sum = sum.wrapping_add(w);
         }
@@ -1610,7 +1611,11 @@ mod tests {
         t.w(reg::EECD, v);
         let cmd = eecd::OPCODE_READ << eecd::ADDRESS_BITS | addr;
         for bit in (0..eecd::OPCODE_BITS + eecd::ADDRESS_BITS).rev() {
-            v = if cmd >> bit & 1 != 0 { v | eecd::DI } else { v & !eecd::DI };
+            v = if cmd >> bit & 1 != 0 {
+                v | eecd::DI
+            } else {
+                v & !eecd::DI
+            };
             t.w(reg::EECD, v);
             t.w(reg::EECD, v | eecd::SK);
             t.w(reg::EECD, v);
@@ -1717,7 +1722,10 @@ mod tests {
         t.r(reg::ICR);
         t.w(reg::ICS, icr::RXT0);
         assert!(!t.irq.up(), "held inside the window");
-        assert_eq!(t.d.poll_timers(deadline - Duration::from_nanos(1)), Some(deadline));
+        assert_eq!(
+            t.d.poll_timers(deadline - Duration::from_nanos(1)),
+            Some(deadline)
+        );
         assert!(!t.irq.up());
         // 500 x 256 ns at least, even with ITR 0.
         assert!(deadline >= Instant::now() - Duration::from_secs(1));
@@ -1751,7 +1759,14 @@ mod tests {
         let f = frame(100, 1);
         t.put(BUFS, &f[..40]);
         t.put(BUFS + 0x1000, &f[40..]);
-        t.tx_desc(0, TxDesc { addr: BUFS, length: 40, ..Default::default() });
+        t.tx_desc(
+            0,
+            TxDesc {
+                addr: BUFS,
+                length: 40,
+                ..Default::default()
+            },
+        );
         t.tx_desc(
             1,
             TxDesc {
@@ -1944,18 +1959,41 @@ mod tests {
         t.setup_tx(4096 / 16 * 16);
         t.w(reg::TDH, 0);
         for i in 0..256u64 {
-            t.tx_desc(i, TxDesc { addr: 0, length: 0xffff, ..Default::default() });
+            t.tx_desc(
+                i,
+                TxDesc {
+                    addr: 0,
+                    length: 0xffff,
+                    ..Default::default()
+                },
+            );
         }
         t.w(reg::TDT, 0xffff);
         assert!(t.d.tx.data.len() <= MAX_TX_FRAME);
         assert!(t.d.tx.oversize);
-        t.tx_desc(0, TxDesc { addr: 0, length: 1, cmd: tx_cmd::EOP, ..Default::default() });
+        t.tx_desc(
+            0,
+            TxDesc {
+                addr: 0,
+                length: 1,
+                cmd: tx_cmd::EOP,
+                ..Default::default()
+            },
+        );
         t.w(reg::TDH, 0);
         t.w(reg::TDT, 1);
         assert_eq!(t.counter(&["drops", "tx_oversize"]), 1);
         assert_eq!(t.peer.pending(), 0);
         // A buffer address outside RAM: the frame is dropped.
-        t.tx_desc(1, TxDesc { addr: u64::MAX - 3, length: 64, cmd: tx_cmd::EOP, ..Default::default() });
+        t.tx_desc(
+            1,
+            TxDesc {
+                addr: u64::MAX - 3,
+                length: 64,
+                cmd: tx_cmd::EOP,
+                ..Default::default()
+            },
+        );
         t.w(reg::TDT, 2);
         assert_eq!(t.counter(&["drops", "tx_dma"]), 1);
         // RX: ring outside RAM, empty ring, head beyond the ring.
@@ -2010,9 +2048,27 @@ mod tests {
             let mut t = rig();
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let hot = [
-                reg::CTRL, reg::EECD, reg::EERD, reg::MDIC, reg::ICR, reg::ICS, reg::IMS,
-                reg::IMC, reg::RCTL, reg::TCTL, reg::RDBAL, reg::RDBAH, reg::RDLEN, reg::RDH,
-                reg::RDT, reg::TDBAL, reg::TDBAH, reg::TDLEN, reg::TDH, reg::TDT, reg::ITR,
+                reg::CTRL,
+                reg::EECD,
+                reg::EERD,
+                reg::MDIC,
+                reg::ICR,
+                reg::ICS,
+                reg::IMS,
+                reg::IMC,
+                reg::RCTL,
+                reg::TCTL,
+                reg::RDBAL,
+                reg::RDBAH,
+                reg::RDLEN,
+                reg::RDH,
+                reg::RDT,
+                reg::TDBAL,
+                reg::TDBAH,
+                reg::TDLEN,
+                reg::TDH,
+                reg::TDT,
+                reg::ITR,
             ];
             for _ in 0..5000 {
                 let off = if rng.below(4) == 0 {
@@ -2054,15 +2110,24 @@ mod tests {
     #[test]
     fn the_worker_delivers_and_stops() {
         let t = rig();
-        let Rig { mut d, peer, irq, mem } = t;
+        let Rig {
+            mut d,
+            peer,
+            irq,
+            mem,
+        } = t;
         d.set_mitigation(true);
         let dev = Arc::new(Mutex::new(d));
         let worker = E1000Worker::start(dev.clone()).expect("start");
         {
             let mut d = lock(&dev);
             for i in 0..8u64 {
-                let desc = RxDesc { addr: BUFS + 0x800 * i, ..Default::default() };
-                mem.write_slice(&desc.to_bytes(), GuestAddress(RX_RING + 16 * i)).expect("ram");
+                let desc = RxDesc {
+                    addr: BUFS + 0x800 * i,
+                    ..Default::default()
+                };
+                mem.write_slice(&desc.to_bytes(), GuestAddress(RX_RING + 16 * i))
+                    .expect("ram");
             }
             for (r, v) in [
                 (reg::RDBAL, RX_RING as u32),
@@ -2076,7 +2141,8 @@ mod tests {
         }
         let mut peer = peer;
         for i in 0..20u8 {
-            peer.send_frame(&frame(64 + usize::from(i), i)).expect("send");
+            peer.send_frame(&frame(64 + usize::from(i), i))
+                .expect("send");
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while lock(&dev).c.rx_frames < 7 && Instant::now() < deadline {

@@ -284,7 +284,9 @@ impl<M: Mmio, D: DmaMemory> E1000<M, D> {
         };
         // Nothing points the device at the rings yet, so the memory can go back.
         if let Err(e) = dev.reset().and_then(|()| dev.read_mac()) {
-            let Self { rx, tx, mut dma, .. } = dev;
+            let Self {
+                rx, tx, mut dma, ..
+            } = dev;
             rx.free(&mut dma);
             tx.free(&mut dma);
             return Err(e);
@@ -363,7 +365,10 @@ impl<M: Mmio, D: DmaMemory> E1000<M, D> {
     fn configure(&mut self, itr: u32) {
         let m = self.mac;
         self.write(reg::RAL0, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
-        self.write(reg::RAH0, u32::from(u16::from_le_bytes([m[4], m[5]])) | rah::AV);
+        self.write(
+            reg::RAH0,
+            u32::from(u16::from_le_bytes([m[4], m[5]])) | rah::AV,
+        );
         for i in 0..reg::MTA_LEN {
             self.write(reg::MTA + 4 * i, 0);
         }
@@ -463,7 +468,11 @@ impl<M: Mmio, D: DmaMemory> E1000<M, D> {
     pub fn shutdown(mut self) -> (M, D) {
         let stopped = self.reset().is_ok();
         let Self {
-            mmio, rx, tx, mut dma, ..
+            mmio,
+            rx,
+            tx,
+            mut dma,
+            ..
         } = self;
         if stopped {
             rx.free(&mut dma);
@@ -500,21 +509,35 @@ impl<M: Mmio, D: DmaMemory> E1000<M, D> {
             if self.tx.descs.load_u8(d + TxDesc::STATUS, Ordering::Acquire) & tx_status::DD == 0 {
                 break;
             }
-            self.tx.descs.store_u8(d + TxDesc::STATUS, 0, Ordering::Relaxed);
+            self.tx
+                .descs
+                .store_u8(d + TxDesc::STATUS, 0, Ordering::Relaxed);
             self.tx_clean = (self.tx_clean + 1) % self.tx.len;
             self.stats.tx_reaped += 1;
         }
     }
 
-    /// Returns consumed receive descriptors to the device (one RDT write).
-    fn return_rx(&mut self) {
+    /// Returns consumed receive descriptors to the device (one RDT write). Those
+    /// descriptors, from the old gap to the last one consumed, were the driver's: a
+    /// DD on any of them was written by a device that did not own it.
+    fn return_rx(&mut self) -> Result<(), NetError> {
         if self.rx_unreturned == 0 || self.broken {
-            return;
+            return Ok(());
         }
-        self.rdt = (self.rx_next + self.rx.len - 1) % self.rx.len;
+        let new_rdt = (self.rx_next + self.rx.len - 1) % self.rx.len;
+        let mut i = self.rdt;
+        while i != new_rdt {
+            let d = self.rx.desc(i) + RxDesc::STATUS;
+            if self.rx.descs.load_u8(d, Ordering::Acquire) & rx_status::DD != 0 {
+                return Err(self.protocol_error());
+            }
+            i = (i + 1) % self.rx.len;
+        }
+        self.rdt = new_rdt;
         self.rx_unreturned = 0;
         self.stats.rdt_writes += 1;
         self.write(reg::RDT, self.rdt as u32);
+        Ok(())
     }
 }
 
@@ -587,14 +610,18 @@ impl<M: Mmio, D: DmaMemory> NetDevice for E1000<M, D> {
             let d = self.rx.desc(i);
             let st = self.rx.descs.load_u8(d + RxDesc::STATUS, Ordering::Acquire);
             if st & rx_status::DD == 0 {
-                self.return_rx();
+                self.return_rx()?;
                 return Ok(false);
             }
             if i == self.rdt {
                 // DD on the descriptor the driver kept back: never posted.
                 return Err(self.protocol_error());
             }
-            let len = usize::from(self.rx.descs.load_u16(d + RxDesc::LENGTH, Ordering::Relaxed));
+            let len = usize::from(
+                self.rx
+                    .descs
+                    .load_u16(d + RxDesc::LENGTH, Ordering::Relaxed),
+            );
             let errors = self.rx.descs.load_u8(d + RxDesc::ERRORS, Ordering::Relaxed);
             let eop = st & rx_status::EOP != 0;
             let discarding = self.rx_discarding;
@@ -624,7 +651,7 @@ impl<M: Mmio, D: DmaMemory> NetDevice for E1000<M, D> {
             self.rx_next = (i + 1) % self.rx.len;
             self.rx_unreturned += 1;
             if self.rx_unreturned >= self.rx.len / 4 {
-                self.return_rx();
+                self.return_rx()?;
             }
             if delivered {
                 return Ok(true);
@@ -656,7 +683,6 @@ impl<M: Mmio, D: DmaMemory> NetDevice for E1000<M, D> {
             self.link_up = self.read(reg::STATUS) & status::LU != 0;
         }
         self.reap_tx();
-        self.return_rx();
-        Ok(())
+        self.return_rx()
     }
 }
