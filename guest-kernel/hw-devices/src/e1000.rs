@@ -1,1 +1,0 @@
-//! (placeholder: filled by the e1000 work)
