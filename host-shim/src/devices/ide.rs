@@ -1420,22 +1420,21 @@ impl PciDevice for PiixIde {
         let s = &self.stats;
         let mut reads = serde_json::Map::new();
         let mut writes = serde_json::Map::new();
-        for c in 0..2 {
-            let ch = CHANNEL[c];
+        for (c, ch) in CHANNEL.iter().enumerate() {
             let put = |m: &mut serde_json::Map<String, serde_json::Value>, n: &str, v: u64| {
                 if v != 0 {
                     m.insert(format!("{ch}.{n}"), v.into());
                 }
             };
-            for r in 0..8 {
-                put(&mut reads, TF_READ[r], s.tf_reads[c][r]);
-                put(&mut writes, TF_WRITE[r], s.tf_writes[c][r]);
+            for (r, (rn, wn)) in TF_READ.iter().zip(TF_WRITE).enumerate() {
+                put(&mut reads, rn, s.tf_reads[c][r]);
+                put(&mut writes, wn, s.tf_writes[c][r]);
             }
             put(&mut reads, "alt_status", s.ctl_reads[c]);
             put(&mut writes, "device_control", s.ctl_writes[c]);
-            for r in 0..4 {
-                put(&mut reads, BM_REGS[r], s.bm_reads[c][r]);
-                put(&mut writes, BM_REGS[r], s.bm_writes[c][r]);
+            for (r, n) in BM_REGS.iter().enumerate() {
+                put(&mut reads, n, s.bm_reads[c][r]);
+                put(&mut writes, n, s.bm_writes[c][r]);
             }
         }
         // Aliases (the no-retry variants) share a name and add up.

@@ -292,6 +292,21 @@ impl<P: PortIo, D: DmaMemory> AtaDisk<P, D> {
         self.identify.lba48()
     }
 
+    /// Ends the driver and gives back its port I/O and DMA memory. The DMA buffers
+    /// are returned to `dma` unless a command is still running (the device may yet
+    /// write them: they are leaked instead, as [`DmaMemory::free_pages`] asks).
+    pub fn into_inner(mut self) -> (P, D) {
+        if let Some(b) = self.buffers.take() {
+            if self.active.is_none() {
+                self.dma.free_pages(b.prd_paddr.into(), b.prd);
+                self.dma.free_pages(b.data_paddr.into(), b.data);
+            } else {
+                core::mem::forget(b);
+            }
+        }
+        (self.io, self.dma)
+    }
+
     /// The port I/O, to inspect in tests.
     pub fn io(&mut self) -> &mut P {
         &mut self.io
