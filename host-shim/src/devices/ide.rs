@@ -926,7 +926,7 @@ impl PiixIde {
             }
             _ => {
                 d.abort();
-                self.stats.error("command_aborted");
+                self.stats.error("unknown_command");
                 Some(false)
             }
         };
