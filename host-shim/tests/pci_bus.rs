@@ -2,13 +2,17 @@
 //! port bus at 0xCF8/0xCFC, BARs reached through the port and memory buses, and the
 //! MP table parsed back from guest memory as Linux's `mpparse.c` would read it.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use host_shim::boot::{self, MP_TABLE_ADDR, MemoryLayout, MpPciIrq};
 use host_shim::devices::pci::{BarKind, ConfigSpace, PciDevice, PciIds};
 use host_shim::devices::pci_bus::{self, PciAddr, PciBus, PciError};
 use host_shim::devices::{Action, Bus};
 use host_shim::testing::Rng;
+use host_shim::{Capture, ConsoleSink, Kernel, Outcome, VmConfig, Vmm};
 use vm_memory::{Bytes, GuestAddress};
 
 /// A model with a 4 KiB memory BAR 0 and a 64-byte I/O BAR 1 (and optional legacy
@@ -557,4 +561,94 @@ fn mp_table_describes_cpu_buses_ioapic_and_routes() {
             && e.addr <= MP_TABLE_ADDR
             && e.addr + e.size >= boot::MP_TABLE_AREA.1
     }));
+}
+
+/// The plumbing in a real VM (a few hand-assembled instructions, not a guest OS): a
+/// model added through the Vmm is found through 0xCF8/0xCFC at 00:03.0 and reached at
+/// its firmware-assigned BAR, its exits and counters land in `stats.devices`, its INTx
+/// line drives GSI 19 of the in-kernel IOAPIC, and the MP table is in guest memory.
+#[test]
+fn vmm_puts_a_pci_model_into_the_vm() {
+    if !common::kvm_usable("vmm_puts_a_pci_model_into_the_vm") {
+        return;
+    }
+    let bar0 = pci_bus::MEM_WINDOW_SMALL.0 as u32;
+    let mut a = common::Asm::new();
+    a.raw(&[0xb8])
+        .raw(&NIC.config_address(0).to_le_bytes()) // mov eax, 0x80001800
+        .mov_dx(0xcf8)
+        .raw(&[0xef]) // out dx, eax
+        .mov_dx(0xcfc)
+        .raw(&[0xed]) // in eax, dx
+        .raw(&[0x3d])
+        .raw(&0x100e_8086u32.to_le_bytes()) // cmp eax, ids
+        .jump(0x75, "fail");
+    a.raw(&[0xa3]).raw(&(bar0 + 8).to_le_bytes()); // mov [bar0 + 8], eax
+    a.exit(0);
+    a.label("fail").exit(1);
+
+    let capture = Capture::new();
+    let mut config = VmConfig::new(Kernel::from_bytes("pci.elf", a.kernel()));
+    config.mem_mib = 16;
+    config.timeout = Some(Duration::from_secs(20));
+    config.console = ConsoleSink::new(capture.clone());
+    let mut vmm = Vmm::new(config).expect("VM set up");
+    let slot = vmm.pci_bus().free_slot().expect("slot");
+    assert_eq!(slot, NIC);
+    let irq = vmm.pci_intx_line(slot, 1).expect("INTA");
+    let nic = Arc::new(Mutex::new(Fake::new(1, 1)));
+    assert_eq!(
+        vmm.add_pci_device("nic0", nic.clone(), Some(slot))
+            .expect("add"),
+        NIC
+    );
+    irq.set_level(true);
+    irq.set_level(false);
+    let mem = vmm.guest_memory();
+    let report = vmm.run().expect("run");
+    assert_eq!(
+        report.outcome,
+        Outcome::Exited { status: 0 },
+        "{}",
+        capture.text()
+    );
+    assert_eq!(
+        nic.lock().unwrap().writes,
+        vec![(0, 8, 0x100e_8086u32.to_le_bytes().to_vec())]
+    );
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
+    let dev = &json["stats"]["devices"]["nic0"];
+    assert_eq!(dev["pci"], "00:03.0");
+    assert_eq!(dev["exits"]["mmio_write"], 1);
+    assert_eq!(dev["writes"], 1, "the model's own counters");
+    let host = &json["stats"]["devices"]["pci-host"];
+    assert_eq!(
+        (
+            host["exits"]["pio_write"].as_u64(),
+            host["exits"]["pio_read"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(host["config_reads"], 1);
+    assert_eq!(json["stats"]["irq_asserts"]["19"], 1);
+    let mp = parse_mp(&mem);
+    assert!(
+        mp.io_ints
+            .contains(&(0, 0xf, 0, 3 << 2, boot::MP_IOAPIC_ID, 19))
+    );
+}
+
+#[test]
+fn kvm_irq_lines_reach_the_in_kernel_irqchip() {
+    if !common::kvm_usable("kvm_irq_lines_reach_the_in_kernel_irqchip") {
+        return;
+    }
+    let vm = host_shim::kvm::Vm::new().expect("VM");
+    let lines: Vec<_> = [4u32, 14, 19, 23].iter().map(|&g| vm.irq_line(g)).collect();
+    for line in &lines {
+        host_shim::devices::IrqLine::set_level(&**line, true);
+        host_shim::devices::IrqLine::set_level(&**line, false);
+        assert_eq!(line.asserts(), 1);
+    }
+    assert_eq!(vm.irq_lines().errors(), 0, "KVM_IRQ_LINE refused a GSI");
 }
