@@ -10,6 +10,7 @@
 //! | 0x6000 | `hvm_start_info` version 1 (`xen/include/public/arch-x86/hvm/start_info.h`) |
 //! | 0x6038 | its memory map (`hvm_memmap_table_entry[]`) |
 //! | 0x7000 | the NUL-terminated command line (at most 4095 bytes) |
+//! | 0xf0000 | the MP table ([`write_mp_table`]), in the reserved BIOS area |
 //!
 //! The vCPU starts as the PVH spec requires: protected mode, paging off, `CR0 = PE|ET`,
 //! `CR4 = EFER = 0`, flat 32-bit `CS`/data segments, a 32-bit busy TSS with base 0 and
@@ -107,6 +108,22 @@ pub enum BootError {
         /// One past the last byte.
         end: u64,
     },
+    /// A kernel segment over the MP table.
+    #[error(
+        "segment {index} [{start:#x}, {end:#x}) overlaps the MP table area [{:#x}, {:#x})",
+        MP_TABLE_AREA.0, MP_TABLE_AREA.1
+    )]
+    SegmentOverlapsMpTable {
+        /// Program header index.
+        index: usize,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// The MP table does not fit its area.
+    #[error("the MP table needs {0} bytes, more than its area")]
+    MpTableTooLarge(usize),
     /// The host could not provide the guest's memory.
     #[error("cannot allocate {mib} MiB of guest memory: {source}")]
     Allocate {
@@ -246,6 +263,13 @@ impl MemoryLayout {
                     end,
                 });
             }
+            if start < MP_TABLE_AREA.1 && end > MP_TABLE_AREA.0 {
+                return Err(BootError::SegmentOverlapsMpTable {
+                    index: seg.index,
+                    start,
+                    end,
+                });
+            }
         }
         Ok(())
     }
@@ -325,6 +349,155 @@ pub fn write_boot_info(
     };
     mem.write_slice(&info.to_bytes(), GuestAddress(START_INFO_ADDR))?;
     Ok(START_INFO_ADDR)
+}
+
+/// Where the MP floating pointer structure is written: the start of the BIOS area that
+/// Linux scans for "_MP_" (`smp_scan_config(0xF0000, 0x10000)`), reserved in the
+/// memory map ([`LOW_RESERVED_START`]..1 MiB). The configuration table follows it.
+pub const MP_TABLE_ADDR: u64 = 0xf_0000;
+/// The MP table area `[start, end)`: no kernel segment may overlap it.
+pub const MP_TABLE_AREA: (u64, u64) = (MP_TABLE_ADDR, MP_TABLE_ADDR + 0x1000);
+/// The IOAPIC's id in the MP table: after the one CPU's LAPIC id 0, as Firecracker
+/// and SeaBIOS number it. (A 64-bit Linux takes the table's id as it is.)
+pub const MP_IOAPIC_ID: u8 = 1;
+/// Version the in-kernel IOAPIC reports.
+pub const MP_IOAPIC_VERSION: u8 = 0x11;
+/// Bus id of PCI bus 0 in the MP table.
+pub const MP_BUS_PCI: u8 = 0;
+/// Bus id of the ISA bus in the MP table.
+pub const MP_BUS_ISA: u8 = 1;
+
+const MP_SPEC_REV: u8 = 4; // MP spec 1.4
+const MP_ENTRY_CPU: u8 = 0;
+const MP_ENTRY_BUS: u8 = 1;
+const MP_ENTRY_IOAPIC: u8 = 2;
+const MP_ENTRY_IO_INT: u8 = 3;
+const MP_ENTRY_LOCAL_INT: u8 = 4;
+const MP_INT: u8 = 0;
+const MP_NMI: u8 = 1;
+const MP_EXTINT: u8 = 3;
+/// Interrupt entry flags: polarity active low (bits 0-1 = 3), trigger level (bits
+/// 2-3 = 3). 0 means "conforms to the bus" (ISA: edge, active high).
+const MP_FLAGS_LEVEL_LOW: u16 = 0x000f;
+
+/// A PCI interrupt for the MP table: INTx `pin` (1 = INTA#) of `device` on bus 0
+/// reaches IOAPIC input `ioapic_pin` (level, active low).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpPciIrq {
+    /// Device number.
+    pub device: u8,
+    /// 1..=4.
+    pub pin: u8,
+    /// IOAPIC input (GSI).
+    pub ioapic_pin: u8,
+}
+
+fn checksum(bytes: &[u8]) -> u8 {
+    bytes
+        .iter()
+        .fold(0u8, |sum, b| sum.wrapping_add(*b))
+        .wrapping_neg()
+}
+
+/// The MP floating pointer and configuration table (Intel MultiProcessor
+/// Specification 1.4, chapter 4) for one CPU (LAPIC id 0, the BSP), PCI bus 0 and the
+/// ISA bus, the IOAPIC at [`IOAPIC_ADDR`], ISA IRQs 0..16 (IRQ 0 on pin 2, the cascade
+/// IRQ 2 left out: the routing in [`crate::kvm`]), the PCI interrupts `pci`, ExtINT on
+/// LINT0 and NMI on LINT1: the bytes to put at [`MP_TABLE_ADDR`].
+pub fn mp_table(pci: &[MpPciIrq]) -> Vec<u8> {
+    let mut entries: Vec<u8> = Vec::new();
+    let mut count: u16 = 0;
+    let mut push = |entries: &mut Vec<u8>, bytes: &[u8]| {
+        entries.extend_from_slice(bytes);
+        count += 1;
+    };
+    // Processor: LAPIC id 0, version 0x14, enabled + bootstrap, family 6, FPU and APIC.
+    let mut cpu = [0u8; 20];
+    cpu[..4].copy_from_slice(&[MP_ENTRY_CPU, 0, 0x14, 0x3]);
+    cpu[4..8].copy_from_slice(&0x600u32.to_le_bytes());
+    cpu[8..12].copy_from_slice(&0x201u32.to_le_bytes());
+    push(&mut entries, &cpu);
+    push(
+        &mut entries,
+        &[MP_ENTRY_BUS, MP_BUS_PCI, b'P', b'C', b'I', b' ', b' ', b' '],
+    );
+    push(
+        &mut entries,
+        &[MP_ENTRY_BUS, MP_BUS_ISA, b'I', b'S', b'A', b' ', b' ', b' '],
+    );
+    let mut ioapic = [
+        MP_ENTRY_IOAPIC,
+        MP_IOAPIC_ID,
+        MP_IOAPIC_VERSION,
+        1,
+        0,
+        0,
+        0,
+        0,
+    ];
+    ioapic[4..].copy_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    push(&mut entries, &ioapic);
+    let io_int = |flags: u16, bus: u8, irq: u8, pin: u8| {
+        let [f0, f1] = flags.to_le_bytes();
+        [MP_ENTRY_IO_INT, MP_INT, f0, f1, bus, irq, MP_IOAPIC_ID, pin]
+    };
+    for irq in (0..16u8).filter(|&i| i != 2) {
+        let pin = if irq == 0 { 2 } else { irq };
+        push(&mut entries, &io_int(0, MP_BUS_ISA, irq, pin));
+    }
+    for p in pci
+        .iter()
+        .filter(|p| (1..=4).contains(&p.pin) && p.device < 32)
+    {
+        let irq = p.device << 2 | (p.pin - 1);
+        push(
+            &mut entries,
+            &io_int(MP_FLAGS_LEVEL_LOW, MP_BUS_PCI, irq, p.ioapic_pin),
+        );
+    }
+    push(
+        &mut entries,
+        &[MP_ENTRY_LOCAL_INT, MP_EXTINT, 0, 0, MP_BUS_ISA, 0, 0xff, 0],
+    );
+    push(
+        &mut entries,
+        &[MP_ENTRY_LOCAL_INT, MP_NMI, 0, 0, MP_BUS_ISA, 0, 0xff, 1],
+    );
+
+    let table_addr = MP_TABLE_ADDR as u32 + 16;
+    let mut table = Vec::with_capacity(44 + entries.len());
+    table.extend_from_slice(b"PCMP");
+    table.extend_from_slice(&((44 + entries.len()) as u16).to_le_bytes());
+    table.extend_from_slice(&[MP_SPEC_REV, 0]);
+    table.extend_from_slice(b"HOSTSHIM");
+    table.extend_from_slice(b"PVH-PC      ");
+    table.extend_from_slice(&[0; 4]); // OEM table pointer
+    table.extend_from_slice(&[0; 2]); // OEM table size
+    table.extend_from_slice(&count.to_le_bytes());
+    table.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
+    table.extend_from_slice(&[0; 4]); // extended table length, checksum, reserved
+    table.extend_from_slice(&entries);
+    table[7] = checksum(&table);
+
+    let mut fp = Vec::with_capacity(16 + table.len());
+    fp.extend_from_slice(b"_MP_");
+    fp.extend_from_slice(&table_addr.to_le_bytes());
+    // Length in 16-byte units, revision, checksum; feature byte 1 = 0: a configuration
+    // table is present; feature byte 2 bit 7 = 0: no IMCR, virtual wire mode.
+    fp.extend_from_slice(&[1, MP_SPEC_REV, 0, 0, 0, 0, 0, 0]);
+    fp[10] = checksum(&fp);
+    fp.extend_from_slice(&table);
+    fp
+}
+
+/// Writes [`mp_table`] at [`MP_TABLE_ADDR`].
+pub fn write_mp_table(mem: &GuestMemoryMmap, pci: &[MpPciIrq]) -> Result<(), BootError> {
+    let bytes = mp_table(pci);
+    if bytes.len() as u64 > MP_TABLE_AREA.1 - MP_TABLE_AREA.0 {
+        return Err(BootError::MpTableTooLarge(bytes.len()));
+    }
+    mem.write_slice(&bytes, GuestAddress(MP_TABLE_ADDR))?;
+    Ok(())
 }
 
 /// A segment register's hidden state, in the terms of the x86 descriptor format.
@@ -673,5 +846,60 @@ mod tests {
         assert!(s.code.db && s.code.g && s.code.s && s.code.present);
         assert_eq!((s.data.type_, s.tss.type_, s.tss.limit), (0x3, 0xb, 0x67));
         assert_eq!(s.gdt_limit, 31);
+    }
+
+    #[test]
+    fn kernel_segment_over_the_mp_table_is_rejected() {
+        let layout = MemoryLayout::new(16).expect("layout");
+        let img = ElfBuilder::new()
+            .segment(0x10_0000, &[0x90])
+            .pvh_entry(0x10_0000)
+            .segment(0xf_0800, &[0; 16])
+            .build();
+        let err = layout
+            .check_fits(&elf::parse(&img).expect("elf"))
+            .expect_err("overlap");
+        assert!(
+            matches!(err, BootError::SegmentOverlapsMpTable { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mp_table_checksums_and_counts() {
+        let pci = [MpPciIrq {
+            device: 3,
+            pin: 1,
+            ioapic_pin: 19,
+        }];
+        let t = mp_table(&pci);
+        assert_eq!(&t[..4], b"_MP_");
+        assert_eq!(t[..16].iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);
+        let table = &t[16..];
+        assert_eq!(&table[..4], b"PCMP");
+        let len = u16::from_le_bytes([table[4], table[5]]) as usize;
+        assert_eq!(len, table.len());
+        assert_eq!(table.iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);
+        // cpu, 2 buses, ioapic, 15 ISA, 1 PCI, 2 local
+        assert_eq!(u16::from_le_bytes([table[34], table[35]]), 22);
+        assert_eq!(len, 44 + 20 + 21 * 8);
+        let layout = MemoryLayout::new(8).expect("layout");
+        let mem = layout.allocate().expect("memory");
+        write_mp_table(&mem, &pci).expect("write");
+        let mut back = vec![0u8; t.len()];
+        mem.read_slice(&mut back, GuestAddress(MP_TABLE_ADDR))
+            .expect("read");
+        assert_eq!(back, t);
+        // Every device and pin of bus 0 fits the area.
+        let all: Vec<MpPciIrq> = (0..32)
+            .flat_map(|device| {
+                (1..=4).map(move |pin| MpPciIrq {
+                    device,
+                    pin,
+                    ioapic_pin: 16,
+                })
+            })
+            .collect();
+        assert!(write_mp_table(&mem, &all).is_ok());
     }
 }

@@ -5,6 +5,12 @@
 //! [`CpuStartState`]. [`Vcpu::run`] enters the guest and decodes the exit into the shim's
 //! own [`VcpuExit`], so the run loop and the devices never see a KVM type.
 //!
+//! Interrupt lines ([`Vm::irq_line`]) drive GSIs with `KVM_IRQ_LINE`. The GSI routing is
+//! QEMU's for the `pc` machine: GSI 0 (the in-kernel PIT) reaches IOAPIC pin 2, as the
+//! 8254 does on a PC and as the MP table says (ISA IRQ 0 -> INTIN2); GSI 2 is the 8259
+//! cascade and reaches nothing; every other GSI n < 16 goes to 8259 input n and IOAPIC
+//! pin n, and GSIs 16..24 to IOAPIC pins 16..24 only.
+//!
 //! vCPU setup follows Firecracker: CPUID from `KVM_GET_SUPPORTED_CPUID` with the APIC IDs
 //! (leaf 1 `EBX[31:24]`, leaves 0xb/0x1f `EDX`) set to the vCPU's id, the LAPIC's LINT0
 //! in ExtINT mode (the 8259 PIC's output) and LINT1 in NMI mode, as on a PC.
@@ -19,6 +25,7 @@ use kvm_bindings::{
     KVM_EXIT_SET_TPR, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_TPR_ACCESS,
     KVM_EXIT_UNKNOWN, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_MAX_CPUID_ENTRIES,
     KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY, kvm_cpuid_entry2, kvm_enable_cap, kvm_fpu,
+    kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
     kvm_lapic_state, kvm_msi, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
     kvm_userspace_memory_region,
 };
@@ -26,11 +33,14 @@ use kvm_ioctls::{
     Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
 };
 use serde::Serialize;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{CpuStartState, Segment};
+use crate::devices::IrqLine;
 
 /// Where KVM puts the three-page TSS it needs on Intel hosts (inside the MMIO hole,
 /// below the BIOS area, as Firecracker and QEMU do).
@@ -175,6 +185,192 @@ impl fmt::Debug for Interrupter {
     }
 }
 
+/// Number of IOAPIC pins of KVM's in-kernel IOAPIC.
+pub const IOAPIC_PINS: u32 = 24;
+/// The 8259 cascade input: no GSI is routed to it.
+const CASCADE_IRQ: u32 = 2;
+
+/// The routes of [`Vm`]'s module doc as `(gsi, irqchip, pin)`.
+pub fn pc_gsi_routes() -> Vec<(u32, u32, u32)> {
+    use kvm_bindings::{KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE};
+    let mut routes = Vec::new();
+    for gsi in (0..16).filter(|&g| g != CASCADE_IRQ) {
+        let chip = if gsi < 8 {
+            KVM_IRQCHIP_PIC_MASTER
+        } else {
+            KVM_IRQCHIP_PIC_SLAVE
+        };
+        routes.push((gsi, chip, gsi % 8));
+    }
+    for gsi in (0..IOAPIC_PINS).filter(|&g| g != CASCADE_IRQ) {
+        let pin = if gsi == 0 { 2 } else { gsi };
+        routes.push((gsi, KVM_IRQCHIP_IOAPIC, pin));
+    }
+    routes
+}
+
+fn pc_gsi_routing() -> Result<kvm_bindings::KvmIrqRouting, Error> {
+    let entries: Vec<kvm_irq_routing_entry> = pc_gsi_routes()
+        .into_iter()
+        .map(|(gsi, irqchip, pin)| kvm_irq_routing_entry {
+            gsi,
+            type_: kvm_bindings::KVM_IRQ_ROUTING_IRQCHIP,
+            flags: 0,
+            pad: 0,
+            u: kvm_irq_routing_entry__bindgen_ty_1 {
+                irqchip: kvm_irq_routing_irqchip { irqchip, pin },
+            },
+        })
+        .collect();
+    kvm_bindings::KvmIrqRouting::from_entries(&entries)
+        .map_err(|_| Error::Missing("room for the GSI routing table"))
+}
+
+/// Interrupt lines of one VM (or of a recording sink without a VM): hands out
+/// [`GsiLine`]s and ORs the levels of the lines that share a GSI, since KVM keeps one
+/// level per GSI for all of user space (`KVM_USERSPACE_IRQ_SOURCE_ID`).
+#[derive(Clone)]
+pub struct IrqLines {
+    inner: Arc<LinesInner>,
+}
+
+struct LinesInner {
+    sink: LineSink,
+    /// Asserted lines per GSI. Its lock also orders the `KVM_IRQ_LINE` calls, so the
+    /// kernel sees a GSI's level changes in the order they were decided.
+    asserted: Mutex<BTreeMap<u32, u32>>,
+    errors: AtomicU64,
+}
+
+enum LineSink {
+    Kvm(Arc<VmFd>),
+    Log(LineLog),
+}
+
+/// The GSI levels a recording [`IrqLines`] was asked to set, as `(gsi, level)` in
+/// order. Clones share the log.
+#[derive(Debug, Clone, Default)]
+pub struct LineLog(Arc<Mutex<Vec<(u32, bool)>>>);
+
+impl LineLog {
+    /// Takes the level changes recorded so far.
+    pub fn take(&self) -> Vec<(u32, bool)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl IrqLines {
+    /// Lines without a VM: every GSI level change is appended to the returned log.
+    pub fn recording() -> (Self, LineLog) {
+        let log = LineLog::default();
+        let lines = Self {
+            inner: Arc::new(LinesInner {
+                sink: LineSink::Log(log.clone()),
+                asserted: Mutex::new(BTreeMap::new()),
+                errors: AtomicU64::new(0),
+            }),
+        };
+        (lines, log)
+    }
+
+    /// A new line driving `gsi`, low.
+    pub fn line(&self, gsi: u32) -> Arc<GsiLine> {
+        Arc::new(GsiLine {
+            lines: self.clone(),
+            gsi,
+            level: AtomicBool::new(false),
+            asserts: AtomicU64::new(0),
+        })
+    }
+
+    /// `KVM_IRQ_LINE` calls that failed (a GSI the irqchip does not have).
+    pub fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    /// Applies one line's change; returns whether the line changed.
+    fn change(&self, line: &GsiLine, asserted: bool) -> bool {
+        let mut map = self
+            .inner
+            .asserted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if line.level.swap(asserted, Ordering::SeqCst) == asserted {
+            return false;
+        }
+        let count = map.entry(line.gsi).or_default();
+        let was = *count > 0;
+        if asserted {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        let now = *count > 0;
+        if was != now {
+            match &self.inner.sink {
+                LineSink::Kvm(fd) => {
+                    if fd.set_irq_line(line.gsi, now).is_err() {
+                        self.inner.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                LineSink::Log(log) => log
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((line.gsi, now)),
+            }
+        }
+        true
+    }
+}
+
+/// One device's output on a GSI ([`IrqLine`]). For a level-triggered IOAPIC pin the GSI
+/// stays asserted while any of its lines is; for an edge-triggered one the GSI's rising
+/// edge is the interrupt. Dropping an asserted line releases it.
+pub struct GsiLine {
+    lines: IrqLines,
+    gsi: u32,
+    level: AtomicBool,
+    asserts: AtomicU64,
+}
+
+impl GsiLine {
+    /// The GSI it drives.
+    pub fn gsi(&self) -> u32 {
+        self.gsi
+    }
+
+    /// How many times this line went from low to high.
+    pub fn asserts(&self) -> u64 {
+        self.asserts.load(Ordering::Relaxed)
+    }
+
+    /// Its level now.
+    pub fn asserted(&self) -> bool {
+        self.level.load(Ordering::SeqCst)
+    }
+}
+
+impl IrqLine for GsiLine {
+    fn set_level(&self, asserted: bool) {
+        if self.lines.change(self, asserted) && asserted {
+            self.asserts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for GsiLine {
+    fn drop(&mut self) {
+        self.lines.change(self, false);
+    }
+}
+
+impl fmt::Debug for GsiLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GsiLine({}, asserted: {})", self.gsi, self.asserted())
+    }
+}
+
 /// A VM with an in-kernel irqchip and PIT.
 pub struct Vm {
     // Dropped first: the memory below must outlive the VM's use of it. Interrupters
@@ -182,6 +378,7 @@ pub struct Vm {
     fd: Arc<VmFd>,
     kvm: Kvm,
     memory: Option<GuestMemoryMmap>,
+    lines: IrqLines,
 }
 
 impl Vm {
@@ -217,11 +414,32 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+        fd.set_gsi_routing(&pc_gsi_routing()?)
+            .map_err(ioctl("KVM_SET_GSI_ROUTING"))?;
+        let fd = Arc::new(fd);
         Ok(Self {
-            fd: Arc::new(fd),
+            lines: IrqLines {
+                inner: Arc::new(LinesInner {
+                    sink: LineSink::Kvm(fd.clone()),
+                    asserted: Mutex::new(BTreeMap::new()),
+                    errors: AtomicU64::new(0),
+                }),
+            },
+            fd,
             kvm,
             memory: None,
         })
+    }
+
+    /// An interrupt line driving `gsi` of the in-kernel irqchip, usable from any thread.
+    /// Lines on one GSI are ORed (PCI INTx sharing).
+    pub fn irq_line(&self, gsi: u32) -> Arc<GsiLine> {
+        self.lines.line(gsi)
+    }
+
+    /// The VM's interrupt lines, to create more from other places.
+    pub fn irq_lines(&self) -> IrqLines {
+        self.lines.clone()
     }
 
     /// A handle that raises interrupts from other threads.
@@ -890,5 +1108,40 @@ mod tests {
         assert_eq!(lapic.regs[APIC_LVT0 + 1] as u8, 0x07);
         assert_eq!(lapic.regs[APIC_LVT0 + 2], 1);
         assert_eq!(lapic.regs[APIC_LVT1 + 1] as u8, 0x04);
+    }
+
+    #[test]
+    fn shared_gsi_is_the_or_of_its_lines() {
+        let (lines, log) = IrqLines::recording();
+        let a = lines.line(19);
+        let b = lines.line(19);
+        let other = lines.line(20);
+        a.set_level(true);
+        a.set_level(true); // no change, no second edge
+        b.set_level(true);
+        a.set_level(false); // b still holds the line
+        assert_eq!(log.take(), vec![(19, true)]);
+        other.set_level(true);
+        b.set_level(false);
+        assert_eq!(log.take(), vec![(20, true), (19, false)]);
+        a.set_level(true);
+        assert_eq!((a.asserts(), b.asserts(), other.asserts()), (2, 1, 1));
+        drop(a);
+        drop(other);
+        assert_eq!(log.take(), vec![(19, true), (19, false), (20, false)]);
+        assert_eq!(lines.errors(), 0);
+    }
+
+    #[test]
+    fn routing_is_qemus_pc_routing() {
+        use kvm_bindings::{KVM_IRQCHIP_IOAPIC as IOAPIC, KVM_IRQCHIP_PIC_SLAVE as SLAVE};
+        let r = pc_gsi_routes();
+        assert!(r.contains(&(0, IOAPIC, 2)));
+        assert!(!r.iter().any(|&(g, c, p)| g == 2 || (c == IOAPIC && p == 0)));
+        assert!(r.contains(&(14, SLAVE, 6)));
+        assert!(r.contains(&(14, IOAPIC, 14)));
+        assert!(r.contains(&(23, IOAPIC, 23)));
+        assert_eq!(r.iter().filter(|e| e.0 >= 16).count(), 8);
+        assert!(pc_gsi_routing().is_ok());
     }
 }

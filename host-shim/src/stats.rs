@@ -110,12 +110,74 @@ pub struct RunStats {
     /// Each PV backend's counters, by device name ("vbd-51712", "vif-0").
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub backends: BTreeMap<String, serde_json::Value>,
+    /// Emulated devices by name: for each, `exits` (the vCPU exits that reached it, a
+    /// [`DeviceExits`]), `pci` (its address, for a PCI function) and the model's own
+    /// counters (`PciDevice::stats()`: an object's fields are merged in, any other
+    /// value is under `counters`). The PCI host's counters are under "pci-host".
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub devices: BTreeMap<String, serde_json::Value>,
+    /// Interrupt lines the devices drove through `KVM_IRQ_LINE`: low-to-high changes
+    /// per GSI.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub irq_asserts: BTreeMap<u32, u64>,
+}
+
+/// vCPU exits that reached one device. A string instruction that KVM hands over as one
+/// exit counts once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceExits {
+    /// Port reads.
+    pub pio_read: u64,
+    /// Port writes.
+    pub pio_write: u64,
+    /// MMIO reads.
+    pub mmio_read: u64,
+    /// MMIO writes.
+    pub mmio_write: u64,
+}
+
+impl DeviceExits {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.pio_read + self.pio_write + self.mmio_read + self.mmio_write
+    }
 }
 
 impl RunStats {
     /// Counts one port-I/O exit at `port`.
     pub fn count_port(&mut self, port: u16) {
         *self.pio_ports.entry(port).or_default() += 1;
+    }
+
+    /// Records device `name`: its exits, its PCI address and the model's counters
+    /// (see [`RunStats::devices`]).
+    pub fn add_device(
+        &mut self,
+        name: &str,
+        exits: DeviceExits,
+        pci: Option<String>,
+        counters: serde_json::Value,
+    ) {
+        let mut entry = serde_json::Map::new();
+        if let Ok(v) = serde_json::to_value(exits) {
+            entry.insert("exits".into(), v);
+        }
+        if let Some(pci) = pci {
+            entry.insert("pci".into(), pci.into());
+        }
+        match counters {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(fields) => {
+                for (k, v) in fields {
+                    entry.entry(k).or_insert(v);
+                }
+            }
+            other => {
+                entry.insert("counters".into(), other);
+            }
+        }
+        self.devices
+            .insert(name.to_owned(), serde_json::Value::Object(entry));
     }
 
     /// Counts one exit of a kind without its own counter.
@@ -148,5 +210,31 @@ mod tests {
         assert_eq!(v["exits"]["other"], 1);
         assert_eq!(v["other_exits"]["debug"], 1);
         assert_eq!(s.exits.total(), 4);
+        assert!(v.get("devices").is_none() && v.get("irq_asserts").is_none());
+    }
+
+    #[test]
+    fn devices_merge_exits_address_and_model_counters() {
+        let mut s = RunStats::default();
+        let exits = DeviceExits {
+            mmio_write: 3,
+            ..Default::default()
+        };
+        s.add_device(
+            "e1000-0",
+            exits,
+            Some("00:03.0".into()),
+            serde_json::json!({"tx_packets": 7, "exits": "not mine"}),
+        );
+        s.add_device("odd", DeviceExits::default(), None, serde_json::json!(5));
+        s.irq_asserts.insert(19, 2);
+        let v = serde_json::to_value(&s).expect("json");
+        let d = &v["devices"]["e1000-0"];
+        assert_eq!(d["exits"]["mmio_write"], 3);
+        assert_eq!(d["pci"], "00:03.0");
+        assert_eq!(d["tx_packets"], 7);
+        assert_eq!(v["devices"]["odd"]["counters"], 5);
+        assert_eq!(v["irq_asserts"]["19"], 2);
+        assert_eq!(exits.total(), 3);
     }
 }

@@ -5,11 +5,18 @@
 //! image and its fit in memory) before it touches `/dev/kvm`, so bad input is reported
 //! the same way on hosts without KVM.
 //!
+//! Emulated PCI devices: every VM has PCI bus 0 of QEMU's `pc` machine
+//! ([`crate::devices::pci_bus`]); the integrator adds models with
+//! [`Vmm::add_pci_device`] and gives them interrupt lines from [`Vmm::irq_line`] /
+//! [`Vmm::pci_intx_line`] before [`Vmm::run`], which writes the MP table describing
+//! them. A guest that never touches 0xCF8 sees no difference.
+//!
 //! Timeout: the calling thread waits on a channel with a deadline (no polling). When the
 //! deadline passes it sets a stop flag and kicks the vCPU thread out of `KVM_RUN` with a
 //! real-time signal. A signal that lands just before the thread enters `KVM_RUN` is lost,
 //! so the kick is repeated every few milliseconds until the thread answers.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write as _};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -28,11 +35,13 @@ use crate::boot::{self, BootError, MemoryLayout};
 use crate::devices::console::ConsoleSink;
 use crate::devices::debugcon::{DEBUGCON_PORT, DebugCon};
 use crate::devices::exit_port::{EXIT_PORT, EXIT_PORT_SIZE, ExitPort};
+use crate::devices::pci::{BarKind, PciDevice};
+use crate::devices::pci_bus::{self, PciAddr, PciBus, PciError};
 use crate::devices::serial::{COM1_IRQ, COM1_PORT, COM1_SIZE, SerialPort};
-use crate::devices::{Action, Bus, BusError};
+use crate::devices::{Action, Bus, BusError, GuestMemory, IrqLine};
 use crate::elf::{self, ElfError};
-use crate::kvm::{self, CpuSnapshot, Vcpu, VcpuExit, Vm};
-use crate::stats::RunStats;
+use crate::kvm::{self, CpuSnapshot, GsiLine, Vcpu, VcpuExit, Vm};
+use crate::stats::{DeviceExits, RunStats};
 use crate::xen::hypercall_page::HYPERCALL_PORT;
 use crate::xen::{self, Xen, XenConfig};
 use crate::{EXIT_GUEST_CRASHED, EXIT_TIMEOUT};
@@ -80,6 +89,9 @@ pub enum Error {
     /// Two devices claim the same addresses.
     #[error("device bus: {0}")]
     Bus(#[from] BusError),
+    /// A PCI function could not be added.
+    #[error("PCI: {0}")]
+    Pci(#[from] PciError),
     /// An eventfd or thread could not be created.
     #[error("cannot create {what}: {source}")]
     Resource {
@@ -352,8 +364,11 @@ pub struct Vmm {
     vcpu: Vcpu,
     xen: Option<Arc<Xen>>,
     backends: Vec<crate::backends::Running>,
-    pio: Bus,
-    mmio: Bus,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    pci: PciBus,
+    memory: GuestMemory,
+    irq_lines: Vec<Arc<GsiLine>>,
     console: ConsoleSink,
     timeout: Option<Duration>,
 }
@@ -408,7 +423,9 @@ impl Vmm {
         let mut vm = Vm::new()?;
         vm.map_memory(&memory)?;
 
-        let mut pio = Bus::new();
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let pci = pc_pci_bus(&pio, &mmio, &layout, with_xen)?;
         let serial = SerialPort::new(console.clone()).map_err(|source| Error::Resource {
             what: "the COM1 interrupt eventfd",
             source,
@@ -471,20 +488,61 @@ impl Vmm {
             xen,
             backends,
             pio,
-            mmio: Bus::new(),
+            mmio,
+            pci,
+            memory,
+            irq_lines: Vec::new(),
             console,
             timeout,
         })
     }
 
     /// The port-I/O bus, for adding devices before [`Vmm::run`].
-    pub fn pio_bus(&mut self) -> &mut Bus {
-        &mut self.pio
+    pub fn pio_bus(&mut self) -> &Bus {
+        &self.pio
     }
 
     /// The MMIO bus, for adding devices before [`Vmm::run`].
-    pub fn mmio_bus(&mut self) -> &mut Bus {
-        &mut self.mmio
+    pub fn mmio_bus(&mut self) -> &Bus {
+        &self.mmio
+    }
+
+    /// PCI bus 0.
+    pub fn pci_bus(&self) -> &PciBus {
+        &self.pci
+    }
+
+    /// Guest RAM as the devices' DMA sees it.
+    pub fn guest_memory(&self) -> GuestMemory {
+        self.memory.clone()
+    }
+
+    /// Adds a PCI model as `name` (its counters go to `stats.devices.<name>`) at `slot`
+    /// (`None`: the next free device number from 00:03.0). Its BARs are assigned and
+    /// enabled as firmware would; see [`PciBus::add`].
+    pub fn add_pci_device(
+        &mut self,
+        name: &str,
+        device: Arc<Mutex<dyn PciDevice>>,
+        slot: Option<PciAddr>,
+    ) -> Result<PciAddr, Error> {
+        Ok(self.pci.add(name, device, slot)?)
+    }
+
+    /// An interrupt line driving `gsi` (ISA IRQ 14 for the primary IDE channel, say);
+    /// its rising edges are counted in `stats.irq_asserts`.
+    pub fn irq_line(&mut self, gsi: u32) -> Arc<dyn IrqLine> {
+        let line = self.vm.irq_line(gsi);
+        self.irq_lines.push(line.clone());
+        line
+    }
+
+    /// The interrupt line INTx `pin` (1 = INTA#) of a function at `addr` is routed to
+    /// ([`pci_bus::intx_gsi`]); `None` for an invalid pin. Create it before adding the
+    /// model, with the address [`PciBus::free_slot`] gives or the one you pass.
+    pub fn pci_intx_line(&mut self, addr: PciAddr, pin: u8) -> Option<Arc<dyn IrqLine>> {
+        let gsi = pci_bus::intx_gsi(addr.device, pin)?;
+        Some(self.irq_line(gsi))
     }
 
     /// Runs the guest until it exits, crashes, or the timeout expires.
@@ -498,9 +556,13 @@ impl Vmm {
             backends,
             pio,
             mmio,
+            pci,
+            memory,
+            irq_lines,
             console,
             timeout,
         } = self;
+        write_mp_table(&memory, &pci)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let mut runner = VcpuRunner {
@@ -511,6 +573,7 @@ impl Vmm {
             mmio,
             stop: stop.clone(),
             stats: RunStats::default(),
+            device_exits: BTreeMap::new(),
         };
         let timer = match &xen {
             Some(xen) => {
@@ -532,7 +595,7 @@ impl Vmm {
             .name("vcpu0".into())
             .spawn(move || {
                 let result = runner.run();
-                let _ = tx.send((result, runner.stats));
+                let _ = tx.send((result, runner.stats, runner.device_exits));
             })
             .map_err(|source| Error::Resource {
                 what: "the vCPU thread",
@@ -578,7 +641,7 @@ impl Vmm {
         // host a moment but do not wait on a blocked output.
         let timed_out = received
             .as_ref()
-            .is_some_and(|(r, _)| matches!(r, Ok(None)));
+            .is_some_and(|(r, _, _)| matches!(r, Ok(None)));
         if timed_out {
             console.drain(Some(CONSOLE_DRAIN_AFTER_TIMEOUT));
         } else {
@@ -586,9 +649,10 @@ impl Vmm {
         }
         drop(vm);
 
-        let (result, mut stats) = received.ok_or(Error::VcpuThreadLost)?;
+        let (result, mut stats, device_exits) = received.ok_or(Error::VcpuThreadLost)?;
         stats.xen = xen.as_ref().map(|x| x.stats());
         stats.backends = backend_stats;
+        device_stats(&mut stats, &pci, device_exits, &irq_lines);
         let outcome = match result? {
             Some(outcome) => outcome,
             // Stopped: only the watchdog sets the flag.
@@ -652,18 +716,125 @@ fn install_kick_handler() -> Result<(), Error> {
         .map_err(Error::Signal)
 }
 
+/// The PCI bus of QEMU's `pc` machine on `pio`/`mmio`, with every range a BAR must not
+/// cover reserved: guest RAM and the special pages, the in-kernel IOAPIC, LAPIC and
+/// KVM's private pages; the in-kernel PIC, PIT and ELCR ports and the hypercall port.
+fn pc_pci_bus(
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+    layout: &MemoryLayout,
+    with_xen: bool,
+) -> Result<PciBus, Error> {
+    let pci = PciBus::pc(pio.clone(), mmio.clone())?;
+    for (base, size) in layout.ram_ranges() {
+        pci.reserve(BarKind::Memory32, base, size);
+    }
+    let pages = [
+        (boot::SPECIAL_PAGES_START, boot::SPECIAL_PAGES * 0x1000),
+        (boot::IOAPIC_ADDR, 0x1000),
+        (boot::LAPIC_ADDR, 0x1000),
+        (kvm::KVM_IDENTITY_MAP_ADDR, 0x4000),
+    ];
+    for (base, len) in pages {
+        pci.reserve(BarKind::Memory32, base, len);
+    }
+    for (port, len) in [(0x20, 2), (0x40, 4), (0x61, 1), (0xa0, 2), (0x4d0, 2)] {
+        pci.reserve(BarKind::Io, port, len);
+    }
+    if with_xen {
+        pci.reserve(BarKind::Io, HYPERCALL_PORT.into(), 4);
+    }
+    Ok(pci)
+}
+
+/// Writes the MP table for the PCI functions' interrupt routes.
+fn write_mp_table(memory: &GuestMemory, pci: &PciBus) -> Result<(), Error> {
+    let irqs: Vec<boot::MpPciIrq> = pci
+        .intx_routes()
+        .into_iter()
+        .map(|(device, pin, gsi)| boot::MpPciIrq {
+            device,
+            pin,
+            ioapic_pin: gsi as u8,
+        })
+        .collect();
+    Ok(boot::write_mp_table(memory, &irqs)?)
+}
+
+/// Puts the devices' exit counts, the models' and the PCI host's counters and the
+/// interrupt lines' asserts into `stats`.
+fn device_stats(
+    stats: &mut RunStats,
+    pci: &PciBus,
+    mut exits: BTreeMap<Arc<str>, DeviceExits>,
+    irq_lines: &[Arc<GsiLine>],
+) {
+    for (name, addr, counters) in pci.device_stats() {
+        let e = exits.remove(name.as_str()).unwrap_or_default();
+        stats.add_device(&name, e, Some(addr.to_string()), counters);
+    }
+    let host = pci.stats_json();
+    let host_exits = exits.remove(pci_bus::HOST_NAME);
+    if host.is_some() || host_exits.is_some() {
+        stats.add_device(
+            pci_bus::HOST_NAME,
+            host_exits.unwrap_or_default(),
+            None,
+            host.unwrap_or_default(),
+        );
+    }
+    for (name, e) in exits {
+        stats.add_device(&name, e, None, serde_json::Value::Null);
+    }
+    for line in irq_lines {
+        *stats.irq_asserts.entry(line.gsi()).or_default() += line.asserts();
+    }
+    stats.irq_asserts.retain(|_, n| *n > 0);
+}
+
 /// The vCPU thread's state: the vCPU, the buses and the counters.
 struct VcpuRunner {
     vcpu: Vcpu,
     xen: Option<Arc<Xen>>,
     console: ConsoleSink,
-    pio: Bus,
-    mmio: Bus,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
     stop: Arc<AtomicBool>,
     stats: RunStats,
+    /// Exits per named bus range (the device names of `stats.devices`).
+    device_exits: BTreeMap<Arc<str>, DeviceExits>,
+}
+
+/// Which of a device's exit counters an exit increments.
+#[derive(Clone, Copy)]
+enum ExitKind {
+    PioRead,
+    PioWrite,
+    MmioRead,
+    MmioWrite,
 }
 
 impl VcpuRunner {
+    /// Counts an exit for the device at `addr` on `bus`, if it is a named one.
+    fn count_device(
+        exits: &mut BTreeMap<Arc<str>, DeviceExits>,
+        bus: &Bus,
+        addr: u64,
+        kind: ExitKind,
+    ) {
+        let Some(name) = bus.name_at(addr) else {
+            return;
+        };
+        let e = exits.entry(name).or_default();
+        let n = match kind {
+            ExitKind::PioRead => &mut e.pio_read,
+            ExitKind::PioWrite => &mut e.pio_write,
+            ExitKind::MmioRead => &mut e.mmio_read,
+            ExitKind::MmioWrite => &mut e.mmio_write,
+        };
+        *n += 1;
+    }
+
     /// Runs until an outcome (`Some`) or until stopped by the watchdog (`None`).
     fn run(&mut self) -> Result<Option<Outcome>, kvm::Error> {
         loop {
@@ -696,6 +867,13 @@ impl VcpuRunner {
             VcpuExit::IoOut { port, size, data } => {
                 stats.exits.io_out += 1;
                 stats.count_port(port);
+                let port64 = u64::from(port);
+                Self::count_device(
+                    &mut self.device_exits,
+                    &self.pio,
+                    port64,
+                    ExitKind::PioWrite,
+                );
                 // A string instruction arrives as several accesses in one exit.
                 for access in data.chunks(size) {
                     match self.pio.write(port.into(), access) {
@@ -710,6 +888,8 @@ impl VcpuRunner {
             VcpuExit::IoIn { port, size, data } => {
                 stats.exits.io_in += 1;
                 stats.count_port(port);
+                let port64 = u64::from(port);
+                Self::count_device(&mut self.device_exits, &self.pio, port64, ExitKind::PioRead);
                 for access in data.chunks_mut(size) {
                     if !self.pio.read(port.into(), access) {
                         stats.unclaimed.pio_reads += 1;
@@ -718,12 +898,19 @@ impl VcpuRunner {
             }
             VcpuExit::MmioRead { addr, data } => {
                 stats.exits.mmio_read += 1;
+                Self::count_device(&mut self.device_exits, &self.mmio, addr, ExitKind::MmioRead);
                 if !self.mmio.read(addr, data) {
                     stats.unclaimed.mmio_reads += 1;
                 }
             }
             VcpuExit::MmioWrite { addr, data } => {
                 stats.exits.mmio_write += 1;
+                Self::count_device(
+                    &mut self.device_exits,
+                    &self.mmio,
+                    addr,
+                    ExitKind::MmioWrite,
+                );
                 match self.mmio.write(addr, data) {
                     None => stats.unclaimed.mmio_writes += 1,
                     Some(Action::Continue) => {}

@@ -10,6 +10,9 @@
 //! - [`exit_port`]: an `isa-debug-exit`-compatible port at 0xf4..0xf8.
 //! - [`pci`]: the [`pci::PciDevice`] trait and the configuration header PCI models
 //!   embed.
+//! - [`pci_bus`]: PCI bus 0 (configuration mechanism #1 at 0xCF8, BAR mapping onto the
+//!   buses, firmware-style BAR assignment, INTx routing); [`pci_chipset`]: its i440FX
+//!   host bridge and PIIX3 ISA bridge.
 //! - [`ide`]: the PIIX3 IDE controller (8086:7010) with one disk, PIO and bus-master
 //!   DMA.
 //! - [`e1000`]: the Intel 82540EM (8086:100E) network controller on a TAP link.
@@ -23,6 +26,8 @@ pub mod e1000;
 pub mod exit_port;
 pub mod ide;
 pub mod pci;
+pub mod pci_bus;
+pub mod pci_chipset;
 pub mod serial;
 
 /// Guest RAM as a device's DMA sees it: every access is checked against the RAM
@@ -39,7 +44,7 @@ pub trait IrqLine: Send + Sync {
 }
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// What the vCPU loop must do after a device handled a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +94,23 @@ pub enum BusError {
 
 struct Entry {
     len: u64,
+    /// Whose range this is, for per-device exit counts.
+    name: Option<Arc<str>>,
     device: SharedDevice,
 }
 
 /// Maps disjoint address ranges to devices.
+///
+/// The bus is internally synchronized, so it can be shared (`Arc<Bus>`) between the vCPU
+/// loop and a device that moves ranges while it handles an access (the PCI host moves
+/// BARs during a configuration write that itself arrives through the port bus). The
+/// map's lock is a leaf: [`Bus::read`] and [`Bus::write`] look the device up, clone its
+/// handle and release the lock before they lock the device, so a device may call
+/// [`Bus::insert`] or [`Bus::remove`] from inside an access without deadlock, and no
+/// device lock is ever taken while the map is locked.
 #[derive(Default)]
 pub struct Bus {
-    entries: BTreeMap<u64, Entry>,
+    entries: RwLock<BTreeMap<u64, Entry>>,
 }
 
 impl Bus {
@@ -104,35 +119,83 @@ impl Bus {
         Self::default()
     }
 
+    fn map(&self) -> RwLockReadGuard<'_, BTreeMap<u64, Entry>> {
+        // A panic while the map was locked left it consistent (every change is one
+        // BTreeMap call), so a poisoned lock is still usable.
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn map_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, Entry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Puts `device` at `[base, base + len)`.
-    pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), BusError> {
-        let end = base
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or(BusError::BadRange { base, len })?;
-        if let Some((&other, _)) = self
-            .entries
-            .range(..end)
-            .next_back()
-            .filter(|(b, e)| **b + e.len > base)
-        {
-            return Err(BusError::Overlap { base, len, other });
-        }
-        self.entries.insert(base, Entry { len, device });
+    pub fn insert(&self, base: u64, len: u64, device: SharedDevice) -> Result<(), BusError> {
+        self.insert_entry(base, len, None, device)
+    }
+
+    /// Puts `device` at `[base, base + len)` under `name`: exits that hit the range are
+    /// counted for that device ([`Bus::name_at`]).
+    pub fn insert_named(
+        &self,
+        base: u64,
+        len: u64,
+        name: impl Into<Arc<str>>,
+        device: SharedDevice,
+    ) -> Result<(), BusError> {
+        self.insert_entry(base, len, Some(name.into()), device)
+    }
+
+    fn insert_entry(
+        &self,
+        base: u64,
+        len: u64,
+        name: Option<Arc<str>>,
+        device: SharedDevice,
+    ) -> Result<(), BusError> {
+        let mut map = self.map_mut();
+        check_free(&map, base, len)?;
+        map.insert(base, Entry { len, name, device });
         Ok(())
     }
 
-    fn find(&self, addr: u64) -> Option<(u64, &Entry)> {
-        let (&base, entry) = self.entries.range(..=addr).next_back()?;
-        (addr - base < entry.len).then_some((base, entry))
+    /// Whether `[base, base + len)` is a valid range that no device occupies.
+    pub fn check_free(&self, base: u64, len: u64) -> Result<(), BusError> {
+        check_free(&self.map(), base, len)
+    }
+
+    /// Takes the device at exactly `base` off the bus and returns it.
+    pub fn remove(&self, base: u64) -> Option<SharedDevice> {
+        self.map_mut().remove(&base).map(|e| e.device)
+    }
+
+    /// The ranges on the bus as `(base, len, name)`, ascending.
+    pub fn ranges(&self) -> Vec<(u64, u64, Option<Arc<str>>)> {
+        self.map()
+            .iter()
+            .map(|(&base, e)| (base, e.len, e.name.clone()))
+            .collect()
+    }
+
+    /// The name the device at `addr` was inserted under, if any.
+    pub fn name_at(&self, addr: u64) -> Option<Arc<str>> {
+        let map = self.map();
+        find(&map, addr).and_then(|(_, e)| e.name.clone())
+    }
+
+    /// The device claiming `addr` and the base it sits at; the map is unlocked again
+    /// when this returns.
+    fn find(&self, addr: u64) -> Option<(u64, SharedDevice)> {
+        let map = self.map();
+        find(&map, addr).map(|(base, e)| (base, e.device.clone()))
     }
 
     /// Reads at `addr`. Returns false, with `data` set to all-ones as on a real bus with
     /// nothing answering, if no device claims the address.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
-            Some((base, entry)) => {
-                lock(&entry.device).read(addr - base, data);
+            Some((base, device)) => {
+                lock(&device).read(addr - base, data);
                 true
             }
             None => {
@@ -145,9 +208,30 @@ impl Bus {
     /// Writes at `addr`. Returns `None` if no device claims the address (the write is
     /// dropped), otherwise what the device asks the vCPU loop to do.
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<Action> {
-        let (base, entry) = self.find(addr)?;
-        Some(lock(&entry.device).write(addr - base, data))
+        let (base, device) = self.find(addr)?;
+        let action = lock(&device).write(addr - base, data);
+        Some(action)
     }
+}
+
+fn check_free(map: &BTreeMap<u64, Entry>, base: u64, len: u64) -> Result<(), BusError> {
+    let end = base
+        .checked_add(len)
+        .filter(|_| len > 0)
+        .ok_or(BusError::BadRange { base, len })?;
+    if let Some((&other, _)) = map
+        .range(..end)
+        .next_back()
+        .filter(|(b, e)| **b + e.len > base)
+    {
+        return Err(BusError::Overlap { base, len, other });
+    }
+    Ok(())
+}
+
+fn find(map: &BTreeMap<u64, Entry>, addr: u64) -> Option<(u64, &Entry)> {
+    let (&base, entry) = map.range(..=addr).next_back()?;
+    (addr - base < entry.len).then_some((base, entry))
 }
 
 /// Locks a device. A poisoned lock means another thread panicked while holding it; the
@@ -182,7 +266,7 @@ mod tests {
     fn routes_by_range_and_passes_offsets() {
         let a = Arc::new(Mutex::new(Probe::default()));
         let b = Arc::new(Mutex::new(Probe::default()));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(0x3f8, 8, a.clone()).expect("insert");
         bus.insert(0x400, 4, b.clone()).expect("insert");
 
@@ -199,7 +283,7 @@ mod tests {
 
     #[test]
     fn unclaimed_reads_are_all_ones_and_writes_are_dropped() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(0x10, 4, Arc::new(Mutex::new(Probe::default())))
             .expect("insert");
         let mut d = [0u8; 4];
@@ -214,7 +298,7 @@ mod tests {
     #[test]
     fn rejects_overlaps_and_bad_ranges() {
         let dev = || -> SharedDevice { Arc::new(Mutex::new(Probe::default())) };
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(0x100, 0x10, dev()).expect("insert");
         assert!(matches!(
             bus.insert(0x108, 4, dev()),
@@ -238,5 +322,59 @@ mod tests {
             bus.insert(u64::MAX, 2, dev()),
             Err(BusError::BadRange { .. })
         ));
+    }
+
+    #[test]
+    fn remove_frees_the_range_and_names_follow_entries() {
+        let bus = Bus::new();
+        let a: SharedDevice = Arc::new(Mutex::new(Probe::default()));
+        bus.insert_named(0x100, 0x10, "nic", a.clone())
+            .expect("insert");
+        assert_eq!(bus.name_at(0x10f).as_deref(), Some("nic"));
+        assert_eq!(bus.name_at(0x110), None);
+        assert!(bus.remove(0x104).is_none(), "only an exact base removes");
+        let got = bus.remove(0x100).expect("removed");
+        assert!(Arc::ptr_eq(&got, &a));
+        let mut d = [0u8; 1];
+        assert!(!bus.read(0x100, &mut d));
+        assert!(bus.check_free(0x100, 0x10).is_ok());
+        bus.insert(0x108, 0x10, a).expect("reinsert elsewhere");
+        assert!(bus.read(0x117, &mut d));
+        assert_eq!(bus.ranges().len(), 1);
+    }
+
+    /// Moves itself on the bus while it handles a write: must neither deadlock nor
+    /// find the bus borrowed.
+    struct Mover {
+        bus: Arc<Bus>,
+        at: u64,
+    }
+
+    impl BusDevice for Mover {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            data.fill(0x42);
+        }
+        fn write(&mut self, _: u64, data: &[u8]) -> Action {
+            let to = u64::from(data[0]) << 8;
+            let me = self.bus.remove(self.at).expect("on the bus");
+            self.bus.insert(to, 4, me).expect("free");
+            self.at = to;
+            Action::Continue
+        }
+    }
+
+    #[test]
+    fn a_device_may_move_itself_during_an_access() {
+        let bus = Arc::new(Bus::new());
+        let mover: SharedDevice = Arc::new(Mutex::new(Mover {
+            bus: bus.clone(),
+            at: 0x100,
+        }));
+        bus.insert(0x100, 4, mover).expect("insert");
+        assert_eq!(bus.write(0x100, &[0x02]), Some(Action::Continue));
+        let mut d = [0u8; 1];
+        assert!(!bus.read(0x100, &mut d));
+        assert!(bus.read(0x203, &mut d));
+        assert_eq!(d, [0x42]);
     }
 }

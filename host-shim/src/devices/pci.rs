@@ -9,8 +9,8 @@
 //! A BAR is on the bus only while its decode is on (command `IO_SPACE` or
 //! `MEMORY_SPACE`) and its address is usable: not 0, and for an I/O BAR inside the
 //! 64 KiB port space (QEMU's rule in `pci_bar_address`). [`ConfigSpace::mapped_bars`]
-//! says what should be mapped now; the bus compares it before and after each
-//! configuration write and moves the ranges.
+//! says what should be mapped now; the bus ([`super::pci_bus`]) compares it with what
+//! it mapped after each configuration write and moves the ranges.
 
 pub use hw_devices::pci::CONFIG_SPACE_SIZE;
 use hw_devices::pci::{BAR_COUNT, bar, bar_offset, command, reg, status};
@@ -122,6 +122,12 @@ impl ConfigSpace {
         let mask = low_mask & !(size as u32 - 1);
         self.set32(off, flags);
         self.wmask[off..off + 4].copy_from_slice(&mask.to_le_bytes());
+    }
+
+    /// Sets the header type register (bit 7: multi-function device; a bridge model
+    /// sets it on function 0 so that the guest probes functions 1..8).
+    pub fn set_header_type(&mut self, header_type: u8) {
+        self.bytes[reg::HEADER_TYPE] = header_type;
     }
 
     /// Sets the interrupt pin (1 = INTA# .. 4 = INTD#; 0 = none).
@@ -266,6 +272,13 @@ pub trait PciDevice: Send {
 
     /// The configuration header, to change.
     fn config_mut(&mut self) -> &mut ConfigSpace;
+
+    /// Handles a configuration read (the default reads the header). A model with
+    /// registers beyond the standard header that read differently from what was
+    /// written overrides this.
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        self.config().read(offset, data);
+    }
 
     /// Handles a configuration write (the default applies it to the header). A model
     /// that reacts to a register (the command register's INTx disable, say) overrides
