@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `console=` | comma list of `com1`, `e9`, `xen`, `xenio`; or `auto` | `auto`: COM1 if a UART answers, else port 0xe9 |
 //! | `loglevel=` | `error` `warn` `info` `debug` `trace` | `info` |
-//! | `selftest=` | comma list of `boot`, `xen`, `fault`, `stack`, `panic`, `triple`, `hang`; or `none` | `boot` |
+//! | `selftest=` | comma list of `boot`, `xen`, `irq`, `fault`, `stack`, `panic`, `triple`, `hang`; or `none` | `boot` |
 //! | `heap=` | size with optional `K`/`M` suffix | `4M` |
 //!
 //! `fault`, `stack`, `panic`, `triple` and `hang` are test hooks: take a page fault
@@ -83,6 +83,9 @@ pub struct SelfTests {
     /// The Xen interface: xenstore, watches, transactions, event channels, grants,
     /// the timer (`selftest=xen`).
     pub xen: bool,
+    /// The emulated-device platform: the timed wait without an event, and an e1000's
+    /// INTx through the IOAPIC to its event and back (`selftest=irq`).
+    pub irq: bool,
 }
 
 /// Parsed options.
@@ -165,7 +168,7 @@ impl<'a> Options<'a> {
                 }
                 "selftest" => o.selftest = parse_selftests(value).ok_or(BadOption {
                     word,
-                    expected: "none, or a comma list of boot, fault, stack, panic, triple, hang",
+                    expected: "none, or a comma list of boot, xen, irq, fault, stack, panic, triple, hang",
                 })?,
                 "heap" => {
                     o.heap_bytes = parse_size(value)
@@ -223,6 +226,7 @@ fn parse_selftests(v: &str) -> Option<SelfTests> {
             "triple" => s.triple = true,
             "hang" => s.hang = true,
             "xen" => s.xen = true,
+            "irq" => s.irq = true,
             _ => return None,
         }
     }
@@ -294,6 +298,8 @@ mod tests {
         assert!(Options::parse("selftest=stack").unwrap().selftest.stack);
         let o = Options::parse("selftest=boot,xen").unwrap();
         assert!(o.selftest.xen && o.selftest.boot && !o.selftest.hang);
+        let o = Options::parse("selftest=irq").unwrap();
+        assert!(o.selftest.irq && !o.selftest.boot && !o.selftest.xen);
         let o = Options::parse("selftest=panic,triple").unwrap();
         assert!(o.selftest.panic && o.selftest.triple && !o.selftest.fault && !o.selftest.boot);
     }

@@ -10,9 +10,10 @@
 //! | `net.time-limit=` | stop after S seconds (0: no limit) | `0` |
 //! | `net.bulk=` | bytes the bulk service (port 19) sends per connection | `64K` |
 //! | `net.seed=` | pattern seed of the bulk stream | `1` |
-//! | `net.device=` | vif id | the first listed |
+//! | `net.device=` | `xen:ID` or `ID` (a vif), `e1000:N` (the Nth e1000 on PCI, from 0) | Xen's first vif, else the first e1000 |
 //! | `blk.workload=` | comma list of `write-pattern`, `verify-pattern`, `seq-read`, `seq-write`, `rand-read`, `rand-write`, `rand-rw`, run in order | off |
-//! | `blk.device=` | vbd id | the first listed |
+//! | `blk.device=` | `xen:ID` or `ID` (a vbd), `ide:N` (ATA drive N: 0 primary master, 1 primary slave, 2 secondary master, 3 secondary slave) | Xen's first vbd, else `ide:0` |
+//! | `blk.ata=` | `dma` (bus-master DMA) or `pio`, for an `ide:` device | `dma` |
 //! | `blk.offset=` | region start, bytes | `0` |
 //! | `blk.size=` | region size, bytes | `256K` |
 //! | `blk.bs=` | bytes per request | `4K` |
@@ -48,8 +49,55 @@ pub struct NetOptions<'a> {
     pub bulk_bytes: u64,
     /// Pattern seed of the bulk stream.
     pub seed: u64,
-    /// The vif to use (its xenstore id); the first one if `None`.
-    pub device: Option<&'a str>,
+    /// The NIC to use; if `None`, the first vif, else the first e1000.
+    pub device: Option<NetDeviceSel<'a>>,
+}
+
+/// A NIC named by `net.device=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetDeviceSel<'a> {
+    /// A Xen PV vif (its xenstore id).
+    Xen(&'a str),
+    /// The Nth (from 0) Intel e1000 found by the PCI scan.
+    E1000(u8),
+}
+
+/// A disk named by `blk.device=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlkDeviceSel<'a> {
+    /// A Xen PV vbd (its xenstore id).
+    Xen(&'a str),
+    /// An ATA drive on the PCI IDE controller's legacy channels: 0 primary master,
+    /// 1 primary slave, 2 secondary master, 3 secondary slave.
+    Ide(u8),
+}
+
+impl core::fmt::Display for BlkDeviceSel<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Xen(id) => write!(f, "xen:{id}"),
+            Self::Ide(n) => write!(f, "ide:{n}"),
+        }
+    }
+}
+
+impl core::fmt::Display for NetDeviceSel<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Xen(id) => write!(f, "xen:{id}"),
+            Self::E1000(n) => write!(f, "e1000:{n}"),
+        }
+    }
+}
+
+/// How an ATA disk moves data (`blk.ata=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtaMode {
+    /// Bus-master DMA (READ/WRITE DMA).
+    #[default]
+    Dma,
+    /// Programmed I/O through the data port (READ/WRITE SECTORS).
+    Pio,
 }
 
 /// Most phases one `blk.workload=` runs.
@@ -64,8 +112,10 @@ pub struct BlkOptions<'a> {
     pub count: usize,
     /// Everything but the phase.
     pub config: Config,
-    /// The vbd to use (its xenstore id); the first one if `None`.
-    pub device: Option<&'a str>,
+    /// The disk to use; if `None`, the first vbd, else `ide:0`.
+    pub device: Option<BlkDeviceSel<'a>>,
+    /// Transfer mode of an ATA disk.
+    pub ata: AtaMode,
 }
 
 impl BlkOptions<'_> {
@@ -96,9 +146,10 @@ const NET_KEYS: [&str; 7] = [
     "net.seed",
     "net.device",
 ];
-const BLK_KEYS: [&str; 10] = [
+const BLK_KEYS: [&str; 11] = [
     "blk.workload",
     "blk.device",
+    "blk.ata",
     "blk.offset",
     "blk.size",
     "blk.bs",
@@ -128,6 +179,32 @@ fn parse_id(v: &str) -> Option<&str> {
     (!v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_digit())).then_some(v)
 }
 
+/// `N` of `kind:N`, a small decimal index up to `max`.
+fn parse_index(v: &str, max: u8) -> Option<u8> {
+    if v.is_empty() || v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok().filter(|&n| n <= max)
+}
+
+fn parse_blk_device(v: &str) -> Option<BlkDeviceSel<'_>> {
+    match v.split_once(':') {
+        None => parse_id(v).map(BlkDeviceSel::Xen),
+        Some(("xen", id)) => parse_id(id).map(BlkDeviceSel::Xen),
+        Some(("ide", n)) => parse_index(n, 3).map(BlkDeviceSel::Ide),
+        Some(_) => None,
+    }
+}
+
+fn parse_net_device(v: &str) -> Option<NetDeviceSel<'_>> {
+    match v.split_once(':') {
+        None => parse_id(v).map(NetDeviceSel::Xen),
+        Some(("xen", id)) => parse_id(id).map(NetDeviceSel::Xen),
+        Some(("e1000", n)) => parse_index(n, 31).map(NetDeviceSel::E1000),
+        Some(_) => None,
+    }
+}
+
 /// Parses the `net.*` and `blk.*` options of a command line.
 pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
     let mut net = NetOptions {
@@ -145,6 +222,7 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
         count: 0,
         config: Config::default(),
         device: None,
+        ata: AtaMode::Dma,
     };
     let (mut net_on, mut net_other) = (false, None);
     let (mut blk_on, mut blk_other) = (false, None);
@@ -171,7 +249,11 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
             "net.time-limit" => net.time_limit_s = num("a number of seconds")?,
             "net.bulk" => net.bulk_bytes = size("a size")?,
             "net.seed" => net.seed = num("a number")?,
-            "net.device" => net.device = Some(parse_id(v).ok_or(bad(word, "a vif id"))?),
+            "net.device" => {
+                net.device = Some(
+                    parse_net_device(v).ok_or(bad(word, "xen:ID or ID (a vif id), or e1000:N"))?,
+                )
+            }
             "blk.workload" => {
                 blk.count = 0;
                 for name in v.split(',') {
@@ -189,7 +271,19 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
                 }
                 blk_on = true;
             }
-            "blk.device" => blk.device = Some(parse_id(v).ok_or(bad(word, "a vbd id"))?),
+            "blk.device" => {
+                blk.device = Some(
+                    parse_blk_device(v)
+                        .ok_or(bad(word, "xen:ID or ID (a vbd id), or ide:N with N 0 to 3"))?,
+                )
+            }
+            "blk.ata" => {
+                blk.ata = match v {
+                    "dma" => AtaMode::Dma,
+                    "pio" => AtaMode::Pio,
+                    _ => return Err(bad(word, "dma or pio")),
+                }
+            }
             "blk.offset" => blk.config.offset = size("a size in bytes")?,
             "blk.size" => {
                 blk.config.size = size("a size in bytes")?;
@@ -268,7 +362,7 @@ mod tests {
             (n.exit_after, n.bulk_bytes, n.seed, n.time_limit_s),
             (3, 1 << 20, 7, 30)
         );
-        assert_eq!(n.device, Some("1"));
+        assert_eq!(n.device, Some(NetDeviceSel::Xen("1")));
         assert!(o.blk.is_none());
         let n = parse("net.ip=192.168.1.2/32").unwrap().net.unwrap();
         assert_eq!((n.gw, n.exit_after, n.bulk_bytes), (None, 0, 64 << 10));
@@ -298,7 +392,8 @@ mod tests {
             (16, 1 << 20, 8192, 5, 64 << 10, 10, 70)
         );
         assert!(!c.verify);
-        assert_eq!(b.device, Some("768"));
+        assert_eq!(b.device, Some(BlkDeviceSel::Xen("768")));
+        assert_eq!(b.ata, AtaMode::Dma);
         let d = parse("blk.workload=rand-rw").unwrap().blk.unwrap();
         assert_eq!(
             d.config,
@@ -329,6 +424,25 @@ mod tests {
             "blk.verify=maybe",
             "blk.device=../x",
             "net.device=",
+            "blk.device=ide:4",
+            "blk.device=ide:",
+            "blk.device=ide:-1",
+            "blk.device=ide:00000",
+            "blk.device=ide",
+            "blk.device=sata:0",
+            "blk.device=xen:",
+            "blk.device=xen:a1",
+            "blk.device=IDE:0",
+            "blk.device=ide:0:1",
+            "blk.ata=udma",
+            "blk.ata=",
+            "net.device=e1000:",
+            "net.device=e1000:32",
+            "net.device=e1000:x",
+            "net.device=e1000",
+            "net.device=virtio:0",
+            "net.device=xen:",
+            "net.device=xen:0x1",
         ] {
             let line = if bad.starts_with("net.ip") || bad.starts_with("blk.workload") {
                 bad.to_string()
@@ -340,6 +454,57 @@ mod tests {
             let e = parse(&line).unwrap_err();
             assert_eq!(e.word, bad, "{line}");
         }
+    }
+
+    #[test]
+    fn device_selection() {
+        let blk = |line: &str| {
+            parse(format!("blk.workload=seq-read {line}").leak())
+                .unwrap()
+                .blk
+                .unwrap()
+        };
+        let net = |line: &str| {
+            parse(format!("net.ip=10.0.0.2/24 {line}").leak())
+                .unwrap()
+                .net
+                .unwrap()
+        };
+        assert_eq!(blk("").device, None);
+        assert_eq!(blk("").ata, AtaMode::Dma);
+        assert_eq!(
+            blk("blk.device=51712").device,
+            Some(BlkDeviceSel::Xen("51712"))
+        );
+        assert_eq!(
+            blk("blk.device=xen:768").device,
+            Some(BlkDeviceSel::Xen("768"))
+        );
+        assert_eq!(blk("blk.device=ide:0").device, Some(BlkDeviceSel::Ide(0)));
+        assert_eq!(blk("blk.device=ide:3").device, Some(BlkDeviceSel::Ide(3)));
+        let b = blk("blk.device=ide:0 blk.ata=pio");
+        assert_eq!(
+            (b.device, b.ata),
+            (Some(BlkDeviceSel::Ide(0)), AtaMode::Pio)
+        );
+        assert_eq!(blk("blk.ata=dma").ata, AtaMode::Dma);
+        // The last of a repeated option wins, as for every other option.
+        assert_eq!(blk("blk.ata=dma blk.ata=pio").ata, AtaMode::Pio);
+        assert_eq!(net("").device, None);
+        assert_eq!(net("net.device=0").device, Some(NetDeviceSel::Xen("0")));
+        assert_eq!(net("net.device=xen:2").device, Some(NetDeviceSel::Xen("2")));
+        assert_eq!(
+            net("net.device=e1000:0").device,
+            Some(NetDeviceSel::E1000(0))
+        );
+        assert_eq!(
+            net("net.device=e1000:31").device,
+            Some(NetDeviceSel::E1000(31))
+        );
+        assert_eq!(BlkDeviceSel::Ide(0).to_string(), "ide:0");
+        assert_eq!(NetDeviceSel::Xen("0").to_string(), "xen:0");
+        // blk.ata= alone does not turn the workload on.
+        assert_eq!(parse("blk.ata=pio").unwrap_err().word, "blk.ata=pio");
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 /// The highest physical address (exclusive) that the boot page tables map.
 pub const IDENTITY_MAP_END: u64 = 4 << 30;
 
+/// Start of the window that the boot page tables map uncached (PCD|PWT), up to
+/// [`IDENTITY_MAP_END`]: the PC's MMIO hole (PCI BARs, IOAPIC, LAPIC). Device registers
+/// are only reached there.
+pub const UNCACHED_START: u64 = 3 << 30;
+
 core::arch::global_asm!(
     // XEN_ELFNOTE_PHYS32_ENTRY (xen/include/public/elfnote.h). The descriptor is
     // the physical entry address; QEMU reads it as 8 bytes from an ELF64 image and Xen

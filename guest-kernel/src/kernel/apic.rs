@@ -3,7 +3,7 @@
 //! else in one-shot count mode calibrated against the TSC.
 
 use super::{arch, time};
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 const IA32_APIC_BASE: u32 = 0x1b;
 const IA32_TSC_DEADLINE: u32 = 0x6e0;
@@ -35,6 +35,8 @@ static XAPIC_BASE: AtomicU64 = AtomicU64::new(0);
 static TSC_DEADLINE: AtomicU8 = AtomicU8::new(0);
 /// APIC timer ticks per millisecond (count mode only).
 static TIMER_KHZ: AtomicU64 = AtomicU64::new(0);
+/// This CPU's APIC id (the IOAPIC's destination).
+static ID: AtomicU32 = AtomicU32::new(0);
 
 fn read(reg: u32) -> u32 {
     match MODE.load(Ordering::Relaxed) {
@@ -113,12 +115,18 @@ pub fn init() -> Option<ApicInfo> {
     } else {
         read(REG_ID) >> 24
     };
+    ID.store(id, Ordering::Relaxed);
     Some(ApicInfo {
         x2apic,
         id,
         version: read(REG_VERSION) & 0xff,
         tsc_deadline,
     })
+}
+
+/// This CPU's APIC id (0 before [`init`]).
+pub fn id() -> u32 {
+    ID.load(Ordering::Relaxed)
 }
 
 /// Signals end of interrupt.

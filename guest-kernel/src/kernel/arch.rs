@@ -6,7 +6,9 @@ use x86_64::instructions::port::Port;
 /// Writes a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port writes have no memory-safety effect on this kernel; the callers
-    // address devices (UART, PIT, PIC, debug ports) whose side effects they intend.
+    // address devices (UART, PIT, PIC, debug ports, PCI configuration and the emulated
+    // devices' registers) whose side effects they intend. A device's bus-master DMA is
+    // only ever pointed at memory from `memory::alloc_zeroed`, which its driver owns.
     unsafe { Port::<u8>::new(port).write(value) }
 }
 
@@ -20,6 +22,36 @@ pub fn inb(port: u16) -> u8 {
 pub fn outl(port: u16, value: u32) {
     // SAFETY: as for `outb`.
     unsafe { Port::<u32>::new(port).write(value) }
+}
+
+/// Reads a doubleword from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    // SAFETY: as for `inb`.
+    unsafe { Port::<u32>::new(port).read() }
+}
+
+/// Writes a word to an I/O port.
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: as for `outb`.
+    unsafe { Port::<u16>::new(port).write(value) }
+}
+
+/// Reads a word from an I/O port.
+pub fn inw(port: u16) -> u16 {
+    // SAFETY: as for `inb`.
+    unsafe { Port::<u16>::new(port).read() }
+}
+
+/// Runs `f` with interrupts disabled, restoring the interrupt flag afterwards: for
+/// register sequences an interrupt handler also uses (an index/data register pair).
+pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(f)
+}
+
+/// Enables interrupts and halts, atomically: an interrupt that became pending while
+/// interrupts were off wakes the `hlt` (`sti` takes effect after the next instruction).
+pub fn sti_hlt() {
+    x86_64::instructions::interrupts::enable_and_hlt();
 }
 
 /// Reads an MSR.

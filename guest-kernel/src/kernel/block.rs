@@ -1,16 +1,21 @@
-//! The block workload on a PV disk (`blk.workload=`, see `guest_kernel::ioopts`).
+//! The block workload on a PV or emulated disk (`blk.workload=`, see
+//! `guest_kernel::ioopts`).
 //!
-//! Finds the vbd in xenstore, opens it ([`open_block`]: the one place blkfront plugs
-//! in), runs each requested phase of `pv_drivers::workload` on it and prints, per phase,
+//! Finds the disk `blk.device=` names (default: the first vbd in xenstore, else the
+//! first ATA drive on the PCI IDE controller), opens it ([`open_block`]: the one place
+//! blkfront plugs in; [`open_emulated_block`]: the one place the ATA driver plugs in),
+//! runs each requested phase of `pv_drivers::workload` on it and prints, per phase,
 //! one result line and, at the end, `blk: PASS` or `blk: FAIL`. The engine waits for
 //! the device through [`GuestWaiter`]: halt until the device's event or a recovery
 //! tick; polls after a tick that find completions are counted as recoveries.
 
-use guest_kernel::ioopts::BlkOptions;
+use alloc::boxed::Box;
+use guest_kernel::ioopts::{BlkDeviceSel, BlkOptions};
 use pv_drivers::blkfront::Blkfront;
 use pv_drivers::device::BlockDevice;
 use pv_drivers::workload::{self, Waiter};
 
+use super::platform::{self, IdeTarget};
 use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, RECOVERY_TICK_NS, Woken};
 use crate::kprintln;
 
@@ -34,11 +39,35 @@ fn open_block(env: GuestEnv, id: &str) -> Option<Followed<Blkfront<GuestEnv>>> {
     }
 }
 
-/// Runs the workload of `opts` on the chosen vbd; true if every phase passed.
+/// Opens the ATA drive that `target` describes (the controller found on PCI, its I/O
+/// decode and bus mastering on, the channel's IRQ routed to `target.event`, which the
+/// caller already holds).
+///
+/// The seam of the ATA driver (`hw_devices::ata`): construct it over `target.ports`,
+/// `target.dma`, `target.command_base`/`control_port`/`bus_master`, `target.drive` and
+/// `target.mode`, and box it.
+fn open_emulated_block(target: IdeTarget) -> Option<Box<dyn BlockDevice>> {
+    log::error!(
+        "blk: ide:{} on {}: the ATA driver is not built yet",
+        target.drive,
+        target.controller.bdf
+    );
+    None
+}
+
+/// Runs the workload of `opts` on the chosen disk; true if every phase passed.
 pub fn run(opts: &BlkOptions<'_>) -> bool {
     let ids = pv::list_devices("vbd");
     kprintln!("blk: vbd devices: {ids:?}");
-    let Some(id) = pv::choose("vbd", &ids, opts.device) else {
+    let wanted = match opts.device {
+        Some(BlkDeviceSel::Ide(drive)) => return run_emulated(drive, opts),
+        Some(BlkDeviceSel::Xen(id)) => Some(id),
+        None if ids.is_empty() && platform::ide_controller().is_some() => {
+            return run_emulated(0, opts);
+        }
+        None => None,
+    };
+    let Some(id) = pv::choose("vbd", &ids, wanted) else {
         kprintln!("blk: FAIL (no device)");
         return false;
     };
@@ -55,6 +84,38 @@ pub fn run(opts: &BlkOptions<'_>) -> bool {
     let pass = run_on(&mut dev, &event, opts);
     pv::report_backend("blk", id, &dev);
     pass
+}
+
+/// Runs the workload on ATA drive `drive` of the IDE controller.
+fn run_emulated(drive: u8, opts: &BlkOptions<'_>) -> bool {
+    let sel = BlkDeviceSel::Ide(drive);
+    let target = match platform::prepare_ide(drive, opts.ata) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("blk: {sel}: {e}");
+            kprintln!("blk: FAIL (no device {sel})");
+            return false;
+        }
+    };
+    kprintln!(
+        "blk: {sel}: {} ports {:#x}/{:#x}, bus master {}, IRQ {}, {:?}",
+        target.controller.bdf,
+        target.command_base,
+        target.control_port,
+        target
+            .bus_master
+            .map_or(alloc::string::String::from("none"), |b| alloc::format!(
+                "{b:#x}"
+            )),
+        target.gsi,
+        target.mode
+    );
+    let event = target.event.clone();
+    let Some(mut dev) = open_emulated_block(target) else {
+        kprintln!("blk: FAIL ({sel} not opened)");
+        return false;
+    };
+    run_on(dev.as_mut(), &event, opts)
 }
 
 /// Runs every phase of `opts` on `dev`, whose events set `event`; prints the results
@@ -153,6 +214,9 @@ impl Waiter for GuestWaiter<'_> {
     }
 
     fn polled(&mut self, completions: usize) {
+        // The driver's poll acknowledged the device: a level-triggered line may be
+        // delivered again.
+        self.event.rearm();
         if completions == 0 {
             return;
         }

@@ -8,9 +8,15 @@
 //! CPU exceptions are fatal: the handler prints the vector, error code, RIP, CR2 and
 //! the registers, and exits with `exit_status::EXCEPTION`. The double fault runs on
 //! its own IST stack so that a kernel stack overflow is still reported.
+//!
+//! External interrupts: [`register`] puts a handler on a vector; [`route_gsi`] routes an
+//! IOAPIC line to a vector whose handler sets a device's `DeviceEvent` (vectors
+//! [`GSI_VECTOR_BASE`]`+ gsi`).
 
-use super::{apic, arch, exit};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use super::event::{DeviceEvent, EventState};
+use super::{apic, arch, exit, ioapic};
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use guest_kernel::exit_status;
 use spin::Once;
 use x86_64::VirtAddr;
@@ -217,6 +223,114 @@ pub fn register(vector: u8, handler: fn(&mut TrapFrame)) {
         "vectors below 32 are CPU exceptions"
     );
     HANDLERS[usize::from(vector)].store(handler as usize, Ordering::Release);
+}
+
+/// First vector of the IOAPIC's lines: GSI n arrives on `GSI_VECTOR_BASE + n`.
+pub const GSI_VECTOR_BASE: u8 = 0x40;
+
+/// A routed IOAPIC line: the event it sets (an `Arc` turned into a raw pointer, null if
+/// none) and whether it is level-triggered.
+struct GsiSlot {
+    event: AtomicPtr<EventState>,
+    level: AtomicBool,
+}
+
+static GSI_SLOTS: [GsiSlot; ioapic::MAX_PINS] = [const {
+    GsiSlot {
+        event: AtomicPtr::new(core::ptr::null_mut()),
+        level: AtomicBool::new(false),
+    }
+}; ioapic::MAX_PINS];
+
+/// Why [`route_gsi`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// No IOAPIC was found at boot.
+    NoIoApic,
+    /// The IOAPIC has no such pin.
+    NoSuchGsi(u8),
+    /// Another device's event already has this line (lines are not shared here).
+    Busy(u8),
+}
+
+impl core::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoIoApic => write!(f, "no IOAPIC"),
+            Self::NoSuchGsi(g) => write!(f, "the IOAPIC has no GSI {g}"),
+            Self::Busy(g) => write!(f, "GSI {g} is already routed"),
+        }
+    }
+}
+
+/// Routes IOAPIC line `gsi` to vector `GSI_VECTOR_BASE + gsi` of this CPU, whose
+/// interrupt sets `event`; returns the vector.
+///
+/// A level-triggered line's handler masks the pin before the EOI (the device holds
+/// the line asserted until its driver acknowledges it, which happens outside the
+/// handler); `event.rearm()` unmasks it after the driver's poll.
+pub fn route_gsi(
+    gsi: u8,
+    trigger: ioapic::Trigger,
+    polarity: ioapic::Polarity,
+    event: &DeviceEvent,
+) -> Result<u8, RouteError> {
+    if ioapic::pins() == 0 {
+        return Err(RouteError::NoIoApic);
+    }
+    let slot = GSI_SLOTS
+        .get(usize::from(gsi))
+        .filter(|_| gsi < ioapic::pins())
+        .ok_or(RouteError::NoSuchGsi(gsi))?;
+    let vector = GSI_VECTOR_BASE + gsi;
+    let ptr = Arc::into_raw(event.state().clone()).cast_mut();
+    if slot
+        .event
+        .compare_exchange(
+            core::ptr::null_mut(),
+            ptr,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: `ptr` came from `Arc::into_raw` just above and was not stored.
+        drop(unsafe { Arc::from_raw(ptr) });
+        return Err(RouteError::Busy(gsi));
+    }
+    slot.level
+        .store(trigger == ioapic::Trigger::Level, Ordering::Release);
+    register(vector, gsi_interrupt);
+    if !ioapic::route(gsi, vector, trigger, polarity, apic::id()) {
+        return Err(RouteError::NoSuchGsi(gsi));
+    }
+    Ok(vector)
+}
+
+fn gsi_interrupt(frame: &mut TrapFrame) {
+    let Some(gsi) = (frame.vector as usize)
+        .checked_sub(usize::from(GSI_VECTOR_BASE))
+        .filter(|&g| g < ioapic::MAX_PINS)
+    else {
+        return;
+    };
+    let slot = &GSI_SLOTS[gsi];
+    let ptr = slot.event.load(Ordering::Acquire);
+    if slot.level.load(Ordering::Acquire) {
+        // Masked before the dispatcher's EOI clears Remote IRR: otherwise the
+        // still-asserted line is delivered again at once, forever.
+        ioapic::mask(gsi as u8);
+    }
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: a non-null slot holds a pointer from `Arc::into_raw` whose reference is
+    // never released (routes are not undone), so the state is alive.
+    let state = unsafe { &*ptr };
+    if slot.level.load(Ordering::Relaxed) {
+        state.masked(gsi as u8);
+    }
+    state.set();
 }
 
 /// Loads an empty IDT and raises an exception: the CPU cannot deliver it, nor the

@@ -4,10 +4,14 @@
 //! Usable memory is the memory map's RAM inside the identity map, above 1 MiB (legacy
 //! BIOS areas and the PVH loader's low structures), minus the kernel image and the
 //! loader's boot structures and modules.
+//!
+//! Also here: zeroed page allocation for device memory ([`alloc_zeroed`]) and the
+//! mapping of device register windows ([`map_mmio`]).
 
 use guest_kernel::frames::{FrameAllocator, FrameMemory, MAX_RANGES, PAGE_SIZE};
 use linked_list_allocator::LockedHeap;
-use pvh_boot::entry::IDENTITY_MAP_END;
+use pv_drivers::shmem::{RawSharedMemory, SharedMemory as _};
+use pvh_boot::entry::{IDENTITY_MAP_END, UNCACHED_START};
 use pvh_boot::memmap::{RangeSet, RangeSetFull};
 use pvh_boot::start_info::BootInfo;
 use spin::Mutex;
@@ -118,4 +122,92 @@ pub fn init(boot: &BootInfo, heap_bytes: u64) -> Result<MemoryInfo, MemoryError>
 pub fn heap_usage() -> (usize, usize) {
     let h = HEAP.lock();
     (h.used(), h.free())
+}
+
+/// Allocates `count` physically contiguous pages from the frame allocator and zeroes
+/// them; returns their physical address (also their address: identity map) and a view
+/// of them. `None` when `count` is 0 or memory is short.
+///
+/// The one allocator of device memory: PV rings and buffers (`pv::GuestEnv`) and
+/// emulated devices' DMA memory (`platform::GuestDma`) both come from here.
+pub fn alloc_zeroed(count: usize) -> Option<(u64, RawSharedMemory)> {
+    if count == 0 {
+        return None;
+    }
+    let len = count.checked_mul(PAGE_SIZE as usize)?;
+    let base = {
+        let mut frames = FRAMES.lock();
+        let f = frames.as_mut()?;
+        if count == 1 {
+            f.alloc()
+        } else {
+            f.alloc_contiguous(count as u64, PAGE_SIZE)
+        }
+    }?;
+    // Zero with 64-bit stores (not a byte loop: ring-0 code may be emulated one
+    // instruction at a time).
+    let words = base as *mut u64;
+    for i in 0..len / 8 {
+        // SAFETY: [base, base + len) was just taken from the frame allocator: RAM
+        // mapped at its physical address that nothing else uses; `i * 8 < len`.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: the frames are ours until `free_zeroed`, identity-mapped, and from now on
+    // are only reached through this view (and by the device or backend).
+    let view = unsafe { RawSharedMemory::new(base as *mut u8, len) };
+    Some((base, view))
+}
+
+/// Returns pages from [`alloc_zeroed`] (its `paddr`, and the view, consumed here so
+/// that nothing reaches the frames through it any more).
+pub fn free_zeroed(paddr: u64, pages: RawSharedMemory) {
+    let count = pages.len() as u64 / PAGE_SIZE;
+    let mut frames = FRAMES.lock();
+    let Some(f) = frames.as_mut() else { return };
+    for i in 0..count {
+        let frame = paddr + i * PAGE_SIZE;
+        if let Err(e) = f.free(frame) {
+            log::warn!("memory: freeing frame {frame:#x}: {e:?}");
+        }
+    }
+}
+
+/// Why a device's register window cannot be mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// Empty, or its end overflows.
+    BadRange,
+    /// Not inside the uncached MMIO window the boot page tables map (a BAR the VMM or
+    /// firmware placed above 4 GiB, or over what the tables map cacheable as RAM).
+    OutsideMmioWindow,
+}
+
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BadRange => write!(f, "empty or wrapping range"),
+            Self::OutsideMmioWindow => write!(
+                f,
+                "outside the uncached MMIO window [{UNCACHED_START:#x}, {IDENTITY_MAP_END:#x})"
+            ),
+        }
+    }
+}
+
+/// The address at which the device registers at physical `[paddr, paddr + len)` are
+/// reached, uncached.
+///
+/// The boot page tables already map the whole MMIO hole 3..4 GiB uncached at its
+/// physical address (where PC firmware and host-shim place 32-bit BARs, the IOAPIC and
+/// the LAPIC), so a range there needs no new mapping; anything else is refused rather
+/// than reached through a cacheable mapping.
+pub fn map_mmio(paddr: u64, len: u64) -> Result<u64, MapError> {
+    let end = paddr
+        .checked_add(len)
+        .filter(|_| len > 0)
+        .ok_or(MapError::BadRange)?;
+    if paddr < UNCACHED_START || end > IDENTITY_MAP_END {
+        return Err(MapError::OutsideMmioWindow);
+    }
+    Ok(paddr)
 }

@@ -4,10 +4,13 @@ pub mod apic;
 pub mod arch;
 pub mod block;
 pub mod console;
+pub mod event;
 pub mod exit;
 pub mod interrupts;
+pub mod ioapic;
 pub mod memory;
 pub mod net;
+pub mod platform;
 pub mod pv;
 pub mod selftest;
 pub mod time;
@@ -16,6 +19,7 @@ pub mod xen;
 use crate::kprintln;
 use guest_kernel::cmdline::{ConsoleSel, LogLevel, Options};
 use guest_kernel::exit_status;
+use guest_kernel::ioopts::IoOptions;
 use pvh_boot::entry::IDENTITY_MAP_END;
 use pvh_boot::start_info::{self, BootInfo, PhysRead, Unreadable};
 use spin::Once;
@@ -43,13 +47,28 @@ impl PhysRead for IdentityMap {
 
 static BOOT_INFO: Once<BootInfo> = Once::new();
 
-/// Called by pvh-boot's entry code in long mode with the start_info address.
+/// Called by pvh-boot's entry code in long mode with the start_info address. Boots in
+/// phases: what the loader handed over, the machine (memory, time, APIC), Xen, the
+/// emulated-device platform, then the workloads and the test hooks the command line
+/// asks for.
 #[unsafe(no_mangle)]
 extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     console::init(ConsoleSel::AUTO);
     console::init_log(LogLevel::Info);
     interrupts::init();
 
+    let (boot, opts, io) = boot_info(start_info_paddr);
+    let mem = machine(boot, &opts);
+    xen_bring_up();
+    platform::init(xen::get().is_some());
+    let status = workloads(&opts, &io);
+    hooks(boot, &mem, &opts, status)
+}
+
+/// Copies the boot information out of the loader's memory, parses the command line
+/// (exits on a bad one), switches to the console and log level it asks for, and
+/// prints what the loader handed over.
+fn boot_info(start_info_paddr: u64) -> (&'static BootInfo, Options<'static>, IoOptions<'static>) {
     let mut anomalies = [None; 8];
     let mut n_anomalies = 0;
     let parsed = start_info::parse(&IdentityMap, start_info_paddr, |a| {
@@ -127,7 +146,12 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
     if let Some(rsdp) = boot.rsdp_paddr {
         kprintln!("pvh: ACPI RSDP at {rsdp:#x}");
     }
+    (boot, opts, io)
+}
 
+/// Frame allocator and heap (exits if they cannot be built), TSC calibration, the
+/// local APIC and its timer.
+fn machine(boot: &'static BootInfo, opts: &Options<'_>) -> memory::MemoryInfo {
     let mem = match memory::init(boot, opts.heap_bytes) {
         Ok(m) => m,
         Err(e) => {
@@ -165,7 +189,13 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         }
         None => log::warn!("apic: no local APIC"),
     }
+    event::init();
+    mem
+}
 
+/// Detects Xen and brings up its interface (shared_info, event channels, grants,
+/// xenstore, PV console) when present.
+fn xen_bring_up() {
     match xen::detect() {
         Some(c) => {
             kprintln!(
@@ -200,7 +230,12 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
         None => kprintln!("xen: not present"),
     }
     console::xen_settled();
+}
 
+/// The Xen self-tests and the I/O workloads the command line asks for: the block
+/// workload first (it ends by itself), then the network services (until their exit
+/// condition). Returns the exit status so far.
+fn workloads(opts: &Options<'_>, io: &IoOptions<'_>) -> u8 {
     let mut status = exit_status::SUCCESS;
     if opts.selftest.xen {
         let (_, failed) = selftest::run_xen();
@@ -208,9 +243,12 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
             status = exit_status::SELFTEST_FAILED;
         }
     }
-    // The PV I/O workloads, when the command line asks for them: the block workload
-    // first (it ends by itself), then the network services (until their exit
-    // condition).
+    if opts.selftest.irq {
+        let (_, failed) = selftest::run_irq();
+        if failed > 0 {
+            status = exit_status::SELFTEST_FAILED;
+        }
+    }
     if let Some(b) = &io.blk
         && !block::run(b)
     {
@@ -228,8 +266,13 @@ extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
             x.upcalls.load(core::sync::atomic::Ordering::Relaxed)
         );
     }
+    status
+}
+
+/// The boot self-tests and the crash hooks (`selftest=`), then exit with `status`.
+fn hooks(boot: &BootInfo, mem: &memory::MemoryInfo, opts: &Options<'_>, mut status: u8) -> ! {
     if opts.selftest.boot {
-        let (_, failed) = selftest::run_boot(boot, &mem);
+        let (_, failed) = selftest::run_boot(boot, mem);
         if failed > 0 {
             status = exit_status::SELFTEST_FAILED;
         }

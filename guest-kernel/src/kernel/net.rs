@@ -1,18 +1,22 @@
-//! The network services on a PV NIC (`net.ip=`, see `guest_kernel::ioopts`).
+//! The network services on a PV or emulated NIC (`net.ip=`, see
+//! `guest_kernel::ioopts`).
 //!
-//! Finds the vif in xenstore, opens it ([`open_net`]: the one place netfront plugs
-//! in), and runs `guest_kernel::netstack` on it: ping, TCP echo (7), discard (9), bulk
+//! Finds the NIC `net.device=` names (default: the first vif in xenstore, else the
+//! first e1000 on PCI), opens it ([`open_net`]: the one place netfront plugs in;
+//! [`open_emulated_net`]: the one place the e1000 driver plugs in), and runs `guest_kernel::netstack` on it: ping, TCP echo (7), discard (9), bulk
 //! (19) and control (5). The serve loop polls the stack, then halts until the device's
 //! event, smoltcp's next timer, or a recovery tick, whichever is first; a poll after a
 //! tick that receives frames is counted as a recovery (a lost event). It ends as the
 //! options say (`exit` on the control port, `net.exit-after`, `net.time-limit`) and
 //! prints the counters.
 
-use guest_kernel::ioopts::NetOptions;
+use alloc::boxed::Box;
+use guest_kernel::ioopts::{NetDeviceSel, NetOptions};
 use guest_kernel::netstack::{BULK_PORT, CONTROL_PORT, DISCARD_PORT, ECHO_PORT, Finish, NetStack};
 use pv_drivers::device::NetDevice;
 use pv_drivers::netfront::Netfront;
 
+use super::platform::{self, E1000Target};
 use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, RECOVERY_TICK_NS, Woken};
 use crate::kprintln;
 
@@ -33,12 +37,34 @@ fn open_net(env: GuestEnv, id: &str) -> Option<Followed<Netfront<GuestEnv>>> {
     }
 }
 
-/// Serves on the chosen vif until the options' exit condition; true unless the device
+/// Opens the e1000 that `target` describes (found on PCI, BAR0 mapped, memory decode
+/// and bus mastering on, its INTx line routed to `target.event`, which the caller
+/// already holds).
+///
+/// The seam of the e1000 driver (`hw_devices::e1000`): construct it over
+/// `target.mmio` and `target.dma`, and box it.
+fn open_emulated_net(target: E1000Target) -> Option<Box<dyn NetDevice>> {
+    log::error!(
+        "net: e1000 on {}: the e1000 driver is not built yet",
+        target.function.bdf
+    );
+    None
+}
+
+/// Serves on the chosen NIC until the options' exit condition; true unless the device
 /// could not be opened or failed.
 pub fn run(opts: &NetOptions<'_>) -> bool {
     let ids = pv::list_devices("vif");
     kprintln!("net: vif devices: {ids:?}");
-    let Some(id) = pv::choose("vif", &ids, opts.device) else {
+    let wanted = match opts.device {
+        Some(NetDeviceSel::E1000(n)) => return run_emulated(n, opts),
+        Some(NetDeviceSel::Xen(id)) => Some(id),
+        None if ids.is_empty() && platform::e1000s().next().is_some() => {
+            return run_emulated(0, opts);
+        }
+        None => None,
+    };
+    let Some(id) = pv::choose("vif", &ids, wanted) else {
         kprintln!("net: FAIL (no device)");
         return false;
     };
@@ -55,6 +81,34 @@ pub fn run(opts: &NetOptions<'_>) -> bool {
     let ok = serve(&mut dev, &event, opts);
     pv::report_backend("net", id, &dev);
     ok
+}
+
+/// Serves on the `n`th e1000.
+fn run_emulated(n: u8, opts: &NetOptions<'_>) -> bool {
+    let sel = NetDeviceSel::E1000(n);
+    let target = match platform::prepare_e1000(n) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("net: {sel}: {e}");
+            kprintln!("net: FAIL (no device {sel})");
+            return false;
+        }
+    };
+    kprintln!(
+        "net: {sel}: {}, IRQ {}",
+        target.function,
+        target
+            .gsi
+            .map_or(alloc::string::String::from("none"), |g| alloc::format!(
+                "{g}"
+            ))
+    );
+    let event = target.event.clone();
+    let Some(mut dev) = open_emulated_net(target) else {
+        kprintln!("net: FAIL ({sel} not opened)");
+        return false;
+    };
+    serve(dev.as_mut(), &event, opts)
 }
 
 /// Runs the services on `dev`, whose events set `event`; true unless the device failed.
@@ -95,6 +149,9 @@ pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>
     let finish = loop {
         let now = ms();
         let act = stack.poll(dev, now);
+        // The driver's poll acknowledged the device: a level-triggered line may be
+        // delivered again.
+        event.rearm();
         if woke == Woken::Deadline && act.rx_frames > 0 && !event.is_pending() {
             recoveries += 1;
         }

@@ -3,14 +3,10 @@
 //!
 //! Every port a frontend allocates through [`GuestEnv`] is bound to one handler that
 //! sets the env's [`DeviceEvent`] flag, so the layer above polls its device when the
-//! device's event fired. Events can be lost (issue #6: a nested hypervisor sometimes
-//! drops a wake-up), so [`wait_for_event`] also returns at a deadline, and the callers
-//! poll then as well and count a *recovery* when such a poll found work that no event
-//! announced.
+//! device's event fired. The latch, the clock and the wait are shared with the
+//! emulated devices (`event.rs`) and re-exported here.
 
 use alloc::boxed::Box;
-use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guest_kernel::frames::PAGE_SIZE;
 use pv_drivers::abi::grant_table::GrantRef;
@@ -18,11 +14,13 @@ use pv_drivers::abi::xen::DomId;
 use pv_drivers::follow::{Follower, StoreAccess};
 use pv_drivers::frontend::{EnvError, FrontendEnv};
 use pv_drivers::hypercall::{HypercallError, XenHypercalls as _};
-use pv_drivers::shmem::{RawSharedMemory, SharedMemory as _};
+use pv_drivers::shmem::RawSharedMemory;
 use pv_drivers::xenstore::XenStore;
 
-use super::{arch, memory, xen};
+use super::{memory, xen};
 use crate::kprintln;
+
+pub use super::event::{DeviceEvent, Woken, boot_entropy, now_ns, wait_for_event};
 
 /// How often a waiting driver is polled without an event: the bound on how long a
 /// lost event can stall it.
@@ -34,79 +32,6 @@ fn errno(e: HypercallError) -> EnvError {
         HypercallError::Unknown(v) => i32::try_from(v).unwrap_or(i32::MIN),
         _ => -22, // -EINVAL: the request never reached Xen
     })
-}
-
-/// A device's event latch, shared by its event handler and the code waiting for it.
-#[derive(Clone, Default)]
-pub struct DeviceEvent {
-    pending: Arc<AtomicBool>,
-    count: Arc<AtomicU64>,
-}
-
-impl DeviceEvent {
-    /// Takes the pending flag: whether an event arrived since the last call.
-    pub fn take(&self) -> bool {
-        self.pending.swap(false, Ordering::AcqRel)
-    }
-
-    /// Whether an event is pending (without taking it).
-    pub fn is_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
-    }
-
-    /// Events received so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn handler(&self) -> pv_drivers::evtchn::Handler {
-        let me = self.clone();
-        Box::new(move |_| {
-            me.count.fetch_add(1, Ordering::Relaxed);
-            me.pending.store(true, Ordering::Release);
-        })
-    }
-}
-
-/// Why a wait ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Woken {
-    /// The device's event arrived.
-    Event,
-    /// The deadline passed first.
-    Deadline,
-}
-
-/// Halts until `ev` fires or Xen system time `deadline_ns` passes (a Xen single-shot
-/// timer wakes the CPU then). Other interrupts wake the CPU too; the loop halts again.
-pub fn wait_for_event(ev: &DeviceEvent, deadline_ns: u64) -> Woken {
-    let Some(x) = xen::get() else {
-        return Woken::Deadline;
-    };
-    let timer = x.timer_port().is_some()
-        && x.hv
-            .vcpu_set_singleshot_timer(0, deadline_ns, false)
-            .is_ok();
-    loop {
-        // Interrupts off between the checks and `hlt`: `sti; hlt` enables them only
-        // after the `hlt` starts, so an event arriving after the check still wakes us.
-        arch::cli();
-        if ev.take() {
-            arch::sti();
-            return Woken::Event;
-        }
-        if x.now_ns() >= deadline_ns {
-            arch::sti();
-            return Woken::Deadline;
-        }
-        if timer {
-            x86_64::instructions::interrupts::enable_and_hlt();
-        } else {
-            // No timer to wake us: spin with interrupts on.
-            arch::sti();
-            core::hint::spin_loop();
-        }
-    }
 }
 
 /// [`FrontendEnv`] on this kernel's Xen: frames from the frame allocator (identity
@@ -141,46 +66,12 @@ impl FrontendEnv for GuestEnv {
     type Pages = RawSharedMemory;
 
     fn alloc_pages(&mut self, count: usize) -> Result<(u64, RawSharedMemory), EnvError> {
-        if count == 0 {
-            return Err(EnvError::NoMemory);
-        }
-        let len = count
-            .checked_mul(PAGE_SIZE as usize)
-            .ok_or(EnvError::NoMemory)?;
-        let base = {
-            let mut frames = memory::FRAMES.lock();
-            let f = frames.as_mut().ok_or(EnvError::NoMemory)?;
-            if count == 1 {
-                f.alloc()
-            } else {
-                f.alloc_contiguous(count as u64, PAGE_SIZE)
-            }
-        }
-        .ok_or(EnvError::NoMemory)?;
-        // Zero with 64-bit stores (not a byte loop: ring-0 code may be emulated one
-        // instruction at a time).
-        let words = base as *mut u64;
-        for i in 0..len / 8 {
-            // SAFETY: [base, base + len) was just taken from the frame allocator: RAM
-            // mapped at its physical address that nothing else uses; `i * 8 < len`.
-            unsafe { words.add(i).write_volatile(0) };
-        }
-        // SAFETY: the frames are ours until `free_pages`, identity-mapped, and from
-        // now on are only reached through this view (and by the backend via grants).
-        let view = unsafe { RawSharedMemory::new(base as *mut u8, len) };
+        let (base, view) = memory::alloc_zeroed(count).ok_or(EnvError::NoMemory)?;
         Ok((base / PAGE_SIZE, view))
     }
 
     fn free_pages(&mut self, pfn: u64, pages: RawSharedMemory) {
-        // The view is consumed here: nothing reaches the frames through it any more.
-        let count = pages.len() as u64 / PAGE_SIZE;
-        let mut frames = memory::FRAMES.lock();
-        let Some(f) = frames.as_mut() else { return };
-        for i in 0..count {
-            if let Err(e) = f.free((pfn + i) * PAGE_SIZE) {
-                log::warn!("pv: freeing frame {:#x}: {e:?}", pfn + i);
-            }
-        }
+        memory::free_zeroed(pfn * PAGE_SIZE, pages);
     }
 
     fn grant(&mut self, to: DomId, pfn: u64, readonly: bool) -> Result<GrantRef, EnvError> {
@@ -298,14 +189,4 @@ pub fn choose<'a>(
         }
     }
     found.map(|s| s.as_str())
-}
-
-/// Xen system time in ns (0 without Xen).
-pub fn now_ns() -> u64 {
-    xen::get().map_or(0, |x| x.now_ns())
-}
-
-/// A seed that differs between boots (for TCP sequence numbers).
-pub fn boot_entropy() -> u64 {
-    arch::rdtsc() ^ now_ns().rotate_left(29)
 }

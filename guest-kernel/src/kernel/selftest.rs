@@ -608,3 +608,93 @@ fn test_xen_timer(x: &xen::Xen) -> TestResult {
         );
     }
 }
+
+/// Runs the emulated-device platform tests (`selftest=irq`); returns (passed, failed).
+pub fn run_irq() -> (u32, u32) {
+    let tests: [(&str, &dyn Fn() -> TestResult); 2] = [
+        ("wait_deadline", &test_wait_deadline),
+        ("e1000_intx", &test_e1000_intx),
+    ];
+    report(tests.iter().map(|(name, test)| (*name, test())))
+}
+
+/// A wait on an event nobody sets halts until its deadline, and not much longer.
+fn test_wait_deadline() -> TestResult {
+    use super::event::{self, DeviceEvent, Woken};
+    const SPAN_NS: u64 = 5_000_000;
+    let ev = DeviceEvent::default();
+    let start = event::now_ns();
+    check!(start > 0, "no clock");
+    let deadline = start + SPAN_NS;
+    let woke = event::wait_for_event(&ev, deadline);
+    let end = event::now_ns();
+    check!(woke == Woken::Deadline, "woke by {woke:?}");
+    check!(end >= deadline, "returned {} ns early", deadline - end);
+    Ok(alloc::format!("{SPAN_NS} ns wait took {} ns", end - start))
+}
+
+/// An e1000 raises its level-triggered INTx (an interrupt cause set through ICS): the
+/// IOAPIC delivers it to the device's event, the handler masks the pin, reading ICR
+/// deasserts the line and `rearm` unmasks it; the line then stays quiet (no storm), and
+/// a second cause arrives through the re-armed pin. Register offsets: Intel 8254x
+/// manual, 13.4.17-21.
+///
+/// KVM's in-kernel IOAPIC may deliver one extra interrupt per cause around the EOI of a
+/// masked level-triggered entry (its `ioapic_write_indirect` documents that it injects
+/// a stale pending bit rather than lose one); the event is a latch and an extra poll
+/// finds nothing, so one extra is allowed, a second is a storm.
+fn test_e1000_intx() -> TestResult {
+    use super::event::{self, Woken};
+    use hw_devices::Mmio as _;
+    const ICR: u32 = 0xc0;
+    const ICS: u32 = 0xc8;
+    const IMS: u32 = 0xd0;
+    const IMC: u32 = 0xd8;
+    const TXDW: u32 = 1 << 0;
+    const WAIT_NS: u64 = 1_000_000_000;
+    const QUIET_NS: u64 = 20_000_000;
+
+    let mut t = super::platform::prepare_e1000(0)?;
+    let gsi = t.gsi.ok_or("its line was not routed")?;
+    let ev = t.event.clone();
+    let mmio = &mut t.mmio;
+    mmio.write32(IMC, !0);
+    let _ = mmio.read32(ICR);
+    ev.take();
+    mmio.write32(IMS, TXDW);
+    let mut extra = 0;
+    for round in 1..=2u64 {
+        let before = ev.count();
+        mmio.write32(ICS, TXDW);
+        let woke = event::wait_for_event(&ev, event::now_ns() + WAIT_NS);
+        check!(
+            woke == Woken::Event,
+            "round {round}: no interrupt within 1 s"
+        );
+        let icr = mmio.read32(ICR);
+        check!(
+            icr & TXDW != 0,
+            "round {round}: ICR {icr:#x} without the cause set"
+        );
+        ev.rearm();
+        // At most one extra interrupt, then quiet.
+        if event::wait_for_event(&ev, event::now_ns() + QUIET_NS) == Woken::Event {
+            extra += 1;
+            ev.rearm();
+            let woke = event::wait_for_event(&ev, event::now_ns() + QUIET_NS);
+            check!(
+                woke == Woken::Deadline,
+                "round {round}: interrupts keep coming after ICR was read ({} so far)",
+                ev.count() - before
+            );
+        }
+        let got = ev.count() - before;
+        check!(got <= 2, "round {round}: {got} interrupts for one cause");
+    }
+    mmio.write32(IMC, !0);
+    Ok(alloc::format!(
+        "{} on GSI {gsi}: 2 causes, {} interrupts ({extra} extra)",
+        t.function.bdf,
+        2 + extra
+    ))
+}

@@ -1,0 +1,329 @@
+//! The platform under the emulated devices' drivers: the `hw_devices` access traits
+//! over this kernel ([`GuestPorts`]: `in`/`out`; [`MmioRegion`]: a memory BAR mapped
+//! uncached; [`GuestDma`]: zeroed frames from the frame allocator), the PCI scan at
+//! boot (configuration mechanism #1) and the IOAPIC, and the preparation of each kind
+//! of emulated device for its driver ([`prepare_ide`], [`prepare_e1000`]): found on PCI,
+//! decode and bus mastering on, its line routed to a [`DeviceEvent`].
+//!
+//! Where there is no PCI (QEMU microvm, Xen PVH) the scan finds nothing after one
+//! configuration read, and every `prepare_*` says so.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use guest_kernel::ioopts::AtaMode;
+use hw_devices::pci::{self, Bar, BarKind, Function, Mechanism1, class};
+use hw_devices::{DmaMemory, Mmio, PortIo};
+use pv_drivers::shmem::RawSharedMemory;
+use spin::Once;
+
+use super::event::DeviceEvent;
+use super::ioapic::{self, Polarity, Trigger};
+use super::{arch, interrupts, memory};
+use crate::kprintln;
+
+/// Port I/O by the `in`/`out` instructions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestPorts;
+
+impl PortIo for GuestPorts {
+    fn read8(&mut self, port: u16) -> u8 {
+        arch::inb(port)
+    }
+    fn read16(&mut self, port: u16) -> u16 {
+        arch::inw(port)
+    }
+    fn read32(&mut self, port: u16) -> u32 {
+        arch::inl(port)
+    }
+    fn write8(&mut self, port: u16, value: u8) {
+        arch::outb(port, value)
+    }
+    fn write16(&mut self, port: u16, value: u16) {
+        arch::outw(port, value)
+    }
+    fn write32(&mut self, port: u16, value: u32) {
+        arch::outl(port, value)
+    }
+}
+
+/// A memory BAR's registers, mapped uncached. Accesses outside the BAR or misaligned
+/// are a driver bug; they read all ones and write nothing rather than reach memory
+/// beyond the window.
+#[derive(Debug)]
+pub struct MmioRegion {
+    base: u64,
+    len: u64,
+}
+
+impl MmioRegion {
+    /// Maps memory BAR `bar`.
+    pub fn map(bar: &Bar) -> Result<Self, String> {
+        if !bar.is_memory() {
+            return Err(alloc::format!("{bar} is not a memory BAR"));
+        }
+        let base =
+            memory::map_mmio(bar.address, bar.size).map_err(|e| alloc::format!("{bar}: {e}"))?;
+        Ok(Self {
+            base,
+            len: bar.size,
+        })
+    }
+
+    fn at(&self, offset: u32) -> Option<u64> {
+        (offset.is_multiple_of(4) && u64::from(offset) + 4 <= self.len)
+            .then(|| self.base + u64::from(offset))
+    }
+}
+
+impl Mmio for MmioRegion {
+    fn read32(&mut self, offset: u32) -> u32 {
+        match self.at(offset) {
+            // SAFETY: `at` keeps the access inside the BAR, which `map` found in the
+            // uncached identity-mapped MMIO window; device registers, not memory.
+            Some(a) => unsafe { core::ptr::read_volatile(a as *const u32) },
+            None => u32::MAX,
+        }
+    }
+
+    fn write32(&mut self, offset: u32, value: u32) {
+        if let Some(a) = self.at(offset) {
+            // SAFETY: as in `read32`.
+            unsafe { core::ptr::write_volatile(a as *mut u32, value) }
+        }
+    }
+}
+
+/// DMA memory from the frame allocator (`memory::alloc_zeroed`, shared with the PV
+/// frontends): physical = virtual, below 4 GiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestDma;
+
+impl DmaMemory for GuestDma {
+    type Pages = RawSharedMemory;
+
+    fn alloc_pages(&mut self, count: usize) -> Option<(u64, RawSharedMemory)> {
+        memory::alloc_zeroed(count)
+    }
+
+    fn free_pages(&mut self, paddr: u64, pages: RawSharedMemory) {
+        memory::free_zeroed(paddr, pages)
+    }
+}
+
+/// Configuration space by mechanism #1.
+pub fn config() -> Mechanism1<GuestPorts> {
+    Mechanism1::new(GuestPorts)
+}
+
+static PCI: Once<Vec<Function>> = Once::new();
+
+/// The functions the boot scan found (none before [`init`]).
+pub fn functions() -> &'static [Function] {
+    PCI.get().map_or(&[], Vec::as_slice)
+}
+
+/// Whether a PCI host bridge answered.
+pub fn has_host_bridge() -> bool {
+    functions()
+        .iter()
+        .any(|f| f.is(class::BRIDGE, class::BRIDGE_HOST))
+}
+
+/// Scans PCI bus 0 and probes the IOAPIC; prints what it found.
+///
+/// The IOAPIC is probed without Xen (any PC-like VMM) and under Xen only with a PCI
+/// host bridge (QEMU's Xen emulation on `-M pc`, host-shim with emulated devices): a
+/// Xen PVH guest has no emulated devices and no IOAPIC to look for.
+pub fn init(xen: bool) {
+    let found = PCI.call_once(|| pci::scan_bus0(&mut config()));
+    if has_host_bridge() {
+        for f in found {
+            kprintln!("pci: {f}");
+        }
+    } else {
+        kprintln!("pci: no host bridge");
+    }
+    if xen && !has_host_bridge() {
+        return;
+    }
+    match ioapic::init() {
+        Some(a) => kprintln!(
+            "ioapic: id {} version {:#x}, {} pins, all masked",
+            a.id,
+            a.version,
+            a.pins
+        ),
+        None => kprintln!("ioapic: none"),
+    }
+}
+
+/// An ATA drive on the PCI IDE controller, ready for its driver.
+pub struct IdeTarget {
+    /// The controller (PIIX3/4 IDE, class 01.01).
+    pub controller: Function,
+    /// 0 primary master, 1 primary slave, 2 secondary master, 3 secondary slave.
+    pub drive: u8,
+    /// The channel's command block (0x1F0 or 0x170: data, error/features, count, LBA,
+    /// device, status/command).
+    pub command_base: u16,
+    /// The channel's control block (0x3F6 or 0x376: alternate status/device control).
+    pub control_port: u16,
+    /// The channel's bus-master registers (BAR4 + 8 per channel), if the controller
+    /// has them (always for [`AtaMode::Dma`]).
+    pub bus_master: Option<u16>,
+    /// Its ISA IRQ (14 or 15), routed edge-triggered to `event`.
+    pub gsi: u8,
+    /// DMA or PIO (`blk.ata=`).
+    pub mode: AtaMode,
+    #[expect(
+        dead_code,
+        reason = "the ATA driver's seam: block::open_emulated_block"
+    )]
+    pub ports: GuestPorts,
+    #[expect(
+        dead_code,
+        reason = "the ATA driver's seam: block::open_emulated_block"
+    )]
+    pub dma: GuestDma,
+    /// Set by the channel's interrupt.
+    pub event: DeviceEvent,
+}
+
+/// An Intel e1000 (82540EM family) ready for its driver.
+pub struct E1000Target {
+    pub function: Function,
+    /// BAR0's register file, mapped.
+    pub mmio: MmioRegion,
+    /// Its PCI INTx line, level-triggered, routed to `event` (`None`: not routed, the
+    /// driver is polled at the recovery tick only).
+    pub gsi: Option<u8>,
+    #[expect(dead_code, reason = "the e1000 driver's seam: net::open_emulated_net")]
+    pub dma: GuestDma,
+    /// Set by the NIC's interrupt; the serve loop calls `rearm` after each poll.
+    pub event: DeviceEvent,
+}
+
+/// Device IDs of the 8254x parts that QEMU models as `e1000` (82540EM), `e1000-82544gc`
+/// and `e1000-82545em`; all share the register set the driver uses.
+pub const E1000_DEVICE_IDS: [u16; 3] = [0x100e, 0x100c, 0x100f];
+
+/// Whether `f` is an e1000.
+pub fn is_e1000(f: &Function) -> bool {
+    f.vendor == pci::VENDOR_INTEL && E1000_DEVICE_IDS.contains(&f.device)
+}
+
+/// The PCI IDE controller, if any.
+pub fn ide_controller() -> Option<&'static Function> {
+    functions()
+        .iter()
+        .find(|f| f.is(class::STORAGE, class::STORAGE_IDE))
+}
+
+/// Routes `gsi` to `event`, or says why not (the device is then only polled).
+fn route(what: &str, gsi: u8, trigger: Trigger, polarity: Polarity, event: &DeviceEvent) -> bool {
+    match interrupts::route_gsi(gsi, trigger, polarity, event) {
+        Ok(vector) => {
+            log::info!(
+                "{what}: GSI {gsi} ({trigger:?}, active {polarity:?}) on vector {vector:#x}"
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!("{what}: GSI {gsi} not routed ({e}): polled at the recovery tick only");
+            false
+        }
+    }
+}
+
+/// Finds the IDE controller for ATA drive `drive` (0..=3), turns on its I/O decode and
+/// bus mastering and routes the channel's IRQ. Compatibility mode only (the legacy
+/// ports and ISA IRQs, as PIIX3 and host-shim's model have it).
+pub fn prepare_ide(drive: u8, mode: AtaMode) -> Result<IdeTarget, String> {
+    let controller = ide_controller().ok_or("no PCI IDE controller")?.clone();
+    if drive > 3 {
+        return Err(alloc::format!("no ATA drive {drive} (0 to 3)"));
+    }
+    let secondary = drive >= 2;
+    // Programming interface bit 0 (primary) / 2 (secondary): the channel is in native
+    // mode (BARs and the PCI interrupt), which this kernel does not drive.
+    if controller.prog_if & if secondary { 4 } else { 1 } != 0 {
+        return Err(alloc::format!(
+            "{}: channel in native-PCI mode (prog-if {:#x})",
+            controller.bdf,
+            controller.prog_if
+        ));
+    }
+    let (command_base, control_port, gsi) = if secondary {
+        (0x170, 0x376, 15)
+    } else {
+        (0x1f0, 0x3f6, 14)
+    };
+    let bus_master = match controller.bars[4] {
+        Some(b) if b.kind == BarKind::Io => {
+            // The 16-byte block holds the primary's registers, then the secondary's.
+            u16::try_from(b.address + if secondary { 8 } else { 0 }).ok()
+        }
+        _ => None,
+    };
+    if mode == AtaMode::Dma && bus_master.is_none() {
+        return Err(alloc::format!(
+            "{}: no bus-master I/O BAR for DMA (blk.ata=pio works without)",
+            controller.bdf
+        ));
+    }
+    let cmd = pci::enable_io_and_dma(&mut config(), controller.bdf);
+    log::info!("ide: {} command {cmd:#06x}", controller.bdf);
+    let event = DeviceEvent::default();
+    route("ide", gsi, Trigger::Edge, Polarity::High, &event);
+    Ok(IdeTarget {
+        controller,
+        drive,
+        command_base,
+        control_port,
+        bus_master,
+        gsi,
+        mode,
+        ports: GuestPorts,
+        dma: GuestDma,
+        event,
+    })
+}
+
+/// The e1000s found, in scan order.
+pub fn e1000s() -> impl Iterator<Item = &'static Function> {
+    functions().iter().filter(|f| is_e1000(f))
+}
+
+/// Finds the `n`th e1000, maps its BAR0, turns on memory decode and bus mastering, and
+/// routes its INTx line (the interrupt line register: the GSI, as firmware or host-shim
+/// programmed it).
+pub fn prepare_e1000(n: u8) -> Result<E1000Target, String> {
+    let function = e1000s()
+        .nth(usize::from(n))
+        .ok_or_else(|| alloc::format!("no e1000 number {n} (found {})", e1000s().count()))?
+        .clone();
+    let bar = function.bars[0]
+        .filter(Bar::is_memory)
+        .ok_or_else(|| alloc::format!("{}: BAR0 is not a memory BAR", function.bdf))?;
+    let mmio = MmioRegion::map(&bar)?;
+    let cmd = pci::enable_memory_and_dma(&mut config(), function.bdf);
+    log::info!("e1000: {} command {cmd:#06x}", function.bdf);
+    let event = DeviceEvent::default();
+    let gsi = function
+        .irq()
+        .filter(|&gsi| route("e1000", gsi, Trigger::Level, Polarity::pci(gsi), &event));
+    if function.irq().is_none() {
+        log::warn!(
+            "e1000: {}: no interrupt line: polled at the recovery tick only",
+            function.bdf
+        );
+    }
+    Ok(E1000Target {
+        function,
+        mmio,
+        gsi,
+        dma: GuestDma,
+        event,
+    })
+}
