@@ -90,15 +90,8 @@ impl core::fmt::Display for NetDeviceSel<'_> {
     }
 }
 
-/// How an ATA disk moves data (`blk.ata=`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AtaMode {
-    /// Bus-master DMA (READ/WRITE DMA).
-    #[default]
-    Dma,
-    /// Programmed I/O through the data port (READ/WRITE SECTORS).
-    Pio,
-}
+/// How an ATA disk moves data (`blk.ata=`): the driver's own mode.
+pub use hw_devices::ata::driver::AtaMode;
 
 /// Most phases one `blk.workload=` runs.
 pub const MAX_PHASES: usize = 8;

@@ -34,6 +34,7 @@ pub mod backends;
 pub mod boot;
 pub mod cli;
 pub mod devices;
+pub mod devmgr;
 pub mod elf;
 pub mod hostio;
 pub mod kvm;

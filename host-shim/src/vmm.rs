@@ -106,6 +106,9 @@ pub enum Error {
     /// The Xen interface could not be set up.
     #[error("xen: {0}")]
     Xen(String),
+    /// A disk or NIC could not be created.
+    #[error("{0}")]
+    Devices(String),
     /// The vCPU thread died without reporting.
     #[error("the vCPU thread ended without reporting a result")]
     VcpuThreadLost,
@@ -197,9 +200,9 @@ pub struct VmConfig {
     pub domid: u16,
     /// The guest's name in xenstore.
     pub name: String,
-    /// PV disks (blkback), in xvda, xvdb, ... order.
+    /// Disks: PV (blkback, in xvda, xvdb, ... order) or emulated (IDE).
     pub disks: Vec<crate::backends::spec::DiskSpec>,
-    /// PV network interfaces (netback on TAP devices).
+    /// NICs on TAP devices: PV (netback) or emulated (e1000).
     pub nets: Vec<crate::backends::spec::NetSpec>,
 }
 
@@ -363,7 +366,7 @@ pub struct Vmm {
     vm: Vm,
     vcpu: Vcpu,
     xen: Option<Arc<Xen>>,
-    backends: Vec<crate::backends::Running>,
+    devices: crate::devmgr::Devices,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     pci: PciBus,
@@ -388,12 +391,7 @@ impl Vmm {
             disks,
             nets,
         } = config;
-        if !with_xen && (!disks.is_empty() || !nets.is_empty()) {
-            return Err(Error::Xen(
-                "--disk and --net are PV devices: they need the Xen interface (drop --no-xen)"
-                    .into(),
-            ));
-        }
+        crate::devmgr::check(&disks, &nets, with_xen)?;
         if with_xen && !(1..pv_drivers::abi::xen::DOMID_FIRST_RESERVED).contains(&domid) {
             return Err(Error::Xen(format!(
                 "domain id {domid} is not a guest domain id (1..{})",
@@ -477,16 +475,11 @@ impl Vmm {
         } else {
             None
         };
-        // The toolstack's part: device nodes exist before the guest runs.
-        let backends = match &xen {
-            Some(xen) => crate::backends::start(xen, &disks, &nets).map_err(Error::Xen)?,
-            None => Vec::new(),
-        };
-        Ok(Self {
+        let mut vmm = Self {
             vm,
             vcpu,
             xen,
-            backends,
+            devices: crate::devmgr::Devices::default(),
             pio,
             mmio,
             pci,
@@ -494,7 +487,10 @@ impl Vmm {
             irq_lines: Vec::new(),
             console,
             timeout,
-        })
+        };
+        let xen = vmm.xen.clone();
+        vmm.devices = crate::devmgr::attach(&mut vmm, xen.as_ref(), &disks, &nets)?;
+        Ok(vmm)
     }
 
     /// The port-I/O bus, for adding devices before [`Vmm::run`].
@@ -553,7 +549,7 @@ impl Vmm {
             vm,
             vcpu,
             xen,
-            backends,
+            devices,
             pio,
             mmio,
             pci,
@@ -633,10 +629,7 @@ impl Vmm {
         if let Some(timer) = timer {
             let _ = timer.join();
         }
-        let backend_stats: std::collections::BTreeMap<String, serde_json::Value> = backends
-            .into_iter()
-            .map(|b| (b.name().replace(' ', "-"), b.stop()))
-            .collect();
+        let backend_stats = devices.stop();
         // All of a finished guest's output reaches the host; after a timeout, give the
         // host a moment but do not wait on a blocked output.
         let timed_out = received

@@ -11,6 +11,7 @@
 
 use alloc::boxed::Box;
 use guest_kernel::ioopts::{BlkDeviceSel, BlkOptions};
+use hw_devices::ata::{AtaConfig, AtaDisk, AtaPorts, id};
 use pv_drivers::blkfront::Blkfront;
 use pv_drivers::device::BlockDevice;
 use pv_drivers::workload::{self, Waiter};
@@ -43,16 +44,40 @@ fn open_block(env: GuestEnv, id: &str) -> Option<Followed<Blkfront<GuestEnv>>> {
 /// decode and bus mastering on, the channel's IRQ routed to `target.event`, which the
 /// caller already holds).
 ///
-/// The seam of the ATA driver (`hw_devices::ata`): construct it over `target.ports`,
-/// `target.dma`, `target.command_base`/`control_port`/`bus_master`, `target.drive` and
-/// `target.mode`, and box it.
+/// Probes the drive (reset, IDENTIFY) with the ATA driver (`hw_devices::ata`); `None`
+/// with the reason logged if it fails.
 fn open_emulated_block(target: IdeTarget) -> Option<Box<dyn BlockDevice>> {
-    log::error!(
-        "blk: ide:{} on {}: the ATA driver is not built yet",
-        target.drive,
-        target.controller.bdf
-    );
-    None
+    let ports = AtaPorts {
+        task_file: target.command_base,
+        control: target.control_port,
+        bus_master: target.bus_master,
+    };
+    let mut cfg = AtaConfig::new(ports, target.mode);
+    cfg.slave = target.drive & 1 == 1;
+    match AtaDisk::new(target.ports, target.dma, cfg) {
+        Ok(disk) => {
+            let mut model = [0u8; 40];
+            let n = disk
+                .identify()
+                .string(id::MODEL, id::MODEL_WORDS, &mut model);
+            kprintln!(
+                "blk: ide:{}: \"{}\", {} sectors, {}",
+                target.drive,
+                core::str::from_utf8(&model[..n]).unwrap_or("?").trim(),
+                disk.info().sectors,
+                if disk.lba48() { "LBA48" } else { "LBA28" }
+            );
+            Some(Box::new(disk))
+        }
+        Err(e) => {
+            log::error!(
+                "blk: ide:{} on {}: {e}",
+                target.drive,
+                target.controller.bdf
+            );
+            None
+        }
+    }
 }
 
 /// Runs the workload of `opts` on the chosen disk; true if every phase passed.

@@ -13,6 +13,7 @@
 use alloc::boxed::Box;
 use guest_kernel::ioopts::{NetDeviceSel, NetOptions};
 use guest_kernel::netstack::{BULK_PORT, CONTROL_PORT, DISCARD_PORT, ECHO_PORT, Finish, NetStack};
+use hw_devices::e1000::driver::{E1000, E1000Config};
 use pv_drivers::device::NetDevice;
 use pv_drivers::netfront::Netfront;
 
@@ -41,14 +42,23 @@ fn open_net(env: GuestEnv, id: &str) -> Option<Followed<Netfront<GuestEnv>>> {
 /// and bus mastering on, its INTx line routed to `target.event`, which the caller
 /// already holds).
 ///
-/// The seam of the e1000 driver (`hw_devices::e1000`): construct it over
-/// `target.mmio` and `target.dma`, and box it.
+/// Resets and sets up the NIC with the e1000 driver (`hw_devices::e1000`); `None` with
+/// the reason logged if it fails.
 fn open_emulated_net(target: E1000Target) -> Option<Box<dyn NetDevice>> {
-    log::error!(
-        "net: e1000 on {}: the e1000 driver is not built yet",
-        target.function.bdf
-    );
-    None
+    match E1000::new(target.mmio, target.dma, E1000Config::default()) {
+        Ok(nic) => {
+            kprintln!(
+                "net: e1000 on {}: link {}",
+                target.function.bdf,
+                if nic.link_up() { "up" } else { "down" }
+            );
+            Some(Box::new(nic))
+        }
+        Err(e) => {
+            log::error!("net: e1000 on {}: {e}", target.function.bdf);
+            None
+        }
+    }
 }
 
 /// Serves on the chosen NIC until the options' exit condition; true unless the device

@@ -176,15 +176,9 @@ pub struct IdeTarget {
     pub gsi: u8,
     /// DMA or PIO (`blk.ata=`).
     pub mode: AtaMode,
-    #[expect(
-        dead_code,
-        reason = "the ATA driver's seam: block::open_emulated_block"
-    )]
+    /// Port I/O for the driver.
     pub ports: GuestPorts,
-    #[expect(
-        dead_code,
-        reason = "the ATA driver's seam: block::open_emulated_block"
-    )]
+    /// Memory for the PRD table and the data buffers.
     pub dma: GuestDma,
     /// Set by the channel's interrupt.
     pub event: DeviceEvent,
@@ -198,7 +192,7 @@ pub struct E1000Target {
     /// Its PCI INTx line, level-triggered, routed to `event` (`None`: not routed, the
     /// driver is polled at the recovery tick only).
     pub gsi: Option<u8>,
-    #[expect(dead_code, reason = "the e1000 driver's seam: net::open_emulated_net")]
+    /// Memory for the rings and buffers.
     pub dma: GuestDma,
     /// Set by the NIC's interrupt; the serve loop calls `rearm` after each poll.
     pub event: DeviceEvent,

@@ -314,21 +314,7 @@ pub fn start(
     }
     let env = ShimEnv::new(xen.clone())?;
     for (i, d) in disks.iter().enumerate() {
-        let image = blkback::DiskImage::open(
-            &d.path,
-            blkback::DiskOptions {
-                read_only: d.read_only,
-                create_size: d.create,
-                direct: d.direct,
-            },
-        )
-        .map_err(|e| format!("disk {}: {e}", d.path.display()))?;
-        if image.sectors() == 0 {
-            return Err(format!(
-                "disk {}: empty (use create=SIZE to make a new image)",
-                d.path.display()
-            ));
-        }
+        let image = d.open()?;
         let kick = Kick::new();
         let devid = spec::vbd_devid(i);
         let back = blkback::Blkback::new(
@@ -343,14 +329,7 @@ pub fn start(
     }
     for (i, n) in nets.iter().enumerate() {
         let devid = i as u32;
-        let tap = crate::hostio::tap::Tap::open(
-            &n.tap,
-            crate::hostio::tap::TapOptions {
-                vnet_hdr: false,
-                up: true,
-            },
-        )
-        .map_err(|e| format!("TAP {}: {e}", n.tap))?;
+        let tap = n.open()?;
         let mac = n
             .mac
             .unwrap_or_else(|| spec::default_mac(xen.domid(), devid));

@@ -216,6 +216,43 @@ impl FromStr for NetSpec {
     }
 }
 
+impl DiskSpec {
+    /// Opens (or creates) the image as the spec says; the same for every disk
+    /// interface. An empty image is refused: no guest can use it.
+    pub fn open(&self) -> Result<crate::hostio::disk::DiskImage, String> {
+        let image = crate::hostio::disk::DiskImage::open(
+            &self.path,
+            crate::hostio::disk::DiskOptions {
+                read_only: self.read_only,
+                create_size: self.create,
+                direct: self.direct,
+            },
+        )
+        .map_err(|e| format!("disk {}: {e}", self.path.display()))?;
+        if image.sectors() == 0 {
+            return Err(format!(
+                "disk {}: empty (use create=SIZE to make a new image)",
+                self.path.display()
+            ));
+        }
+        Ok(image)
+    }
+}
+
+impl NetSpec {
+    /// Opens (creating if absent) the TAP and brings it up; the same for every model.
+    pub fn open(&self) -> Result<crate::hostio::tap::Tap, String> {
+        crate::hostio::tap::Tap::open(
+            &self.tap,
+            crate::hostio::tap::TapOptions {
+                vnet_hdr: false,
+                up: true,
+            },
+        )
+        .map_err(|e| format!("TAP {}: {e}", self.tap))
+    }
+}
+
 /// The MAC a guest gets when `--net` names none: Xen's OUI `00:16:3e`, then the
 /// domid and the device number, so that two guests on one host differ.
 pub fn default_mac(domid: u16, devid: u32) -> [u8; 6] {

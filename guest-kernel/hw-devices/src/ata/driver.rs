@@ -56,12 +56,13 @@ pub const DEFAULT_SPIN_LIMIT: u32 = 1_000_000;
 /// Default bound of polls that find a command still busy.
 pub const DEFAULT_POLL_LIMIT: u32 = 10_000_000;
 
-/// How data moves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How data moves (the guest's `blk.ata=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AtaMode {
     /// Programmed I/O through the data port.
     Pio,
     /// Bus-master DMA (needs the bus-master block of BAR4).
+    #[default]
     Dma,
 }
 
