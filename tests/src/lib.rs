@@ -480,3 +480,223 @@ echo "client: echo said: $r"
 "#
     )
 }
+
+/// A scratch disk image file of a given size (sparse, zero), removed when dropped.
+pub struct ScratchImage(PathBuf);
+
+impl ScratchImage {
+    /// `bytes` of zeros in a new file named after `tag`, the process and a counter.
+    pub fn new(tag: &str, bytes: u64) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("scratch-{tag}-{}-{n}.img", std::process::id()));
+        let f = std::fs::File::create(&path).expect("create image");
+        f.set_len(bytes).expect("size image");
+        Self(path)
+    }
+
+    /// The path, as a string for command lines.
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+
+    /// The path.
+    pub fn file(&self) -> &Path {
+        &self.0
+    }
+
+    /// The whole image.
+    pub fn read(&self) -> Vec<u8> {
+        std::fs::read(&self.0).expect("read image")
+    }
+
+    /// Writes `len` bytes of `pv_drivers::pattern` of `seed` at `offset`.
+    pub fn write_pattern(&self, seed: u64, offset: u64, len: usize) {
+        let mut data = self.read();
+        pv_drivers::pattern::fill(
+            seed,
+            offset,
+            &mut data[offset as usize..offset as usize + len],
+        );
+        std::fs::write(&self.0, data).expect("write image");
+    }
+}
+
+impl Drop for ScratchImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Asserts that `data`, found at byte `offset` of a disk or stream, is the pattern of
+/// `seed` there; names the first wrong byte.
+#[track_caller]
+pub fn expect_pattern(data: &[u8], seed: u64, offset: u64) {
+    let mut want = vec![0u8; data.len()];
+    pv_drivers::pattern::fill(seed, offset, &mut want);
+    if let Some(i) = data.iter().zip(&want).position(|(a, b)| a != b) {
+        panic!(
+            "byte {} is {:#04x}, the pattern says {:#04x}",
+            offset + i as u64,
+            data[i],
+            want[i]
+        );
+    }
+}
+
+/// Asserts that the `len` bytes at `offset` of `image` are the pattern of `seed` and
+/// that nothing else in it changed from zero.
+#[track_caller]
+pub fn expect_image(image: &ScratchImage, seed: u64, offset: usize, len: usize) {
+    let data = image.read();
+    expect_pattern(&data[offset..offset + len], seed, offset as u64);
+    assert!(
+        data[..offset].iter().all(|&b| b == 0),
+        "bytes before the region changed"
+    );
+    assert!(
+        data[offset + len..].iter().all(|&b| b == 0),
+        "bytes after the region changed"
+    );
+}
+
+/// Root with /dev/net/tun and `ip`: what the TAP tests need. Says so loudly if not.
+pub fn tap_available(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .is_ok()
+        && Command::new("ip")
+            .args(["link", "show"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: {test}: needs root, /dev/net/tun and ip(8) to create a TAP device");
+    }
+    ok
+}
+
+/// A TAP device with the host's address, up; removed when dropped. Create it inside
+/// the test's own network namespace ([`in_private_netns`]).
+pub struct HostTap(pub String);
+
+impl HostTap {
+    /// TAP `name` with address `host_cidr` on the host side.
+    pub fn new(name: &str, host_cidr: &str) -> Self {
+        for args in [
+            vec!["tuntap", "add", "dev", name, "mode", "tap"],
+            vec!["addr", "add", host_cidr, "dev", name],
+            vec!["link", "set", name, "up"],
+        ] {
+            let st = Command::new("ip").args(&args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?} failed");
+        }
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for HostTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Connects to the guest's TCP service at `addr`, retrying while its stack comes up
+/// (bounded: two minutes).
+pub fn connect(addr: &str) -> std::net::TcpStream {
+    let mut last = None;
+    for _ in 0..600 {
+        match std::net::TcpStream::connect_timeout(
+            &addr.parse().expect("addr"),
+            Duration::from_secs(2),
+        ) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(60)))
+                    .expect("timeout");
+                return s;
+            }
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    panic!("cannot connect to {addr}: {last:?}");
+}
+
+/// The guest's address in [`guest_services_through_a_tap`], and the host's.
+pub const TAP_GUEST_IP: &str = "10.203.0.2";
+const TAP_HOST_CIDR: &str = "10.203.0.1/24";
+const TAP_BULK: usize = 40000;
+const TAP_SEED: u64 = 5;
+
+/// Boots a guest whose NIC is on a new TAP and checks its services from the host: TCP
+/// echo, ping, TCP discard and the bulk stream's exact pattern. `launch` gets the TAP's
+/// name and the guest command line (serving at [`TAP_GUEST_IP`], stopping after those
+/// three connections) and returns the command that boots it. Returns that run. Call
+/// inside [`in_private_netns`].
+pub fn guest_services_through_a_tap(launch: impl FnOnce(&str, &str) -> Command) -> Run {
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+    let tap = HostTap::new("pvtap-t0", TAP_HOST_CIDR);
+    let cmdline = format!(
+        "net.ip={TAP_GUEST_IP}/24 net.exit-after=3 net.bulk={TAP_BULK} net.seed={TAP_SEED}"
+    );
+    let cmd = launch(&tap.0, &cmdline);
+    let handle = std::thread::spawn(move || run_with_limit(cmd, BOOT_LIMIT * 2));
+
+    // TCP echo: what goes out comes back.
+    let mut echo = connect(&format!("{TAP_GUEST_IP}:7"));
+    let msg: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    echo.write_all(&msg).expect("echo write");
+    let mut back = vec![0u8; msg.len()];
+    echo.read_exact(&mut back).expect("echo read");
+    assert_eq!(back, msg);
+    echo.shutdown(Shutdown::Both).ok();
+    drop(echo);
+
+    // ping, now that the stack is surely up.
+    let ping = Command::new("ping")
+        .args(["-c", "3", "-W", "10", TAP_GUEST_IP])
+        .output()
+        .expect("run ping (scripts/setup.sh installs iputils-ping)");
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
+    // TCP discard: the guest takes everything.
+    let mut discard = connect(&format!("{TAP_GUEST_IP}:9"));
+    discard
+        .write_all(&vec![0xa5; 20000])
+        .expect("discard write");
+    discard.shutdown(Shutdown::Write).ok();
+    let mut rest = Vec::new();
+    let _ = discard.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "discard answered");
+    drop(discard);
+
+    // TCP bulk: the guest sends the pattern, exactly net.bulk bytes.
+    let mut bulk = connect(&format!("{TAP_GUEST_IP}:19"));
+    let mut got = Vec::new();
+    bulk.read_to_end(&mut got).expect("bulk read");
+    assert_eq!(got.len(), TAP_BULK);
+    expect_pattern(&got, TAP_SEED, 0);
+    drop(bulk);
+
+    handle.join().expect("shim thread")
+}
+
+/// host-shim booting the guest with `cmdline`, `--timeout 150 --stats`, and `args`.
+pub fn shim_command(cmdline: &str, args: &[&str]) -> Command {
+    let mut shim = Command::new(shim_binary());
+    shim.args(["run", "--kernel"])
+        .arg(guest_image())
+        .args(["--cmdline", cmdline, "--timeout", "150", "--stats"])
+        .args(args);
+    shim
+}
