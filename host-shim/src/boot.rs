@@ -21,8 +21,8 @@ use std::io::Cursor;
 
 use linux_loader::loader::{KernelLoader, elf::Elf};
 use pv_drivers::abi::start_info::{
-    HvmMemmapTableEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM, XEN_HVM_MEMMAP_TYPE_RESERVED,
-    XEN_HVM_START_MAGIC_VALUE,
+    HvmMemmapTableEntry, HvmModlistEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM,
+    XEN_HVM_MEMMAP_TYPE_RESERVED, XEN_HVM_START_MAGIC_VALUE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -57,8 +57,10 @@ pub const MEMMAP_ADDR: u64 = START_INFO_ADDR + HvmStartInfo::SIZE as u64;
 pub const CMDLINE_ADDR: u64 = 0x7000;
 /// Longest command line, in bytes, without its NUL (it must fit in one page).
 pub const CMDLINE_MAX: usize = 4095;
+/// Where the module list (`hvm_modlist_entry[]`) goes when there is a boot module.
+pub const MODLIST_ADDR: u64 = CMDLINE_ADDR + 0x1000;
 /// The boot information area, `[start, end)`: no kernel segment may overlap it.
-pub const BOOT_INFO_AREA: (u64, u64) = (GDT_ADDR, CMDLINE_ADDR + 0x1000);
+pub const BOOT_INFO_AREA: (u64, u64) = (GDT_ADDR, MODLIST_ADDR + 0x1000);
 
 /// Selector of the flat 32-bit code segment in the boot GDT.
 pub const CODE_SELECTOR: u16 = 0x08;
@@ -120,6 +122,17 @@ pub enum BootError {
         start: u64,
         /// One past the last byte.
         end: u64,
+    },
+    /// The boot module (initrd) does not fit between the kernel and the end of low RAM.
+    #[error(
+        "the initrd ({len} bytes) does not fit in guest RAM above the kernel (which ends at \
+         {kernel_end:#x}); give the guest more memory (--mem)"
+    )]
+    InitrdTooLarge {
+        /// Size of the initrd.
+        len: u64,
+        /// First byte after the kernel's segments.
+        kernel_end: u64,
     },
     /// The MP table does not fit its area.
     #[error("the MP table needs {0} bytes, more than its area")]
@@ -315,12 +328,28 @@ pub fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<(), BootError>
     Ok(())
 }
 
-/// Writes the GDT, `hvm_start_info`, memory map and command line; returns the
-/// `hvm_start_info` address (the guest's `EBX`).
+/// Where a boot module of `len` bytes goes: page aligned at the top of low RAM (below
+/// the MMIO hole, as Linux wants its initrd below 4 GiB), above `kernel_end`.
+pub fn initrd_address(layout: &MemoryLayout, len: u64, kernel_end: u64) -> Result<u64, BootError> {
+    let too_large = BootError::InitrdTooLarge { len, kernel_end };
+    let top = layout.low_size;
+    let start = top.checked_sub(len).ok_or(too_large)? & !0xfff;
+    let floor = kernel_end.max(HIGH_MEMORY_START).next_multiple_of(0x1000);
+    if start < floor {
+        return Err(BootError::InitrdTooLarge { len, kernel_end });
+    }
+    Ok(start)
+}
+
+/// Writes the GDT, `hvm_start_info`, memory map, command line and the boot module
+/// (`initrd`, at `initrd_address`, listed in the module list as the PVH ABI's first
+/// module, which Linux takes as its initramfs); returns the `hvm_start_info` address
+/// (the guest's `EBX`).
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     cmdline: &str,
+    initrd: Option<(&[u8], u64)>,
 ) -> Result<u64, BootError> {
     check_cmdline(cmdline)?;
     let gdt: Vec<u8> = boot_gdt().iter().flat_map(|d| d.to_le_bytes()).collect();
@@ -335,12 +364,26 @@ pub fn write_boot_info(
     line.push(0);
     mem.write_slice(&line, GuestAddress(CMDLINE_ADDR))?;
 
+    let (nr_modules, modlist_paddr) = match initrd {
+        Some((bytes, paddr)) => {
+            mem.write_slice(bytes, GuestAddress(paddr))?;
+            let entry = HvmModlistEntry {
+                paddr,
+                size: bytes.len() as u64,
+                cmdline_paddr: 0,
+                reserved: 0,
+            };
+            mem.write_slice(&entry.to_bytes(), GuestAddress(MODLIST_ADDR))?;
+            (1, MODLIST_ADDR)
+        }
+        None => (0, 0),
+    };
     let info = HvmStartInfo {
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: 1,
         flags: 0,
-        nr_modules: 0,
-        modlist_paddr: 0,
+        nr_modules,
+        modlist_paddr,
         cmdline_paddr: CMDLINE_ADDR,
         rsdp_paddr: 0,
         memmap_paddr: MEMMAP_ADDR,
@@ -702,7 +745,7 @@ mod tests {
     fn start_info_memmap_and_cmdline_read_back() {
         let layout = MemoryLayout::new(64).expect("layout");
         let mem = layout.allocate().expect("memory");
-        let addr = write_boot_info(&mem, &layout, "console=hvc0 io=pv").expect("write");
+        let addr = write_boot_info(&mem, &layout, "console=hvc0 io=pv", None).expect("write");
         assert_eq!(addr, START_INFO_ADDR);
 
         let mut raw = [0u8; HvmStartInfo::SIZE];
@@ -737,7 +780,7 @@ mod tests {
         let mem = layout.allocate().expect("memory");
         mem.write_slice(&[0xaa], GuestAddress(CMDLINE_ADDR))
             .expect("dirty");
-        write_boot_info(&mem, &layout, "").expect("write");
+        write_boot_info(&mem, &layout, "", None).expect("write");
         let b: u8 = mem.read_obj(GuestAddress(CMDLINE_ADDR)).expect("read");
         assert_eq!(b, 0);
     }
@@ -753,7 +796,7 @@ mod tests {
         assert!(matches!(check_cmdline("a\0b"), Err(BootError::CmdlineNul)));
         let layout = MemoryLayout::new(8).expect("layout");
         let mem = layout.allocate().expect("memory");
-        assert!(write_boot_info(&mem, &layout, &"y".repeat(CMDLINE_MAX)).is_ok());
+        assert!(write_boot_info(&mem, &layout, &"y".repeat(CMDLINE_MAX), None).is_ok());
         let last: u8 = mem
             .read_obj(GuestAddress(CMDLINE_ADDR + CMDLINE_MAX as u64))
             .expect("read");
@@ -787,9 +830,9 @@ mod tests {
         let err = check(over_info).expect_err("overlap");
         assert_eq!(
             err.to_string(),
-            "segment 1 [0x7ff0, 0x8010) overlaps the shim's boot information area [0x5000, 0x8000)"
+            "segment 1 [0x7ff0, 0x8010) overlaps the shim's boot information area [0x5000, 0x9000)"
         );
-        assert!(check(ok.clone().segment(0x8000, &[0; 16])).is_ok());
+        assert!(check(ok.clone().segment(0x9000, &[0; 16])).is_ok());
         assert!(check(ok.segment(0x4ff0, &[0; 16])).is_ok());
     }
 
@@ -901,5 +944,32 @@ mod tests {
             })
             .collect();
         assert!(write_mp_table(&mem, &all).is_ok());
+    }
+
+    #[test]
+    fn an_initrd_is_the_first_module_at_the_top_of_low_ram() {
+        let layout = MemoryLayout::new(64).expect("layout");
+        let mem = layout.allocate().expect("memory");
+        let initrd = vec![0xa5u8; 10_000];
+        let at = initrd_address(&layout, initrd.len() as u64, 0x20_0000).expect("fits");
+        assert_eq!(at % 0x1000, 0);
+        assert!(at + initrd.len() as u64 <= 64 * MIB && at >= 0x20_0000);
+        write_boot_info(&mem, &layout, "", Some((&initrd, at))).expect("write");
+        let mut si = [0u8; HvmStartInfo::SIZE];
+        mem.read_slice(&mut si, GuestAddress(START_INFO_ADDR))
+            .expect("read");
+        let si = HvmStartInfo::from_bytes(&si);
+        assert_eq!((si.nr_modules, si.modlist_paddr), (1, MODLIST_ADDR));
+        let mut e = [0u8; 32];
+        mem.read_slice(&mut e, GuestAddress(MODLIST_ADDR))
+            .expect("read");
+        let e = HvmModlistEntry::from_bytes(&e);
+        assert_eq!((e.paddr, e.size, e.cmdline_paddr), (at, 10_000, 0));
+        let mut back = vec![0u8; initrd.len()];
+        mem.read_slice(&mut back, GuestAddress(at)).expect("read");
+        assert_eq!(back, initrd);
+        // Too large for the RAM above the kernel, or larger than RAM: refused.
+        assert!(initrd_address(&layout, 63 * MIB, 0x20_0000).is_err());
+        assert!(initrd_address(&layout, 65 * MIB, 0).is_err());
     }
 }

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// The kernel: an ELF64 with a XEN_ELFNOTE_PHYS32_ENTRY (PVH) note.
     #[arg(long, value_name = "FILE")]
     pub kernel: PathBuf,
+    /// A boot module, listed first in `hvm_start_info`'s module list: the initramfs of
+    /// a Linux guest (placed page-aligned at the top of low RAM).
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
     /// Guest memory in MiB (2..=65536).
     #[arg(long, value_name = "MIB", default_value_t = 128)]
     pub mem: u64,
@@ -179,6 +183,10 @@ impl RunArgs {
         boot::check_cmdline(&self.cmdline)?;
         Ok(VmConfig {
             kernel: Kernel::from_file(&self.kernel)?,
+            initrd: match &self.initrd {
+                Some(path) => Some(crate::vmm::read_boot_file(path, "initrd")?.1),
+                None => None,
+            },
             mem_mib: self.mem,
             cmdline: self.cmdline.clone(),
             timeout: self.timeout,

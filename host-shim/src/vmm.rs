@@ -35,6 +35,7 @@ use crate::boot::{self, BootError, MemoryLayout};
 use crate::devices::console::ConsoleSink;
 use crate::devices::debugcon::{DEBUGCON_PORT, DebugCon};
 use crate::devices::exit_port::{EXIT_PORT, EXIT_PORT_SIZE, ExitPort};
+use crate::devices::i8042;
 use crate::devices::pci::{BarKind, PciDevice};
 use crate::devices::pci_bus::{self, PciAddr, PciBus, PciError};
 use crate::devices::serial::{COM1_IRQ, COM1_PORT, COM1_SIZE, SerialPort};
@@ -56,9 +57,11 @@ const KICK_INTERVAL: Duration = Duration::from_millis(5);
 /// error but an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The kernel file cannot be read.
-    #[error("kernel {name}: cannot read: {source}")]
-    KernelRead {
+    /// The kernel or initrd file cannot be read.
+    #[error("{what} {name}: cannot read: {source}")]
+    FileRead {
+        /// "kernel" or "initrd".
+        what: &'static str,
         /// The path as given.
         name: String,
         /// The I/O error.
@@ -128,48 +131,7 @@ impl Kernel {
     /// [`MAX_KERNEL_SIZE`] bytes; a device such as `/dev/zero` is refused rather than
     /// read forever).
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let name = path.display().to_string();
-        let read_err = |source| Error::KernelRead {
-            name: name.clone(),
-            source,
-        };
-        let check = |kind: std::fs::FileType| {
-            if kind.is_dir() {
-                return Err(read_err(io::ErrorKind::IsADirectory.into()));
-            }
-            if !(kind.is_file() || kind.is_fifo()) {
-                return Err(read_err(io::Error::other("not a regular file")));
-            }
-            Ok(())
-        };
-        // Look before opening: opening some devices has effects (a watchdog arms), and
-        // opening a FIFO without a writer blocks.
-        check(std::fs::metadata(path).map_err(read_err)?.file_type())?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(read_err)?;
-        // The path may have changed between the two looks.
-        let kind = file.metadata().map_err(read_err)?.file_type();
-        check(kind)?;
-        if kind.is_fifo() {
-            // Blocking reads from here on: a pipe's writer may still be producing.
-            // SAFETY: F_SETFL on a descriptor this function owns; no memory involved.
-            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
-                return Err(read_err(io::Error::last_os_error()));
-            }
-        }
-        let mut image = Vec::new();
-        file.take(MAX_KERNEL_SIZE + 1)
-            .read_to_end(&mut image)
-            .map_err(read_err)?;
-        if image.len() as u64 > MAX_KERNEL_SIZE {
-            return Err(read_err(io::Error::other(format!(
-                "larger than {} MiB",
-                MAX_KERNEL_SIZE >> 20
-            ))));
-        }
+        let (name, image) = read_boot_file(path, "kernel")?;
         Ok(Self { name, image })
     }
 
@@ -182,10 +144,62 @@ impl Kernel {
     }
 }
 
+/// Reads a file the guest boots with (the kernel, an initrd): a regular file or a pipe,
+/// at most [`MAX_KERNEL_SIZE`] bytes; a device such as `/dev/zero` is refused rather
+/// than read forever. `what` names it in errors. Returns its name and bytes.
+pub fn read_boot_file(path: &Path, what: &'static str) -> Result<(String, Vec<u8>), Error> {
+    let name = path.display().to_string();
+    let read_err = |source| Error::FileRead {
+        what,
+        name: name.clone(),
+        source,
+    };
+    let check = |kind: std::fs::FileType| {
+        if kind.is_dir() {
+            return Err(read_err(io::ErrorKind::IsADirectory.into()));
+        }
+        if !(kind.is_file() || kind.is_fifo()) {
+            return Err(read_err(io::Error::other("not a regular file")));
+        }
+        Ok(())
+    };
+    // Look before opening: opening some devices has effects (a watchdog arms), and
+    // opening a FIFO without a writer blocks.
+    check(std::fs::metadata(path).map_err(read_err)?.file_type())?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    // The path may have changed between the two looks.
+    let kind = file.metadata().map_err(read_err)?.file_type();
+    check(kind)?;
+    if kind.is_fifo() {
+        // Blocking reads from here on: a pipe's writer may still be producing.
+        // SAFETY: F_SETFL on a descriptor this function owns; no memory involved.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
+            return Err(read_err(io::Error::last_os_error()));
+        }
+    }
+    let mut image = Vec::new();
+    file.take(MAX_KERNEL_SIZE + 1)
+        .read_to_end(&mut image)
+        .map_err(read_err)?;
+    if image.len() as u64 > MAX_KERNEL_SIZE {
+        return Err(read_err(io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_KERNEL_SIZE >> 20
+        ))));
+    }
+    Ok((name, image))
+}
+
 /// Everything a run needs.
 pub struct VmConfig {
     /// The PVH kernel.
     pub kernel: Kernel,
+    /// A boot module (an initramfs for Linux), listed in `hvm_start_info`.
+    pub initrd: Option<Vec<u8>>,
     /// Guest RAM in MiB ([`boot::MIN_MEM_MIB`]..=[`boot::MAX_MEM_MIB`]).
     pub mem_mib: u64,
     /// The guest's command line (at most [`boot::CMDLINE_MAX`] bytes).
@@ -211,6 +225,7 @@ impl VmConfig {
     pub fn new(kernel: Kernel) -> Self {
         Self {
             kernel,
+            initrd: None,
             mem_mib: 128,
             cmdline: String::new(),
             timeout: None,
@@ -233,6 +248,9 @@ pub enum Outcome {
         /// The low byte of the value written.
         status: u8,
     },
+    /// The guest reset the machine through the 8042 controller (a reboot), which ends
+    /// the run (exit status 0, like QEMU's `-no-reboot`).
+    Reset,
     /// The guest called `SCHEDOP_shutdown`.
     XenShutdown {
         /// `SHUTDOWN_*`: 0 poweroff, 1 reboot, 2 suspend, 3 crash, 4 watchdog, 5 soft reset.
@@ -279,6 +297,7 @@ impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Exited { status } => *status,
+            Outcome::Reset => 0,
             Outcome::XenShutdown { reason } => match *reason {
                 pv_drivers::abi::sched::SHUTDOWN_CRASH
                 | pv_drivers::abi::sched::SHUTDOWN_WATCHDOG => EXIT_GUEST_CRASHED,
@@ -291,7 +310,10 @@ impl Outcome {
 
     /// Whether the guest ended the run itself through the exit port.
     pub fn is_guest_exit(&self) -> bool {
-        matches!(self, Outcome::Exited { .. } | Outcome::XenShutdown { .. })
+        matches!(
+            self,
+            Outcome::Exited { .. } | Outcome::Reset | Outcome::XenShutdown { .. }
+        )
     }
 }
 
@@ -303,6 +325,7 @@ impl std::fmt::Display for Outcome {
         };
         match self {
             Outcome::Exited { status } => write!(f, "guest exited with status {status}"),
+            Outcome::Reset => write!(f, "guest reset the machine (8042 reset): run ended"),
             Outcome::XenShutdown { reason } => write!(
                 f,
                 "guest shut down through Xen: {}",
@@ -381,6 +404,7 @@ impl Vmm {
     pub fn new(config: VmConfig) -> Result<Self, Error> {
         let VmConfig {
             kernel,
+            initrd,
             mem_mib,
             cmdline,
             timeout,
@@ -416,7 +440,24 @@ impl Vmm {
             name: kernel.name.clone(),
             source,
         })?;
-        let start_info = boot::write_boot_info(&memory, &layout, &cmdline)?;
+        let initrd_at = match &initrd {
+            Some(bytes) => {
+                let kernel_end = image
+                    .segments
+                    .iter()
+                    .map(|s| s.paddr + s.memsz)
+                    .max()
+                    .unwrap_or(0);
+                Some(boot::initrd_address(
+                    &layout,
+                    bytes.len() as u64,
+                    kernel_end,
+                )?)
+            }
+            None => None,
+        };
+        let start_info =
+            boot::write_boot_info(&memory, &layout, &cmdline, initrd.as_deref().zip(initrd_at))?;
 
         let mut vm = Vm::new()?;
         vm.map_memory(&memory)?;
@@ -438,6 +479,16 @@ impl Vmm {
             DEBUGCON_PORT.into(),
             1,
             Arc::new(Mutex::new(DebugCon::new(console.clone()))),
+        )?;
+        pio.insert(
+            i8042::DATA_PORT.into(),
+            1,
+            Arc::new(Mutex::new(i8042::I8042Port::data())),
+        )?;
+        pio.insert(
+            i8042::COMMAND_PORT.into(),
+            1,
+            Arc::new(Mutex::new(i8042::I8042Port::command())),
         )?;
         pio.insert(
             EXIT_PORT.into(),
@@ -875,6 +926,7 @@ impl VcpuRunner {
                         Some(Action::Exit(status)) => {
                             return Ok(Some(Outcome::Exited { status }));
                         }
+                        Some(Action::Reset) => return Ok(Some(Outcome::Reset)),
                     }
                 }
             }
@@ -908,6 +960,7 @@ impl VcpuRunner {
                     None => stats.unclaimed.mmio_writes += 1,
                     Some(Action::Continue) => {}
                     Some(Action::Exit(status)) => return Ok(Some(Outcome::Exited { status })),
+                    Some(Action::Reset) => return Ok(Some(Outcome::Reset)),
                 }
             }
             // Only the Xen MSRs reach user space (the MSR filter): reads fault, as on

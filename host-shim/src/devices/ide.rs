@@ -480,6 +480,9 @@ pub struct PiixIde {
     stats: Stats,
 }
 
+/// The IDE timing registers of the primary (0x40) and secondary (0x42) channel.
+const IDETIM: usize = 0x40;
+
 impl PiixIde {
     /// A controller with `primary_master` (if any) as the only disk; the primary
     /// channel interrupts on `irq14`, the secondary on `irq15`; bus-master DMA reaches
@@ -500,6 +503,11 @@ impl PiixIde {
         });
         config.add_bar(bm::BAR_INDEX, BarKind::Io, bm::BAR_SIZE);
         config.set_interrupt_pin(0);
+        // IDETIM of each channel (0x40 primary, 0x42 secondary), with bit 15 "IDE
+        // decode enable" set as firmware leaves it (SeaBIOS writes 0x8000 to both):
+        // Linux's ata_piix ignores a channel whose enable bit is clear. The timing bits
+        // are the guest's to write and change nothing here.
+        config.set_device_specific(IDETIM, &[0x00, 0x80, 0x00, 0x80], &[0xff; 4]);
         let serial = |n: u32| format!("PVHSHIM{n:05}");
         let channel = |master: Option<DiskImage>, base: u32, irq: Arc<dyn IrqLine>| Channel {
             drives: [
@@ -1607,6 +1615,14 @@ mod tests {
         let mut b = [0xaa];
         r.ide.region_read(REGION_SECONDARY_CONTROL, 0, &mut b);
         assert_eq!(b[0], 0);
+    }
+
+    #[test]
+    fn both_channels_decode_as_firmware_leaves_them() {
+        // Linux's ata_piix skips a channel whose IDETIM decode-enable bit is clear.
+        let r = rig("idetim", 100, false);
+        let idetim = r.ide.config().read32(IDETIM);
+        assert_eq!(idetim & 0x8000_8000, 0x8000_8000, "{idetim:#x}");
     }
 
     #[test]

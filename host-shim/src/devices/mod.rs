@@ -8,6 +8,8 @@
 //! - [`serial`]: COM1, a 16550 UART (vm-superio) at 0x3f8..0x400, IRQ 4.
 //! - [`debugcon`]: the Bochs/QEMU debug console at port 0xe9.
 //! - [`exit_port`]: an `isa-debug-exit`-compatible port at 0xf4..0xf8.
+//! - [`i8042`]: the keyboard controller's reset line (ports 0x60, 0x64), how a guest
+//!   without ACPI reboots.
 //! - [`pci`]: the [`pci::PciDevice`] trait and the configuration header PCI models
 //!   embed.
 //! - [`pci_bus`]: PCI bus 0 (configuration mechanism #1 at 0xCF8, BAR mapping onto the
@@ -24,6 +26,7 @@ pub mod console;
 pub mod debugcon;
 pub mod e1000;
 pub mod exit_port;
+pub mod i8042;
 pub mod ide;
 pub mod pci;
 pub mod pci_bus;
@@ -53,6 +56,9 @@ pub enum Action {
     Continue,
     /// End the run: the guest exited with this status.
     Exit(u8),
+    /// End the run: the guest reset the machine (8042 reset line), which ends it like
+    /// QEMU's `-no-reboot`.
+    Reset,
 }
 
 /// A device on a [`Bus`]. `offset` is relative to the base the device was inserted at;

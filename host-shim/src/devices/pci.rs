@@ -130,6 +130,22 @@ impl ConfigSpace {
         self.bytes[reg::HEADER_TYPE] = header_type;
     }
 
+    /// Sets device-specific registers (offset 0x40 and up: the header's own registers
+    /// have their own setters) to `value`, with `writable` as the bits the guest may
+    /// change, byte for byte. A model calls this while it is built; an offset inside
+    /// the header or past the configuration space is a bug in the model and panics.
+    pub fn set_device_specific(&mut self, offset: usize, value: &[u8], writable: &[u8]) {
+        assert!(
+            offset >= DEVICE_SPECIFIC_START
+                && value.len() == writable.len()
+                && offset + value.len() <= CONFIG_SPACE_SIZE,
+            "device-specific registers at {offset:#x}+{}",
+            value.len()
+        );
+        self.bytes[offset..offset + value.len()].copy_from_slice(value);
+        self.wmask[offset..offset + value.len()].copy_from_slice(writable);
+    }
+
     /// Sets the interrupt pin (1 = INTA# .. 4 = INTD#; 0 = none).
     pub fn set_interrupt_pin(&mut self, pin: u8) {
         self.bytes[reg::INTERRUPT_PIN] = pin;
@@ -260,6 +276,9 @@ impl ConfigSpace {
     }
 }
 
+/// First offset after the type-0 header: the device-specific registers.
+pub const DEVICE_SPECIFIC_START: usize = 0x40;
+
 /// A PCI function: its configuration header and its register regions.
 ///
 /// Regions are numbered: 0..6 are the BARs; a device with fixed legacy ranges (the
@@ -381,5 +400,16 @@ mod tests {
         c.write(usize::MAX, &[1, 2]);
         c.read(252, &mut big);
         assert_eq!(&big[4..], &[0; 4]);
+    }
+
+    #[test]
+    fn device_specific_registers_keep_their_write_mask() {
+        let mut c = nic();
+        c.set_device_specific(0x40, &[0x00, 0x80], &[0xff, 0x80]);
+        assert_eq!(c.read32(0x40) & 0xffff, 0x8000);
+        c.write(0x40, &[0x12, 0x00]);
+        assert_eq!(c.read32(0x40) & 0xffff, 0x0012, "writable bits change");
+        c.write(0x41, &[0xff]);
+        assert_eq!(c.read32(0x40) & 0xffff, 0x8012, "read-only bits do not");
     }
 }
