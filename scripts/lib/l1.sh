@@ -14,7 +14,8 @@
 #                   prints PATH made absolute if it is a regular readable file; dies
 #                   naming WHAT otherwise
 # l1_start          makes the private $tmp directory and the traps that clean it up
-# l1_image          sets L1_IMAGE: the cached L1 kernel + base initramfs (built once)
+# l1_image          sets L1_IMAGE: the cached L1 kernel + base initramfs (built once),
+#                   and L1_KERNEL_PKG: the Debian kernel package it came from
 # l1_pack DIR OUT   packs DIR as a newc archive OUT (the kernel unpacks concatenated
 #                   archives in turn: base, then more)
 # l1_boot INITRD    boots the L1 with INITRD, relays its output, and exits with the
@@ -182,6 +183,9 @@ l1_image() {
     key=$(cat "$l1_here/lib/l1.sh" "$l1_here/l1/init" "$l1_here/l1/l1-modprobe" \
         <(basename "$kdeb") <(basename "$bbdeb") | sha256sum | cut -c1-16)
     L1_IMAGE=$cache_root/$key
+    # The kernel package, for whoever needs more of it (scripts/linux-guest.sh).
+    # shellcheck disable=SC2034 # for the caller
+    L1_KERNEL_PKG=$kpkg
 
     if [ ! -f "$L1_IMAGE/base.cpio" ]; then
         start=$(date +%s)
