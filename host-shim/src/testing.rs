@@ -9,8 +9,10 @@
 //! need no vCPU.
 
 pub mod fuzz;
+pub mod fuzz_devices;
 
 pub use fuzz::{fuzz_hypercall, fuzz_xenstore};
+pub use fuzz_devices::{fuzz_e1000, fuzz_ide, fuzz_pci_config};
 
 use std::sync::Arc;
 
