@@ -1,11 +1,13 @@
 //! `host-shim`: a KVM-based VMM that boots a guest ELF through its Xen PVH entry note.
 //!
 //! The shim loads the kernel's `PT_LOAD` segments at their physical addresses, writes an
-//! `hvm_start_info` (version 1, with memory map and command line) into low guest memory,
-//! and starts one vCPU in the 32-bit protected-mode state of Xen's
-//! `docs/misc/pvh.pandoc`. The guest talks to the shim through emulated port-I/O
-//! devices: a 16550 UART at COM1, the Bochs/QEMU debug console at port 0xe9, and an
-//! `isa-debug-exit`-compatible exit port at 0xf4.
+//! `hvm_start_info` (version 1, with memory map, command line and an optional boot
+//! module) into low guest memory, and starts one vCPU in the 32-bit protected-mode state
+//! of Xen's `docs/misc/pvh.pandoc`. It offers the guest the Xen interface (hypercalls,
+//! events, grants, xenstore, PV disks and NICs) and classic emulated devices: a 16550
+//! UART at COM1, the Bochs/QEMU debug console at port 0xe9, an `isa-debug-exit`-
+//! compatible exit port at 0xf4, the 8042 reset line, and a PCI bus with a PIIX3 IDE
+//! disk and Intel e1000 NICs.
 //!
 //! Layout of the crate:
 //! - [`kvm`]: the only module that names `kvm_ioctls`/`kvm_bindings`; it offers a
@@ -13,7 +15,10 @@
 //! - [`elf`]: validation of the kernel image (pure, fuzzable); [`boot`]: the guest
 //!   memory layout, loading, and the PVH boot information.
 //! - [`devices`]: the KVM-free [`devices::BusDevice`] trait, the address [`devices::Bus`],
-//!   and one file per device.
+//!   the PCI bus, and one file per device model.
+//! - [`hostio`]: the host side every device path shares (disk image, TAP, network
+//!   namespaces); [`devmgr`]: the command line's `--disk`/`--net` into PV backends
+//!   ([`backends`]) or emulated devices; [`xen`]: the Xen interface.
 //! - [`vmm`]: [`Vmm`] ties them together and runs the vCPU loop; [`stats`] holds the
 //!   counters reported as JSON.
 //! - [`cli`]: the `host-shim run` command line; `main.rs` only calls into it.

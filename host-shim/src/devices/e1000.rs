@@ -804,6 +804,14 @@ impl E1000 {
         u64::from(self.regs[idx(bah)]) << 32 | u64::from(self.regs[idx(bal)] & !0xf)
     }
 
+    /// The address of descriptor `head` of a ring at `base`; `None` when the
+    /// descriptor would run past the end of the address space (a guest's ring base
+    /// near 2^64 must not wrap around to low RAM).
+    fn desc_address(base: u64, head: usize) -> Option<u64> {
+        let at = base.checked_add((head * DESC_SIZE) as u64)?;
+        at.checked_add(DESC_SIZE as u64).map(|_| at)
+    }
+
     // ---- transmit -----------------------------------------------------------------
 
     /// Walks the transmit ring from TDH to TDT (QEMU's `start_xmit`).
@@ -826,7 +834,10 @@ impl E1000 {
         } else {
             let mut head = start;
             while head != self.regs[idx(reg::TDT)] as usize {
-                let at = base.wrapping_add((head * DESC_SIZE) as u64);
+                let Some(at) = Self::desc_address(base, head) else {
+                    self.c.err_tx_bad_ring += 1;
+                    break;
+                };
                 let mut b = [0u8; DESC_SIZE];
                 if !self.dma_read(at, &mut b) {
                     break;
@@ -1073,7 +1084,10 @@ impl E1000 {
         let mut head = start;
         let mut offset = 0;
         loop {
-            let at = base.wrapping_add((head * DESC_SIZE) as u64);
+            let Some(at) = Self::desc_address(base, head) else {
+                self.c.drop_rx_bad_ring += 1;
+                return RxOutcome::Dropped;
+            };
             let mut b = [0u8; DESC_SIZE];
             if !self.dma_read(at, &mut b) {
                 self.c.drop_rx_dma += 1;
