@@ -1329,33 +1329,11 @@ impl<E: FrontendEnv> BlockDevice for Blkfront<E> {
         self.usable()?;
         let ss = u64::from(self.info.sector_size);
         let bytes = u64::from(count) * ss;
+        self.info.check(op, sector, count, data)?;
         let wire_op = match op {
-            BlockOp::Read | BlockOp::Write => {
-                let write = op == BlockOp::Write;
-                if write && self.info.read_only {
-                    return Err(BlockError::Unsupported);
-                }
-                let data_ok = if write {
-                    data.len() as u64 == bytes
-                } else {
-                    data.is_empty()
-                };
-                let end = sector.checked_add(u64::from(count));
-                if count == 0
-                    || !data_ok
-                    || bytes > u64::from(self.info.max_transfer)
-                    || end.is_none_or(|e| e > self.info.sectors)
-                {
-                    return Err(BlockError::BadRequest);
-                }
-                if write { BLKIF_OP_WRITE } else { BLKIF_OP_READ }
-            }
-            BlockOp::Flush => {
-                if count != 0 || !data.is_empty() {
-                    return Err(BlockError::BadRequest);
-                }
-                self.negotiated.flush_op.ok_or(BlockError::Unsupported)?
-            }
+            BlockOp::Read => BLKIF_OP_READ,
+            BlockOp::Write => BLKIF_OP_WRITE,
+            BlockOp::Flush => self.negotiated.flush_op.ok_or(BlockError::Unsupported)?,
         };
         if self.slab.is_full() {
             return Err(BlockError::Busy);

@@ -28,6 +28,55 @@ pub struct BlockInfo {
     pub max_transfer: u32,
 }
 
+impl BlockInfo {
+    /// Checks a request against the device before any driver queues it, by the rules
+    /// of [`BlockDevice::submit`]: a read carries no data, a write exactly `count`
+    /// sectors of it, neither is empty, larger than [`BlockInfo::max_transfer`] or past
+    /// the end; a flush carries neither sectors nor data. A write to a read-only
+    /// device, or a flush to one without [`BlockInfo::flush`], is
+    /// [`BlockError::Unsupported`]; anything else malformed is
+    /// [`BlockError::BadRequest`]. Every block driver calls this one check.
+    pub fn check(
+        &self,
+        op: BlockOp,
+        sector: u64,
+        count: u32,
+        data: &[u8],
+    ) -> Result<(), BlockError> {
+        match op {
+            BlockOp::Read | BlockOp::Write => {
+                let write = op == BlockOp::Write;
+                if write && self.read_only {
+                    return Err(BlockError::Unsupported);
+                }
+                let bytes = u64::from(count) * u64::from(self.sector_size);
+                let data_ok = if write {
+                    data.len() as u64 == bytes
+                } else {
+                    data.is_empty()
+                };
+                let end = sector.checked_add(u64::from(count));
+                if count == 0
+                    || !data_ok
+                    || bytes > u64::from(self.max_transfer)
+                    || end.is_none_or(|e| e > self.sectors)
+                {
+                    return Err(BlockError::BadRequest);
+                }
+            }
+            BlockOp::Flush => {
+                if count != 0 || !data.is_empty() {
+                    return Err(BlockError::BadRequest);
+                }
+                if !self.flush {
+                    return Err(BlockError::Unsupported);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a block request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockOp {
@@ -174,4 +223,51 @@ pub trait NetDevice {
     /// Reaps transmit completions, refills receive buffers; call when the device's
     /// event fired (or on a timer).
     fn poll(&mut self) -> Result<(), NetError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DISK: BlockInfo = BlockInfo {
+        sectors: 100,
+        sector_size: 512,
+        read_only: false,
+        flush: true,
+        queue_depth: 8,
+        max_transfer: 4096,
+    };
+
+    #[test]
+    fn one_check_serves_every_block_driver() {
+        use BlockError::{BadRequest, Unsupported};
+        let w = [0u8; 1024];
+        assert_eq!(DISK.check(BlockOp::Read, 98, 2, &[]), Ok(()));
+        assert_eq!(DISK.check(BlockOp::Write, 0, 2, &w), Ok(()));
+        assert_eq!(DISK.check(BlockOp::Flush, 0, 0, &[]), Ok(()));
+        for (op, sector, count, data, want) in [
+            (BlockOp::Read, 0, 0, &[][..], BadRequest),
+            (BlockOp::Read, 99, 2, &[], BadRequest),
+            (BlockOp::Read, u64::MAX, 1, &[], BadRequest),
+            (BlockOp::Read, 0, 9, &[], BadRequest),
+            (BlockOp::Read, 0, 2, &w, BadRequest),
+            (BlockOp::Write, 0, 1, &w, BadRequest),
+            (BlockOp::Flush, 0, 1, &[], BadRequest),
+            (BlockOp::Flush, 0, 0, &w, BadRequest),
+        ] {
+            assert_eq!(
+                DISK.check(op, sector, count, data),
+                Err(want),
+                "{op:?} {sector} {count}"
+            );
+        }
+        let ro = BlockInfo {
+            read_only: true,
+            flush: false,
+            ..DISK
+        };
+        assert_eq!(ro.check(BlockOp::Write, 0, 2, &w), Err(Unsupported));
+        assert_eq!(ro.check(BlockOp::Flush, 0, 0, &[]), Err(Unsupported));
+        assert_eq!(ro.check(BlockOp::Read, 0, 2, &[]), Ok(()));
+    }
 }

@@ -589,14 +589,7 @@ mod tests {
             if self.queue.len() as u32 >= self.info.queue_depth {
                 return Err(BlockError::Busy);
             }
-            let ok = match op {
-                BlockOp::Read => data.is_empty() && count > 0,
-                BlockOp::Write => data.len() == count as usize * 512 && count > 0,
-                BlockOp::Flush => data.is_empty() && count == 0 && sector == 0,
-            };
-            if !ok || (sector + u64::from(count)) > self.info.sectors {
-                return Err(BlockError::BadRequest);
-            }
+            self.info.check(op, sector, count, data)?;
             self.submitted += 1;
             let tag = self.next_tag;
             self.next_tag += 3;

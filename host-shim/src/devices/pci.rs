@@ -324,6 +324,10 @@ pub trait PciDevice: Send {
     }
 }
 
+/// A PCI model shared between the bus (configuration cycles, BAR accesses) and whoever
+/// else drives it (a device's worker thread).
+pub type SharedPciDevice = std::sync::Arc<std::sync::Mutex<dyn PciDevice>>;
+
 /// First region number of a device's fixed legacy ranges.
 pub const LEGACY_REGION_BASE: usize = 8;
 

@@ -68,7 +68,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hw_devices::pci::{BAR_COUNT, CONFIG_ENABLE, bar, bar_offset, command, config_address, reg};
 use serde::Serialize;
 
-use super::pci::{BarKind, MappedBar, PciDevice};
+use super::pci::{BarKind, MappedBar, PciDevice, SharedPciDevice};
 use super::pci_chipset::{HostBridge, Piix3Isa};
 use super::{Action, Bus, BusDevice, BusError, SharedDevice};
 
@@ -238,13 +238,13 @@ pub struct FunctionInfo {
 /// Forwards accesses to one region of a PCI model: what the bus maps for a BAR or a
 /// legacy range.
 pub struct BarRegion {
-    device: Arc<Mutex<dyn PciDevice>>,
+    device: SharedPciDevice,
     region: usize,
 }
 
 impl BarRegion {
     /// Region `region` (a BAR index or a legacy region number) of `device`.
-    pub fn new(device: Arc<Mutex<dyn PciDevice>>, region: usize) -> Self {
+    pub fn new(device: SharedPciDevice, region: usize) -> Self {
         Self { device, region }
     }
 }
@@ -260,7 +260,7 @@ impl BusDevice for BarRegion {
     }
 }
 
-fn lock_model(device: &Arc<Mutex<dyn PciDevice>>) -> MutexGuard<'_, dyn PciDevice + 'static> {
+fn lock_model(device: &SharedPciDevice) -> MutexGuard<'_, dyn PciDevice + 'static> {
     // As for bus devices: a model poisoned by a panic elsewhere is still the best state.
     device.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -275,7 +275,7 @@ struct BarState {
 
 struct Function {
     name: Arc<str>,
-    device: Arc<Mutex<dyn PciDevice>>,
+    device: SharedPciDevice,
     builtin: bool,
     bars: [BarState; BAR_COUNT],
 }
@@ -362,7 +362,7 @@ impl PciBus {
     pub fn add(
         &self,
         name: &str,
-        device: Arc<Mutex<dyn PciDevice>>,
+        device: SharedPciDevice,
         slot: Option<PciAddr>,
     ) -> Result<PciAddr, PciError> {
         self.lock().add(name, device, slot, false)
@@ -439,7 +439,7 @@ impl PciHost {
     fn add(
         &mut self,
         name: &str,
-        device: Arc<Mutex<dyn PciDevice>>,
+        device: SharedPciDevice,
         slot: Option<PciAddr>,
         builtin: bool,
     ) -> Result<PciAddr, PciError> {
@@ -510,7 +510,7 @@ impl PciHost {
     fn assign_bars(
         &self,
         name: &str,
-        device: &Arc<Mutex<dyn PciDevice>>,
+        device: &SharedPciDevice,
     ) -> Result<Vec<(usize, BarKind, u64, u64)>, PciError> {
         let mut dev = lock_model(device);
         let (mut io, mut small, mut large) =
@@ -561,11 +561,7 @@ impl PciHost {
     }
 
     /// Maps the device's fixed legacy ranges, all or none.
-    fn map_legacy(
-        &mut self,
-        name: &Arc<str>,
-        device: &Arc<Mutex<dyn PciDevice>>,
-    ) -> Result<(), PciError> {
+    fn map_legacy(&mut self, name: &Arc<str>, device: &SharedPciDevice) -> Result<(), PciError> {
         let ranges = lock_model(device).legacy_ranges();
         let mut done: Vec<(BarKind, u64)> = Vec::new();
         for (kind, base, len, region) in ranges {
@@ -678,20 +674,28 @@ impl PciHost {
         Some((addr, (a & 0xfc) as usize))
     }
 
+    /// The function and register the address register selects, if one is there
+    /// (counted as an access to an absent function otherwise).
+    fn target(&mut self) -> Option<(PciAddr, usize, SharedPciDevice)> {
+        let found = self.selected().and_then(|(addr, reg)| {
+            let f = self.functions.get(&addr)?;
+            Some((addr, reg, f.device.clone()))
+        });
+        if found.is_none() {
+            self.stats.absent += 1;
+        }
+        found
+    }
+
     fn data_read(&mut self, lane: usize, data: &mut [u8]) {
         data.fill(0xff);
         let n = data.len().min(4usize.saturating_sub(lane));
-        let Some((addr, reg)) = self.selected() else {
-            self.stats.absent += 1;
-            return;
-        };
-        let Some(f) = self.functions.get(&addr) else {
-            self.stats.absent += 1;
+        let Some((addr, reg, device)) = self.target() else {
             return;
         };
         self.stats.config_reads += 1;
         let off = reg + lane;
-        lock_model(&f.device).config_read(off, &mut data[..n]);
+        lock_model(&device).config_read(off, &mut data[..n]);
         // Function 0 of a device with more functions says so, whatever its model set,
         // or the guest would not probe the others.
         let multi = addr.function == 0
@@ -707,16 +711,11 @@ impl PciHost {
 
     fn data_write(&mut self, lane: usize, data: &[u8]) {
         let n = data.len().min(4usize.saturating_sub(lane));
-        let Some((addr, reg)) = self.selected() else {
-            self.stats.absent += 1;
-            return;
-        };
-        let Some(f) = self.functions.get(&addr) else {
-            self.stats.absent += 1;
+        let Some((_, reg, device)) = self.target() else {
             return;
         };
         self.stats.config_writes += 1;
-        lock_model(&f.device).config_write(reg + lane, &data[..n]);
+        lock_model(&device).config_write(reg + lane, &data[..n]);
         self.sync_bars();
     }
 }

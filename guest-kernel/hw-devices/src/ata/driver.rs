@@ -837,33 +837,9 @@ impl<P: PortIo, D: DmaMemory> BlockDevice for AtaDisk<P, D> {
         if self.broken {
             return Err(BlockError::Protocol);
         }
-        let bytes = u64::from(count) * SECTOR_SIZE as u64;
-        match op {
-            BlockOp::Read | BlockOp::Write => {
-                let write = op == BlockOp::Write;
-                let data_ok = if write {
-                    data.len() as u64 == bytes
-                } else {
-                    data.is_empty()
-                };
-                let end = sector.checked_add(u64::from(count));
-                if count == 0
-                    || count > MAX_SECTORS
-                    || !data_ok
-                    || end.is_none_or(|e| e > self.info.sectors)
-                {
-                    return Err(BlockError::BadRequest);
-                }
-            }
-            BlockOp::Flush => {
-                if count != 0 || !data.is_empty() {
-                    return Err(BlockError::BadRequest);
-                }
-                if self.flush_cmd.is_none() {
-                    return Err(BlockError::Unsupported);
-                }
-            }
-        }
+        // max_transfer is MAX_SECTORS sectors; flush is offered when the drive has a
+        // flush command.
+        self.info.check(op, sector, count, data)?;
         if self.queue.len() + usize::from(self.active.is_some()) >= QUEUE_DEPTH {
             return Err(BlockError::Busy);
         }
