@@ -12,7 +12,7 @@
 #   - zstd, to unpack the Debian kernel that scripts/shim-in-qemu.sh boots as its L1;
 #     binutils (readelf) for scripts/xen-in-qemu.sh; iputils-ping, with which the PV
 #     network tests ping the guest through a TAP; shellcheck, which the test command
-#     runs over every script.
+#     runs over every script; iperf3 and fio, the real clients of the I/O benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +51,8 @@ command -v zstd >/dev/null || missing+=(zstd)
 command -v readelf >/dev/null || missing+=(binutils)
 command -v ping >/dev/null || missing+=(iputils-ping)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+command -v iperf3 >/dev/null || missing+=(iperf3)
+command -v fio >/dev/null || missing+=(fio)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
     need_root apt-get update -qq

@@ -20,6 +20,7 @@
 extern crate alloc;
 
 pub mod ata;
+pub mod bench;
 pub mod e1000;
 pub mod pci;
 

@@ -8,6 +8,7 @@ pub mod event;
 pub mod exit;
 pub mod interrupts;
 pub mod ioapic;
+pub mod mark;
 pub mod memory;
 pub mod net;
 pub mod platform;
