@@ -137,6 +137,9 @@ impl AtaConfig {
     }
 }
 
+/// Soft resets the probe tries before it gives up on a drive.
+const RESET_TRIES: u32 = 3;
+
 /// Why a probe failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AtaError {
@@ -368,6 +371,23 @@ impl<P: PortIo, D: DmaMemory> AtaDisk<P, D> {
         if self.alt_status() == 0xff {
             return Err(AtaError::NoDevice);
         }
+        // QEMU performs a soft reset asynchronously (a bottom half after the SRST
+        // edge), and a busy host has been seen to leave the first signature check
+        // failing; Linux's libata retries a failed reset too. A bounded number of
+        // resets: a channel without a drive fails all of them.
+        let mut result = Err(AtaError::NoDevice);
+        for _ in 0..RESET_TRIES {
+            result = self.reset_and_check_signature();
+            if !matches!(result, Err(AtaError::NoDevice | AtaError::Timeout)) {
+                break;
+            }
+        }
+        result?;
+        self.probe_identified()
+    }
+
+    /// Soft reset, select the drive, check the ATA signature.
+    fn reset_and_check_signature(&mut self) -> Result<(), AtaError> {
         let ctl = self.cfg.ports.control;
         // Soft reset with interrupts off; the ATA signature appears in the task file.
         self.io.write8(ctl, control::NIEN | control::SRST);
@@ -389,7 +409,12 @@ impl<P: PortIo, D: DmaMemory> AtaDisk<P, D> {
             (0x14, 0xeb) | (0x69, 0x96) => return Err(AtaError::NotAta),
             _ => return Err(AtaError::NoDevice),
         }
+        Ok(())
+    }
 
+    /// The rest of the probe, once the signature says an ATA drive is there.
+    fn probe_identified(&mut self) -> Result<(), AtaError> {
+        let ctl = self.cfg.ports.control;
         self.read_identify()?;
         self.check_identify()?;
 
