@@ -11,6 +11,12 @@
 //! [`Vmm::pci_intx_line`] before [`Vmm::run`], which writes the MP table describing
 //! them. A guest that never touches 0xCF8 sees no difference.
 //!
+//! Counters: the vCPU thread counts each exit in a shared [`Counters`] (one uncontended
+//! lock per exit) before the access reaches a device, so [`Vmm::counters`] gives a handle
+//! whose [`Counters::snapshot`] reads every counter from any thread while the VM runs.
+//! The phase-mark port at 0xf8 ([`crate::devices::bench_mark`]) takes such a snapshot
+//! at every mark; the report pairs them into `phases`.
+//!
 //! Timeout: the calling thread waits on a channel with a deadline (no polling). When the
 //! deadline passes it sets a stop flag and kicks the vCPU thread out of `KVM_RUN` with a
 //! real-time signal. A signal that lands just before the thread enters `KVM_RUN` is lost,

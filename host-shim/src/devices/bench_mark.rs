@@ -200,6 +200,83 @@ mod tests {
         }
     }
 
+    /// Without KVM: counters over a bare PCI bus, the port driven directly.
+    #[test]
+    fn marks_snapshot_every_counter_and_garbage_is_counted_apart() {
+        use crate::devices::Bus;
+        use crate::devices::pci_bus::PciBus;
+        use crate::stats::ExitKind;
+        use std::sync::Arc;
+
+        let pci = PciBus::new(Arc::new(Bus::new()), Arc::new(Bus::new())).expect("PCI bus");
+        let c = Counters::new(pci, None, Err("no KVM in this test".into()));
+        let snap = c.snapshot();
+        for key in [
+            "exits",
+            "pio_ports",
+            "devices",
+            "irq_asserts",
+            "xen",
+            "backends",
+            "kvm",
+            "cpu_ns",
+            "mark_exits",
+        ] {
+            assert!(snap.get(key).is_some(), "{key} missing: {snap}");
+        }
+        assert!(snap["kvm"].is_null() && snap["xen"].is_null() && snap["backends"].is_null());
+        assert!(snap["cpu_ns"]["user"].is_u64() && snap["cpu_ns"]["system"].is_u64());
+        assert_eq!(c.kvm_unavailable(), Some("no KVM in this test"));
+
+        let exit = || {
+            c.count(|l| {
+                l.stats.exits.io_out += 1;
+                l.stats.count_port(MARK_PORT);
+                l.count_device(Some(NAME.into()), ExitKind::PioWrite);
+            })
+        };
+        let mut port = MarkPort::new(c.clone());
+        exit();
+        assert_eq!(
+            port.write(0, &bench::mark(5, MarkKind::Start).to_le_bytes()),
+            Action::Continue
+        );
+        for (offset, data) in [
+            (0, vec![0x85]),
+            (0, 0x8000_0005u32.to_le_bytes()[..2].to_vec()),
+            (1, bench::mark(5, MarkKind::End).to_le_bytes().to_vec()),
+            (0, 5u32.to_le_bytes().to_vec()),
+            (0, vec![]),
+            (0, vec![0xff; 8]),
+        ] {
+            exit();
+            assert_eq!(port.write(offset, &data), Action::Continue);
+        }
+        let mut d = [0u8; 4];
+        port.read(0, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        exit();
+        port.write(0, &bench::mark(5, MarkKind::End).to_le_bytes());
+
+        let phases = c.phases();
+        assert_eq!(phases.len(), 1);
+        let (start, end) = (
+            phases[0].start.as_ref().expect("start"),
+            phases[0].end.as_ref().expect("end"),
+        );
+        assert_eq!(start["exits"]["io_out"], 1);
+        assert_eq!(start["mark_exits"], 1);
+        assert_eq!(end["exits"]["io_out"], 8);
+        assert_eq!(end["mark_exits"], 2);
+        assert_eq!(end["pio_ports"]["0xf8"], 8);
+        let dev = &end["devices"][NAME];
+        assert_eq!(dev["exits"]["pio_write"], 8);
+        assert_eq!(dev["marks"], 2);
+        assert_eq!(dev["bad_writes"], 6);
+        assert_eq!(dev["reads"], 1);
+        assert_eq!(c.mark_log().records_now().len(), 2);
+    }
+
     #[test]
     fn pairs_starts_with_the_next_end_and_keeps_unpaired_marks() {
         use MarkKind::{End, Start};
