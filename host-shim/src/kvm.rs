@@ -17,6 +17,7 @@
 
 use std::ffi::CStr;
 use std::fmt;
+use std::os::fd::FromRawFd as _;
 
 use kvm_bindings::{
     KVM_EXIT_DEBUG, KVM_EXIT_EXCEPTION, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_HYPERCALL,
@@ -1029,6 +1030,142 @@ impl Vcpu {
             efer: sregs.efer,
             cs: sregs.cs.selector,
         })
+    }
+}
+
+impl Vcpu {
+    /// Opens the vCPU's binary statistics (`KVM_GET_STATS_FD`, KVM_CAP_BINARY_STATS_FD,
+    /// Linux 5.14+): a descriptor of its own that stays readable from any thread after
+    /// the vCPU has moved to its thread. [`Error::Missing`] when KVM lacks it.
+    pub fn binary_stats(&self) -> Result<VcpuStats, Error> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and only returns a new descriptor;
+        // the vCPU descriptor is valid for the duration of the call.
+        let fd = unsafe { vmm_sys_util::ioctl::ioctl(&self.fd, KVM_GET_STATS_FD()) };
+        if fd < 0 {
+            return Err(Error::Missing("KVM_GET_STATS_FD (KVM_CAP_BINARY_STATS_FD)"));
+        }
+        // SAFETY: KVM just created `fd` for this process and nothing else owns it.
+        let file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        VcpuStats::parse(file).map_err(|_| Error::Missing("a readable KVM stats descriptor"))
+    }
+}
+
+// kvm-ioctls 0.25 has no wrapper for this vCPU (and VM) ioctl: `_IO(KVMIO, 0xce)`.
+vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+
+/// One statistic of a KVM stats descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatDesc {
+    /// Its name ("exits", "io_exits", "halt_poll_success_ns", ...).
+    pub name: String,
+    /// `KVM_STATS_TYPE_*` (cumulative, instant, peak, linear or log histogram).
+    pub kind: u32,
+    /// `KVM_STATS_UNIT_*` (none, bytes, seconds, cycles, boolean).
+    pub unit: u32,
+    /// Number of u64 items (1 for a plain counter; buckets for a histogram).
+    pub size: u16,
+    /// Byte offset of its items in the data block.
+    pub offset: u32,
+}
+
+impl StatDesc {
+    /// A plain cumulative u64 counter (what a phase's delta means something for).
+    pub fn is_counter(&self) -> bool {
+        self.kind == kvm_bindings::KVM_STATS_TYPE_CUMULATIVE && self.size == 1
+    }
+}
+
+/// A vCPU's binary statistics: the stats descriptor and its layout, read once; every
+/// [`VcpuStats::read`] is one `pread` of the data block. `Send + Sync` (reads are
+/// positioned, no shared file offset), so it can sit in an `Arc` beside the running
+/// vCPU.
+#[derive(Debug)]
+pub struct VcpuStats {
+    file: std::fs::File,
+    descs: Vec<StatDesc>,
+    data_offset: u64,
+    data_len: usize,
+}
+
+/// The largest layout accepted: KVM's vCPU stats have well under a hundred entries.
+const MAX_STATS_DESCS: u32 = 4096;
+const MAX_STATS_NAME: u32 = 4096;
+const MAX_STATS_DATA: usize = 1 << 20;
+
+impl VcpuStats {
+    fn parse(file: std::fs::File) -> std::io::Result<Self> {
+        use std::os::unix::fs::FileExt as _;
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let header_size = std::mem::size_of::<kvm_bindings::kvm_stats_header>();
+        let desc_size = std::mem::size_of::<kvm_bindings::kvm_stats_desc>();
+        let mut h = vec![0u8; header_size];
+        file.read_exact_at(&mut h, 0)?;
+        let word =
+            |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        // kvm_stats_header: flags, name_size, num_desc, id_offset, desc_offset, data_offset.
+        let (name_size, num_desc, desc_offset, data_offset) =
+            (word(&h, 4), word(&h, 8), word(&h, 16), word(&h, 20));
+        if num_desc > MAX_STATS_DESCS || name_size > MAX_STATS_NAME {
+            return Err(bad("implausible stats header"));
+        }
+        let stride = desc_size + name_size as usize;
+        let mut block = vec![0u8; stride * num_desc as usize];
+        file.read_exact_at(&mut block, u64::from(desc_offset))?;
+        let mut descs = Vec::with_capacity(num_desc as usize);
+        let mut data_len = 0usize;
+        for d in block.chunks_exact(stride) {
+            // kvm_stats_desc: flags, exponent (i16), size (u16), offset, bucket_size, name.
+            let flags = word(d, 0);
+            let size = u16::from_le_bytes([d[6], d[7]]);
+            let offset = word(d, 8);
+            let name = &d[desc_size..];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            let end = offset as usize + usize::from(size) * 8;
+            if end > MAX_STATS_DATA {
+                return Err(bad("stats data block too large"));
+            }
+            data_len = data_len.max(end);
+            descs.push(StatDesc {
+                name: String::from_utf8_lossy(name).into_owned(),
+                kind: flags & kvm_bindings::KVM_STATS_TYPE_MASK,
+                unit: flags & kvm_bindings::KVM_STATS_UNIT_MASK,
+                size,
+                offset,
+            });
+        }
+        Ok(Self {
+            file,
+            descs,
+            data_offset: u64::from(data_offset),
+            data_len,
+        })
+    }
+
+    /// The statistics KVM offers.
+    pub fn descriptors(&self) -> &[StatDesc] {
+        &self.descs
+    }
+
+    /// The current value of every plain cumulative counter ([`StatDesc::is_counter`]),
+    /// by name. Histograms, instant and peak values are left out: a phase's delta of
+    /// them means nothing.
+    pub fn read(&self) -> std::io::Result<BTreeMap<String, u64>> {
+        use std::os::unix::fs::FileExt as _;
+        let mut data = vec![0u8; self.data_len];
+        self.file.read_exact_at(&mut data, self.data_offset)?;
+        Ok(self
+            .descs
+            .iter()
+            .filter(|d| d.is_counter())
+            .filter_map(|d| {
+                let at = d.offset as usize;
+                let bytes = data.get(at..at + 8)?;
+                let mut v = [0u8; 8];
+                v.copy_from_slice(bytes);
+                Some((d.name.clone(), u64::from_le_bytes(v)))
+            })
+            .collect())
     }
 }
 

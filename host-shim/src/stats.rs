@@ -1,4 +1,6 @@
-//! Per-run counters, reported as JSON by `--stats`/`--stats-file`.
+//! Per-run counters, reported as JSON by `--stats`/`--stats-file`, and [`Counters`], the
+//! handle that reads them while the VM runs (BENCH.md item 2: snapshots at phase marks
+//! and from the host side).
 //!
 //! On machines where the guest's kernel code runs through an instruction emulator,
 //! wall-clock time says little; counts of exits by kind and by port say what an I/O path
@@ -6,8 +8,15 @@
 //! no further work).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+use crate::devices::bench_mark::{self, MarkLog, Phase};
+use crate::devices::pci_bus::{self, PciBus};
+use crate::kvm::{GsiLine, VcpuStats};
+use crate::xen::Xen;
 
 /// vCPU exits by kind. `other` counts every exit kind not listed; their names are in
 /// [`RunStats::other_exits`].
@@ -184,6 +193,237 @@ impl RunStats {
     pub fn count_other(&mut self, name: &str) {
         self.exits.other += 1;
         *self.other_exits.entry(name.to_owned()).or_default() += 1;
+    }
+}
+
+/// What the vCPU thread counts per exit: the exit kinds, ports, unclaimed accesses of
+/// [`RunStats`] and the exits per named bus range. Updated under one mutex that only a
+/// snapshot contends for (an uncontended lock is a compare-and-swap, no system call).
+#[derive(Debug, Clone, Default)]
+pub struct LiveExits {
+    /// `exits`, `pio_ports`, `other_exits`, `unclaimed` (the other fields stay empty).
+    pub stats: RunStats,
+    /// Exits per named bus range (the device names of [`RunStats::devices`]).
+    pub device_exits: BTreeMap<Arc<str>, DeviceExits>,
+}
+
+/// Which of a device's exit counters an exit increments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    /// A port read.
+    PioRead,
+    /// A port write.
+    PioWrite,
+    /// An MMIO read.
+    MmioRead,
+    /// An MMIO write.
+    MmioWrite,
+}
+
+impl LiveExits {
+    /// Counts an exit of `kind` for the device named `name` (none: an unnamed range).
+    pub fn count_device(&mut self, name: Option<Arc<str>>, kind: ExitKind) {
+        let Some(name) = name else {
+            return;
+        };
+        let e = self.device_exits.entry(name).or_default();
+        let n = match kind {
+            ExitKind::PioRead => &mut e.pio_read,
+            ExitKind::PioWrite => &mut e.pio_write,
+            ExitKind::MmioRead => &mut e.mmio_read,
+            ExitKind::MmioWrite => &mut e.mmio_write,
+        };
+        *n += 1;
+    }
+}
+
+/// The process's CPU time so far (`getrusage(RUSAGE_SELF)`: every thread of the shim,
+/// the vCPU's time in the guest included), in nanoseconds (microsecond resolution).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CpuTime {
+    /// User time.
+    pub user: u64,
+    /// System time.
+    pub system: u64,
+}
+
+impl CpuTime {
+    /// Now. Zero if `getrusage` fails (it cannot for `RUSAGE_SELF`).
+    pub fn now() -> Self {
+        // SAFETY: `usage` is a plain C struct, zeroed, which getrusage only writes to.
+        let (rc, usage) = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            let rc = libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            (rc, usage)
+        };
+        if rc != 0 {
+            return Self::default();
+        }
+        let ns = |t: libc::timeval| {
+            (t.tv_sec.max(0) as u64) * 1_000_000_000 + (t.tv_usec.max(0) as u64) * 1_000
+        };
+        Self {
+            user: ns(usage.ru_utime),
+            system: ns(usage.ru_stime),
+        }
+    }
+}
+
+/// Every counter of a VM, readable from any thread while it runs: a cheap, `Clone +
+/// Send + Sync` handle ([`crate::Vmm::counters`]). It keeps the PCI bus, the Xen
+/// interface and the vCPU's stats descriptor alive as long as a clone exists.
+#[derive(Clone)]
+pub struct Counters {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    live: Mutex<LiveExits>,
+    pci: PciBus,
+    irq_lines: Mutex<Vec<Arc<GsiLine>>>,
+    xen: Option<Arc<Xen>>,
+    kvm: Result<Arc<VcpuStats>, String>,
+    marks: MarkLog,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters")
+            .field("xen", &self.inner.xen.is_some())
+            .field("kvm", &self.inner.kvm.is_ok())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Counters stay meaningful after a panic elsewhere: every update is a few adds.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+impl Counters {
+    /// Counters of a VM with PCI bus `pci`, the Xen interface `xen` if any, and its
+    /// vCPU's binary statistics (or why there are none: `kvm` is null in snapshots).
+    pub fn new(pci: PciBus, xen: Option<Arc<Xen>>, kvm: Result<VcpuStats, String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                live: Mutex::new(LiveExits::default()),
+                pci,
+                irq_lines: Mutex::new(Vec::new()),
+                xen,
+                kvm: kvm.map(Arc::new),
+                marks: MarkLog::new(),
+            }),
+        }
+    }
+
+    /// Updates the per-exit counters (the vCPU thread, once or twice per exit). Never
+    /// call it from inside a device access that snapshots (the lock is not reentrant):
+    /// the vCPU loop counts, releases, then dispatches.
+    pub fn count(&self, f: impl FnOnce(&mut LiveExits)) {
+        f(&mut lock(&self.inner.live));
+    }
+
+    /// A copy of the per-exit counters now.
+    pub fn live(&self) -> LiveExits {
+        lock(&self.inner.live).clone()
+    }
+
+    /// Adds an interrupt line whose asserts are counted in `irq_asserts`.
+    pub fn add_irq_line(&self, line: Arc<GsiLine>) {
+        lock(&self.inner.irq_lines).push(line);
+    }
+
+    /// The phase-mark port's log and counters.
+    pub fn mark_log(&self) -> &MarkLog {
+        &self.inner.marks
+    }
+
+    /// The marks so far, paired into phases.
+    pub fn phases(&self) -> Vec<Phase> {
+        self.inner.marks.phases()
+    }
+
+    /// The vCPU's cumulative KVM counters by name; `None` when the host lacks
+    /// `KVM_GET_STATS_FD` or the read failed.
+    pub fn kvm(&self) -> Option<BTreeMap<String, u64>> {
+        self.inner.kvm.as_ref().ok()?.read().ok()
+    }
+
+    /// Why [`Counters::kvm`] is `None` on this host, if it is.
+    pub fn kvm_unavailable(&self) -> Option<&str> {
+        self.inner.kvm.as_ref().err().map(String::as_str)
+    }
+
+    /// Puts the devices' exit counts (`exits`), the models' and the PCI host's counters,
+    /// the mark port's counters and the interrupt lines' asserts into `stats`.
+    pub fn add_devices(&self, stats: &mut RunStats, mut exits: BTreeMap<Arc<str>, DeviceExits>) {
+        let pci = &self.inner.pci;
+        for (name, addr, counters) in pci.device_stats() {
+            let e = exits.remove(name.as_str()).unwrap_or_default();
+            stats.add_device(&name, e, Some(addr.to_string()), counters);
+        }
+        let host = pci.stats_json();
+        let host_exits = exits.remove(pci_bus::HOST_NAME);
+        if host.is_some() || host_exits.is_some() {
+            stats.add_device(
+                pci_bus::HOST_NAME,
+                host_exits.unwrap_or_default(),
+                None,
+                host.unwrap_or_default(),
+            );
+        }
+        for (name, e) in exits {
+            let counters = if &*name == bench_mark::NAME {
+                self.inner.marks.counters_json()
+            } else {
+                Value::Null
+            };
+            stats.add_device(&name, e, None, counters);
+        }
+        for line in lock(&self.inner.irq_lines).iter() {
+            *stats.irq_asserts.entry(line.gsi()).or_default() += line.asserts();
+        }
+    }
+
+    /// Every counter now, as JSON (BENCH.md's SNAP): `exits`, `pio_ports`,
+    /// `other_exits`, `unclaimed`, `devices`, `irq_asserts` (every line, zeros too),
+    /// `xen` (null without it), `backends` (always null: the PV backends' counters live
+    /// on their threads until they stop; the final report has them), `kvm` (null when
+    /// the host lacks binary stats), `cpu_ns` and `mark_exits`. Every numeric leaf only
+    /// grows during a run (except `xen.grant_maps`, a current count); a key missing from
+    /// an earlier snapshot (a port, a device first touched later) counts as 0.
+    pub fn snapshot(&self) -> Value {
+        // Read before the exits (acquire, against the port's release): a mark counted
+        // here has its exit counted below, never the other way round.
+        let mark_exits = self.inner.marks.mark_exits();
+        let LiveExits {
+            mut stats,
+            device_exits,
+        } = self.live();
+        self.add_devices(&mut stats, device_exits);
+        let xen = self.inner.xen.as_ref().map(|x| x.stats());
+        let mut snap = serde_json::Map::new();
+        snap.insert("exits".into(), to_json(&stats.exits));
+        let ports: serde_json::Map<String, Value> = stats
+            .pio_ports
+            .iter()
+            .map(|(port, n)| (format!("{port:#x}"), Value::from(*n)))
+            .collect();
+        snap.insert("pio_ports".into(), Value::Object(ports));
+        snap.insert("other_exits".into(), to_json(&stats.other_exits));
+        snap.insert("unclaimed".into(), to_json(&stats.unclaimed));
+        snap.insert("devices".into(), to_json(&stats.devices));
+        snap.insert("irq_asserts".into(), to_json(&stats.irq_asserts));
+        snap.insert("xen".into(), to_json(&xen));
+        snap.insert("backends".into(), Value::Null);
+        snap.insert("kvm".into(), to_json(&self.kvm()));
+        snap.insert("cpu_ns".into(), to_json(&CpuTime::now()));
+        snap.insert("mark_exits".into(), mark_exits.into());
+        Value::Object(snap)
     }
 }
 

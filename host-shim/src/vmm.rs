@@ -11,12 +11,17 @@
 //! [`Vmm::pci_intx_line`] before [`Vmm::run`], which writes the MP table describing
 //! them. A guest that never touches 0xCF8 sees no difference.
 //!
+//! Counters: the vCPU thread counts each exit in a shared [`Counters`] (one uncontended
+//! lock per exit) before the access reaches a device, so [`Vmm::counters`] gives a handle
+//! whose [`Counters::snapshot`] reads every counter from any thread while the VM runs.
+//! The phase-mark port at 0xf8 ([`crate::devices::bench_mark`]) takes such a snapshot
+//! at every mark; the report pairs them into `phases`.
+//!
 //! Timeout: the calling thread waits on a channel with a deadline (no polling). When the
 //! deadline passes it sets a stop flag and kicks the vCPU thread out of `KVM_RUN` with a
 //! real-time signal. A signal that lands just before the thread enters `KVM_RUN` is lost,
 //! so the kick is repeated every few milliseconds until the thread answers.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write as _};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -32,6 +37,7 @@ use serde::Serialize;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::boot::{self, BootError, MemoryLayout};
+use crate::devices::bench_mark::{self, MARK_PORT, MARK_PORT_SIZE, MarkPort, Phase};
 use crate::devices::console::ConsoleSink;
 use crate::devices::debugcon::{DEBUGCON_PORT, DebugCon};
 use crate::devices::exit_port::{EXIT_PORT, EXIT_PORT_SIZE, ExitPort};
@@ -41,8 +47,8 @@ use crate::devices::pci_bus::{self, PciAddr, PciBus, PciError};
 use crate::devices::serial::{COM1_IRQ, COM1_PORT, COM1_SIZE, SerialPort};
 use crate::devices::{Action, Bus, BusError, GuestMemory, IrqLine};
 use crate::elf::{self, ElfError};
-use crate::kvm::{self, CpuSnapshot, GsiLine, Vcpu, VcpuExit, Vm};
-use crate::stats::{DeviceExits, RunStats};
+use crate::kvm::{self, CpuSnapshot, Vcpu, VcpuExit, Vm};
+use crate::stats::{Counters, ExitKind, RunStats};
 use crate::xen::hypercall_page::HYPERCALL_PORT;
 use crate::xen::{self, Xen, XenConfig};
 use crate::{EXIT_GUEST_CRASHED, EXIT_TIMEOUT};
@@ -374,6 +380,9 @@ pub struct RunReport {
     pub exits_total: u64,
     /// The counters.
     pub stats: RunStats,
+    /// The guest's measured phases (phase marks on port 0xf8, paired: see
+    /// [`bench_mark::pair_marks`]), each with [`Counters::snapshot`]s at its marks.
+    pub phases: Vec<Phase>,
 }
 
 impl RunReport {
@@ -394,7 +403,7 @@ pub struct Vmm {
     mmio: Arc<Bus>,
     pci: PciBus,
     memory: GuestMemory,
-    irq_lines: Vec<Arc<GsiLine>>,
+    counters: Counters,
     console: ConsoleSink,
     timeout: Option<Duration>,
 }
@@ -497,6 +506,7 @@ impl Vmm {
         )?;
 
         let mut vcpu = vm.create_vcpu(0, &boot::pvh_start_state(image.pvh_entry, start_info))?;
+        let kvm_stats = vcpu.binary_stats().map_err(|e| e.to_string());
         let xen = if with_xen {
             let config = XenConfig {
                 domid,
@@ -526,6 +536,13 @@ impl Vmm {
         } else {
             None
         };
+        let counters = Counters::new(pci.clone(), xen.clone(), kvm_stats);
+        pio.insert_named(
+            MARK_PORT.into(),
+            MARK_PORT_SIZE.into(),
+            bench_mark::NAME,
+            Arc::new(Mutex::new(MarkPort::new(counters.clone()))),
+        )?;
         let mut vmm = Self {
             vm,
             vcpu,
@@ -535,7 +552,7 @@ impl Vmm {
             mmio,
             pci,
             memory,
-            irq_lines: Vec::new(),
+            counters,
             console,
             timeout,
         };
@@ -559,6 +576,13 @@ impl Vmm {
         &self.pci
     }
 
+    /// A handle on every counter of this VM, to [`Counters::snapshot`] from any thread
+    /// while [`Vmm::run`] runs (and after). Take it before `run`, which consumes the
+    /// `Vmm`.
+    pub fn counters(&self) -> Counters {
+        self.counters.clone()
+    }
+
     /// Guest RAM as the devices' DMA sees it.
     pub fn guest_memory(&self) -> GuestMemory {
         self.memory.clone()
@@ -580,7 +604,7 @@ impl Vmm {
     /// its rising edges are counted in `stats.irq_asserts`.
     pub fn irq_line(&mut self, gsi: u32) -> Arc<dyn IrqLine> {
         let line = self.vm.irq_line(gsi);
-        self.irq_lines.push(line.clone());
+        self.counters.add_irq_line(line.clone());
         line
     }
 
@@ -605,7 +629,7 @@ impl Vmm {
             mmio,
             pci,
             memory,
-            irq_lines,
+            counters,
             console,
             timeout,
         } = self;
@@ -619,8 +643,7 @@ impl Vmm {
             pio,
             mmio,
             stop: stop.clone(),
-            stats: RunStats::default(),
-            device_exits: BTreeMap::new(),
+            counters: counters.clone(),
         };
         let timer = match &xen {
             Some(xen) => {
@@ -642,7 +665,7 @@ impl Vmm {
             .name("vcpu0".into())
             .spawn(move || {
                 let result = runner.run();
-                let _ = tx.send((result, runner.stats, runner.device_exits));
+                let _ = tx.send(result);
             })
             .map_err(|source| Error::Resource {
                 what: "the vCPU thread",
@@ -683,9 +706,7 @@ impl Vmm {
         let backend_stats = devices.stop();
         // All of a finished guest's output reaches the host; after a timeout, give the
         // host a moment but do not wait on a blocked output.
-        let timed_out = received
-            .as_ref()
-            .is_some_and(|(r, _, _)| matches!(r, Ok(None)));
+        let timed_out = received.as_ref().is_some_and(|r| matches!(r, Ok(None)));
         if timed_out {
             console.drain(Some(CONSOLE_DRAIN_AFTER_TIMEOUT));
         } else {
@@ -693,10 +714,13 @@ impl Vmm {
         }
         drop(vm);
 
-        let (result, mut stats, device_exits) = received.ok_or(Error::VcpuThreadLost)?;
+        let result = received.ok_or(Error::VcpuThreadLost)?;
+        let live = counters.live();
+        let mut stats = live.stats;
         stats.xen = xen.as_ref().map(|x| x.stats());
         stats.backends = backend_stats;
-        device_stats(&mut stats, &pci, device_exits, &irq_lines);
+        counters.add_devices(&mut stats, live.device_exits);
+        stats.irq_asserts.retain(|_, n| *n > 0);
         let outcome = match result? {
             Some(outcome) => outcome,
             // Stopped: only the watchdog sets the flag.
@@ -710,6 +734,7 @@ impl Vmm {
             run_time_ns: run_time.as_nanos() as u64,
             exits_total: stats.exits.total(),
             stats,
+            phases: counters.phases(),
         })
     }
 }
@@ -805,37 +830,6 @@ fn write_mp_table(memory: &GuestMemory, pci: &PciBus) -> Result<(), Error> {
     Ok(boot::write_mp_table(memory, &irqs)?)
 }
 
-/// Puts the devices' exit counts, the models' and the PCI host's counters and the
-/// interrupt lines' asserts into `stats`.
-fn device_stats(
-    stats: &mut RunStats,
-    pci: &PciBus,
-    mut exits: BTreeMap<Arc<str>, DeviceExits>,
-    irq_lines: &[Arc<GsiLine>],
-) {
-    for (name, addr, counters) in pci.device_stats() {
-        let e = exits.remove(name.as_str()).unwrap_or_default();
-        stats.add_device(&name, e, Some(addr.to_string()), counters);
-    }
-    let host = pci.stats_json();
-    let host_exits = exits.remove(pci_bus::HOST_NAME);
-    if host.is_some() || host_exits.is_some() {
-        stats.add_device(
-            pci_bus::HOST_NAME,
-            host_exits.unwrap_or_default(),
-            None,
-            host.unwrap_or_default(),
-        );
-    }
-    for (name, e) in exits {
-        stats.add_device(&name, e, None, serde_json::Value::Null);
-    }
-    for line in irq_lines {
-        *stats.irq_asserts.entry(line.gsi()).or_default() += line.asserts();
-    }
-    stats.irq_asserts.retain(|_, n| *n > 0);
-}
-
 /// The vCPU thread's state: the vCPU, the buses and the counters.
 struct VcpuRunner {
     vcpu: Vcpu,
@@ -844,41 +838,11 @@ struct VcpuRunner {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     stop: Arc<AtomicBool>,
-    stats: RunStats,
-    /// Exits per named bus range (the device names of `stats.devices`).
-    device_exits: BTreeMap<Arc<str>, DeviceExits>,
-}
-
-/// Which of a device's exit counters an exit increments.
-#[derive(Clone, Copy)]
-enum ExitKind {
-    PioRead,
-    PioWrite,
-    MmioRead,
-    MmioWrite,
+    /// Counted per exit, before the access reaches a device (see `step`).
+    counters: Counters,
 }
 
 impl VcpuRunner {
-    /// Counts an exit for the device at `addr` on `bus`, if it is a named one.
-    fn count_device(
-        exits: &mut BTreeMap<Arc<str>, DeviceExits>,
-        bus: &Bus,
-        addr: u64,
-        kind: ExitKind,
-    ) {
-        let Some(name) = bus.name_at(addr) else {
-            return;
-        };
-        let e = exits.entry(name).or_default();
-        let n = match kind {
-            ExitKind::PioRead => &mut e.pio_read,
-            ExitKind::PioWrite => &mut e.pio_write,
-            ExitKind::MmioRead => &mut e.mmio_read,
-            ExitKind::MmioWrite => &mut e.mmio_write,
-        };
-        *n += 1;
-    }
-
     /// Runs until an outcome (`Some`) or until stopped by the watchdog (`None`).
     fn run(&mut self) -> Result<Option<Outcome>, kvm::Error> {
         loop {
@@ -892,15 +856,21 @@ impl VcpuRunner {
     }
 
     /// One `KVM_RUN` and the handling of its exit.
+    ///
+    /// Every exit is counted (one lock of the counters) before its access reaches a
+    /// device, so a snapshot a device takes (the mark port) includes the exit that
+    /// carried it; the lock is released before the device runs.
     fn step(&mut self) -> Result<Option<Outcome>, kvm::Error> {
-        let stats = &mut self.stats;
+        let counters = &self.counters;
         let mut hypercall = false;
         match self.vcpu.run()? {
             VcpuExit::IoIn { port, size, data }
                 if self.xen.is_some() && port == u16::from(HYPERCALL_PORT) =>
             {
-                stats.exits.io_in += 1;
-                stats.exits.hypercall += 1;
+                counters.count(|c| {
+                    c.stats.exits.io_in += 1;
+                    c.stats.exits.hypercall += 1;
+                });
                 if size == 4 && data.len() == 4 {
                     // Answered below, once the exit's borrow of the vCPU has ended.
                     hypercall = true;
@@ -909,19 +879,16 @@ impl VcpuRunner {
                 }
             }
             VcpuExit::IoOut { port, size, data } => {
-                stats.exits.io_out += 1;
-                stats.count_port(port);
-                let port64 = u64::from(port);
-                Self::count_device(
-                    &mut self.device_exits,
-                    &self.pio,
-                    port64,
-                    ExitKind::PioWrite,
-                );
+                let name = self.pio.name_at(port.into());
+                counters.count(|c| {
+                    c.stats.exits.io_out += 1;
+                    c.stats.count_port(port);
+                    c.count_device(name, ExitKind::PioWrite);
+                });
                 // A string instruction arrives as several accesses in one exit.
                 for access in data.chunks(size) {
                     match self.pio.write(port.into(), access) {
-                        None => stats.unclaimed.pio_writes += 1,
+                        None => counters.count(|c| c.stats.unclaimed.pio_writes += 1),
                         Some(Action::Continue) => {}
                         Some(Action::Exit(status)) => {
                             return Ok(Some(Outcome::Exited { status }));
@@ -931,33 +898,36 @@ impl VcpuRunner {
                 }
             }
             VcpuExit::IoIn { port, size, data } => {
-                stats.exits.io_in += 1;
-                stats.count_port(port);
-                let port64 = u64::from(port);
-                Self::count_device(&mut self.device_exits, &self.pio, port64, ExitKind::PioRead);
+                let name = self.pio.name_at(port.into());
+                counters.count(|c| {
+                    c.stats.exits.io_in += 1;
+                    c.stats.count_port(port);
+                    c.count_device(name, ExitKind::PioRead);
+                });
                 for access in data.chunks_mut(size) {
                     if !self.pio.read(port.into(), access) {
-                        stats.unclaimed.pio_reads += 1;
+                        counters.count(|c| c.stats.unclaimed.pio_reads += 1);
                     }
                 }
             }
             VcpuExit::MmioRead { addr, data } => {
-                stats.exits.mmio_read += 1;
-                Self::count_device(&mut self.device_exits, &self.mmio, addr, ExitKind::MmioRead);
+                let name = self.mmio.name_at(addr);
+                counters.count(|c| {
+                    c.stats.exits.mmio_read += 1;
+                    c.count_device(name, ExitKind::MmioRead);
+                });
                 if !self.mmio.read(addr, data) {
-                    stats.unclaimed.mmio_reads += 1;
+                    counters.count(|c| c.stats.unclaimed.mmio_reads += 1);
                 }
             }
             VcpuExit::MmioWrite { addr, data } => {
-                stats.exits.mmio_write += 1;
-                Self::count_device(
-                    &mut self.device_exits,
-                    &self.mmio,
-                    addr,
-                    ExitKind::MmioWrite,
-                );
+                let name = self.mmio.name_at(addr);
+                counters.count(|c| {
+                    c.stats.exits.mmio_write += 1;
+                    c.count_device(name, ExitKind::MmioWrite);
+                });
                 match self.mmio.write(addr, data) {
-                    None => stats.unclaimed.mmio_writes += 1,
+                    None => counters.count(|c| c.stats.unclaimed.mmio_writes += 1),
                     Some(Action::Continue) => {}
                     Some(Action::Exit(status)) => return Ok(Some(Outcome::Exited { status })),
                     Some(Action::Reset) => return Ok(Some(Outcome::Reset)),
@@ -966,11 +936,11 @@ impl VcpuRunner {
             // Only the Xen MSRs reach user space (the MSR filter): reads fault, as on
             // Xen; a write installs the hypercall page or faults.
             VcpuExit::MsrRead(mut msr) => {
-                stats.exits.msr_read += 1;
+                counters.count(|c| c.stats.exits.msr_read += 1);
                 msr.fault();
             }
             VcpuExit::MsrWrite(mut msr) => {
-                stats.exits.msr_write += 1;
+                counters.count(|c| c.stats.exits.msr_write += 1);
                 let ok = self
                     .xen
                     .as_ref()
@@ -979,24 +949,24 @@ impl VcpuRunner {
                     msr.fault();
                 }
             }
-            VcpuExit::Hlt => stats.exits.hlt += 1,
-            VcpuExit::Interrupted => stats.exits.intr += 1,
+            VcpuExit::Hlt => counters.count(|c| c.stats.exits.hlt += 1),
+            VcpuExit::Interrupted => counters.count(|c| c.stats.exits.intr += 1),
             VcpuExit::Shutdown => {
-                stats.exits.shutdown += 1;
+                counters.count(|c| c.stats.exits.shutdown += 1);
                 let cpu = self.vcpu.snapshot().ok();
                 return Ok(Some(Outcome::TripleFault { cpu }));
             }
             VcpuExit::InternalError(suberror) => {
-                stats.exits.internal_error += 1;
+                counters.count(|c| c.stats.exits.internal_error += 1);
                 let cpu = self.vcpu.snapshot().ok();
                 return Ok(Some(Outcome::InternalError { suberror, cpu }));
             }
             VcpuExit::FailEntry(reason) => {
-                stats.exits.fail_entry += 1;
+                counters.count(|c| c.stats.exits.fail_entry += 1);
                 return Ok(Some(Outcome::FailEntry { reason }));
             }
             VcpuExit::SystemEvent(event) => {
-                stats.exits.system_event += 1;
+                counters.count(|c| c.stats.exits.system_event += 1);
                 return Ok(Some(Outcome::SystemEvent { event }));
             }
             VcpuExit::Other {
@@ -1004,7 +974,7 @@ impl VcpuRunner {
                 reason,
                 resumable,
             } => {
-                stats.count_other(name);
+                counters.count(|c| c.stats.count_other(name));
                 if !resumable {
                     return Ok(Some(Outcome::UnexpectedExit {
                         exit: name.to_owned(),

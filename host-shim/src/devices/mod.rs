@@ -18,10 +18,12 @@
 //! - [`ide`]: the PIIX3 IDE controller (8086:7010) with one disk, PIO and bus-master
 //!   DMA.
 //! - [`e1000`]: the Intel 82540EM (8086:100E) network controller on a TAP link.
+//! - [`bench_mark`]: the benchmark's phase-mark port at 0xf8 (a counter snapshot per mark).
 //!
 //! Emulated devices reach guest memory as DMA through [`GuestMemory`], which checks
 //! every access against guest RAM; they raise interrupts through an [`IrqLine`].
 
+pub mod bench_mark;
 pub mod console;
 pub mod debugcon;
 pub mod e1000;
