@@ -3,9 +3,11 @@
 //! phase alone (not for boot, console output or the gaps between phases).
 //!
 //! The guest writes a 32-bit value to [`MARK_PORT`]: [`mark`]`(phase, kind)`. The shim
-//! takes a snapshot of every counter at each mark (the write itself is one port exit,
-//! which the shim leaves out of the phase's counts). Elsewhere (QEMU, real Xen) the
-//! port is unclaimed and the write is dropped, so a guest may always mark.
+//! takes a snapshot of every counter at each mark; each snapshot includes its own
+//! mark's exit, so a phase's delta (end - start) holds exactly one mark exit, the End's,
+//! which a consumer subtracts (the snapshots count marks in `mark_exits`). Elsewhere
+//! (QEMU, real Xen) the port is unclaimed and the write is dropped, so a guest may
+//! always mark.
 
 /// The marker port (unused on a PC: between the exit port 0xf4..0xf8 and the math
 /// coprocessor's 0xf0..0xf1 / 0xf8..0xff use on old machines, free under KVM).
