@@ -22,15 +22,21 @@
 //! | `blk.ops=` | requests of a random phase (0: one per block) | `0` |
 //! | `blk.read-pct=` | reads in `rand-rw`, 0..=100 | `50` |
 //! | `blk.verify=` | `on`/`off`: compare reads with the pattern | `on` |
+//! | `blk.bench=` | `on`: run the benchmark matrix (`pv_drivers::workload::bench_matrix`) instead of `blk.workload=`, over the region of `blk.offset=`/`blk.size=` | `off` |
+//! | `blk.bench-ops=` | requests per benchmark phase, 1..=65536 | `256` |
 //!
 //! Sizes take `K`/`M`/`G` suffixes ([`crate::cmdline::parse_size`]). Options of a
 //! service that is off (e.g. `net.gw=` without `net.ip=`) are errors, so a typo in the
-//! enabling option is not silently ignored.
+//! enabling option is not silently ignored. For the same reason `blk.bench=on` refuses
+//! `blk.workload=` and the options only a workload uses (`blk.bs=`, `blk.qd=`,
+//! `blk.ops=`, `blk.read-pct=`, `blk.verify=`: the matrix sets them), and
+//! `blk.bench-ops=` needs `blk.bench=on`. `blk.seed=` seeds the benchmark's random
+//! blocks.
 
 use core::net::Ipv4Addr;
 
 use crate::cmdline::{BadOption, parse_size};
-use pv_drivers::workload::{Config, Phase};
+use pv_drivers::workload::{BenchConfig, Config, Phase};
 
 /// Network service options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,9 +115,22 @@ pub struct BlkOptions<'a> {
     pub device: Option<BlkDeviceSel<'a>>,
     /// Transfer mode of an ATA disk.
     pub ata: AtaMode,
+    /// `blk.bench=on`: the benchmark matrix with this many requests per phase, instead
+    /// of the phases (then `count` is 0).
+    pub bench_ops: Option<u32>,
 }
 
 impl BlkOptions<'_> {
+    /// The benchmark's settings, if `blk.bench=on`.
+    pub fn bench(&self) -> Option<BenchConfig> {
+        self.bench_ops.map(|ops| BenchConfig {
+            offset: self.config.offset,
+            size: self.config.size,
+            ops,
+            seed: self.config.seed,
+        })
+    }
+
     /// The workloads to run, in order.
     pub fn configs(&self) -> impl Iterator<Item = Config> + '_ {
         self.phases[..self.count].iter().map(|&phase| Config {
@@ -139,8 +158,10 @@ const NET_KEYS: [&str; 7] = [
     "net.seed",
     "net.device",
 ];
-const BLK_KEYS: [&str; 11] = [
+const BLK_KEYS: [&str; 13] = [
     "blk.workload",
+    "blk.bench",
+    "blk.bench-ops",
     "blk.device",
     "blk.ata",
     "blk.offset",
@@ -152,6 +173,10 @@ const BLK_KEYS: [&str; 11] = [
     "blk.read-pct",
     "blk.verify",
 ];
+/// Options only `blk.workload=` uses.
+const WORKLOAD_ONLY_KEYS: [&str; 5] = ["blk.bs", "blk.qd", "blk.ops", "blk.read-pct", "blk.verify"];
+/// Requests per benchmark phase unless `blk.bench-ops=` says otherwise.
+pub const DEFAULT_BENCH_OPS: u32 = 256;
 
 /// Whether `key` is one of this module's options.
 pub fn is_known(key: &str) -> bool {
@@ -216,9 +241,15 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
         config: Config::default(),
         device: None,
         ata: AtaMode::Dma,
+        bench_ops: None,
     };
     let (mut net_on, mut net_other) = (false, None);
     let (mut blk_on, mut blk_other) = (false, None);
+    // The last `blk.bench=` word and whether it said on; the first option only a
+    // workload uses, and the first only the benchmark uses.
+    let (mut bench_word, mut bench_on) = (None, false);
+    let (mut workload_only, mut bench_only) = (None, None);
+    let mut bench_ops = DEFAULT_BENCH_OPS;
     for word in cmdline.split_ascii_whitespace() {
         let Some((key, v)) = word.split_once('=') else {
             continue;
@@ -226,8 +257,14 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
         if NET_KEYS.contains(&key) && key != "net.ip" {
             net_other.get_or_insert(word);
         }
-        if BLK_KEYS.contains(&key) && key != "blk.workload" {
+        if BLK_KEYS.contains(&key) && key != "blk.workload" && key != "blk.bench" {
             blk_other.get_or_insert(word);
+        }
+        if WORKLOAD_ONLY_KEYS.contains(&key) {
+            workload_only.get_or_insert(word);
+        }
+        if key == "blk.bench-ops" {
+            bench_only.get_or_insert(word);
         }
         let num = |expected| v.parse::<u64>().map_err(|_| bad(word, expected));
         let size = |expected| parse_size(v).ok_or(bad(word, expected));
@@ -298,6 +335,21 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
                     .ok_or(bad(word, "a queue depth from 1 to 256"))?
             }
             "blk.seed" => blk.config.seed = num("a number")?,
+            "blk.bench" => {
+                bench_on = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(word, "on or off")),
+                };
+                bench_word = Some(word);
+            }
+            "blk.bench-ops" => {
+                bench_ops = num("a number of requests")?
+                    .try_into()
+                    .ok()
+                    .filter(|n| (1..=65536).contains(n))
+                    .ok_or(bad(word, "a number of requests from 1 to 65536"))?
+            }
             "blk.ops" => blk.config.ops = num("a number of requests")?,
             "blk.read-pct" => {
                 blk.config.read_percent = num("a percentage")?
@@ -319,8 +371,27 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
     if let (false, Some(word)) = (net_on, net_other) {
         return Err(bad(word, "net.ip= to turn the network services on"));
     }
+    if bench_on {
+        if let Some(word) = bench_word.filter(|_| blk_on) {
+            return Err(bad(word, "either blk.bench=on or blk.workload=, not both"));
+        }
+        if let Some(word) = workload_only {
+            return Err(bad(
+                word,
+                "no workload option with blk.bench=on (the matrix sets bs and queue depth; \
+                 blk.bench-ops= sets the requests)",
+            ));
+        }
+        blk.bench_ops = Some(bench_ops);
+        blk_on = true;
+    } else if let Some(word) = bench_only {
+        return Err(bad(word, "blk.bench=on to turn the benchmark on"));
+    }
     if let (false, Some(word)) = (blk_on, blk_other) {
-        return Err(bad(word, "blk.workload= to turn the block workload on"));
+        return Err(bad(
+            word,
+            "blk.workload= or blk.bench=on to turn the block workload on",
+        ));
     }
     Ok(IoOptions {
         net: net_on.then_some(net),
@@ -447,6 +518,85 @@ mod tests {
             let e = parse(&line).unwrap_err();
             assert_eq!(e.word, bad, "{line}");
         }
+    }
+
+    #[test]
+    fn bench_options() {
+        let b = parse("blk.bench=on blk.size=4M blk.offset=1M blk.device=ide:0 blk.ata=pio")
+            .unwrap()
+            .blk
+            .unwrap();
+        assert_eq!(b.count, 0);
+        assert_eq!(b.configs().count(), 0);
+        assert_eq!(
+            (b.device, b.ata),
+            (Some(BlkDeviceSel::Ide(0)), AtaMode::Pio)
+        );
+        assert_eq!(
+            b.bench(),
+            Some(BenchConfig {
+                offset: 1 << 20,
+                size: 4 << 20,
+                ops: DEFAULT_BENCH_OPS,
+                seed: 1,
+            })
+        );
+        let b = parse("blk.bench-ops=32 blk.seed=4 blk.bench=on")
+            .unwrap()
+            .blk
+            .unwrap();
+        let c = b.bench().unwrap();
+        assert_eq!((c.ops, c.seed, c.size), (32, 4, 256 << 10));
+        assert_eq!(
+            parse("blk.bench=on blk.bench-ops=65536")
+                .unwrap()
+                .blk
+                .unwrap()
+                .bench_ops,
+            Some(65536)
+        );
+        // Off is as if absent; the last word wins.
+        assert_eq!(parse("blk.bench=off").unwrap(), IoOptions::default());
+        assert!(parse("blk.bench=on blk.bench=off").unwrap().blk.is_none());
+        let w = parse("blk.bench=off blk.workload=seq-read")
+            .unwrap()
+            .blk
+            .unwrap();
+        assert_eq!((w.count, w.bench_ops), (1, None));
+        assert_eq!(w.bench(), None);
+    }
+
+    #[test]
+    fn bad_bench_command_lines() {
+        for (line, word) in [
+            ("blk.bench=yes", "blk.bench=yes"),
+            ("blk.bench=", "blk.bench="),
+            ("blk.bench=ON", "blk.bench=ON"),
+            ("blk.bench=on blk.bench-ops=0", "blk.bench-ops=0"),
+            ("blk.bench=on blk.bench-ops=65537", "blk.bench-ops=65537"),
+            ("blk.bench=on blk.bench-ops=-1", "blk.bench-ops=-1"),
+            ("blk.bench=on blk.bench-ops=1K", "blk.bench-ops=1K"),
+            ("blk.bench=on blk.size=0", "blk.size=0"),
+            ("blk.bench=on blk.size=4Q", "blk.size=4Q"),
+            ("blk.bench=on blk.offset=x", "blk.offset=x"),
+            // Both engines at once.
+            ("blk.bench=on blk.workload=seq-read", "blk.bench=on"),
+            ("blk.workload=seq-read blk.bench=on", "blk.bench=on"),
+            // Options the matrix sets itself.
+            ("blk.bench=on blk.bs=8K", "blk.bs=8K"),
+            ("blk.bench=on blk.qd=4", "blk.qd=4"),
+            ("blk.bench=on blk.ops=4", "blk.ops=4"),
+            ("blk.bench=on blk.verify=off", "blk.verify=off"),
+            ("blk.bench=on blk.read-pct=5", "blk.read-pct=5"),
+            // The benchmark's option without the benchmark.
+            ("blk.bench-ops=32", "blk.bench-ops=32"),
+            ("blk.bench=off blk.bench-ops=32", "blk.bench-ops=32"),
+            ("blk.workload=seq-read blk.bench-ops=32", "blk.bench-ops=32"),
+            ("blk.bench=off blk.size=4M", "blk.size=4M"),
+        ] {
+            assert_eq!(parse(line).unwrap_err().word, word, "{line}");
+        }
+        assert!(is_known("blk.bench") && is_known("blk.bench-ops"));
     }
 
     #[test]

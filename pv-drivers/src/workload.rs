@@ -11,12 +11,18 @@
 //! Because writes always write the pattern of their own offset, a region keeps holding
 //! the pattern of its seed through any mix of phases, and every read can be verified,
 //! also while reads and writes to the same block are in flight together.
+//!
+//! The benchmark matrix of `blk.bench=on` ([`bench_matrix`], [`run_bench`]) is the
+//! other engine here: fio's jobs (read, write, randread, randwrite at 4 KiB and 64 KiB,
+//! queue depth 1 and 32), timed per request into a fixed [`Histogram`], with no data
+//! work inside a phase, and one JSON object per phase in fio's key names (the protocol
+//! of the shared benchmark plan, item 3).
 
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::device::{BlockCompletion, BlockDevice, BlockError, BlockOp};
+use crate::device::{BlockCompletion, BlockDevice, BlockError, BlockInfo, BlockOp};
 use crate::pattern::{self, Mismatch};
 
 /// What a workload does.
@@ -523,10 +529,473 @@ fn complete(report: &mut Report, pending: &mut Vec<Pending>, c: BlockCompletion,
     report.ops += 1;
 }
 
+// ---- The benchmark matrix (`blk.bench=on`)
+
+/// Access pattern of a benchmark phase; [`BenchRw::name`] is fio's `rw`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchRw {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Reads of random blocks.
+    RandRead,
+    /// Writes of random blocks.
+    RandWrite,
+}
+
+impl BenchRw {
+    /// In matrix order.
+    pub const ALL: [Self; 4] = [Self::Read, Self::Write, Self::RandRead, Self::RandWrite];
+
+    /// fio's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::RandRead => "randread",
+            Self::RandWrite => "randwrite",
+        }
+    }
+
+    fn random(self) -> bool {
+        matches!(self, Self::RandRead | Self::RandWrite)
+    }
+
+    fn op(self) -> BlockOp {
+        match self {
+            Self::Read | Self::RandRead => BlockOp::Read,
+            Self::Write | Self::RandWrite => BlockOp::Write,
+        }
+    }
+}
+
+/// One phase of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchPhase {
+    /// Its number, from 1 (the phase mark's number too).
+    pub phase: u32,
+    /// What it does.
+    pub rw: BenchRw,
+    /// Bytes per request.
+    pub bs: u32,
+    /// Requests submitted and not yet completed, at most (fio's `iodepth`).
+    pub iodepth: u32,
+}
+
+/// Block sizes of the matrix, outermost loop.
+pub const BENCH_BLOCK_SIZES: [u32; 2] = [4096, 65536];
+/// Queue depths of the matrix, middle loop.
+pub const BENCH_QUEUE_DEPTHS: [u32; 2] = [1, 32];
+/// Phases of the matrix.
+pub const BENCH_PHASES: usize = BENCH_BLOCK_SIZES.len() * BENCH_QUEUE_DEPTHS.len() * 4;
+
+/// The matrix in order: for bs, for qd, for rw; phases numbered from 1.
+pub fn bench_matrix() -> [BenchPhase; BENCH_PHASES] {
+    core::array::from_fn(|i| {
+        let per_bs = BENCH_QUEUE_DEPTHS.len() * BenchRw::ALL.len();
+        BenchPhase {
+            phase: i as u32 + 1,
+            rw: BenchRw::ALL[i % BenchRw::ALL.len()],
+            bs: BENCH_BLOCK_SIZES[i / per_bs],
+            iodepth: BENCH_QUEUE_DEPTHS[(i % per_bs) / BenchRw::ALL.len()],
+        }
+    })
+}
+
+/// What every phase of a benchmark shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchConfig {
+    /// Start of the region, in bytes from the start of the device.
+    pub offset: u64,
+    /// Size of the region in bytes; requests stay inside whole blocks of it.
+    pub size: u64,
+    /// Requests per phase.
+    pub ops: u32,
+    /// Seed of the random block choice and of the write buffer's contents.
+    pub seed: u64,
+}
+
+/// A phase mark: the edge the caller turns into a port write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edge {
+    /// Right before the first submit.
+    Start,
+    /// Right after the last completion.
+    End,
+}
+
+/// Why `phase` cannot run on a device described by `info`, if it cannot.
+pub fn bench_skip_reason(
+    info: &BlockInfo,
+    cfg: &BenchConfig,
+    phase: &BenchPhase,
+) -> Option<&'static str> {
+    let ss = info.sector_size;
+    if ss == 0 || !ss.is_power_of_two() {
+        return Some("the device's sector size is unusable");
+    }
+    if !phase.bs.is_multiple_of(ss) {
+        return Some("bs is not a multiple of the device's sector size");
+    }
+    if phase.bs > info.max_transfer {
+        return Some("bs exceeds the device's largest transfer");
+    }
+    if phase.rw.op() == BlockOp::Write && info.read_only {
+        return Some("the device is read-only");
+    }
+    let end = cfg.offset.checked_add(cfg.size);
+    let dev_bytes = info.sectors.checked_mul(u64::from(ss));
+    if !matches!((end, dev_bytes), (Some(e), Some(d)) if e <= d) {
+        return Some("the region goes beyond the device");
+    }
+    if !cfg.offset.is_multiple_of(u64::from(ss)) {
+        return Some("the region is not sector-aligned");
+    }
+    if cfg.size < u64::from(phase.bs) {
+        return Some("the region is smaller than bs");
+    }
+    if cfg.ops == 0 || phase.iodepth == 0 {
+        return Some("no requests to make");
+    }
+    None
+}
+
+/// Sub-buckets per power of two of the [`Histogram`] (2^`HIST_SUB_BITS`): values keep
+/// 6 significant bits, an error under 1/64.
+const HIST_SUB_BITS: u32 = 6;
+const HIST_SUB: u64 = 1 << HIST_SUB_BITS;
+/// Buckets covering every u64: values below 2 * HIST_SUB exactly, then HIST_SUB per
+/// power of two up to 2^63.
+const HIST_BUCKETS: usize = (HIST_SUB * (u64::BITS - HIST_SUB_BITS + 1) as u64) as usize;
+
+/// fio's default percentiles, in thousandths of a percent.
+pub const PERCENTILES_MILLI: [u32; 17] = [
+    1_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 90_000, 95_000,
+    99_000, 99_500, 99_900, 99_950, 99_990,
+];
+
+/// A log2-linear latency histogram of fixed size (fio's scheme): recording is a few
+/// instructions and never allocates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Histogram {
+    buckets: Vec<u32>,
+    count: u64,
+    sum: u128,
+    min: u64,
+    max: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Histogram {
+    /// An empty histogram (its one allocation).
+    pub fn new() -> Self {
+        Self {
+            buckets: vec![0; HIST_BUCKETS],
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        }
+    }
+
+    fn index(v: u64) -> usize {
+        if v < HIST_SUB {
+            return v as usize;
+        }
+        // v in [HIST_SUB << k, HIST_SUB << (k + 1)): HIST_SUB buckets of width 2^k.
+        let k = 63 - v.leading_zeros() - HIST_SUB_BITS;
+        (HIST_SUB * u64::from(k) + (v >> k)) as usize
+    }
+
+    /// The smallest value of bucket `i` and its width.
+    fn bucket(i: usize) -> (u64, u64) {
+        let i = i as u64;
+        if i < 2 * HIST_SUB {
+            return (i, 1);
+        }
+        let k = i / HIST_SUB - 1;
+        ((i - HIST_SUB * k) << k, 1 << k)
+    }
+
+    /// Adds one sample.
+    pub fn record(&mut self, v: u64) {
+        self.buckets[Self::index(v)] += 1;
+        self.count += 1;
+        self.sum += u128::from(v);
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The smallest sample (0 if none).
+    pub fn min(&self) -> u64 {
+        if self.count == 0 { 0 } else { self.min }
+    }
+
+    /// The largest sample (0 if none).
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// The mean in thousandths (0 if none).
+    pub fn mean_milli(&self) -> u128 {
+        if self.count == 0 {
+            return 0;
+        }
+        self.sum * 1000 / u128::from(self.count)
+    }
+
+    /// The value below which `milli` thousandths of a percent of the samples lie, as
+    /// fio computes it: the first bucket whose cumulative count reaches that share,
+    /// reported as the bucket's middle, kept within [min, max] (0 if none).
+    pub fn percentile(&self, milli: u32) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let want = (u128::from(self.count) * u128::from(milli))
+            .div_ceil(100_000)
+            .max(1);
+        let mut seen = 0u128;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += u128::from(n);
+            if seen >= want {
+                let (lo, width) = Self::bucket(i);
+                return (lo + (width - 1) / 2).clamp(self.min, self.max);
+            }
+        }
+        self.max
+    }
+}
+
+/// What one phase measured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchMeasure {
+    /// Requests completed successfully.
+    pub ios: u64,
+    /// Their bytes.
+    pub io_bytes: u64,
+    /// From the Start mark to the End mark.
+    pub runtime_ns: u64,
+    /// Requests refused, failed, answered wrongly or never completed.
+    pub errors: u64,
+    /// The first device error.
+    pub first_error: Option<BlockError>,
+    /// Submit-to-completion latency of the successful requests.
+    pub clat: Histogram,
+}
+
+/// One phase's result: measured, or skipped with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchResult {
+    /// The phase.
+    pub phase: BenchPhase,
+    /// The device's [`BlockInfo::queue_depth`].
+    pub device_queue_depth: u32,
+    /// What happened.
+    pub outcome: Result<BenchMeasure, &'static str>,
+}
+
+impl BenchResult {
+    /// Whether the phase ran without an error (a skipped phase counts as passed: the
+    /// skip is reported, not a failure).
+    pub fn passed(&self) -> bool {
+        self.outcome.as_ref().map_or(true, |m| m.errors == 0)
+    }
+}
+
+/// The `blk-result:` JSON object (without the prefix), in fio's key names.
+impl fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.phase;
+        write!(
+            f,
+            "{{\"phase\":{},\"rw\":\"{}\",\"bs\":{},\"iodepth\":{},\"device_queue_depth\":{}",
+            p.phase,
+            p.rw.name(),
+            p.bs,
+            p.iodepth,
+            self.device_queue_depth
+        )?;
+        let m = match &self.outcome {
+            // The reasons are this module's constants: no character needs escaping.
+            Err(reason) => return write!(f, ",\"skipped\":\"{reason}\"}}"),
+            Ok(m) => m,
+        };
+        let mean = m.clat.mean_milli();
+        write!(
+            f,
+            ",\"ios\":{},\"io_bytes\":{},\"runtime_ns\":{},\"errors\":{},\
+             \"clat_ns\":{{\"min\":{},\"max\":{},\"mean\":{}.{:03},\"percentile\":{{",
+            m.ios,
+            m.io_bytes,
+            m.runtime_ns,
+            m.errors,
+            m.clat.min(),
+            m.clat.max(),
+            mean / 1000,
+            mean % 1000
+        )?;
+        for (i, &milli) in PERCENTILES_MILLI.iter().enumerate() {
+            write!(
+                f,
+                "{}\"{}.{:06}\":{}",
+                if i == 0 { "" } else { "," },
+                milli / 1000,
+                (milli % 1000) * 1000,
+                m.clat.percentile(milli)
+            )?;
+        }
+        f.write_str("}}}")
+    }
+}
+
+struct InFlight {
+    tag: u64,
+    submitted_ns: u64,
+}
+
+/// Runs one phase of the matrix: `cfg.ops` requests of `phase.bs` bytes, up to
+/// `phase.iodepth` submitted at once (more than the device's own depth: the rest wait
+/// in the driver's queue or are retried after `Busy`), sequential blocks of the region
+/// (wrapping) or random ones ([`Rng`] of `cfg.seed`), each timed from just before its
+/// submit to the poll that returned it, by `waiter`'s clock. `mark` sees
+/// [`Edge::Start`] right before the first submit and [`Edge::End`] right after the last
+/// completion; between them no byte of data is touched (writes send one buffer, filled
+/// once before; reads are not verified) and nothing allocates in this loop.
+pub fn run_bench(
+    dev: &mut dyn BlockDevice,
+    cfg: &BenchConfig,
+    phase: &BenchPhase,
+    waiter: &mut dyn Waiter,
+    mark: &mut dyn FnMut(Edge),
+) -> BenchResult {
+    let info = dev.info();
+    let mut result = BenchResult {
+        phase: *phase,
+        device_queue_depth: info.queue_depth,
+        outcome: Err(""),
+    };
+    if let Some(reason) = bench_skip_reason(&info, cfg, phase) {
+        result.outcome = Err(reason);
+        return result;
+    }
+    let sector = u64::from(info.sector_size);
+    let bs = u64::from(phase.bs);
+    let blocks = cfg.size / bs;
+    let count = phase.bs / info.sector_size;
+    let op = phase.rw.op();
+    let ops = u64::from(cfg.ops);
+    let qd = phase.iodepth as usize;
+    let mut rng = Rng::new(cfg.seed);
+    let mut pick = |i: u64| {
+        if phase.rw.random() {
+            rng.next() % blocks
+        } else {
+            i % blocks
+        }
+    };
+    let data = if op == BlockOp::Write {
+        let mut d = vec![0u8; phase.bs as usize];
+        pattern::fill(cfg.seed, cfg.offset, &mut d);
+        d
+    } else {
+        Vec::new()
+    };
+    let mut clat = Histogram::new();
+    let mut pending: Vec<InFlight> = Vec::with_capacity(qd);
+    let mut done: Vec<BlockCompletion> = Vec::with_capacity(qd.max(info.queue_depth as usize));
+    let (mut submitted, mut ios, mut errors) = (0u64, 0u64, 0u64);
+    let mut first_error = None;
+    let mut block = pick(0);
+
+    mark(Edge::Start);
+    let start = waiter.now_ns();
+    'run: loop {
+        while pending.len() < qd && submitted < ops {
+            let t = waiter.now_ns();
+            let lba = (cfg.offset + block * bs) / sector;
+            match dev.submit(op, lba, count, &data) {
+                Ok(tag) => pending.push(InFlight {
+                    tag,
+                    submitted_ns: t,
+                }),
+                Err(BlockError::Busy) => break,
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                    if matches!(e, BlockError::Protocol | BlockError::Disconnected) {
+                        submitted += 1;
+                        break 'run;
+                    }
+                }
+            }
+            submitted += 1;
+            block = pick(submitted);
+        }
+        dev.kick();
+        if pending.is_empty() && submitted == ops {
+            break;
+        }
+        done.clear();
+        if let Err(e) = dev.poll(&mut done) {
+            errors += 1;
+            first_error.get_or_insert(e);
+            break;
+        }
+        let now = waiter.now_ns();
+        let got = done.len();
+        waiter.polled(got);
+        for c in done.drain(..) {
+            let Some(i) = pending.iter().position(|p| p.tag == c.tag) else {
+                errors += 1;
+                continue;
+            };
+            let p = pending.swap_remove(i);
+            let bad_len = op == BlockOp::Read && c.data.len() as u64 != bs;
+            match c.result {
+                Ok(()) if c.op == op && !bad_len => {
+                    ios += 1;
+                    clat.record(now.saturating_sub(p.submitted_ns));
+                }
+                Ok(()) => errors += 1,
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if got == 0 && !waiter.wait() {
+            break;
+        }
+    }
+    let end = waiter.now_ns();
+    mark(Edge::End);
+    // Requests never completed, and those never submitted, failed.
+    errors += pending.len() as u64 + (ops - submitted);
+    result.outcome = Ok(BenchMeasure {
+        ios,
+        io_bytes: ios * bs,
+        runtime_ns: end.saturating_sub(start),
+        errors,
+        first_error,
+        clat,
+    });
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::BlockInfo;
     use std::collections::VecDeque;
 
     /// An in-memory disk that completes requests on `poll`, newest first (out of
@@ -546,6 +1015,8 @@ mod tests {
         submitted: u64,
         flushes: u64,
         writes_since_flush: u64,
+        /// Most requests queued at once.
+        max_queued: usize,
     }
 
     impl MemDisk {
@@ -571,6 +1042,7 @@ mod tests {
                 submitted: 0,
                 flushes: 0,
                 writes_since_flush: 0,
+                max_queued: 0,
             }
         }
     }
@@ -595,6 +1067,7 @@ mod tests {
             self.next_tag += 3;
             self.queue
                 .push_back((tag, op, sector, count, data.to_vec()));
+            self.max_queued = self.max_queued.max(self.queue.len());
             Ok(tag)
         }
         fn kick(&mut self) {}
@@ -922,5 +1395,298 @@ mod tests {
             assert_eq!(Phase::parse(p.name()), Some(p));
         }
         assert_eq!(Phase::parse("seq"), None);
+    }
+
+    /// A waiter whose clock moves 100 ns at every reading and 1000 ns at every wait.
+    struct Ticking {
+        t: core::cell::Cell<u64>,
+        waits: u32,
+        limit: u32,
+    }
+
+    impl Waiter for Ticking {
+        fn wait(&mut self) -> bool {
+            self.t.set(self.t.get() + 1000);
+            self.waits += 1;
+            self.waits < self.limit
+        }
+        fn now_ns(&self) -> u64 {
+            self.t.set(self.t.get() + 100);
+            self.t.get()
+        }
+    }
+
+    fn ticking() -> Ticking {
+        Ticking {
+            t: core::cell::Cell::new(0),
+            waits: 0,
+            limit: 1000,
+        }
+    }
+
+    const BENCH: BenchConfig = BenchConfig {
+        offset: 8192,
+        size: 1 << 20,
+        ops: 32,
+        seed: 3,
+    };
+
+    fn bench(d: &mut MemDisk, cfg: &BenchConfig, p: &BenchPhase) -> (BenchResult, Vec<Edge>) {
+        let mut edges = Vec::new();
+        let r = run_bench(d, cfg, p, &mut ticking(), &mut |e| edges.push(e));
+        (r, edges)
+    }
+
+    #[test]
+    fn the_matrix_is_in_the_planned_order() {
+        let m = bench_matrix();
+        let got: Vec<_> = m
+            .iter()
+            .map(|p| (p.phase, p.bs, p.iodepth, p.rw.name()))
+            .collect();
+        let mut want = Vec::new();
+        for bs in [4096, 65536] {
+            for qd in [1, 32] {
+                for rw in ["read", "write", "randread", "randwrite"] {
+                    want.push((want.len() as u32 + 1, bs, qd, rw));
+                }
+            }
+        }
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_phase_makes_its_requests_inside_the_region() {
+        for p in bench_matrix() {
+            let mut d = MemDisk::new(4096); // 2 MiB
+            d.lazy = 1;
+            let (r, edges) = bench(&mut d, &BENCH, &p);
+            assert_eq!(edges, [Edge::Start, Edge::End], "{p:?}");
+            let m = r.outcome.as_ref().unwrap();
+            assert!(r.passed(), "{r}");
+            assert_eq!((m.ios, m.errors), (32, 0), "{p:?}");
+            assert_eq!(m.io_bytes, 32 * u64::from(p.bs));
+            assert_eq!(m.clat.count(), 32);
+            assert!(m.clat.min() > 0 && m.runtime_ns >= m.clat.max());
+            assert_eq!(d.max_queued, p.iodepth as usize, "{p:?}");
+            assert_eq!(d.submitted, 32);
+            let outside = |bytes: &[u8]| {
+                bytes[..8192]
+                    .iter()
+                    .chain(&bytes[8192 + (1 << 20)..])
+                    .all(|&b| b == 0)
+            };
+            assert!(outside(&d.bytes), "{p:?} wrote outside the region");
+            if p.rw.op() == BlockOp::Write {
+                // Every block written holds the one buffer: the pattern of the region's
+                // first block.
+                let mut want = vec![0u8; p.bs as usize];
+                pattern::fill(3, 8192, &mut want);
+                let region = &d.bytes[8192..8192 + (1 << 20)];
+                let written: Vec<_> = region
+                    .chunks(p.bs as usize)
+                    .filter(|c| c.iter().any(|&b| b != 0))
+                    .collect();
+                assert!(written.iter().all(|c| *c == want.as_slice()), "{p:?}");
+                if p.rw == BenchRw::Write {
+                    // Sequential: the first blocks of the region, wrapping past its end.
+                    let n = (32 * u64::from(p.bs)).min(1 << 20) as usize;
+                    assert_eq!(written.len() * p.bs as usize, n, "{p:?}");
+                    assert!(region[..n].iter().any(|&b| b != 0));
+                } else {
+                    let blocks = (1usize << 20) / p.bs as usize;
+                    assert!(
+                        written.len() > blocks.min(32) / 2,
+                        "{p:?}: random blocks repeat too often"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_device_shallower_than_the_phase_still_gets_every_request() {
+        // IDE-like: one request at a time; the rest come back Busy and are retried.
+        let mut d = MemDisk::new(4096);
+        d.info.queue_depth = 1;
+        let p = bench_matrix()[6]; // randread, 4 KiB, qd 32
+        assert_eq!((p.iodepth, p.rw), (32, BenchRw::RandRead));
+        let (r, _) = bench(&mut d, &BENCH, &p);
+        assert_eq!(r.device_queue_depth, 1);
+        let m = r.outcome.as_ref().unwrap();
+        assert_eq!((m.ios, m.errors, d.max_queued), (32, 0, 1));
+        let line = r.to_string();
+        assert!(
+            line.contains("\"iodepth\":32,\"device_queue_depth\":1,"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn phases_the_device_cannot_run_are_skipped_with_a_reason() {
+        let mut d = MemDisk::new(4096);
+        d.info.max_transfer = 4096;
+        d.info.read_only = true;
+        for p in bench_matrix() {
+            let (r, edges) = bench(&mut d, &BENCH, &p);
+            let reason = match (p.bs, p.rw.op()) {
+                (65536, _) => Some("bs exceeds the device's largest transfer"),
+                (_, BlockOp::Write) => Some("the device is read-only"),
+                _ => None,
+            };
+            assert_eq!(r.outcome.as_ref().err().copied(), reason, "{p:?}");
+            assert!(r.passed());
+            if let Some(reason) = reason {
+                assert!(edges.is_empty(), "a skipped phase is not marked");
+                assert!(
+                    r.to_string()
+                        .ends_with(&format!(",\"skipped\":\"{reason}\"}}"))
+                );
+            }
+        }
+        assert_eq!(d.submitted, 4 * 32);
+        let small = BenchConfig {
+            size: 2048,
+            ..BENCH
+        };
+        let p = bench_matrix()[0];
+        assert_eq!(
+            bench(&mut MemDisk::new(64), &small, &p).0.outcome.err(),
+            Some("the region is smaller than bs")
+        );
+        let beyond = BenchConfig {
+            offset: u64::MAX - 4095,
+            ..BENCH
+        };
+        assert_eq!(
+            bench(&mut MemDisk::new(64), &beyond, &p).0.outcome.err(),
+            Some("the region goes beyond the device")
+        );
+    }
+
+    #[test]
+    fn a_failing_device_counts_every_request_once() {
+        let p = bench_matrix()[5]; // write, 4 KiB, qd 32
+        let mut d = MemDisk::new(4096);
+        d.fail_every = Some(2);
+        let m = bench(&mut d, &BENCH, &p).0.outcome.unwrap();
+        assert!(m.errors > 0 && m.ios > 0);
+        assert_eq!(m.ios + m.errors, 32);
+        assert_eq!(m.first_error, Some(BlockError::Io));
+        assert_eq!(m.clat.count(), m.ios);
+
+        let mut d = MemDisk::new(4096);
+        d.bogus_tag = true;
+        let m = bench(&mut d, &BENCH, &p).0.outcome.unwrap();
+        assert_eq!(m.ios, 0);
+        assert!(
+            m.errors >= 32,
+            "unknown tags and the abandoned requests: {m:?}"
+        );
+
+        let mut d = MemDisk::new(4096);
+        d.short_read = true;
+        let m = bench(&mut d, &BENCH, &bench_matrix()[4]).0.outcome.unwrap();
+        assert_eq!((m.ios, m.errors), (0, 32));
+
+        // Never completes: the waiter gives up; still one End mark, every request failed.
+        let mut d = MemDisk::new(4096);
+        d.lazy = u32::MAX;
+        d.lazy_left = u32::MAX;
+        let mut edges = Vec::new();
+        let mut w = ticking();
+        w.limit = 5;
+        let r = run_bench(&mut d, &BENCH, &p, &mut w, &mut |e| edges.push(e));
+        assert_eq!(edges, [Edge::Start, Edge::End]);
+        let m = r.outcome.as_ref().unwrap();
+        assert_eq!((m.ios, m.errors), (0, 32));
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn histogram_buckets_hold_their_values() {
+        let mut rng = Rng::new(5);
+        let mut values: Vec<u64> = (0..300).chain([u64::MAX, u64::MAX - 1, 1 << 63]).collect();
+        for _ in 0..10_000 {
+            let v = rng.next();
+            values.push(v >> (v % 64));
+        }
+        for v in values {
+            let i = Histogram::index(v);
+            assert!(i < HIST_BUCKETS, "{v}");
+            let (lo, width) = Histogram::bucket(i);
+            assert!(
+                lo <= v && v - lo < width,
+                "{v}: bucket {i} = [{lo}, +{width})"
+            );
+            // At most 1/64 relative width beyond the exact range.
+            assert!(v < 2 * HIST_SUB || width <= lo / HIST_SUB, "{v}");
+        }
+        assert_eq!(Histogram::index(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn percentiles_follow_fio() {
+        let mut h = Histogram::new();
+        assert_eq!((h.min(), h.max(), h.percentile(50_000)), (0, 0, 0));
+        for v in 1..=100 {
+            h.record(v);
+        }
+        // Exact buckets below 128: the k-th percentile of 1..=100 is k.
+        assert_eq!(h.percentile(1_000), 1);
+        assert_eq!(h.percentile(50_000), 50);
+        assert_eq!(h.percentile(99_000), 99);
+        assert_eq!(h.percentile(99_990), 100);
+        assert_eq!(h.mean_milli(), 50_500);
+
+        let mut h = Histogram::new();
+        let mut rng = Rng::new(9);
+        for _ in 0..1000 {
+            h.record(1000 + rng.next() % 1_000_000);
+        }
+        let ps: Vec<_> = PERCENTILES_MILLI.iter().map(|&m| h.percentile(m)).collect();
+        assert!(ps.windows(2).all(|w| w[0] <= w[1]), "{ps:?}");
+        assert!(h.min() <= ps[0] && ps[16] <= h.max());
+        let p50 = h.percentile(50_000);
+        assert!((480_000..=520_000).contains(&p50), "{p50}");
+        // One sample: every percentile is it.
+        let mut h = Histogram::new();
+        h.record(123_456);
+        assert!(
+            PERCENTILES_MILLI
+                .iter()
+                .all(|&m| h.percentile(m) == 123_456)
+        );
+    }
+
+    #[test]
+    fn the_result_line_has_fios_keys() {
+        let mut clat = Histogram::new();
+        for v in [10, 20, 30] {
+            clat.record(v);
+        }
+        let r = BenchResult {
+            phase: bench_matrix()[15],
+            device_queue_depth: 32,
+            outcome: Ok(BenchMeasure {
+                ios: 3,
+                io_bytes: 3 * 65536,
+                runtime_ns: 99,
+                errors: 0,
+                first_error: None,
+                clat,
+            }),
+        };
+        assert_eq!(
+            r.to_string(),
+            "{\"phase\":16,\"rw\":\"randwrite\",\"bs\":65536,\"iodepth\":32,\
+             \"device_queue_depth\":32,\"ios\":3,\"io_bytes\":196608,\"runtime_ns\":99,\
+             \"errors\":0,\"clat_ns\":{\"min\":10,\"max\":30,\"mean\":20.000,\"percentile\":{\
+             \"1.000000\":10,\"5.000000\":10,\"10.000000\":10,\"20.000000\":10,\
+             \"30.000000\":10,\"40.000000\":20,\"50.000000\":20,\"60.000000\":20,\
+             \"70.000000\":30,\"80.000000\":30,\"90.000000\":30,\"95.000000\":30,\
+             \"99.000000\":30,\"99.500000\":30,\"99.900000\":30,\"99.950000\":30,\
+             \"99.990000\":30}}}"
+        );
     }
 }

@@ -8,16 +8,23 @@
 //! one result line and, at the end, `blk: PASS` or `blk: FAIL`. The engine waits for
 //! the device through [`GuestWaiter`]: halt until the device's event or a recovery
 //! tick; polls after a tick that find completions are counted as recoveries.
+//!
+//! With `blk.bench=on` it runs the benchmark matrix instead ([`bench_on`]): per phase
+//! a Start mark (`kernel::mark`), the requests, an End mark, with the console held
+//! back in between, then one `blk-result:` JSON line (the shared benchmark plan,
+//! item 3).
 
 use alloc::boxed::Box;
+use alloc::string::ToString as _;
 use guest_kernel::ioopts::{BlkDeviceSel, BlkOptions};
 use hw_devices::ata::{AtaConfig, AtaDisk, AtaPorts, id};
 use pv_drivers::blkfront::Blkfront;
 use pv_drivers::device::BlockDevice;
-use pv_drivers::workload::{self, Waiter};
+use pv_drivers::workload::{self, BenchConfig, Edge, Waiter};
 
 use super::platform::{self, IdeTarget};
 use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, RECOVERY_TICK_NS, Woken};
+use super::{console, mark};
 use crate::kprintln;
 
 /// A workload that completes nothing for this long is abandoned.
@@ -146,6 +153,9 @@ fn run_emulated(drive: u8, opts: &BlkOptions<'_>) -> bool {
 /// Runs every phase of `opts` on `dev`, whose events set `event`; prints the results
 /// and `blk: PASS`/`blk: FAIL`.
 pub fn run_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, opts: &BlkOptions<'_>) -> bool {
+    if let Some(cfg) = opts.bench() {
+        return bench_on(dev, event, &cfg);
+    }
     let info = dev.info();
     kprintln!(
         "blk: {} sectors of {} bytes{}{}, queue depth {}, max transfer {} bytes",
@@ -184,6 +194,52 @@ pub fn run_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, opts: &BlkOptions<
                 log::error!("blk: {}: {e}", cfg.phase.name());
                 pass = false;
             }
+        }
+    }
+    kprintln!("blk: {}", if pass { "PASS" } else { "FAIL" });
+    pass
+}
+
+/// Runs the benchmark matrix on `dev`: one `blk-result:` line per phase (skipped
+/// phases too, with the reason), then `blk: PASS` if no request failed, else
+/// `blk: FAIL`.
+///
+/// Between a phase's marks the console is held (its output comes out after the
+/// phase, before the result line), so the `blk-result:` lines follow one another.
+fn bench_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, cfg: &BenchConfig) -> bool {
+    let info = dev.info();
+    kprintln!(
+        "blk: bench: {} phases of {} requests over [{:#x}, +{:#x}); device: {} sectors of {} \
+         bytes, queue depth {}, max transfer {} bytes{}",
+        workload::BENCH_PHASES,
+        cfg.ops,
+        cfg.offset,
+        cfg.size,
+        info.sectors,
+        info.sector_size,
+        info.queue_depth,
+        info.max_transfer,
+        if info.read_only { ", read-only" } else { "" }
+    );
+    let mut pass = true;
+    for phase in workload::bench_matrix() {
+        let mut waiter = GuestWaiter::new(event);
+        console::hold();
+        let result = workload::run_bench(dev, cfg, &phase, &mut waiter, &mut |edge| match edge {
+            Edge::Start => mark::start(phase.phase),
+            Edge::End => mark::end(phase.phase),
+        });
+        console::release();
+        // Formatted first: the line reaches the console in one piece.
+        let line = result.to_string();
+        kprintln!("blk-result: {line}");
+        if !result.passed() {
+            if let Ok(m) = &result.outcome
+                && let Some(e) = m.first_error
+            {
+                log::error!("blk: bench phase {}: first error: {e}", phase.phase);
+            }
+            pass = false;
         }
     }
     kprintln!("blk: {}", if pass { "PASS" } else { "FAIL" });

@@ -13,9 +13,15 @@
 //! after Xen's bring-up: a Xen sink that did not come up (no Xen, no console ring,
 //! `console_io` refused as real Xen refuses it to a domU with `-EPERM`) is dropped, and
 //! if no sink is left, the console falls back to `auto` and replays the buffer there.
+//!
+//! During a measured benchmark phase [`hold`] keeps all output in a second buffer of
+//! the same kind (a byte through an emulated UART is a VM exit, which would count as
+//! the phase's work) and [`release`] writes it out afterwards, saying how many bytes
+//! did not fit; the panic path writes what is held first, then its own message.
 
 use super::arch::{inb, outb};
 use super::xen::HypercallPage;
+use core::sync::atomic::{AtomicBool, Ordering};
 use guest_kernel::cmdline::{ConsoleSel, LogLevel};
 use pv_drivers::hypercall::XenHypercalls as _;
 use spin::Mutex;
@@ -24,10 +30,10 @@ const COM1: u16 = 0x3f8;
 const DEBUG_PORT: u16 = 0xe9;
 /// Line-status reads before a stuck UART is given up on (a bound, not a delay).
 const THRE_SPINS: u32 = 100_000;
-/// Output kept for the Xen sinks until Xen is up.
+/// Output kept for the Xen sinks until Xen is up, and output held during a phase.
 const EARLY_BYTES: usize = 16 * 1024;
 
-/// What the console buffers until Xen is up.
+/// What the console buffers until Xen is up, or while output is held.
 struct Early {
     buf: [u8; EARLY_BYTES],
     len: usize,
@@ -76,6 +82,13 @@ static SINKS: Mutex<Sinks> = Mutex::new(Sinks {
     },
 });
 static LOGGER: Logger = Logger;
+/// Output goes to [`HELD`], not to the sinks ([`hold`]).
+static HOLDING: AtomicBool = AtomicBool::new(false);
+static HELD: Mutex<Early> = Mutex::new(Early {
+    buf: [0; EARLY_BYTES],
+    len: 0,
+    lost: 0,
+});
 
 fn com1_present() -> bool {
     // Scratch register (offset 7) keeps what is written to it on a real 16550.
@@ -241,8 +254,47 @@ pub fn init_log(level: LogLevel) {
     log::set_max_level(filter);
 }
 
-/// Writes raw bytes to every active sink.
+/// Holds back console output until [`release`]: nothing reaches a sink meanwhile.
+pub fn hold() {
+    HOLDING.store(true, Ordering::SeqCst);
+}
+
+/// Ends [`hold`]: writes the held output to the sinks, then, if the buffer overflowed,
+/// a warning with the number of bytes dropped.
+pub fn release() {
+    let lost = {
+        let mut held = HELD.lock();
+        // Cleared under the lock: a writer that still saw it set waits for this lock,
+        // finds it clear and writes after the held bytes.
+        HOLDING.store(false, Ordering::SeqCst);
+        write_sinks(held.bytes());
+        let lost = held.lost;
+        held.len = 0;
+        held.lost = 0;
+        lost
+    };
+    if lost > 0 {
+        log::warn!(
+            "console: {lost} bytes of output held during a measured phase did not fit the \
+             buffer ({EARLY_BYTES} bytes) and were dropped"
+        );
+    }
+}
+
+/// Writes raw bytes to every active sink (or to the held output, see [`hold`]).
 pub fn write_bytes(bytes: &[u8]) {
+    if HOLDING.load(Ordering::SeqCst) {
+        let mut held = HELD.lock();
+        // Released while this waited for the lock: straight out.
+        if HOLDING.load(Ordering::SeqCst) {
+            held.push(bytes);
+            return;
+        }
+    }
+    write_sinks(bytes);
+}
+
+fn write_sinks(bytes: &[u8]) {
     let mut s = SINKS.lock();
     put_ports(s.com1, s.e9, bytes);
     if s.buffering {
@@ -261,8 +313,19 @@ pub fn write_bytes(bytes: &[u8]) {
 }
 
 /// Writes to the console without waiting for its lock: for the panic and exception
-/// paths, which may interrupt a holder of the lock.
+/// paths, which may interrupt a holder of the lock. Output held by [`hold`] goes out
+/// first (unless its holder was interrupted), and holding ends.
 pub fn write_bytes_unlocked(bytes: &[u8]) {
+    if HOLDING.swap(false, Ordering::SeqCst)
+        && let Some(mut held) = HELD.try_lock()
+    {
+        put_unlocked(held.bytes());
+        held.len = 0;
+    }
+    put_unlocked(bytes);
+}
+
+fn put_unlocked(bytes: &[u8]) {
     let Some(s) = SINKS.try_lock() else {
         // The interrupted code holds the lock: print to both ports (an absent one
         // ignores the bytes).
