@@ -76,7 +76,7 @@ pub struct BenchArgs {
     pub quick: bool,
     /// The paths to measure, a comma list of xen, ide-dma, ide-pio, e1000.
     #[arg(long, value_name = "LIST", default_value = "xen,ide-dma,ide-pio,e1000",
-          value_parser = crate::bench::parse_paths)]
+          value_delimiter = ',', value_parser = crate::bench::parse_path)]
     pub paths: Vec<String>,
     /// Print only the JSON report, on stdout (no progress lines).
     #[arg(long)]
@@ -216,7 +216,7 @@ pub fn execute(cli: Cli) -> u8 {
                 kernel: args.kernel,
                 out: args.out,
                 quick: args.quick,
-                paths: args.paths,
+                paths: crate::bench::dedup(args.paths),
                 json: args.json,
                 mem: args.mem,
             },

@@ -49,18 +49,25 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Exit status when some measurement failed (the files say which).
 pub const EXIT_PARTIAL: u8 = 1;
 
-/// Parses `--paths`: a comma list of [`PATHS`].
-pub fn parse_paths(s: &str) -> Result<Vec<String>, String> {
+/// Checks one `--paths` name.
+pub fn parse_path(s: &str) -> Result<String, String> {
+    let p = s.trim();
+    if PATHS.contains(&p) {
+        Ok(p.to_owned())
+    } else {
+        Err(format!("unknown path '{p}' (known: {})", PATHS.join(", ")))
+    }
+}
+
+/// `paths` without repeats, in the order given.
+pub fn dedup(paths: Vec<String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for p in s.split(',').map(str::trim) {
-        if !PATHS.contains(&p) {
-            return Err(format!("unknown path '{p}' (known: {})", PATHS.join(", ")));
-        }
-        if !out.iter().any(|q| q == p) {
-            out.push(p.to_owned());
+    for p in paths {
+        if !out.contains(&p) {
+            out.push(p);
         }
     }
-    Ok(out)
+    out
 }
 
 /// What to measure and where to write it (`host-shim bench` options).
@@ -155,19 +162,28 @@ pub fn on_path(name: &str) -> bool {
     })
 }
 
-/// The checks made before anything is measured or written; the first failure.
-pub fn preflight(opts: &Options) -> Result<Kernel, String> {
+/// The checks made before anything is measured or written; the first failure. On
+/// success returns the kernel and whether the output directory was created (so that a
+/// later failure can remove it again).
+pub fn preflight(opts: &Options) -> Result<(Kernel, bool), String> {
     if opts.paths.is_empty() {
         return Err("--paths names no path".into());
     }
+    let created = !opts.out.exists();
+    let undo = |e: String| {
+        if created {
+            let _ = fs::remove_dir(&opts.out);
+        }
+        e
+    };
     fs::create_dir_all(&opts.out)
         .map_err(|e| format!("cannot create --out {}: {e}", opts.out.display()))?;
     let probe = opts
         .out
         .join(format!(".bench-probe-{}", std::process::id()));
-    fs::write(&probe, b"")
-        .map_err(|e| format!("cannot write to --out {}: {e}", opts.out.display()))?;
+    let probed = fs::write(&probe, b"");
     let _ = fs::remove_file(&probe);
+    probed.map_err(|e| undo(format!("cannot write to --out {}: {e}", opts.out.display())))?;
     let mut tools: Vec<(&str, &str)> = Vec::new();
     if opts.paths.iter().any(|p| is_block(p)) {
         tools.push(("fio", "fio"));
@@ -181,21 +197,25 @@ pub fn preflight(opts: &Options) -> Result<Kernel, String> {
     }
     for (tool, package) in tools {
         if !on_path(tool) {
-            return Err(format!(
+            return Err(undo(format!(
                 "{tool} is not on PATH (Debian package {package}; scripts/setup.sh installs it)"
-            ));
+            )));
         }
     }
-    let kernel = Kernel::from_file(&opts.kernel).map_err(|e| e.to_string())?;
-    crate::elf::parse(&kernel.image)
-        .map_err(|e| format!("kernel {} is not a PVH ELF: {e}", opts.kernel.display()))?;
-    Ok(kernel)
+    let kernel = Kernel::from_file(&opts.kernel).map_err(|e| undo(e.to_string()))?;
+    crate::elf::parse(&kernel.image).map_err(|e| {
+        undo(format!(
+            "kernel {} is not a PVH ELF: {e}",
+            opts.kernel.display()
+        ))
+    })?;
+    Ok((kernel, created))
 }
 
 /// Runs the bench: checks, measurements, files. Errors of the checks are one line on
 /// `stderr` and status 125, with nothing written.
 pub fn run(opts: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> u8 {
-    let kernel = match preflight(opts) {
+    let (kernel, created_out) = match preflight(opts) {
         Ok(k) => k,
         Err(e) => {
             crate::cli::report(stderr, &e);
@@ -229,6 +249,9 @@ pub fn run(opts: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> u8
         .map_err(|_| "the bench thread died".to_owned())
     {
         let _ = worker.join();
+        if created_out {
+            let _ = fs::remove_dir(&opts.out);
+        }
         crate::cli::report(stderr, &e);
         return crate::EXIT_SHIM_ERROR;
     }

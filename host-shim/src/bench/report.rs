@@ -240,6 +240,21 @@ pub fn headline(cell: &Value) -> Option<(&'static str, bool)> {
     .find(|(k, _)| m.get(*k).is_some())
 }
 
+/// The path names of a report's `paths`, in [`super::PATHS`] order (others last).
+pub fn path_names(paths: &Value) -> Vec<String> {
+    let mut names: Vec<String> = paths
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort_by_key(|n| {
+        super::PATHS
+            .iter()
+            .position(|p| p == n)
+            .unwrap_or(usize::MAX)
+    });
+    names
+}
+
 /// Cells of `paths[path][kind]`.
 pub fn cells<'a>(paths: &'a Value, path: &str, kind: &str) -> &'a [Value] {
     paths[path][kind]["cells"]
@@ -539,10 +554,7 @@ pub fn markdown(report: &Value) -> String {
          time (network). `n/a`: not computable (see bench.json `null_reasons`).\n"
     );
     let paths = &report["paths"];
-    let names: Vec<String> = paths
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
+    let names = path_names(paths);
     for kind in KINDS {
         let cols: Vec<&String> = names
             .iter()
@@ -623,7 +635,16 @@ pub fn markdown(report: &Value) -> String {
                     s,
                     "| test | headline figure | user exits/op | KVM exits/op | interrupts/op | notifications/op |\n|---|---:|---:|---:|---:|---:|"
                 );
-                for (name, r) in by_cell.as_object().into_iter().flatten() {
+                // In the order the PV path measured them, not alphabetically.
+                let pv = pair.split('/').next().unwrap_or("");
+                let order: Vec<&str> = cells(paths, pv, kind)
+                    .iter()
+                    .filter_map(|c| c["name"].as_str())
+                    .collect();
+                let mut rows: Vec<(&String, &Value)> =
+                    by_cell.as_object().into_iter().flatten().collect();
+                rows.sort_by_key(|(n, _)| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
+                for (name, r) in rows {
                     let rr = &r["ratios"];
                     let head = rr
                         .as_object()

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::report::{KINDS, cells, fmt_num};
+use super::report::{KINDS, cells, fmt_num, path_names};
 
 /// Colours per path, in a fixed order so a path keeps its colour across panels.
 const COLOURS: [(&str, &str); 5] = [
@@ -51,10 +51,7 @@ const PANEL_H: f64 = PLOT_H + 150.0;
 
 fn panels(report: &Value) -> Vec<Panel> {
     let paths = &report["paths"];
-    let names: Vec<String> = paths
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
+    let names = path_names(paths);
     let mut out = Vec::new();
     for kind in KINDS {
         let (tp_key, tp_title, op) = if kind == "block" {
@@ -178,7 +175,12 @@ pub fn svg(report: &Value) -> String {
             .iter()
             .flat_map(|(_, b)| b.iter().filter_map(|(_, v)| *v))
             .fold(0.0, f64::max);
-        let scale = if max > 0.0 { PLOT_H / max } else { 0.0 };
+        // Room above the tallest bar for its rotated value label.
+        let scale = if max > 0.0 {
+            (PLOT_H - 40.0) / max
+        } else {
+            0.0
+        };
         let _ = writeln!(s, r#"<g>"#);
         let _ = writeln!(
             s,
