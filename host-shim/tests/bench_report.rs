@@ -127,6 +127,10 @@ fn ping_summary_and_round_trip_statistics() {
     assert_eq!((p.transmitted, p.received), (3, 3));
     assert!((p.avg_us - 99.0).abs() < 1e-6);
     assert!((p.min_us - 21.0).abs() < 1e-6 && (p.max_us - 243.0).abs() < 1e-6);
+    // iputils appends ", pipe N" when replies overlap; the unit is still ms.
+    let piped = net::parse_ping(&fixture("ping-pipe.txt")).expect("pipe");
+    assert_eq!((piped.transmitted, piped.received), (50, 49));
+    assert!((piped.max_us - 28984.0).abs() < 1e-6, "{piped:?}");
     let busybox = "4 packets transmitted, 4 packets received, 0% packet loss\nround-trip min/avg/max = 0.1/0.2/0.3 ms\n";
     assert!((net::parse_ping(busybox).expect("busybox").avg_us - 200.0).abs() < 1e-6);
     let lost = "2 packets transmitted, 0 received, 100% packet loss, time 1ms\n";

@@ -576,7 +576,7 @@ impl Bench {
                     kind,
                 ))
             });
-            let fio = (!Self::interrupted()).then(|| self.host_fio(&image, &p));
+            let fio = (r.is_some() && !Self::interrupted()).then(|| self.host_fio(&image, &p));
             cells.push(report::block_cell(&p, r, costs, fio));
         }
         let doc = fio::fio_json(path, &results);
@@ -585,13 +585,7 @@ impl Bench {
             serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n",
         ));
         let _ = fs::remove_file(&image);
-        let status = if error.is_some() {
-            "failed"
-        } else if Self::interrupted() {
-            "incomplete"
-        } else {
-            "ok"
-        };
+        let status = status_of(error.is_some(), &cells);
         json!({
             "status": status,
             "error": error,
@@ -796,13 +790,7 @@ impl Bench {
             });
             cells.push(report::net_cell(&name, m, costs, raw));
         }
-        let status = if error.is_some() {
-            "failed"
-        } else if Self::interrupted() {
-            "incomplete"
-        } else {
-            "ok"
-        };
+        let status = status_of(error.is_some(), &cells);
         json!({
             "status": status,
             "error": error,
@@ -865,6 +853,20 @@ type HostPhase = (
     Value,
     Vec<(&'static str, Result<f64, String>)>,
 );
+
+/// A path's status: `failed` (the boot failed), `incomplete` (interrupted), `partial`
+/// (some test failed), or `ok` (every cell measured or skipped by the guest).
+fn status_of(failed: bool, cells: &[Value]) -> &'static str {
+    if failed {
+        "failed"
+    } else if Bench::interrupted() {
+        "incomplete"
+    } else if cells.iter().any(|c| c["status"] == "failed") {
+        "partial"
+    } else {
+        "ok"
+    }
+}
 
 /// Frames the path's NIC moved in a delta: e1000 `tx.frames`/`rx.frames`, netback
 /// `tx_frames`/`rx_frames`.

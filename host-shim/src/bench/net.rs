@@ -101,12 +101,16 @@ pub fn parse_ping(text: &str) -> Result<PingResult, String> {
         if let Some((names, values)) = line.split_once(" = ")
             && (names.starts_with("rtt") || names.starts_with("round-trip"))
         {
-            let unit_us = if values.trim_end().ends_with("ms") {
-                1000.0
-            } else if values.trim_end().ends_with("us") {
-                1.0
-            } else {
-                1e6
+            // "a/b/c/d ms" possibly followed by ", pipe 3" (iputils when replies overlap).
+            let unit = values
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("ms")
+                .trim_end_matches(',');
+            let unit_us = match unit {
+                "us" => 1.0,
+                "s" => 1e6,
+                _ => 1000.0,
             };
             let v: Vec<f64> = values
                 .split_whitespace()
