@@ -1,4 +1,5 @@
-//! The `host-shim` command line: `host-shim run --kernel FILE [...]`.
+//! The `host-shim` command line: `host-shim run --kernel FILE [...]` and
+//! `host-shim bench --kernel FILE [...]` (the benchmark, [`crate::bench`]).
 //!
 //! Every failure is reported as one line on stderr, `host-shim: error: <message>`,
 //! including command-line syntax errors (which clap would otherwise print over several
@@ -46,6 +47,44 @@ pub enum Command {
     /// Boot a PVH kernel and run it until it writes to the exit port.
     #[command(after_help = EXIT_STATUS_HELP)]
     Run(RunArgs),
+    /// Measure PV against emulated I/O paths on the same guest (block: fio-style
+    /// matrix; network: iperf3, ping, TCP round trips) and write bench.json, bench.md,
+    /// bench.svg and fio-PATH.json. Needs root (a private network namespace, TAPs).
+    #[command(after_help = BENCH_HELP)]
+    Bench(BenchArgs),
+}
+
+/// The exit statuses of `host-shim bench`.
+pub const BENCH_HELP: &str = "\
+Exit status:
+  0    every path measured
+  1    some measurement failed (the files say which; they are still written)
+  125  bad input or missing tool/privilege: one error line, nothing written
+  130  interrupted by Ctrl-C: what was measured is written, marked incomplete";
+
+/// Options of `host-shim bench`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct BenchArgs {
+    /// The guest kernel: an ELF64 with a PVH note.
+    #[arg(long, value_name = "GUEST")]
+    pub kernel: PathBuf,
+    /// Directory for the results.
+    #[arg(long, value_name = "DIR", default_value = "./bench-results")]
+    pub out: PathBuf,
+    /// Fewer operations and shorter tests.
+    #[arg(long)]
+    pub quick: bool,
+    /// The paths to measure, a comma list of xen, ide-dma, ide-pio, e1000.
+    #[arg(long, value_name = "LIST", default_value = "xen,ide-dma,ide-pio,e1000",
+          value_delimiter = ',', value_parser = crate::bench::parse_path)]
+    pub paths: Vec<String>,
+    /// Print only the JSON report, on stdout (no progress lines).
+    #[arg(long)]
+    pub json: bool,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(2..=65536))]
+    pub mem: u64,
 }
 
 /// Options of `host-shim run`.
@@ -172,6 +211,18 @@ pub fn report(stderr: &mut dyn Write, message: &str) {
 pub fn execute(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(args) => run(&args, ConsoleSink::stdout(), &mut io::stderr()),
+        Command::Bench(args) => crate::bench::run(
+            &crate::bench::Options {
+                kernel: args.kernel,
+                out: args.out,
+                quick: args.quick,
+                paths: crate::bench::dedup(args.paths),
+                json: args.json,
+                mem: args.mem,
+            },
+            &mut io::stdout(),
+            &mut io::stderr(),
+        ),
     }
 }
 
@@ -240,6 +291,7 @@ mod tests {
     fn parse_ok(args: &[&str]) -> RunArgs {
         match Cli::try_parse_from(args).expect("parses").command {
             Command::Run(r) => r,
+            Command::Bench(_) => panic!("not run"),
         }
     }
 

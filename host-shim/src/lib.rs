@@ -21,7 +21,9 @@
 //!   ([`backends`]) or emulated devices; [`xen`]: the Xen interface.
 //! - [`vmm`]: [`Vmm`] ties them together and runs the vCPU loop; [`stats`] holds the
 //!   counters reported as JSON.
-//! - [`cli`]: the `host-shim run` command line; `main.rs` only calls into it.
+//! - [`cli`]: the `host-shim run` and `host-shim bench` command lines; `main.rs` only
+//!   calls into it. [`bench`]: the PV-against-emulated benchmark (runs VMs in-process,
+//!   drives iperf3/ping/fio on the host, writes JSON, markdown and SVG reports).
 //!
 //! # Exit status of the `host-shim` binary
 //! | status | meaning |
@@ -36,6 +38,7 @@
 //! from the shim's own statuses; use `--stats` to tell them apart.
 
 pub mod backends;
+pub mod bench;
 pub mod boot;
 pub mod cli;
 pub mod devices;

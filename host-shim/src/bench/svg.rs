@@ -1,0 +1,287 @@
+//! A hand-written SVG bar chart of the report (SVG 1.1: `svg`, `g`, `rect`, `line`,
+//! `text`), with no plotting crate: panels of grouped bars, one group per test and one
+//! bar per path, each labelled with its value. Panels: block throughput and block
+//! user-space exits per request, network throughput and network user-space exits per
+//! operation (a panel without data is left out).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::report::{KINDS, cells, fmt_num, path_names};
+
+/// Colours per path, in a fixed order so a path keeps its colour across panels.
+const COLOURS: [(&str, &str); 5] = [
+    ("xen", "#1f77b4"),
+    ("ide-dma", "#ff7f0e"),
+    ("ide-pio", "#d62728"),
+    ("e1000", "#2ca02c"),
+    ("host fio", "#7f7f7f"),
+];
+
+fn colour(series: &str) -> &'static str {
+    COLOURS
+        .iter()
+        .find(|(n, _)| *n == series)
+        .map_or("#9467bd", |(_, c)| c)
+}
+
+/// Escapes text for XML.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Bars of one group: (series, value).
+type Bars = Vec<(String, Option<f64>)>;
+
+/// One panel: a title and groups of bars.
+struct Panel {
+    title: String,
+    groups: Vec<(String, Bars)>,
+}
+
+const BAR_W: f64 = 14.0;
+const GROUP_GAP: f64 = 18.0;
+const PLOT_H: f64 = 220.0;
+const LEFT: f64 = 70.0;
+const PANEL_H: f64 = PLOT_H + 150.0;
+
+fn panels(report: &Value) -> Vec<Panel> {
+    let paths = &report["paths"];
+    let names = path_names(paths);
+    let mut out = Vec::new();
+    for kind in KINDS {
+        let (tp_key, tp_title, op) = if kind == "block" {
+            ("throughput_mib_s", "Block throughput (MiB/s)", "request")
+        } else {
+            (
+                "throughput_mbit_s",
+                "Network throughput (Mbit/s)",
+                "operation",
+            )
+        };
+        let cols: Vec<&String> = names
+            .iter()
+            .filter(|p| !cells(paths, p, kind).is_empty())
+            .collect();
+        let mut rows: Vec<String> = Vec::new();
+        for p in &cols {
+            for c in cells(paths, p, kind) {
+                if let Some(n) = c["name"].as_str()
+                    && !rows.iter().any(|r| r == n)
+                {
+                    rows.push(n.to_owned());
+                }
+            }
+        }
+        let series = |row: &str, pointer: &str, fio: Option<&str>| {
+            let mut bars: Vec<(String, Option<f64>)> = cols
+                .iter()
+                .map(|p| {
+                    let v = cells(paths, p, kind)
+                        .iter()
+                        .find(|c| c["name"] == row)
+                        .and_then(|c| c.pointer(pointer))
+                        .and_then(Value::as_f64);
+                    ((*p).clone(), v)
+                })
+                .collect();
+            if let Some(key) = fio {
+                let v = cols.iter().find_map(|p| {
+                    cells(paths, p, kind)
+                        .iter()
+                        .find(|c| c["name"] == row)
+                        .and_then(|c| c["metrics"][key].as_f64())
+                });
+                bars.push(("host fio".into(), v));
+            }
+            bars
+        };
+        let fio = (kind == "block").then_some("host_fio_mib_s");
+        let tp: Vec<_> = rows
+            .iter()
+            .map(|r| (r.clone(), series(r, &format!("/metrics/{tp_key}"), fio)))
+            .filter(|(_, b)| b.iter().any(|(_, v)| v.is_some()))
+            .collect();
+        let ex: Vec<_> = rows
+            .iter()
+            .map(|r| (r.clone(), series(r, "/costs/per_op/user_exits", None)))
+            .filter(|(_, b)| b.iter().any(|(_, v)| v.is_some()))
+            .collect();
+        if !tp.is_empty() {
+            out.push(Panel {
+                title: tp_title.into(),
+                groups: tp,
+            });
+        }
+        if !ex.is_empty() {
+            out.push(Panel {
+                title: format!(
+                    "{} user-space exits per {op}",
+                    if kind == "block" { "Block" } else { "Network" }
+                ),
+                groups: ex,
+            });
+        }
+    }
+    out
+}
+
+fn group_width(bars: usize) -> f64 {
+    bars as f64 * BAR_W + GROUP_GAP
+}
+
+/// The chart as an SVG document.
+pub fn svg(report: &Value) -> String {
+    let panels = panels(report);
+    let width = panels
+        .iter()
+        .map(|p| {
+            LEFT + p
+                .groups
+                .iter()
+                .map(|(_, b)| group_width(b.len()))
+                .sum::<f64>()
+                + 160.0
+        })
+        .fold(640.0, f64::max);
+    let height = 60.0 + PANEL_H * panels.len().max(1) as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect x="0" y="0" width="{width:.0}" height="{height:.0}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="24" font-size="16" font-weight="bold">host-shim bench: PV against emulated I/O ({})</text>"#,
+        escape(report["date"].as_str().unwrap_or(""))
+    );
+    if panels.is_empty() {
+        let _ = writeln!(s, r#"<text x="10" y="60">No measurements.</text>"#);
+    }
+    for (i, p) in panels.iter().enumerate() {
+        let top = 50.0 + i as f64 * PANEL_H;
+        let base = top + 30.0 + PLOT_H;
+        let max = p
+            .groups
+            .iter()
+            .flat_map(|(_, b)| b.iter().filter_map(|(_, v)| *v))
+            .fold(0.0, f64::max);
+        // Room above the tallest bar for its rotated value label.
+        let scale = if max > 0.0 {
+            (PLOT_H - 40.0) / max
+        } else {
+            0.0
+        };
+        let _ = writeln!(s, r#"<g>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{:.1}" font-size="13" font-weight="bold">{}</text>"#,
+            top + 16.0,
+            escape(&p.title)
+        );
+        let right = LEFT
+            + p.groups
+                .iter()
+                .map(|(_, b)| group_width(b.len()))
+                .sum::<f64>();
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{base:.1}" x2="{right:.1}" y2="{base:.1}" stroke="#333"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{:.1}" x2="{LEFT}" y2="{base:.1}" stroke="#333"/>"##,
+            base - PLOT_H
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 4.0,
+            base - PLOT_H + 4.0,
+            escape(&fmt_num(max))
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">0</text>"#,
+            LEFT - 4.0,
+            base + 4.0
+        );
+        let mut x = LEFT + GROUP_GAP / 2.0;
+        let mut legend: Vec<String> = Vec::new();
+        for (label, bars) in &p.groups {
+            let gx = x;
+            for (series, v) in bars {
+                if !legend.contains(series) {
+                    legend.push(series.clone());
+                }
+                match v {
+                    Some(v) => {
+                        let h = (v * scale).max(0.5);
+                        let _ = writeln!(
+                            s,
+                            r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{}"><title>{}: {}</title></rect>"#,
+                            base - h,
+                            BAR_W - 2.0,
+                            colour(series),
+                            escape(&format!("{series} {label}")),
+                            escape(&fmt_num(*v))
+                        );
+                        let _ = writeln!(
+                            s,
+                            r#"<text x="{:.1}" y="{:.1}" font-size="8" transform="rotate(-90 {:.1} {:.1})">{}</text>"#,
+                            x + BAR_W / 2.0 + 2.0,
+                            base - h - 3.0,
+                            x + BAR_W / 2.0 + 2.0,
+                            base - h - 3.0,
+                            escape(&fmt_num(*v))
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            s,
+                            r#"<text x="{:.1}" y="{:.1}" font-size="8" fill="{}">-</text>"#,
+                            x + 3.0,
+                            base - 3.0,
+                            colour(series)
+                        );
+                    }
+                }
+                x += BAR_W;
+            }
+            let cx = (gx + x) / 2.0;
+            let _ = writeln!(
+                s,
+                r#"<text x="{cx:.1}" y="{:.1}" text-anchor="end" transform="rotate(-45 {cx:.1} {:.1})">{}</text>"#,
+                base + 14.0,
+                base + 14.0,
+                escape(label)
+            );
+            x += GROUP_GAP;
+        }
+        for (j, series) in legend.iter().enumerate() {
+            let ly = top + 30.0 + j as f64 * 16.0;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                right + 20.0,
+                ly,
+                colour(series),
+                right + 34.0,
+                ly + 9.0,
+                escape(series)
+            );
+        }
+        let _ = writeln!(s, "</g>");
+    }
+    s.push_str("</svg>\n");
+    s
+}
