@@ -262,6 +262,8 @@ pub enum Outcome {
         /// `SHUTDOWN_*`: 0 poweroff, 1 reboot, 2 suspend, 3 crash, 4 watchdog, 5 soft reset.
         reason: u32,
     },
+    /// Whoever holds a [`StopHandle`] stopped the run.
+    Stopped,
     /// The timeout expired first.
     Timeout {
         /// The timeout, in milliseconds.
@@ -310,6 +312,7 @@ impl Outcome {
                 _ => 0,
             },
             Outcome::Timeout { .. } => EXIT_TIMEOUT,
+            Outcome::Stopped => EXIT_STOPPED,
             _ => EXIT_GUEST_CRASHED,
         }
     }
@@ -337,6 +340,7 @@ impl std::fmt::Display for Outcome {
                 "guest shut down through Xen: {}",
                 shutdown_reason_name(*reason)
             ),
+            Outcome::Stopped => write!(f, "the run was stopped from outside"),
             Outcome::Timeout { timeout_ms } => {
                 let secs = Duration::from_millis(*timeout_ms).as_secs_f64();
                 write!(f, "guest did not exit within {secs} s")
@@ -406,6 +410,8 @@ pub struct Vmm {
     counters: Counters,
     console: ConsoleSink,
     timeout: Option<Duration>,
+    run_tx: mpsc::Sender<RunMsg>,
+    run_rx: mpsc::Receiver<RunMsg>,
 }
 
 impl Vmm {
@@ -543,6 +549,7 @@ impl Vmm {
             bench_mark::NAME,
             Arc::new(Mutex::new(MarkPort::new(counters.clone()))),
         )?;
+        let (run_tx, run_rx) = mpsc::channel();
         let mut vmm = Self {
             vm,
             vcpu,
@@ -555,6 +562,8 @@ impl Vmm {
             counters,
             console,
             timeout,
+            run_tx,
+            run_rx,
         };
         let xen = vmm.xen.clone();
         vmm.devices = crate::devmgr::attach(&mut vmm, xen.as_ref(), &disks, &nets)?;
@@ -574,6 +583,12 @@ impl Vmm {
     /// PCI bus 0.
     pub fn pci_bus(&self) -> &PciBus {
         &self.pci
+    }
+
+    /// A handle that stops the run from any thread ([`Outcome::Stopped`]). Take it
+    /// before [`Vmm::run`], which consumes the `Vmm`.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.run_tx.clone())
     }
 
     /// A handle on every counter of this VM, to [`Counters::snapshot`] from any thread
@@ -632,10 +647,11 @@ impl Vmm {
             counters,
             console,
             timeout,
+            run_tx: tx,
+            run_rx: rx,
         } = self;
         write_mp_table(&memory, &pci)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
         let mut runner = VcpuRunner {
             vcpu,
             xen: xen.clone(),
@@ -665,35 +681,42 @@ impl Vmm {
             .name("vcpu0".into())
             .spawn(move || {
                 let result = runner.run();
-                let _ = tx.send(result);
+                let _ = tx.send(RunMsg::Done(result));
             })
             .map_err(|source| Error::Resource {
                 what: "the vCPU thread",
                 source,
             })?;
 
-        let received = match timeout {
-            None => rx.recv().ok(),
-            Some(limit) => match rx.recv_timeout(limit) {
-                Ok(r) => Some(r),
-                Err(RecvTimeoutError::Disconnected) => None,
-                Err(RecvTimeoutError::Timeout) => {
-                    stop.store(true, Ordering::SeqCst);
-                    // A vCPU thread waiting for console room (host output blocked)
-                    // cannot be kicked; release it by dropping further output.
-                    console.abandon();
-                    loop {
-                        // Fails only once the thread has exited, and then the channel
-                        // answers below.
-                        let _ = handle.kill(SIGRTMIN());
-                        match rx.recv_timeout(KICK_INTERVAL) {
-                            Ok(r) => break Some(r),
-                            Err(RecvTimeoutError::Timeout) => continue,
-                            Err(RecvTimeoutError::Disconnected) => break None,
-                        }
-                    }
+        // Wait for the vCPU thread, a stop request or the deadline, whichever comes
+        // first.
+        let deadline = timeout.map(|t| start + t);
+        let mut stopped = false;
+        let mut stop_now = |stopped_by_request: bool| {
+            stopped = stopped_by_request;
+            stop.store(true, Ordering::SeqCst);
+            // A vCPU thread waiting for console room (host output blocked) cannot be
+            // kicked; release it by dropping further output.
+            console.abandon();
+            loop {
+                // Fails only once the thread has exited, and then the channel answers.
+                let _ = handle.kill(SIGRTMIN());
+                match rx.recv_timeout(KICK_INTERVAL) {
+                    Ok(RunMsg::Done(r)) => break Some(r),
+                    Ok(RunMsg::Stop) | Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break None,
                 }
-            },
+            }
+        };
+        let msg = match deadline {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        };
+        let received = match msg {
+            Ok(RunMsg::Done(r)) => Some(r),
+            Ok(RunMsg::Stop) => stop_now(true),
+            Err(RecvTimeoutError::Timeout) => stop_now(false),
+            Err(RecvTimeoutError::Disconnected) => None,
         };
         let run_time = start.elapsed();
         let _ = handle.join();
@@ -723,7 +746,8 @@ impl Vmm {
         stats.irq_asserts.retain(|_, n| *n > 0);
         let outcome = match result? {
             Some(outcome) => outcome,
-            // Stopped: only the watchdog sets the flag.
+            // Stopped: by a StopHandle, else by the watchdog.
+            None if stopped => Outcome::Stopped,
             None => Outcome::Timeout {
                 timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
             },
@@ -749,6 +773,30 @@ fn shutdown_reason_name(reason: u32) -> &'static str {
         SHUTDOWN_WATCHDOG => "watchdog",
         SHUTDOWN_SOFT_RESET => "soft reset",
         _ => "unknown reason",
+    }
+}
+
+/// Exit status of a run stopped through its [`StopHandle`] (128 + SIGINT, as a shell
+/// reports a command interrupted by Ctrl-C).
+pub const EXIT_STOPPED: u8 = 130;
+
+/// What the waiting thread of [`Vmm::run`] hears: the vCPU thread's end, or a request
+/// to stop.
+enum RunMsg {
+    Done(Result<Option<Outcome>, kvm::Error>),
+    Stop,
+}
+
+/// Stops a run from any thread (a benchmark's Ctrl-C): the vCPU is kicked out of the
+/// guest as on `--timeout`, and the run ends with [`Outcome::Stopped`]. Stopping a run
+/// that has ended does nothing.
+#[derive(Clone)]
+pub struct StopHandle(mpsc::Sender<RunMsg>);
+
+impl StopHandle {
+    /// Asks the run to stop.
+    pub fn stop(&self) {
+        let _ = self.0.send(RunMsg::Stop);
     }
 }
 

@@ -315,6 +315,29 @@ fn spinning_guest_times_out() {
 }
 
 #[test]
+fn a_spinning_guest_is_stopped_from_another_thread() {
+    if !kvm_usable("a_spinning_guest_is_stopped_from_another_thread") {
+        return;
+    }
+    let image = common::pvh_kernel(&[0xfa, 0xeb, 0xfe]); // cli; jmp .
+    let mut config = VmConfig::new(Kernel::from_bytes("test.elf", image));
+    config.mem_mib = 16;
+    // The stop comes first; the timeout is only the test's safety net.
+    config.timeout = Some(TIMEOUT);
+    let vmm = Vmm::new(config).expect("VM set up");
+    let stop = vmm.stop_handle();
+    let runner = std::thread::spawn(move || vmm.run().expect("run"));
+    // A stop sent before the vCPU even started still ends the run: the request waits
+    // in the run's channel.
+    stop.stop();
+    let report = runner.join().expect("run thread");
+    assert_eq!(report.outcome, Outcome::Stopped, "{report:?}");
+    assert_eq!(report.exit_code, host_shim::vmm::EXIT_STOPPED);
+    // A stop after the end does nothing.
+    stop.stop();
+}
+
+#[test]
 fn memory_above_4g_boots() {
     if !kvm_usable("memory_above_4g_boots") {
         return;

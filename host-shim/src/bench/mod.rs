@@ -13,8 +13,8 @@
 //!   the guest's services; `exit` on the control port ends the guest.
 //!
 //! Ctrl-C stops the current measurement (host clients are killed; a network guest is
-//! told to exit; a block guest runs on until its timeout, as the shim has no stop handle
-//! yet) and the files are still written, marked incomplete.
+//! told to exit; a block guest is stopped through the VM's stop handle) and the files
+//! are still written, marked incomplete.
 
 pub mod costs;
 pub mod fio;
@@ -300,10 +300,10 @@ struct Files {
 /// `Vmm::counters().snapshot()`.
 type Snapshotter = Box<dyn Fn() -> Value + Send>;
 
-/// INTEGRATION POINT: once `Vmm::counters()` exists (item 2), this becomes
-/// `let c = vmm.counters(); Some(Box::new(move || c.snapshot()))`.
-fn counters_of(_vmm: &Vmm) -> Option<Snapshotter> {
-    None
+/// The VM's host-side counter snapshots.
+fn counters_of(vmm: &Vmm) -> Option<Snapshotter> {
+    let c = vmm.counters();
+    Some(Box::new(move || c.snapshot()))
 }
 
 const NO_SNAPSHOTS: &str = "this shim offers no host-side counter snapshots (Vmm::counters)";
@@ -313,12 +313,14 @@ struct RunningVm {
     handle: thread::JoinHandle<Result<RunReport, crate::Error>>,
     capture: Capture,
     counters: Option<Snapshotter>,
+    stop: crate::vmm::StopHandle,
 }
 
 impl RunningVm {
     fn start(config: VmConfig, capture: Capture) -> Result<Self, String> {
         let vmm = Vmm::new(config).map_err(|e| e.to_string())?;
         let counters = counters_of(&vmm);
+        let stop = vmm.stop_handle();
         let handle = thread::Builder::new()
             .name("bench-vm".into())
             .spawn(move || vmm.run())
@@ -327,11 +329,23 @@ impl RunningVm {
             handle,
             capture,
             counters,
+            stop,
         })
     }
 
     fn snapshot(&self) -> Option<Value> {
         self.counters.as_ref().map(|f| f())
+    }
+
+    /// Waits for the VM, stopping it if Ctrl-C comes first; then as [`Self::finish`].
+    fn finish_or_stop(self) -> (Result<Value, String>, String) {
+        while !self.handle.is_finished() {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                self.stop.stop();
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.finish()
     }
 
     /// Waits for the VM; its RunReport as JSON (with `phases`) and its console text.
@@ -547,8 +561,7 @@ impl Bench {
             Ok(vm) => vm,
             Err(e) => return json!({"status": "failed", "error": e, "cells": []}),
         };
-        // No stop handle yet: an interrupted block run ends at its timeout.
-        let (report, console) = vm.finish();
+        let (report, console) = vm.finish_or_stop();
         let boot_secs = started.elapsed().as_secs_f64();
         let (results, bad) = fio::parse_blk_results(&console);
         let (phases, mut error, outcome) = match &report {
