@@ -7,13 +7,11 @@ use hw_devices::bench::{MARK_PORT, MarkKind, mark};
 use super::arch;
 
 /// Marks the start of measured phase `phase`.
-#[expect(dead_code, reason = "the benchmark phases use it (remove this when they do)")]
 pub fn start(phase: u32) {
     arch::outl(MARK_PORT, mark(phase, MarkKind::Start));
 }
 
 /// Marks the end of measured phase `phase`.
-#[expect(dead_code, reason = "the benchmark phases use it (remove this when they do)")]
 pub fn end(phase: u32) {
     arch::outl(MARK_PORT, mark(phase, MarkKind::End));
 }
