@@ -400,8 +400,8 @@ enum IperfConn {
     Control(u64),
     /// Data stream `index` of test `tid`.
     Stream { tid: u64, index: usize },
-    /// No longer part of a test: drained until the client closes (or aborted after
-    /// [`COOKIE_TIMEOUT_MS`]).
+    /// No longer part of a test: drained until the client closes (or, after
+    /// [`COOKIE_TIMEOUT_MS`], aborted when the port has no free socket).
     Over { since_ms: u64 },
 }
 
@@ -759,7 +759,7 @@ impl NetStack {
             }
         }
         self.iperf.tick(now_ms);
-        self.iperf_bookkeeping();
+        self.iperf_bookkeeping(now_ms);
         if self.exit_requested_at.is_some() {
             // Stop accepting: listening sockets are closed so no new connection starts.
             for slot in &self.slots {
@@ -773,9 +773,10 @@ impl NetStack {
     }
 
     /// Hands the iperf3 server's events to the hook, updates the counters, and keeps a
-    /// socket listening on the iperf3 port: with none free, the oldest closing one in
-    /// TIME-WAIT (a connection this side closed first) is given up.
-    fn iperf_bookkeeping(&mut self) {
+    /// socket listening on the iperf3 port: with none free, one in TIME-WAIT (a
+    /// connection this side closed first), else one of an ended test that its client
+    /// kept open for [`COOKIE_TIMEOUT_MS`], is given up.
+    fn iperf_bookkeeping(&mut self, now_ms: u64) {
         while let Some(e) = self.iperf.take_event() {
             match e {
                 iperf::Event::Started { .. } => self.counters.iperf_tests += 1,
@@ -803,13 +804,24 @@ impl NetStack {
         if listening {
             return;
         }
+        // Else a connection left over from an ended test whose client has not closed
+        // it for a while.
         let waiting = self
             .slots
             .iter()
             .find(|s| s.service == Service::Iperf && iperf_state(s) == tcp::State::TimeWait)
+            .or_else(|| {
+                self.slots.iter().find(|s| {
+                    s.service == Service::Iperf
+                        && matches!(s.iperf, IperfConn::Over { since_ms }
+                            if now_ms.saturating_sub(since_ms) >= COOKIE_TIMEOUT_MS)
+                })
+            })
             .map(|s| s.handle);
-        if let Some(h) = waiting {
-            let s = self.sockets.get_mut::<tcp::Socket>(h);
+        if let Some(slot) = self.slots.iter_mut().find(|s| Some(s.handle) == waiting) {
+            // A fresh connection on it is then counted and served as new.
+            slot.conn = Conn::Idle;
+            let s = self.sockets.get_mut::<tcp::Socket>(slot.handle);
             s.abort();
             // Cannot fail: the socket is closed and the port is not 0.
             let _ = s.listen(iperf::PORT);
@@ -922,14 +934,9 @@ fn serve_iperf(
                 }
                 return queued;
             }
-            IperfConn::Over { since_ms } => {
+            IperfConn::Over { .. } => {
                 let mut ignored = 0;
                 drain(s, &mut ignored);
-                if now_ms.saturating_sub(*since_ms) >= COOKIE_TIMEOUT_MS && s.may_send() {
-                    // A client that never closes: give the socket back.
-                    s.abort();
-                    return true;
-                }
                 return queued;
             }
         }

@@ -119,6 +119,9 @@ fn forward_reverse_parallel(tap: &str, model: Option<&str>) {
     let rev = iperf3(&["-t", "1", "-R"]);
     let par = iperf3(&["-t", "1", "-P", "2"]);
     let run = guest.exit();
+    for v in [&fwd, &rev, &par] {
+        assert!(v.get("error").is_none(), "{v}\n{}", run.stdout);
+    }
     let r = results(&run);
     assert_eq!(r.len(), 3, "{}", run.stdout);
     for (k, res) in r.iter().enumerate() {
