@@ -12,5 +12,6 @@ pub mod cmdline;
 pub mod exit_status;
 pub mod frames;
 pub mod ioopts;
+pub mod iperf;
 pub mod netstack;
 pub mod time;

@@ -11,6 +11,7 @@
 //! | 9 | discard: everything received is counted and dropped |
 //! | 19 | bulk: sends [`NetOptions::bulk_bytes`] bytes of the [`pattern`] (seed [`NetOptions::seed`], stream offset 0 up), then closes |
 //! | 5 | control: a line `exit` answers `bye` and stops the services; `stats` answers the counters |
+//! | 5201 | iperf3 server ([`iperf`]): one test at a time, forward, `-R`, `--bidir`, `-P` |
 //!
 //! ICMP echo requests to the interface's address are answered by smoltcp itself
 //! (feature `auto-icmp-echo-reply`); the adapter counts them.
@@ -19,8 +20,13 @@
 //! second smoltcp interface to a [`NetStack`] over an in-memory wire. The kernel's
 //! serve loop (`kernel/net.rs`) adds the clock and the waiting.
 //!
+//! The iperf3 connections are not counted in `accepted`/`completed` (so they do not
+//! end a `net.exit-after` run) but in the `iperf_*` counters; each test's start and end
+//! go to the hook set by [`NetStack::set_iperf_hook`].
+//!
 //! [`pattern`]: pv_drivers::pattern
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -34,6 +40,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use crate::ioopts::NetOptions;
+use crate::iperf::{self, COOKIE_SIZE, COOKIE_TIMEOUT_MS, Role};
 
 /// TCP echo.
 pub const ECHO_PORT: u16 = 7;
@@ -50,6 +57,12 @@ const SOCKETS_PER_SERVICE: usize = 4;
 /// Per-socket buffer sizes.
 const RX_BUFFER: usize = 8 << 10;
 const TX_BUFFER: usize = 8 << 10;
+/// Sockets listening on the iperf3 port: a control connection, [`iperf::MAX_STREAMS`]
+/// streams and one to answer `ACCESS_DENIED` while a test runs.
+const IPERF_SOCKETS: usize = iperf::MAX_STREAMS + 2;
+/// iperf3 socket buffers: large enough that the TCP window, not the guest's buffer,
+/// sets how much a stream moves per round trip (6 sockets: 768 KiB of heap).
+const IPERF_BUFFER: usize = 64 << 10;
 /// Longest control line.
 const MAX_LINE: usize = 64;
 /// Largest Ethernet frame accepted (jumbo frames included); the adapter drops longer
@@ -85,6 +98,16 @@ pub struct Counters {
     pub echo_bytes: u64,
     pub discard_bytes: u64,
     pub bulk_bytes: u64,
+    /// iperf3: connections to its port, tests started, completed, failed (client gone,
+    /// protocol error, idle, refused parameters), connections denied, data bytes
+    /// received and sent while tests ran.
+    pub iperf_connections: u64,
+    pub iperf_tests: u64,
+    pub iperf_completed: u64,
+    pub iperf_failed: u64,
+    pub iperf_denied: u64,
+    pub iperf_rx_bytes: u64,
+    pub iperf_tx_bytes: u64,
 }
 
 impl fmt::Display for Counters {
@@ -93,7 +116,8 @@ impl fmt::Display for Counters {
             f,
             "rx {} frames {} bytes, tx {} frames {} bytes, dropped rx {} tx {}, device errors {}, \
              icmp echo requests {}, connections {} accepted {} completed, echoed {} discarded {} \
-             bulk {} bytes",
+             bulk {} bytes, iperf {} connections {} tests {} completed {} failed {} denied \
+             {} rx bytes {} tx bytes",
             self.rx_frames,
             self.rx_bytes,
             self.tx_frames,
@@ -106,7 +130,14 @@ impl fmt::Display for Counters {
             self.completed,
             self.echo_bytes,
             self.discard_bytes,
-            self.bulk_bytes
+            self.bulk_bytes,
+            self.iperf_connections,
+            self.iperf_tests,
+            self.iperf_completed,
+            self.iperf_failed,
+            self.iperf_denied,
+            self.iperf_rx_bytes,
+            self.iperf_tx_bytes
         )
     }
 }
@@ -316,6 +347,7 @@ enum Service {
     Discard,
     Bulk,
     Control,
+    Iperf,
 }
 
 impl Service {
@@ -325,6 +357,7 @@ impl Service {
             Self::Discard => DISCARD_PORT,
             Self::Bulk => BULK_PORT,
             Self::Control => CONTROL_PORT,
+            Self::Iperf => iperf::PORT,
         }
     }
 }
@@ -350,6 +383,26 @@ struct Slot {
     line: Vec<u8>,
     /// Control: the line was too long; ignore until its end.
     overlong: bool,
+    /// iperf3: what the connection is.
+    iperf: IperfConn,
+}
+
+/// An iperf3 connection's role, as far as the server knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IperfConn {
+    /// Reading the cookie.
+    Cookie {
+        buf: [u8; COOKIE_SIZE],
+        got: usize,
+        since_ms: u64,
+    },
+    /// The control connection of test `tid`.
+    Control(u64),
+    /// Data stream `index` of test `tid`.
+    Stream { tid: u64, index: usize },
+    /// No longer part of a test: drained until the client closes (or, after
+    /// [`COOKIE_TIMEOUT_MS`], aborted when the port has no free socket).
+    Over { since_ms: u64 },
 }
 
 /// What one [`NetStack::poll`] did.
@@ -360,6 +413,9 @@ pub struct Activity {
     /// Frames transmitted.
     pub tx_frames: u64,
 }
+
+/// What [`NetStack::set_iperf_hook`] takes.
+pub type IperfHook = Box<dyn FnMut(&iperf::Event)>;
 
 /// The interface, its sockets and the services.
 pub struct NetStack {
@@ -378,6 +434,8 @@ pub struct NetStack {
     time_limit_ms: u64,
     bulk_total: u64,
     seed: u64,
+    iperf: iperf::Server,
+    iperf_hook: Option<IperfHook>,
 }
 
 fn synchronized(state: tcp::State) -> bool {
@@ -444,6 +502,8 @@ impl NetStack {
             time_limit_ms: opts.time_limit_s.saturating_mul(1000),
             bulk_total: opts.bulk_bytes,
             seed: opts.seed,
+            iperf: iperf::Server::new(),
+            iperf_hook: None,
         };
         for service in [Service::Echo, Service::Discard, Service::Bulk] {
             for _ in 0..SOCKETS_PER_SERVICE {
@@ -452,13 +512,27 @@ impl NetStack {
         }
         stack.add(Service::Control);
         stack.add(Service::Control);
+        for _ in 0..IPERF_SOCKETS {
+            stack.add(Service::Iperf);
+        }
         Ok(stack)
     }
 
+    /// Calls `hook` with every iperf3 test's start and end, from inside
+    /// [`NetStack::poll`], before the message that starts (or follows) the test is
+    /// transmitted.
+    pub fn set_iperf_hook(&mut self, hook: IperfHook) {
+        self.iperf_hook = Some(hook);
+    }
+
     fn add(&mut self, service: Service) {
+        let (rx, tx) = match service {
+            Service::Iperf => (IPERF_BUFFER, IPERF_BUFFER),
+            _ => (RX_BUFFER, TX_BUFFER),
+        };
         let socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; rx]),
+            tcp::SocketBuffer::new(vec![0; tx]),
         );
         let handle = self.sockets.add(socket);
         self.slots.push(Slot {
@@ -468,6 +542,7 @@ impl NetStack {
             sent: 0,
             line: Vec::new(),
             overlong: false,
+            iperf: IperfConn::Over { since_ms: 0 },
         });
     }
 
@@ -542,9 +617,13 @@ impl NetStack {
             let state = s.state();
             match state {
                 tcp::State::Closed => {
-                    if slot.conn == Conn::Open {
+                    if slot.conn == Conn::Open && slot.service != Service::Iperf {
                         self.counters.completed += 1;
                     }
+                    if let IperfConn::Control(tid) = slot.iperf {
+                        self.iperf.control_closed(tid, now_ms);
+                    }
+                    slot.iperf = IperfConn::Over { since_ms: now_ms };
                     slot.conn = Conn::Idle;
                     if self.exit_requested_at.is_none() {
                         // Cannot fail: the socket is closed and the port is not 0.
@@ -553,9 +632,13 @@ impl NetStack {
                     continue;
                 }
                 tcp::State::TimeWait => {
-                    if slot.conn == Conn::Open {
+                    if slot.conn == Conn::Open && slot.service != Service::Iperf {
                         self.counters.completed += 1;
                     }
+                    if let IperfConn::Control(tid) = slot.iperf {
+                        self.iperf.control_closed(tid, now_ms);
+                    }
+                    slot.iperf = IperfConn::Over { since_ms: now_ms };
                     slot.conn = Conn::Done;
                     continue;
                 }
@@ -564,12 +647,30 @@ impl NetStack {
                     slot.sent = 0;
                     slot.line.clear();
                     slot.overlong = false;
-                    self.counters.accepted += 1;
+                    if slot.service == Service::Iperf {
+                        self.counters.iperf_connections += 1;
+                        slot.iperf = IperfConn::Cookie {
+                            buf: [0; COOKIE_SIZE],
+                            got: 0,
+                            since_ms: now_ms,
+                        };
+                    } else {
+                        self.counters.accepted += 1;
+                    }
                 }
                 _ if slot.conn != Conn::Open => continue,
                 _ => {}
             }
             match slot.service {
+                Service::Iperf => {
+                    queued |= serve_iperf(
+                        &mut slot.iperf,
+                        s,
+                        &mut self.iperf,
+                        &mut self.scratch,
+                        now_ms,
+                    );
+                }
                 Service::Echo => {
                     while s.can_recv() && s.can_send() {
                         let room = s.send_capacity() - s.send_queue();
@@ -657,6 +758,8 @@ impl NetStack {
                 queued = true;
             }
         }
+        self.iperf.tick(now_ms);
+        self.iperf_bookkeeping(now_ms);
         if self.exit_requested_at.is_some() {
             // Stop accepting: listening sockets are closed so no new connection starts.
             for slot in &self.slots {
@@ -667,6 +770,176 @@ impl NetStack {
             }
         }
         queued
+    }
+
+    /// Hands the iperf3 server's events to the hook, updates the counters, and keeps a
+    /// socket listening on the iperf3 port: with none free, one in TIME-WAIT (a
+    /// connection this side closed first), else one of an ended test that its client
+    /// kept open for [`COOKIE_TIMEOUT_MS`], is given up.
+    fn iperf_bookkeeping(&mut self, now_ms: u64) {
+        while let Some(e) = self.iperf.take_event() {
+            match e {
+                iperf::Event::Started { .. } => self.counters.iperf_tests += 1,
+                iperf::Event::Ended(r) => {
+                    self.counters.iperf_rx_bytes += r.bytes_received;
+                    self.counters.iperf_tx_bytes += r.bytes_sent;
+                }
+            }
+            if let Some(hook) = self.iperf_hook.as_mut() {
+                hook(&e);
+            }
+        }
+        self.counters.iperf_completed = self.iperf.completed;
+        self.counters.iperf_failed = self.iperf.failed;
+        self.counters.iperf_denied = self.iperf.denied;
+        if self.exit_requested_at.is_some() {
+            return;
+        }
+        let iperf_state = |slot: &Slot| self.sockets.get::<tcp::Socket>(slot.handle).state();
+        let listening = self
+            .slots
+            .iter()
+            .filter(|s| s.service == Service::Iperf)
+            .any(|s| matches!(iperf_state(s), tcp::State::Listen | tcp::State::Closed));
+        if listening {
+            return;
+        }
+        // Else a connection left over from an ended test whose client has not closed
+        // it for a while.
+        let waiting = self
+            .slots
+            .iter()
+            .find(|s| s.service == Service::Iperf && iperf_state(s) == tcp::State::TimeWait)
+            .or_else(|| {
+                self.slots.iter().find(|s| {
+                    s.service == Service::Iperf
+                        && matches!(s.iperf, IperfConn::Over { since_ms }
+                            if now_ms.saturating_sub(since_ms) >= COOKIE_TIMEOUT_MS)
+                })
+            })
+            .map(|s| s.handle);
+        if let Some(slot) = self.slots.iter_mut().find(|s| Some(s.handle) == waiting) {
+            // A fresh connection on it is then counted and served as new.
+            slot.conn = Conn::Idle;
+            let s = self.sockets.get_mut::<tcp::Socket>(slot.handle);
+            s.abort();
+            // Cannot fail: the socket is closed and the port is not 0.
+            let _ = s.listen(iperf::PORT);
+        }
+    }
+}
+
+/// Runs one iperf3 connection: its cookie, then its part of the test as
+/// [`iperf::Server`] decides. True if it queued data or changed role (another round
+/// of the services is worth it).
+fn serve_iperf(
+    conn: &mut IperfConn,
+    s: &mut tcp::Socket<'_>,
+    server: &mut iperf::Server,
+    scratch: &mut [u8],
+    now_ms: u64,
+) -> bool {
+    let mut queued = false;
+    loop {
+        match conn {
+            IperfConn::Cookie { buf, got, since_ms } => {
+                while *got < COOKIE_SIZE && s.can_recv() {
+                    let n = s.recv_slice(&mut buf[*got..]).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    *got += n;
+                }
+                if *got < COOKIE_SIZE {
+                    if !s.may_recv() || now_ms.saturating_sub(*since_ms) >= COOKIE_TIMEOUT_MS {
+                        s.abort();
+                        *conn = IperfConn::Over { since_ms: now_ms };
+                        return true;
+                    }
+                    return queued;
+                }
+                let cookie = *buf;
+                *conn = match server.classify(&cookie, now_ms) {
+                    Role::Control(tid) => {
+                        // iperf3 sets TCP_NODELAY on the control connection.
+                        s.set_nagle_enabled(false);
+                        IperfConn::Control(tid)
+                    }
+                    Role::Stream { tid, index } => {
+                        s.set_nagle_enabled(!server.nodelay(tid));
+                        IperfConn::Stream { tid, index }
+                    }
+                    Role::Denied => {
+                        let _ = s.send_slice(&[iperf::state::ACCESS_DENIED]);
+                        s.close();
+                        IperfConn::Over { since_ms: now_ms }
+                    }
+                };
+                queued = true;
+            }
+            IperfConn::Control(tid) => {
+                let tid = *tid;
+                while s.can_recv() {
+                    let n = s.recv_slice(scratch).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    if server.control_input(tid, &scratch[..n], now_ms).is_err() {
+                        // Garbage: drop the connection; the test is already failed.
+                        s.abort();
+                        *conn = IperfConn::Over { since_ms: now_ms };
+                        return true;
+                    }
+                }
+                let out = server.control_output(tid);
+                if !out.is_empty() && s.can_send() {
+                    let n = s.send_slice(out).unwrap_or(0);
+                    server.control_sent(tid, n);
+                    queued |= n > 0;
+                }
+                if server.control_finished(tid) {
+                    // Its test is over: the client closes first (no TIME-WAIT here).
+                    *conn = IperfConn::Over { since_ms: now_ms };
+                } else if !s.may_recv() {
+                    server.control_closed(tid, now_ms);
+                    *conn = IperfConn::Over { since_ms: now_ms };
+                }
+                return queued;
+            }
+            IperfConn::Stream { tid, index } => {
+                let (tid, index) = (*tid, *index);
+                while s.can_recv() {
+                    let n = s.recv(|b| (b.len(), b.len())).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    server.stream_received(tid, index, n, now_ms);
+                }
+                let allowance = server.send_allowance(tid, index);
+                if allowance > 0 && s.can_send() {
+                    // The payload is whatever the buffer holds: iperf3 does not look.
+                    let n = s
+                        .send(|b| {
+                            let n = b
+                                .len()
+                                .min(usize::try_from(allowance).unwrap_or(usize::MAX));
+                            (n, n)
+                        })
+                        .unwrap_or(0);
+                    server.stream_sent(tid, index, n, now_ms);
+                    queued |= n > 0;
+                }
+                if !server.stream_live(tid) {
+                    *conn = IperfConn::Over { since_ms: now_ms };
+                }
+                return queued;
+            }
+            IperfConn::Over { .. } => {
+                let mut ignored = 0;
+                drain(s, &mut ignored);
+                return queued;
+            }
+        }
     }
 }
 
@@ -1128,6 +1401,170 @@ mod tests {
         assert!(ok, "{}", server.counters);
         assert_eq!(pattern::check(3, 0, &got), None);
         assert!(server.counters.tx_dropped > 0);
+    }
+
+    /// An iperf3 client on the second interface: a reverse test with two streams, a
+    /// garbage connection meanwhile, then the whole TEST_END exchange.
+    #[test]
+    fn iperf3_reverse_test_over_tcp() {
+        use crate::iperf::{Event, state};
+        let (mut server, mut sdev, mut client, mut now) = setup(opts());
+        let events = Rc::new(RefCell::new(Vec::new()));
+        let log = events.clone();
+        server.set_iperf_hook(Box::new(move |e| log.borrow_mut().push(*e)));
+        let cookie = *b"abcdefghijklmnopqrstuvwxyz234567abcd\0";
+        let framed = |t: &str| {
+            let mut v = (t.len() as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(t.as_bytes());
+            v
+        };
+        let ctl = client.connect(iperf::PORT, 41000);
+        let junk = client.connect(iperf::PORT, 41001);
+        let mut streams = Vec::new();
+        let mut got = Vec::new();
+        let mut step = 0;
+        let mut received = [0u64; 2];
+        let mut junk_closed = false;
+        let mut cookie_sent = [false; 2];
+        let ok = run(
+            &mut server,
+            &mut sdev,
+            &mut client,
+            &mut now,
+            30_000,
+            |_, c, _| {
+                let t = c.tcp(junk);
+                if t.state() == tcp::State::Established && t.may_send() && step > 0 {
+                    // Garbage while a test is set up: a short "cookie", then FIN.
+                    t.send_slice(b"GET / HTTP/1.0").unwrap();
+                    t.close();
+                }
+                junk_closed |= !t.is_open() || t.state() == tcp::State::Closed;
+                let t = c.tcp(ctl);
+                if t.can_recv() {
+                    t.recv(|b| {
+                        got.extend_from_slice(b);
+                        (b.len(), ())
+                    })
+                    .unwrap();
+                }
+                match step {
+                    0 if t.may_send() => {
+                        t.send_slice(&cookie).unwrap();
+                        step = 1;
+                    }
+                    1 if got == [state::PARAM_EXCHANGE] => {
+                        let p = framed(
+                            r#"{"tcp":true,"time":1,"parallel":2,"len":8192,"reverse":true}"#,
+                        );
+                        t.send_slice(&p).unwrap();
+                        step = 2;
+                    }
+                    2 if got.ends_with(&[state::CREATE_STREAMS]) => {
+                        for port in [41002, 41003] {
+                            streams.push(c.connect(iperf::PORT, port));
+                        }
+                        step = 3;
+                    }
+                    3 => {
+                        for (i, &h) in streams.iter().enumerate() {
+                            let s = c.tcp(h);
+                            if !cookie_sent[i] && s.state() == tcp::State::Established {
+                                s.send_slice(&cookie).unwrap();
+                                cookie_sent[i] = true;
+                            }
+                        }
+                        if cookie_sent == [true; 2] {
+                            step = 4;
+                        }
+                    }
+                    4 if got.ends_with(&[state::TEST_START, state::TEST_RUNNING]) => step = 5,
+                    5 => {
+                        for (i, &h) in streams.iter().enumerate() {
+                            let s = c.tcp(h);
+                            while s.can_recv() {
+                                received[i] += s.recv(|b| (b.len(), b.len())).unwrap() as u64;
+                            }
+                        }
+                        if received.iter().all(|&r| r > 100_000) {
+                            c.tcp(ctl).send_slice(&[state::TEST_END]).unwrap();
+                            step = 6;
+                        }
+                    }
+                    6 if got.ends_with(&[state::EXCHANGE_RESULTS]) => {
+                        let r = r#"{"cpu_util_total":0,"cpu_util_user":0,"cpu_util_system":0,"sender_has_retransmits":-1,"streams":[]}"#;
+                        t.send_slice(&framed(r)).unwrap();
+                        step = 7;
+                    }
+                    7 if got.ends_with(&[state::DISPLAY_RESULTS]) => {
+                        t.send_slice(&[state::IPERF_DONE]).unwrap();
+                        t.close();
+                        for &h in &streams {
+                            c.tcp(h).close();
+                        }
+                        step = 8;
+                    }
+                    _ => {}
+                }
+                step == 8 && junk_closed
+            },
+        );
+        assert!(ok, "step {step}, control got {got:?}: {}", server.counters);
+        // The server's results: one JSON message between EXCHANGE_RESULTS and
+        // DISPLAY_RESULTS.
+        let at = got
+            .iter()
+            .position(|&b| b == state::EXCHANGE_RESULTS)
+            .unwrap()
+            + 1;
+        let len = u32::from_be_bytes(got[at..at + 4].try_into().unwrap()) as usize;
+        let results = &got[at + 4..at + 4 + len];
+        let ev = events.borrow().clone();
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[0], Event::Started { test: 0 });
+        let Event::Ended(r) = ev[1] else { panic!() };
+        assert!(r.reverse && !r.aborted && r.streams == 2 && r.bytes_received == 0);
+        let text = core::str::from_utf8(results).unwrap();
+        assert!(text.contains(r#""sender_has_retransmits":0"#), "{text}");
+        // What the server reports sent covers what arrived (the rest was in flight).
+        let mut reported = 0;
+        iperf::json::elements(
+            match iperf::json::get(results, "streams").unwrap() {
+                Some(iperf::json::Value::Array(a)) => a,
+                _ => panic!("{text}"),
+            },
+            |v| {
+                if let iperf::json::Value::Object(o) = v {
+                    reported += iperf::json::get(o, "bytes").unwrap().unwrap().int() as u64;
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(reported, r.bytes_sent);
+        assert!(
+            r.bytes_sent >= received.iter().sum::<u64>(),
+            "{r:?} {received:?}"
+        );
+        run(
+            &mut server,
+            &mut sdev,
+            &mut client,
+            &mut now,
+            2000,
+            |_, _, _| false,
+        );
+        let c = &server.counters;
+        assert_eq!(
+            (c.iperf_tests, c.iperf_completed, c.iperf_failed),
+            (1, 1, 0),
+            "{c}"
+        );
+        assert_eq!(c.iperf_connections, 4, "{c}");
+        assert_eq!(
+            (c.accepted, c.completed),
+            (0, 0),
+            "iperf is not counted there"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Finds the NIC `net.device=` names (default: the first vif in xenstore, else the
 //! first e1000 on PCI), opens it ([`open_net`]: the one place netfront plugs in;
 //! [`open_emulated_net`]: the one place the e1000 driver plugs in), and runs `guest_kernel::netstack` on it: ping, TCP echo (7), discard (9), bulk
-//! (19) and control (5). The serve loop polls the stack, then halts until the device's
+//! (19), control (5) and an iperf3 server (5201). Each iperf3 test k is a benchmark
+//! phase `100 + k` (`super::mark`: Start at `TEST_START`, End at `TEST_END`) and prints
+//! one line `iperf-result: {json}` when it ends. The serve loop polls the stack, then halts until the device's
 //! event, smoltcp's next timer, or a recovery tick, whichever is first; a poll after a
 //! tick that receives frames is counted as a recovery (a lost event). It ends as the
 //! options say (`exit` on the control port, `net.exit-after`, `net.time-limit`) and
@@ -12,11 +14,13 @@
 
 use alloc::boxed::Box;
 use guest_kernel::ioopts::{NetDeviceSel, NetOptions};
+use guest_kernel::iperf::{self, Event};
 use guest_kernel::netstack::{BULK_PORT, CONTROL_PORT, DISCARD_PORT, ECHO_PORT, Finish, NetStack};
 use hw_devices::e1000::driver::{E1000, E1000Config};
 use pv_drivers::device::NetDevice;
 use pv_drivers::netfront::Netfront;
 
+use super::mark;
 use super::platform::{self, E1000Target};
 use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, RECOVERY_TICK_NS, Woken};
 use crate::kprintln;
@@ -121,6 +125,23 @@ fn run_emulated(n: u8, opts: &NetOptions<'_>) -> bool {
     serve(dev.as_mut(), &event, opts)
 }
 
+/// Benchmark phase of iperf3 test `k`.
+fn iperf_phase(k: u32) -> u32 {
+    100u32.saturating_add(k)
+}
+
+/// An iperf3 test started or ended: the phase marks, and the result line after the End
+/// mark (console output stays out of the measured phase).
+fn iperf_event(e: &Event) {
+    match e {
+        Event::Started { test } => mark::start(iperf_phase(*test)),
+        Event::Ended(r) => {
+            mark::end(iperf_phase(r.test));
+            kprintln!("iperf-result: {r}");
+        }
+    }
+}
+
 /// Runs the services on `dev`, whose events set `event`; true unless the device failed.
 pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>) -> bool {
     let start = pv::now_ns();
@@ -133,6 +154,7 @@ pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>
             return false;
         }
     };
+    stack.set_iperf_hook(Box::new(iperf_event));
     let info = dev.info();
     let m = info.mac;
     kprintln!(
@@ -151,9 +173,10 @@ pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>
     );
     kprintln!(
         "net: serving: icmp echo, tcp echo {ECHO_PORT}, discard {DISCARD_PORT}, bulk \
-         {BULK_PORT} ({} bytes, seed {}), control {CONTROL_PORT}",
+         {BULK_PORT} ({} bytes, seed {}), control {CONTROL_PORT}, iperf3 {}",
         opts.bulk_bytes,
-        opts.seed
+        opts.seed,
+        iperf::PORT
     );
     let (mut woke, mut waits, mut recoveries, mut busy_rounds) = (Woken::Event, 0u64, 0u64, 0u32);
     let finish = loop {
