@@ -569,8 +569,7 @@ impl Bench {
                 let out = outcome_text(r);
                 // Status 0 through the exit port or a Xen poweroff: the guest's own
                 // verdict that every phase ran.
-                let err = (r["exit_code"] != 0)
-                    .then(|| format!("the guest {out}"));
+                let err = (r["exit_code"] != 0).then(|| format!("the guest {out}"));
                 (costs::phases(r), err, Some(out))
             }
             Err(e) => (Vec::new(), Some(e.clone()), None),
