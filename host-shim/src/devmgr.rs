@@ -103,6 +103,10 @@ pub fn attach(
         // The toolstack's part: device nodes exist before the guest runs.
         devices.backends =
             crate::backends::start(xen, &pv_disks, &pv_nets).map_err(Error::Devices)?;
+        let counters = vmm.counters();
+        for b in &devices.backends {
+            counters.add_backend(&b.name().replace(' ', "-"), b.live_stats());
+        }
     }
     for d in disks.iter().filter(|d| d.interface == DiskInterface::Ide) {
         let image = d.open().map_err(Error::Devices)?;

@@ -1,5 +1,5 @@
 //! Per-run counters, reported as JSON by `--stats`/`--stats-file`, and [`Counters`], the
-//! handle that reads them while the VM runs (BENCH.md item 2: snapshots at phase marks
+//! handle that reads them while the VM runs (docs/bench-protocol.md item 2: snapshots at phase marks
 //! and from the host side).
 //!
 //! On machines where the guest's kernel code runs through an instruction emulator,
@@ -284,6 +284,7 @@ struct Inner {
     xen: Option<Arc<Xen>>,
     kvm: Result<Arc<VcpuStats>, String>,
     marks: MarkLog,
+    backends: Mutex<Vec<(String, crate::backends::LiveStats)>>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -316,6 +317,7 @@ impl Counters {
                 xen,
                 kvm: kvm.map(Arc::new),
                 marks: MarkLog::new(),
+                backends: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -389,10 +391,15 @@ impl Counters {
         }
     }
 
-    /// Every counter now, as JSON (BENCH.md's SNAP): `exits`, `pio_ports`,
+    /// Adds a PV backend's live counters to the snapshots, as `backends.<name>`.
+    pub fn add_backend(&self, name: &str, live: crate::backends::LiveStats) {
+        lock(&self.inner.backends).push((name.to_owned(), live));
+    }
+
+    /// Every counter now, as JSON (docs/bench-protocol.md's SNAP): `exits`, `pio_ports`,
     /// `other_exits`, `unclaimed`, `devices`, `irq_asserts` (every line, zeros too),
-    /// `xen` (null without it), `backends` (always null: the PV backends' counters live
-    /// on their threads until they stop; the final report has them), `kvm` (null when
+    /// `xen` (null without it), `backends` (each PV backend's counters as its thread
+    /// last published them, after its latest round of work), `kvm` (null when
     /// the host lacks binary stats), `cpu_ns` and `mark_exits`. Every numeric leaf only
     /// grows during a run (except `xen.grant_maps`, a current count); a key missing from
     /// an earlier snapshot (a port, a device first touched later) counts as 0.
@@ -419,7 +426,11 @@ impl Counters {
         snap.insert("devices".into(), to_json(&stats.devices));
         snap.insert("irq_asserts".into(), to_json(&stats.irq_asserts));
         snap.insert("xen".into(), to_json(&xen));
-        snap.insert("backends".into(), Value::Null);
+        let backends: serde_json::Map<String, Value> = lock(&self.inner.backends)
+            .iter()
+            .map(|(name, live)| (name.clone(), lock(live).clone()))
+            .collect();
+        snap.insert("backends".into(), Value::Object(backends));
         snap.insert("kvm".into(), to_json(&self.kvm()));
         snap.insert("cpu_ns".into(), to_json(&CpuTime::now()));
         snap.insert("mark_exits".into(), mark_exits.into());

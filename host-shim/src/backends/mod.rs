@@ -148,11 +148,16 @@ pub trait Backend: Send + 'static {
     fn shutdown(&mut self);
 }
 
+/// A backend's counters as its thread last published them (after every round), for
+/// snapshots taken while it runs.
+pub type LiveStats = Arc<Mutex<serde_json::Value>>;
+
 /// A backend running on its own thread.
 pub struct Running {
     kick: Arc<Kick>,
     thread: Option<JoinHandle<serde_json::Value>>,
     name: String,
+    live: LiveStats,
 }
 
 /// Starts `backend` on a thread named after it. `kick` must be the one its notifiers
@@ -161,16 +166,24 @@ pub struct Running {
 pub fn spawn<B: Backend>(mut backend: B, kick: Arc<Kick>) -> std::io::Result<Running> {
     let name = backend.name();
     let k = kick.clone();
+    let live: LiveStats = Arc::new(Mutex::new(serde_json::Value::Null));
+    let published = live.clone();
     let thread = std::thread::Builder::new()
         .name(format!("back-{name}"))
         .spawn(move || {
+            let publish = |b: &B| {
+                let stats = b.stats();
+                *published.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+            };
             backend.run_once(Kick::XENBUS);
+            publish(&backend);
             loop {
                 let reasons = k.wait();
                 if k.stopping() {
                     break;
                 }
                 backend.run_once(reasons);
+                publish(&backend);
             }
             backend.shutdown();
             backend.stats()
@@ -179,6 +192,7 @@ pub fn spawn<B: Backend>(mut backend: B, kick: Arc<Kick>) -> std::io::Result<Run
         kick,
         thread: Some(thread),
         name,
+        live,
     })
 }
 
@@ -186,6 +200,11 @@ impl Running {
     /// The backend's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The counters as the thread last published them (live, for snapshots).
+    pub fn live_stats(&self) -> LiveStats {
+        self.live.clone()
     }
 
     /// Stops the thread and returns the backend's counters.

@@ -1,6 +1,6 @@
 //! Counter deltas between two snapshots and the cost of one I/O operation.
 //!
-//! A snapshot is the JSON object of BENCH.md protocol item 2 (`exits`, `pio_ports`,
+//! A snapshot is the JSON object of docs/bench-protocol.md, item 2 (`exits`, `pio_ports`,
 //! `devices`, `irq_asserts`, `xen`, `backends`, `kvm`, `cpu_ns`, `mark_exits`).
 //! [`delta`] subtracts every numeric leaf; [`Costs::from_delta`] turns a delta into the
 //! per-operation figures of the report. A figure that cannot be computed (no KVM

@@ -1,6 +1,6 @@
 //! Block results in fio's JSON shape, and the host `fio` baseline.
 //!
-//! The guest prints one `blk-result: {...}` line per benchmark phase (BENCH.md, protocol
+//! The guest prints one `blk-result: {...}` line per benchmark phase (docs/bench-protocol.md,
 //! item 3; the field names and percentile keys are fio's). [`parse_blk_results`] reads
 //! them from the console text, [`fio_json`] turns them into the document `fio
 //! --output-format=json` writes (`fio version`, `jobs[]` with `jobname`, `read`/`write`
@@ -126,7 +126,7 @@ pub fn size_label(bytes: u64) -> String {
     }
 }
 
-/// One phase of the guest's matrix (BENCH.md item 3): its number and parameters.
+/// One phase of the guest's matrix (docs/bench-protocol.md item 3): its number and parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatrixPhase {
     /// Phase number from 1.

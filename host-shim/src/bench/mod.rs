@@ -1,5 +1,5 @@
 //! `host-shim bench`: PV against emulated I/O, measured on the same guest in the same run
-//! (the plan is BENCH.md; this is its item 5).
+//! (the protocol is docs/bench-protocol.md; this is its item 5).
 //!
 //! Everything runs in this process, on one bench thread that first moves into a private
 //! network namespace ([`crate::hostio::netns::enter_private`]); the VMs and the host
@@ -296,7 +296,7 @@ struct Files {
     json: String,
 }
 
-/// Host-side counter snapshots of a running VM: BENCH.md item 2's
+/// Host-side counter snapshots of a running VM: docs/bench-protocol.md item 2's
 /// `Vmm::counters().snapshot()`.
 type Snapshotter = Box<dyn Fn() -> Value + Send>;
 

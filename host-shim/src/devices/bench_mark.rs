@@ -1,5 +1,5 @@
 //! The benchmark's phase-mark port: [`hw_devices::bench::MARK_PORT`] (0xf8, 4 ports),
-//! the shim's half of the protocol in `hw_devices::bench` and BENCH.md item 2.
+//! the shim's half of the protocol in `hw_devices::bench` and docs/bench-protocol.md item 2.
 //!
 //! A 32-bit write at offset 0 that decodes as a mark ([`hw_devices::bench::decode`])
 //! records `(phase, kind, snapshot of every counter)` in order; the run's report pairs
@@ -224,7 +224,12 @@ mod tests {
         ] {
             assert!(snap.get(key).is_some(), "{key} missing: {snap}");
         }
-        assert!(snap["kvm"].is_null() && snap["xen"].is_null() && snap["backends"].is_null());
+        assert!(snap["kvm"].is_null() && snap["xen"].is_null());
+        assert_eq!(
+            snap["backends"],
+            serde_json::json!({}),
+            "no PV backends here"
+        );
         assert!(snap["cpu_ns"]["user"].is_u64() && snap["cpu_ns"]["system"].is_u64());
         assert_eq!(c.kvm_unavailable(), Some("no KVM in this test"));
 
