@@ -930,6 +930,12 @@ fn serve_iperf(
                     queued |= n > 0;
                 }
                 if !server.stream_live(tid) {
+                    // The test ended: close the stream, as iperf3's own server closes
+                    // every data stream when TEST_END arrives. A client in reverse
+                    // mode reads its stream until end-of-file; left open, it waits
+                    // in that read forever and never sees EXCHANGE_RESULTS. The FIN
+                    // follows whatever the send buffer still holds.
+                    s.close();
                     *conn = IperfConn::Over { since_ms: now_ms };
                 }
                 return queued;
