@@ -399,7 +399,7 @@ impl Counters {
     /// Every counter now, as JSON (docs/bench-protocol.md's SNAP): `exits`, `pio_ports`,
     /// `other_exits`, `unclaimed`, `devices`, `irq_asserts` (every line, zeros too),
     /// `xen` (null without it), `backends` (each PV backend's counters as its thread
-    /// last published them, after its latest round of work), `kvm` (null when
+    /// last published them, whenever its thread went idle), `kvm` (null when
     /// the host lacks binary stats), `cpu_ns` and `mark_exits`. Every numeric leaf only
     /// grows during a run (except `xen.grant_maps`, a current count); a key missing from
     /// an earlier snapshot (a port, a device first touched later) counts as 0.

@@ -675,6 +675,17 @@ pub const PERCENTILES_MILLI: [u32; 17] = [
     99_000, 99_500, 99_900, 99_950, 99_990,
 ];
 
+/// fio's name of a percentile given in thousandths of a percent: `99.950000` for
+/// 99_950, the key of `clat_ns.percentile` in fio's JSON (and in our result lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PercentileKey(pub u32);
+
+impl fmt::Display for PercentileKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:06}", self.0 / 1000, (self.0 % 1000) * 1000)
+    }
+}
+
 /// A log2-linear latency histogram of fixed size (fio's scheme): recording is a few
 /// instructions and never allocates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -848,10 +859,9 @@ impl fmt::Display for BenchResult {
         for (i, &milli) in PERCENTILES_MILLI.iter().enumerate() {
             write!(
                 f,
-                "{}\"{}.{:06}\":{}",
+                "{}\"{}\":{}",
                 if i == 0 { "" } else { "," },
-                milli / 1000,
-                (milli % 1000) * 1000,
+                PercentileKey(milli),
                 m.clat.percentile(milli)
             )?;
         }

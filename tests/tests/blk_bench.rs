@@ -28,27 +28,6 @@ const REGION_BYTES: usize = 4 << 20;
 const SHIM_TIMEOUT_S: u64 = 550;
 const LIMIT: Duration = Duration::from_secs(600);
 
-/// fio's percentile keys, in increasing order.
-const PERCENTILES: [&str; 17] = [
-    "1.000000",
-    "5.000000",
-    "10.000000",
-    "20.000000",
-    "30.000000",
-    "40.000000",
-    "50.000000",
-    "60.000000",
-    "70.000000",
-    "80.000000",
-    "90.000000",
-    "95.000000",
-    "99.000000",
-    "99.500000",
-    "99.900000",
-    "99.950000",
-    "99.990000",
-];
-
 /// (rw, bs, iodepth) of phase `n` (from 1), as the plan orders them: for bs, for qd,
 /// for rw.
 fn planned(n: usize) -> (&'static str, u64, u64) {
@@ -120,11 +99,12 @@ fn check_results(run: &Run) -> Vec<Value> {
         let pct = clat["percentile"]
             .as_object()
             .unwrap_or_else(|| panic!("no percentiles: {line}"));
-        assert_eq!(pct.len(), PERCENTILES.len(), "{line}");
-        let values: Vec<u64> = PERCENTILES
+        let keys = host_shim::bench::fio::percentile_keys();
+        assert_eq!(pct.len(), keys.len(), "{line}");
+        let values: Vec<u64> = keys
             .iter()
             .map(|p| {
-                pct.get(*p)
+                pct.get(p)
                     .and_then(Value::as_u64)
                     .unwrap_or_else(|| panic!("percentile {p} missing: {line}"))
             })

@@ -12,32 +12,21 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use pv_drivers::workload::{PERCENTILES_MILLI, PercentileKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The guest's console prefix of a block result.
 pub const BLK_RESULT_PREFIX: &str = "blk-result: ";
 
-/// fio's completion-latency percentile keys, in fio's order.
-pub const PERCENTILES: [&str; 17] = [
-    "1.000000",
-    "5.000000",
-    "10.000000",
-    "20.000000",
-    "30.000000",
-    "40.000000",
-    "50.000000",
-    "60.000000",
-    "70.000000",
-    "80.000000",
-    "90.000000",
-    "95.000000",
-    "99.000000",
-    "99.500000",
-    "99.900000",
-    "99.950000",
-    "99.990000",
-];
+/// fio's completion-latency percentile keys, in fio's order (the guest's own list,
+/// `pv_drivers::workload::PERCENTILES_MILLI`, named as fio names them).
+pub fn percentile_keys() -> Vec<String> {
+    PERCENTILES_MILLI
+        .iter()
+        .map(|&m| PercentileKey(m).to_string())
+        .collect()
+}
 
 /// Completion latency of one phase, in guest TSC nanoseconds (fio's `clat_ns`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -205,9 +194,9 @@ fn direction(r: Option<&BlkResult>) -> Value {
         (0, 0.0)
     };
     let mut percentile = serde_json::Map::new();
-    for key in PERCENTILES {
-        if let Some(v) = r.clat_ns.percentile.get(key) {
-            percentile.insert(key.into(), json!(*v as u64));
+    for key in percentile_keys() {
+        if let Some(v) = r.clat_ns.percentile.get(&key) {
+            percentile.insert(key, json!(*v as u64));
         }
     }
     json!({
