@@ -375,11 +375,8 @@ serial="$run/serial.log"
 : >"$serial"
 xen_cmdline="console=com1 com1=115200,8n1 dom0_mem=384M,max:384M dom0_max_vcpus=2 loglvl=all guest_loglvl=all $xen_args"
 dom0_cmdline="console=hvc0 earlyprintk=xen rdinit=/init loglevel=4"
-# -fsgsbase: with it, busybox applets in dom0 now and then died at a TLS load through
-# %fs (the same instruction, in different applets, with a garbage FS base) on a busy
-# host; Xen then switches PV FS/GS bases through MSRs instead of {RD,WR}FSBASE.
 # shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
-qemu_args=(-M pc -accel tcg,thread=multi -cpu EPYC,-monitor,-smap,-fsgsbase -m 2048 -smp 2
+qemu_args=(-M pc -accel tcg,thread=multi -cpu EPYC,-monitor,-smap -m 2048 -smp 2
     -display none -vga none -monitor none -nic none -serial stdio -no-reboot
     -kernel "$DOM0_DIR/xen" -append "$xen_cmdline"
     -initrd "$DOM0_DIR/vmlinuz $dom0_cmdline,$run/initrd")
