@@ -4,6 +4,7 @@
 # code 500-1000x slower than native and cannot boot a stock Linux at all).
 #
 #   scripts/shim-in-qemu.sh [OPTIONS] [-- HOST-SHIM-RUN-ARGS...]
+#   scripts/shim-in-qemu.sh --bench [OPTIONS] [-- HOST-SHIM-BENCH-ARGS...] >bench.json
 #
 # QEMU emulates an AMD CPU with SVM (-cpu EPYC); inside it a small Linux ("L1", Debian's
 # bookworm-backports 6.12 kernel + busybox-static, all from Debian packages) loads
@@ -31,6 +32,12 @@
 #                     it must offer SVM)
 #   --l1-append STR   more L1 kernel parameters (e.g. loglevel=7 with -v)
 #   --qemu PATH       QEMU binary (default qemu-system-x86_64, QEMU 10 recommended)
+#   --bench           run `host-shim bench` in the L1 instead of `host-shim run` (the
+#                     I/O benchmark's second place): this host's iperf3 and ping, with
+#                     the shared libraries they load, go into the L1; the report
+#                     (bench.json) comes out on stdout, the progress on stderr. No
+#                     host fio baseline there (--no-host-fio: Debian's fio needs 80 MB
+#                     of libraries); give no --out or --json
 #   -v, --verbose     progress messages and the L1 kernel log on stderr
 # Inside the L1: busybox (ip, tunctl, ping, nc, ...), /dev/net/tun (tun loaded), and
 # `l1-modprobe bridge|veth` for more.
@@ -55,7 +62,7 @@ usage() {
 . "$here/lib/l1.sh"
 l1_cpu=$L1_CPU_DEFAULT
 shim=${SHIM_IN_QEMU_SHIM:-}
-kernel='' pre='' script='' timeout=600 l1_mem=1024 qemu=qemu-system-x86_64 verbose='' l1_append=''
+kernel='' pre='' script='' timeout=600 l1_mem=1024 qemu=qemu-system-x86_64 verbose='' l1_append='' bench=''
 files=()
 while [ "$#" -gt 0 ]; do
     case $1 in
@@ -69,6 +76,7 @@ while [ "$#" -gt 0 ]; do
         --l1-cpu) need_value "$@"; l1_cpu=$2; shift 2 ;;
         --qemu) need_value "$@"; qemu=$2; shift 2 ;;
         --l1-append) need_value "$@"; l1_append=$2; shift 2 ;;
+        --bench) bench=1; shift ;;
         -v | --verbose) verbose=1; shift ;;
         -h | --help) usage ;;
         --) shift; break ;;
@@ -82,8 +90,17 @@ l1_check_settings
 for a in "${shim_args[@]}"; do
     case $a in
         --kernel | --kernel=*) die "give the guest kernel as the runner's --kernel (before '--'), not as a host-shim argument" ;;
+        --out | --out=* | --json)
+            [ -z "$bench" ] || die "with --bench the report comes out on stdout: no $a" ;;
     esac
 done
+# The host clients the bench drives, from this host (scripts/setup.sh installs them).
+bench_tools="iperf3 ping"
+if [ -n "$bench" ]; then
+    command -v iperf3 >/dev/null || die "iperf3 is not installed (Debian package iperf3; scripts/setup.sh installs it)"
+    command -v ping >/dev/null || die "ping is not installed (Debian package iputils-ping; scripts/setup.sh installs it)"
+    command -v ldd >/dev/null || die "ldd is not installed (Debian package libc-bin)"
+fi
 [ -z "$kernel" ] || kernel=$(l1_input_file "guest kernel" "$kernel")
 [ -z "$shim" ] || shim=$(l1_input_file "host-shim binary" "$shim")
 [ -z "$pre" ] || pre=$(l1_input_file "--l1-pre script" "$pre")
@@ -137,6 +154,32 @@ for f in "$kernel" "${abs_files[@]}"; do
     cp "$f" "$stage$f"
 done
 [ -z "$pre" ] || install -m 755 "$pre" "$stage/l1/pre"
+if [ -n "$bench" ]; then
+    # Each client and the shared objects it loads (ldd's list, the loader included),
+    # run through that loader with --library-path: the L1 has no libc of its own.
+    mkdir -p "$stage/l1/clients/lib" "$stage/l1/bin"
+    for t in $bench_tools; do
+        bin=$(command -v "$t")
+        libs=$(ldd "$bin" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (.*/\1/p')
+        [ -n "$libs" ] || die "ldd lists no shared library of $bin"
+        for l in $libs; do cp -L "$l" "$stage/l1/clients/lib/"; done
+        cp -L "$bin" "$stage/l1/clients/$t"
+        printf '#!/bin/sh\nexec /l1/clients/lib/ld-linux-x86-64.so.2 --library-path /l1/clients/lib /l1/clients/%s "$@"\n' "$t" >"$stage/l1/bin/$t"
+        chmod 755 "$stage/l1/bin/$t"
+    done
+    [ -f "$stage/l1/clients/lib/ld-linux-x86-64.so.2" ] || die "the clients' loader is not ld-linux-x86-64.so.2"
+    # The program: host-shim bench, then its report on stdout.
+    cat >"$stage/l1/main" <<'EOF'
+#!/bin/sh
+PATH=/l1/bin:$PATH
+export PATH
+/l1/host-shim bench "$@" --no-host-fio --out /l1/bench-out >&2
+code=$?
+[ -f /l1/bench-out/bench.json ] && cat /l1/bench-out/bench.json
+exit "$code"
+EOF
+    chmod 755 "$stage/l1/main"
+fi
 [ -z "$script" ] || install -m 755 "$script" "$stage/l1/script"
 # run.conf: `set -- --kernel GUEST ARGS...`, each argument single-quoted for sh.
 {

@@ -24,13 +24,14 @@
 //! | `blk.verify=` | `on`/`off`: compare reads with the pattern | `on` |
 //! | `blk.bench=` | `on`: run the benchmark matrix (`pv_drivers::workload::bench_matrix`) instead of `blk.workload=`, over the region of `blk.offset=`/`blk.size=` | `off` |
 //! | `blk.bench-ops=` | requests per benchmark phase, 1..=65536 | `256` |
+//! | `blk.bench-idle-ms=` | before the matrix, an idle phase (number 0) of this many milliseconds with no I/O, 0..=60000: the idle guest's exit rate | `0` (none) |
 //!
 //! Sizes take `K`/`M`/`G` suffixes ([`crate::cmdline::parse_size`]). Options of a
 //! service that is off (e.g. `net.gw=` without `net.ip=`) are errors, so a typo in the
 //! enabling option is not silently ignored. For the same reason `blk.bench=on` refuses
 //! `blk.workload=` and the options only a workload uses (`blk.bs=`, `blk.qd=`,
 //! `blk.ops=`, `blk.read-pct=`, `blk.verify=`: the matrix sets them), and
-//! `blk.bench-ops=` needs `blk.bench=on`. `blk.seed=` seeds the benchmark's random
+//! `blk.bench-ops=` and `blk.bench-idle-ms=` need `blk.bench=on`. `blk.seed=` seeds the benchmark's random
 //! blocks.
 
 use core::net::Ipv4Addr;
@@ -118,6 +119,8 @@ pub struct BlkOptions<'a> {
     /// `blk.bench=on`: the benchmark matrix with this many requests per phase, instead
     /// of the phases (then `count` is 0).
     pub bench_ops: Option<u32>,
+    /// `blk.bench-idle-ms=`: the benchmark's idle phase, milliseconds (0: none).
+    pub bench_idle_ms: u32,
 }
 
 impl BlkOptions<'_> {
@@ -158,10 +161,11 @@ const NET_KEYS: [&str; 7] = [
     "net.seed",
     "net.device",
 ];
-const BLK_KEYS: [&str; 13] = [
+const BLK_KEYS: [&str; 14] = [
     "blk.workload",
     "blk.bench",
     "blk.bench-ops",
+    "blk.bench-idle-ms",
     "blk.device",
     "blk.ata",
     "blk.offset",
@@ -242,6 +246,7 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
         device: None,
         ata: AtaMode::Dma,
         bench_ops: None,
+        bench_idle_ms: 0,
     };
     let (mut net_on, mut net_other) = (false, None);
     let (mut blk_on, mut blk_other) = (false, None);
@@ -263,7 +268,7 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
         if WORKLOAD_ONLY_KEYS.contains(&key) {
             workload_only.get_or_insert(word);
         }
-        if key == "blk.bench-ops" {
+        if key == "blk.bench-ops" || key == "blk.bench-idle-ms" {
             bench_only.get_or_insert(word);
         }
         let num = |expected| v.parse::<u64>().map_err(|_| bad(word, expected));
@@ -349,6 +354,13 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
                     .ok()
                     .filter(|n| (1..=65536).contains(n))
                     .ok_or(bad(word, "a number of requests from 1 to 65536"))?
+            }
+            "blk.bench-idle-ms" => {
+                blk.bench_idle_ms = num("a number of milliseconds")?
+                    .try_into()
+                    .ok()
+                    .filter(|n| *n <= 60_000)
+                    .ok_or(bad(word, "a number of milliseconds from 0 to 60000"))?
             }
             "blk.ops" => blk.config.ops = num("a number of requests")?,
             "blk.read-pct" => {
@@ -547,6 +559,12 @@ mod tests {
             .unwrap();
         let c = b.bench().unwrap();
         assert_eq!((c.ops, c.seed, c.size), (32, 4, 256 << 10));
+        assert_eq!(b.bench_idle_ms, 0);
+        let b = parse("blk.bench=on blk.bench-idle-ms=60000")
+            .unwrap()
+            .blk
+            .unwrap();
+        assert_eq!(b.bench_idle_ms, 60_000);
         assert_eq!(
             parse("blk.bench=on blk.bench-ops=65536")
                 .unwrap()
@@ -576,6 +594,11 @@ mod tests {
             ("blk.bench=on blk.bench-ops=65537", "blk.bench-ops=65537"),
             ("blk.bench=on blk.bench-ops=-1", "blk.bench-ops=-1"),
             ("blk.bench=on blk.bench-ops=1K", "blk.bench-ops=1K"),
+            (
+                "blk.bench=on blk.bench-idle-ms=60001",
+                "blk.bench-idle-ms=60001",
+            ),
+            ("blk.bench=on blk.bench-idle-ms=1s", "blk.bench-idle-ms=1s"),
             ("blk.bench=on blk.size=0", "blk.size=0"),
             ("blk.bench=on blk.size=4Q", "blk.size=4Q"),
             ("blk.bench=on blk.offset=x", "blk.offset=x"),
@@ -591,6 +614,7 @@ mod tests {
             // The benchmark's option without the benchmark.
             ("blk.bench-ops=32", "blk.bench-ops=32"),
             ("blk.bench=off blk.bench-ops=32", "blk.bench-ops=32"),
+            ("blk.bench-idle-ms=100", "blk.bench-idle-ms=100"),
             ("blk.workload=seq-read blk.bench-ops=32", "blk.bench-ops=32"),
             ("blk.bench=off blk.size=4M", "blk.size=4M"),
         ] {

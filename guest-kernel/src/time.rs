@@ -53,9 +53,78 @@ impl TscClock {
     }
 }
 
+/// The safety-net poll of a waiting driver (events can be lost: issue #6): how long a
+/// wait may last before the driver is polled without an event.
+///
+/// While events come or polls find work, the tick is [`RecoveryTick::BASE_NS`], the
+/// bound on how long a lost event can stall busy I/O. Each tick that ends a wait with
+/// nothing to do doubles it, up to [`RecoveryTick::IDLE_MAX_NS`]: an idle guest does
+/// not wake (and exit to its hypervisor) 50 times a second only to find nothing, and
+/// the first event or found work brings the tick back down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryTick {
+    tick_ns: u64,
+}
+
+impl Default for RecoveryTick {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecoveryTick {
+    /// The tick while there is work: 20 ms.
+    pub const BASE_NS: u64 = 20_000_000;
+    /// The longest tick of an idle driver: 1 s.
+    pub const IDLE_MAX_NS: u64 = 1_000_000_000;
+
+    /// A tick at [`Self::BASE_NS`].
+    pub const fn new() -> Self {
+        RecoveryTick {
+            tick_ns: Self::BASE_NS,
+        }
+    }
+
+    /// How long the next wait may last without an event.
+    pub fn ns(&self) -> u64 {
+        self.tick_ns
+    }
+
+    /// After a wait and the poll that followed it: `by_deadline` if the wait ended at
+    /// its deadline (no event), `found_work` if the poll found anything to do.
+    pub fn update(&mut self, by_deadline: bool, found_work: bool) {
+        self.tick_ns = if by_deadline && !found_work {
+            self.tick_ns.saturating_mul(2).min(Self::IDLE_MAX_NS)
+        } else {
+            Self::BASE_NS
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_recovery_tick_backs_off_and_work_resets_it() {
+        let mut t = RecoveryTick::new();
+        assert_eq!(t.ns(), RecoveryTick::BASE_NS);
+        let mut seen = alloc::vec::Vec::new();
+        for _ in 0..10 {
+            t.update(true, false);
+            seen.push(t.ns() / 1_000_000);
+        }
+        assert_eq!(seen, [40, 80, 160, 320, 640, 1000, 1000, 1000, 1000, 1000]);
+        // An event resets it, and so does a deadline whose poll found work (a lost
+        // event: the next one may be lost too).
+        t.update(false, false);
+        assert_eq!(t.ns(), RecoveryTick::BASE_NS);
+        t.update(true, false);
+        t.update(true, true);
+        assert_eq!(t.ns(), RecoveryTick::BASE_NS);
+        t.update(false, true);
+        assert_eq!(t.ns(), RecoveryTick::BASE_NS);
+    }
 
     #[test]
     fn pit_elapsed_handles_wrap() {

@@ -52,6 +52,9 @@ pub enum Command {
     /// bench.svg and fio-PATH.json. Needs root (a private network namespace, TAPs).
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
+    /// Render several `bench` reports (one per place, e.g. this host and inside QEMU)
+    /// as one bench.md with a section per place and one bench.svg.
+    BenchReport(BenchReportArgs),
 }
 
 /// The exit statuses of `host-shim bench`.
@@ -85,6 +88,25 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MIB", default_value_t = 128,
           value_parser = clap::value_parser!(u64).range(2..=65536))]
     pub mem: u64,
+    /// Where this run takes place, as the report names it (for example "inside QEMU").
+    #[arg(long, value_name = "TEXT", default_value = "this host's /dev/kvm",
+          value_parser = crate::bench::parse_place)]
+    pub place: String,
+    /// Skip the host `fio` baseline (where Debian's fio is not available, e.g. inside
+    /// the L1 of scripts/shim-in-qemu.sh); the report says it was not run.
+    #[arg(long)]
+    pub no_host_fio: bool,
+}
+
+/// Options of `host-shim bench-report`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct BenchReportArgs {
+    /// Directory for bench.md and bench.svg.
+    #[arg(long, value_name = "DIR", default_value = "./bench-results")]
+    pub out: PathBuf,
+    /// Reports written by `host-shim bench` (bench.json), one per place, in order.
+    #[arg(value_name = "BENCH_JSON", required = true)]
+    pub reports: Vec<PathBuf>,
 }
 
 /// Options of `host-shim run`.
@@ -219,10 +241,15 @@ pub fn execute(cli: Cli) -> u8 {
                 paths: crate::bench::dedup(args.paths),
                 json: args.json,
                 mem: args.mem,
+                place: args.place,
+                host_fio: !args.no_host_fio,
             },
             &mut io::stdout(),
             &mut io::stderr(),
         ),
+        Command::BenchReport(args) => {
+            crate::bench::combine(&args.reports, &args.out, &mut io::stderr())
+        }
     }
 }
 
@@ -291,7 +318,7 @@ mod tests {
     fn parse_ok(args: &[&str]) -> RunArgs {
         match Cli::try_parse_from(args).expect("parses").command {
             Command::Run(r) => r,
-            Command::Bench(_) => panic!("not run"),
+            Command::Bench(_) | Command::BenchReport(_) => panic!("not run"),
         }
     }
 

@@ -274,10 +274,18 @@ fn canned_report() -> Value {
                     Costs::from_delta(&d, "request", r.ios as f64, r.io_bytes as f64, kind)
                 });
                 let f = fio::parse_fio_output(&fixture("fio-host.json"), false);
-                report::block_cell(p, r, c, Some(f))
+                let mut cell = report::block_cell(p, r, c, Some(f));
+                if kind == DeviceKind::Ide {
+                    cell["device_max_in_flight"] = json!(1);
+                }
+                cell
             })
             .collect();
-        json!({"status": "ok", "error": null, "cells": cells})
+        // The idle window: phase 1's delta taken as 2 seconds of idling.
+        let d = costs::phase_delta(&phases, 1).expect("delta");
+        let idle =
+            json!({"seconds": 2.0, "costs": Costs::from_delta(&d, "second", 2.0, 0.0, kind)});
+        json!({"status": "ok", "error": null, "idle": idle, "cells": cells})
     };
     let fwd = net::parse_iperf3(&fixture("iperf3-forward.json")).expect("iperf3");
     let ping = net::parse_ping(&fixture("ping.txt")).expect("ping");
@@ -314,8 +322,10 @@ fn canned_report() -> Value {
         "e1000": {"net": netcells(1.0)},
     });
     json!({
+        "place": "this host's /dev/kvm",
         "machine": report::machine_info(),
         "date": report::iso8601(1_796_515_200),
+        "scale": {"idle_seconds": 2.0},
         "guest": {"path": "guest.elf", "size": 1234},
         "quick": true,
         "complete": false,
@@ -401,6 +411,92 @@ fn markdown_has_every_cell_and_the_notes() {
     assert!(net.contains("| ping | 198 | 99.0 |"), "{net}");
     assert!(md.contains("tcp guest->host: failed (iperf3 did not finish)"));
     assert!(!md.contains("NaN"));
+    // IDE's queue-depth-32 rows say the device had one command in flight; xen's and
+    // the queue-depth-1 rows do not.
+    let ex = md
+        .split("## Block user-space exits per request")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("exits table");
+    let row = |name: &str| {
+        ex.lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no row {name} in {ex}"))
+            .to_owned()
+    };
+    let qd32 = row("read 4k qd32");
+    let cols: Vec<&str> = qd32.split('|').map(str::trim).collect();
+    assert!(!cols[2].ends_with('¹') && cols[3].ends_with('¹'), "{qd32}");
+    assert!(!row("read 4k qd1").contains('¹'));
+    assert!(
+        ex.contains("¹ The device took one command at a time"),
+        "{ex}"
+    );
+    // The idle table: a column per path and kind, per-second figures.
+    let idle = md
+        .split("## Idle guest: cost per second")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("idle table");
+    assert!(
+        idle.contains("| per second | xen (block guest) | ide-dma (block guest) |"),
+        "{idle}"
+    );
+    assert!(idle.contains("| user exits/s |"), "{idle}");
+    assert!(md.contains("Place: this host's /dev/kvm."));
+}
+
+#[test]
+fn reports_of_two_places_make_one_markdown_and_one_svg() {
+    let host = canned_report();
+    let mut nested = canned_report();
+    nested["place"] = json!("inside QEMU");
+    nested["host_fio"] = json!(false);
+    let md = report::markdown_places(&[host.clone(), nested.clone()]);
+    assert!(md.contains("Measured in 2 places"), "{md}");
+    let host_at = md
+        .find("\n## this host's /dev/kvm\n")
+        .expect("host section");
+    let nested_at = md.find("\n## inside QEMU\n").expect("nested section");
+    assert!(host_at < nested_at);
+    // Tables one level down, in each section.
+    assert_eq!(md.matches("\n### Block throughput (MiB/s)").count(), 2);
+    assert!(md[nested_at..].contains("host fio baseline was not run here"));
+    assert!(!md[..nested_at].contains("host fio baseline was not run here"));
+    let svg = svg::svg_places(&[host, nested]);
+    balanced(&svg).expect("well-formed");
+    assert!(svg.contains("inside QEMU: Block throughput (MiB/s)"));
+    assert!(
+        svg.contains("this host&apos;s /dev/kvm: Block throughput")
+            || svg.contains("this host's /dev/kvm: Block throughput")
+    );
+    // The exits panels are logarithmic: ticks at powers of ten.
+    assert!(svg.contains("(log scale)"));
+    assert!(
+        svg.contains(">1</text>") && svg.contains(">10</text>"),
+        "decade ticks"
+    );
+    assert!(report::check_shape(&canned_report()).is_ok());
+    assert!(report::check_shape(&json!({"paths": {}})).is_err());
+    assert!(report::check_shape(&json!([1])).is_err());
+}
+
+#[test]
+fn the_idle_line_parses_and_bad_ones_are_errors() {
+    let c = "boot...\n[guest] blk-idle: {\"phase\":0,\"ns\":2000000000}\nblk-result: {}\n";
+    assert_eq!(fio::parse_idle(c), Ok(2.0));
+    assert!(
+        fio::parse_idle("nothing")
+            .unwrap_err()
+            .contains("no blk-idle")
+    );
+    for bad in [
+        "blk-idle: {\"phase\":1,\"ns\":5}",
+        "blk-idle: {\"ns\":-1,\"phase\":0}",
+        "blk-idle: not json",
+    ] {
+        assert!(fio::parse_idle(bad).is_err(), "{bad}");
+    }
 }
 
 /// A tiny XML check: every tag closes in order, attributes are quoted.
@@ -551,6 +647,26 @@ fn bad_cli_input_gives_one_error_line_and_writes_nothing() {
     let (code, _, stderr) = bench_cli(&["--kernel", &k, "--out", "/proc/no-such-dir/x"], None);
     assert_eq!(code, 125);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // --place must be one short line.
+    let (code, _, stderr) = bench_cli(&["--kernel", &k, "--place", ""], None);
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stderr.contains("--place"), "{stderr}");
+    // Without the host fio baseline, fio is not needed: the next check speaks.
+    let (code, _, stderr) = bench_cli(
+        &[
+            "--kernel",
+            &k,
+            "--out",
+            &out_s,
+            "--paths",
+            "ide-pio",
+            "--no-host-fio",
+        ],
+        Some(tmp.to_str().expect("utf8")),
+    );
+    assert_eq!(code, 125);
+    assert!(stderr.contains("not a PVH ELF"), "{stderr}");
+    assert!(!out.exists());
     let (code, stdout, _) = bench_cli(&["--help"], None);
     assert_eq!(code, 0);
     for w in [
@@ -559,4 +675,73 @@ fn bad_cli_input_gives_one_error_line_and_writes_nothing() {
         assert!(stdout.contains(w), "help lacks {w}");
     }
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn bench_report_combines_reports_and_refuses_bad_ones() {
+    let tmp = std::env::temp_dir().join(format!("bench-combine-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let good = tmp.join("host.json");
+    std::fs::write(&good, canned_report().to_string()).expect("write");
+    let mut nested = canned_report();
+    nested["place"] = json!("inside QEMU");
+    let good2 = tmp.join("qemu.json");
+    std::fs::write(&good2, nested.to_string()).expect("write");
+    let not_json = tmp.join("bad.json");
+    std::fs::write(&not_json, "{ nope").expect("write");
+    let not_report = tmp.join("other.json");
+    std::fs::write(&not_report, "{\"a\": 1}").expect("write");
+    let out = tmp.join("out");
+    let run = |files: &[&std::path::Path]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_host-shim"))
+            .arg("bench-report")
+            .arg("--out")
+            .arg(&out)
+            .args(files)
+            .output()
+            .expect("run");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for (files, want) in [
+        (vec![good.as_path(), not_json.as_path()], "is not JSON"),
+        (vec![not_report.as_path()], "not a host-shim bench report"),
+        (vec![tmp.join("missing.json").as_path()], "cannot read"),
+    ] {
+        let (code, stderr) = run(&files);
+        assert_eq!(code, 125, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(want), "{stderr} should say {want}");
+        assert!(!out.exists(), "nothing written");
+    }
+    let (code, stderr) = run(&[&good, &good2]);
+    assert_eq!(code, 0, "{stderr}");
+    let md = std::fs::read_to_string(out.join("bench.md")).expect("md");
+    assert!(md.contains("## inside QEMU"), "{md}");
+    balanced(&std::fs::read_to_string(out.join("bench.svg")).expect("svg")).expect("svg");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn the_summary_names_each_path_and_marks_ides_single_command() {
+    let s = report::summary(&canned_report());
+    assert!(s.contains("| test | xen | ide-dma | e1000 |"), "{s}");
+    let row = s
+        .lines()
+        .find(|l| l.starts_with("| randread 4k qd32, MiB/s |"))
+        .expect("qd32 row");
+    let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+    // A skipped cell says so, and is not marked.
+    assert_eq!(cols[2], "skipped (skipped)", "{row}");
+    let row = s
+        .lines()
+        .find(|l| l.starts_with("| write 64k qd32, MiB/s |"))
+        .expect("64k row");
+    assert!(row.ends_with("¹ | - |"), "{row}");
+    assert!(s.contains("| idle, user exits/s |"));
+    assert!(s.contains("¹ one command in flight"));
+    assert!(s.contains("| tcp host->guest, Mbit/s |"));
 }

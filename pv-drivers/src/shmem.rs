@@ -265,22 +265,57 @@ impl SharedMemory for RawSharedMemory {
             buf.fill(0);
             return;
         }
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `offset + i < len` (checked above), so the byte is inside the
-            // region, which is valid for reads; volatile because the peer writes it.
-            *b = unsafe { self.base.add(offset + i).read_volatile() };
-        }
+        // SAFETY: `offset + buf.len() <= len` (checked above), so the source is inside
+        // the region, valid for reads; `buf` is private memory, valid for writes and
+        // not overlapping the region (no Rust reference to the region exists).
+        unsafe { copy_shared(self.base.add(offset), buf.as_mut_ptr(), buf.len()) };
     }
 
     fn write_bytes(&self, offset: usize, data: &[u8]) {
         if !check(offset, data.len(), 1, self.len) {
             return;
         }
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: `offset + i < len` (checked above), so the byte is inside the
-            // region, which is valid for writes; volatile because the peer reads it.
-            unsafe { self.base.add(offset + i).write_volatile(*b) };
-        }
+        // SAFETY: as in `read_bytes`, the other way round.
+        unsafe { copy_shared(data.as_ptr(), self.base.add(offset), data.len()) };
+    }
+}
+
+/// Copies `len` bytes between shared memory and private memory, the peer possibly
+/// reading or writing the shared side meanwhile (what it sees or leaves there is just
+/// bytes: the caller treats a copy it read as untrusted).
+///
+/// On x86_64 this is `rep movsq` and `rep movsb` in inline assembly: opaque to the
+/// compiler, so the peer's concurrent access is no data race in Rust's model (as with
+/// volatile accesses), and one instruction instead of a loop per byte: under kvm-pvm,
+/// where the guest kernel's instructions are emulated, a byte loop cost about 5 us a
+/// byte (350 ms per 64 KiB) and the string copy about 0.12 us.
+/// Elsewhere: a volatile byte loop.
+///
+/// # Safety
+///
+/// `src` valid for reads and `dst` for writes of `len` bytes, not overlapping.
+unsafe fn copy_shared(src: *const u8, dst: *mut u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract; the direction flag is clear (the ABI says so at
+    // every call), so both copies go upwards: `rep movsq` moves `len / 8` words, then
+    // `rep movsb` the `len % 8` bytes left, continuing from where rsi/rdi stopped.
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            "mov rcx, {rest}",
+            "rep movsb",
+            rest = in(reg) len % 8,
+            inout("rcx") len / 8 => _,
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            options(nostack, preserves_flags)
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for i in 0..len {
+        // SAFETY: `i < len`: inside both ranges (the caller's contract); volatile
+        // because the peer may access the shared side.
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
     }
 }
 
@@ -632,6 +667,33 @@ impl<M: SharedMemory> SharedMemory for PagedMemory<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_copies_move_exactly_the_bytes_asked_for_at_any_offset() {
+        let mut page = alloc::vec![0u64; 16];
+        // SAFETY: 128 bytes of an 8-aligned Vec, used only through `m` below.
+        let m = unsafe { RawSharedMemory::new(page.as_mut_ptr().cast(), 128) };
+        let src: alloc::vec::Vec<u8> = (1..=64).collect();
+        for off in 0..20 {
+            for len in 0..=40 {
+                m.write_bytes(0, &[0xee; 128]);
+                m.write_bytes(off, &src[..len]);
+                let mut all = [0u8; 128];
+                m.read_bytes(0, &mut all);
+                assert!(all[..off].iter().all(|&b| b == 0xee), "before {off}+{len}");
+                assert_eq!(&all[off..off + len], &src[..len], "{off}+{len}");
+                assert!(
+                    all[off + len..].iter().all(|&b| b == 0xee),
+                    "after {off}+{len}"
+                );
+                let mut back = alloc::vec![0u8; len + 1];
+                m.read_bytes(off, &mut back[1..]);
+                assert_eq!((back[0], &back[1..]), (0, &src[..len]), "read {off}+{len}");
+            }
+        }
+        // `m` borrows `page` through a raw pointer: the Vec outlives every use.
+        drop(page);
+    }
 
     fn exercise(m: &dyn SharedMemory) {
         m.write_bytes(1, &[1, 2, 3, 4, 5, 6]);

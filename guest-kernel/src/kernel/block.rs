@@ -154,7 +154,7 @@ fn run_emulated(drive: u8, opts: &BlkOptions<'_>) -> bool {
 /// and `blk: PASS`/`blk: FAIL`.
 pub fn run_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, opts: &BlkOptions<'_>) -> bool {
     if let Some(cfg) = opts.bench() {
-        return bench_on(dev, event, &cfg);
+        return bench_on(dev, event, &cfg, opts.bench_idle_ms);
     }
     let info = dev.info();
     kprintln!(
@@ -206,7 +206,12 @@ pub fn run_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, opts: &BlkOptions<
 ///
 /// Between a phase's marks the console is held (its output comes out after the
 /// phase, before the result line), so the `blk-result:` lines follow one another.
-fn bench_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, cfg: &BenchConfig) -> bool {
+fn bench_on(
+    dev: &mut dyn BlockDevice,
+    event: &DeviceEvent,
+    cfg: &BenchConfig,
+    idle_ms: u32,
+) -> bool {
     let info = dev.info();
     kprintln!(
         "blk: bench: {} phases of {} requests over [{:#x}, +{:#x}); device: {} sectors of {} \
@@ -221,6 +226,9 @@ fn bench_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, cfg: &BenchConfig) -
         info.max_transfer,
         if info.read_only { ", read-only" } else { "" }
     );
+    if idle_ms > 0 {
+        idle_phase(event, idle_ms);
+    }
     let mut pass = true;
     for phase in workload::bench_matrix() {
         let mut waiter = GuestWaiter::new(event);
@@ -244,6 +252,25 @@ fn bench_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, cfg: &BenchConfig) -
     }
     kprintln!("blk: {}", if pass { "PASS" } else { "FAIL" });
     pass
+}
+
+/// The benchmark's idle phase (docs/bench-protocol.md, phase 0): `ms` milliseconds
+/// with nothing in flight, between marks and with the console held, as this kernel
+/// idles (halted until its timer); then `blk-idle: {"phase":0,"ns":T}` with the
+/// length measured by the guest's clock.
+fn idle_phase(event: &DeviceEvent, ms: u32) {
+    console::hold();
+    mark::start(0);
+    let start = pv::now_ns();
+    let deadline = start.saturating_add(u64::from(ms) * 1_000_000);
+    // A stray event (none is expected: nothing is in flight) only ends one wait.
+    while pv::now_ns() < deadline {
+        pv::wait_for_event(event, deadline);
+    }
+    let ns = pv::now_ns().saturating_sub(start);
+    mark::end(0);
+    console::release();
+    kprintln!("blk-idle: {{\"phase\":0,\"ns\":{ns}}}");
 }
 
 /// Waits for a block device: its event, or a recovery tick; gives up after

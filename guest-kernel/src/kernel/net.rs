@@ -20,9 +20,11 @@ use hw_devices::e1000::driver::{E1000, E1000Config};
 use pv_drivers::device::NetDevice;
 use pv_drivers::netfront::Netfront;
 
-use super::mark;
 use super::platform::{self, E1000Target};
-use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, RECOVERY_TICK_NS, Woken};
+use super::{console, mark};
+use guest_kernel::time::RecoveryTick;
+
+use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, Woken};
 use crate::kprintln;
 
 /// Opens vif `id` with `env` (whose [`DeviceEvent`] the caller already holds).
@@ -130,13 +132,18 @@ fn iperf_phase(k: u32) -> u32 {
     100u32.saturating_add(k)
 }
 
-/// An iperf3 test started or ended: the phase marks, and the result line after the End
-/// mark (console output stays out of the measured phase).
+/// An iperf3 test started or ended: the phase marks, the console held between them
+/// (nothing goes through an emulated UART while measured), and the result line after
+/// the End mark.
 fn iperf_event(e: &Event) {
     match e {
-        Event::Started { test } => mark::start(iperf_phase(*test)),
+        Event::Started { test } => {
+            console::hold();
+            mark::start(iperf_phase(*test));
+        }
         Event::Ended(r) => {
             mark::end(iperf_phase(r.test));
+            console::release();
             kprintln!("iperf-result: {r}");
         }
     }
@@ -179,6 +186,8 @@ pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>
         iperf::PORT
     );
     let (mut woke, mut waits, mut recoveries, mut busy_rounds) = (Woken::Event, 0u64, 0u64, 0u32);
+    // Backs off while idle, so that an idle guest's exit rate is its own timers'.
+    let mut tick = RecoveryTick::new();
     let finish = loop {
         let now = ms();
         let act = stack.poll(dev, now);
@@ -188,13 +197,17 @@ pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>
         if woke == Woken::Deadline && act.rx_frames > 0 && !event.is_pending() {
             recoveries += 1;
         }
+        tick.update(
+            woke == Woken::Deadline,
+            act.rx_frames > 0 || act.tx_frames > 0,
+        );
         if let Some(f) = stack.finished(now) {
             break f;
         }
         let delay_ns = stack
             .poll_delay_ms(now)
-            .map_or(RECOVERY_TICK_NS, |d| d.saturating_mul(1_000_000))
-            .min(RECOVERY_TICK_NS);
+            .map_or(tick.ns(), |d| d.saturating_mul(1_000_000))
+            .min(tick.ns());
         // smoltcp may want a poll right away; but a stack that keeps saying so (its
         // transmit queue blocked on a full device) waits a little for the device.
         if delay_ns == 0 && busy_rounds < 8 {
@@ -206,6 +219,8 @@ pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>
         waits += 1;
         woke = pv::wait_for_event(event, pv::now_ns().saturating_add(delay_ns.max(1_000_000)));
     };
+    // A test that never ended (its client vanished) must not keep the console held.
+    console::release();
     kprintln!("net: stopped: {finish}");
     kprintln!("net: {}", stack.counters);
     kprintln!(

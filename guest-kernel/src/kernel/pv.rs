@@ -22,9 +22,9 @@ use crate::kprintln;
 
 pub use super::event::{DeviceEvent, Woken, boot_entropy, now_ns, wait_for_event};
 
-/// How often a waiting driver is polled without an event: the bound on how long a
-/// lost event can stall it.
-pub const RECOVERY_TICK_NS: u64 = 20_000_000;
+/// How often a busy driver is polled without an event: the bound on how long a lost
+/// event can stall it (an idle network loop backs off from it, `RecoveryTick`).
+pub const RECOVERY_TICK_NS: u64 = guest_kernel::time::RecoveryTick::BASE_NS;
 
 fn errno(e: HypercallError) -> EnvError {
     EnvError::Evtchn(match e {

@@ -156,6 +156,27 @@ pub struct BadLine {
     pub error: String,
 }
 
+/// The guest's console prefix of its idle phase (`blk.bench-idle-ms=`).
+pub const BLK_IDLE_PREFIX: &str = "blk-idle: ";
+
+/// The length in seconds of the guest's idle phase, from its `blk-idle:` line
+/// (`{"phase":0,"ns":T}`).
+pub fn parse_idle(console: &str) -> Result<f64, String> {
+    let line = console
+        .lines()
+        .find_map(|l| {
+            l.find(BLK_IDLE_PREFIX)
+                .map(|at| &l[at + BLK_IDLE_PREFIX.len()..])
+        })
+        .ok_or("the guest printed no blk-idle line")?;
+    let v: Value = serde_json::from_str(line.trim())
+        .map_err(|e| format!("bad blk-idle line '{}': {e}", line.trim()))?;
+    match (v["phase"].as_u64(), v["ns"].as_u64()) {
+        (Some(0), Some(ns)) => Ok(ns as f64 / 1e9),
+        _ => Err(format!("bad blk-idle line '{}'", line.trim())),
+    }
+}
+
 /// Every `blk-result:` line of `console`, in order; lines that do not parse are
 /// returned apart. The prefix may follow other text on the line (a log prefix).
 pub fn parse_blk_results(console: &str) -> (Vec<BlkResult>, Vec<BadLine>) {

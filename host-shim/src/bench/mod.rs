@@ -49,6 +49,66 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Exit status when some measurement failed (the files say which).
 pub const EXIT_PARTIAL: u8 = 1;
 
+/// Checks `--place`: a short line of text.
+pub fn parse_place(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() || t.len() > 120 || t.chars().any(char::is_control) {
+        Err("a place is one line of 1 to 120 characters".into())
+    } else {
+        Ok(t.to_owned())
+    }
+}
+
+/// `host-shim bench-report`: reads `bench.json` reports (one per place) and writes
+/// one `bench.md` with a section per place and one `bench.svg` into `out`. Bad input
+/// is one error line and status 125, with nothing written.
+pub fn combine(reports: &[PathBuf], out: &Path, stderr: &mut dyn Write) -> u8 {
+    let mut docs = Vec::new();
+    for p in reports {
+        let doc = fs::read_to_string(p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|t| {
+                serde_json::from_str::<Value>(&t)
+                    .map_err(|e| format!("{} is not JSON: {e}", p.display()))
+            })
+            .and_then(|v| {
+                report::check_shape(&v)
+                    .map_err(|e| format!("{} is not a host-shim bench report: {e}", p.display()))?;
+                Ok(v)
+            });
+        match doc {
+            Ok(v) => docs.push(v),
+            Err(e) => {
+                crate::cli::report(stderr, &e);
+                return crate::EXIT_SHIM_ERROR;
+            }
+        }
+    }
+    let written = fs::create_dir_all(out).and_then(|()| {
+        report::write_all(
+            out,
+            &[
+                ("bench.md", report::markdown_places(&docs)),
+                ("bench.svg", svg::svg_places(&docs)),
+            ],
+        )
+    });
+    if let Err(e) = written {
+        crate::cli::report(
+            stderr,
+            &format!("cannot write the report to {}: {e}", out.display()),
+        );
+        return crate::EXIT_SHIM_ERROR;
+    }
+    let _ = writeln!(
+        stderr,
+        "bench-report: wrote {} (bench.md, bench.svg) from {} report(s)",
+        out.display(),
+        docs.len()
+    );
+    0
+}
+
 /// Checks one `--paths` name.
 pub fn parse_path(s: &str) -> Result<String, String> {
     let p = s.trim();
@@ -85,6 +145,10 @@ pub struct Options {
     pub json: bool,
     /// Guest memory, MiB.
     pub mem: u64,
+    /// Where this runs, said in the report (`--place`).
+    pub place: String,
+    /// Whether the host `fio` baseline runs (`--no-host-fio` turns it off).
+    pub host_fio: bool,
 }
 
 /// Sizes of one run.
@@ -95,6 +159,8 @@ struct Scale {
     iperf_secs: u64,
     pings: u64,
     round_trips: u64,
+    /// The idle window of every path (block: the guest's phase 0; network: host-timed).
+    idle: Duration,
     block_timeout: Duration,
     boot_wait: Duration,
 }
@@ -108,6 +174,7 @@ impl Scale {
                 iperf_secs: 2,
                 pings: 50,
                 round_trips: 200,
+                idle: Duration::from_secs(2),
                 block_timeout: Duration::from_secs(600),
                 boot_wait: Duration::from_secs(180),
             }
@@ -118,6 +185,7 @@ impl Scale {
                 iperf_secs: 10,
                 pings: 500,
                 round_trips: 2000,
+                idle: Duration::from_secs(5),
                 block_timeout: Duration::from_secs(1800),
                 boot_wait: Duration::from_secs(300),
             }
@@ -185,7 +253,7 @@ pub fn preflight(opts: &Options) -> Result<(Kernel, bool), String> {
     let _ = fs::remove_file(&probe);
     probed.map_err(|e| undo(format!("cannot write to --out {}: {e}", opts.out.display())))?;
     let mut tools: Vec<(&str, &str)> = Vec::new();
-    if opts.paths.iter().any(|p| is_block(p)) {
+    if opts.host_fio && opts.paths.iter().any(|p| is_block(p)) {
         tools.push(("fio", "fio"));
     }
     if opts.paths.iter().any(|p| is_net(p)) {
@@ -274,9 +342,10 @@ pub fn run(opts: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> u8
     if opts.json {
         let _ = writeln!(stdout, "{}", files.json);
     } else {
+        let _ = writeln!(stdout, "{}", report::summary(&report));
         let _ = writeln!(
             stderr,
-            "bench: wrote {} (bench.json, bench.md, bench.svg, fio-*.json)",
+            "bench: wrote {} (bench.json, bench.md with every figure, bench.svg, fio-*.json)",
             opts.out.display()
         );
     }
@@ -338,10 +407,16 @@ impl RunningVm {
     }
 
     /// Waits for the VM, stopping it if Ctrl-C comes first; then as [`Self::finish`].
-    fn finish_or_stop(self) -> (Result<Value, String>, String) {
+    /// `watch` sees the console so far about once a second (for progress lines).
+    fn finish_or_stop(self, watch: &mut dyn FnMut(&str)) -> (Result<Value, String>, String) {
+        let mut last = Instant::now();
         while !self.handle.is_finished() {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 self.stop.stop();
+            }
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                watch(&self.capture.text());
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -363,6 +438,8 @@ fn outcome_text(report: &Value) -> String {
     let o = &report["outcome"];
     match o["kind"].as_str() {
         Some("exited") => format!("exited with status {}", o["status"]),
+        // A crash keeps its details (the registers of a triple fault).
+        Some(k) if o.as_object().is_some_and(|m| m.len() > 1) => format!("{k}: {o}"),
         Some(k) => k.to_owned(),
         None => o.to_string(),
     }
@@ -471,15 +548,18 @@ impl Bench {
         let paths = Value::Object(paths);
         let guest_size = self.kernel.image.len();
         let report = json!({
+            "place": self.opts.place,
             "machine": report::machine_info(),
             "date": report::iso8601(report::unix_now()),
             "guest": {"path": self.opts.kernel.display().to_string(), "size": guest_size},
             "quick": self.opts.quick,
+            "host_fio": self.opts.host_fio,
             "complete": incomplete.is_none(),
             "incomplete_reason": incomplete,
             "scale": {"ops_per_phase": self.scale.ops, "disk_bytes": self.scale.disk_bytes,
                       "iperf_seconds": self.scale.iperf_secs, "pings": self.scale.pings,
-                      "round_trips": self.scale.round_trips},
+                      "round_trips": self.scale.round_trips,
+                      "idle_seconds": self.scale.idle.as_secs_f64()},
             "ratios": report::ratios(&paths),
             "paths": paths,
         });
@@ -546,11 +626,20 @@ impl Bench {
                 return json!({"status": "failed", "error": format!("disk {disk}: {e}"), "cells": []});
             }
         };
+        // PIO moves two bytes per exit: a quarter of the requests keeps its phases about
+        // as long as the other paths' (the per-request figures do not depend on it).
+        let ops = if path == "ide-pio" {
+            (s.ops / 4).max(1)
+        } else {
+            s.ops
+        };
         let capture = Capture::new();
         let mut config = self.base_config(
             format!(
-                "blk.bench=on blk.bench-ops={} blk.size={} {dev}",
-                s.ops, s.disk_bytes
+                "blk.bench=on blk.bench-ops={} blk.size={} blk.bench-idle-ms={} {dev}",
+                ops,
+                s.disk_bytes,
+                s.idle.as_millis()
             ),
             &capture,
         );
@@ -561,7 +650,18 @@ impl Bench {
             Ok(vm) => vm,
             Err(e) => return json!({"status": "failed", "error": e, "cells": []}),
         };
-        let (report, console) = vm.finish_or_stop();
+        let phases_total = fio::matrix().len();
+        let mut done = 0;
+        let (report, console) = vm.finish_or_stop(&mut |console: &str| {
+            let n = console
+                .lines()
+                .filter(|l| l.contains(fio::BLK_RESULT_PREFIX))
+                .count();
+            if n != done {
+                done = n;
+                self.say(&format!("{path} block: {n}/{phases_total} phases measured"));
+            }
+        });
         let boot_secs = started.elapsed().as_secs_f64();
         let (results, bad) = fio::parse_blk_results(&console);
         let (phases, mut error, outcome) = match &report {
@@ -590,9 +690,26 @@ impl Bench {
                     kind,
                 ))
             });
-            let fio = (r.is_some() && !Self::interrupted()).then(|| self.host_fio(&image, &p));
-            cells.push(report::block_cell(&p, r, costs, fio));
+            let fio = (r.is_some() && !Self::interrupted()).then(|| {
+                if self.opts.host_fio {
+                    self.host_fio(&image, &p)
+                } else {
+                    Err("not run (--no-host-fio)".into())
+                }
+            });
+            let mut cell = report::block_cell(&p, r, costs, fio);
+            if kind == DeviceKind::Ide {
+                // The guest queues up to its iodepth; the controller takes one command
+                // at a time per channel. Said in the table, not hidden.
+                cell["device_max_in_flight"] = json!(1);
+            }
+            cells.push(cell);
         }
+        let idle = idle_entry(
+            costs::phase_delta(&phases, 0),
+            fio::parse_idle(&console),
+            kind,
+        );
         let doc = fio::fio_json(path, &results);
         self.fio_docs.push((
             path.to_owned(),
@@ -606,7 +723,8 @@ impl Bench {
             "outcome": outcome,
             "seconds": boot_secs,
             "disk_bytes": s.disk_bytes,
-            "ops_per_phase": s.ops,
+            "ops_per_phase": ops,
+            "idle": idle,
             "cells": cells,
             "bad_lines": bad.iter().map(|b| json!({"line": b.line, "error": b.error})).collect::<Vec<_>>(),
             "console_tail": if error.is_some() { console_tail(&console, 40) } else { Vec::new() },
@@ -643,7 +761,7 @@ impl Bench {
         let mut config = self.base_config(format!("net.ip={guest_ip}/24 heap=16M {dev}"), &capture);
         config.nets = vec![spec];
         // A bound that outlasts every test; the guest normally ends by `exit`.
-        let tests_secs = 4 * (s.iperf_secs + 60) + 300;
+        let tests_secs = 4 * (2 * s.iperf_secs + 30) + s.pings / 10 + 300;
         config.timeout = Some(s.boot_wait + Duration::from_secs(tests_secs));
         let vm = match RunningVm::start(config, capture) {
             Ok(vm) => vm,
@@ -654,9 +772,29 @@ impl Bench {
         let mut iperf_runs: Vec<(String, Result<net::IperfResult, String>)> = Vec::new();
         let mut host_phases: Vec<HostPhase> = Vec::new();
         let stop = &INTERRUPTED;
+        let mut idle = json!({"seconds": null, "costs": null, "error": "not measured"});
         match self.net_up(&tap, host_ip, guest_ip, &vm) {
             Err(e) => error = Some(e),
             Ok(()) => {
+                // The idle guest first: nothing sent to it for a while (its safety-net
+                // poll backs off to its longest tick), then a window measured.
+                self.say(&format!("{path} net: idle"));
+                if pause(IDLE_SETTLE) {
+                    let before = vm.snapshot();
+                    let t0 = Instant::now();
+                    let whole = pause(s.idle);
+                    let after = vm.snapshot();
+                    let secs = t0.elapsed().as_secs_f64();
+                    idle = match (before, after, whole) {
+                        (Some(b), Some(a), true) => idle_entry(
+                            Ok(costs::without_marks(costs::delta(&b, &a))),
+                            Ok(secs),
+                            kind,
+                        ),
+                        (_, _, false) => idle_entry(Err("interrupted".into()), Ok(secs), kind),
+                        _ => idle_entry(Err(NO_SNAPSHOTS.into()), Ok(secs), kind),
+                    };
+                }
                 let ip = guest_ip.to_string();
                 let t = s.iperf_secs.to_string();
                 let tests: [(&str, Vec<&str>); 4] = [
@@ -672,7 +810,7 @@ impl Bench {
                     self.say(&format!("{path} net: iperf3 {name}"));
                     let mut cmd = Command::new("iperf3");
                     cmd.args(["-c", &ip, "-J", "-t", &t]).args(&extra);
-                    let r = net::run_client(cmd, Duration::from_secs(s.iperf_secs + 60), stop)
+                    let r = net::run_client(cmd, Duration::from_secs(2 * s.iperf_secs + 30), stop)
                         .and_then(|out| net::parse_iperf3(&out));
                     iperf_runs.push((name.to_owned(), r));
                 }
@@ -681,7 +819,8 @@ impl Bench {
                     let before = vm.snapshot();
                     let mut cmd = Command::new("ping");
                     cmd.args(["-c", &s.pings.to_string(), "-i", "0.02", "-W", "2", &ip]);
-                    let r = net::run_client(cmd, Duration::from_secs(s.pings + 60), stop)
+                    // -i 0.02: pings/50 seconds when every reply is prompt.
+                    let r = net::run_client(cmd, Duration::from_secs(s.pings / 10 + 30), stop)
                         .and_then(|o| net::parse_ping(&o));
                     let after = vm.snapshot();
                     let (m, raw, ops) = match &r {
@@ -812,6 +951,7 @@ impl Bench {
             "tap": tap,
             "host_ip": host_ip.to_string(),
             "guest_ip": guest_ip.to_string(),
+            "idle": idle,
             "cells": cells,
             "console_tail": if status != "ok" { console_tail(&console, 40) } else { Vec::new() },
         })
@@ -867,6 +1007,36 @@ type HostPhase = (
     Value,
     Vec<(&'static str, Result<f64, String>)>,
 );
+
+/// How long a network guest is left alone before its idle window.
+const IDLE_SETTLE: Duration = Duration::from_millis(2500);
+
+/// Sleeps `d`, in short steps; false if Ctrl-C came first.
+fn pause(d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
+    }
+    true
+}
+
+/// A path's idle figures: the costs of an idle window per second (`op` "second"), or
+/// why there are none.
+fn idle_entry(delta: Result<Value, String>, secs: Result<f64, String>, kind: DeviceKind) -> Value {
+    match (delta, secs) {
+        (Ok(d), Ok(secs)) if secs > 0.0 => json!({
+            "seconds": secs,
+            "costs": Costs::from_delta(&d, "second", secs, 0.0, kind),
+        }),
+        (Ok(_), Ok(_)) => {
+            json!({"seconds": 0.0, "costs": null, "error": "the idle window was empty"})
+        }
+        (Err(e), _) | (_, Err(e)) => json!({"seconds": null, "costs": null, "error": e}),
+    }
+}
 
 /// A path's status: `failed` (the boot failed), `incomplete` (interrupted), `partial`
 /// (some test failed), or `ok` (every cell measured or skipped by the guest).

@@ -509,15 +509,79 @@ fn cell_text(cell: Option<&Value>, path: &[&str]) -> String {
     }
 }
 
-/// The report as markdown: a note on the machine, one table per figure with a row per
-/// cell and a column per path, the ratios, and what failed.
+/// Checks that `v` looks like a `host-shim bench` report (what [`markdown_places`]
+/// reads): the first thing missing.
+pub fn check_shape(v: &Value) -> Result<(), String> {
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    for key in ["machine", "date", "paths", "complete"] {
+        if v.get(key).is_none() {
+            return Err(format!("no \"{key}\""));
+        }
+    }
+    let paths = v["paths"].as_object().ok_or("\"paths\" is not an object")?;
+    for (p, kinds) in paths {
+        for kind in KINDS {
+            if let Some(k) = kinds.get(kind)
+                && !k["cells"].is_array()
+            {
+                return Err(format!("paths.{p}.{kind}.cells is not a list"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The place a report says it ran in (reports older than `--place`: "this host").
+fn place_of(report: &Value) -> &str {
+    report["place"].as_str().unwrap_or("this host")
+}
+
+/// One report as markdown: see [`markdown_places`].
 pub fn markdown(report: &Value) -> String {
+    markdown_places(std::slice::from_ref(report))
+}
+
+/// Reports of one or more places as markdown: per place, a note on the machine, the
+/// idle exit rates, one table per figure with a row per cell and a column per path,
+/// the ratios, and what failed.
+pub fn markdown_places(reports: &[Value]) -> String {
     let mut s = String::new();
-    let m = &report["machine"];
     let _ = writeln!(s, "# host-shim bench: PV against emulated I/O\n");
+    let h = if reports.len() > 1 {
+        let _ = writeln!(
+            s,
+            "Measured in {} places, a section each: {}. Within a place every path ran \
+             the same guest image in the same run; compare paths within a place, and \
+             counts per operation (not times) across places.\n",
+            reports.len(),
+            reports
+                .iter()
+                .map(|r| format!("{} ({})", place_of(r), r["date"].as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        "###"
+    } else {
+        "##"
+    };
+    for r in reports {
+        if reports.len() > 1 {
+            let _ = writeln!(s, "## {}\n", place_of(r));
+        }
+        section(&mut s, r, h);
+    }
+    s
+}
+
+/// The section of one report, its tables headed by `h`.
+fn section(s: &mut String, report: &Value, h: &str) {
+    let m = &report["machine"];
     let _ = writeln!(
         s,
-        "Run {} on Linux {} ({}, {} CPUs), /dev/kvm {}; guest `{}` ({} bytes){}.\n",
+        "Place: {}. Run {} on Linux {} ({}, {} CPUs), /dev/kvm {}; guest `{}` ({} bytes){}.\n",
+        place_of(report),
         report["date"].as_str().unwrap_or("?"),
         m["kernel"].as_str().unwrap_or("?"),
         m["cpu"].as_str().unwrap_or("unknown CPU"),
@@ -548,11 +612,34 @@ pub fn markdown(report: &Value) -> String {
         s,
         "Counts per operation (exits, interrupts, notifications, bytes copied) hold on any \
          host. Absolute times and rates do not: under kvm-pvm the guest's kernel code is \
-         emulated (~0.5 us per instruction), so guest-side latency and throughput are far \
-         below what the same paths reach on hardware virtualization; compare paths within \
-         this run, not with other machines. Latency is in guest TSC time (block) or host \
-         time (network). `n/a`: not computable (see bench.json `null_reasons`).\n"
+         emulated (~0.5 us per instruction), and inside QEMU (TCG) all of it is, so \
+         guest-side latency and throughput are far below what the same paths reach on \
+         hardware virtualization; compare paths within this run, not with other \
+         machines. Latency is in guest TSC time (block) or host time (network). `n/a`: \
+         not computable (see bench.json `null_reasons`).{}\n",
+        if report["host_fio"] == false {
+            " The host fio baseline was not run here (--no-host-fio)."
+        } else {
+            ""
+        }
     );
+    let ops: Vec<String> = path_names(&report["paths"])
+        .iter()
+        .filter_map(|p| {
+            report["paths"][p]["block"]["ops_per_phase"]
+                .as_u64()
+                .map(|n| format!("{p} {n}"))
+        })
+        .collect();
+    if !ops.is_empty() {
+        let _ = writeln!(
+            s,
+            "Block requests per phase: {} (PIO, at one exit per 2 bytes, runs fewer; \
+             per-request figures do not depend on the count).\n",
+            ops.join(", ")
+        );
+    }
+    idle_table(s, report, h);
     let paths = &report["paths"];
     let names = path_names(paths);
     for kind in KINDS {
@@ -590,7 +677,7 @@ pub fn markdown(report: &Value) -> String {
             if applies.is_empty() {
                 continue;
             }
-            let _ = writeln!(s, "## {}\n", t.title);
+            let _ = writeln!(s, "{h} {}\n", t.title);
             let mut head = String::from("| test |");
             let mut rule = String::from("|---|");
             for p in &cols {
@@ -602,13 +689,18 @@ pub fn markdown(report: &Value) -> String {
                 rule.push_str("---:|");
             }
             let _ = writeln!(s, "{head}\n{rule}");
+            let mut one_in_flight = false;
             for r in applies {
                 let mut line = format!("| {r} |");
                 for p in &cols {
+                    let c = find(cells(paths, p, kind), r);
+                    let mark = c.is_some_and(queued_beyond_device);
+                    one_in_flight |= mark;
                     let _ = write!(
                         line,
-                        " {} |",
-                        cell_text(find(cells(paths, p, kind), r), t.path)
+                        " {}{} |",
+                        cell_text(c, t.path),
+                        if mark { " ¹" } else { "" }
                     );
                 }
                 if let Some(key) = t.fio {
@@ -621,6 +713,13 @@ pub fn markdown(report: &Value) -> String {
                 }
                 let _ = writeln!(s, "{line}");
             }
+            if one_in_flight {
+                let _ = writeln!(
+                    s,
+                    "\n¹ The device took one command at a time (IDE: one per channel); the \
+                     guest queued the requests of the row's queue depth in its driver."
+                );
+            }
             s.push('\n');
         }
     }
@@ -629,7 +728,7 @@ pub fn markdown(report: &Value) -> String {
             for (pair, by_cell) in pairs.as_object().into_iter().flatten() {
                 let _ = writeln!(
                     s,
-                    "## Ratios {pair} ({kind}; PV divided by emulated, same run)\n"
+                    "{h} Ratios {pair} ({kind}; PV divided by emulated, same run)\n"
                 );
                 let _ = writeln!(
                     s,
@@ -687,9 +786,82 @@ pub fn markdown(report: &Value) -> String {
         }
     }
     if !problems.is_empty() {
-        let _ = writeln!(s, "## Not measured\n\n{problems}");
+        let _ = writeln!(s, "{h} Not measured\n\n{problems}");
     }
-    s
+}
+
+/// Whether a block cell queued more requests than its device had in flight.
+fn queued_beyond_device(c: &Value) -> bool {
+    if c["status"] != "ok" {
+        return false;
+    }
+    match (
+        c["device_max_in_flight"].as_u64(),
+        c["guest"]["iodepth"].as_u64(),
+    ) {
+        (Some(dev), Some(qd)) => qd > dev,
+        _ => false,
+    }
+}
+
+/// The idle exit rates of every path: per second of an idle window, for the block
+/// guest (its phase 0) and the network guest (host-timed).
+fn idle_table(s: &mut String, report: &Value, h: &str) {
+    let paths = &report["paths"];
+    let names = path_names(paths);
+    let rows = [
+        ("user exits/s", "user_exits"),
+        ("KVM exits/s", "kvm_exits"),
+        ("interrupts/s", "interrupts"),
+        ("host CPU (ns/s)", "cpu_ns"),
+    ];
+    let mut cols: Vec<(String, &Value)> = Vec::new();
+    for p in &names {
+        for kind in KINDS {
+            let idle = &paths[p][kind]["idle"];
+            if idle.is_object() {
+                cols.push((format!("{p} ({kind} guest)"), idle));
+            }
+        }
+    }
+    if cols.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "{h} Idle guest: cost per second\n");
+    let _ = writeln!(
+        s,
+        "Each path's guest with nothing to do (block: before its matrix; network: its \
+         services up, no client), over {} s: what the guest costs its host while idle.\n",
+        report["scale"]["idle_seconds"]
+            .as_f64()
+            .map_or("?".into(), fmt_num)
+    );
+    let mut head = String::from("| per second |");
+    let mut rule = String::from("|---|");
+    for (name, _) in &cols {
+        let _ = write!(head, " {name} |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(s, "{head}\n{rule}");
+    for (label, key) in rows {
+        let mut line = format!("| {label} |");
+        for (_, idle) in &cols {
+            let c = &idle["costs"];
+            // CPU time per operation is not kept (per GiB instead): from the total.
+            let v = c["per_op"][key].as_f64().or_else(|| {
+                let ops = c["ops"].as_f64().filter(|&o| o > 0.0)?;
+                Some(c["totals"][key].as_f64()? / ops)
+            });
+            let text = match v {
+                Some(x) => fmt_num(x),
+                None if idle["error"].is_string() => "failed".into(),
+                None => "n/a".into(),
+            };
+            let _ = write!(line, " {text} |");
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    s.push('\n');
 }
 
 /// Writes every `(name, contents)` into `dir` as a temporary file first, then renames
@@ -715,4 +887,88 @@ pub fn write_all(dir: &Path, files: &[(&str, String)]) -> io::Result<()> {
         fs::rename(tmp, dest)?;
     }
     Ok(())
+}
+
+/// The cells of the short summary: (kind, cell, headline metric, its unit).
+const SUMMARY_ROWS: [(&str, &str, &str, &str); 7] = [
+    ("block", "randread 4k qd1", "throughput_mib_s", "MiB/s"),
+    ("block", "randread 4k qd32", "throughput_mib_s", "MiB/s"),
+    ("block", "write 64k qd32", "throughput_mib_s", "MiB/s"),
+    ("net", "tcp host->guest", "throughput_mbit_s", "Mbit/s"),
+    ("net", "tcp guest->host", "throughput_mbit_s", "Mbit/s"),
+    ("net", "tcp round trip 1 byte", "rtt_mean_us", "us"),
+    ("net", "ping", "rtt_mean_us", "us"),
+];
+
+/// A short table for the terminal: a few headline cells per path, each as its
+/// throughput or latency and, in brackets, the user-space exits per operation; and the
+/// idle exit rate. bench.md has every figure.
+pub fn summary(report: &Value) -> String {
+    let paths = &report["paths"];
+    let names = path_names(paths);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} ({}): figure (user-space exits per operation)\n",
+        place_of(report),
+        report["date"].as_str().unwrap_or("?")
+    );
+    let mut head = String::from("| test |");
+    let mut rule = String::from("|---|");
+    for p in &names {
+        let _ = write!(head, " {p} |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(s, "{head}\n{rule}");
+    for (kind, name, metric, unit) in SUMMARY_ROWS {
+        if names
+            .iter()
+            .all(|p| find(cells(paths, p, kind), name).is_none())
+        {
+            continue;
+        }
+        let mut line = format!("| {name}, {unit} |");
+        for p in &names {
+            let c = find(cells(paths, p, kind), name);
+            let text = match c {
+                None => "-".to_owned(),
+                Some(c) => format!(
+                    "{} ({}){}",
+                    cell_text(Some(c), &["metrics", metric]),
+                    cell_text(Some(c), &["costs", "per_op", "user_exits"]),
+                    if queued_beyond_device(c) { " ¹" } else { "" }
+                ),
+            };
+            let _ = write!(line, " {text} |");
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    let mut line = String::from("| idle, user exits/s |");
+    for p in &names {
+        let rates: Vec<String> = KINDS
+            .iter()
+            .filter_map(|k| paths[p][*k]["idle"]["costs"]["per_op"]["user_exits"].as_f64())
+            .map(fmt_num)
+            .collect();
+        let _ = write!(
+            line,
+            " {} |",
+            if rates.is_empty() {
+                "-".to_owned()
+            } else {
+                rates.join(" / ")
+            }
+        );
+    }
+    let _ = writeln!(s, "{line}");
+    if names
+        .iter()
+        .any(|p| cells(paths, p, "block").iter().any(queued_beyond_device))
+    {
+        let _ = writeln!(
+            s,
+            "\n¹ one command in flight at the device (IDE: one per channel), 32 queued in the guest"
+        );
+    }
+    s
 }

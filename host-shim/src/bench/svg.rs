@@ -2,7 +2,9 @@
 //! `text`), with no plotting crate: panels of grouped bars, one group per test and one
 //! bar per path, each labelled with its value. Panels: block throughput and block
 //! user-space exits per request, network throughput and network user-space exits per
-//! operation (a panel without data is left out).
+//! operation (a panel without data is left out), the exits on a logarithmic scale
+//! (they span 0.03 to 16,000 per request). Several reports (one per place) stack their
+//! panels, each titled with its place.
 
 use std::fmt::Write as _;
 
@@ -41,6 +43,8 @@ type Bars = Vec<(String, Option<f64>)>;
 struct Panel {
     title: String,
     groups: Vec<(String, Bars)>,
+    /// A logarithmic value axis.
+    log: bool,
 }
 
 const BAR_W: f64 = 14.0;
@@ -49,7 +53,7 @@ const PLOT_H: f64 = 220.0;
 const LEFT: f64 = 70.0;
 const PANEL_H: f64 = PLOT_H + 150.0;
 
-fn panels(report: &Value) -> Vec<Panel> {
+fn panels(report: &Value, prefix: &str) -> Vec<Panel> {
     let paths = &report["paths"];
     let names = path_names(paths);
     let mut out = Vec::new();
@@ -113,17 +117,19 @@ fn panels(report: &Value) -> Vec<Panel> {
             .collect();
         if !tp.is_empty() {
             out.push(Panel {
-                title: tp_title.into(),
+                title: format!("{prefix}{tp_title}"),
                 groups: tp,
+                log: false,
             });
         }
         if !ex.is_empty() {
             out.push(Panel {
                 title: format!(
-                    "{} user-space exits per {op}",
+                    "{prefix}{} user-space exits per {op} (log scale)",
                     if kind == "block" { "Block" } else { "Network" }
                 ),
                 groups: ex,
+                log: true,
             });
         }
     }
@@ -134,9 +140,98 @@ fn group_width(bars: usize) -> f64 {
     bars as f64 * BAR_W + GROUP_GAP
 }
 
-/// The chart as an SVG document.
+/// The chart of one report as an SVG document.
 pub fn svg(report: &Value) -> String {
-    let panels = panels(report);
+    svg_places(std::slice::from_ref(report))
+}
+
+/// The value axis of a panel: bar height for a value, and the labelled ticks.
+struct Axis {
+    log: bool,
+    /// Linear: the largest value. Log: the decades spanned, from `lo` to `hi`.
+    max: f64,
+    lo: f64,
+    hi: f64,
+}
+
+impl Axis {
+    /// Height available to bars (room above the tallest for its rotated label).
+    const SPAN: f64 = PLOT_H - 40.0;
+
+    fn new(p: &Panel) -> Self {
+        let values = p
+            .groups
+            .iter()
+            .flat_map(|(_, b)| b.iter().filter_map(|(_, v)| *v));
+        let max = values.clone().fold(0.0, f64::max);
+        let min_pos = values.filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+        if p.log && max > 0.0 {
+            let lo = min_pos.log10().floor();
+            let hi = max.log10().ceil().max(lo + 1.0);
+            Axis {
+                log: true,
+                max,
+                lo,
+                hi,
+            }
+        } else {
+            Axis {
+                log: false,
+                max,
+                lo: 0.0,
+                hi: 0.0,
+            }
+        }
+    }
+
+    fn height(&self, v: f64) -> f64 {
+        let h = if self.log {
+            if v > 0.0 {
+                (v.log10() - self.lo) / (self.hi - self.lo) * Self::SPAN
+            } else {
+                0.0
+            }
+        } else if self.max > 0.0 {
+            v / self.max * Self::SPAN
+        } else {
+            0.0
+        };
+        h.max(0.5)
+    }
+
+    /// (height, label) of each tick.
+    fn ticks(&self) -> Vec<(f64, String)> {
+        if self.log {
+            let mut t = Vec::new();
+            let mut e = self.lo;
+            while e <= self.hi {
+                let v = 10f64.powf(e);
+                // 0.01, 0.1, 1, 10, ...: as many decimals as the decade needs.
+                let label = format!("{v:.*}", (-e).max(0.0) as usize);
+                t.push((self.height(v), label));
+                e += 1.0;
+            }
+            t
+        } else {
+            vec![(0.0, "0".into()), (Self::SPAN, fmt_num(self.max))]
+        }
+    }
+}
+
+/// The charts of several reports (one per place) as one SVG document.
+pub fn svg_places(reports: &[Value]) -> String {
+    let many = reports.len() > 1;
+    let panels: Vec<Panel> = reports
+        .iter()
+        .flat_map(|r| {
+            let prefix = if many {
+                format!("{}: ", r["place"].as_str().unwrap_or("this host"))
+            } else {
+                String::new()
+            };
+            panels(r, &prefix)
+        })
+        .collect();
     let width = panels
         .iter()
         .map(|p| {
@@ -149,6 +244,7 @@ pub fn svg(report: &Value) -> String {
         })
         .fold(640.0, f64::max);
     let height = 60.0 + PANEL_H * panels.len().max(1) as f64;
+    let dates: Vec<&str> = reports.iter().filter_map(|r| r["date"].as_str()).collect();
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -162,7 +258,7 @@ pub fn svg(report: &Value) -> String {
     let _ = writeln!(
         s,
         r#"<text x="10" y="24" font-size="16" font-weight="bold">host-shim bench: PV against emulated I/O ({})</text>"#,
-        escape(report["date"].as_str().unwrap_or(""))
+        escape(&dates.join(", "))
     );
     if panels.is_empty() {
         let _ = writeln!(s, r#"<text x="10" y="60">No measurements.</text>"#);
@@ -170,17 +266,7 @@ pub fn svg(report: &Value) -> String {
     for (i, p) in panels.iter().enumerate() {
         let top = 50.0 + i as f64 * PANEL_H;
         let base = top + 30.0 + PLOT_H;
-        let max = p
-            .groups
-            .iter()
-            .flat_map(|(_, b)| b.iter().filter_map(|(_, v)| *v))
-            .fold(0.0, f64::max);
-        // Room above the tallest bar for its rotated value label.
-        let scale = if max > 0.0 {
-            (PLOT_H - 40.0) / max
-        } else {
-            0.0
-        };
+        let axis = Axis::new(p);
         let _ = writeln!(s, r#"<g>"#);
         let _ = writeln!(
             s,
@@ -202,19 +288,17 @@ pub fn svg(report: &Value) -> String {
             r##"<line x1="{LEFT}" y1="{:.1}" x2="{LEFT}" y2="{base:.1}" stroke="#333"/>"##,
             base - PLOT_H
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT - 4.0,
-            base - PLOT_H + 4.0,
-            escape(&fmt_num(max))
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">0</text>"#,
-            LEFT - 4.0,
-            base + 4.0
-        );
+        for (h, label) in axis.ticks() {
+            let y = base - h;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                LEFT,
+                LEFT - 4.0,
+                y + 4.0,
+                escape(&label)
+            );
+        }
         let mut x = LEFT + GROUP_GAP / 2.0;
         let mut legend: Vec<String> = Vec::new();
         for (label, bars) in &p.groups {
@@ -225,7 +309,7 @@ pub fn svg(report: &Value) -> String {
                 }
                 match v {
                     Some(v) => {
-                        let h = (v * scale).max(0.5);
+                        let h = axis.height(*v);
                         let _ = writeln!(
                             s,
                             r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{}"><title>{}: {}</title></rect>"#,
