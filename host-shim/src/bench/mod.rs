@@ -975,6 +975,10 @@ impl Bench {
             }
             thread::sleep(Duration::from_millis(20));
         }
+        // No IPv6 on the TAP: the host's router solicitations, DAD and MLD reports
+        // would reach the guest during its idle window (the namespace is this thread's:
+        // /proc/sys/net follows the opener's namespace). Absent IPv6 is fine.
+        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");
         ip(&["addr", "add", &format!("{host}/24"), "dev", tap])?;
         ip(&["link", "set", "dev", tap, "up"])?;
         self.say(&format!("waiting for the guest at {guest}"));
