@@ -104,22 +104,61 @@ fn panels(report: &Value, prefix: &str) -> Vec<Panel> {
             }
             bars
         };
+        // A series with no value in any group (no host fio run) is left out.
+        let drop_empty = |groups: Vec<(String, Bars)>| {
+            let keep: Vec<String> = groups
+                .iter()
+                .flat_map(|(_, b)| {
+                    b.iter()
+                        .filter(|(_, v)| v.is_some())
+                        .map(|(n, _)| n.clone())
+                })
+                .collect();
+            groups
+                .into_iter()
+                .map(|(l, b)| {
+                    (
+                        l,
+                        b.into_iter()
+                            .filter(|(n, _)| keep.contains(n))
+                            .collect::<Bars>(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
         let fio = (kind == "block").then_some("host_fio_mib_s");
         let tp: Vec<_> = rows
             .iter()
             .map(|r| (r.clone(), series(r, &format!("/metrics/{tp_key}"), fio)))
             .filter(|(_, b)| b.iter().any(|(_, v)| v.is_some()))
             .collect();
+        let tp = drop_empty(tp);
         let ex: Vec<_> = rows
             .iter()
             .map(|r| (r.clone(), series(r, "/costs/per_op/user_exits", None)))
             .filter(|(_, b)| b.iter().any(|(_, v)| v.is_some()))
             .collect();
         if !tp.is_empty() {
+            // The host fio baseline and PIO are thousands of times apart: a wide
+            // spread is drawn on a logarithmic axis too.
+            let spread = {
+                let v: Vec<f64> = tp
+                    .iter()
+                    .flat_map(|(_, b)| b.iter().filter_map(|(_, v)| *v))
+                    .filter(|v| *v > 0.0)
+                    .collect();
+                let max = v.iter().copied().fold(0.0, f64::max);
+                let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+                if min.is_finite() { max / min } else { 1.0 }
+            };
+            let log = spread > 100.0;
             out.push(Panel {
-                title: format!("{prefix}{tp_title}"),
+                title: format!(
+                    "{prefix}{tp_title}{}",
+                    if log { " (log scale)" } else { "" }
+                ),
                 groups: tp,
-                log: false,
+                log,
             });
         }
         if !ex.is_empty() {
