@@ -7,7 +7,7 @@
 #
 #   scripts/run.sh [--quick] [--in-qemu] [--no-bench] [--out DIR]
 #
-#   --quick     the benchmark's short matrix (about 2 minutes instead of about 10)
+#   --quick     the benchmark's short matrix (about 2 minutes instead of about 7)
 #   --in-qemu   also measure in the second place, inside QEMU (scripts/shim-in-qemu.sh
 #               --bench: host-shim on a nested KVM in a TCG L1; the short matrix, about
 #               3 minutes), and write one report with a section per place

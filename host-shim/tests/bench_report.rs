@@ -745,3 +745,13 @@ fn the_summary_names_each_path_and_marks_ides_single_command() {
     assert!(s.contains("¹ one command in flight"));
     assert!(s.contains("| tcp host->guest, Mbit/s |"));
 }
+
+#[test]
+fn the_guests_iperf_results_are_read_from_its_console() {
+    let console = "net: serving\n[ 1.0] iperf-result: {\"test\":0,\"reverse\":false,\"bytes_received\":5}\n\
+                   iperf-result: not json\niperf-result: [1]\niperf-result: {\"test\":1}\n";
+    let r = net::iperf_results(console);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0]["bytes_received"], 5);
+    assert_eq!(r[1]["test"], 1);
+}

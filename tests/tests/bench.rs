@@ -148,8 +148,25 @@ fn check_report(report: &Value, with_net: bool) {
             .as_array()
             .expect("cells");
         for name in &NET_CELLS[..4] {
-            let bytes = cell(cells, name)["raw"]["bytes"].as_f64().unwrap_or(0.0);
+            let c = cell(cells, name);
+            let bytes = c["raw"]["bytes"].as_f64().unwrap_or(0.0);
             assert!(bytes > 0.0, "{path} {name}: no bytes");
+            // The guest counted the same test: what it received is what iperf3
+            // reports received; what it sent (-R) covers what the client got.
+            let g = &c["guest"];
+            if c["raw"]["reverse"] == true {
+                let sent = g["bytes_sent"].as_f64().expect("guest bytes_sent");
+                assert!(
+                    bytes <= sent,
+                    "{path} {name}: client got {bytes} > guest sent {sent}"
+                );
+            } else {
+                assert_eq!(
+                    g["bytes_received"].as_f64(),
+                    Some(bytes),
+                    "{path} {name}: iperf3 and the guest disagree: {c}"
+                );
+            }
         }
     }
 }

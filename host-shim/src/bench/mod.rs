@@ -924,7 +924,14 @@ impl Bench {
                             ),
                         ));
                     }
-                    cells.push(report::net_cell(&name, m, costs, json!(ip)));
+                    let mut cell = report::net_cell(&name, m, costs, json!(ip));
+                    // The guest's own count of the test (protocol item 4), beside the
+                    // client's.
+                    cell["guest"] = net::iperf_results(&console)
+                        .into_iter()
+                        .find(|g| g["test"] == k as u64)
+                        .unwrap_or(Value::Null);
+                    cells.push(cell);
                 }
             }
         }

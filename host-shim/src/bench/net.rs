@@ -69,6 +69,20 @@ pub fn parse_iperf3(text: &str) -> Result<IperfResult, String> {
     })
 }
 
+/// The guest's `iperf-result: {json}` lines (docs/bench-protocol.md item 4), in order;
+/// lines that do not parse are left out.
+pub fn iperf_results(console: &str) -> Vec<Value> {
+    console
+        .lines()
+        .filter_map(|l| {
+            l.find("iperf-result: ")
+                .map(|at| &l[at + "iperf-result: ".len()..])
+        })
+        .filter_map(|body| serde_json::from_str::<Value>(body.trim()).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
 /// `ping`'s summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PingResult {
