@@ -21,6 +21,9 @@
 # l1_boot INITRD    boots the L1 with INITRD, relays its output, and exits with the
 #                   status the per-run program reported (see scripts/l1/init)
 #
+# L1_ACCEL in the environment replaces QEMU's `-accel tcg,thread=multi` (for
+# experiments, e.g. tcg,thread=single).
+#
 # Cached between runs (no temporary files are left): the Debian packages in
 # $DEB_CACHE (scripts/lib/debian.sh) and the L1 kernel + base initramfs in
 # ${XDG_CACHE_HOME:-~/.cache}/pvh-xen/shim-in-qemu/<key>, keyed by the package files,
@@ -227,7 +230,7 @@ l1_boot() { # INITRD
     say "booting the L1 in QEMU $qemu_version (TCG, -cpu $l1_cpu, ${l1_mem} MiB)"
     start=$EPOCHREALTIME
     # -nodefaults: no NIC, VGA or floppy to probe. The PVH entry of vmlinux takes -initrd.
-    timeout -k 5 "$timeout" "$qemu" -M pc -accel tcg,thread=multi -cpu "$l1_cpu" -smp 2 \
+    timeout -k 5 "$timeout" "$qemu" -M pc -accel "${L1_ACCEL:-tcg,thread=multi}" -cpu "$l1_cpu" -smp 2 \
         -m "$l1_mem" -nodefaults -display none -no-reboot \
         -chardev stdio,id=out,signal=off -serial chardev:out \
         -chardev file,id=err,path="$tmp/stderr" -serial chardev:err \

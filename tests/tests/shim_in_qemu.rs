@@ -71,6 +71,23 @@ fn boots_and_passes_selftests_under_the_shim_in_qemu() {
     );
 }
 
+/// A triple fault inside QEMU: host-shim reports it (status 126), and since KVM on AMD
+/// reinitialises the vCPU on a shutdown intercept (its registers then read as the
+/// reset state), the runner adds the L1's KVM trace of the shutdown: the guest's RIP
+/// and the event it was delivering.
+#[test]
+fn a_triple_fault_inside_qemu_is_traced_with_its_rip() {
+    let run = run_in_qemu(&[], &["--cmdline", "selftest=triple"]);
+    assert_eq!(run.code(), Some(126), "{}\n{}", run.stdout, run.stderr);
+    run.assert_contains("selftest: triple: loading an empty IDT and raising #UD");
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("the L1's KVM traced a guest shutdown"))
+        .unwrap_or_else(|| panic!("no shutdown trace on stderr:\n{}", run.stderr));
+    assert!(line.contains("reason shutdown rip 0x"), "{line}");
+}
+
 #[test]
 fn selftest_xen_passes_under_the_shim_in_qemu() {
     let run = run_in_qemu(&[], &["--cmdline", "selftest=xen", "--stats"]);
