@@ -755,3 +755,29 @@ fn the_guests_iperf_results_are_read_from_its_console() {
     assert_eq!(r[0]["bytes_received"], 5);
     assert_eq!(r[1]["test"], 1);
 }
+
+/// Reports of odd shapes that pass the shape check (a hand-edited or foreign file) are
+/// rendered without a panic: whatever is not a number reads as missing.
+#[test]
+fn odd_reports_render_without_panicking() {
+    let odd = json!({
+        "machine": 1, "date": 2, "complete": "yes", "place": ["x"],
+        "scale": {"idle_seconds": "two"},
+        "paths": {
+            "xen": {"block": {"cells": [1, "a", {"name": 5}, {"name": "read 4k qd1", "costs": 7,
+                     "metrics": {"throughput_mib_s": "fast"}, "guest": {"iodepth": -1},
+                     "device_max_in_flight": "one", "status": "ok"}],
+                     "idle": {"costs": {"per_op": {"user_exits": "many"}, "ops": 0}},
+                     "ops_per_phase": -3}},
+            "floppy": {"net": {"cells": [], "idle": null}},
+            "e1000": 5
+        },
+        "ratios": {"block": {"xen/ide-dma": {"read 4k qd1": 3}}}
+    });
+    assert!(report::check_shape(&odd).is_ok());
+    let md = report::markdown_places(&[odd.clone(), odd.clone()]);
+    assert!(md.contains("# host-shim bench"));
+    let s = svg::svg_places(&[odd.clone()]);
+    balanced(&s).expect("well-formed");
+    let _ = report::summary(&odd);
+}
