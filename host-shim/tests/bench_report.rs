@@ -777,7 +777,7 @@ fn odd_reports_render_without_panicking() {
     assert!(report::check_shape(&odd).is_ok());
     let md = report::markdown_places(&[odd.clone(), odd.clone()]);
     assert!(md.contains("# host-shim bench"));
-    let s = svg::svg_places(&[odd.clone()]);
+    let s = svg::svg_places(std::slice::from_ref(&odd));
     balanced(&s).expect("well-formed");
     let _ = report::summary(&odd);
 }
