@@ -138,7 +138,12 @@ impl AtaConfig {
 }
 
 /// Soft resets the probe tries before it gives up on a drive.
-const RESET_TRIES: u32 = 3;
+const RESET_TRIES: u32 = 6;
+/// Alternate-status reads after clearing SRST before BSY is looked at (the ATA spec
+/// asks for 2 ms; the driver has no clock, so it counts reads).
+const SRST_SETTLE_READS: u32 = 64;
+/// Alternate-status reads between two reset tries.
+const RETRY_SETTLE_READS: u32 = 2_000;
 
 /// Why a probe failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,17 +372,25 @@ impl<P: PortIo, D: DmaMemory> AtaDisk<P, D> {
     }
 
     fn probe(&mut self) -> Result<(), AtaError> {
-        // A floating bus reads all ones: no controller decodes these ports.
-        if self.alt_status() == 0xff {
-            return Err(AtaError::NoDevice);
-        }
         // QEMU performs a soft reset asynchronously (a bottom half after the SRST
-        // edge), and a busy host has been seen to leave the first signature check
-        // failing; Linux's libata retries a failed reset too. A bounded number of
-        // resets: a channel without a drive fails all of them.
+        // edge), and a busy host has been seen to leave a probe failing (with 13
+        // QEMUs on 2 cores, about one boot in three failed all of three back-to-back
+        // tries); Linux's libata waits after a reset and retries a failed one too. A
+        // bounded number of tries, with a pause between them: a channel without a
+        // drive fails all of them.
         let mut result = Err(AtaError::NoDevice);
-        for _ in 0..RESET_TRIES {
-            result = self.reset_and_check_signature();
+        for attempt in 0..RESET_TRIES {
+            if attempt > 0 {
+                for _ in 0..RETRY_SETTLE_READS {
+                    self.alt_status();
+                }
+            }
+            // A floating bus reads all ones: no controller decodes these ports.
+            result = if self.alt_status() == 0xff {
+                Err(AtaError::NoDevice)
+            } else {
+                self.reset_and_check_signature()
+            };
             if !matches!(result, Err(AtaError::NoDevice | AtaError::Timeout)) {
                 break;
             }
@@ -393,6 +406,9 @@ impl<P: PortIo, D: DmaMemory> AtaDisk<P, D> {
         self.io.write8(ctl, control::NIEN | control::SRST);
         self.alt_status();
         self.io.write8(ctl, control::NIEN);
+        for _ in 0..SRST_SETTLE_READS {
+            self.alt_status();
+        }
         self.wait_not_busy()?;
         let dev = self.dev_bits();
         let p = self.tf(reg::DEVICE);
