@@ -534,7 +534,7 @@ pub fn check_shape(v: &Value) -> Result<(), String> {
 }
 
 /// The place a report says it ran in (reports older than `--place`: "this host").
-fn place_of(report: &Value) -> &str {
+pub fn place_of(report: &Value) -> &str {
     report["place"].as_str().unwrap_or("this host")
 }
 

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::report::{KINDS, cells, fmt_num, path_names};
+use super::report::{KINDS, cells, fmt_num, path_names, place_of};
 
 /// Colours per path, in a fixed order so a path keeps its colour across panels.
 const COLOURS: [(&str, &str); 5] = [
@@ -141,17 +141,8 @@ fn panels(report: &Value, prefix: &str) -> Vec<Panel> {
         if !tp.is_empty() {
             // The host fio baseline and PIO are thousands of times apart: a wide
             // spread is drawn on a logarithmic axis too.
-            let spread = {
-                let v: Vec<f64> = tp
-                    .iter()
-                    .flat_map(|(_, b)| b.iter().filter_map(|(_, v)| *v))
-                    .filter(|v| *v > 0.0)
-                    .collect();
-                let max = v.iter().copied().fold(0.0, f64::max);
-                let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-                if min.is_finite() { max / min } else { 1.0 }
-            };
-            let log = spread > 100.0;
+            let (min_pos, max) = value_range(&tp);
+            let log = min_pos.is_finite() && max / min_pos > 100.0;
             out.push(Panel {
                 title: format!(
                     "{prefix}{tp_title}{}",
@@ -184,6 +175,17 @@ pub fn svg(report: &Value) -> String {
     svg_places(std::slice::from_ref(report))
 }
 
+/// The smallest positive value (infinity if none) and the largest value (0 if none)
+/// of a panel's bars.
+fn value_range(groups: &[(String, Bars)]) -> (f64, f64) {
+    groups
+        .iter()
+        .flat_map(|(_, b)| b.iter().filter_map(|(_, v)| *v))
+        .fold((f64::INFINITY, 0.0), |(lo, hi), v| {
+            (if v > 0.0 { lo.min(v) } else { lo }, hi.max(v))
+        })
+}
+
 /// The value axis of a panel: bar height for a value, and the labelled ticks.
 struct Axis {
     log: bool,
@@ -198,12 +200,7 @@ impl Axis {
     const SPAN: f64 = PLOT_H - 40.0;
 
     fn new(p: &Panel) -> Self {
-        let values = p
-            .groups
-            .iter()
-            .flat_map(|(_, b)| b.iter().filter_map(|(_, v)| *v));
-        let max = values.clone().fold(0.0, f64::max);
-        let min_pos = values.filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+        let (min_pos, max) = value_range(&p.groups);
         if p.log && max > 0.0 {
             let lo = min_pos.log10().floor();
             let hi = max.log10().ceil().max(lo + 1.0);
@@ -264,7 +261,7 @@ pub fn svg_places(reports: &[Value]) -> String {
         .iter()
         .flat_map(|r| {
             let prefix = if many {
-                format!("{}: ", r["place"].as_str().unwrap_or("this host"))
+                format!("{}: ", place_of(r))
             } else {
                 String::new()
             };
