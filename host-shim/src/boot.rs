@@ -17,9 +17,6 @@
 //! limit 0x67, `EIP` at the note's entry and `EBX` = the `hvm_start_info` address.
 //! Everything here is hypervisor-neutral; [`crate::kvm`] translates [`CpuStartState`].
 
-use std::io::Cursor;
-
-use linux_loader::loader::{KernelLoader, elf::Elf};
 use pv_drivers::abi::start_info::{
     HvmMemmapTableEntry, HvmModlistEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM,
     XEN_HVM_MEMMAP_TYPE_RESERVED, XEN_HVM_START_MAGIC_VALUE,
@@ -145,9 +142,9 @@ pub enum BootError {
         /// What vm-memory reported.
         source: vm_memory::mmap::FromRangesError,
     },
-    /// linux-loader failed after validation passed.
-    #[error("loading the kernel into guest memory failed: {0}")]
-    Load(#[from] linux_loader::loader::Error),
+    /// A validated segment could not be copied (its file bytes are gone).
+    #[error("segment {0}: its file bytes are not in the image")]
+    Load(usize),
     /// Writing the boot information failed.
     #[error("writing boot information to guest memory failed: {0}")]
     Write(#[from] vm_memory::GuestMemoryError),
@@ -321,10 +318,22 @@ pub fn check_cmdline(cmdline: &str) -> Result<(), BootError> {
     Ok(())
 }
 
-/// Copies a validated kernel image into guest memory. `p_memsz` beyond `p_filesz`
-/// needs no clearing: guest memory is freshly mapped and therefore zero.
-pub fn load_kernel(mem: &GuestMemoryMmap, image: &[u8]) -> Result<(), BootError> {
-    Elf::load(mem, None, &mut Cursor::new(image), None)?;
+/// Copies the segments of `kernel`, parsed and checked against the layout
+/// ([`MemoryLayout::check_fits`]) from `image`, into guest memory. `p_memsz` beyond
+/// `p_filesz` needs no clearing: guest memory is freshly mapped and therefore zero.
+/// (linux-loader's ELF loader takes ELF64 only; this serves both classes.)
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    image: &[u8],
+    kernel: &KernelImage,
+) -> Result<(), BootError> {
+    for seg in &kernel.segments {
+        let bytes = usize::try_from(seg.offset)
+            .ok()
+            .and_then(|start| image.get(start..start.checked_add(seg.filesz as usize)?))
+            .ok_or(BootError::Load(seg.index))?;
+        mem.write_slice(bytes, GuestAddress(seg.paddr))?;
+    }
     Ok(())
 }
 
@@ -859,7 +868,7 @@ mod tests {
             .segment_with_memsz(0x20_0000, &[9], 0x1000)
             .pvh_entry(0x10_0000)
             .build();
-        load_kernel(&mem, &img).expect("load");
+        load_kernel(&mem, &img, &elf::parse(&img).expect("elf")).expect("load");
         let mut b = [0u8; 4];
         mem.read_slice(&mut b, GuestAddress(0x10_0000))
             .expect("read");

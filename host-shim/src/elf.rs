@@ -1,23 +1,29 @@
 //! Validation of the guest kernel image before anything is loaded.
 //!
-//! The kernel must be a little-endian ELF64 x86-64 executable whose `PT_NOTE` segments
-//! carry Xen's `XEN_ELFNOTE_PHYS32_ENTRY` note (`xen/include/public/elfnote.h`, type 18,
+//! The kernel must be a little-endian x86 ELF executable (ELF64 `EM_X86_64`, or ELF32
+//! `EM_386` or `EM_X86_64` as Xen's and QEMU's loaders take them: the PVH entry is
+//! 32-bit code either way) whose `PT_NOTE` segments carry Xen's
+//! `XEN_ELFNOTE_PHYS32_ENTRY` note (`xen/include/public/elfnote.h`, type 18,
 //! name `"Xen"`): the 32-bit physical entry point of the PVH boot protocol
 //! (`docs/misc/pvh.pandoc`). This parser is pure (bytes in, description out) so it runs
 //! in unit tests and under the fuzzer; [`crate::boot`] then checks the segments against
-//! the guest's memory and hands the image to linux-loader.
+//! the guest's memory and copies the segments in.
 //!
-//! linux-loader finds the same note, but it keeps only the answer of the *last*
-//! `PT_NOTE` segment and does not look at `p_memsz`; both are checked here instead.
+//! rust-vmm's linux-loader finds the same note, but only in ELF64 images, keeps only
+//! the answer of the *last* `PT_NOTE` segment and does not look at `p_memsz`; so the
+//! parsing and loading are here.
 
 pub use pv_drivers::abi::elfnote::{XEN_ELFNOTE_PHYS32_ENTRY, XEN_NOTE_NAME};
 
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
+const EHDR64_SIZE: usize = 64;
+const PHDR64_SIZE: usize = 56;
+const EHDR32_SIZE: usize = 52;
+const PHDR32_SIZE: usize = 32;
 const NOTE_HEADER_SIZE: usize = 12;
 const ELFCLASS32: u8 = 1;
 const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
+const EM_386: u16 = 3;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
@@ -28,12 +34,9 @@ pub enum ElfError {
     /// The file does not start with the ELF magic.
     #[error("not an ELF file (bad magic)")]
     BadMagic,
-    /// The file is shorter than an ELF64 header.
-    #[error("truncated ELF file ({0} bytes; an ELF64 header alone is 64)")]
+    /// The file is shorter than its class's ELF header.
+    #[error("truncated ELF file ({0} bytes; shorter than its ELF header)")]
     Truncated(usize),
-    /// An ELF32 image.
-    #[error("is a 32-bit ELF; only ELF64 kernels are supported")]
-    Elf32,
     /// Neither ELF32 nor ELF64.
     #[error("unknown ELF class {0}")]
     BadClass(u8),
@@ -41,10 +44,10 @@ pub enum ElfError {
     #[error("is not a little-endian ELF (EI_DATA {0})")]
     NotLittleEndian(u8),
     /// Built for another machine.
-    #[error("is not an x86-64 ELF (e_machine {0})")]
+    #[error("is not an x86 ELF (e_machine {0}; want EM_X86_64, or EM_386 in ELF32)")]
     WrongMachine(u16),
-    /// `e_phentsize` is not the ELF64 program header size.
-    #[error("bad program header entry size {0} (ELF64 uses 56)")]
+    /// `e_phentsize` is not the class's program header size.
+    #[error("bad program header entry size {0} (ELF64 uses 56, ELF32 32)")]
     BadPhentsize(u16),
     /// The program header table does not fit in the file.
     #[error("program header table ({count} entries at offset {offset:#x}) lies outside the file")]
@@ -131,9 +134,20 @@ impl LoadSegment {
     }
 }
 
+/// Which ELF class a kernel image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElfClass {
+    /// `ELFCLASS32` (`EM_386`, or `EM_X86_64` for an x32-style image).
+    Elf32,
+    /// `ELFCLASS64`.
+    Elf64,
+}
+
 /// A validated PVH kernel image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelImage {
+    /// Its ELF class (the guest's hypercall page follows the mode it runs in, not this).
+    pub class: ElfClass,
     /// The 32-bit physical entry point from `XEN_ELFNOTE_PHYS32_ENTRY`.
     pub pvh_entry: u32,
     /// The `PT_LOAD` segments with a non-zero `p_memsz`, in program-header order.
@@ -170,35 +184,82 @@ fn file_range(image: &[u8], offset: u64, size: u64) -> Option<&[u8]> {
     image.get(start..end)
 }
 
-/// Validates `image` as an ELF64 x86-64 PVH kernel.
+/// Where an ELF class keeps its header and program-header fields.
+struct ClassLayout {
+    class: ElfClass,
+    ehdr: usize,
+    phdr: usize,
+    /// Offset of `e_phoff`, then of `e_phentsize` (`e_phnum` follows it).
+    phoff_at: usize,
+    phentsize_at: usize,
+    /// Offsets in a program header of `p_offset`, `p_paddr`, `p_filesz`, `p_memsz`,
+    /// `p_align`.
+    fields: [usize; 5],
+}
+
+impl ClassLayout {
+    const ELF64: Self = Self {
+        class: ElfClass::Elf64,
+        ehdr: EHDR64_SIZE,
+        phdr: PHDR64_SIZE,
+        phoff_at: 32,
+        phentsize_at: 54,
+        fields: [8, 24, 32, 40, 48],
+    };
+    const ELF32: Self = Self {
+        class: ElfClass::Elf32,
+        ehdr: EHDR32_SIZE,
+        phdr: PHDR32_SIZE,
+        phoff_at: 28,
+        phentsize_at: 42,
+        fields: [4, 12, 16, 20, 28],
+    };
+
+    /// An address-sized field (8 bytes in ELF64, 4 in ELF32), widened.
+    fn word(&self, b: &[u8], off: usize) -> Option<u64> {
+        match self.class {
+            ElfClass::Elf64 => u64_at(b, off),
+            ElfClass::Elf32 => u32_at(b, off).map(u64::from),
+        }
+    }
+}
+
+/// Validates `image` as an x86 PVH kernel (ELF64, or ELF32 as Xen and QEMU load).
 pub fn parse(image: &[u8]) -> Result<KernelImage, ElfError> {
     if image.len() < 4 || image[..4] != *b"\x7fELF" {
         return Err(ElfError::BadMagic);
     }
-    if image.len() < EHDR_SIZE {
+    if image.len() < 5 {
         return Err(ElfError::Truncated(image.len()));
     }
-    match image[4] {
-        ELFCLASS64 => {}
-        ELFCLASS32 => return Err(ElfError::Elf32),
+    let layout = match image[4] {
+        ELFCLASS64 => ClassLayout::ELF64,
+        ELFCLASS32 => ClassLayout::ELF32,
         class => return Err(ElfError::BadClass(class)),
+    };
+    if image.len() < layout.ehdr {
+        return Err(ElfError::Truncated(image.len()));
     }
     if image[5] != ELFDATA2LSB {
         return Err(ElfError::NotLittleEndian(image[5]));
     }
-    // The header is at least 64 bytes long here, so these reads cannot fail.
+    // The header is complete here, so these reads cannot fail.
     let field16 = |off| u16_at(image, off).unwrap_or_default();
     let machine = field16(18);
-    if machine != EM_X86_64 {
+    let machine_ok = match layout.class {
+        ElfClass::Elf64 => machine == EM_X86_64,
+        ElfClass::Elf32 => machine == EM_X86_64 || machine == EM_386,
+    };
+    if !machine_ok {
         return Err(ElfError::WrongMachine(machine));
     }
-    let phoff = u64_at(image, 32).unwrap_or_default();
-    let phentsize = field16(54);
-    let phnum = field16(56);
-    if usize::from(phentsize) != PHDR_SIZE && phnum != 0 {
+    let phoff = layout.word(image, layout.phoff_at).unwrap_or_default();
+    let phentsize = field16(layout.phentsize_at);
+    let phnum = field16(layout.phentsize_at + 2);
+    if usize::from(phentsize) != layout.phdr && phnum != 0 {
         return Err(ElfError::BadPhentsize(phentsize));
     }
-    let table = file_range(image, phoff, u64::from(phnum) * PHDR_SIZE as u64).ok_or(
+    let table = file_range(image, phoff, u64::from(phnum) * layout.phdr as u64).ok_or(
         ElfError::PhdrsOutsideFile {
             offset: phoff,
             count: phnum,
@@ -207,15 +268,18 @@ pub fn parse(image: &[u8]) -> Result<KernelImage, ElfError> {
 
     let mut segments = Vec::new();
     let mut pvh_entry = None;
-    for (index, raw) in table.chunks_exact(PHDR_SIZE).enumerate() {
-        // `chunks_exact` yields 56-byte slices, so every field read succeeds.
+    for (index, raw) in table.chunks_exact(layout.phdr).enumerate() {
+        // `chunks_exact` yields whole program headers, so every field read succeeds.
+        let [offset, paddr, filesz, memsz, align] = layout
+            .fields
+            .map(|at| layout.word(raw, at).unwrap_or_default());
         let phdr = Phdr {
             p_type: u32_at(raw, 0).unwrap_or_default(),
-            offset: u64_at(raw, 8).unwrap_or_default(),
-            paddr: u64_at(raw, 24).unwrap_or_default(),
-            filesz: u64_at(raw, 32).unwrap_or_default(),
-            memsz: u64_at(raw, 40).unwrap_or_default(),
-            align: u64_at(raw, 48).unwrap_or_default(),
+            offset,
+            paddr,
+            filesz,
+            memsz,
+            align,
         };
         match phdr.p_type {
             PT_LOAD => {
@@ -273,6 +337,7 @@ pub fn parse(image: &[u8]) -> Result<KernelImage, ElfError> {
         return Err(ElfError::EntryOutsideSegments(pvh_entry));
     }
     Ok(KernelImage {
+        class: layout.class,
         pvh_entry,
         segments,
     })
@@ -357,14 +422,62 @@ mod tests {
         let img = valid().build();
         assert_eq!(parse(&img[..40]), Err(ElfError::Truncated(40)));
         let mut e = img.clone();
-        e[4] = ELFCLASS32;
-        assert_eq!(parse(&e), Err(ElfError::Elf32));
+        e[4] = 3;
+        assert_eq!(parse(&e), Err(ElfError::BadClass(3)));
         let mut e = img.clone();
         e[5] = 2;
         assert_eq!(parse(&e), Err(ElfError::NotLittleEndian(2)));
         let mut e = img.clone();
         e[18] = 40; // EM_ARM
         assert_eq!(parse(&e), Err(ElfError::WrongMachine(40)));
+    }
+
+    #[test]
+    fn accepts_elf32_kernels_for_i386_and_x86_64() {
+        for machine in [EM_386, EM_X86_64] {
+            let img = valid()
+                .pvh_descriptor(&0x10_0004u32.to_le_bytes())
+                .elf32(machine)
+                .build();
+            let parsed = parse(&img).expect("ELF32 PVH kernel");
+            assert_eq!(parsed.class, ElfClass::Elf32);
+            assert_eq!(parsed.pvh_entry, 0x10_0004);
+            assert_eq!(
+                (parsed.segments[0].paddr, parsed.segments[0].memsz),
+                (0x10_0000, 16)
+            );
+            // The loaded bytes are where the header says.
+            let at = parsed.segments[0].offset as usize;
+            assert_eq!(&img[at..at + 16], &[0x90; 16]);
+        }
+        assert_eq!(
+            parse(&valid().build()).map(|i| i.class),
+            Ok(ElfClass::Elf64)
+        );
+        // An ELF32 for another machine, or cut inside its 52-byte header.
+        let arm = valid().elf32(40).build();
+        assert_eq!(parse(&arm), Err(ElfError::WrongMachine(40)));
+        let img = valid().elf32(EM_386).build();
+        assert_eq!(parse(&img[..51]), Err(ElfError::Truncated(51)));
+        // An ELF64 header claiming EM_386 is refused.
+        let mut e = valid().build();
+        e[18] = EM_386 as u8;
+        assert_eq!(parse(&e), Err(ElfError::WrongMachine(3)));
+    }
+
+    #[test]
+    fn elf32_images_survive_every_truncation_and_single_byte_corruption() {
+        let img = valid().elf32(EM_386).build();
+        for len in 0..img.len() {
+            let _ = parse(&img[..len]);
+        }
+        for i in 0..img.len() {
+            for v in [0x00, 0x7f, 0x80, 0xff] {
+                let mut e = img.clone();
+                e[i] = v;
+                let _ = parse(&e);
+            }
+        }
     }
 
     #[test]

@@ -662,12 +662,17 @@ impl fmt::Display for CpuSnapshot {
     }
 }
 
-/// The registers a Xen hypercall reads (x86_64 ABI: number in `rax`, arguments in
-/// `rdi`, `rsi`, `rdx`, `r10`, `r8`).
+/// The registers a Xen hypercall reads (number in `rax`; arguments in `rdi`, `rsi`,
+/// `rdx`, `r10`, `r8` from 64-bit code, `ebx`, `ecx`, `edx`, `esi`, `edi` from 32-bit
+/// code).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Registers {
     /// Hypercall number.
     pub rax: u64,
+    /// Argument 1 of a 32-bit caller.
+    pub rbx: u64,
+    /// Argument 2 of a 32-bit caller.
+    pub rcx: u64,
     /// Argument 1.
     pub rdi: u64,
     /// Argument 2.
@@ -795,6 +800,17 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
+    /// Makes the `rdmsr`/`wrmsr` of the last exit raise #GP, for a decision taken after
+    /// the exit's borrow ended. Does nothing if the last exit was not an MSR access.
+    pub fn fault_msr_exit(&mut self) {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason == KVM_EXIT_X86_RDMSR || run.exit_reason == KVM_EXIT_X86_WRMSR {
+            // Writing a union field is safe; `exit_reason` says `msr` is the member KVM
+            // filled in, and KVM reads `error` at the next `KVM_RUN`.
+            run.__bindgen_anon_1.msr.error = 1;
+        }
+    }
+
     /// Runs the guest until the next exit.
     pub fn run(&mut self) -> Result<VcpuExit<'_>, Error> {
         // kvm-ioctls' own decoding drops the access size of port I/O, so only the ioctl's
@@ -974,6 +990,8 @@ impl Vcpu {
         let r = self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
         Ok(Registers {
             rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
             rdi: r.rdi,
             rsi: r.rsi,
             rdx: r.rdx,

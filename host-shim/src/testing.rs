@@ -45,6 +45,8 @@ pub struct ElfBuilder {
     notes: Vec<Note>,
     pvh_desc: Option<Vec<u8>>,
     notes_filesz: Option<u64>,
+    /// `Some(e_machine)`: an ELF32 image for that machine.
+    elf32: Option<u16>,
 }
 
 impl ElfBuilder {
@@ -91,6 +93,12 @@ impl ElfBuilder {
         self
     }
 
+    /// Builds an ELF32 image for `machine` (3 `EM_386`, 62 `EM_X86_64`) instead of ELF64.
+    pub fn elf32(mut self, machine: u16) -> Self {
+        self.elf32 = Some(machine);
+        self
+    }
+
     /// Overrides the `PT_NOTE` segment's `p_filesz` (to build malformed notes).
     pub fn truncate_notes(mut self, filesz: u64) -> Self {
         self.notes_filesz = Some(filesz);
@@ -118,16 +126,30 @@ impl ElfBuilder {
 
     /// The image's bytes.
     pub fn build(&self) -> Vec<u8> {
+        let (ehdr, phdr_size) = if self.elf32.is_some() {
+            (52, 32)
+        } else {
+            (64, 56)
+        };
         let notes = self.note_bytes();
         let has_notes = !notes.is_empty() || self.notes_filesz.is_some();
         let phnum = self.segments.len() + usize::from(has_notes);
-        let notes_at = 64 + 56 * phnum;
+        let notes_at = ehdr + phdr_size * phnum;
         let mut data_at = (notes_at + notes.len()).next_multiple_of(16);
 
         let mut phdrs = Vec::new();
         let mut payload = Vec::new();
+        let header = |p_type, flags, offset, paddr, filesz, memsz, align| Phdr {
+            p_type,
+            flags,
+            offset,
+            paddr,
+            filesz,
+            memsz,
+            align,
+        };
         for seg in &self.segments {
-            phdrs.push(phdr(
+            phdrs.push(header(
                 1,
                 5,
                 data_at as u64,
@@ -141,7 +163,7 @@ impl ElfBuilder {
         }
         if has_notes {
             let filesz = self.notes_filesz.unwrap_or(notes.len() as u64);
-            phdrs.push(phdr(4, 4, notes_at as u64, 0, filesz, filesz, 4));
+            phdrs.push(header(4, 4, notes_at as u64, 0, filesz, filesz, 4));
         }
 
         let entry = match &self.pvh_desc {
@@ -150,22 +172,24 @@ impl ElfBuilder {
         };
         let mut out = Vec::new();
         out.extend_from_slice(b"\x7fELF");
-        out.extend_from_slice(&[2, 1, 1, 0]); // ELFCLASS64, little-endian, version 1, SysV
+        let class = if self.elf32.is_some() { 1 } else { 2 };
+        out.extend_from_slice(&[class, 1, 1, 0]); // class, little-endian, version 1, SysV
         out.extend_from_slice(&[0; 8]);
         out.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        out.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        out.extend_from_slice(&self.elf32.unwrap_or(62).to_le_bytes()); // e_machine
         out.extend_from_slice(&1u32.to_le_bytes());
-        out.extend_from_slice(&entry.to_le_bytes());
-        out.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-        out.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        // e_entry, e_phoff, e_shoff: address-sized.
+        for word in [entry, ehdr as u64, 0] {
+            push_word(&mut out, word, self.elf32.is_some());
+        }
         out.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-        out.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
-        out.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        out.extend_from_slice(&(ehdr as u16).to_le_bytes()); // e_ehsize
+        out.extend_from_slice(&(phdr_size as u16).to_le_bytes()); // e_phentsize
         out.extend_from_slice(&(phnum as u16).to_le_bytes());
-        out.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        out.extend_from_slice(&(phdr_size as u16).to_le_bytes()); // e_shentsize
         out.extend_from_slice(&[0; 4]); // e_shnum, e_shstrndx
         for p in phdrs {
-            out.extend_from_slice(&p);
+            p.write(&mut out, self.elf32.is_some());
         }
         out.extend_from_slice(&notes);
         out.resize(out.len().next_multiple_of(16), 0);
@@ -174,7 +198,17 @@ impl ElfBuilder {
     }
 }
 
-fn phdr(
+/// Appends an address-sized ELF field: 4 bytes in ELF32 (truncated), 8 in ELF64.
+fn push_word(out: &mut Vec<u8>, word: u64, elf32: bool) {
+    if elf32 {
+        out.extend_from_slice(&(word as u32).to_le_bytes());
+    } else {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+}
+
+/// A program header to write.
+struct Phdr {
     p_type: u32,
     flags: u32,
     offset: u64,
@@ -182,17 +216,24 @@ fn phdr(
     filesz: u64,
     memsz: u64,
     align: u64,
-) -> [u8; 56] {
-    let mut p = [0u8; 56];
-    p[0..4].copy_from_slice(&p_type.to_le_bytes());
-    p[4..8].copy_from_slice(&flags.to_le_bytes());
-    p[8..16].copy_from_slice(&offset.to_le_bytes());
-    p[16..24].copy_from_slice(&paddr.to_le_bytes()); // p_vaddr = p_paddr
-    p[24..32].copy_from_slice(&paddr.to_le_bytes());
-    p[32..40].copy_from_slice(&filesz.to_le_bytes());
-    p[40..48].copy_from_slice(&memsz.to_le_bytes());
-    p[48..56].copy_from_slice(&align.to_le_bytes());
-    p
+}
+
+impl Phdr {
+    /// Appends it in the ELF64 (56 bytes) or ELF32 (32 bytes) layout; `p_vaddr` is
+    /// `p_paddr`.
+    fn write(&self, out: &mut Vec<u8>, elf32: bool) {
+        out.extend_from_slice(&self.p_type.to_le_bytes());
+        if !elf32 {
+            out.extend_from_slice(&self.flags.to_le_bytes());
+        }
+        for word in [self.offset, self.paddr, self.paddr, self.filesz, self.memsz] {
+            push_word(out, word, elf32);
+        }
+        if elf32 {
+            out.extend_from_slice(&self.flags.to_le_bytes());
+        }
+        push_word(out, self.align, elf32);
+    }
 }
 
 /// A PVH kernel whose 32-bit code at `0x100000` is `code`, entered there.

@@ -49,7 +49,7 @@ use crate::devices::{Action, Bus, BusError, GuestMemory, IrqLine};
 use crate::elf::{self, ElfError};
 use crate::kvm::{self, CpuSnapshot, Vcpu, VcpuExit, Vm};
 use crate::stats::{Counters, ExitKind, RunStats};
-use crate::xen::hypercall_page::HYPERCALL_PORT;
+use crate::xen::hypercall_page::{HYPERCALL_PORT, stub_mode};
 use crate::xen::{self, Xen, XenConfig};
 use crate::{EXIT_GUEST_CRASHED, EXIT_TIMEOUT};
 
@@ -451,7 +451,7 @@ impl Vmm {
             })?;
 
         let memory = layout.allocate()?;
-        boot::load_kernel(&memory, &kernel.image).map_err(|source| Error::KernelFit {
+        boot::load_kernel(&memory, &kernel.image, &image).map_err(|source| Error::KernelFit {
             name: kernel.name.clone(),
             source,
         })?;
@@ -910,10 +910,11 @@ impl VcpuRunner {
     /// carried it; the lock is released before the device runs.
     fn step(&mut self) -> Result<Option<Outcome>, kvm::Error> {
         let counters = &self.counters;
-        let mut hypercall = false;
+        let mut hypercall = None;
+        let mut msr_write = None;
         match self.vcpu.run()? {
             VcpuExit::IoIn { port, size, data }
-                if self.xen.is_some() && port == u16::from(HYPERCALL_PORT) =>
+                if self.xen.is_some() && stub_mode(port).is_some() =>
             {
                 counters.count(|c| {
                     c.stats.exits.io_in += 1;
@@ -921,7 +922,7 @@ impl VcpuRunner {
                 });
                 if size == 4 && data.len() == 4 {
                     // Answered below, once the exit's borrow of the vCPU has ended.
-                    hypercall = true;
+                    hypercall = stub_mode(port);
                 } else {
                     data.fill(0xff);
                 }
@@ -987,15 +988,10 @@ impl VcpuRunner {
                 counters.count(|c| c.stats.exits.msr_read += 1);
                 msr.fault();
             }
-            VcpuExit::MsrWrite(mut msr) => {
+            VcpuExit::MsrWrite(msr) => {
                 counters.count(|c| c.stats.exits.msr_write += 1);
-                let ok = self
-                    .xen
-                    .as_ref()
-                    .is_some_and(|xen| xen.write_msr(msr.index, msr.value()).is_ok());
-                if !ok {
-                    msr.fault();
-                }
+                // Decided below, once the exit's borrow of the vCPU has ended.
+                msr_write = Some((msr.index, msr.value()));
             }
             VcpuExit::Hlt => counters.count(|c| c.stats.exits.hlt += 1),
             VcpuExit::Interrupted => counters.count(|c| c.stats.exits.intr += 1),
@@ -1031,27 +1027,50 @@ impl VcpuRunner {
                 }
             }
         }
-        if hypercall {
-            return self.hypercall();
+        if let Some((index, value)) = msr_write {
+            // The stubs are written for the mode of the code writing the MSR.
+            let mode = self
+                .vcpu
+                .paging()
+                .ok()
+                .map(|p| xen::hypercall::Mode::of(&p));
+            let ok = self
+                .xen
+                .as_ref()
+                .zip(mode)
+                .is_some_and(|(xen, mode)| xen.write_msr(index, value, mode).is_ok());
+            if !ok {
+                self.vcpu.fault_msr_exit();
+            }
+        }
+        if let Some(page) = hypercall {
+            return self.hypercall(page);
         }
         Ok(None)
     }
 
-    /// Runs the hypercall whose stub just exited, and answers it in `eax`.
-    fn hypercall(&mut self) -> Result<Option<Outcome>, kvm::Error> {
+    /// Runs the hypercall whose stub (written for `page` mode) just exited, and answers
+    /// it in `eax`.
+    fn hypercall(&mut self, page: xen::hypercall::Mode) -> Result<Option<Outcome>, kvm::Error> {
         let Some(xen) = self.xen.clone() else {
             return Ok(None);
         };
         let regs = self.vcpu.registers()?;
-        let vcpu = &self.vcpu;
-        let mut fetch = || vcpu.paging().ok();
+        // The caller's mode decides the argument registers (nearly every hypercall
+        // translates a pointer with the same state anyway).
+        let paging = self.vcpu.paging()?;
+        let call = xen::hypercall::Call {
+            page: Some(page),
+            ..xen::hypercall::Call::from_registers(&regs, xen::hypercall::Mode::of(&paging))
+        };
+        let mut fetch = || Some(paging);
         let console = &mut self.console;
         let mut print = |bytes: &[u8]| {
             // A closed host console loses the output, never the guest.
             let _ = console.write_all(bytes);
         };
         let mut ctx = xen::hypercall::Ctx::new(&mut fetch, &mut print);
-        let outcome = xen.hypercall(&regs, &mut ctx);
+        let outcome = xen.hypercall(&call, &mut ctx);
         // The stub sign-extends eax: results are 0, -errno, or small positive values.
         self.vcpu
             .complete_io_in(&(outcome.ret as i32).to_le_bytes())?;

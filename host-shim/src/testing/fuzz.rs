@@ -24,7 +24,7 @@ use crate::devices::console::ConsoleSink;
 use crate::kvm::{PagingState, Registers};
 use crate::xen::XenStats;
 use crate::xen::guest_mem::PAGE_SIZE;
-use crate::xen::hypercall::{After, Ctx};
+use crate::xen::hypercall::{After, Ctx, Mode};
 use crate::xen::xenstored::{GuestRing, Quotas, RingServer, Xenstored, XsdSockmsg};
 
 /// The fuzzer's bytes, consumed front to back; zeros once exhausted.
@@ -455,18 +455,37 @@ pub fn fuzz_hypercall(data: &[u8]) -> HypercallRun {
     let mut copies_ok = 0u64;
     let mut run = |call: Call| {
         let _ = ram.write_phys(SCRATCH, &call.scratch);
-        let regs = Registers {
-            rax: call.nr.into(),
-            rdi: call.args[0],
-            rsi: call.args[1],
-            rdx: call.args[2],
-            r10: call.args[3],
-            r8: call.args[4],
-            rip: 0,
+        // Every fourth input calls from 32-bit code (compat registers and layouts).
+        let regs = if setup & 12 == 12 {
+            Registers {
+                rax: call.nr.into(),
+                rbx: call.args[0],
+                rcx: call.args[1],
+                rdx: call.args[2],
+                rsi: call.args[3],
+                rdi: call.args[4],
+                ..Registers::default()
+            }
+        } else {
+            Registers {
+                rax: call.nr.into(),
+                rdi: call.args[0],
+                rsi: call.args[1],
+                rdx: call.args[2],
+                r10: call.args[3],
+                r8: call.args[4],
+                ..Registers::default()
+            }
         };
+        let mode = if setup & 12 == 12 {
+            Mode::Compat
+        } else {
+            Mode::Long
+        };
+        let hypercall = crate::xen::hypercall::Call::from_registers(&regs, mode);
         let mut fetch = || Some(paging);
         let mut console = |_: &[u8]| {};
-        let outcome = xen.hypercall(&regs, &mut Ctx::new(&mut fetch, &mut console));
+        let outcome = xen.hypercall(&hypercall, &mut Ctx::new(&mut fetch, &mut console));
         calls += 1;
         if call.nr == HYPERVISOR_GRANT_TABLE_OP
             && call.args[0] == u64::from(GNTTABOP_COPY)

@@ -117,9 +117,10 @@ impl GuestRam {
         })
     }
 
-    /// Translates `gva` for an access of the given kind, walking the guest's page tables.
-    /// Returns the guest-physical address and how many bytes from there stay in the
-    /// same page.
+    /// Translates `gva` for an access of the given kind, walking the guest's page tables:
+    /// 4-level long-mode paging, or, for a 32-bit guest, PAE or 2-level 32-bit paging
+    /// (with 4 MiB pages under `CR4.PSE`). Returns the guest-physical address and how
+    /// many bytes from there stay in the same page.
     pub fn translate(
         &self,
         paging: &PagingState,
@@ -128,55 +129,82 @@ impl GuestRam {
     ) -> Result<(u64, u64), Fault> {
         const CR0_PG: u64 = 1 << 31;
         const CR0_WP: u64 = 1 << 16;
+        const CR4_PSE: u64 = 1 << 4;
+        const CR4_PAE: u64 = 1 << 5;
         const CR4_LA57: u64 = 1 << 12;
         const EFER_LMA: u64 = 1 << 10;
-        const PRESENT: u64 = 1 << 0;
-        const WRITABLE: u64 = 1 << 1;
-        const LARGE: u64 = 1 << 7;
         const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
         let fault = |why| Fault { addr: gva, why };
         if paging.cr0 & CR0_PG == 0 {
             return Ok((gva, PAGE_SIZE - gva % PAGE_SIZE));
         }
-        if paging.efer & EFER_LMA == 0 {
-            return Err(fault("the shim translates only long-mode (4-level) paging"));
+        let walk = Walk {
+            gva,
+            check_write: write && paging.cr0 & CR0_WP != 0,
+        };
+        if paging.efer & EFER_LMA != 0 {
+            if paging.cr4 & CR4_LA57 != 0 {
+                return Err(fault("5-level paging is not supported"));
+            }
+            // Canonical: bits 63..47 all equal.
+            let top = gva >> 47;
+            if top != 0 && top != 0x1_ffff {
+                return Err(fault("non-canonical address"));
+            }
+            // PML4 (bits 47..39), PDPT (38..30, 1 GiB pages), PD (29..21, 2 MiB), PT.
+            let levels = [(39, 9, false), (30, 9, true), (21, 9, true), (12, 9, false)];
+            return walk.run(self, paging.cr3 & ADDR_MASK, 8, &levels);
         }
-        if paging.cr4 & CR4_LA57 != 0 {
-            return Err(fault("5-level paging is not supported"));
-        }
-        // Canonical: bits 63..47 all equal.
-        let top = gva >> 47;
-        if top != 0 && top != 0x1_ffff {
-            return Err(fault("non-canonical address"));
-        }
-        let check_write = write && paging.cr0 & CR0_WP != 0;
-        let mut table = paging.cr3 & ADDR_MASK;
-        // Levels: PML4 (bits 47..39), PDPT (38..30), PD (29..21), PT (20..12).
-        for (level, shift) in [(4, 39u32), (3, 30), (2, 21), (1, 12)] {
-            let index = (gva >> shift) & 0x1ff;
-            let entry = self
-                .read_u64(table + index * 8)
+        // A 32-bit guest: its addresses are 32 bits wide.
+        let walk = Walk {
+            gva: gva & 0xffff_ffff,
+            ..walk
+        };
+        if paging.cr4 & CR4_PAE != 0 {
+            // Four PDPTEs at CR3 (32-byte aligned), which have no R/W bit; then PD, PT.
+            let pdpte_at = (paging.cr3 & 0xffff_ffe0) + ((walk.gva >> 30) & 3) * 8;
+            let pdpte = self
+                .read_u64(pdpte_at)
                 .map_err(|_| fault("page table outside guest RAM"))?;
-            if entry & PRESENT == 0 {
+            if pdpte & 1 == 0 {
                 return Err(fault("not mapped"));
             }
-            if check_write && entry & WRITABLE == 0 {
-                return Err(fault("mapped read-only"));
-            }
-            let large = entry & LARGE != 0 && (level == 3 || level == 2);
-            if level == 1 || large {
-                let page_size = 1u64 << shift;
-                let base = entry & ADDR_MASK & !(page_size - 1);
-                let offset = gva & (page_size - 1);
-                let gpa = base | offset;
-                // Report at most up to the end of the 4 KiB page: callers check RAM
-                // per page anyway.
-                return Ok((gpa, PAGE_SIZE - gpa % PAGE_SIZE));
-            }
-            table = entry & ADDR_MASK;
+            let levels = [(21, 9, true), (12, 9, false)];
+            return walk.run(self, pdpte & ADDR_MASK, 8, &levels);
         }
-        Err(fault("page walk did not end"))
+        // 2-level 32-bit paging: PD (bits 31..22, 4 MiB pages with PSE), PT (21..12).
+        let pse = paging.cr4 & CR4_PSE != 0;
+        walk.run(
+            self,
+            paging.cr3 & 0xffff_f000,
+            4,
+            &[(22, 10, pse), (12, 10, false)],
+        )
+    }
+
+    /// Gives the host memory of the RAM page at `gpa` back (the guest released it): it
+    /// reads as zero from now on. Guest RAM is a private anonymous mapping, so
+    /// `MADV_DONTNEED` frees it; should that fail, the page is zeroed instead.
+    pub fn discard(&self, gpa: u64) {
+        let Ok(slice) = self.mem.get_slice(GuestAddress(gpa), PAGE_SIZE as usize) else {
+            return;
+        };
+        let ptr = slice.ptr_guard_mut().as_ptr();
+        // SAFETY: `ptr` is the page-aligned host mapping of one page of guest RAM
+        // (checked by `get_slice`); the shim never holds Rust references into guest
+        // RAM, and KVM's MMU notifier drops the guest's mapping of it, so discarding the
+        // contents affects only the values later reads see (zeros).
+        let rc = unsafe { libc::madvise(ptr.cast(), PAGE_SIZE as usize, libc::MADV_DONTNEED) };
+        if rc != 0 {
+            let _ = self.write_phys(gpa, &[0u8; PAGE_SIZE as usize]);
+        }
+    }
+
+    fn read_u32(&self, gpa: u64) -> Result<u32, Fault> {
+        let mut b = [0u8; 4];
+        self.read_phys(gpa, &mut b)?;
+        Ok(u32::from_le_bytes(b))
     }
 
     /// Copies `buf.len()` bytes from guest-virtual `gva` (Xen's `copy_from_guest`).
@@ -215,6 +243,69 @@ impl GuestRam {
             self.write_phys(gpa, &data[at..at + n])?;
         }
         Ok(())
+    }
+}
+
+/// One page walk of [`GuestRam::translate`].
+#[derive(Clone, Copy)]
+struct Walk {
+    gva: u64,
+    check_write: bool,
+}
+
+impl Walk {
+    /// Walks from the table at `table` through `levels` of `(index shift, index bits,
+    /// may map a large page)`, with `entry_size`-byte entries (8, or 4 in 2-level
+    /// 32-bit paging, whose large pages carry address bits 39..32 in bits 20..13).
+    fn run(
+        self,
+        ram: &GuestRam,
+        mut table: u64,
+        entry_size: u64,
+        levels: &[(u32, u32, bool)],
+    ) -> Result<(u64, u64), Fault> {
+        const PRESENT: u64 = 1 << 0;
+        const WRITABLE: u64 = 1 << 1;
+        const LARGE: u64 = 1 << 7;
+        const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+        let fault = |why| Fault {
+            addr: self.gva,
+            why,
+        };
+        for (i, &(shift, bits, large_ok)) in levels.iter().enumerate() {
+            let index = (self.gva >> shift) & ((1 << bits) - 1);
+            let at = table + index * entry_size;
+            let entry = if entry_size == 4 {
+                ram.read_u32(at).map(u64::from)
+            } else {
+                ram.read_u64(at)
+            }
+            .map_err(|_| fault("page table outside guest RAM"))?;
+            if entry & PRESENT == 0 {
+                return Err(fault("not mapped"));
+            }
+            if self.check_write && entry & WRITABLE == 0 {
+                return Err(fault("mapped read-only"));
+            }
+            let last = i + 1 == levels.len();
+            let large = large_ok && entry & LARGE != 0;
+            if last || large {
+                let page_size = 1u64 << shift;
+                let mut base = entry & ADDR_MASK & !(page_size - 1);
+                if entry_size == 4 && large {
+                    // PSE-36: bits 20..13 of a 4 MiB PDE are address bits 39..32.
+                    base = (entry & 0xffc0_0000) | ((entry >> 13) & 0xff) << 32;
+                } else if entry_size == 4 {
+                    base = entry & 0xffff_f000;
+                }
+                let gpa = base | (self.gva & (page_size - 1));
+                // Report at most up to the end of the 4 KiB page: callers check RAM
+                // per page anyway.
+                return Ok((gpa, PAGE_SIZE - gpa % PAGE_SIZE));
+            }
+            table = entry & ADDR_MASK;
+        }
+        Err(fault("page walk did not end"))
     }
 }
 
@@ -360,6 +451,60 @@ mod tests {
         let mut b = [9; 2];
         r.read_phys(0x30_0000, &mut b).unwrap();
         assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn walks_32_bit_paging_with_and_without_pae() {
+        let r = ram(8);
+        let protected = |cr3, cr4| PagingState {
+            cr0: (1 << 31) | (1 << 16) | 1,
+            cr3,
+            cr4,
+            efer: 0,
+            long_mode_code: false,
+        };
+        // 2-level: PD at 0x1000; 0xc000_0000 -> 4 MiB page at 0x40_0000 (PSE);
+        // 0x0050_2000 -> PT at 0x2000 -> 0x50_3000 read-only.
+        let (pd, pt) = (0x1000u64, 0x2000u64);
+        let w32 = |at: u64, v: u64| r.write_phys(at, &(v as u32).to_le_bytes()).unwrap();
+        w32(pd + (0xc000_0000u64 >> 22) * 4, 0x40_0000 | P | W | LARGE);
+        w32(pd + 4, pt | P | W); // PD index 1 (0x0050_2000 >> 22)
+        w32(pt + ((0x0050_2000u64 >> 12) & 0x3ff) * 4, 0x50_3000 | P);
+        let p = protected(pd, 1 << 4);
+        assert_eq!(r.translate(&p, 0xc012_3456, false), Ok((0x52_3456, 0xbaa)));
+        assert_eq!(r.translate(&p, 0x0050_2008, false), Ok((0x50_3008, 0xff8)));
+        assert_eq!(
+            r.translate(&p, 0x0050_2008, true).unwrap_err().why,
+            "mapped read-only"
+        );
+        // Without CR4.PSE the large bit is ignored: the PDE names a page table.
+        let no_pse = protected(pd, 0);
+        assert_eq!(
+            r.translate(&no_pse, 0xc000_0000, false).unwrap_err().why,
+            "not mapped"
+        );
+        // A 32-bit caller's pointer is 32 bits: upper bits of the register are ignored.
+        assert_eq!(
+            r.translate(&p, 0xdead_0000_c012_3456, false),
+            Ok((0x52_3456, 0xbaa))
+        );
+
+        // PAE: PDPT at 0x3020 (32-byte aligned), entry 3 -> PD 0x4000; 0xc000_0000 -> a
+        // 2 MiB page at 0x60_0000; 0xc020_1000 -> PT 0x5000 -> 0x70_1000.
+        let (pdpt, pd, pt) = (0x3020u64, 0x4000u64, 0x5000u64);
+        r.write_phys(pdpt + 3 * 8, &(pd | P).to_le_bytes()).unwrap();
+        r.write_phys(pd, &(0x60_0000 | P | W | LARGE).to_le_bytes())
+            .unwrap();
+        r.write_phys(pd + 8, &(pt | P | W).to_le_bytes()).unwrap();
+        r.write_phys(pt + 8, &(0x70_1000 | P | W).to_le_bytes())
+            .unwrap();
+        let p = protected(pdpt, 1 << 5);
+        assert_eq!(r.translate(&p, 0xc001_0004, true), Ok((0x61_0004, 0xffc)));
+        assert_eq!(r.translate(&p, 0xc020_1010, true), Ok((0x70_1010, 0xff0)));
+        assert_eq!(
+            r.translate(&p, 0x4000_0000, false).unwrap_err().why,
+            "not mapped"
+        );
     }
 
     #[test]

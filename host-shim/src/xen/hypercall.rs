@@ -1,5 +1,11 @@
 //! Hypercall dispatch: number → handler, arguments checked, Xen errno values returned.
 //!
+//! A hypercall arrives as a [`Call`]: its number and arguments from the caller's
+//! registers and the caller's mode. From 64-bit code the arguments are `rdi rsi rdx
+//! r10 r8`; from 32-bit code `ebx ecx edx esi edi`, and the structures whose layout
+//! differs in 32-bit code are read and written in that layout ([`super::compat`]), as
+//! Xen's compat layer does.
+//!
 //! Hypercalls the shim does not implement return `-ENOSYS`, as Xen does for a number it
 //! does not know; sub-operations it does not implement return what Xen returns for an
 //! unknown sub-op (`-ENOSYS`). Structures are copied in from guest-virtual addresses,
@@ -19,11 +25,66 @@ use pv_drivers::abi::vcpu::*;
 use pv_drivers::abi::xen::*;
 use pv_drivers::shmem::SharedMemory;
 
+use super::compat;
 use super::evtchn::Binding;
 use super::guest_mem::{Fault, PAGE_SIZE};
 use super::{State, Xen, XenStats};
 
 use crate::kvm::{PagingState, Registers};
+
+/// The mode of the code that made a hypercall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 64-bit code (long mode with a 64-bit code segment).
+    Long,
+    /// 32-bit code: compat argument registers and structure layouts.
+    Compat,
+}
+
+impl Mode {
+    /// The mode of code running with `paging`'s code segment and EFER.
+    pub fn of(paging: &PagingState) -> Self {
+        if paging.long_mode_code {
+            Mode::Long
+        } else {
+            Mode::Compat
+        }
+    }
+}
+
+/// One hypercall: number, arguments and the caller's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    /// The hypercall number (`rax`/`eax`).
+    pub nr: u64,
+    /// Up to five arguments, zero-extended from 32 bits for a 32-bit caller.
+    pub args: [u64; 5],
+    /// The caller's mode.
+    pub mode: Mode,
+    /// The mode the hypercall page the call came through was written for, when it came
+    /// through one (a `KVM_EXIT_XEN` hypercall did not).
+    pub page: Option<Mode>,
+}
+
+impl Call {
+    /// The call in `regs`, made by code in `mode`.
+    pub fn from_registers(regs: &Registers, mode: Mode) -> Self {
+        let low = |r: u64| r & 0xffff_ffff;
+        let (nr, args) = match mode {
+            Mode::Long => (regs.rax, [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8]),
+            Mode::Compat => (
+                low(regs.rax),
+                [regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi].map(low),
+            ),
+        };
+        Self {
+            nr,
+            args,
+            mode,
+            page: None,
+        }
+    }
+}
 
 /// What the vCPU loop does after a hypercall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +110,7 @@ type HResult = Result<i64, XenErrno>;
 /// argument needs translating.
 pub struct Ctx<'a> {
     paging: Option<PagingState>,
+    mode: Mode,
     fetch: &'a mut dyn FnMut() -> Option<PagingState>,
     /// Where console_io output goes.
     pub console: &'a mut dyn FnMut(&[u8]),
@@ -62,6 +124,7 @@ impl<'a> Ctx<'a> {
     ) -> Self {
         Self {
             paging: None,
+            mode: Mode::Long,
             fetch,
             console,
         }
@@ -113,11 +176,41 @@ impl Xen {
         }
     }
 
-    /// Runs hypercall `regs.rax` with the x86_64 argument registers.
-    pub fn hypercall(&self, regs: &Registers, ctx: &mut Ctx<'_>) -> Outcome {
-        let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
-        let nr = regs.rax;
-        let (name, result) = self.dispatch(nr, args, ctx);
+    /// Reads an argument structure whose 32-bit layout differs: `T` from 64-bit code,
+    /// `N` bytes decoded by `decode` from 32-bit code.
+    fn get_abi<T: Pod, const N: usize>(
+        &self,
+        ctx: &mut Ctx<'_>,
+        gva: u64,
+        decode: fn(&[u8; N]) -> T,
+    ) -> Result<T, XenErrno> {
+        match ctx.mode {
+            Mode::Long => self.get(ctx, gva),
+            Mode::Compat => Ok(decode(&self.get(ctx, gva)?)),
+        }
+    }
+
+    /// Runs `call`.
+    pub fn hypercall(&self, call: &Call, ctx: &mut Ctx<'_>) -> Outcome {
+        ctx.mode = call.mode;
+        let nr = call.nr;
+        let (name, result) = match call.page {
+            Some(page) if page != call.mode => {
+                // The stub's argument registers and result width are those of the
+                // page's mode: running it would be a different hypercall.
+                if !self.warned_mode_mismatch.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "host-shim: warning: the guest called hypercall {nr} from {} code \
+                         through a hypercall page installed in {} code; refused with \
+                         -ENOSYS (write the hypercall MSR again after changing modes)",
+                        mode_name(call.mode),
+                        mode_name(page)
+                    );
+                }
+                ("refused.mode_mismatch".to_owned(), Err(XenErrno::ENOSYS))
+            }
+            _ => self.dispatch(nr, call.args, ctx),
+        };
         let mut st = self.lock();
         let stats: &mut XenStats = &mut st.stats;
         *stats.hypercalls.entry(name).or_default() += 1;
@@ -141,6 +234,11 @@ impl Xen {
         };
         let op = a[0] as u32;
         let named = |group: &str, sub: &str| format!("{group}.{sub}");
+        // A 64-bit argument is split over two registers in 32-bit code (low first).
+        let wide = |lo: u64, hi: u64| match ctx.mode {
+            Mode::Long => lo,
+            Mode::Compat => lo | hi << 32,
+        };
         match nr {
             HYPERVISOR_XEN_VERSION => (
                 named("xen_version", xenver_name(op)),
@@ -168,7 +266,14 @@ impl Xen {
                 named("sched_op", sched_op_name(op)),
                 self.sched_op(op, a[1], ctx),
             ),
-            HYPERVISOR_SET_TIMER_OP => ("set_timer_op".into(), self.set_timer(a[0], false)),
+            HYPERVISOR_SET_TIMER_OP => (
+                "set_timer_op".into(),
+                self.set_timer(wide(a[0], a[1]), false),
+            ),
+            HYPERVISOR_VM_ASSIST => ("vm_assist".into(), self.vm_assist(op, a[1])),
+            HYPERVISOR_PLATFORM_OP | HYPERVISOR_SYSCTL | HYPERVISOR_DOMCTL => {
+                (privileged_name(nr).into(), self.privileged(nr, a[0], ctx))
+            }
             _ => (format!("unknown_{nr}"), Err(XenErrno::ENOSYS)),
         }
     }
@@ -207,8 +312,11 @@ impl Xen {
                 Ok(0)
             }
             XENVER_PLATFORM_PARAMETERS => {
-                // virt_start: none for an HVM guest.
-                self.put(ctx, arg, &0u64)?;
+                // virt_start (`xen_ulong_t`): none for an HVM guest.
+                match ctx.mode {
+                    Mode::Long => self.put(ctx, arg, &0u64)?,
+                    Mode::Compat => self.put(ctx, arg, &0u32)?,
+                }
                 Ok(0)
             }
             XENVER_GET_FEATURES => {
@@ -251,25 +359,144 @@ impl Xen {
 
     // ---- memory_op -----------------------------------------------------------------
 
+    /// `HYPERVISOR_memory_op(cmd, arg)`. `cmd`'s bits above [`MEMOP_CMD_MASK`] are the
+    /// extent to start at (Xen's continuations; a guest may pass one too).
     fn memory_op(&self, cmd: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
-        match cmd {
+        let start = cmd >> MEMOP_EXTENT_SHIFT;
+        match cmd & MEMOP_CMD_MASK {
+            op @ (XENMEM_INCREASE_RESERVATION
+            | XENMEM_DECREASE_RESERVATION
+            | XENMEM_POPULATE_PHYSMAP) => Ok(self.reservation(op, start, arg, ctx)),
             XENMEM_ADD_TO_PHYSMAP => {
-                let req: XenAddToPhysmap = self.get(ctx, arg)?;
+                let req = self.get_abi(ctx, arg, compat::add_to_physmap)?;
                 self.own_domain(req.domid)?;
                 self.add_to_physmap(req.space, req.idx, req.gpfn)
             }
-            XENMEM_MAXIMUM_RESERVATION | XENMEM_CURRENT_RESERVATION => {
+            _ if start != 0 => Err(XenErrno::EINVAL),
+            XENMEM_MAXIMUM_RESERVATION | XENMEM_CURRENT_RESERVATION | XENMEM_MAXIMUM_GPFN => {
                 let domid: DomId = self.get(ctx, arg)?;
                 self.own_domain(domid)?;
-                Ok(self.config.ram_pages as i64)
-            }
-            XENMEM_MAXIMUM_GPFN => {
-                let domid: DomId = self.get(ctx, arg)?;
-                self.own_domain(domid)?;
-                Ok(self.config.max_gpfn as i64)
+                Ok(match cmd {
+                    XENMEM_MAXIMUM_RESERVATION => self.config.ram_pages,
+                    XENMEM_CURRENT_RESERVATION => self.lock().reservation.current(&self.config),
+                    _ => self.config.max_gpfn,
+                } as i64)
             }
             _ => Err(XenErrno::ENOSYS),
         }
+    }
+
+    /// `XENMEM_{increase,decrease}_reservation` and `XENMEM_populate_physmap` from
+    /// extent `start`, as Xen runs them: the result is the number of extents done
+    /// (counting the `start` skipped); a bad argument structure, another domain, an
+    /// order above Xen's domU limit or an unreadable extent list stops the operation
+    /// there, without an errno.
+    ///
+    /// The guest's RAM is one host mapping, so a released page is discarded (its host
+    /// memory freed, its contents zero) and remembered; only released pages can be
+    /// populated again. The shim's own pages (shared_info, grant frames, the xenstore
+    /// and console rings) cannot be released, as if their removal failed. A
+    /// translated guest's `increase_reservation` only allocates (Xen maps the pages
+    /// nowhere), so it only counts against the reservation.
+    fn reservation(&self, op: u32, start: u32, arg: u64, ctx: &mut Ctx<'_>) -> i64 {
+        let start = u64::from(start);
+        let (req, pfn_size) = match ctx.mode {
+            Mode::Long => (self.get::<XenMemoryReservation>(ctx, arg), 8),
+            Mode::Compat => (
+                self.get(ctx, arg).map(|b| compat::memory_reservation(&b)),
+                compat::PFN_SIZE,
+            ),
+        };
+        let Ok(req) = req else {
+            return start as i64;
+        };
+        if req.nr_extents > u64::from(u32::MAX >> MEMOP_EXTENT_SHIFT)
+            || start >= req.nr_extents
+            || self.own_domain(req.domid).is_err()
+            || req.extent_order > DOMU_MAX_ORDER
+            || (op == XENMEM_POPULATE_PHYSMAP && req.mem_flags & XENMEMF_POPULATE_ON_DEMAND != 0)
+        {
+            return start as i64;
+        }
+        let pages = 1u64 << req.extent_order;
+        let mut done = start;
+        while done < req.nr_extents {
+            let at = done
+                .checked_mul(pfn_size)
+                .and_then(|off| req.extent_start.checked_add(off));
+            let gpfn = if op == XENMEM_INCREASE_RESERVATION {
+                0
+            } else {
+                let read = match (at, ctx.mode) {
+                    (None, _) => Err(XenErrno::EFAULT),
+                    (Some(at), Mode::Long) => self.get::<u64>(ctx, at),
+                    (Some(at), Mode::Compat) => self.get::<u32>(ctx, at).map(u64::from),
+                };
+                match read {
+                    Ok(gpfn) => gpfn,
+                    Err(_) => break,
+                }
+            };
+            let ok = match op {
+                XENMEM_DECREASE_RESERVATION => self.release_pages(gpfn, pages),
+                XENMEM_POPULATE_PHYSMAP => self.populate_pages(gpfn, pages),
+                _ => self.lock().reservation.allocate(&self.config, pages),
+            };
+            if !ok {
+                break;
+            }
+            done += 1;
+        }
+        done as i64
+    }
+
+    /// Releases `count` pages from `gpfn`; false (nothing released) if any of them is
+    /// not populated RAM the guest may give back.
+    fn release_pages(&self, gpfn: u64, count: u64) -> bool {
+        let mut st = self.lock();
+        let Some(end) = gpfn.checked_add(count) else {
+            return false;
+        };
+        let shim_owned = |pfn: u64| {
+            let gpa = pfn * PAGE_SIZE;
+            gpa == self.config.store_page
+                || gpa == self.config.console_page
+                || st.shared_info.as_ref().is_some_and(|p| p.gpa() == gpa)
+                || {
+                    let frames = st.grants.memory();
+                    (0..frames.nr_pages()).any(|i| frames.page(i).is_some_and(|p| p.gpa() == gpa))
+                }
+        };
+        let removable = (gpfn..end).all(|pfn| {
+            pfn.checked_mul(PAGE_SIZE)
+                .is_some_and(|gpa| self.ram.is_ram(gpa, PAGE_SIZE))
+                && !st.reservation.released.contains(&pfn)
+                && !shim_owned(pfn)
+        });
+        if !removable {
+            return false;
+        }
+        for pfn in gpfn..end {
+            self.ram.discard(pfn * PAGE_SIZE);
+            st.reservation.released.insert(pfn);
+        }
+        true
+    }
+
+    /// Populates `count` released pages from `gpfn` again (they read as zero); false
+    /// if any of them is not a released page.
+    fn populate_pages(&self, gpfn: u64, count: u64) -> bool {
+        let mut st = self.lock();
+        let Some(end) = gpfn.checked_add(count) else {
+            return false;
+        };
+        if !(gpfn..end).all(|pfn| st.reservation.released.contains(&pfn)) {
+            return false;
+        }
+        for pfn in gpfn..end {
+            st.reservation.released.remove(&pfn);
+        }
+        true
     }
 
     fn add_to_physmap(&self, space: u32, idx: u64, gpfn: u64) -> HResult {
@@ -515,7 +742,40 @@ impl Xen {
                 }
                 Ok(0)
             }
-            // FIFO event channels are not offered; guests fall back to 2-level.
+            EVTCHNOP_INIT_CONTROL => {
+                // Checked as Xen checks it; a valid request is refused as by a Xen
+                // built without FIFO event channels (`CONFIG_EVTCHN_FIFO=n`): guests
+                // (Linux, Mini-OS) fall back to the 2-level ABI.
+                let req: EvtchnInitControl = self.get(ctx, arg)?;
+                if req.vcpu != 0 {
+                    return Err(XenErrno::ENOENT);
+                }
+                if u64::from(req.offset) > PAGE_SIZE - FIFO_CONTROL_BLOCK_SIZE
+                    || !req.offset.is_multiple_of(8)
+                {
+                    return Err(XenErrno::EINVAL);
+                }
+                let in_ram = req
+                    .control_gfn
+                    .checked_mul(PAGE_SIZE)
+                    .is_some_and(|gpa| self.ram.is_ram(gpa, PAGE_SIZE));
+                if !in_ram {
+                    return Err(XenErrno::EINVAL);
+                }
+                Err(XenErrno::EOPNOTSUPP)
+            }
+            EVTCHNOP_EXPAND_ARRAY => {
+                let _: EvtchnExpandArray = self.get(ctx, arg)?;
+                Err(XenErrno::EOPNOTSUPP)
+            }
+            EVTCHNOP_SET_PRIORITY => {
+                // The 2-level ABI has no priorities.
+                let req: EvtchnSetPriority = self.get(ctx, arg)?;
+                if !self.lock().guest_ports.is_valid(req.port) {
+                    return Err(XenErrno::EINVAL);
+                }
+                Err(XenErrno::ENOSYS)
+            }
             _ => Err(XenErrno::ENOSYS),
         }
     }
@@ -636,27 +896,37 @@ impl Xen {
                 if count != 1 {
                     return Err(XenErrno::EINVAL);
                 }
+                // As Xen with `gnttab_max_version=1`: 0 and 3.. are -EINVAL, 2 is
+                // -ENOSYS ("as before set_version was introduced"); the version in
+                // force is written back in every case.
                 let mut v: GnttabSetVersion = self.get(ctx, arg)?;
                 let requested = v.version;
                 v.version = 1;
                 self.put(ctx, arg, &v)?;
-                // Version 2 is not offered.
-                if requested == 1 || requested == 0 {
-                    Ok(0)
-                } else {
-                    Err(XenErrno::EINVAL)
+                match requested {
+                    1 => Ok(0),
+                    2 => Err(XenErrno::ENOSYS),
+                    _ => Err(XenErrno::EINVAL),
                 }
             }
             GNTTABOP_COPY => {
+                let size = match ctx.mode {
+                    Mode::Long => GnttabCopy::SIZE as u64,
+                    Mode::Compat => compat::COPY_SIZE as u64,
+                };
                 for i in 0..count {
                     // Guest-supplied base: an array running off the address space is
                     // a bad address, not an overflow.
-                    let at = (i * GnttabCopy::SIZE as u64)
-                        .checked_add(arg)
-                        .ok_or(XenErrno::EFAULT)?;
-                    let mut op: GnttabCopy = self.get(ctx, at)?;
+                    let at = (i * size).checked_add(arg).ok_or(XenErrno::EFAULT)?;
+                    let mut op = self.get_abi(ctx, at, compat::gnttab_copy)?;
                     op.status = self.grant_copy(&op);
-                    self.put(ctx, at, &op)?;
+                    match ctx.mode {
+                        Mode::Long => self.put(ctx, at, &op)?,
+                        Mode::Compat => {
+                            let status_at = at.checked_add(compat::COPY_STATUS_AT);
+                            self.put(ctx, status_at.ok_or(XenErrno::EFAULT)?, &op.status)?;
+                        }
+                    }
                 }
                 Ok(0)
             }
@@ -711,7 +981,7 @@ impl Xen {
         }
         match cmd {
             VCPUOP_SET_SINGLESHOT_TIMER => {
-                let t: VcpuSetSingleshotTimer = self.get(ctx, arg)?;
+                let t = self.get_abi(ctx, arg, compat::singleshot_timer)?;
                 if t.flags & !VCPU_SSHOTTMR_FUTURE != 0 {
                     return Err(XenErrno::EINVAL);
                 }
@@ -740,6 +1010,36 @@ impl Xen {
                 Ok(0)
             }
             VCPUOP_IS_UP => Ok(1),
+            VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
+                // `addr` is a union of a guest handle and a `uint64_t`: 8 bytes in both
+                // modes; a 32-bit caller's handle is its low half. 0 unregisters.
+                let addr: u64 = self.get(ctx, arg)?;
+                let gva = match ctx.mode {
+                    Mode::Long => addr,
+                    Mode::Compat => addr & 0xffff_ffff,
+                };
+                let paging = ctx.paging()?;
+                let mut st = self.lock();
+                if gva == 0 {
+                    st.runstate = None;
+                    return Ok(0);
+                }
+                let now = self.now_ns();
+                let area = super::Runstate {
+                    gva,
+                    paging,
+                    compat: ctx.mode == Mode::Compat,
+                    state: RUNSTATE_RUNNING,
+                    entry_ns: now,
+                    // Running since system time 0, as far as the guest can tell.
+                    time: [now, 0, 0, 0],
+                };
+                // Xen writes the area at once; a bad address is not an error then,
+                // only later updates are lost (as on Xen).
+                self.write_runstate_locked(&st, &area);
+                st.runstate = Some(area);
+                Ok(0)
+            }
             _ => Err(XenErrno::ENOSYS),
         }
     }
@@ -772,12 +1072,12 @@ impl Xen {
                     s.mem().store_u8(1, 0, Ordering::Release);
                 }
                 if !Self::upcall_pending_locked(&st) && !st.stopping {
-                    let _ = self.wake.wait_timeout(st, super::BLOCK_SLICE);
+                    self.blocked_wait(st, super::BLOCK_SLICE);
                 }
                 Ok(0)
             }
             SCHEDOP_POLL => {
-                let req: SchedPoll = self.get(ctx, arg)?;
+                let req = self.get_abi(ctx, arg, compat::sched_poll)?;
                 if req.nr_ports > 128 {
                     return Err(XenErrno::EINVAL);
                 }
@@ -807,7 +1107,7 @@ impl Xen {
                         let left = req.timeout.saturating_sub(self.now_ns());
                         std::time::Duration::from_nanos(left).min(super::BLOCK_SLICE)
                     };
-                    let _ = self.wake.wait_timeout(st, wait);
+                    self.blocked_wait(st, wait);
                 }
                 Ok(0)
             }
@@ -830,6 +1130,125 @@ impl Xen {
         }
     }
 }
+
+impl Xen {
+    /// Waits up to `wait` for an event with the vCPU blocked (its runstate area says
+    /// so while it waits).
+    fn blocked_wait(&self, st: std::sync::MutexGuard<'_, State>, wait: std::time::Duration) {
+        let mut st = st;
+        self.runstate_switch_locked(&mut st, RUNSTATE_BLOCKED);
+        let (mut st, _) = self
+            .wake
+            .wait_timeout(st, wait)
+            .unwrap_or_else(|p| p.into_inner());
+        self.runstate_switch_locked(&mut st, RUNSTATE_RUNNING);
+    }
+
+    /// Moves the vCPU's runstate to `state`, accounting the time spent in the old one,
+    /// and updates the guest's area.
+    fn runstate_switch_locked(&self, st: &mut State, state: u32) {
+        let now = self.now_ns();
+        let Some(area) = st.runstate.as_mut() else {
+            return;
+        };
+        let old = area.state as usize % 4;
+        area.time[old] = area.time[old].saturating_add(now.saturating_sub(area.entry_ns));
+        area.state = state;
+        area.entry_ns = now;
+        let area = *area;
+        self.write_runstate_locked(st, &area);
+    }
+
+    /// Writes `area` into the guest, with Xen's `XEN_RUNSTATE_UPDATE` protocol when
+    /// the guest enabled `VMASST_TYPE_runstate_update_flag`: the flag is set in
+    /// `state_entry_time` first and cleared last, so a reader can see a torn update.
+    /// A fault loses the update, as on Xen.
+    fn write_runstate_locked(&self, st: &State, area: &super::Runstate) {
+        let flag = st.vm_assist & (1 << VMASST_TYPE_RUNSTATE_UPDATE_FLAG) != 0;
+        let mark = if flag { XEN_RUNSTATE_UPDATE } else { 0 };
+        let (bytes, entry_at) =
+            compat::runstate_info(area.compat, area.state, area.entry_ns | mark, &area.time);
+        let entry_gva = area.gva.wrapping_add(entry_at as u64);
+        let write = |gva: u64, b: &[u8]| self.ram.write_virt(&area.paging, gva, b).is_ok();
+        if flag && !write(entry_gva, &(area.entry_ns | mark).to_le_bytes()) {
+            return;
+        }
+        if write(area.gva, &bytes) && flag {
+            write(entry_gva, &area.entry_ns.to_le_bytes());
+        }
+    }
+
+    /// `HYPERVISOR_vm_assist(cmd, type)`: an HVM guest may set only
+    /// `VMASST_TYPE_runstate_update_flag` (Xen's `HVM_VM_ASSIST_MASK`).
+    fn vm_assist(&self, cmd: u32, kind: u64) -> HResult {
+        if kind != u64::from(VMASST_TYPE_RUNSTATE_UPDATE_FLAG) {
+            return Err(XenErrno::EINVAL);
+        }
+        let bit = 1u64 << kind;
+        let mut st = self.lock();
+        match cmd {
+            VMASST_CMD_ENABLE => st.vm_assist |= bit,
+            VMASST_CMD_DISABLE => st.vm_assist &= !bit,
+            _ => return Err(XenErrno::ENOSYS),
+        }
+        Ok(0)
+    }
+
+    /// `platform_op`, `sysctl`, `domctl`: as Xen answers an unprivileged domain. The
+    /// structure is read (`-EFAULT`), its `interface_version` checked against Xen
+    /// 4.17's (`-EACCES`), and then the XSM check refuses (`-EPERM`).
+    fn privileged(&self, nr: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
+        let [_cmd, version]: [u32; 2] = self.get(ctx, arg)?;
+        let want = match nr {
+            HYPERVISOR_PLATFORM_OP => XENPF_INTERFACE_VERSION,
+            HYPERVISOR_SYSCTL => XEN_SYSCTL_INTERFACE_VERSION,
+            _ => XEN_DOMCTL_INTERFACE_VERSION,
+        };
+        if version != want {
+            return Err(XenErrno::EACCES);
+        }
+        Err(XenErrno::EPERM)
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Long => "64-bit",
+        Mode::Compat => "32-bit",
+    }
+}
+
+fn privileged_name(nr: u32) -> &'static str {
+    match nr {
+        HYPERVISOR_PLATFORM_OP => "platform_op",
+        HYPERVISOR_SYSCTL => "sysctl",
+        _ => "domctl",
+    }
+}
+
+/// `memory.h`: the low bits of `memory_op`'s `cmd` are the operation, the rest the
+/// extent a continuation starts at.
+const MEMOP_EXTENT_SHIFT: u32 = 6;
+const MEMOP_CMD_MASK: u32 = (1 << MEMOP_EXTENT_SHIFT) - 1;
+/// `XENMEMF_populate_on_demand`.
+const XENMEMF_POPULATE_ON_DEMAND: u32 = 1 << 16;
+/// Xen's `domu_max_order` default: the largest extent a domU may name is 2^9 pages.
+const DOMU_MAX_ORDER: u32 = 9;
+/// `sizeof(evtchn_fifo_control_block_t)`: `ready` and 16 queue heads.
+const FIFO_CONTROL_BLOCK_SIZE: u64 = 4 + 16 * 4;
+/// `vcpu.h`: runstates and the update flag in `state_entry_time`.
+const RUNSTATE_RUNNING: u32 = 0;
+const RUNSTATE_BLOCKED: u32 = 2;
+const XEN_RUNSTATE_UPDATE: u64 = 1 << 63;
+/// `xen.h`: `vm_assist` commands and the one type an HVM guest may use.
+const VMASST_CMD_ENABLE: u32 = 0;
+const VMASST_CMD_DISABLE: u32 = 1;
+const VMASST_TYPE_RUNSTATE_UPDATE_FLAG: u32 = 5;
+/// The interface versions of Xen 4.17's privileged hypercalls (`platform.h`,
+/// `sysctl.h`, `domctl.h`).
+const XENPF_INTERFACE_VERSION: u32 = 0x0300_0001;
+const XEN_SYSCTL_INTERFACE_VERSION: u32 = 0x15;
+const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
 
 /// Longest `console_io` write the shim takes in one call.
 const CONSOLE_IO_MAX: u64 = 64 * 1024;
@@ -867,8 +1286,11 @@ fn xenver_name(cmd: u32) -> &'static str {
 }
 
 fn memory_op_name(cmd: u32) -> &'static str {
-    match cmd {
+    match cmd & MEMOP_CMD_MASK {
         XENMEM_ADD_TO_PHYSMAP => "add_to_physmap",
+        XENMEM_INCREASE_RESERVATION => "increase_reservation",
+        XENMEM_DECREASE_RESERVATION => "decrease_reservation",
+        XENMEM_POPULATE_PHYSMAP => "populate_physmap",
         XENMEM_MAXIMUM_RESERVATION => "maximum_reservation",
         XENMEM_CURRENT_RESERVATION => "current_reservation",
         XENMEM_MAXIMUM_GPFN => "maximum_gpfn",
@@ -896,6 +1318,9 @@ fn evtchn_op_name(op: u32) -> &'static str {
         EVTCHNOP_BIND_IPI => "bind_ipi",
         EVTCHNOP_BIND_VCPU => "bind_vcpu",
         EVTCHNOP_UNMASK => "unmask",
+        EVTCHNOP_INIT_CONTROL => "init_control",
+        EVTCHNOP_EXPAND_ARRAY => "expand_array",
+        EVTCHNOP_SET_PRIORITY => "set_priority",
         _ => "other",
     }
 }
@@ -917,6 +1342,7 @@ fn vcpu_op_name(op: u32) -> &'static str {
         VCPUOP_SET_PERIODIC_TIMER => "set_periodic_timer",
         VCPUOP_STOP_PERIODIC_TIMER => "stop_periodic_timer",
         VCPUOP_IS_UP => "is_up",
+        VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => "register_runstate_memory_area",
         _ => "other",
     }
 }
@@ -931,3 +1357,7 @@ fn sched_op_name(op: u32) -> &'static str {
         _ => "other",
     }
 }
+
+#[cfg(test)]
+#[path = "hypercall_tests.rs"]
+mod tests;

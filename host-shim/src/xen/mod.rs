@@ -15,6 +15,7 @@
 //! released.
 
 mod backend;
+pub mod compat;
 pub mod console;
 pub mod evtchn;
 pub mod grant;
@@ -24,7 +25,7 @@ pub mod hypercall_page;
 pub mod store;
 pub mod xenstored;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -183,9 +184,51 @@ pub struct ShutdownRequest {
     pub reason: u32,
 }
 
+/// The guest's reservation: which RAM pages it gave back
+/// (`XENMEM_decrease_reservation`) and how many it allocated without a place in its
+/// physical address space (`XENMEM_increase_reservation` of a translated guest).
+#[derive(Debug, Default)]
+struct Reservation {
+    released: BTreeSet<u64>,
+    floating: u64,
+}
+
+impl Reservation {
+    /// Pages the guest holds (`XENMEM_current_reservation`).
+    fn current(&self, config: &XenConfig) -> u64 {
+        (config.ram_pages + self.floating).saturating_sub(self.released.len() as u64)
+    }
+
+    /// Allocates `pages` unplaced pages if that stays within the maximum reservation.
+    fn allocate(&mut self, config: &XenConfig, pages: u64) -> bool {
+        if self.current(config).saturating_add(pages) > config.ram_pages {
+            return false;
+        }
+        self.floating += pages;
+        true
+    }
+}
+
+/// The vCPU's registered runstate area (`VCPUOP_register_runstate_memory_area`).
+#[derive(Debug, Clone, Copy)]
+struct Runstate {
+    /// Its guest-virtual address, translated with `paging` (the page tables in force
+    /// when it was registered: a kernel address stays mapped) at every update.
+    gva: u64,
+    paging: crate::kvm::PagingState,
+    /// Written in the 32-bit layout.
+    compat: bool,
+    /// `RUNSTATE_*` now, since `entry_ns` (Xen system time).
+    state: u32,
+    entry_ns: u64,
+    /// Nanoseconds spent in each state before `entry_ns`.
+    time: [u64; 4],
+}
+
 /// Everything behind the lock.
 struct State {
-    hypercall_page: Option<u64>,
+    /// The hypercall page's address and the mode its stubs were written for.
+    hypercall_page: Option<(u64, hypercall::Mode)>,
     shared_info: Option<SharedPage>,
     /// Ports raised before the guest mapped shared_info (Xen keeps the bits in a page
     /// that exists from the start; the shim keeps them here until there is one).
@@ -199,6 +242,10 @@ struct State {
     timer_period: Option<u64>,
     shutdown: Option<ShutdownRequest>,
     stopping: bool,
+    reservation: Reservation,
+    runstate: Option<Runstate>,
+    /// `vm_assist` types enabled (bit per `VMASST_TYPE_*`).
+    vm_assist: u64,
     stats: XenStats,
 }
 
@@ -221,6 +268,8 @@ pub struct Xen {
     wake: Condvar,
     /// xenstored, once attached.
     store: std::sync::OnceLock<Arc<Mutex<store::StoreService>>>,
+    /// The guest was told once that a hypercall came from the wrong mode for its page.
+    warned_mode_mismatch: std::sync::atomic::AtomicBool,
 }
 
 impl Xen {
@@ -276,10 +325,14 @@ impl Xen {
                 timer_period: None,
                 shutdown: None,
                 stopping: false,
+                reservation: Reservation::default(),
+                runstate: None,
+                vm_assist: 0,
                 stats: XenStats::default(),
             }),
             wake: Condvar::new(),
             store: std::sync::OnceLock::new(),
+            warned_mode_mismatch: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -369,9 +422,21 @@ impl Xen {
         self.wake.notify_all();
     }
 
-    /// Handles a guest `wrmsr` to a Xen MSR. `Err` makes the guest take #GP, as Xen
+    /// The one-shot timer's deadline (Xen system time), for tests.
+    #[cfg(test)]
+    pub(crate) fn timer_deadline(&self) -> Option<u64> {
+        self.lock().timer_deadline
+    }
+
+    /// Handles a guest `wrmsr` to a Xen MSR, made by code in `mode` (the hypercall
+    /// page's stubs are written for that mode). `Err` makes the guest take #GP, as Xen
     /// does for a bad page index or an address that is not RAM.
-    pub fn write_msr(&self, index: u32, value: u64) -> Result<(), MsrRefused> {
+    pub fn write_msr(
+        &self,
+        index: u32,
+        value: u64,
+        mode: hypercall::Mode,
+    ) -> Result<(), MsrRefused> {
         if index != HYPERCALL_MSR {
             return Err(MsrRefused("not a Xen MSR"));
         }
@@ -384,9 +449,9 @@ impl Xen {
             return Err(MsrRefused("hypercall page address is not RAM"));
         }
         self.ram
-            .write_phys(gpa, &hypercall_page::hypercall_page())
+            .write_phys(gpa, &hypercall_page::hypercall_page(mode))
             .map_err(|_| MsrRefused("hypercall page address is not RAM"))?;
-        self.lock().hypercall_page = Some(gpa);
+        self.lock().hypercall_page = Some((gpa, mode));
         Ok(())
     }
 

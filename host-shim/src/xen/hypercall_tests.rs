@@ -1,0 +1,503 @@
+//! Xen's behaviour, pinned: each test names the Xen source it follows.
+
+use std::sync::Arc;
+
+use pv_drivers::abi::errno::XenErrno;
+use pv_drivers::abi::event_channel::*;
+use pv_drivers::abi::grant_table::*;
+use pv_drivers::abi::memory::*;
+use pv_drivers::abi::sched::*;
+use pv_drivers::abi::vcpu::*;
+use pv_drivers::abi::xen::*;
+
+use super::{Call, Ctx, Mode};
+use crate::kvm::PagingState;
+use crate::testing::xen_without_kvm;
+use crate::xen::Xen;
+use crate::xen::guest_mem::PAGE_SIZE;
+
+/// Where argument structures go (paging off: virtual = physical).
+const ARG: u64 = 0x1_0000;
+/// A second scratch area (extent lists, runstate areas).
+const LIST: u64 = 0x2_0000;
+const RAM_MIB: u64 = 2;
+
+fn rig() -> Arc<Xen> {
+    let (xen, _) = xen_without_kvm(RAM_MIB);
+    // Blocking hypercalls return at once.
+    xen.stop();
+    xen
+}
+
+fn call_in(xen: &Xen, mode: Mode, nr: u32, args: &[u64]) -> i64 {
+    let mut a = [0u64; 5];
+    a[..args.len()].copy_from_slice(args);
+    let call = Call {
+        nr: nr.into(),
+        args: a,
+        mode,
+        page: None,
+    };
+    let paging = PagingState::default();
+    let mut fetch = || Some(paging);
+    let mut console = |_: &[u8]| {};
+    xen.hypercall(&call, &mut Ctx::new(&mut fetch, &mut console))
+        .ret
+}
+
+fn call(xen: &Xen, nr: u32, args: &[u64]) -> i64 {
+    call_in(xen, Mode::Long, nr, args)
+}
+
+fn err(e: XenErrno) -> i64 {
+    e.as_neg()
+}
+
+fn put(xen: &Xen, at: u64, bytes: &[u8]) {
+    xen.ram().write_phys(at, bytes).expect("scratch in RAM");
+}
+
+fn get<const N: usize>(xen: &Xen, at: u64) -> [u8; N] {
+    let mut b = [0u8; N];
+    xen.ram().read_phys(at, &mut b).expect("scratch in RAM");
+    b
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().unwrap())
+}
+
+// ---- grant_table_op: set_version (xen/common/grant_table.c, gnttab_set_version) -------
+
+#[test]
+fn set_version_answers_as_a_xen_offering_only_v1() {
+    let xen = rig();
+    for (asked, want) in [
+        (1u32, 0),
+        (0, err(XenErrno::EINVAL)),
+        (2, err(XenErrno::ENOSYS)),
+        (3, err(XenErrno::EINVAL)),
+    ] {
+        put(&xen, ARG, &asked.to_le_bytes());
+        let ret = call(
+            &xen,
+            HYPERVISOR_GRANT_TABLE_OP,
+            &[GNTTABOP_SET_VERSION.into(), ARG, 1],
+        );
+        assert_eq!(ret, want, "version {asked}");
+        // The version in force is written back whatever the answer.
+        assert_eq!(get::<4>(&xen, ARG), 1u32.to_le_bytes(), "version {asked}");
+    }
+}
+
+// ---- privileged hypercalls (xen/common/domctl.c, sysctl.c, x86 platform_hypercall.c) --
+
+#[test]
+fn privileged_hypercalls_are_refused_as_xen_refuses_a_domu() {
+    let xen = rig();
+    for (nr, version) in [
+        (HYPERVISOR_DOMCTL, 0x15u32),
+        (HYPERVISOR_SYSCTL, 0x15),
+        (HYPERVISOR_PLATFORM_OP, 0x0300_0001),
+    ] {
+        let mut op = [0u8; 16];
+        op[4..8].copy_from_slice(&version.to_le_bytes());
+        put(&xen, ARG, &op);
+        assert_eq!(
+            call(&xen, nr, &[ARG]),
+            err(XenErrno::EPERM),
+            "hypercall {nr}"
+        );
+        op[4..8].copy_from_slice(&(version + 1).to_le_bytes());
+        put(&xen, ARG, &op);
+        assert_eq!(
+            call(&xen, nr, &[ARG]),
+            err(XenErrno::EACCES),
+            "hypercall {nr}"
+        );
+        assert_eq!(
+            call(&xen, nr, &[1 << 40]),
+            err(XenErrno::EFAULT),
+            "hypercall {nr}"
+        );
+    }
+}
+
+// ---- EVTCHNOP_init_control (xen/common/event_fifo.c) ----------------------------------
+
+#[test]
+fn fifo_init_control_is_checked_as_xen_checks_it_then_refused() {
+    let xen = rig();
+    let init = |gfn: u64, offset: u32, vcpu: u32| {
+        let req = EvtchnInitControl {
+            control_gfn: gfn,
+            offset,
+            vcpu,
+            ..Default::default()
+        };
+        put(&xen, ARG, &req.to_bytes());
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_INIT_CONTROL.into(), ARG],
+        )
+    };
+    let ram_pfn = 0x30;
+    assert_eq!(
+        init(0x10_0000, 0, 0),
+        err(XenErrno::EINVAL),
+        "frame outside RAM"
+    );
+    assert_eq!(
+        init(u64::MAX, 0, 0),
+        err(XenErrno::EINVAL),
+        "frame overflowing"
+    );
+    assert_eq!(init(ram_pfn, 0, 1), err(XenErrno::ENOENT), "no vCPU 1");
+    assert_eq!(init(ram_pfn, 4, 0), err(XenErrno::EINVAL), "misaligned");
+    assert_eq!(
+        init(ram_pfn, 4096 - 64, 0),
+        err(XenErrno::EINVAL),
+        "crosses the page"
+    );
+    // A valid request: refused as by a Xen without FIFO support; Linux falls back.
+    assert_eq!(init(ram_pfn, 8, 0), err(XenErrno::EOPNOTSUPP));
+    put(&xen, ARG, &[0; 8]);
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_EXPAND_ARRAY.into(), ARG]
+        ),
+        err(XenErrno::EOPNOTSUPP)
+    );
+    put(&xen, ARG, &[0xff; 8]);
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_SET_PRIORITY.into(), ARG]
+        ),
+        err(XenErrno::EINVAL),
+        "set_priority on a port that does not exist"
+    );
+}
+
+// ---- memory_op reservations (xen/common/memory.c) --------------------------------------
+
+fn reservation(xen: &Xen, list: &[u64], order: u32) -> XenMemoryReservation {
+    for (i, pfn) in list.iter().enumerate() {
+        put(xen, LIST + 8 * i as u64, &pfn.to_le_bytes());
+    }
+    XenMemoryReservation {
+        extent_start: LIST,
+        nr_extents: list.len() as u64,
+        extent_order: order,
+        mem_flags: 0,
+        domid: DOMID_SELF,
+        _pad: [0; 3],
+    }
+}
+
+fn memory(xen: &Xen, cmd: u32, req: &XenMemoryReservation) -> i64 {
+    put(xen, ARG, &req.to_bytes());
+    call(xen, HYPERVISOR_MEMORY_OP, &[cmd.into(), ARG])
+}
+
+fn current(xen: &Xen) -> i64 {
+    put(xen, ARG, &DOMID_SELF.to_le_bytes());
+    call(
+        xen,
+        HYPERVISOR_MEMORY_OP,
+        &[XENMEM_CURRENT_RESERVATION.into(), ARG],
+    )
+}
+
+#[test]
+fn released_pages_read_zero_count_and_can_be_populated_again() {
+    let xen = rig();
+    let full = current(&xen);
+    assert_eq!(full, (RAM_MIB << 20) as i64 / PAGE_SIZE as i64);
+    put(&xen, 0x40 * PAGE_SIZE, &[0xa5; 64]);
+
+    let req = reservation(&xen, &[0x40, 0x41], 0);
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &req), 2);
+    assert_eq!(
+        get::<64>(&xen, 0x40 * PAGE_SIZE),
+        [0; 64],
+        "a released page reads zero"
+    );
+    assert_eq!(current(&xen), full - 2);
+    // A page already released stops the operation at that extent (guest_remove_page
+    // -ENOENT): nothing done.
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &req), 0);
+
+    // populate_physmap brings released pages back, and only those.
+    let one = reservation(&xen, &[0x40], 0);
+    assert_eq!(memory(&xen, XENMEM_POPULATE_PHYSMAP, &one), 1);
+    assert_eq!(memory(&xen, XENMEM_POPULATE_PHYSMAP, &one), 0);
+    assert_eq!(current(&xen), full - 1);
+
+    // increase_reservation (a translated guest: allocated, placed nowhere) fills the
+    // reservation up to its maximum and no further.
+    let alloc = XenMemoryReservation {
+        nr_extents: 2,
+        ..reservation(&xen, &[], 0)
+    };
+    assert_eq!(memory(&xen, XENMEM_INCREASE_RESERVATION, &alloc), 1);
+    assert_eq!(current(&xen), full);
+}
+
+#[test]
+fn reservation_operations_stop_where_xen_stops_them() {
+    let xen = rig();
+    let full = current(&xen);
+    // A continuation: cmd's upper bits are the extent to start at.
+    let req = reservation(&xen, &[0x40, 0x41, 0x42], 0);
+    let cmd = XENMEM_DECREASE_RESERVATION | (1 << 6);
+    assert_eq!(
+        memory(&xen, cmd, &req),
+        3,
+        "extents 1 and 2 done, counted from 0"
+    );
+    assert_eq!(current(&xen), full - 2);
+    assert_eq!(
+        memory(&xen, XENMEM_DECREASE_RESERVATION | (3 << 6), &req),
+        3
+    );
+    // An order above the domU limit (9) does nothing.
+    let big = reservation(&xen, &[0x100], 10);
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &big), 0);
+    // An order-1 extent: two pages.
+    let pair = reservation(&xen, &[0x80], 1);
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &pair), 1);
+    assert_eq!(current(&xen), full - 4);
+    // Another domain, or an unreadable structure: the start extent, no errno.
+    let other = XenMemoryReservation {
+        domid: 0,
+        ..reservation(&xen, &[0x90], 0)
+    };
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &other), 0);
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_MEMORY_OP,
+            &[(XENMEM_DECREASE_RESERVATION | 1 << 6).into(), 1 << 40]
+        ),
+        1
+    );
+    // An extent list outside RAM stops at once; pages outside RAM are not released.
+    let unreadable = XenMemoryReservation {
+        extent_start: 1 << 40,
+        ..reservation(&xen, &[0x90], 0)
+    };
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &unreadable), 0);
+    let outside = reservation(&xen, &[0x10_0000], 0);
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &outside), 0);
+    // The shim's own pages (here the xenstore ring at the top of RAM) stay.
+    let store = (RAM_MIB << 20) / PAGE_SIZE - 2;
+    let ring = reservation(&xen, &[store], 0);
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &ring), 0);
+    assert_eq!(current(&xen), full - 4);
+    // Other queries refuse a start extent.
+    put(&xen, ARG, &DOMID_SELF.to_le_bytes());
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_MEMORY_OP,
+            &[(XENMEM_CURRENT_RESERVATION | 1 << 6).into(), ARG]
+        ),
+        err(XenErrno::EINVAL)
+    );
+}
+
+#[test]
+fn a_32_bit_caller_passes_its_extent_list_in_compat_layout() {
+    let xen = rig();
+    let full = current(&xen);
+    // compat_memory_reservation: handle, nr_extents, extent_order, mem_flags, domid.
+    let mut req = Vec::new();
+    for v in [LIST as u32, 2, 0, 0] {
+        req.extend_from_slice(&v.to_le_bytes());
+    }
+    req.extend_from_slice(&DOMID_SELF.to_le_bytes());
+    req.extend_from_slice(&[0, 0]);
+    put(&xen, ARG, &req);
+    // compat_pfn_t: 4 bytes each.
+    put(&xen, LIST, &[0x50, 0, 0, 0, 0x51, 0, 0, 0]);
+    let ret = call_in(
+        &xen,
+        Mode::Compat,
+        HYPERVISOR_MEMORY_OP,
+        &[XENMEM_DECREASE_RESERVATION.into(), ARG],
+    );
+    assert_eq!(ret, 2);
+    assert_eq!(current(&xen), full - 2);
+}
+
+// ---- runstate and vm_assist (xen/common/domain.c, vcpu.h) ------------------------------
+
+#[test]
+fn the_runstate_area_is_written_at_once_and_follows_blocking() {
+    let xen = rig();
+    put(&xen, ARG, &LIST.to_le_bytes());
+    let register = || {
+        call(
+            &xen,
+            HYPERVISOR_VCPU_OP,
+            &[VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA.into(), 0, ARG],
+        )
+    };
+    assert_eq!(register(), 0);
+    let area = get::<48>(&xen, LIST);
+    assert_eq!(area[..4], 0u32.to_le_bytes(), "running");
+    let entry = le_u64(&area[8..]);
+    assert_eq!(le_u64(&area[16..]), entry, "running since time 0");
+
+    // vm_assist: only the runstate update flag, for an HVM guest.
+    assert_eq!(
+        call(&xen, HYPERVISOR_VM_ASSIST, &[0, 0]),
+        err(XenErrno::EINVAL)
+    );
+    assert_eq!(
+        call(&xen, HYPERVISOR_VM_ASSIST, &[7, 5]),
+        err(XenErrno::ENOSYS)
+    );
+    assert_eq!(call(&xen, HYPERVISOR_VM_ASSIST, &[0, 5]), 0);
+
+    // A block (which returns at once here) passes through "blocked" and back.
+    assert_eq!(call(&xen, HYPERVISOR_SCHED_OP, &[SCHEDOP_BLOCK.into()]), 0);
+    let area = get::<48>(&xen, LIST);
+    assert_eq!(area[..4], 0u32.to_le_bytes(), "running again");
+    let entry2 = le_u64(&area[8..]);
+    assert!(entry2 >= entry, "{entry2} < {entry}");
+    assert_eq!(
+        entry2 >> 63,
+        0,
+        "the update flag is cleared after the update"
+    );
+    // Every nanosecond is accounted: time[running] + time[blocked] = the entry time.
+    assert_eq!(le_u64(&area[16..]) + le_u64(&area[16 + 16..]), entry2);
+
+    // 0 unregisters: a later block writes nothing.
+    put(&xen, LIST, &[0xee; 48]);
+    put(&xen, ARG, &0u64.to_le_bytes());
+    assert_eq!(register(), 0);
+    call(&xen, HYPERVISOR_SCHED_OP, &[SCHEDOP_BLOCK.into()]);
+    assert_eq!(get::<48>(&xen, LIST), [0xee; 48]);
+}
+
+#[test]
+fn a_32_bit_caller_gets_the_44_byte_runstate_layout() {
+    let xen = rig();
+    put(&xen, LIST, &[0xee; 48]);
+    // The handle is the low half of the 8-byte union.
+    put(&xen, ARG, &(LIST | 0xdead_0000_0000_0000).to_le_bytes());
+    let ret = call_in(
+        &xen,
+        Mode::Compat,
+        HYPERVISOR_VCPU_OP,
+        &[VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA.into(), 0, ARG],
+    );
+    assert_eq!(ret, 0);
+    let area = get::<48>(&xen, LIST);
+    let entry = le_u64(&area[4..]);
+    assert_eq!(le_u64(&area[12..]), entry, "time[running] at offset 12");
+    assert_eq!(area[44..], [0xee; 4], "nothing past 44 bytes");
+}
+
+// ---- 32-bit callers --------------------------------------------------------------------
+
+#[test]
+fn a_32_bit_caller_uses_its_own_registers_and_structure_layouts() {
+    use crate::kvm::Registers;
+    let regs = Registers {
+        rax: 0xffff_ffff_0000_0011,
+        rbx: 0x1_0000_0001,
+        rcx: 2,
+        rdx: 3,
+        rsi: 4,
+        rdi: 5,
+        r10: 99,
+        r8: 98,
+        rip: 0,
+    };
+    let compat = Call::from_registers(&regs, Mode::Compat);
+    assert_eq!((compat.nr, compat.args), (0x11, [1, 2, 3, 4, 5]));
+    let long = Call::from_registers(&regs, Mode::Long);
+    assert_eq!(long.args, [5, 4, 3, 99, 98]);
+
+    // add_to_physmap in the compat layout maps shared_info.
+    let xen = rig();
+    let mut req = Vec::new();
+    req.extend_from_slice(&DOMID_SELF.to_le_bytes());
+    req.extend_from_slice(&0u16.to_le_bytes());
+    for v in [XENMAPSPACE_SHARED_INFO, 0, 0x33] {
+        req.extend_from_slice(&v.to_le_bytes());
+    }
+    put(&xen, ARG, &req);
+    let ret = call_in(
+        &xen,
+        Mode::Compat,
+        HYPERVISOR_MEMORY_OP,
+        &[XENMEM_ADD_TO_PHYSMAP.into(), ARG],
+    );
+    assert_eq!(ret, 0);
+    // The shared_info page is there now: the shim published the time in it.
+    assert_ne!(get::<4096>(&xen, 0x33 * PAGE_SIZE), [0; 4096]);
+
+    // sched_poll's compat layout (16 bytes): a bad port in the list is -EINVAL, so the
+    // list pointer was read from offset 0 and nr_ports from offset 4.
+    let mut poll = Vec::new();
+    for v in [LIST as u32, 1, 0, 0] {
+        poll.extend_from_slice(&v.to_le_bytes());
+    }
+    put(&xen, ARG, &poll);
+    put(&xen, LIST, &0xfff0u32.to_le_bytes());
+    let ret = call_in(
+        &xen,
+        Mode::Compat,
+        HYPERVISOR_SCHED_OP,
+        &[SCHEDOP_POLL.into(), ARG],
+    );
+    assert_eq!(ret, err(XenErrno::EINVAL));
+}
+
+#[test]
+fn a_call_through_a_page_of_the_other_mode_is_refused_not_misread() {
+    let xen = rig();
+    let mut fetch = || Some(PagingState::default());
+    let mut console = |_: &[u8]| {};
+    let call = Call {
+        nr: HYPERVISOR_XEN_VERSION.into(),
+        args: [0; 5],
+        mode: Mode::Long,
+        page: Some(Mode::Compat),
+    };
+    let out = xen.hypercall(&call, &mut Ctx::new(&mut fetch, &mut console));
+    assert_eq!(out.ret, err(XenErrno::ENOSYS));
+    let stats = xen.stats();
+    assert_eq!(stats.hypercalls.get("refused.mode_mismatch"), Some(&1));
+    assert!(!stats.hypercalls.contains_key("xen_version.version"));
+    let ok = Call {
+        page: Some(Mode::Long),
+        ..call
+    };
+    let out = xen.hypercall(&ok, &mut Ctx::new(&mut fetch, &mut console));
+    assert_eq!(out.ret, 4 << 16 | 17);
+}
+
+#[test]
+fn set_timer_op_takes_its_deadline_from_two_registers_in_32_bit_code() {
+    let xen = rig();
+    // A deadline above 4 s of system time: its high half is in ecx.
+    let far = 1u64 << 40;
+    let ret = call_in(
+        &xen,
+        Mode::Compat,
+        HYPERVISOR_SET_TIMER_OP,
+        &[far & 0xffff_ffff, far >> 32],
+    );
+    assert_eq!(ret, 0);
+    assert_eq!(xen.timer_deadline(), Some(far));
+}
