@@ -54,7 +54,8 @@ pub const MEMMAP_ADDR: u64 = START_INFO_ADDR + HvmStartInfo::SIZE as u64;
 pub const CMDLINE_ADDR: u64 = 0x7000;
 /// Longest command line, in bytes, without its NUL (it must fit in one page).
 pub const CMDLINE_MAX: usize = 4095;
-/// Where the module list (`hvm_modlist_entry[]`) goes when there is a boot module.
+/// Where the module list (`hvm_modlist_entry[]`) goes when there are boot modules; the
+/// modules' command lines follow the entries in the same page.
 pub const MODLIST_ADDR: u64 = CMDLINE_ADDR + 0x1000;
 /// The boot information area, `[start, end)`: no kernel segment may overlap it.
 pub const BOOT_INFO_AREA: (u64, u64) = (GDT_ADDR, MODLIST_ADDR + 0x1000);
@@ -120,17 +121,31 @@ pub enum BootError {
         /// One past the last byte.
         end: u64,
     },
-    /// The boot module (initrd) does not fit between the kernel and the end of low RAM.
+    /// The boot modules do not fit between the kernel and the end of low RAM.
     #[error(
-        "the initrd ({len} bytes) does not fit in guest RAM above the kernel (which ends at \
-         {kernel_end:#x}); give the guest more memory (--mem)"
+        "the boot modules ({len} bytes in all, page aligned) do not fit in guest RAM above \
+         the kernel (which ends at {kernel_end:#x}); give the guest more memory (--mem)"
     )]
     InitrdTooLarge {
-        /// Size of the initrd.
+        /// Bytes the modules need.
         len: u64,
         /// First byte after the kernel's segments.
         kernel_end: u64,
     },
+    /// The module list and the modules' command lines do not fit their page.
+    #[error(
+        "{count} boot modules with {cmdline_bytes} bytes of command lines do not fit the \
+         module list's page (32 bytes per module, each command line and its NUL)"
+    )]
+    ModuleListTooLong {
+        /// Modules.
+        count: usize,
+        /// Bytes of their command lines, NULs included.
+        cmdline_bytes: usize,
+    },
+    /// A module's command line holds a NUL byte.
+    #[error("a boot module's command line contains a NUL byte")]
+    ModuleCmdlineNul,
     /// The MP table does not fit its area.
     #[error("the MP table needs {0} bytes, more than its area")]
     MpTableTooLarge(usize),
@@ -337,28 +352,58 @@ pub fn load_kernel(
     Ok(())
 }
 
-/// Where a boot module of `len` bytes goes: page aligned at the top of low RAM (below
-/// the MMIO hole, as Linux wants its initrd below 4 GiB), above `kernel_end`.
-pub fn initrd_address(layout: &MemoryLayout, len: u64, kernel_end: u64) -> Result<u64, BootError> {
-    let too_large = BootError::InitrdTooLarge { len, kernel_end };
-    let top = layout.low_size;
-    let start = top.checked_sub(len).ok_or(too_large)? & !0xfff;
-    let floor = kernel_end.max(HIGH_MEMORY_START).next_multiple_of(0x1000);
-    if start < floor {
-        return Err(BootError::InitrdTooLarge { len, kernel_end });
-    }
-    Ok(start)
+/// One boot module: its bytes and an optional command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootModule {
+    /// Its contents.
+    pub bytes: Vec<u8>,
+    /// Its command line (`hvm_modlist_entry.cmdline_paddr`), if any.
+    pub cmdline: Option<String>,
 }
 
-/// Writes the GDT, `hvm_start_info`, memory map, command line and the boot module
-/// (`initrd`, at `initrd_address`, listed in the module list as the PVH ABI's first
-/// module, which Linux takes as its initramfs); returns the `hvm_start_info` address
-/// (the guest's `EBX`).
+/// Where the boot modules go, in order: each page aligned, the first at the top of low
+/// RAM (below the MMIO hole, as Linux wants its initrd below 4 GiB), each next one
+/// below the previous, all above `kernel_end`. They stay RAM in the memory map, as Xen
+/// and QEMU leave them: the guest reserves what it keeps (Linux frees its initramfs
+/// after unpacking it).
+pub fn module_addresses(
+    layout: &MemoryLayout,
+    modules: &[BootModule],
+    kernel_end: u64,
+) -> Result<Vec<u64>, BootError> {
+    let total: u64 = modules
+        .iter()
+        .map(|m| (m.bytes.len() as u64).next_multiple_of(0x1000))
+        .sum();
+    let too_large = || BootError::InitrdTooLarge {
+        len: total,
+        kernel_end,
+    };
+    let floor = kernel_end.max(HIGH_MEMORY_START).next_multiple_of(0x1000);
+    let mut top = layout.low_size & !0xfff;
+    let mut at = Vec::with_capacity(modules.len());
+    for m in modules {
+        let start = top
+            .checked_sub(m.bytes.len() as u64)
+            .ok_or_else(too_large)?
+            & !0xfff;
+        if start < floor {
+            return Err(too_large());
+        }
+        at.push(start);
+        top = start;
+    }
+    Ok(at)
+}
+
+/// Writes the GDT, `hvm_start_info`, memory map, command line and the boot modules
+/// (at `module_addresses`, listed in the module list in order: Linux takes the first as
+/// its initramfs); returns the `hvm_start_info` address (the guest's `EBX`).
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     cmdline: &str,
-    initrd: Option<(&[u8], u64)>,
+    modules: &[(&BootModule, u64)],
 ) -> Result<u64, BootError> {
     check_cmdline(cmdline)?;
     let gdt: Vec<u8> = boot_gdt().iter().flat_map(|d| d.to_le_bytes()).collect();
@@ -373,19 +418,48 @@ pub fn write_boot_info(
     line.push(0);
     mem.write_slice(&line, GuestAddress(CMDLINE_ADDR))?;
 
-    let (nr_modules, modlist_paddr) = match initrd {
-        Some((bytes, paddr)) => {
-            mem.write_slice(bytes, GuestAddress(paddr))?;
-            let entry = HvmModlistEntry {
-                paddr,
-                size: bytes.len() as u64,
-                cmdline_paddr: 0,
-                reserved: 0,
-            };
-            mem.write_slice(&entry.to_bytes(), GuestAddress(MODLIST_ADDR))?;
-            (1, MODLIST_ADDR)
-        }
-        None => (0, 0),
+    // The entries, then the command lines, in the module list's page.
+    let entries = modules.len() * HvmModlistEntry::SIZE;
+    let cmdline_bytes: usize = modules
+        .iter()
+        .filter_map(|(m, _)| m.cmdline.as_ref().map(|c| c.len() + 1))
+        .sum();
+    if entries + cmdline_bytes > 0x1000 {
+        return Err(BootError::ModuleListTooLong {
+            count: modules.len(),
+            cmdline_bytes,
+        });
+    }
+    let mut text_at = MODLIST_ADDR + entries as u64;
+    for (i, (module, paddr)) in modules.iter().enumerate() {
+        mem.write_slice(&module.bytes, GuestAddress(*paddr))?;
+        let cmdline_paddr = match &module.cmdline {
+            Some(text) => {
+                if text.as_bytes().contains(&0) {
+                    return Err(BootError::ModuleCmdlineNul);
+                }
+                let at = text_at;
+                let mut bytes = text.as_bytes().to_vec();
+                bytes.push(0);
+                mem.write_slice(&bytes, GuestAddress(at))?;
+                text_at += bytes.len() as u64;
+                at
+            }
+            None => 0,
+        };
+        let entry = HvmModlistEntry {
+            paddr: *paddr,
+            size: module.bytes.len() as u64,
+            cmdline_paddr,
+            reserved: 0,
+        };
+        let at = MODLIST_ADDR + (i * HvmModlistEntry::SIZE) as u64;
+        mem.write_slice(&entry.to_bytes(), GuestAddress(at))?;
+    }
+    let (nr_modules, modlist_paddr) = if modules.is_empty() {
+        (0, 0)
+    } else {
+        (modules.len() as u32, MODLIST_ADDR)
     };
     let info = HvmStartInfo {
         magic: XEN_HVM_START_MAGIC_VALUE,
@@ -754,7 +828,7 @@ mod tests {
     fn start_info_memmap_and_cmdline_read_back() {
         let layout = MemoryLayout::new(64).expect("layout");
         let mem = layout.allocate().expect("memory");
-        let addr = write_boot_info(&mem, &layout, "console=hvc0 io=pv", None).expect("write");
+        let addr = write_boot_info(&mem, &layout, "console=hvc0 io=pv", &[]).expect("write");
         assert_eq!(addr, START_INFO_ADDR);
 
         let mut raw = [0u8; HvmStartInfo::SIZE];
@@ -789,7 +863,7 @@ mod tests {
         let mem = layout.allocate().expect("memory");
         mem.write_slice(&[0xaa], GuestAddress(CMDLINE_ADDR))
             .expect("dirty");
-        write_boot_info(&mem, &layout, "", None).expect("write");
+        write_boot_info(&mem, &layout, "", &[]).expect("write");
         let b: u8 = mem.read_obj(GuestAddress(CMDLINE_ADDR)).expect("read");
         assert_eq!(b, 0);
     }
@@ -805,7 +879,7 @@ mod tests {
         assert!(matches!(check_cmdline("a\0b"), Err(BootError::CmdlineNul)));
         let layout = MemoryLayout::new(8).expect("layout");
         let mem = layout.allocate().expect("memory");
-        assert!(write_boot_info(&mem, &layout, &"y".repeat(CMDLINE_MAX), None).is_ok());
+        assert!(write_boot_info(&mem, &layout, &"y".repeat(CMDLINE_MAX), &[]).is_ok());
         let last: u8 = mem
             .read_obj(GuestAddress(CMDLINE_ADDR + CMDLINE_MAX as u64))
             .expect("read");
@@ -956,29 +1030,78 @@ mod tests {
     }
 
     #[test]
-    fn an_initrd_is_the_first_module_at_the_top_of_low_ram() {
+    fn modules_are_listed_in_order_below_the_top_of_low_ram_with_their_command_lines() {
         let layout = MemoryLayout::new(64).expect("layout");
         let mem = layout.allocate().expect("memory");
-        let initrd = vec![0xa5u8; 10_000];
-        let at = initrd_address(&layout, initrd.len() as u64, 0x20_0000).expect("fits");
-        assert_eq!(at % 0x1000, 0);
-        assert!(at + initrd.len() as u64 <= 64 * MIB && at >= 0x20_0000);
-        write_boot_info(&mem, &layout, "", Some((&initrd, at))).expect("write");
+        let modules = [
+            BootModule {
+                bytes: vec![0xa5u8; 10_000],
+                cmdline: None,
+            },
+            BootModule {
+                bytes: vec![0x5a; 5],
+                cmdline: Some("root=/dev/xvda ro".into()),
+            },
+            BootModule {
+                bytes: Vec::new(),
+                cmdline: Some(String::new()),
+            },
+        ];
+        let at = module_addresses(&layout, &modules, 0x20_0000).expect("fits");
+        assert_eq!(at[0], 64 * MIB - 0x3000, "the first at the top of RAM");
+        assert_eq!(at[1], at[0] - 0x1000, "the next below it");
+        assert!(at.iter().all(|a| a % 0x1000 == 0 && *a >= 0x20_0000));
+        let placed: Vec<_> = modules.iter().zip(at.iter().copied()).collect();
+        write_boot_info(&mem, &layout, "", &placed).expect("write");
         let mut si = [0u8; HvmStartInfo::SIZE];
         mem.read_slice(&mut si, GuestAddress(START_INFO_ADDR))
             .expect("read");
         let si = HvmStartInfo::from_bytes(&si);
-        assert_eq!((si.nr_modules, si.modlist_paddr), (1, MODLIST_ADDR));
-        let mut e = [0u8; 32];
-        mem.read_slice(&mut e, GuestAddress(MODLIST_ADDR))
+        assert_eq!((si.nr_modules, si.modlist_paddr), (3, MODLIST_ADDR));
+        let entry = |i: u64| {
+            let mut e = [0u8; 32];
+            mem.read_slice(&mut e, GuestAddress(MODLIST_ADDR + 32 * i))
+                .expect("read");
+            HvmModlistEntry::from_bytes(&e)
+        };
+        let e = entry(0);
+        assert_eq!((e.paddr, e.size, e.cmdline_paddr), (at[0], 10_000, 0));
+        let mut back = vec![0u8; 10_000];
+        mem.read_slice(&mut back, GuestAddress(at[0]))
             .expect("read");
-        let e = HvmModlistEntry::from_bytes(&e);
-        assert_eq!((e.paddr, e.size, e.cmdline_paddr), (at, 10_000, 0));
-        let mut back = vec![0u8; initrd.len()];
-        mem.read_slice(&mut back, GuestAddress(at)).expect("read");
-        assert_eq!(back, initrd);
+        assert_eq!(back, modules[0].bytes);
+        let e = entry(1);
+        assert_eq!((e.paddr, e.size), (at[1], 5));
+        assert_eq!(e.cmdline_paddr, MODLIST_ADDR + 3 * 32);
+        let mut text = [0u8; 18];
+        mem.read_slice(&mut text, GuestAddress(e.cmdline_paddr))
+            .expect("read");
+        assert_eq!(&text, b"root=/dev/xvda ro\0");
+        assert_eq!(entry(2).cmdline_paddr, MODLIST_ADDR + 3 * 32 + 18);
+
         // Too large for the RAM above the kernel, or larger than RAM: refused.
-        assert!(initrd_address(&layout, 63 * MIB, 0x20_0000).is_err());
-        assert!(initrd_address(&layout, 65 * MIB, 0).is_err());
+        let big = |mib: u64| BootModule {
+            bytes: vec![0; (mib * MIB) as usize],
+            cmdline: None,
+        };
+        assert!(module_addresses(&layout, &[big(63)], 0x20_0000).is_err());
+        assert!(module_addresses(&layout, &[big(65)], 0).is_err());
+        assert!(module_addresses(&layout, &[big(30), big(30), big(30)], 0).is_err());
+        // A module list with command lines beyond its page, or a NUL in one: refused.
+        let wordy = BootModule {
+            bytes: vec![1],
+            cmdline: Some("x".repeat(4096)),
+        };
+        let err = write_boot_info(&mem, &layout, "", &[(&wordy, at[0])]).unwrap_err();
+        assert!(
+            matches!(err, BootError::ModuleListTooLong { count: 1, .. }),
+            "{err}"
+        );
+        let nul = BootModule {
+            bytes: vec![1],
+            cmdline: Some("a\0b".into()),
+        };
+        let err = write_boot_info(&mem, &layout, "", &[(&nul, at[0])]).unwrap_err();
+        assert!(matches!(err, BootError::ModuleCmdlineNul), "{err}");
     }
 }

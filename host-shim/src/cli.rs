@@ -112,13 +112,19 @@ pub struct BenchReportArgs {
 /// Options of `host-shim run`.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct RunArgs {
-    /// The kernel: an ELF64 with a XEN_ELFNOTE_PHYS32_ENTRY (PVH) note.
+    /// The kernel: an x86 ELF (ELF64, or ELF32 for i386 or x86-64) with a
+    /// XEN_ELFNOTE_PHYS32_ENTRY (PVH) note.
     #[arg(long, value_name = "FILE")]
     pub kernel: PathBuf,
     /// A boot module, listed first in `hvm_start_info`'s module list: the initramfs of
     /// a Linux guest (placed page-aligned at the top of low RAM).
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
+    /// Another boot module, `FILE[,cmdline=TEXT]` (TEXT is the rest of the value),
+    /// listed after the initrd in the order given, each below the previous one in RAM.
+    /// Repeatable.
+    #[arg(long, value_name = "FILE[,cmdline=TEXT]", value_parser = parse_module)]
+    pub module: Vec<ModuleSpec>,
     /// Guest memory in MiB (2..=65536).
     #[arg(long, value_name = "MIB", default_value_t = 128)]
     pub mem: u64,
@@ -156,6 +162,32 @@ pub struct RunArgs {
     /// NIC (netback), `model=e1000` an emulated Intel 82540EM on PCI. Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<NetSpec>,
+}
+
+/// A `--module` value: a file and its optional command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSpec {
+    /// The file.
+    pub path: PathBuf,
+    /// Its command line.
+    pub cmdline: Option<String>,
+}
+
+fn parse_module(s: &str) -> Result<ModuleSpec, String> {
+    let (path, cmdline) = match s.split_once(",cmdline=") {
+        Some((path, text)) => (path, Some(text.to_owned())),
+        None => (s, None),
+    };
+    if path.is_empty() {
+        return Err("want FILE[,cmdline=TEXT]: the file is missing".into());
+    }
+    if cmdline.as_ref().is_some_and(|c| c.contains('\0')) {
+        return Err("the command line contains a NUL byte".into());
+    }
+    Ok(ModuleSpec {
+        path: path.into(),
+        cmdline,
+    })
 }
 
 fn parse_disk(s: &str) -> Result<DiskSpec, String> {
@@ -261,14 +293,27 @@ impl RunArgs {
         boot::check_cmdline(&self.cmdline)?;
         Ok(VmConfig {
             kernel: Kernel::from_file(&self.kernel)?,
-            initrd: match &self.initrd {
-                Some(path) => Some(crate::vmm::read_boot_file(path, "initrd")?.1),
-                None => None,
+            modules: {
+                let mut modules = Vec::new();
+                if let Some(path) = &self.initrd {
+                    modules.push(crate::boot::BootModule {
+                        bytes: crate::vmm::read_boot_file(path, "initrd")?.1,
+                        cmdline: None,
+                    });
+                }
+                for m in &self.module {
+                    modules.push(crate::boot::BootModule {
+                        bytes: crate::vmm::read_boot_file(&m.path, "module")?.1,
+                        cmdline: m.cmdline.clone(),
+                    });
+                }
+                modules
             },
             mem_mib: self.mem,
             cmdline: self.cmdline.clone(),
             timeout: self.timeout,
             console,
+            xen_log: ConsoleSink::new(std::io::stderr()),
             xen: !self.no_xen,
             domid: self.domid,
             name: self.name.clone(),
@@ -295,6 +340,9 @@ pub fn run(args: &RunArgs, console: ConsoleSink, stderr: &mut dyn Write) -> u8 {
     if !run.outcome.is_guest_exit() {
         report(stderr, &run.outcome.to_string());
     }
+    for note in &run.notes {
+        let _ = writeln!(stderr, "host-shim: note: {note}");
+    }
     let json = run.to_json();
     if args.stats {
         let _ = writeln!(stderr, "{json}");
@@ -319,6 +367,37 @@ mod tests {
         match Cli::try_parse_from(args).expect("parses").command {
             Command::Run(r) => r,
             Command::Bench(_) | Command::BenchReport(_) => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn modules_take_a_file_and_an_optional_command_line() {
+        let a = parse_ok(&[
+            "host-shim",
+            "run",
+            "--kernel",
+            "k.elf",
+            "--module",
+            "a.img",
+            "--module",
+            "b,c.img,cmdline=x=1, y",
+        ]);
+        assert_eq!(
+            a.module,
+            [
+                ModuleSpec {
+                    path: "a.img".into(),
+                    cmdline: None
+                },
+                ModuleSpec {
+                    path: "b,c.img".into(),
+                    cmdline: Some("x=1, y".into())
+                },
+            ]
+        );
+        for bad in [",cmdline=x", ""] {
+            let r = Cli::try_parse_from(["host-shim", "run", "--kernel", "k", "--module", bad]);
+            assert!(r.is_err(), "{bad:?}");
         }
     }
 

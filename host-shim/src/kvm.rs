@@ -24,11 +24,12 @@ use kvm_bindings::{
     KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_IOAPIC_EOI,
     KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO, KVM_EXIT_NMI, KVM_EXIT_NOTIFY,
     KVM_EXIT_SET_TPR, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_TPR_ACCESS,
-    KVM_EXIT_UNKNOWN, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_MAX_CPUID_ENTRIES,
-    KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY, kvm_cpuid_entry2, kvm_enable_cap, kvm_fpu,
+    KVM_EXIT_UNKNOWN, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_EXIT_XEN_HCALL,
+    KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY,
+    KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, kvm_cpuid_entry2, kvm_enable_cap, kvm_fpu,
     kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
     kvm_lapic_state, kvm_msi, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
-    kvm_userspace_memory_region,
+    kvm_userspace_memory_region, kvm_xen_hvm_config,
 };
 use kvm_ioctls::{
     Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
@@ -450,6 +451,44 @@ impl Vm {
         }
     }
 
+    /// Makes the guest's `vmcall`/`vmmcall` exit to user space as Xen hypercalls
+    /// ([`VcpuExit::XenHypercall`]), through KVM's Xen support (`KVM_XEN_HVM_CONFIG`
+    /// with `KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL`). `msr` is the hypercall-page MSR: KVM
+    /// intercepts only when it is set (a trapped MSR, [`Vm::trap_msrs`], still reaches
+    /// user space first). `Ok(false)` where KVM offers no such interception
+    /// (`KVM_CAP_XEN_HVM` absent, as on kvm-pvm): then only a hypercall page can reach
+    /// the shim.
+    ///
+    /// KVM still answers a few hypercalls itself: `SCHEDOP_poll` and `SCHEDOP_yield`
+    /// return 0 at once (a spurious wake, which the ABI allows); nothing else is
+    /// configured for in-kernel handling.
+    pub fn intercept_xen_hypercalls(&self, msr: u32) -> Result<bool, Error> {
+        const KVMIO: u32 = 0xae;
+        vmm_sys_util::ioctl_iow_nr!(KVM_XEN_HVM_CONFIG, KVMIO, 0x7a, kvm_xen_hvm_config);
+        let flags = self.kvm.check_extension_int(Cap::XenHvm);
+        if flags <= 0 || flags as u32 & KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL == 0 {
+            return Ok(false);
+        }
+        let config = kvm_xen_hvm_config {
+            flags: KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL,
+            msr,
+            ..Default::default()
+        };
+        // SAFETY: KVM_XEN_HVM_CONFIG reads one `kvm_xen_hvm_config` from the pointer,
+        // which refers to `config` for the duration of the call; the descriptor is this
+        // VM's.
+        let rc = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_ref(self.fd.as_ref(), KVM_XEN_HVM_CONFIG(), &config)
+        };
+        if rc < 0 {
+            return Err(Error::Ioctl {
+                op: "KVM_XEN_HVM_CONFIG",
+                source: kvm_ioctls::Error::last(),
+            });
+        }
+        Ok(true)
+    }
+
     /// Makes guest `rdmsr`/`wrmsr` of the MSRs in `first..first + count` exit to user
     /// space ([`VcpuExit::MsrRead`]/[`VcpuExit::MsrWrite`]) instead of being handled (or
     /// refused) by KVM. Every other MSR keeps KVM's behaviour.
@@ -767,6 +806,19 @@ pub enum VcpuExit<'a> {
     MsrRead(MsrAccess<'a>),
     /// `wrmsr` forwarded to user space.
     MsrWrite(MsrAccess<'a>),
+    /// `vmcall`/`vmmcall` intercepted by KVM's Xen support
+    /// ([`Vm::intercept_xen_hypercalls`]); answer with [`Vcpu::complete_xen_hypercall`]
+    /// before the next run.
+    XenHypercall {
+        /// Made from 64-bit code.
+        long_mode: bool,
+        /// The caller's privilege level.
+        cpl: u32,
+        /// The hypercall number (`rax`).
+        nr: u64,
+        /// `rdi rsi rdx r10 r8 r9`, or from 32-bit code `ebx ecx edx esi edi ebp`.
+        params: [u64; 6],
+    },
     /// `hlt` (only without an in-kernel LAPIC).
     Hlt,
     /// Triple fault.
@@ -800,6 +852,18 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
+    /// Answers the Xen hypercall of the last exit ([`VcpuExit::XenHypercall`]): KVM
+    /// puts `result` in `rax` and steps over the instruction at the next run. Does
+    /// nothing if the last exit was not one.
+    pub fn complete_xen_hypercall(&mut self, result: u64) {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason == KVM_EXIT_XEN {
+            // Writing a union field is safe; `exit_reason` says `xen` is the member KVM
+            // filled in, and KVM reads `result` back at the next `KVM_RUN`.
+            run.__bindgen_anon_1.xen.u.hcall.result = result;
+        }
+    }
+
     /// Makes the `rdmsr`/`wrmsr` of the last exit raise #GP, for a decision taken after
     /// the exit's borrow ended. Does nothing if the last exit was not an MSR access.
     pub fn fault_msr_exit(&mut self) {
@@ -916,7 +980,21 @@ impl Vcpu {
             KVM_EXIT_HYPERCALL => other("hypercall", false),
             KVM_EXIT_DEBUG => other("debug", false),
             KVM_EXIT_MEMORY_FAULT => other("memory_fault", false),
-            KVM_EXIT_XEN => other("xen", false),
+            KVM_EXIT_XEN => {
+                // SAFETY: `exit_reason` says `xen` is the union member KVM filled in.
+                let xen = unsafe { run.__bindgen_anon_1.xen };
+                if xen.type_ != KVM_EXIT_XEN_HCALL {
+                    return Ok(other("xen", false));
+                }
+                // SAFETY: `type_` says `hcall` is the member KVM filled in.
+                let hcall = unsafe { xen.u.hcall };
+                VcpuExit::XenHypercall {
+                    long_mode: hcall.longmode != 0,
+                    cpl: hcall.cpl,
+                    nr: hcall.input,
+                    params: hcall.params,
+                }
+            }
             KVM_EXIT_NOTIFY => other("notify", false),
             _ => other("unsupported", false),
         })

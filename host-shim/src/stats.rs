@@ -38,8 +38,12 @@ pub struct ExitCounters {
     pub hlt: u64,
     /// Triple faults.
     pub shutdown: u64,
-    /// Xen hypercalls (port reads from the hypercall page; also counted in `io_in`).
+    /// Xen hypercalls through the shim's hypercall page (port reads; also counted in
+    /// `io_in`).
     pub hypercall: u64,
+    /// Xen hypercalls made with `vmcall`/`vmmcall`, handed over by KVM's Xen support
+    /// (`KVM_EXIT_XEN`).
+    pub xen_hcall: u64,
     /// `KVM_RUN` interrupted by a signal.
     pub intr: u64,
     /// KVM system events.
@@ -65,6 +69,7 @@ impl ExitCounters {
             hlt,
             shutdown,
             hypercall: _,
+            xen_hcall,
             intr,
             system_event,
             fail_entry,
@@ -79,6 +84,7 @@ impl ExitCounters {
             + msr_write
             + hlt
             + shutdown
+            + xen_hcall
             + intr
             + system_event
             + fail_entry

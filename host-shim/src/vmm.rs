@@ -66,7 +66,7 @@ pub enum Error {
     /// The kernel or initrd file cannot be read.
     #[error("{what} {name}: cannot read: {source}")]
     FileRead {
-        /// "kernel" or "initrd".
+        /// "kernel", "initrd" or "module".
         what: &'static str,
         /// The path as given.
         name: String,
@@ -204,8 +204,9 @@ pub fn read_boot_file(path: &Path, what: &'static str) -> Result<(String, Vec<u8
 pub struct VmConfig {
     /// The PVH kernel.
     pub kernel: Kernel,
-    /// A boot module (an initramfs for Linux), listed in `hvm_start_info`.
-    pub initrd: Option<Vec<u8>>,
+    /// Boot modules, listed in this order in `hvm_start_info` (Linux takes the first as
+    /// its initramfs).
+    pub modules: Vec<boot::BootModule>,
     /// Guest RAM in MiB ([`boot::MIN_MEM_MIB`]..=[`boot::MAX_MEM_MIB`]).
     pub mem_mib: u64,
     /// The guest's command line (at most [`boot::CMDLINE_MAX`] bytes).
@@ -214,6 +215,9 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Where guest console output goes.
     pub console: ConsoleSink,
+    /// Where the guest's `console_io` output goes: Xen's own log, kept apart from the
+    /// guest's consoles as on Xen, each line prefixed `(dN) ` as Xen prints it.
+    pub xen_log: ConsoleSink,
     /// Offer the Xen interface (CPUID leaves, hypercalls, xenstore, PV console).
     pub xen: bool,
     /// The guest's domain id under Xen.
@@ -227,15 +231,17 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// 128 MiB, empty command line, no timeout, console on stdout.
+    /// 128 MiB, empty command line, no timeout, console on stdout, Xen's log on
+    /// stderr.
     pub fn new(kernel: Kernel) -> Self {
         Self {
             kernel,
-            initrd: None,
+            modules: Vec::new(),
             mem_mib: 128,
             cmdline: String::new(),
             timeout: None,
             console: ConsoleSink::stdout(),
+            xen_log: ConsoleSink::new(std::io::stderr()),
             xen: true,
             domid: xen::DEFAULT_DOMID,
             name: "guest".into(),
@@ -387,6 +393,10 @@ pub struct RunReport {
     /// The guest's measured phases (phase marks on port 0xf8, paired: see
     /// [`bench_mark::pair_marks`]), each with [`Counters::snapshot`]s at its marks.
     pub phases: Vec<Phase>,
+    /// What the shim noticed about the run that the outcome does not say (printed as
+    /// `host-shim: note: ...` lines).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 impl RunReport {
@@ -409,6 +419,9 @@ pub struct Vmm {
     memory: GuestMemory,
     counters: Counters,
     console: ConsoleSink,
+    xen_log: ConsoleSink,
+    /// `vmcall`/`vmmcall` reach the shim (KVM's Xen support intercepts them).
+    vmcall: bool,
     timeout: Option<Duration>,
     run_tx: mpsc::Sender<RunMsg>,
     run_rx: mpsc::Receiver<RunMsg>,
@@ -419,11 +432,12 @@ impl Vmm {
     pub fn new(config: VmConfig) -> Result<Self, Error> {
         let VmConfig {
             kernel,
-            initrd,
+            modules,
             mem_mib,
             cmdline,
             timeout,
             console,
+            xen_log,
             xen: with_xen,
             domid,
             name,
@@ -455,24 +469,10 @@ impl Vmm {
             name: kernel.name.clone(),
             source,
         })?;
-        let initrd_at = match &initrd {
-            Some(bytes) => {
-                let kernel_end = image
-                    .segments
-                    .iter()
-                    .map(|s| s.paddr + s.memsz)
-                    .max()
-                    .unwrap_or(0);
-                Some(boot::initrd_address(
-                    &layout,
-                    bytes.len() as u64,
-                    kernel_end,
-                )?)
-            }
-            None => None,
-        };
-        let start_info =
-            boot::write_boot_info(&memory, &layout, &cmdline, initrd.as_deref().zip(initrd_at))?;
+        let kernel_end = image.segments.iter().map(|s| s.end()).max().unwrap_or(0);
+        let module_at = boot::module_addresses(&layout, &modules, kernel_end)?;
+        let placed: Vec<_> = modules.iter().zip(module_at).collect();
+        let start_info = boot::write_boot_info(&memory, &layout, &cmdline, &placed)?;
 
         let mut vm = Vm::new()?;
         vm.map_memory(&memory)?;
@@ -513,6 +513,7 @@ impl Vmm {
 
         let mut vcpu = vm.create_vcpu(0, &boot::pvh_start_state(image.pvh_entry, start_info))?;
         let kvm_stats = vcpu.binary_stats().map_err(|e| e.to_string());
+        let mut vmcall = false;
         let xen = if with_xen {
             let config = XenConfig {
                 domid,
@@ -528,6 +529,7 @@ impl Vmm {
             };
             vcpu.set_hypervisor_leaves(&xen::cpuid_leaves(&config))?;
             vm.trap_msrs(xen::HYPERCALL_MSR, 1)?;
+            vmcall = vm.intercept_xen_hypercalls(xen::HYPERCALL_MSR)?;
             let tsc = vcpu.guest_tsc()?;
             let xen = Xen::new(
                 config,
@@ -561,6 +563,8 @@ impl Vmm {
             memory,
             counters,
             console,
+            xen_log,
+            vmcall,
             timeout,
             run_tx,
             run_rx,
@@ -646,6 +650,8 @@ impl Vmm {
             memory,
             counters,
             console,
+            xen_log,
+            vmcall,
             timeout,
             run_tx: tx,
             run_rx: rx,
@@ -655,7 +661,8 @@ impl Vmm {
         let mut runner = VcpuRunner {
             vcpu,
             xen: xen.clone(),
-            console: console.clone(),
+            xen_log: xen_log.clone(),
+            log_line_start: true,
             pio,
             mmio,
             stop: stop.clone(),
@@ -698,6 +705,7 @@ impl Vmm {
             // A vCPU thread waiting for console room (host output blocked) cannot be
             // kicked; release it by dropping further output.
             console.abandon();
+            xen_log.abandon();
             loop {
                 // Fails only once the thread has exited, and then the channel answers.
                 let _ = handle.kill(SIGRTMIN());
@@ -730,10 +738,8 @@ impl Vmm {
         // All of a finished guest's output reaches the host; after a timeout, give the
         // host a moment but do not wait on a blocked output.
         let timed_out = received.as_ref().is_some_and(|r| matches!(r, Ok(None)));
-        if timed_out {
-            console.drain(Some(CONSOLE_DRAIN_AFTER_TIMEOUT));
-        } else {
-            console.drain(None);
+        for sink in [&console, &xen_log] {
+            sink.drain(timed_out.then_some(CONSOLE_DRAIN_AFTER_TIMEOUT));
         }
         drop(vm);
 
@@ -752,6 +758,27 @@ impl Vmm {
                 timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
             },
         };
+        let mut notes = Vec::new();
+        if let Some(x) = stats.xen.as_mut() {
+            x.vmcall_intercepted = vmcall;
+            // A guest that calls Xen with vmcall/vmmcall (Linux since its late-2024
+            // hypercall hardening) gets KVM's -1000 without the shim hearing of it, and
+            // then hangs or reboots: say why when a run ends that way.
+            let hung = matches!(
+                outcome,
+                Outcome::Timeout { .. } | Outcome::Stopped | Outcome::Reset
+            );
+            if !vmcall && hung && x.hypercalls.is_empty() {
+                notes.push(
+                    "the guest made no hypercall through the hypercall page, and this \
+                     host's KVM cannot hand vmcall/vmmcall to the shim (no KVM_CAP_XEN_HVM, \
+                     e.g. kvm-pvm): a guest that calls Xen with vmcall/vmmcall directly, as \
+                     Linux does, cannot reach the shim's Xen interface here; run it under a \
+                     KVM with Xen support (inside scripts/shim-in-qemu.sh) or with --no-xen"
+                        .to_owned(),
+                );
+            }
+        }
         Ok(RunReport {
             exit_code: outcome.exit_code(),
             outcome,
@@ -759,6 +786,7 @@ impl Vmm {
             exits_total: stats.exits.total(),
             stats,
             phases: counters.phases(),
+            notes,
         })
     }
 }
@@ -882,7 +910,9 @@ fn write_mp_table(memory: &GuestMemory, pci: &PciBus) -> Result<(), Error> {
 struct VcpuRunner {
     vcpu: Vcpu,
     xen: Option<Arc<Xen>>,
-    console: ConsoleSink,
+    /// Xen's log (`console_io`), and whether its next byte starts a line.
+    xen_log: ConsoleSink,
+    log_line_start: bool,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     stop: Arc<AtomicBool>,
@@ -911,6 +941,7 @@ impl VcpuRunner {
     fn step(&mut self) -> Result<Option<Outcome>, kvm::Error> {
         let counters = &self.counters;
         let mut hypercall = None;
+        let mut xen_call = None;
         let mut msr_write = None;
         match self.vcpu.run()? {
             VcpuExit::IoIn { port, size, data }
@@ -993,6 +1024,16 @@ impl VcpuRunner {
                 // Decided below, once the exit's borrow of the vCPU has ended.
                 msr_write = Some((msr.index, msr.value()));
             }
+            VcpuExit::XenHypercall {
+                long_mode,
+                cpl,
+                nr,
+                params,
+            } => {
+                counters.count(|c| c.stats.exits.xen_hcall += 1);
+                // Answered below, once the exit's borrow of the vCPU has ended.
+                xen_call = Some((long_mode, cpl, nr, params));
+            }
             VcpuExit::Hlt => counters.count(|c| c.stats.exits.hlt += 1),
             VcpuExit::Interrupted => counters.count(|c| c.stats.exits.intr += 1),
             VcpuExit::Shutdown => {
@@ -1046,15 +1087,18 @@ impl VcpuRunner {
         if let Some(page) = hypercall {
             return self.hypercall(page);
         }
+        if let Some((long_mode, cpl, nr, params)) = xen_call {
+            return Ok(self.xen_hypercall(long_mode, cpl, nr, params));
+        }
         Ok(None)
     }
 
     /// Runs the hypercall whose stub (written for `page` mode) just exited, and answers
     /// it in `eax`.
     fn hypercall(&mut self, page: xen::hypercall::Mode) -> Result<Option<Outcome>, kvm::Error> {
-        let Some(xen) = self.xen.clone() else {
+        if self.xen.is_none() {
             return Ok(None);
-        };
+        }
         let regs = self.vcpu.registers()?;
         // The caller's mode decides the argument registers (nearly every hypercall
         // translates a pointer with the same state anyway).
@@ -1063,20 +1107,84 @@ impl VcpuRunner {
             page: Some(page),
             ..xen::hypercall::Call::from_registers(&regs, xen::hypercall::Mode::of(&paging))
         };
-        let mut fetch = || Some(paging);
-        let console = &mut self.console;
+        let (ret, outcome) = self.dispatch(&call, Some(paging));
+        // The stub sign-extends eax: results are 0, -errno, or small positive values.
+        self.vcpu.complete_io_in(&(ret as i32).to_le_bytes())?;
+        Ok(outcome)
+    }
+
+    /// Runs a `vmcall`/`vmmcall` hypercall that KVM's Xen support handed over, and
+    /// answers it in `rax`. Xen refuses hypercalls from user mode (`-EPERM`).
+    fn xen_hypercall(
+        &mut self,
+        long_mode: bool,
+        cpl: u32,
+        nr: u64,
+        params: [u64; 6],
+    ) -> Option<Outcome> {
+        use pv_drivers::abi::errno::XenErrno;
+        let (ret, outcome) = if self.xen.is_none() {
+            (XenErrno::ENOSYS.as_neg(), None)
+        } else if cpl != 0 {
+            (XenErrno::EPERM.as_neg(), None)
+        } else {
+            let [a, b, c, d, e, _] = params;
+            let call = xen::hypercall::Call {
+                nr,
+                args: [a, b, c, d, e],
+                mode: if long_mode {
+                    xen::hypercall::Mode::Long
+                } else {
+                    xen::hypercall::Mode::Compat
+                },
+                page: None,
+            };
+            self.dispatch(&call, None)
+        };
+        self.vcpu.complete_xen_hypercall(ret as u64);
+        outcome
+    }
+
+    /// Runs `call` (the vCPU's paging state fetched on demand unless given) and says
+    /// what comes next.
+    fn dispatch(
+        &mut self,
+        call: &xen::hypercall::Call,
+        paging: Option<crate::kvm::PagingState>,
+    ) -> (i64, Option<Outcome>) {
+        let Some(xen) = self.xen.clone() else {
+            return (pv_drivers::abi::errno::XenErrno::ENOSYS.as_neg(), None);
+        };
+        let vcpu = &self.vcpu;
+        let mut fetch = || paging.or_else(|| vcpu.paging().ok());
+        let log = &mut self.xen_log;
+        let line_start = &mut self.log_line_start;
+        let prefix = format!("(d{}) ", xen.domid());
         let mut print = |bytes: &[u8]| {
-            // A closed host console loses the output, never the guest.
-            let _ = console.write_all(bytes);
+            // A closed host log loses the output, never the guest.
+            let _ = log.write_all(&prefix_lines(&prefix, line_start, bytes));
         };
         let mut ctx = xen::hypercall::Ctx::new(&mut fetch, &mut print);
-        let outcome = xen.hypercall(&call, &mut ctx);
-        // The stub sign-extends eax: results are 0, -errno, or small positive values.
-        self.vcpu
-            .complete_io_in(&(outcome.ret as i32).to_le_bytes())?;
-        Ok(match outcome.after {
+        let outcome = xen.hypercall(call, &mut ctx);
+        let next = match outcome.after {
             xen::hypercall::After::Resume => None,
             xen::hypercall::After::Shutdown(reason) => Some(Outcome::XenShutdown { reason }),
-        })
+        };
+        (outcome.ret, next)
     }
+}
+
+/// `bytes` with `prefix` before every line, `line_start` saying whether the first byte
+/// starts one (and updated for the next call), as Xen prefixes a guest's `console_io`
+/// lines with `(dN) ` in its log.
+fn prefix_lines(prefix: &str, line_start: &mut bool, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + prefix.len());
+    for &b in bytes {
+        if *line_start {
+            out.extend_from_slice(prefix.as_bytes());
+        }
+        out.push(b);
+        *line_start = b == b'\n';
+    }
+    out
 }

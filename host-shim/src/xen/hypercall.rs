@@ -578,15 +578,12 @@ impl Xen {
     fn set_param(&self, index: u32, value: u64) -> Result<(), XenErrno> {
         match index {
             HVM_PARAM_CALLBACK_IRQ => {
-                let (kind, vector) = hvm_callback_decode(value);
-                if value != 0 && kind != HVM_PARAM_CALLBACK_TYPE_VECTOR {
-                    // GSI and PCI INTx callbacks need an emulated interrupt line the
-                    // shim does not offer.
-                    return Err(XenErrno::EINVAL);
-                }
-                if value != 0 && !(0x10..=0xff).contains(&vector) {
-                    return Err(XenErrno::EINVAL);
-                }
+                // Xen takes any value (`hvm_set_callback_via` never fails; a type it
+                // does not know means "none"). The shim delivers events through the
+                // vCPU's upcall vector (HVMOP_set_evtchn_upcall_vector) or a callback
+                // vector of 0x10 and above; a GSI or PCI INTx callback is recorded but
+                // not raised (Linux sets GSI 1 only to mark itself enlightened, after
+                // registering its per-vCPU vector).
                 let mut st = self.lock();
                 st.callback_via = value;
                 if Self::upcall_pending_locked(&st) {

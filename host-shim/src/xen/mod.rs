@@ -165,6 +165,9 @@ pub struct XenStats {
     pub upcalls_injected: u64,
     /// Timer expiries delivered.
     pub timer_fires: u64,
+    /// Whether `vmcall`/`vmmcall` reach the shim (KVM's Xen support intercepts them);
+    /// hypercalls through the hypercall page always do.
+    pub vmcall_intercepted: bool,
     /// Grant mappings domain 0 holds now ([`Xen::grant_map`]).
     pub grant_maps: u64,
     /// xenstored's counters.
