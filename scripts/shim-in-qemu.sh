@@ -26,6 +26,9 @@
 #   --l1-script FILE  sh script run in the L1 alongside host-shim once it has started
 #                     (e.g. a ping or nc client); killed if still running when
 #                     host-shim ends; its status is reported on stderr
+#   --l1-post FILE    sh script run in the L1 after host-shim ends (e.g. to check the
+#                     --file disk image the guest wrote); its output goes to stderr, and
+#                     its non-zero status is reported there
 #   --timeout SECS    bound on the whole run, L1 boot included (default 600)
 #   --l1-mem MIB      L1 memory (default 1024)
 #   --l1-cpu MODEL    QEMU CPU model for the L1 (default EPYC minus what TCG lacks;
@@ -62,7 +65,7 @@ usage() {
 . "$here/lib/l1.sh"
 l1_cpu=$L1_CPU_DEFAULT
 shim=${SHIM_IN_QEMU_SHIM:-}
-kernel='' pre='' script='' timeout=600 l1_mem=1024 qemu=qemu-system-x86_64 verbose='' l1_append='' bench=''
+kernel='' pre='' script='' post='' timeout=600 l1_mem=1024 qemu=qemu-system-x86_64 verbose='' l1_append='' bench=''
 files=()
 while [ "$#" -gt 0 ]; do
     case $1 in
@@ -71,6 +74,7 @@ while [ "$#" -gt 0 ]; do
         --file) need_value "$@"; files+=("$2"); shift 2 ;;
         --l1-pre) need_value "$@"; pre=$2; shift 2 ;;
         --l1-script) need_value "$@"; script=$2; shift 2 ;;
+        --l1-post) need_value "$@"; post=$2; shift 2 ;;
         --timeout) need_value "$@"; timeout=$2; shift 2 ;;
         --l1-mem) need_value "$@"; l1_mem=$2; shift 2 ;;
         --l1-cpu) need_value "$@"; l1_cpu=$2; shift 2 ;;
@@ -105,6 +109,7 @@ fi
 [ -z "$shim" ] || shim=$(l1_input_file "host-shim binary" "$shim")
 [ -z "$pre" ] || pre=$(l1_input_file "--l1-pre script" "$pre")
 [ -z "$script" ] || script=$(l1_input_file "--l1-script script" "$script")
+[ -z "$post" ] || post=$(l1_input_file "--l1-post script" "$post")
 # Files keep their absolute paths in the L1; these are the L1's own.
 not_shadowing() { # WHAT PATH
     case $2 in
@@ -181,6 +186,7 @@ EOF
     chmod 755 "$stage/l1/main"
 fi
 [ -z "$script" ] || install -m 755 "$script" "$stage/l1/script"
+[ -z "$post" ] || install -m 755 "$post" "$stage/l1/post"
 # run.conf: `set -- --kernel GUEST ARGS...`, each argument single-quoted for sh.
 {
     printf 'set --'

@@ -19,7 +19,7 @@
 
 use pv_drivers::abi::start_info::{
     HvmMemmapTableEntry, HvmModlistEntry, HvmStartInfo, XEN_HVM_MEMMAP_TYPE_RAM,
-    XEN_HVM_MEMMAP_TYPE_RESERVED, XEN_HVM_START_MAGIC_VALUE,
+    XEN_HVM_MEMMAP_TYPE_RESERVED, XEN_HVM_MEMMAP_TYPE_UNUSABLE, XEN_HVM_START_MAGIC_VALUE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -176,6 +176,17 @@ pub const XENSTORE_PAGE: u64 = SPECIAL_PAGES_START + 4 * 0x1000;
 /// The PV console ring page (libxl's special page 7, `SPECIALPAGE_CONSOLE`).
 pub const CONSOLE_PAGE: u64 = SPECIAL_PAGES_START + 7 * 0x1000;
 
+/// The Xen guest's pool of "unpopulated" frames: memory the shim backs but the memory
+/// map calls unusable, in the MMIO hole below the PCI windows. A PVH Linux takes
+/// unusable ranges as its extra-memory pool (`pvh_reserve_extra_memory`) and places the
+/// frames that have no RAM of their own there (its grant table,
+/// `xen_alloc_unpopulated_pages`); Xen would populate any frame the guest names, the
+/// shim populates this window (the 2 MiB under the PCI windows). Other guests see an
+/// unusable range and ignore it.
+pub const XEN_EXTRA_START: u64 = 0xdfe0_0000;
+/// Size of [`XEN_EXTRA_START`]'s window: 512 frames (Linux's grant table takes 64).
+pub const XEN_EXTRA_SIZE: u64 = 2 * MIB;
+
 /// Where the guest's RAM is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryLayout {
@@ -183,6 +194,8 @@ pub struct MemoryLayout {
     pub low_size: u64,
     /// Bytes of RAM from 4 GiB.
     pub high_size: u64,
+    /// The Xen extra-frame window ([`XEN_EXTRA_START`]) is there.
+    pub xen_extra: bool,
 }
 
 impl MemoryLayout {
@@ -196,7 +209,16 @@ impl MemoryLayout {
         Ok(Self {
             low_size,
             high_size: total - low_size,
+            xen_extra: false,
         })
+    }
+
+    /// The layout with the Xen extra-frame window ([`XEN_EXTRA_START`]).
+    pub fn with_xen_extra(self) -> Self {
+        Self {
+            xen_extra: true,
+            ..self
+        }
     }
 
     /// Total RAM in MiB.
@@ -241,6 +263,13 @@ impl MemoryLayout {
                 HIGH_MEMORY_START,
                 self.low_size - HIGH_MEMORY_START,
                 XEN_HVM_MEMMAP_TYPE_RAM,
+            ));
+        }
+        if self.xen_extra {
+            map.push(entry(
+                XEN_EXTRA_START,
+                XEN_EXTRA_SIZE,
+                XEN_HVM_MEMMAP_TYPE_UNUSABLE,
             ));
         }
         map.push(entry(IOAPIC_ADDR, 0x1000, XEN_HVM_MEMMAP_TYPE_RESERVED));
@@ -315,6 +344,9 @@ impl MemoryLayout {
                 (SPECIAL_PAGES * 0x1000) as usize,
             ),
         );
+        if self.xen_extra {
+            ranges.insert(1, (GuestAddress(XEN_EXTRA_START), XEN_EXTRA_SIZE as usize));
+        }
         GuestMemoryMmap::from_ranges(&ranges).map_err(|source| BootError::Allocate {
             mib: self.mib(),
             source,

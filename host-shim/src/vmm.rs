@@ -452,6 +452,11 @@ impl Vmm {
             )));
         }
         let layout = MemoryLayout::new(mem_mib)?;
+        let layout = if with_xen {
+            layout.with_xen_extra()
+        } else {
+            layout
+        };
         boot::check_cmdline(&cmdline)?;
         let image = elf::parse(&kernel.image).map_err(|source| Error::Elf {
             name: kernel.name.clone(),
@@ -882,6 +887,13 @@ fn pc_pci_bus(
     ];
     for (base, len) in pages {
         pci.reserve(BarKind::Memory32, base, len);
+    }
+    if layout.xen_extra {
+        pci.reserve(
+            BarKind::Memory32,
+            boot::XEN_EXTRA_START,
+            boot::XEN_EXTRA_SIZE,
+        );
     }
     for (port, len) in [(0x20, 2), (0x40, 4), (0x61, 1), (0xa0, 2), (0x4d0, 2)] {
         pci.reserve(BarKind::Io, port, len);

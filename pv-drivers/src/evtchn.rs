@@ -181,13 +181,40 @@ impl SetPending {
 #[derive(Debug)]
 pub struct HostEvents<M> {
     mem: M,
+    /// vCPU 0's `vcpu_info` where the guest placed it (`VCPUOP_register_vcpu_info`):
+    /// the memory and the offset in it. `None`: `shared_info.vcpu_info[0]`.
+    vcpu0: Option<(M, usize)>,
 }
 
 impl<M: SharedMemory> HostEvents<M> {
     /// Wraps the guest's `shared_info` page.
     pub fn new(mem: M) -> Result<Self, EvtchnError> {
         check_len(&mem)?;
-        Ok(Self { mem })
+        Ok(Self { mem, vcpu0: None })
+    }
+
+    /// Wraps the guest's `shared_info` page, with vCPU 0's `vcpu_info` at `offset` in
+    /// `vcpu_info` instead of in `shared_info`.
+    pub fn with_vcpu0_info(mem: M, vcpu_info: M, offset: usize) -> Result<Self, EvtchnError> {
+        check_len(&mem)?;
+        if offset
+            .checked_add(size_of::<VcpuInfo>())
+            .is_none_or(|end| end > vcpu_info.len())
+        {
+            return Err(EvtchnError::SharedInfoTooSmall(vcpu_info.len()));
+        }
+        Ok(Self {
+            mem,
+            vcpu0: Some((vcpu_info, offset)),
+        })
+    }
+
+    /// Where `field` (an offset in `vcpu_info`) of `vcpu`'s `vcpu_info` is.
+    fn vcpu_field(&self, vcpu: usize, field: usize) -> (&M, usize) {
+        match &self.vcpu0 {
+            Some((mem, offset)) if vcpu == 0 => (mem, offset + field),
+            _ => (&self.mem, vcpu_info_offset(vcpu) + field),
+        }
     }
 
     /// The page.
@@ -224,9 +251,8 @@ impl<M: SharedMemory> HostEvents<M> {
     /// must be injected.
     fn raise(&self, port: EvtchnPort, vcpu: usize) -> SetPending {
         let sel = selector_bit(port);
-        let old = self
-            .mem
-            .fetch_or_u64(pending_sel_offset(vcpu), sel, Ordering::SeqCst);
+        let (mem, at) = self.vcpu_field(vcpu, offset_of!(VcpuInfo, evtchn_pending_sel));
+        let old = mem.fetch_or_u64(at, sel, Ordering::SeqCst);
         if old & sel != 0 {
             return SetPending::Queued;
         }
@@ -244,9 +270,10 @@ impl<M: SharedMemory> HostEvents<M> {
     }
 
     fn mark_upcall_pending_index(&self, vcpu: usize) -> bool {
-        let old = self
-            .mem
-            .fetch_or_u64(upcall_pending_offset(vcpu), 1, Ordering::SeqCst);
+        // The flag is the first byte of an 8-byte aligned word (`vcpu_info` is at
+        // least 8-aligned where the shim places it; see `register_vcpu_info`).
+        let (mem, at) = self.vcpu_field(vcpu, offset_of!(VcpuInfo, evtchn_upcall_pending));
+        let old = mem.fetch_or_u64(at, 1, Ordering::SeqCst);
         old & 1 == 0
     }
 

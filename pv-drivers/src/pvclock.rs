@@ -433,6 +433,17 @@ pub fn write_time_info<M: SharedMemory + ?Sized>(
     info: &VcpuTimeInfo,
 ) -> Result<u32, PvclockError> {
     let base = time_base(mem, vcpu)?;
+    Ok(write_time_info_at(mem, base, info))
+}
+
+/// [`write_time_info`] into a `vcpu_time_info` at byte `base` of `mem` (a `vcpu_info`
+/// the guest placed with `VCPUOP_register_vcpu_info`, whose `time` is at offset 32).
+/// The caller checks that the record (32 bytes, 8-aligned) lies inside `mem`.
+pub fn write_time_info_at<M: SharedMemory + ?Sized>(
+    mem: &M,
+    base: usize,
+    info: &VcpuTimeInfo,
+) -> u32 {
     let begin = mem
         .load_u32(base + VERSION, Ordering::Relaxed)
         .wrapping_add(1)
@@ -458,7 +469,7 @@ pub fn write_time_info<M: SharedMemory + ?Sized>(
     // version.": the release store publishes the fields with the even version.
     let end = begin.wrapping_add(1);
     mem.store_u32(base + VERSION, end, Ordering::Release);
-    Ok(end)
+    end
 }
 
 /// The wallclock: the wall time (seconds and nanoseconds since the Unix epoch) at which

@@ -259,7 +259,7 @@ l1_boot() { # INITRD
         echo "$prog: error: timed out: the run did not end within $timeout s (--timeout)" >&2
         exit 124
     fi
-    marks=$(tr -d '\r' <"$log" | grep -a -E '^(L1-ERROR|L1-SCRIPT-EXIT|SHIM-EXIT) ' || true)
+    marks=$(tr -d '\r' <"$log" | grep -a -E '^(L1-ERROR|L1-SCRIPT-EXIT|L1-POST-EXIT|SHIM-EXIT) ' || true)
     err=$(sed -n 's/^L1-ERROR //p' <<<"$marks" | head -1)
     [ -z "$err" ] || exit 125 # init already said so on stderr
     hook=$(sed -n 's/^L1-SCRIPT-EXIT //p' <<<"$marks" | tail -1)
@@ -268,6 +268,8 @@ l1_boot() { # INITRD
         killed) echo "$prog: the --l1-script was still running when ${L1_MAIN:-host-shim} ended: killed" >&2 ;;
         *) echo "$prog: the --l1-script exited with status $hook" >&2 ;;
     esac
+    post=$(sed -n 's/^L1-POST-EXIT //p' <<<"$marks" | tail -1)
+    [ -z "$post" ] || [ "$post" = 0 ] || echo "$prog: the --l1-post script exited with status $post" >&2
     code=$(sed -n 's/^SHIM-EXIT \([0-9]*\)$/\1/p' <<<"$marks" | tail -1)
     if [ -z "$code" ]; then
         [ -n "$verbose" ] || l1_tail

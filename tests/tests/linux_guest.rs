@@ -1,12 +1,19 @@
-//! host-shim's emulated devices serving drivers nobody here wrote: a stock Debian Linux
-//! kernel (bookworm-backports 6.12, `scripts/linux-guest.sh`) boots under host-shim with
-//! `--no-xen --initrd`, and its own `ata_piix` and `e1000` drivers use the shim's PIIX3
-//! IDE and 82540EM models: Linux finds the disk, reads a pattern the host wrote, writes
-//! and reads back its own; the NIC gets a link, pings the host and is pinged and reached
-//! over TCP by it. Linux finds the IOAPIC and the PCI interrupt routing in the shim's
-//! MP table, and reboots through the 8042 reset line. Linux cannot run on this
+//! host-shim serving drivers nobody here wrote: a stock Debian Linux kernel
+//! (bookworm-backports 6.12, `scripts/linux-guest.sh`) boots under host-shim twice.
+//!
+//! - With `--no-xen --initrd`, its own `ata_piix` and `e1000` drivers use the shim's
+//!   PIIX3 IDE and 82540EM models; Linux finds the IOAPIC and the PCI interrupt routing
+//!   in the shim's MP table.
+//! - As a Xen PVH guest (the default), it finds Xen by CPUID, calls it with
+//!   `vmcall`/`vmmcall` (which KVM's Xen support hands to the shim), and its own
+//!   `xen-blkfront` and `xen-netfront` connect to the shim's blkback and netback
+//!   through xenstore, grant tables and event channels.
+//!
+//! Either way Linux finds the disk, reads a pattern the host wrote, writes and reads
+//! back its own (checked again in the image after the run); the NIC gets a link, pings
+//! the host and is pinged and reached over TCP by it. Linux cannot run on this
 //! project's kvm-pvm, so the shim runs inside QEMU (`scripts/shim-in-qemu.sh`), where a
-//! real KVM runs the guest at TCG speed.
+//! real KVM (with Xen support) runs the guest at TCG speed.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,9 +28,9 @@ const RUNNER_TIMEOUT: &str = "600";
 /// The harness's safety net: building the images on an empty cache, plus the run.
 const LIMIT: Duration = Duration::from_secs(900);
 
-/// The Linux guest's PID 1 (busybox sh). Loads the drivers, checks the disk and the
-/// network, prints `LINUX: ...` results and `LINUX-GUEST: PASS`, and ends the run
-/// through the exit port 0xf4 (/dev/port) with 0, or 1 on a failure.
+/// The Linux guest's PID 1 (busybox sh). Loads the drivers, checks the disk (`@DISK@`)
+/// and the network, prints `LINUX: ...` results and `LINUX-GUEST: PASS`, and ends the
+/// run through the exit port 0xf4 (/dev/port) with 0, or 1 on a failure.
 const INIT: &str = r#"#!/bin/sh
 export PATH=/bin
 mount -t devtmpfs dev /dev
@@ -50,17 +57,17 @@ done </modules
 # The disk: the pattern the host wrote at 1 MiB, then one of ours at 2 MiB, written
 # through to the device, the page cache dropped, and read back.
 i=0
-while [ ! -b /dev/sda ]; do
+while [ ! -b @DISK@ ]; do
     i=$((i + 1))
-    [ "$i" -lt 100 ] || fail "no /dev/sda"
+    [ "$i" -lt 100 ] || fail "no @DISK@"
     sleep 0.1
 done
-got=$(dd if=/dev/sda bs=4096 skip=256 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
+got=$(dd if=@DISK@ bs=4096 skip=256 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
 [ "$got" = "$(cat /expect-read)" ] || fail "read sha256 $got, want $(cat /expect-read)"
 echo "LINUX: disk read ok"
-dd if=/pattern of=/dev/sda bs=4096 seek=512 conv=fsync 2>/dev/null || fail "write"
+dd if=/pattern of=@DISK@ bs=4096 seek=512 conv=fsync 2>/dev/null || fail "write"
 echo 3 >/proc/sys/vm/drop_caches
-got=$(dd if=/dev/sda bs=4096 skip=512 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
+got=$(dd if=@DISK@ bs=4096 skip=512 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
 [ "$got" = "$(sha256sum </pattern | cut -d' ' -f1)" ] || fail "write read back sha256 $got"
 echo "LINUX: disk write ok"
 
@@ -118,9 +125,20 @@ fn sha256(dir: &Path, data: &[u8]) -> String {
     text.split_whitespace().next().expect("a hash").to_owned()
 }
 
-fn build_guest(dir: &Path) {
+/// The L1's check after the run: the guest's write reached the image (`@IMAGE@`).
+const L1_POST: &str = r#"got=$(dd if=@IMAGE@ bs=4096 skip=512 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [ "$got" = "@WANT@" ]; then
+    echo "post: the image holds the guest's write"
+else
+    echo "post: the image holds $got at 2 MiB, not the guest's write"
+    exit 1
+fi
+"#;
+
+/// Builds the guest in `dir` with `modules`, its disk at `disk` (`/dev/sda`).
+fn build_guest(dir: &Path, modules: &[&str], disk: &str) {
     let init = dir.join("init");
-    write_script(&init, INIT).expect("write init");
+    write_script(&init, INIT.replace("@DISK@", disk)).expect("write init");
     let mut pattern = vec![0u8; 64 << 10];
     pv_drivers::pattern::fill(32, 0, &mut pattern);
     std::fs::write(dir.join("pattern"), &pattern).expect("write pattern");
@@ -132,9 +150,7 @@ fn build_guest(dir: &Path) {
         .arg(dir)
         .arg("--init")
         .arg(&init)
-        .args([
-            "--module", "ata_piix", "--module", "sd_mod", "--module", "e1000",
-        ])
+        .args(modules.iter().flat_map(|m| ["--module", m]))
         .arg("--add")
         .arg(format!("{}:/pattern", dir.join("pattern").display()))
         .arg("--add")
@@ -146,11 +162,20 @@ fn build_guest(dir: &Path) {
     assert_eq!(run.code(), Some(0), "linux-guest.sh:\n{}", run.stderr);
 }
 
-fn run_linux(dir: &Path, disk: &ScratchImage) -> Run {
+/// Runs the guest in `dir` under host-shim in QEMU with `devices` (host-shim's options
+/// for the disk image and the NIC on tap0), checking the image after the run.
+fn run_linux(dir: &Path, disk: &ScratchImage, devices: &[&str]) -> Run {
     let pre = dir.join("pre.sh");
     let client = dir.join("client.sh");
+    let post = dir.join("post.sh");
     write_script(&pre, L1_PRE).expect("write pre");
     write_script(&client, L1_CLIENT).expect("write client");
+    let mut pattern = vec![0u8; 64 << 10];
+    pv_drivers::pattern::fill(32, 0, &mut pattern);
+    let post_text = L1_POST
+        .replace("@IMAGE@", disk.path())
+        .replace("@WANT@", &sha256(dir, &pattern));
+    write_script(&post, post_text).expect("write post");
     let vmlinux = dir.join("vmlinux");
     let initrd = dir.join("initrd");
     let mut cmd = Command::new(workspace_root().join("scripts").join("shim-in-qemu.sh"));
@@ -163,23 +188,19 @@ fn run_linux(dir: &Path, disk: &ScratchImage) -> Run {
         .arg(&pre)
         .arg("--l1-script")
         .arg(&client)
+        .arg("--l1-post")
+        .arg(&post)
         .args(["--timeout", RUNNER_TIMEOUT, "--"])
-        .args(["--no-xen", "--mem", "256", "--timeout", "400", "--stats"])
+        .args(["--mem", "256", "--timeout", "400", "--stats"])
         .arg("--initrd")
         .arg(&initrd)
-        .args(["--disk", &format!("{},if=ide", disk.path())])
-        .args(["--net", "tap=tap0,model=e1000"])
+        .args(devices)
         .args(["--cmdline", "console=ttyS0 panic=-1 reboot=k"]);
     run_with_limit(cmd, LIMIT)
 }
 
-#[test]
-fn linux_drives_the_shims_ide_and_e1000() {
-    let dir = TempDir::new("linux-guest-test");
-    build_guest(&dir.0);
-    let disk = ScratchImage::new("linux-guest", 16 << 20);
-    disk.write_pattern(31, 1 << 20, 64 << 10);
-    let run = run_linux(&dir.0, &disk);
+/// Asserts the guest's own verdicts and the image check, returning the stats.
+fn assert_passed(run: &Run) -> serde_json::Value {
     let show = format!(
         "--- stdout ---\n{}\n--- stderr ---\n{}",
         run.stdout, run.stderr
@@ -197,6 +218,81 @@ fn linux_drives_the_shims_ide_and_e1000() {
             "no '{line}':\n{show}"
         );
     }
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.trim_end() == "post: the image holds the guest's write"),
+        "{show}"
+    );
+    stats_json(&run.stderr)
+}
+
+#[test]
+fn linux_uses_its_xen_pv_drivers_against_the_shims_backends() {
+    let dir = TempDir::new("linux-xen-guest-test");
+    build_guest(&dir.0, &["xen-blkfront", "xen-netfront"], "/dev/xvda");
+    let disk = ScratchImage::new("linux-xen-guest", 16 << 20);
+    disk.write_pattern(31, 1 << 20, 64 << 10);
+    let disk_arg = disk.path().to_owned();
+    let run = run_linux(&dir.0, &disk, &["--disk", &disk_arg, "--net", "tap=tap0"]);
+    let v = assert_passed(&run);
+    let show = format!("{}\n{}", run.stdout, run.stderr);
+    // Linux took the Xen PVH path, and its drivers are the PV ones.
+    for fragment in [
+        "Hypervisor detected: Xen HVM",
+        "Booting kernel on Xen PVH",
+        "xen:events: Using 2-level ABI",
+        "xen:grant_table: Grant tables using version 1 layout",
+        "blkfront: xvda:",
+    ] {
+        assert!(run.stdout.contains(fragment), "no '{fragment}':\n{show}");
+    }
+    let stats = &v["stats"];
+    let xen = &stats["xen"];
+    assert_eq!(xen["vmcall_intercepted"], true, "{v}");
+    assert!(stats["exits"]["xen_hcall"].as_u64() > Some(0), "{v}");
+    assert_eq!(
+        stats["exits"]["hypercall"], 0,
+        "Linux installs no hypercall page: {v}"
+    );
+    for name in [
+        "vcpu_op.register_vcpu_info",
+        "vcpu_op.register_runstate_memory_area",
+        "hvm_op.set_evtchn_upcall_vector",
+        "memory_op.add_to_physmap",
+        "event_channel_op.send",
+        "vcpu_op.set_singleshot_timer",
+    ] {
+        assert!(xen["hypercalls"][name].as_u64() > Some(0), "{name}: {v}");
+    }
+    let vbd = &stats["backends"]["vbd-51712"];
+    assert!(vbd["ops"]["read"].as_u64() > Some(0), "{vbd}");
+    assert!(vbd["ops"]["write"].as_u64() > Some(0), "{vbd}");
+    let vif = &stats["backends"]["vif-0"];
+    assert!(vif["tx_frames"].as_u64() > Some(0), "{vif}");
+    assert!(vif["rx_frames"].as_u64() > Some(0), "{vif}");
+}
+
+#[test]
+fn linux_drives_the_shims_ide_and_e1000() {
+    let dir = TempDir::new("linux-guest-test");
+    build_guest(&dir.0, &["ata_piix", "sd_mod", "e1000"], "/dev/sda");
+    let disk = ScratchImage::new("linux-guest", 16 << 20);
+    disk.write_pattern(31, 1 << 20, 64 << 10);
+    let disk_arg = format!("{},if=ide", disk.path());
+    let run = run_linux(
+        &dir.0,
+        &disk,
+        &[
+            "--no-xen",
+            "--disk",
+            &disk_arg,
+            "--net",
+            "tap=tap0,model=e1000",
+        ],
+    );
+    let v = assert_passed(&run);
+    let show = format!("{}\n{}", run.stdout, run.stderr);
     // Linux's own drivers bound to our models, through the MP table's routing.
     for fragment in [
         "ata1.00: ATA-7: PVH-SHIM HARDDISK",
@@ -206,7 +302,6 @@ fn linux_drives_the_shims_ide_and_e1000() {
     ] {
         assert!(run.stdout.contains(fragment), "no '{fragment}':\n{show}");
     }
-    let v = stats_json(&run.stderr);
     let devices = &v["stats"]["devices"];
     let ide = &devices["ide"]["commands"];
     let dma = |k: &str| ide[k].as_u64().unwrap_or(0);

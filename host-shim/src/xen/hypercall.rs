@@ -462,6 +462,7 @@ impl Xen {
             gpa == self.config.store_page
                 || gpa == self.config.console_page
                 || st.shared_info.as_ref().is_some_and(|p| p.gpa() == gpa)
+                || st.vcpu_info.as_ref().is_some_and(|(p, _)| p.gpa() == gpa)
                 || {
                     let frames = st.grants.memory();
                     (0..frames.nr_pages()).any(|i| frames.page(i).is_some_and(|p| p.gpa() == gpa))
@@ -719,10 +720,7 @@ impl Xen {
                 if !st.guest_ports.is_valid(req.port) {
                     return Err(XenErrno::EINVAL);
                 }
-                let inject = st
-                    .shared_info
-                    .as_ref()
-                    .and_then(|s| pv_drivers::evtchn::HostEvents::new(s.mem()).ok())
+                let inject = Self::events_locked(&st)
                     .is_some_and(|ev| ev.unmask(req.port, 0).unwrap_or(false));
                 if inject {
                     self.inject_upcall_locked(&mut st);
@@ -1007,6 +1005,10 @@ impl Xen {
                 Ok(0)
             }
             VCPUOP_IS_UP => Ok(1),
+            VCPUOP_REGISTER_VCPU_INFO => {
+                let req: VcpuRegisterVcpuInfo = self.get(ctx, arg)?;
+                self.register_vcpu_info(req.mfn, req.offset)
+            }
             VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
                 // `addr` is a union of a guest handle and a `uint64_t`: 8 bytes in both
                 // modes; a 32-bit caller's handle is its low half. 0 unregisters.
@@ -1057,6 +1059,41 @@ impl Xen {
         Ok(0)
     }
 
+    /// `VCPUOP_register_vcpu_info` (Xen's `map_vcpu_info`): moves vCPU 0's
+    /// `vcpu_info` to `offset` in guest frame `gfn`, once. Xen copies the current
+    /// contents there, then marks every selector bit and the upcall pending so that
+    /// nothing pending is lost, and refreshes the time record. The shim also wants the
+    /// structure 8-byte aligned (its atomic updates are 64-bit; Linux and Mini-OS align
+    /// it), and refuses the shim's own pages.
+    fn register_vcpu_info(&self, gfn: u64, offset: u32) -> HResult {
+        let offset = offset as usize;
+        if offset > PAGE_SIZE as usize - VCPU_INFO_SIZE || offset % 8 != 0 {
+            return Err(XenErrno::EINVAL);
+        }
+        let page = self.ram.page(gfn).map_err(|_| XenErrno::EINVAL)?;
+        let gpa = page.gpa();
+        if gpa == self.config.store_page || gpa == self.config.console_page {
+            return Err(XenErrno::EINVAL);
+        }
+        let mut st = self.lock();
+        if st.vcpu_info.is_some() {
+            return Err(XenErrno::EINVAL);
+        }
+        let mut contents = [0u8; VCPU_INFO_SIZE];
+        match Self::vcpu0_info_locked(&st) {
+            Some((mem, at)) => mem.read_bytes(at, &mut contents),
+            // No shared_info yet: a fresh vcpu_info, events masked (Xen's dummy).
+            None => contents[super::VCPU_INFO_UPCALL_MASK] = 1,
+        }
+        page.mem().write_bytes(offset, &contents);
+        page.mem().store_u64(offset + 8, u64::MAX, Ordering::SeqCst);
+        page.mem().store_u8(offset, 1, Ordering::SeqCst);
+        st.vcpu_info = Some((page, offset));
+        self.publish_time_locked(&mut st);
+        self.inject_upcall_locked(&mut st);
+        Ok(0)
+    }
+
     // ---- sched_op ---------------------------------------------------------------------
 
     fn sched_op(&self, cmd: u32, arg: u64, ctx: &mut Ctx<'_>) -> HResult {
@@ -1065,8 +1102,8 @@ impl Xen {
             SCHEDOP_BLOCK => {
                 // Xen enables event delivery, then blocks unless something is pending.
                 let st = self.lock();
-                if let Some(s) = st.shared_info.as_ref() {
-                    s.mem().store_u8(1, 0, Ordering::Release);
+                if let Some((mem, at)) = Self::vcpu0_info_locked(&st) {
+                    mem.store_u8(at + super::VCPU_INFO_UPCALL_MASK, 0, Ordering::Release);
                 }
                 if !Self::upcall_pending_locked(&st) && !st.stopping {
                     self.blocked_wait(st, super::BLOCK_SLICE);
@@ -1231,6 +1268,8 @@ const MEMOP_CMD_MASK: u32 = (1 << MEMOP_EXTENT_SHIFT) - 1;
 const XENMEMF_POPULATE_ON_DEMAND: u32 = 1 << 16;
 /// Xen's `domu_max_order` default: the largest extent a domU may name is 2^9 pages.
 const DOMU_MAX_ORDER: u32 = 9;
+/// `sizeof(struct vcpu_info)`.
+const VCPU_INFO_SIZE: usize = 64;
 /// `sizeof(evtchn_fifo_control_block_t)`: `ready` and 16 queue heads.
 const FIFO_CONTROL_BLOCK_SIZE: u64 = 4 + 16 * 4;
 /// `vcpu.h`: runstates and the update flag in `state_entry_time`.
@@ -1340,6 +1379,7 @@ fn vcpu_op_name(op: u32) -> &'static str {
         VCPUOP_STOP_PERIODIC_TIMER => "stop_periodic_timer",
         VCPUOP_IS_UP => "is_up",
         VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => "register_runstate_memory_area",
+        VCPUOP_REGISTER_VCPU_INFO => "register_vcpu_info",
         _ => "other",
     }
 }

@@ -526,3 +526,91 @@ fn any_callback_via_is_accepted_and_read_back_as_xen_does() {
         assert_eq!(param(HVMOP_GET_PARAM, 0), (0, via));
     }
 }
+
+// ---- VCPUOP_register_vcpu_info (xen/common/domain.c, map_vcpu_info) --------------------
+
+#[test]
+fn vcpu_info_moves_once_with_everything_marked_pending_and_events_follow_it() {
+    let xen = rig();
+    let shared_pfn = 0x30u64;
+    let req = XenAddToPhysmap {
+        domid: DOMID_SELF,
+        size: 0,
+        space: XENMAPSPACE_SHARED_INFO,
+        idx: 0,
+        gpfn: shared_pfn,
+    };
+    put(&xen, ARG, &req.to_bytes());
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_MEMORY_OP,
+            &[XENMEM_ADD_TO_PHYSMAP.into(), ARG]
+        ),
+        0
+    );
+    let register = |gfn: u64, offset: u32| {
+        let r = VcpuRegisterVcpuInfo {
+            mfn: gfn,
+            offset,
+            rsvd: 0,
+        };
+        put(&xen, ARG, &r.to_bytes());
+        call(
+            &xen,
+            HYPERVISOR_VCPU_OP,
+            &[VCPUOP_REGISTER_VCPU_INFO.into(), 0, ARG],
+        )
+    };
+    let (pfn, offset) = (0x31u64, 0x40u32);
+    let at = pfn * PAGE_SIZE + u64::from(offset);
+    assert_eq!(
+        register(pfn, 4096 - 32),
+        err(XenErrno::EINVAL),
+        "crosses the page"
+    );
+    assert_eq!(register(pfn, 0x44), err(XenErrno::EINVAL), "misaligned");
+    assert_eq!(register(0x10_0000, 0), err(XenErrno::EINVAL), "not RAM");
+    assert_eq!(register(pfn, offset), 0);
+    assert_eq!(register(pfn, 0), err(XenErrno::EINVAL), "only once");
+    let info = get::<64>(&xen, at);
+    assert_eq!(info[0], 1, "upcall pending");
+    assert_eq!(le_u64(&info[8..]), u64::MAX, "every selector bit");
+    // The time record was copied/refreshed: same scale as in shared_info.
+    let shared_time = get::<32>(&xen, shared_pfn * PAGE_SIZE + 32);
+    assert_eq!(info[32 + 24..32 + 32], shared_time[24..32]);
+    assert_ne!(info[32 + 24..32 + 28], [0; 4]);
+
+    // An event now marks its selector bit in the placed vcpu_info, not in shared_info.
+    put(&xen, at, &[0; 16]);
+    put(&xen, ARG, &[0; 8]);
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_BIND_IPI.into(), ARG]
+        ),
+        0
+    );
+    let port = u32::from_le_bytes(get::<8>(&xen, ARG)[4..8].try_into().unwrap());
+    put(&xen, ARG, &port.to_le_bytes());
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_SEND.into(), ARG]
+        ),
+        0
+    );
+    let info = get::<16>(&xen, at);
+    assert_eq!(info[0], 1, "upcall pending in the placed vcpu_info");
+    assert_eq!(le_u64(&info[8..]), 1 << (port / 64));
+    assert_eq!(
+        get::<16>(&xen, shared_pfn * PAGE_SIZE)[8..],
+        [0; 8],
+        "not in shared_info"
+    );
+    // The page is the guest's vcpu_info now: it cannot be given back.
+    let req = reservation(&xen, &[pfn], 0);
+    assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &req), 0);
+}

@@ -37,7 +37,7 @@ use pv_drivers::abi::cpuid::{
     XEN_HVM_CPUID_UPCALL_VECTOR, XEN_HVM_CPUID_VCPU_ID_PRESENT, XEN_HVM_CPUID_X2APIC_VIRT,
 };
 use pv_drivers::abi::xen::DomId;
-use pv_drivers::shmem::SharedMemory;
+use pv_drivers::shmem::{RawSharedMemory, SharedMemory};
 
 use crate::kvm::{CpuidLeaf, HYPERVISOR_CPUID_BASE, Interrupter};
 use evtchn::{Binding, DOM0_PORTS, GUEST_PORTS, Notifier, PortTable};
@@ -163,6 +163,8 @@ pub struct XenStats {
     pub events_to_guest: u64,
     /// Upcall interrupts injected into the guest.
     pub upcalls_injected: u64,
+    /// Upcalls the guest's LAPIC refused (not yet enabled), then retried.
+    pub upcalls_refused: u64,
     /// Timer expiries delivered.
     pub timer_fires: u64,
     /// Whether `vmcall`/`vmmcall` reach the shim (KVM's Xen support intercepts them);
@@ -233,10 +235,17 @@ struct State {
     /// The hypercall page's address and the mode its stubs were written for.
     hypercall_page: Option<(u64, hypercall::Mode)>,
     shared_info: Option<SharedPage>,
+    /// vCPU 0's `vcpu_info` where the guest placed it (`VCPUOP_register_vcpu_info`): its
+    /// page and the offset in it. `None`: `shared_info.vcpu_info[0]`.
+    vcpu_info: Option<(SharedPage, usize)>,
     /// Ports raised before the guest mapped shared_info (Xen keeps the bits in a page
     /// that exists from the start; the shim keeps them here until there is one).
     early_pending: Vec<u32>,
     upcall_vector: Option<u8>,
+    /// An upcall the vCPU's LAPIC refused (software-disabled early in boot): retried
+    /// until it is taken, as Xen's vLAPIC keeps the vector in IRR until the guest
+    /// enables its APIC.
+    upcall_owed: bool,
     callback_via: u64,
     guest_ports: PortTable<()>,
     dom0_ports: PortTable<Option<Notifier>>,
@@ -318,8 +327,10 @@ impl Xen {
             state: Mutex::new(State {
                 hypercall_page: None,
                 shared_info: None,
+                vcpu_info: None,
                 early_pending: Vec::new(),
                 upcall_vector: None,
+                upcall_owed: false,
                 callback_via: 0,
                 guest_ports,
                 dom0_ports,
@@ -351,6 +362,9 @@ impl Xen {
             pv_drivers::abi::xen::XEN_PVCLOCK_TSC_STABLE_BIT,
         );
         let _ = write_time_info(shared.mem(), 0, &info);
+        if let Some((page, offset)) = st.vcpu_info.as_ref() {
+            pv_drivers::pvclock::write_time_info_at(page.mem(), offset + VCPU_INFO_TIME, &info);
+        }
         // The wall time at which system time was 0.
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -474,17 +488,42 @@ impl Xen {
     /// Sets `port` pending for the guest and injects the upcall if that is due.
     fn raise_locked(&self, st: &mut State, port: u32) {
         st.stats.events_to_guest += 1;
-        let Some(shared) = st.shared_info.as_ref() else {
+        if st.shared_info.is_none() {
             if !st.early_pending.contains(&port) {
                 st.early_pending.push(port);
             }
             self.wake.notify_all();
             return;
-        };
-        if set_pending_2l(shared.mem(), port) {
+        }
+        let inject = Self::events_locked(st)
+            .and_then(|ev| ev.set_pending(port, 0).ok())
+            .is_some_and(|r| r.must_inject());
+        if inject || (st.upcall_owed && Self::upcall_pending_locked(st)) {
             self.inject_upcall_locked(st);
         }
         self.wake.notify_all();
+    }
+
+    /// The host's view of the guest's event channels: shared_info's bitmaps and vCPU
+    /// 0's `vcpu_info` wherever the guest placed it. `None` before shared_info exists.
+    fn events_locked(st: &State) -> Option<pv_drivers::evtchn::HostEvents<&RawSharedMemory>> {
+        let shared = st.shared_info.as_ref()?.mem();
+        match st.vcpu_info.as_ref() {
+            Some((page, offset)) => {
+                pv_drivers::evtchn::HostEvents::with_vcpu0_info(shared, page.mem(), *offset)
+            }
+            None => pv_drivers::evtchn::HostEvents::new(shared),
+        }
+        .ok()
+    }
+
+    /// vCPU 0's `vcpu_info`: its memory and offset.
+    fn vcpu0_info_locked(st: &State) -> Option<(&RawSharedMemory, usize)> {
+        match (st.vcpu_info.as_ref(), st.shared_info.as_ref()) {
+            (Some((page, offset)), _) => Some((page.mem(), *offset)),
+            (None, Some(shared)) => Some((shared.mem(), 0)),
+            (None, None) => None,
+        }
     }
 
     fn inject_upcall_locked(&self, st: &mut State) {
@@ -493,35 +532,65 @@ impl Xen {
             (kind == pv_drivers::abi::hvm::HVM_PARAM_CALLBACK_TYPE_VECTOR && value >= 0x10)
                 .then_some(value as u8)
         });
-        if let Some(vector) = vector
-            && self.irq.send_vector(0, vector).is_ok()
-        {
+        let Some(vector) = vector else {
+            return;
+        };
+        // KVM drops a fixed interrupt to a software-disabled LAPIC (`Ok(false)`).
+        if self.irq.send_vector(0, vector).unwrap_or(false) {
             st.stats.upcalls_injected += 1;
+            st.upcall_owed = false;
+        } else {
+            if !st.upcall_owed {
+                st.stats.upcalls_refused += 1;
+            }
+            st.upcall_owed = true;
         }
     }
 
     /// Whether the guest has an event waiting (vCPU 0's `evtchn_upcall_pending`).
     fn upcall_pending_locked(st: &State) -> bool {
-        st.shared_info
-            .as_ref()
-            .is_some_and(|s| s.mem().load_u8(0, std::sync::atomic::Ordering::Acquire) != 0)
+        Self::vcpu0_info_locked(st).is_some_and(|(mem, at)| {
+            mem.load_u8(
+                at + VCPU_INFO_UPCALL_PENDING,
+                std::sync::atomic::Ordering::Acquire,
+            ) != 0
+        })
     }
 
     /// Expires the guest's timer if due; returns how long until it next needs a look.
     pub fn run_timer(&self) -> Option<Duration> {
         let mut st = self.lock();
-        let deadline = st.timer_deadline?;
+        // An upcall the LAPIC refused is retried every slice until it is taken.
+        let retry = if st.upcall_owed {
+            if Self::upcall_pending_locked(&st) {
+                self.inject_upcall_locked(&mut st);
+            } else {
+                st.upcall_owed = false;
+            }
+            st.upcall_owed.then_some(BLOCK_SLICE)
+        } else {
+            None
+        };
+        let Some(deadline) = st.timer_deadline else {
+            return retry;
+        };
         let now = self.now_ns();
         if now < deadline {
-            return Some(Duration::from_nanos(deadline - now));
+            let wait = Duration::from_nanos(deadline - now);
+            return Some(retry.map_or(wait, |r| r.min(wait)));
         }
         st.timer_deadline = st.timer_period.map(|p| now.saturating_add(p));
         st.stats.timer_fires += 1;
         if let Some(port) = st.guest_ports.find_virq(pv_drivers::abi::xen::VIRQ_TIMER) {
             self.raise_locked(&mut st, port);
         }
-        st.timer_deadline
-            .map(|d| Duration::from_nanos(d.saturating_sub(now)))
+        let next = st
+            .timer_deadline
+            .map(|d| Duration::from_nanos(d.saturating_sub(now)));
+        match (next, st.upcall_owed.then_some(BLOCK_SLICE)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The timer thread's body: sleeps until the guest's timer is due and delivers it,
@@ -551,10 +620,7 @@ impl Xen {
     }
 }
 
-/// Xen's 2-level `evtchn_set_pending` on the shared_info page: returns whether the
-/// upcall must be injected.
-fn set_pending_2l(mem: &pv_drivers::shmem::RawSharedMemory, port: u32) -> bool {
-    pv_drivers::evtchn::HostEvents::new(mem)
-        .and_then(|ev| ev.set_pending(port, 0))
-        .is_ok_and(|r| r.must_inject())
-}
+/// Offsets in `struct vcpu_info`: the upcall flags and the time record.
+const VCPU_INFO_UPCALL_PENDING: usize = 0;
+const VCPU_INFO_UPCALL_MASK: usize = 1;
+const VCPU_INFO_TIME: usize = 32;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use super::Xen;
 use super::evtchn::Notifier;
 use super::guest_mem::SharedPage;
-use super::xenstored::{Quotas, RingServer, Xenstored};
+use super::xenstored::{DomainConfig, Quotas, RingServer, Xenstored};
 
 /// The daemon and the guest's ring.
 pub struct StoreService {
@@ -49,8 +49,19 @@ impl Xen {
             .page(self.special.store_pfn)
             .map_err(|e| format!("xenstore page: {e}"))?;
         let mut daemon = Xenstored::new(Quotas::default());
+        // What libxl writes for a one-vCPU domain: its memory (KiB) and its vCPU
+        // online (Linux's cpu_hotplug reads `cpu/0/availability`), and the store's
+        // channel and frame.
+        let config = DomainConfig {
+            name: self.config.name.clone(),
+            memory_kib: Some(self.config.ram_pages * 4),
+            vcpus: Some(1),
+            store_port: Some(self.special.store_port),
+            store_ring_ref: Some(self.special.store_pfn),
+            ..DomainConfig::default()
+        };
         daemon
-            .introduce_domain(self.config.domid, &self.config.name)
+            .introduce_domain_with(self.config.domid, &config)
             .map_err(|e| format!("introducing domain {}: {e}", self.config.domid))?;
         let mut ring = RingServer::new(self.config.domid);
         ring.attach(&page);

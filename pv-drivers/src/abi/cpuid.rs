@@ -42,8 +42,12 @@ pub const XEN_HVM_CPUID_IOMMU_MAPPINGS: u32 = 1 << 2;
 pub const XEN_HVM_CPUID_VCPU_ID_PRESENT: u32 = 1 << 3;
 /// `XEN_HVM_CPUID_DOMID_PRESENT`: ECX of the HVM leaf is the domain id.
 pub const XEN_HVM_CPUID_DOMID_PRESENT: u32 = 1 << 4;
+/// `XEN_HVM_CPUID_EXT_DEST_ID`: MSI address bits 11:5 extend the destination id.
+pub const XEN_HVM_CPUID_EXT_DEST_ID: u32 = 1 << 5;
 /// `XEN_HVM_CPUID_UPCALL_VECTOR`: `HVMOP_set_evtchn_upcall_vector` works per vCPU.
-pub const XEN_HVM_CPUID_UPCALL_VECTOR: u32 = 1 << 5;
+/// (Bit 6: this project once had it as bit 5, `EXT_DEST_ID`, in the shim and the
+/// guest alike; a stock Linux, which reads bit 6, found the mistake.)
+pub const XEN_HVM_CPUID_UPCALL_VECTOR: u32 = 1 << 6;
 
 /// Size of one hypercall stub in the hypercall page: hypercall `n` is called at
 /// `page + n * 32` (`arch-x86/xen-x86_64.h`).
