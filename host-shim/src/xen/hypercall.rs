@@ -1067,7 +1067,7 @@ impl Xen {
     /// it), and refuses the shim's own pages.
     fn register_vcpu_info(&self, gfn: u64, offset: u32) -> HResult {
         let offset = offset as usize;
-        if offset > PAGE_SIZE as usize - VCPU_INFO_SIZE || offset % 8 != 0 {
+        if offset > PAGE_SIZE as usize - VCPU_INFO_SIZE || !offset.is_multiple_of(8) {
             return Err(XenErrno::EINVAL);
         }
         let page = self.ram.page(gfn).map_err(|_| XenErrno::EINVAL)?;
