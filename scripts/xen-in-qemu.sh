@@ -108,8 +108,13 @@ check_kernel() {
     [ -r "$k" ] || die "guest kernel '$k' is not readable"
     magic=$(od -An -tx1 -N20 "$k" | tr -d ' \n')
     [ "${magic:0:8}" = 7f454c46 ] || die "guest kernel '$k' is not an ELF file"
-    [ "${magic:8:2}" = 02 ] || die "guest kernel '$k' is not a 64-bit ELF"
-    [ "${magic:36:4}" = 3e00 ] || die "guest kernel '$k' is not an x86-64 ELF"
+    # ELF64 x86-64, or ELF32 for i386 or x86-64: Xen's loader takes both classes (the
+    # PVH entry is 32-bit code either way).
+    case "${magic:8:2}/${magic:36:4}" in
+        02/3e00 | 01/0300 | 01/3e00) ;;
+        01/* | 02/*) die "guest kernel '$k' is not an x86 ELF (e_machine ${magic:36:4})" ;;
+        *) die "guest kernel '$k' is neither ELF32 nor ELF64" ;;
+    esac
 }
 if [ -n "$kernel" ]; then
     check_kernel "$kernel"

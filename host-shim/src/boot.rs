@@ -857,6 +857,38 @@ mod tests {
     }
 
     #[test]
+    fn a_xen_guest_gets_an_unusable_window_that_is_backed() {
+        for mib in [2, 3072, 5000] {
+            let plain = MemoryLayout::new(mib).expect("layout");
+            let l = plain.with_xen_extra();
+            let map = l.memmap();
+            for pair in map.windows(2) {
+                assert!(pair[0].addr + pair[0].size <= pair[1].addr, "{map:?}");
+            }
+            let unusable: Vec<_> = map
+                .iter()
+                .filter(|e| e.type_ == XEN_HVM_MEMMAP_TYPE_UNUSABLE)
+                .map(|e| (e.addr, e.size))
+                .collect();
+            assert_eq!(unusable, [(XEN_EXTRA_START, XEN_EXTRA_SIZE)]);
+            assert!(
+                plain
+                    .memmap()
+                    .iter()
+                    .all(|e| e.type_ != XEN_HVM_MEMMAP_TYPE_UNUSABLE)
+            );
+            // Not RAM for the kernel's segments, but memory the shim backs.
+            assert!(!l.contains(XEN_EXTRA_START, XEN_EXTRA_START + 1));
+            if mib == 2 {
+                let mem = l.allocate().expect("memory");
+                mem.write_obj(7u8, GuestAddress(XEN_EXTRA_START + XEN_EXTRA_SIZE - 1))
+                    .expect("backed");
+                assert_eq!(mem.num_regions(), 3);
+            }
+        }
+    }
+
+    #[test]
     fn start_info_memmap_and_cmdline_read_back() {
         let layout = MemoryLayout::new(64).expect("layout");
         let mem = layout.allocate().expect("memory");

@@ -78,4 +78,22 @@ mod tests {
         ));
         assert!(!is_xen_signature(0, 0, 0));
     }
+
+    #[test]
+    fn hvm_leaf_bits_are_xens() {
+        // xen/include/public/arch-x86/cpuid.h, transcribed: bit 5 is EXT_DEST_ID and
+        // the per-vCPU upcall vector is bit 6.
+        assert_eq!(
+            [
+                XEN_HVM_CPUID_APIC_ACCESS_VIRT,
+                XEN_HVM_CPUID_X2APIC_VIRT,
+                XEN_HVM_CPUID_IOMMU_MAPPINGS,
+                XEN_HVM_CPUID_VCPU_ID_PRESENT,
+                XEN_HVM_CPUID_DOMID_PRESENT,
+                XEN_HVM_CPUID_EXT_DEST_ID,
+                XEN_HVM_CPUID_UPCALL_VECTOR,
+            ],
+            [0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40]
+        );
+    }
 }
