@@ -515,6 +515,11 @@ impl Vmm {
             EXIT_PORT_SIZE.into(),
             Arc::new(Mutex::new(ExitPort::new())),
         )?;
+        pio.insert(
+            crate::devices::rtc::RTC_PORT.into(),
+            crate::devices::rtc::RTC_PORTS.into(),
+            Arc::new(Mutex::new(crate::devices::rtc::CmosRtc::new())),
+        )?;
 
         let mut vcpu = vm.create_vcpu(0, &boot::pvh_start_state(image.pvh_entry, start_info))?;
         let kvm_stats = vcpu.binary_stats().map_err(|e| e.to_string());

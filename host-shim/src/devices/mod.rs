@@ -10,6 +10,7 @@
 //! - [`exit_port`]: an `isa-debug-exit`-compatible port at 0xf4..0xf8.
 //! - [`i8042`]: the keyboard controller's reset line (ports 0x60, 0x64), how a guest
 //!   without ACPI reboots.
+//! - [`rtc`]: the CMOS real-time clock (ports 0x70, 0x71): the host's wall time.
 //! - [`pci`]: the [`pci::PciDevice`] trait and the configuration header PCI models
 //!   embed.
 //! - [`pci_bus`]: PCI bus 0 (configuration mechanism #1 at 0xCF8, BAR mapping onto the
@@ -33,6 +34,7 @@ pub mod ide;
 pub mod pci;
 pub mod pci_bus;
 pub mod pci_chipset;
+pub mod rtc;
 pub mod serial;
 
 /// Guest RAM as a device's DMA sees it: every access is checked against the RAM
