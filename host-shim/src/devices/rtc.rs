@@ -194,7 +194,7 @@ impl CmosRtc {
         if self.ram[REG_B] & B_BINARY != 0 {
             value
         } else {
-            (value / 10) << 4 | value % 10
+            ((value / 10) << 4) | (value % 10)
         }
     }
 
