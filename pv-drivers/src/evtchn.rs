@@ -76,6 +76,10 @@ const _: () = assert!(size_of::<VcpuInfo>().is_multiple_of(8));
 const _: () = assert!(VCPU0_PENDING_SEL_OFFSET == 8);
 const _: () = assert!(EVTCHN_PENDING_OFFSET.is_multiple_of(8));
 const _: () = assert!(EVTCHN_MASK_OFFSET.is_multiple_of(8));
+const _: () = assert!(SharedInfoAbi::Long.mask_offset() == EVTCHN_MASK_OFFSET);
+const _: () = assert!(SharedInfoAbi::Long.sel_in_vcpu_info() == 8);
+const _: () = assert!(SharedInfoAbi::Compat.mask_offset() == 0x880);
+const _: () = assert!(SharedInfoAbi::Long.ports() == NR_EVENT_CHANNELS);
 const _: () = assert!(NR_EVENT_CHANNELS == EVTCHN_WORDS * BITS_PER_EVTCHN_WORD);
 // One selector bit per PENDING word.
 const _: () = assert!(EVTCHN_WORDS == XenUlong::BITS as usize);
@@ -127,11 +131,6 @@ fn locate(port: EvtchnPort) -> Result<(usize, u64), EvtchnError> {
     }
 }
 
-/// The selector bit of `port`'s word (`port` already checked).
-fn selector_bit(port: EvtchnPort) -> u64 {
-    1 << (port as usize / BITS_PER_EVTCHN_WORD)
-}
-
 fn vcpu_index(vcpu: u32) -> Result<usize, EvtchnError> {
     match usize::try_from(vcpu) {
         Ok(v) if v < XEN_LEGACY_MAX_VCPUS => Ok(v),
@@ -176,6 +175,102 @@ impl SetPending {
     }
 }
 
+/// Which layout of `shared_info` (and `vcpu_info`) the 2-level ABI uses: a 64-bit
+/// guest's, or the 32-bit one ("compat") Xen gives a guest that installed its hypercall
+/// page or set `HVM_PARAM_CALLBACK_IRQ` from 32-bit code (`hvm_latch_shinfo_size`).
+/// In the 32-bit layout the PENDING and MASK words and the selector are 32 bits wide,
+/// so there are 1024 ports, MASK starts at 0x880 instead of 0xa00 and the selector sits
+/// at offset 4 of `vcpu_info` instead of 8; the flags and the time record do not move.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SharedInfoAbi {
+    /// 64-bit words: 4096 ports.
+    #[default]
+    Long,
+    /// 32-bit words: 1024 ports.
+    Compat,
+}
+
+impl SharedInfoAbi {
+    /// Bits per PENDING/MASK word (and selector bits).
+    pub const fn word_bits(self) -> usize {
+        match self {
+            Self::Long => 64,
+            Self::Compat => 32,
+        }
+    }
+
+    /// Ports the 2-level ABI has in this layout.
+    pub const fn ports(self) -> usize {
+        self.word_bits() * self.word_bits()
+    }
+
+    /// Offset of `evtchn_mask[]` in `shared_info`.
+    pub const fn mask_offset(self) -> usize {
+        EVTCHN_PENDING_OFFSET + self.word_bits() * self.word_bits() / 8
+    }
+
+    /// Offset of `evtchn_pending_sel` in `vcpu_info`.
+    pub const fn sel_in_vcpu_info(self) -> usize {
+        self.word_bits() / 8
+    }
+
+    /// Offset of `wc_version` (then `wc_sec`, `wc_nsec`) in `shared_info`.
+    pub const fn wallclock_offset(self) -> usize {
+        EVTCHN_PENDING_OFFSET + 2 * self.word_bits() * self.word_bits() / 8
+    }
+
+    /// Offset of `wc_sec_hi` in `shared_info` (in `arch_shared_info` for 32-bit).
+    pub const fn wc_sec_hi_offset(self) -> usize {
+        match self {
+            Self::Long => self.wallclock_offset() + 12,
+            Self::Compat => 0x924,
+        }
+    }
+
+    /// The byte offset (relative to a bitmap) of `port`'s word and its bit in that word.
+    fn locate(self, port: EvtchnPort) -> Result<(usize, u64), EvtchnError> {
+        let bits = self.word_bits();
+        match usize::try_from(port) {
+            Ok(p) if p < self.ports() => Ok(((p / bits) * bits / 8, 1 << (p % bits))),
+            _ => Err(EvtchnError::BadPort(port)),
+        }
+    }
+
+    /// Atomically ORs `bits` into the word at `at` (8- or 4-aligned), returning its old
+    /// value. A 32-bit word is updated through the 64-bit word holding it, which leaves
+    /// the other half alone.
+    fn fetch_or<M: SharedMemory>(self, mem: &M, at: usize, bits: u64) -> u64 {
+        match self {
+            Self::Long => mem.fetch_or_u64(at, bits, Ordering::SeqCst),
+            Self::Compat => {
+                let shift = (at % 8) * 8;
+                (mem.fetch_or_u64(at - at % 8, bits << shift, Ordering::SeqCst) >> shift)
+                    & 0xffff_ffff
+            }
+        }
+    }
+
+    /// Atomically ANDs `bits` into the word at `at`, returning its old value.
+    fn fetch_and<M: SharedMemory>(self, mem: &M, at: usize, bits: u64) -> u64 {
+        match self {
+            Self::Long => mem.fetch_and_u64(at, bits, Ordering::SeqCst),
+            Self::Compat => {
+                let shift = (at % 8) * 8;
+                let keep = !(0xffff_ffffu64 << shift);
+                (mem.fetch_and_u64(at - at % 8, (bits << shift) | keep, Ordering::SeqCst) >> shift)
+                    & 0xffff_ffff
+            }
+        }
+    }
+
+    fn load<M: SharedMemory>(self, mem: &M, at: usize) -> u64 {
+        match self {
+            Self::Long => mem.load_u64(at, Ordering::SeqCst),
+            Self::Compat => mem.load_u32(at, Ordering::SeqCst).into(),
+        }
+    }
+}
+
 /// The hypervisor's half: sets PENDING bits and raises upcalls in a guest's
 /// `shared_info` (which the guest may be scribbling on at the same time).
 #[derive(Debug)]
@@ -184,13 +279,18 @@ pub struct HostEvents<M> {
     /// vCPU 0's `vcpu_info` where the guest placed it (`VCPUOP_register_vcpu_info`):
     /// the memory and the offset in it. `None`: `shared_info.vcpu_info[0]`.
     vcpu0: Option<(M, usize)>,
+    abi: SharedInfoAbi,
 }
 
 impl<M: SharedMemory> HostEvents<M> {
-    /// Wraps the guest's `shared_info` page.
+    /// Wraps the guest's `shared_info` page (64-bit layout).
     pub fn new(mem: M) -> Result<Self, EvtchnError> {
         check_len(&mem)?;
-        Ok(Self { mem, vcpu0: None })
+        Ok(Self {
+            mem,
+            vcpu0: None,
+            abi: SharedInfoAbi::Long,
+        })
     }
 
     /// Wraps the guest's `shared_info` page, with vCPU 0's `vcpu_info` at `offset` in
@@ -206,7 +306,13 @@ impl<M: SharedMemory> HostEvents<M> {
         Ok(Self {
             mem,
             vcpu0: Some((vcpu_info, offset)),
+            abi: SharedInfoAbi::Long,
         })
+    }
+
+    /// The same view in layout `abi`.
+    pub fn with_abi(self, abi: SharedInfoAbi) -> Self {
+        Self { abi, ..self }
     }
 
     /// Where `field` (an offset in `vcpu_info`) of `vcpu`'s `vcpu_info` is.
@@ -226,22 +332,17 @@ impl<M: SharedMemory> HostEvents<M> {
     /// test-and-set PENDING; if it was clear and MASK is clear, test-and-set the
     /// selector bit; if that was clear, test-and-set `evtchn_upcall_pending`.
     pub fn set_pending(&self, port: EvtchnPort, vcpu: u32) -> Result<SetPending, EvtchnError> {
-        let (word, bit) = locate(port)?;
+        let (word, bit) = self.abi.locate(port)?;
         let vcpu = vcpu_index(vcpu)?;
         let old = self
-            .mem
-            .fetch_or_u64(EVTCHN_PENDING_OFFSET + word, bit, Ordering::SeqCst);
+            .abi
+            .fetch_or(&self.mem, EVTCHN_PENDING_OFFSET + word, bit);
         if old & bit != 0 {
             return Ok(SetPending::Coalesced);
         }
         // SeqCst against the guest's "clear MASK, then test PENDING" in `unmask`: one
         // of the two sides sees the other's write, so the event is not stranded.
-        if self
-            .mem
-            .load_u64(EVTCHN_MASK_OFFSET + word, Ordering::SeqCst)
-            & bit
-            != 0
-        {
+        if self.abi.load(&self.mem, self.abi.mask_offset() + word) & bit != 0 {
             return Ok(SetPending::Masked);
         }
         Ok(self.raise(port, vcpu))
@@ -250,9 +351,9 @@ impl<M: SharedMemory> HostEvents<M> {
     /// Sets `port`'s selector bit and then the upcall flag, reporting whether the upcall
     /// must be injected.
     fn raise(&self, port: EvtchnPort, vcpu: usize) -> SetPending {
-        let sel = selector_bit(port);
-        let (mem, at) = self.vcpu_field(vcpu, offset_of!(VcpuInfo, evtchn_pending_sel));
-        let old = mem.fetch_or_u64(at, sel, Ordering::SeqCst);
+        let sel = 1u64 << (port as usize / self.abi.word_bits());
+        let (mem, at) = self.vcpu_field(vcpu, self.abi.sel_in_vcpu_info());
+        let old = self.abi.fetch_or(mem, at, sel);
         if old & sel != 0 {
             return SetPending::Queued;
         }
@@ -282,20 +383,15 @@ impl<M: SharedMemory> HostEvents<M> {
     /// upcall as [`set_pending`](Self::set_pending) would. Returns whether the upcall
     /// must be injected.
     pub fn unmask(&self, port: EvtchnPort, vcpu: u32) -> Result<bool, EvtchnError> {
-        let (word, bit) = locate(port)?;
+        let (word, bit) = self.abi.locate(port)?;
         let vcpu = vcpu_index(vcpu)?;
         let old = self
-            .mem
-            .fetch_and_u64(EVTCHN_MASK_OFFSET + word, !bit, Ordering::SeqCst);
+            .abi
+            .fetch_and(&self.mem, self.abi.mask_offset() + word, !bit);
         if old & bit == 0 {
             return Ok(false);
         }
-        if self
-            .mem
-            .load_u64(EVTCHN_PENDING_OFFSET + word, Ordering::SeqCst)
-            & bit
-            == 0
-        {
+        if self.abi.load(&self.mem, EVTCHN_PENDING_OFFSET + word) & bit == 0 {
             return Ok(false);
         }
         Ok(self.raise(port, vcpu).must_inject())
@@ -304,20 +400,22 @@ impl<M: SharedMemory> HostEvents<M> {
     /// Clears `port`'s PENDING bit (Xen's `evtchn_2l_clear_pending`, used when a port
     /// is closed or reset).
     pub fn clear_pending(&self, port: EvtchnPort) -> Result<(), EvtchnError> {
-        let (word, bit) = locate(port)?;
-        self.mem
-            .fetch_and_u64(EVTCHN_PENDING_OFFSET + word, !bit, Ordering::SeqCst);
+        let (word, bit) = self.abi.locate(port)?;
+        self.abi
+            .fetch_and(&self.mem, EVTCHN_PENDING_OFFSET + word, !bit);
         Ok(())
     }
 
     /// Whether `port` is pending.
     pub fn is_pending(&self, port: EvtchnPort) -> Result<bool, EvtchnError> {
-        test_bit(&self.mem, EVTCHN_PENDING_OFFSET, port)
+        let (word, bit) = self.abi.locate(port)?;
+        Ok(self.abi.load(&self.mem, EVTCHN_PENDING_OFFSET + word) & bit != 0)
     }
 
     /// Whether `port` is masked (Xen's `evtchn_2l_is_masked`).
     pub fn is_masked(&self, port: EvtchnPort) -> Result<bool, EvtchnError> {
-        test_bit(&self.mem, EVTCHN_MASK_OFFSET, port)
+        let (word, bit) = self.abi.locate(port)?;
+        Ok(self.abi.load(&self.mem, self.abi.mask_offset() + word) & bit != 0)
     }
 }
 
@@ -802,6 +900,41 @@ mod tests {
         assert!(!s.more_pending);
         assert_eq!(s.delivered as usize, got.len());
         got
+    }
+
+    #[test]
+    fn the_32_bit_layout_uses_32_bit_words_and_its_own_offsets() {
+        let mem = SharedArc::new(4096);
+        let host = HostEvents::new(mem.clone())
+            .unwrap()
+            .with_abi(SharedInfoAbi::Compat);
+        let word = |at: usize| mem.load_u32(at, Ordering::SeqCst);
+        // Port 40: word 1 (bytes 4..8 of PENDING), bit 8; selector bit 1 at vcpu_info+4.
+        assert_eq!(host.set_pending(40, 0), Ok(SetPending::Inject));
+        assert_eq!(word(0x800 + 4), 1 << 8);
+        assert_eq!(word(0x800), 0);
+        assert_eq!(word(4), 1 << 1, "the 32-bit evtchn_pending_sel");
+        assert_eq!(mem.load_u8(0, Ordering::SeqCst), 1, "evtchn_upcall_pending");
+        assert_eq!(word(8), 0, "nothing where the 64-bit selector would be");
+        // The other half of the 64-bit words is left alone.
+        mem.store_u32(0x800, 0xdead_beef, Ordering::SeqCst);
+        host.clear_pending(40).unwrap();
+        assert_eq!((word(0x800), word(0x804)), (0xdead_beef, 0));
+        // MASK is at 0x880: a masked port is pending without an upcall.
+        mem.store_u32(0x880 + 4, 1 << 9, Ordering::SeqCst);
+        assert_eq!(host.set_pending(41, 0), Ok(SetPending::Masked));
+        assert!(host.is_masked(41).unwrap() && host.is_pending(41).unwrap());
+        mem.store_u8(0, 0, Ordering::SeqCst);
+        mem.store_u32(4, 0, Ordering::SeqCst);
+        assert!(
+            host.unmask(41, 0).unwrap(),
+            "unmasking the pending port raises it"
+        );
+        assert_eq!(word(0x880 + 4), 0);
+        // 1024 ports: 1023 is the last.
+        assert!(host.set_pending(1023, 0).is_ok());
+        assert_eq!(word(0x800 + 31 * 4), 1 << 31);
+        assert_eq!(host.set_pending(1024, 0), Err(EvtchnError::BadPort(1024)));
     }
 
     #[test]

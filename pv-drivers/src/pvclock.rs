@@ -261,6 +261,11 @@ const _: () = assert!(offset_of!(VcpuTimeInfo, flags) == 29);
 const _: () = assert!(offset_of!(VcpuTimeInfo, pad1) == 30);
 const _: () = assert!(WC_SEC == WC_VERSION + 4 && WC_NSEC == WC_VERSION + 8);
 const _: () = assert!(WC_SEC_HI == WC_VERSION + 12);
+const _: () = assert!(crate::evtchn::SharedInfoAbi::Long.wallclock_offset() == WC_VERSION);
+const _: () = assert!(crate::evtchn::SharedInfoAbi::Long.wc_sec_hi_offset() == WC_SEC_HI);
+// The 32-bit layout (Xen's `compat_shared_info`): 32 words of PENDING at 0x800, of MASK
+// at 0x880, the wallclock at 0x900, `arch` at 0x90c with `wc_sec_hi` its seventh word.
+const _: () = assert!(crate::evtchn::SharedInfoAbi::Compat.wallclock_offset() == 0x900);
 
 /// Checks that `mem` holds a `shared_info` and returns `vcpu`'s time-record offset.
 fn time_base<M: SharedMemory + ?Sized>(mem: &M, vcpu: u32) -> Result<usize, PvclockError> {
@@ -536,20 +541,35 @@ pub fn write_wallclock<M: SharedMemory + ?Sized>(
     mem: &M,
     wc: WallClock,
 ) -> Result<u32, PvclockError> {
+    write_wallclock_in(mem, wc, crate::evtchn::SharedInfoAbi::Long)
+}
+
+/// [`write_wallclock`] in `shared_info` layout `abi` (a 32-bit guest's wallclock sits
+/// at 0x900, its `wc_sec_hi` in `arch_shared_info` at 0x924).
+pub fn write_wallclock_in<M: SharedMemory + ?Sized>(
+    mem: &M,
+    wc: WallClock,
+    abi: crate::evtchn::SharedInfoAbi,
+) -> Result<u32, PvclockError> {
     if mem.len() < SharedInfo::SIZE {
         return Err(PvclockError::SharedInfoTooSmall(mem.len()));
     }
     if u64::from(wc.nsec) >= NSEC_PER_SEC {
         return Err(PvclockError::BadWallclock);
     }
-    let begin = mem.load_u32(WC_VERSION, Ordering::Relaxed).wrapping_add(1) | 1;
-    mem.store_u32(WC_VERSION, begin, Ordering::Relaxed);
+    let version = abi.wallclock_offset();
+    let begin = mem.load_u32(version, Ordering::Relaxed).wrapping_add(1) | 1;
+    mem.store_u32(version, begin, Ordering::Relaxed);
     fence(Ordering::Release);
-    mem.store_u32(WC_SEC, wc.sec as u32, Ordering::Relaxed);
-    mem.store_u32(WC_NSEC, wc.nsec, Ordering::Relaxed);
-    mem.store_u32(WC_SEC_HI, (wc.sec >> 32) as u32, Ordering::Relaxed);
+    mem.store_u32(version + 4, wc.sec as u32, Ordering::Relaxed);
+    mem.store_u32(version + 8, wc.nsec, Ordering::Relaxed);
+    mem.store_u32(
+        abi.wc_sec_hi_offset(),
+        (wc.sec >> 32) as u32,
+        Ordering::Relaxed,
+    );
     let end = begin.wrapping_add(1);
-    mem.store_u32(WC_VERSION, end, Ordering::Release);
+    mem.store_u32(version, end, Ordering::Release);
     Ok(end)
 }
 

@@ -8,7 +8,10 @@
 //! `XENMEM_add_to_physmap` in its compat layout (then that the shim wrote vCPU 0's
 //! clock into the mapped shared_info), `EVTCHNOP_alloc_unbound` (the port written
 //! back), `EVTCHNOP_close` of a bad port (`-EINVAL` intact in 32 bits), `set_timer_op`
-//! (deadline split over `ebx`/`ecx`), then `console_io` and `SCHEDOP_shutdown`.
+//! (deadline split over `ebx`/`ecx`); then that shared_info is in Xen's 32-bit layout
+//! (the wallclock at 0x904, an event on a loopback channel in 32-bit PENDING words and
+//! the 32-bit selector), then `console_io` and `SCHEDOP_shutdown`. The third test runs
+//! the same image on real Xen 4.17 (`scripts/xen-in-qemu.sh`): the two must agree.
 //!
 //! The numbers in the assembly are transcribed from Xen's public headers rather than
 //! taken from `pv_drivers::abi`, which the shim shares: the test is a second witness of
@@ -48,7 +51,9 @@ const KERNEL_S: &str = r#"
         .set XENVER_version,              0
         .set XENMEM_add_to_physmap,       7
         .set XENMAPSPACE_shared_info,     0
+        .set EVTCHNOP_bind_interdomain,   0
         .set EVTCHNOP_close,              3
+        .set EVTCHNOP_send,               4
         .set EVTCHNOP_alloc_unbound,      6
         .set CONSOLEIO_write,             0
         .set SCHEDOP_shutdown,            2
@@ -166,6 +171,46 @@ pvh_start:
         cmp $0, %eax
         check e, 5
 
+        # 7. shared_info is in the 32-bit layout (the page was installed from 32-bit
+        #    code): the wallclock's wc_sec at 0x904, nothing where the 64-bit layout
+        #    puts it (0xc04).
+        cmpl $0, shared_info + 0x904
+        check ne, 7
+        cmpl $0, shared_info + 0xc04
+        check e, 7
+
+        # 8. A loopback channel: a port unbound for ourselves, bound to from a second
+        #    port, then an event sent through the second. The first port's PENDING bit
+        #    is in 32-bit words at 0x800 and its selector bit in the 32-bit
+        #    evtchn_pending_sel at offset 4 of vcpu_info[0].
+        mov $EVTCHNOP_alloc_unbound, %ebx
+        mov $loop_unbound, %ecx
+        hypercall HYPERVISOR_event_channel_op
+        cmp $0, %eax
+        check e, 8
+        mov loop_unbound_port, %eax
+        mov %eax, loop_bind_remote
+        mov $EVTCHNOP_bind_interdomain, %ebx
+        mov $loop_bind, %ecx
+        hypercall HYPERVISOR_event_channel_op
+        cmp $0, %eax
+        check e, 8
+        mov loop_bind_local, %eax
+        mov %eax, loop_send
+        mov $EVTCHNOP_send, %ebx
+        mov $loop_send, %ecx
+        hypercall HYPERVISOR_event_channel_op
+        cmp $0, %eax
+        check e, 8
+        mov loop_unbound_port, %eax     # the word: shared_info + 0x800 + 4 * (port / 32)
+        mov %eax, %ecx
+        shr $5, %eax
+        and $31, %ecx
+        bt %ecx, shared_info + 0x800(,%eax,4)
+        check c, 8
+        bt %eax, shared_info + 4        # the selector bit of that word
+        check c, 8
+
         # 6. Say so and power off. console_io answers 0, or -EPERM where Xen keeps it
         #    from a domU (real Xen without a debug build): both are correct.
         mov $ok_msg, %edx
@@ -232,6 +277,21 @@ xatp_gpfn:
 alloc_unbound:
         .word DOMID_SELF, 0
 alloc_unbound_port:
+        .long 0
+# The loopback: evtchn_alloc_unbound {dom, remote_dom: both DOMID_SELF; port},
+# evtchn_bind_interdomain {u16 remote_dom, u32 remote_port, u32 local_port (out)},
+# evtchn_send {u32 port}.
+loop_unbound:
+        .word DOMID_SELF, DOMID_SELF
+loop_unbound_port:
+        .long 0
+loop_bind:
+        .word DOMID_SELF, 0
+loop_bind_remote:
+        .long 0
+loop_bind_local:
+        .long 0
+loop_send:
         .long 0
 # struct evtchn_close: u32 port; no guest has port 0xffff.
 close_bad:
@@ -407,7 +467,9 @@ fn a_32_bit_pvh_kernel_makes_correct_hypercalls() {
         serde_json::json!({
             "xen_version.version": 1,
             "memory_op.add_to_physmap": 1,
-            "event_channel_op.alloc_unbound": 1,
+            "event_channel_op.alloc_unbound": 2,
+            "event_channel_op.bind_interdomain": 1,
+            "event_channel_op.send": 1,
             "event_channel_op.close": 1,
             "set_timer_op": 1,
             "console_io": 1,
@@ -418,7 +480,7 @@ fn a_32_bit_pvh_kernel_makes_correct_hypercalls() {
     // The one error is the deliberate close of port 0xffff.
     assert_eq!(xen["hypercall_errors"], 1, "{v}");
     // Each came through the 32-bit stubs' port exit.
-    assert_eq!(v["stats"]["exits"]["hypercall"], 7, "{v}");
+    assert_eq!(v["stats"]["exits"]["hypercall"], 10, "{v}");
 }
 
 #[test]

@@ -57,6 +57,17 @@ impl<T> PortTable<T> {
         self.slots.len() as u32
     }
 
+    /// Makes the table `ports` long (a 32-bit guest's 2-level ABI has 1024 ports, a
+    /// 64-bit guest's 4096); false, and nothing changed, if that would drop an open port.
+    pub fn set_ports(&mut self, ports: u32) -> bool {
+        let ports = ports as usize;
+        if self.slots.iter().skip(ports).any(Option::is_some) {
+            return false;
+        }
+        self.slots.resize_with(ports, || None);
+        true
+    }
+
     /// Whether `port` is a port number of this table (bound or not), as Xen's
     /// `port_is_valid`.
     pub fn is_valid(&self, port: u32) -> bool {

@@ -548,7 +548,7 @@ impl Xen {
                     return Err(XenErrno::EINVAL);
                 }
                 if op == HVMOP_SET_PARAM {
-                    self.set_param(p.index, p.value)?;
+                    self.set_param(p.index, p.value, ctx.mode)?;
                 } else {
                     p.value = self.get_param(p.index)?;
                     self.put(ctx, arg, &p)?;
@@ -576,7 +576,7 @@ impl Xen {
         }
     }
 
-    fn set_param(&self, index: u32, value: u64) -> Result<(), XenErrno> {
+    fn set_param(&self, index: u32, value: u64, mode: Mode) -> Result<(), XenErrno> {
         match index {
             HVM_PARAM_CALLBACK_IRQ => {
                 // Xen takes any value (`hvm_set_callback_via` never fails; a type it
@@ -587,6 +587,9 @@ impl Xen {
                 // registering its per-vCPU vector).
                 let mut st = self.lock();
                 st.callback_via = value;
+                // Like installing the hypercall page, this latches the shared_info
+                // layout from the caller's mode.
+                self.latch_shinfo_abi_locked(&mut st, mode);
                 if Self::upcall_pending_locked(&st) {
                     self.inject_upcall_locked(&mut st);
                 }
@@ -820,9 +823,7 @@ impl Xen {
     fn close_port(&self, port: u32) {
         let me = self.config.domid;
         let mut st = self.lock();
-        if let Some(s) = st.shared_info.as_ref()
-            && let Ok(ev) = pv_drivers::evtchn::HostEvents::new(s.mem())
-        {
+        if let Some(ev) = Self::events_locked(&st) {
             let _ = ev.clear_pending(port);
         }
         st.early_pending.retain(|&p| p != port);
@@ -1086,7 +1087,14 @@ impl Xen {
             None => contents[super::VCPU_INFO_UPCALL_MASK] = 1,
         }
         page.mem().write_bytes(offset, &contents);
-        page.mem().store_u64(offset + 8, u64::MAX, Ordering::SeqCst);
+        match st.shinfo_abi {
+            pv_drivers::evtchn::SharedInfoAbi::Long => {
+                page.mem().store_u64(offset + 8, u64::MAX, Ordering::SeqCst);
+            }
+            pv_drivers::evtchn::SharedInfoAbi::Compat => {
+                page.mem().store_u32(offset + 4, u32::MAX, Ordering::SeqCst);
+            }
+        }
         page.mem().store_u8(offset, 1, Ordering::SeqCst);
         st.vcpu_info = Some((page, offset));
         self.publish_time_locked(&mut st);
@@ -1126,13 +1134,8 @@ impl Xen {
                 }
                 let st = self.lock();
                 let pending = |st: &State| {
-                    st.shared_info.as_ref().is_some_and(|s| {
-                        ports.iter().any(|&p| {
-                            pv_drivers::evtchn::HostEvents::new(s.mem())
-                                .and_then(|ev| ev.is_pending(p))
-                                .unwrap_or(false)
-                        })
-                    })
+                    Self::events_locked(st)
+                        .is_some_and(|ev| ports.iter().any(|&p| ev.is_pending(p).unwrap_or(false)))
                 };
                 if !pending(&st) && !st.stopping {
                     let wait = if req.timeout == 0 {

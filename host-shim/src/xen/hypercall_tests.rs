@@ -614,3 +614,82 @@ fn vcpu_info_moves_once_with_everything_marked_pending_and_events_follow_it() {
     let req = reservation(&xen, &[pfn], 0);
     assert_eq!(memory(&xen, XENMEM_DECREASE_RESERVATION, &req), 0);
 }
+
+// ---- the shared_info layout (xen/arch/x86/hvm/hvm.c, hvm_latch_shinfo_size) ----------
+
+#[test]
+fn a_32_bit_callback_setup_latches_the_32_bit_shared_info_layout() {
+    use pv_drivers::abi::hvm::*;
+    let xen = rig();
+    let p = XenHvmParam {
+        domid: DOMID_SELF,
+        index: HVM_PARAM_CALLBACK_IRQ,
+        value: 1,
+        ..Default::default()
+    };
+    put(&xen, ARG, &p.to_bytes());
+    assert_eq!(
+        call_in(
+            &xen,
+            Mode::Compat,
+            HYPERVISOR_HVM_OP,
+            &[HVMOP_SET_PARAM.into(), ARG]
+        ),
+        0
+    );
+    let shared = 0x30u64 * PAGE_SIZE;
+    let mut req = Vec::new();
+    req.extend_from_slice(&DOMID_SELF.to_le_bytes());
+    req.extend_from_slice(&0u16.to_le_bytes());
+    for v in [XENMAPSPACE_SHARED_INFO, 0, 0x30] {
+        req.extend_from_slice(&v.to_le_bytes());
+    }
+    put(&xen, ARG, &req);
+    let ret = call_in(
+        &xen,
+        Mode::Compat,
+        HYPERVISOR_MEMORY_OP,
+        &[XENMEM_ADD_TO_PHYSMAP.into(), ARG],
+    );
+    assert_eq!(ret, 0);
+    // The wallclock in the 32-bit place, none in the 64-bit one.
+    assert_ne!(get::<4>(&xen, shared + 0x904), [0; 4]);
+    assert_eq!(get::<4>(&xen, shared + 0xc04), [0; 4]);
+    // Ports: 1024 of them, events in 32-bit words.
+    put(&xen, ARG, &[0; 8]);
+    assert_eq!(
+        call_in(
+            &xen,
+            Mode::Compat,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_BIND_IPI.into(), ARG]
+        ),
+        0
+    );
+    let port = u32::from_le_bytes(get::<8>(&xen, ARG)[4..8].try_into().unwrap());
+    put(&xen, ARG, &port.to_le_bytes());
+    assert_eq!(
+        call_in(
+            &xen,
+            Mode::Compat,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_SEND.into(), ARG]
+        ),
+        0
+    );
+    let word = u32::from_le_bytes(get::<4>(&xen, shared + 0x800 + 4 * u64::from(port / 32)));
+    assert_eq!(word, 1 << (port % 32));
+    let sel = u32::from_le_bytes(get::<4>(&xen, shared + 4));
+    assert_eq!(sel, 1 << (port / 32));
+    put(&xen, ARG, &1024u32.to_le_bytes());
+    assert_eq!(
+        call_in(
+            &xen,
+            Mode::Compat,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_SEND.into(), ARG]
+        ),
+        err(XenErrno::EINVAL),
+        "port 1024 does not exist for a 32-bit guest"
+    );
+}

@@ -37,6 +37,7 @@ use pv_drivers::abi::cpuid::{
     XEN_HVM_CPUID_UPCALL_VECTOR, XEN_HVM_CPUID_VCPU_ID_PRESENT, XEN_HVM_CPUID_X2APIC_VIRT,
 };
 use pv_drivers::abi::xen::DomId;
+use pv_drivers::evtchn::SharedInfoAbi;
 use pv_drivers::shmem::{RawSharedMemory, SharedMemory};
 
 use crate::kvm::{CpuidLeaf, HYPERVISOR_CPUID_BASE, Interrupter};
@@ -234,6 +235,9 @@ struct Runstate {
 struct State {
     /// The hypercall page's address and the mode its stubs were written for.
     hypercall_page: Option<(u64, hypercall::Mode)>,
+    /// The `shared_info` layout, latched from the guest's mode when it installs the
+    /// hypercall page or sets `HVM_PARAM_CALLBACK_IRQ` (Xen's `hvm_latch_shinfo_size`).
+    shinfo_abi: SharedInfoAbi,
     shared_info: Option<SharedPage>,
     /// vCPU 0's `vcpu_info` where the guest placed it (`VCPUOP_register_vcpu_info`): its
     /// page and the offset in it. `None`: `shared_info.vcpu_info[0]`.
@@ -326,6 +330,7 @@ impl Xen {
             epoch: Instant::now(),
             state: Mutex::new(State {
                 hypercall_page: None,
+                shinfo_abi: SharedInfoAbi::Long,
                 shared_info: None,
                 vcpu_info: None,
                 early_pending: Vec::new(),
@@ -352,7 +357,7 @@ impl Xen {
 
     /// Writes vCPU 0's `vcpu_time_info` and the wallclock into shared_info.
     fn publish_time_locked(&self, st: &mut State) {
-        use pv_drivers::pvclock::{WallClock, write_time_info, write_wallclock};
+        use pv_drivers::pvclock::{WallClock, write_time_info, write_wallclock_in};
         let Some(shared) = st.shared_info.as_ref() else {
             return;
         };
@@ -370,12 +375,13 @@ impl Xen {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .saturating_sub(Duration::from_nanos(self.now_ns()));
-        let _ = write_wallclock(
+        let _ = write_wallclock_in(
             shared.mem(),
             WallClock {
                 sec: since_epoch.as_secs(),
                 nsec: since_epoch.subsec_nanos(),
             },
+            st.shinfo_abi,
         );
     }
 
@@ -468,7 +474,9 @@ impl Xen {
         self.ram
             .write_phys(gpa, &hypercall_page::hypercall_page(mode))
             .map_err(|_| MsrRefused("hypercall page address is not RAM"))?;
-        self.lock().hypercall_page = Some((gpa, mode));
+        let mut st = self.lock();
+        st.hypercall_page = Some((gpa, mode));
+        self.latch_shinfo_abi_locked(&mut st, mode);
         Ok(())
     }
 
@@ -504,6 +512,20 @@ impl Xen {
         self.wake.notify_all();
     }
 
+    /// Xen's `hvm_latch_shinfo_size`: the guest's mode now decides the `shared_info`
+    /// layout (and how many event channels it has); the wallclock is rewritten there.
+    fn latch_shinfo_abi_locked(&self, st: &mut State, mode: hypercall::Mode) {
+        let abi = match mode {
+            hypercall::Mode::Long => SharedInfoAbi::Long,
+            hypercall::Mode::Compat => SharedInfoAbi::Compat,
+        };
+        if abi == st.shinfo_abi || !st.guest_ports.set_ports(abi.ports() as u32) {
+            return;
+        }
+        st.shinfo_abi = abi;
+        self.publish_time_locked(st);
+    }
+
     /// The host's view of the guest's event channels: shared_info's bitmaps and vCPU
     /// 0's `vcpu_info` wherever the guest placed it. `None` before shared_info exists.
     fn events_locked(st: &State) -> Option<pv_drivers::evtchn::HostEvents<&RawSharedMemory>> {
@@ -515,6 +537,7 @@ impl Xen {
             None => pv_drivers::evtchn::HostEvents::new(shared),
         }
         .ok()
+        .map(|ev| ev.with_abi(st.shinfo_abi))
     }
 
     /// vCPU 0's `vcpu_info`: its memory and offset.
