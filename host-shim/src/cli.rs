@@ -144,6 +144,10 @@ pub struct RunArgs {
     /// guest then sees a plain HVM machine, as in QEMU).
     #[arg(long)]
     pub no_xen: bool,
+    /// Keep the Xen timer of a guest that calls Xen with `vmcall` in the shim even where
+    /// KVM's Xen support could run it in the kernel (to compare the two).
+    #[arg(long)]
+    pub no_kvm_xen_accel: bool,
     /// The guest's Xen domain id (1..32751).
     #[arg(long, value_name = "ID", default_value_t = crate::xen::DEFAULT_DOMID,
           value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
@@ -315,6 +319,7 @@ impl RunArgs {
             console,
             xen_log: ConsoleSink::new(std::io::stderr()),
             xen: !self.no_xen,
+            kvm_xen_accel: !self.no_kvm_xen_accel,
             domid: self.domid,
             name: self.name.clone(),
             disks: self.disk.clone(),

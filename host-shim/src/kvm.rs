@@ -26,10 +26,12 @@ use kvm_bindings::{
     KVM_EXIT_SET_TPR, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_TPR_ACCESS,
     KVM_EXIT_UNKNOWN, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_EXIT_XEN_HCALL,
     KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY,
-    KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, kvm_cpuid_entry2, kvm_enable_cap, kvm_fpu,
+    KVM_XEN_ATTR_TYPE_LONG_MODE, KVM_XEN_ATTR_TYPE_SHARED_INFO, KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL,
+    KVM_XEN_VCPU_ATTR_TYPE_TIMER, KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR,
+    KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO, kvm_cpuid_entry2, kvm_enable_cap, kvm_fpu,
     kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
     kvm_lapic_state, kvm_msi, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
-    kvm_userspace_memory_region, kvm_xen_hvm_config,
+    kvm_userspace_memory_region, kvm_xen_hvm_attr, kvm_xen_hvm_config, kvm_xen_vcpu_attr,
 };
 use kvm_ioctls::{
     Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
@@ -489,6 +491,14 @@ impl Vm {
         Ok(true)
     }
 
+    /// A handle for the VM-wide attributes of KVM's Xen support, usable from the vCPU
+    /// thread ([`XenVmAttrs`]).
+    pub fn xen_attrs(&self) -> XenVmAttrs {
+        XenVmAttrs {
+            fd: self.fd.clone(),
+        }
+    }
+
     /// Makes guest `rdmsr`/`wrmsr` of the MSRs in `first..first + count` exit to user
     /// space ([`VcpuExit::MsrRead`]/[`VcpuExit::MsrWrite`]) instead of being handled (or
     /// refused) by KVM. Every other MSR keeps KVM's behaviour.
@@ -842,6 +852,62 @@ pub enum VcpuExit<'a> {
     },
 }
 
+/// The VM-wide attributes of KVM's Xen support (`KVM_XEN_HVM_SET_ATTR`): what lets
+/// KVM deliver Xen events itself (its timer, below).
+#[derive(Clone)]
+pub struct XenVmAttrs {
+    fd: Arc<VmFd>,
+}
+
+impl fmt::Debug for XenVmAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("XenVmAttrs")
+    }
+}
+
+/// `KVM_IRQ_ROUTING_XEN_EVTCHN_PRIO_2LEVEL`: KVM's only event-channel priority.
+const XEN_EVTCHN_PRIO_2LEVEL: u32 = 0xffff_ffff;
+
+impl XenVmAttrs {
+    fn set(&self, attr: &kvm_xen_hvm_attr, what: &'static str) -> Result<(), Error> {
+        const KVMIO: u32 = 0xae;
+        vmm_sys_util::ioctl_iow_nr!(KVM_XEN_HVM_SET_ATTR, KVMIO, 0xc9, kvm_xen_hvm_attr);
+        // SAFETY: KVM_XEN_HVM_SET_ATTR reads one `kvm_xen_hvm_attr` from the pointer,
+        // which refers to `attr` for the duration of the call.
+        let rc = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_ref(self.fd.as_ref(), KVM_XEN_HVM_SET_ATTR(), attr)
+        };
+        if rc < 0 {
+            return Err(Error::Ioctl {
+                op: what,
+                source: kvm_ioctls::Error::last(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the guest's Xen structures are in the 64-bit layout
+    /// (`KVM_XEN_ATTR_TYPE_LONG_MODE`; set before the shared_info page).
+    pub fn set_long_mode(&self, long_mode: bool) -> Result<(), Error> {
+        let mut attr = kvm_xen_hvm_attr {
+            type_: KVM_XEN_ATTR_TYPE_LONG_MODE as u16,
+            ..Default::default()
+        };
+        attr.u.long_mode = u8::from(long_mode);
+        self.set(&attr, "KVM_XEN_HVM_SET_ATTR(LONG_MODE)")
+    }
+
+    /// The guest frame of its shared_info page (`KVM_XEN_ATTR_TYPE_SHARED_INFO`).
+    pub fn set_shared_info(&self, gfn: u64) -> Result<(), Error> {
+        let mut attr = kvm_xen_hvm_attr {
+            type_: KVM_XEN_ATTR_TYPE_SHARED_INFO as u16,
+            ..Default::default()
+        };
+        attr.u.shared_info.gfn = gfn;
+        self.set(&attr, "KVM_XEN_HVM_SET_ATTR(SHARED_INFO)")
+    }
+}
+
 /// One vCPU. Movable to the thread that runs it.
 pub struct Vcpu {
     fd: VcpuFd,
@@ -852,6 +918,63 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
+    fn xen_vcpu_attr(&self, attr: &kvm_xen_vcpu_attr, what: &'static str) -> Result<(), Error> {
+        const KVMIO: u32 = 0xae;
+        vmm_sys_util::ioctl_iow_nr!(KVM_XEN_VCPU_SET_ATTR, KVMIO, 0xcb, kvm_xen_vcpu_attr);
+        // SAFETY: KVM_XEN_VCPU_SET_ATTR reads one `kvm_xen_vcpu_attr` from the pointer,
+        // which refers to `attr` for the duration of the call; the descriptor is this
+        // vCPU's, and this thread runs it (the vCPU is not in KVM_RUN).
+        let rc =
+            unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_XEN_VCPU_SET_ATTR(), attr) };
+        if rc < 0 {
+            return Err(Error::Ioctl {
+                op: what,
+                source: kvm_ioctls::Error::last(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Where the vCPU's `vcpu_info` is (`KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO`): KVM
+    /// then keeps its pvclock record there and can deliver events to the vCPU.
+    pub fn xen_set_vcpu_info(&self, gpa: u64) -> Result<(), Error> {
+        let mut attr = kvm_xen_vcpu_attr {
+            type_: KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO as u16,
+            ..Default::default()
+        };
+        attr.u.gpa = gpa;
+        self.xen_vcpu_attr(&attr, "KVM_XEN_VCPU_SET_ATTR(VCPU_INFO)")
+    }
+
+    /// The vCPU's event upcall vector (`KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR`), which
+    /// KVM injects through the LAPIC for the events it delivers.
+    pub fn xen_set_upcall_vector(&self, vector: u8) -> Result<(), Error> {
+        let mut attr = kvm_xen_vcpu_attr {
+            type_: KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR as u16,
+            ..Default::default()
+        };
+        attr.u.vector = vector;
+        self.xen_vcpu_attr(&attr, "KVM_XEN_VCPU_SET_ATTR(UPCALL_VECTOR)")
+    }
+
+    /// Hands the vCPU's Xen timer to KVM (`KVM_XEN_VCPU_ATTR_TYPE_TIMER`): from now on
+    /// `VCPUOP_set_singleshot_timer`, `VCPUOP_stop_singleshot_timer` and
+    /// `set_timer_op` made with `vmcall` are handled in the kernel, which raises event
+    /// channel `port` (the guest's `VIRQ_TIMER`) when the timer expires. Port 0 takes
+    /// the timer back.
+    pub fn xen_set_timer(&self, port: u32) -> Result<(), Error> {
+        let mut attr = kvm_xen_vcpu_attr {
+            type_: KVM_XEN_VCPU_ATTR_TYPE_TIMER as u16,
+            ..Default::default()
+        };
+        attr.u.timer = kvm_bindings::kvm_xen_vcpu_attr__bindgen_ty_1__bindgen_ty_2 {
+            port,
+            priority: XEN_EVTCHN_PRIO_2LEVEL,
+            expires_ns: 0,
+        };
+        self.xen_vcpu_attr(&attr, "KVM_XEN_VCPU_SET_ATTR(TIMER)")
+    }
+
     /// Answers the Xen hypercall of the last exit ([`VcpuExit::XenHypercall`]): KVM
     /// puts `result` in `rax` and steps over the instruction at the next run. Does
     /// nothing if the last exit was not one.

@@ -220,6 +220,9 @@ pub struct VmConfig {
     pub xen_log: ConsoleSink,
     /// Offer the Xen interface (CPUID leaves, hypercalls, xenstore, PV console).
     pub xen: bool,
+    /// Where KVM's Xen support intercepts `vmcall`, hand it the Xen timer of a guest
+    /// that calls Xen that way (its timer hypercalls are then handled in the kernel).
+    pub kvm_xen_accel: bool,
     /// The guest's domain id under Xen.
     pub domid: u16,
     /// The guest's name in xenstore.
@@ -243,6 +246,7 @@ impl VmConfig {
             console: ConsoleSink::stdout(),
             xen_log: ConsoleSink::new(std::io::stderr()),
             xen: true,
+            kvm_xen_accel: true,
             domid: xen::DEFAULT_DOMID,
             name: "guest".into(),
             disks: Vec::new(),
@@ -422,6 +426,7 @@ pub struct Vmm {
     xen_log: ConsoleSink,
     /// `vmcall`/`vmmcall` reach the shim (KVM's Xen support intercepts them).
     vmcall: bool,
+    xen_attrs: Option<kvm::XenVmAttrs>,
     timeout: Option<Duration>,
     run_tx: mpsc::Sender<RunMsg>,
     run_rx: mpsc::Receiver<RunMsg>,
@@ -439,6 +444,7 @@ impl Vmm {
             console,
             xen_log,
             xen: with_xen,
+            kvm_xen_accel,
             domid,
             name,
             disks,
@@ -550,6 +556,9 @@ impl Vmm {
             .map_err(Error::Xen)?;
             xen.attach_console(console.clone()).map_err(Error::Xen)?;
             xen.attach_xenstore().map_err(Error::Xen)?;
+            if vmcall && kvm_xen_accel {
+                xen.allow_kvm_xen();
+            }
             Some(xen)
         } else {
             None
@@ -575,10 +584,14 @@ impl Vmm {
             console,
             xen_log,
             vmcall,
+            xen_attrs: None,
             timeout,
             run_tx,
             run_rx,
         };
+        if vmcall {
+            vmm.xen_attrs = Some(vmm.vm.xen_attrs());
+        }
         let xen = vmm.xen.clone();
         vmm.devices = crate::devmgr::attach(&mut vmm, xen.as_ref(), &disks, &nets)?;
         Ok(vmm)
@@ -662,6 +675,7 @@ impl Vmm {
             console,
             xen_log,
             vmcall,
+            xen_attrs,
             timeout,
             run_tx: tx,
             run_rx: rx,
@@ -673,6 +687,7 @@ impl Vmm {
             xen: xen.clone(),
             xen_log: xen_log.clone(),
             log_line_start: true,
+            xen_attrs,
             pio,
             mmio,
             stop: stop.clone(),
@@ -930,6 +945,8 @@ struct VcpuRunner {
     /// Xen's log (`console_io`), and whether its next byte starts a line.
     xen_log: ConsoleSink,
     log_line_start: bool,
+    /// KVM's Xen attributes, where its Xen support intercepts `vmcall`.
+    xen_attrs: Option<kvm::XenVmAttrs>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     stop: Arc<AtomicBool>,
@@ -1159,7 +1176,27 @@ impl VcpuRunner {
             self.dispatch(&call, None)
         };
         self.vcpu.complete_xen_hypercall(ret as u64);
+        self.sync_kvm_xen();
         outcome
+    }
+
+    /// Hands KVM's Xen support what it can now take over for a `vmcall` guest
+    /// ([`Xen::kvm_xen_sync`]).
+    fn sync_kvm_xen(&mut self) {
+        let (Some(xen), Some(attrs)) = (self.xen.as_ref(), self.xen_attrs.as_ref()) else {
+            return;
+        };
+        for req in xen.kvm_xen_sync() {
+            let done = match req {
+                xen::KvmXenRequest::SharedInfo { gfn, long_mode } => attrs
+                    .set_long_mode(long_mode)
+                    .and_then(|()| attrs.set_shared_info(gfn)),
+                xen::KvmXenRequest::VcpuInfo(gpa) => self.vcpu.xen_set_vcpu_info(gpa),
+                xen::KvmXenRequest::UpcallVector(v) => self.vcpu.xen_set_upcall_vector(v),
+                xen::KvmXenRequest::Timer(port) => self.vcpu.xen_set_timer(port),
+            };
+            xen.kvm_xen_applied(req, done.map_err(|e| e.to_string()));
+        }
     }
 
     /// Runs `call` (the vCPU's paging state fetched on demand unless given) and says

@@ -693,3 +693,114 @@ fn a_32_bit_callback_setup_latches_the_32_bit_shared_info_layout() {
         "port 1024 does not exist for a 32-bit guest"
     );
 }
+
+// ---- handing work to KVM's Xen support ------------------------------------------------
+
+#[test]
+fn a_vmcall_guest_gets_its_timer_handed_to_kvm_and_a_page_guest_does_not() {
+    use crate::xen::KvmXenRequest;
+    let setup = |xen: &Xen| {
+        let req = XenAddToPhysmap {
+            domid: DOMID_SELF,
+            size: 0,
+            space: XENMAPSPACE_SHARED_INFO,
+            idx: 0,
+            gpfn: 0x30,
+        };
+        put(xen, ARG, &req.to_bytes());
+        assert_eq!(
+            call(
+                xen,
+                HYPERVISOR_MEMORY_OP,
+                &[XENMEM_ADD_TO_PHYSMAP.into(), ARG]
+            ),
+            0
+        );
+        let virq = EvtchnBindVirq {
+            virq: VIRQ_TIMER,
+            vcpu: 0,
+            port: 0,
+        };
+        put(xen, ARG, &virq.to_bytes());
+        assert_eq!(
+            call(
+                xen,
+                HYPERVISOR_EVENT_CHANNEL_OP,
+                &[EVTCHNOP_BIND_VIRQ.into(), ARG]
+            ),
+            0
+        );
+        u32::from_le_bytes(get::<12>(xen, ARG)[8..12].try_into().unwrap())
+    };
+    // Not allowed (no KVM Xen support, or --no-kvm-xen-accel): nothing.
+    let xen = rig();
+    setup(&xen);
+    assert!(xen.kvm_xen_sync().is_empty());
+
+    let xen = rig();
+    xen.allow_kvm_xen();
+    let port = setup(&xen);
+    let reqs = xen.kvm_xen_sync();
+    assert_eq!(
+        reqs,
+        [
+            KvmXenRequest::SharedInfo {
+                gfn: 0x30,
+                long_mode: true
+            },
+            KvmXenRequest::VcpuInfo(0x30 * PAGE_SIZE),
+            KvmXenRequest::Timer(port),
+        ]
+    );
+    for r in reqs {
+        xen.kvm_xen_applied(r, Ok(()));
+    }
+    assert!(xen.kvm_xen_sync().is_empty(), "all given");
+    assert_eq!(
+        xen.stats().kvm_handles,
+        ["shared_info", "timer", "vcpu_info"]
+    );
+    // KVM now writes the time record: the shim no longer does.
+    put(&xen, 0x30 * PAGE_SIZE + 32, &[0; 32]);
+    let r = VcpuRegisterVcpuInfo {
+        mfn: 0x31,
+        offset: 0,
+        rsvd: 0,
+    };
+    put(&xen, ARG, &r.to_bytes());
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_VCPU_OP,
+            &[VCPUOP_REGISTER_VCPU_INFO.into(), 0, ARG]
+        ),
+        0
+    );
+    assert_eq!(get::<32>(&xen, 0x31 * PAGE_SIZE + 32)[24..28], [0; 4]);
+    assert_eq!(
+        xen.kvm_xen_sync(),
+        [KvmXenRequest::VcpuInfo(0x31 * PAGE_SIZE)]
+    );
+    // Closing the timer's port takes the timer back.
+    put(&xen, ARG, &port.to_le_bytes());
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_CLOSE.into(), ARG]
+        ),
+        0
+    );
+    assert!(xen.kvm_xen_sync().contains(&KvmXenRequest::Timer(0)));
+    // A refusal leaves the work with the shim, for good.
+    xen.kvm_xen_applied(KvmXenRequest::Timer(0), Err("EINVAL".into()));
+    assert!(xen.kvm_xen_sync().is_empty());
+
+    // A guest that installed the hypercall page: its hypercalls never reach KVM.
+    let xen = rig();
+    xen.allow_kvm_xen();
+    xen.write_msr(crate::xen::HYPERCALL_MSR, 0x20 * PAGE_SIZE, Mode::Long)
+        .expect("page");
+    setup(&xen);
+    assert!(xen.kvm_xen_sync().is_empty());
+}

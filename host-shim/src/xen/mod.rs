@@ -171,6 +171,9 @@ pub struct XenStats {
     /// Whether `vmcall`/`vmmcall` reach the shim (KVM's Xen support intercepts them);
     /// hypercalls through the hypercall page always do.
     pub vmcall_intercepted: bool,
+    /// What KVM's Xen support handles in the kernel for this guest ("timer": its
+    /// `vmcall`s for the Xen timer never reach the shim, and KVM raises `VIRQ_TIMER`).
+    pub kvm_handles: Vec<String>,
     /// Grant mappings domain 0 holds now ([`Xen::grant_map`]).
     pub grant_maps: u64,
     /// xenstored's counters.
@@ -213,6 +216,52 @@ impl Reservation {
         self.floating += pages;
         true
     }
+}
+
+/// What the shim asks KVM's Xen support to take over, so that the guest's `vmcall`s
+/// for it are handled in the kernel without a user exit. The vCPU thread applies them
+/// ([`Xen::kvm_xen_sync`], then [`Xen::kvm_xen_applied`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmXenRequest {
+    /// The shared_info page's frame and layout.
+    SharedInfo {
+        /// Its guest frame.
+        gfn: u64,
+        /// The 64-bit layout.
+        long_mode: bool,
+    },
+    /// vCPU 0's `vcpu_info` address (KVM then keeps its pvclock record there).
+    VcpuInfo(u64),
+    /// vCPU 0's upcall vector.
+    UpcallVector(u8),
+    /// The guest's `VIRQ_TIMER` port (0: none): KVM runs the Xen timer.
+    Timer(u32),
+}
+
+impl KvmXenRequest {
+    /// Its name in `--stats` (`xen.kvm_handles`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SharedInfo { .. } => "shared_info",
+            Self::VcpuInfo(_) => "vcpu_info",
+            Self::UpcallVector(_) => "upcall_vector",
+            Self::Timer(_) => "timer",
+        }
+    }
+}
+
+/// What KVM's Xen support has been given ([`KvmXenRequest`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct KvmXenState {
+    /// The shim may hand work to KVM (its Xen support intercepts `vmcall`, and
+    /// `--no-kvm-xen-accel` was not given).
+    allowed: bool,
+    shared_info: Option<(u64, bool)>,
+    vcpu_info: Option<u64>,
+    upcall_vector: Option<u8>,
+    timer_port: u32,
+    /// KVM writes the pvclock record into `vcpu_info`: the shim must not.
+    owns_time: bool,
 }
 
 /// The vCPU's registered runstate area (`VCPUOP_register_runstate_memory_area`).
@@ -262,6 +311,7 @@ struct State {
     runstate: Option<Runstate>,
     /// `vm_assist` types enabled (bit per `VMASST_TYPE_*`).
     vm_assist: u64,
+    kvm: KvmXenState,
     stats: XenStats,
 }
 
@@ -347,6 +397,7 @@ impl Xen {
                 reservation: Reservation::default(),
                 runstate: None,
                 vm_assist: 0,
+                kvm: KvmXenState::default(),
                 stats: XenStats::default(),
             }),
             wake: Condvar::new(),
@@ -366,8 +417,12 @@ impl Xen {
             0,
             pv_drivers::abi::xen::XEN_PVCLOCK_TSC_STABLE_BIT,
         );
-        let _ = write_time_info(shared.mem(), 0, &info);
-        if let Some((page, offset)) = st.vcpu_info.as_ref() {
+        if !st.kvm.owns_time {
+            let _ = write_time_info(shared.mem(), 0, &info);
+        }
+        if !st.kvm.owns_time
+            && let Some((page, offset)) = st.vcpu_info.as_ref()
+        {
             pv_drivers::pvclock::write_time_info_at(page.mem(), offset + VCPU_INFO_TIME, &info);
         }
         // The wall time at which system time was 0.
@@ -510,6 +565,96 @@ impl Xen {
             self.inject_upcall_locked(st);
         }
         self.wake.notify_all();
+    }
+
+    /// Lets the shim hand the Xen timer and event delivery for it to KVM's Xen support
+    /// (which must intercept `vmcall`), for a guest that calls Xen with `vmcall` rather
+    /// than through the hypercall page.
+    pub fn allow_kvm_xen(&self) {
+        self.lock().kvm.allowed = true;
+    }
+
+    /// What KVM's Xen support should be told now, after a `vmcall` hypercall: the
+    /// differences between the guest's Xen state and what KVM was given. Nothing for a
+    /// guest that installed the hypercall page (its hypercalls never reach KVM's
+    /// handlers), or before it has a shared_info page.
+    pub fn kvm_xen_sync(&self) -> Vec<KvmXenRequest> {
+        let st = self.lock();
+        let k = st.kvm;
+        let Some(shared) = st.shared_info.as_ref() else {
+            return Vec::new();
+        };
+        if !k.allowed || st.hypercall_page.is_some() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let long_mode = st.shinfo_abi == SharedInfoAbi::Long;
+        let shared_gfn = shared.gpa() / guest_mem::PAGE_SIZE;
+        if k.shared_info != Some((shared_gfn, long_mode)) {
+            out.push(KvmXenRequest::SharedInfo {
+                gfn: shared_gfn,
+                long_mode,
+            });
+        }
+        let vcpu_info = st
+            .vcpu_info
+            .as_ref()
+            .map_or(shared.gpa(), |(page, offset)| page.gpa() + *offset as u64);
+        if k.vcpu_info != Some(vcpu_info) {
+            out.push(KvmXenRequest::VcpuInfo(vcpu_info));
+        }
+        if let Some(v) = st.upcall_vector
+            && k.upcall_vector != Some(v)
+        {
+            out.push(KvmXenRequest::UpcallVector(v));
+        }
+        let timer = st
+            .guest_ports
+            .find_virq(pv_drivers::abi::xen::VIRQ_TIMER)
+            .unwrap_or(0);
+        if k.timer_port != timer {
+            out.push(KvmXenRequest::Timer(timer));
+        }
+        out
+    }
+
+    /// Records that KVM took `req` (`ok`) or refused it (then the shim keeps doing it,
+    /// and says so once on stderr).
+    pub fn kvm_xen_applied(&self, req: KvmXenRequest, ok: Result<(), String>) {
+        let mut st = self.lock();
+        if let Err(e) = ok {
+            if st.kvm.allowed {
+                eprintln!(
+                    "host-shim: warning: KVM's Xen support refused {} ({e}); the shim keeps \
+                     handling it",
+                    req.name()
+                );
+            }
+            st.kvm.allowed = false;
+            return;
+        }
+        match req {
+            KvmXenRequest::SharedInfo { gfn, long_mode } => {
+                st.kvm.shared_info = Some((gfn, long_mode));
+            }
+            KvmXenRequest::VcpuInfo(gpa) => {
+                st.kvm.vcpu_info = Some(gpa);
+                st.kvm.owns_time = true;
+            }
+            KvmXenRequest::UpcallVector(v) => st.kvm.upcall_vector = Some(v),
+            KvmXenRequest::Timer(port) => {
+                st.kvm.timer_port = port;
+                // KVM runs the timer: the shim's own one stays idle.
+                st.timer_deadline = None;
+                st.timer_period = None;
+            }
+        }
+        let name = req.name().to_owned();
+        let handles = &mut st.stats.kvm_handles;
+        if !handles.contains(&name) {
+            handles.push(name);
+            handles.sort();
+        }
     }
 
     /// Xen's `hvm_latch_shinfo_size`: the guest's mode now decides the `shared_info`
