@@ -26,12 +26,13 @@ use kvm_bindings::{
     KVM_EXIT_SET_TPR, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_TPR_ACCESS,
     KVM_EXIT_UNKNOWN, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR, KVM_EXIT_XEN, KVM_EXIT_XEN_HCALL,
     KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY,
-    KVM_XEN_ATTR_TYPE_LONG_MODE, KVM_XEN_ATTR_TYPE_SHARED_INFO, KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL,
-    KVM_XEN_VCPU_ATTR_TYPE_TIMER, KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR,
-    KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO, kvm_cpuid_entry2, kvm_enable_cap, kvm_fpu,
-    kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
-    kvm_lapic_state, kvm_msi, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
-    kvm_userspace_memory_region, kvm_xen_hvm_attr, kvm_xen_hvm_config, kvm_xen_vcpu_attr,
+    KVM_XEN_ATTR_TYPE_EVTCHN, KVM_XEN_ATTR_TYPE_LONG_MODE, KVM_XEN_ATTR_TYPE_SHARED_INFO,
+    KVM_XEN_EVTCHN_DEASSIGN, KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, KVM_XEN_VCPU_ATTR_TYPE_TIMER,
+    KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR, KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO, kvm_cpuid_entry2,
+    kvm_enable_cap, kvm_fpu, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
+    kvm_irq_routing_irqchip, kvm_lapic_state, kvm_msi, kvm_pit_config, kvm_regs, kvm_segment,
+    kvm_sregs, kvm_userspace_memory_region, kvm_xen_hvm_attr, kvm_xen_hvm_config,
+    kvm_xen_vcpu_attr,
 };
 use kvm_ioctls::{
     Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
@@ -895,6 +896,41 @@ impl XenVmAttrs {
         };
         attr.u.long_mode = u8::from(long_mode);
         self.set(&attr, "KVM_XEN_HVM_SET_ATTR(LONG_MODE)")
+    }
+
+    /// Makes the guest's `EVTCHNOP_send` on interdomain port `port` signal `fd` in the
+    /// kernel, without a user exit (`KVM_XEN_ATTR_TYPE_EVTCHN`).
+    pub fn assign_evtchn_eventfd(&self, port: u32, fd: &EventFd) -> Result<(), Error> {
+        use std::os::fd::AsRawFd as _;
+        const EVTCHNSTAT_INTERDOMAIN: u32 = 2;
+        let mut attr = kvm_xen_hvm_attr {
+            type_: KVM_XEN_ATTR_TYPE_EVTCHN as u16,
+            ..Default::default()
+        };
+        attr.u.evtchn = kvm_bindings::kvm_xen_hvm_attr__bindgen_ty_1__bindgen_ty_2 {
+            send_port: port,
+            type_: EVTCHNSTAT_INTERDOMAIN,
+            flags: 0,
+            deliver: kvm_bindings::kvm_xen_hvm_attr__bindgen_ty_1__bindgen_ty_2__bindgen_ty_1 {
+                eventfd:
+                    kvm_bindings::kvm_xen_hvm_attr__bindgen_ty_1__bindgen_ty_2__bindgen_ty_1__bindgen_ty_2 {
+                        port: 0,
+                        fd: fd.as_raw_fd(),
+                    },
+            },
+        };
+        self.set(&attr, "KVM_XEN_HVM_SET_ATTR(EVTCHN assign)")
+    }
+
+    /// Undoes [`XenVmAttrs::assign_evtchn_eventfd`]: sends on `port` reach user space.
+    pub fn deassign_evtchn(&self, port: u32) -> Result<(), Error> {
+        let mut attr = kvm_xen_hvm_attr {
+            type_: KVM_XEN_ATTR_TYPE_EVTCHN as u16,
+            ..Default::default()
+        };
+        attr.u.evtchn.send_port = port;
+        attr.u.evtchn.flags = KVM_XEN_EVTCHN_DEASSIGN;
+        self.set(&attr, "KVM_XEN_HVM_SET_ATTR(EVTCHN deassign)")
     }
 
     /// The guest frame of its shared_info page (`KVM_XEN_ATTR_TYPE_SHARED_INFO`).

@@ -22,6 +22,7 @@
 //! real-time signal. A signal that lands just before the thread enters `KVM_RUN` is lost,
 //! so the kick is repeated every few milliseconds until the thread answers.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write as _};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -688,6 +689,7 @@ impl Vmm {
             xen_log: xen_log.clone(),
             log_line_start: true,
             xen_attrs,
+            relays: BTreeMap::new(),
             pio,
             mmio,
             stop: stop.clone(),
@@ -947,6 +949,9 @@ struct VcpuRunner {
     log_line_start: bool,
     /// KVM's Xen attributes, where its Xen support intercepts `vmcall`.
     xen_attrs: Option<kvm::XenVmAttrs>,
+    /// Guest ports whose sends KVM signals on an eventfd, and the thread relaying each
+    /// to its domain-0 notifier.
+    relays: BTreeMap<u32, SendRelay>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     stop: Arc<AtomicBool>,
@@ -1194,6 +1199,21 @@ impl VcpuRunner {
                 xen::KvmXenRequest::VcpuInfo(gpa) => self.vcpu.xen_set_vcpu_info(gpa),
                 xen::KvmXenRequest::UpcallVector(v) => self.vcpu.xen_set_upcall_vector(v),
                 xen::KvmXenRequest::Timer(port) => self.vcpu.xen_set_timer(port),
+                xen::KvmXenRequest::EvtchnSend { port, dom0_port } => {
+                    match xen.dom0_notifier(dom0_port) {
+                        Some(notify) => SendRelay::start(xen.clone(), notify).and_then(|r| {
+                            attrs.assign_evtchn_eventfd(port, &r.efd)?;
+                            self.relays.insert(port, r);
+                            Ok(())
+                        }),
+                        None => Err(kvm::Error::Missing("a domain-0 notifier")),
+                    }
+                }
+                xen::KvmXenRequest::EvtchnUnsend(port) => {
+                    let done = attrs.deassign_evtchn(port);
+                    self.relays.remove(&port);
+                    done
+                }
             };
             xen.kvm_xen_applied(req, done.map_err(|e| e.to_string()));
         }
@@ -1241,4 +1261,51 @@ fn prefix_lines(prefix: &str, line_start: &mut bool, bytes: &[u8]) -> Vec<u8> {
         *line_start = b == b'\n';
     }
     out
+}
+
+/// A thread that waits on an eventfd KVM signals for the guest's sends on one port
+/// (`KVM_XEN_ATTR_TYPE_EVTCHN`) and runs that port's domain-0 notifier: the backend is
+/// woken as by a send the shim handled, without the vCPU leaving the kernel. Dropped:
+/// the thread ends.
+struct SendRelay {
+    efd: Arc<vmm_sys_util::eventfd::EventFd>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SendRelay {
+    fn start(xen: Arc<Xen>, notify: xen::evtchn::Notifier) -> Result<Self, kvm::Error> {
+        let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC)
+            .map(Arc::new)
+            .map_err(|_| kvm::Error::Missing("an eventfd for an event channel"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (efd.clone(), stop.clone());
+        let thread = thread::Builder::new()
+            .name("xen-send-relay".into())
+            .spawn(move || {
+                // One read takes every signal since the last: one notification, as
+                // the 2-level ABI merges events anyway.
+                while e.read().is_ok() && !s.load(Ordering::SeqCst) {
+                    xen.count_in_kernel_send();
+                    notify();
+                }
+            })
+            .map_err(|_| kvm::Error::Missing("a thread for an event channel"))?;
+        Ok(Self {
+            efd,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SendRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the reader, which sees the stop flag.
+        let _ = self.efd.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -264,10 +264,17 @@ fn linux_uses_its_xen_pv_drivers_against_the_shims_backends() {
     ] {
         assert!(xen["hypercalls"][name].as_u64() > Some(0), "{name}: {v}");
     }
-    // KVM's Xen support runs Linux's Xen timer: its timer hypercalls never reach the
-    // shim, and neither does the shim's timer fire.
+    // KVM's Xen support runs Linux's Xen timer (its timer hypercalls never reach the
+    // shim, and neither does the shim's timer fire) and turns its sends to the
+    // backends into eventfd signals.
     let handles = xen["kvm_handles"].as_array().expect("kvm_handles");
-    for name in ["shared_info", "vcpu_info", "upcall_vector", "timer"] {
+    for name in [
+        "shared_info",
+        "vcpu_info",
+        "upcall_vector",
+        "timer",
+        "evtchn_send",
+    ] {
         assert!(handles.iter().any(|h| h == name), "{name}: {v}");
     }
     assert!(
@@ -277,6 +284,7 @@ fn linux_uses_its_xen_pv_drivers_against_the_shims_backends() {
         "{v}"
     );
     assert_eq!(xen["timer_fires"], 0, "{v}");
+    assert!(xen["events_to_dom0_in_kernel"].as_u64() > Some(0), "{v}");
     let vbd = &stats["backends"]["vbd-51712"];
     assert!(vbd["ops"]["read"].as_u64() > Some(0), "{vbd}");
     assert!(vbd["ops"]["write"].as_u64() > Some(0), "{vbd}");

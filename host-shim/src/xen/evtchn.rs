@@ -81,6 +81,14 @@ impl<T> PortTable<T> {
             .and_then(|s| s.as_ref().map(|(b, _)| *b))
     }
 
+    /// Every open port and its binding, in port order.
+    pub fn bindings(&self) -> impl Iterator<Item = (u32, Binding)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(p, s)| s.as_ref().map(|(b, _)| (p as u32, *b)))
+    }
+
     /// The payload of an open `port`.
     pub fn payload(&self, port: u32) -> Option<&T> {
         self.slots

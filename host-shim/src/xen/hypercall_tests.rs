@@ -750,6 +750,11 @@ fn a_vmcall_guest_gets_its_timer_handed_to_kvm_and_a_page_guest_does_not() {
             },
             KvmXenRequest::VcpuInfo(0x30 * PAGE_SIZE),
             KvmXenRequest::Timer(port),
+            // The xenstore channel: domain 0's end has a notifier (xenstored).
+            KvmXenRequest::EvtchnSend {
+                port: xen.special().store_port,
+                dom0_port: xen.special().store_dom0_port,
+            },
         ]
     );
     for r in reqs {
@@ -758,7 +763,7 @@ fn a_vmcall_guest_gets_its_timer_handed_to_kvm_and_a_page_guest_does_not() {
     assert!(xen.kvm_xen_sync().is_empty(), "all given");
     assert_eq!(
         xen.stats().kvm_handles,
-        ["shared_info", "timer", "vcpu_info"]
+        ["evtchn_send", "shared_info", "timer", "vcpu_info"]
     );
     // KVM now writes the time record: the shim no longer does.
     put(&xen, 0x30 * PAGE_SIZE + 32, &[0; 32]);
@@ -792,6 +797,21 @@ fn a_vmcall_guest_gets_its_timer_handed_to_kvm_and_a_page_guest_does_not() {
         0
     );
     assert!(xen.kvm_xen_sync().contains(&KvmXenRequest::Timer(0)));
+    // Closing the xenstore channel takes its sends back.
+    let store = xen.special().store_port;
+    put(&xen, ARG, &store.to_le_bytes());
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_CLOSE.into(), ARG]
+        ),
+        0
+    );
+    assert!(
+        xen.kvm_xen_sync()
+            .contains(&KvmXenRequest::EvtchnUnsend(store))
+    );
     // A refusal leaves the work with the shim, for good.
     xen.kvm_xen_applied(KvmXenRequest::Timer(0), Err("EINVAL".into()));
     assert!(xen.kvm_xen_sync().is_empty());

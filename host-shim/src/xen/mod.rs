@@ -158,8 +158,12 @@ pub struct XenStats {
     pub hypercalls: BTreeMap<String, u64>,
     /// Hypercalls that returned an error.
     pub hypercall_errors: u64,
-    /// Events the guest sent to domain 0 (xenstored, console, backends).
+    /// Events the guest sent to domain 0 (xenstored, console, backends) through the
+    /// shim's dispatcher.
     pub events_to_dom0: u64,
+    /// Events the guest sent to domain 0 that KVM's Xen support delivered to an
+    /// eventfd without a user exit (`kvm_handles` has `evtchn_send`).
+    pub events_to_dom0_in_kernel: u64,
     /// Events set pending for the guest.
     pub events_to_guest: u64,
     /// Upcall interrupts injected into the guest.
@@ -236,6 +240,16 @@ pub enum KvmXenRequest {
     UpcallVector(u8),
     /// The guest's `VIRQ_TIMER` port (0: none): KVM runs the Xen timer.
     Timer(u32),
+    /// The guest's sends on `port`, bound to domain 0's `dom0_port`, signal an eventfd
+    /// whose reader runs that port's notifier ([`Xen::dom0_notifier`]).
+    EvtchnSend {
+        /// The guest's port.
+        port: u32,
+        /// Domain 0's end.
+        dom0_port: u32,
+    },
+    /// The guest's sends on `port` reach the shim again.
+    EvtchnUnsend(u32),
 }
 
 impl KvmXenRequest {
@@ -246,12 +260,13 @@ impl KvmXenRequest {
             Self::VcpuInfo(_) => "vcpu_info",
             Self::UpcallVector(_) => "upcall_vector",
             Self::Timer(_) => "timer",
+            Self::EvtchnSend { .. } | Self::EvtchnUnsend(_) => "evtchn_send",
         }
     }
 }
 
 /// What KVM's Xen support has been given ([`KvmXenRequest`]).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct KvmXenState {
     /// The shim may hand work to KVM (its Xen support intercepts `vmcall`, and
     /// `--no-kvm-xen-accel` was not given).
@@ -262,6 +277,8 @@ struct KvmXenState {
     timer_port: u32,
     /// KVM writes the pvclock record into `vcpu_info`: the shim must not.
     owns_time: bool,
+    /// Guest ports whose sends KVM turns into an eventfd signal, and domain 0's end.
+    sends: BTreeMap<u32, u32>,
 }
 
 /// The vCPU's registered runstate area (`VCPUOP_register_runstate_memory_area`).
@@ -580,7 +597,7 @@ impl Xen {
     /// handlers), or before it has a shared_info page.
     pub fn kvm_xen_sync(&self) -> Vec<KvmXenRequest> {
         let st = self.lock();
-        let k = st.kvm;
+        let k = &st.kvm;
         let Some(shared) = st.shared_info.as_ref() else {
             return Vec::new();
         };
@@ -615,7 +632,41 @@ impl Xen {
         if k.timer_port != timer {
             out.push(KvmXenRequest::Timer(timer));
         }
+        // Guest ports connected to a domain-0 port with a notifier (a backend, the
+        // console, xenstored).
+        let wanted: BTreeMap<u32, u32> = st
+            .guest_ports
+            .bindings()
+            .filter_map(|(port, b)| match b {
+                Binding::Interdomain { dom: 0, port: d }
+                    if matches!(st.dom0_ports.payload(d), Some(Some(_))) =>
+                {
+                    Some((port, d))
+                }
+                _ => None,
+            })
+            .collect();
+        for (&port, &d) in &k.sends {
+            if wanted.get(&port) != Some(&d) {
+                out.push(KvmXenRequest::EvtchnUnsend(port));
+            }
+        }
+        for (&port, &dom0_port) in &wanted {
+            if k.sends.get(&port) != Some(&dom0_port) {
+                out.push(KvmXenRequest::EvtchnSend { port, dom0_port });
+            }
+        }
         out
+    }
+
+    /// Domain 0's notifier for `dom0_port` (what a guest send on its peer runs).
+    pub fn dom0_notifier(&self, dom0_port: u32) -> Option<Notifier> {
+        self.lock().dom0_ports.payload(dom0_port).cloned().flatten()
+    }
+
+    /// Counts a guest send that KVM delivered to a domain-0 eventfd.
+    pub fn count_in_kernel_send(&self) {
+        self.lock().stats.events_to_dom0_in_kernel += 1;
     }
 
     /// Records that KVM took `req` (`ok`) or refused it (then the shim keeps doing it,
@@ -642,6 +693,12 @@ impl Xen {
                 st.kvm.owns_time = true;
             }
             KvmXenRequest::UpcallVector(v) => st.kvm.upcall_vector = Some(v),
+            KvmXenRequest::EvtchnSend { port, dom0_port } => {
+                st.kvm.sends.insert(port, dom0_port);
+            }
+            KvmXenRequest::EvtchnUnsend(port) => {
+                st.kvm.sends.remove(&port);
+            }
             KvmXenRequest::Timer(port) => {
                 st.kvm.timer_port = port;
                 // KVM runs the timer: the shim's own one stays idle.
