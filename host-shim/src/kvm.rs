@@ -97,6 +97,17 @@ fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Ioctl { op, source }
 }
 
+/// The result of a raw ioctl that returned `rc` (errno on failure).
+fn ioctl_status(rc: i32, op: &'static str) -> Result<(), Error> {
+    if rc < 0 {
+        return Err(Error::Ioctl {
+            op,
+            source: kvm_ioctls::Error::last(),
+        });
+    }
+    Ok(())
+}
+
 /// One CPUID leaf the shim sets on top of what KVM supports (the hypervisor leaves).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuidLeaf {
@@ -483,12 +494,7 @@ impl Vm {
         let rc = unsafe {
             vmm_sys_util::ioctl::ioctl_with_ref(self.fd.as_ref(), KVM_XEN_HVM_CONFIG(), &config)
         };
-        if rc < 0 {
-            return Err(Error::Ioctl {
-                op: "KVM_XEN_HVM_CONFIG",
-                source: kvm_ioctls::Error::last(),
-            });
-        }
+        ioctl_status(rc, "KVM_XEN_HVM_CONFIG")?;
         Ok(true)
     }
 
@@ -878,13 +884,7 @@ impl XenVmAttrs {
         let rc = unsafe {
             vmm_sys_util::ioctl::ioctl_with_ref(self.fd.as_ref(), KVM_XEN_HVM_SET_ATTR(), attr)
         };
-        if rc < 0 {
-            return Err(Error::Ioctl {
-                op: what,
-                source: kvm_ioctls::Error::last(),
-            });
-        }
-        Ok(())
+        ioctl_status(rc, what)
     }
 
     /// Whether the guest's Xen structures are in the 64-bit layout
@@ -962,13 +962,7 @@ impl Vcpu {
         // vCPU's, and this thread runs it (the vCPU is not in KVM_RUN).
         let rc =
             unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_XEN_VCPU_SET_ATTR(), attr) };
-        if rc < 0 {
-            return Err(Error::Ioctl {
-                op: what,
-                source: kvm_ioctls::Error::last(),
-            });
-        }
-        Ok(())
+        ioctl_status(rc, what)
     }
 
     /// Where the vCPU's `vcpu_info` is (`KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO`): KVM

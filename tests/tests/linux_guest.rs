@@ -227,26 +227,54 @@ fn assert_passed(run: &Run) -> serde_json::Value {
     stats_json(&run.stderr)
 }
 
-#[test]
-fn linux_uses_its_xen_pv_drivers_against_the_shims_backends() {
-    let dir = TempDir::new("linux-xen-guest-test");
-    build_guest(&dir.0, &["xen-blkfront", "xen-netfront"], "/dev/xvda");
-    let disk = ScratchImage::new("linux-xen-guest", 16 << 20);
+/// Builds the guest (`modules`, its disk at `disk_dev`) in a scratch directory named
+/// after `tag`, runs it with `devices(image path)`, and asserts its verdicts, the image
+/// check and the console `fragments`; returns the stats.
+fn boot_linux(
+    tag: &str,
+    modules: &[&str],
+    disk_dev: &str,
+    devices: impl Fn(&str) -> Vec<String>,
+    fragments: &[&str],
+) -> serde_json::Value {
+    let dir = TempDir::new(&format!("{tag}-test"));
+    build_guest(&dir.0, modules, disk_dev);
+    let disk = ScratchImage::new(tag, 16 << 20);
     disk.write_pattern(31, 1 << 20, 64 << 10);
-    let disk_arg = disk.path().to_owned();
-    let run = run_linux(&dir.0, &disk, &["--disk", &disk_arg, "--net", "tap=tap0"]);
+    let args = devices(disk.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_linux(&dir.0, &disk, &args);
     let v = assert_passed(&run);
     let show = format!("{}\n{}", run.stdout, run.stderr);
-    // Linux took the Xen PVH path, and its drivers are the PV ones.
-    for fragment in [
-        "Hypervisor detected: Xen HVM",
-        "Booting kernel on Xen PVH",
-        "xen:events: Using 2-level ABI",
-        "xen:grant_table: Grant tables using version 1 layout",
-        "blkfront: xvda:",
-    ] {
+    for fragment in fragments {
         assert!(run.stdout.contains(fragment), "no '{fragment}':\n{show}");
     }
+    v
+}
+
+#[test]
+fn linux_uses_its_xen_pv_drivers_against_the_shims_backends() {
+    // Linux took the Xen PVH path, and its drivers are the PV ones.
+    let v = boot_linux(
+        "linux-xen-guest",
+        &["xen-blkfront", "xen-netfront"],
+        "/dev/xvda",
+        |disk| {
+            vec![
+                "--disk".into(),
+                disk.into(),
+                "--net".into(),
+                "tap=tap0".into(),
+            ]
+        },
+        &[
+            "Hypervisor detected: Xen HVM",
+            "Booting kernel on Xen PVH",
+            "xen:events: Using 2-level ABI",
+            "xen:grant_table: Grant tables using version 1 layout",
+            "blkfront: xvda:",
+        ],
+    );
     let stats = &v["stats"];
     let xen = &stats["xen"];
     assert_eq!(xen["vmcall_intercepted"], true, "{v}");
@@ -295,33 +323,24 @@ fn linux_uses_its_xen_pv_drivers_against_the_shims_backends() {
 
 #[test]
 fn linux_drives_the_shims_ide_and_e1000() {
-    let dir = TempDir::new("linux-guest-test");
-    build_guest(&dir.0, &["ata_piix", "sd_mod", "e1000"], "/dev/sda");
-    let disk = ScratchImage::new("linux-guest", 16 << 20);
-    disk.write_pattern(31, 1 << 20, 64 << 10);
-    let disk_arg = format!("{},if=ide", disk.path());
-    let run = run_linux(
-        &dir.0,
-        &disk,
+    // Linux's own drivers bound to our models, through the MP table's routing.
+    let v = boot_linux(
+        "linux-guest",
+        &["ata_piix", "sd_mod", "e1000"],
+        "/dev/sda",
+        |disk| {
+            let disk = format!("{disk},if=ide");
+            ["--no-xen", "--disk", &disk, "--net", "tap=tap0,model=e1000"]
+                .map(String::from)
+                .to_vec()
+        },
         &[
-            "--no-xen",
-            "--disk",
-            &disk_arg,
-            "--net",
-            "tap=tap0,model=e1000",
+            "ata1.00: ATA-7: PVH-SHIM HARDDISK",
+            "e1000 0000:00:03.0: PCI->APIC IRQ transform: INT A -> IRQ 19",
+            "e1000 0000:00:03.0 eth0: Intel(R) PRO/1000 Network Connection",
+            "e1000: eth0 NIC Link is Up",
         ],
     );
-    let v = assert_passed(&run);
-    let show = format!("{}\n{}", run.stdout, run.stderr);
-    // Linux's own drivers bound to our models, through the MP table's routing.
-    for fragment in [
-        "ata1.00: ATA-7: PVH-SHIM HARDDISK",
-        "e1000 0000:00:03.0: PCI->APIC IRQ transform: INT A -> IRQ 19",
-        "e1000 0000:00:03.0 eth0: Intel(R) PRO/1000 Network Connection",
-        "e1000: eth0 NIC Link is Up",
-    ] {
-        assert!(run.stdout.contains(fragment), "no '{fragment}':\n{show}");
-    }
     let devices = &v["stats"]["devices"];
     let ide = &devices["ide"]["commands"];
     let dma = |k: &str| ide[k].as_u64().unwrap_or(0);

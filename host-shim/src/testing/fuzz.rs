@@ -21,7 +21,7 @@ use pv_drivers::shmem::SharedMemory;
 
 use super::{TEST_DOMID, xen_without_kvm};
 use crate::devices::console::ConsoleSink;
-use crate::kvm::{PagingState, Registers};
+use crate::kvm::PagingState;
 use crate::xen::XenStats;
 use crate::xen::guest_mem::PAGE_SIZE;
 use crate::xen::hypercall::{After, Ctx, Mode};
@@ -455,34 +455,19 @@ pub fn fuzz_hypercall(data: &[u8]) -> HypercallRun {
     let mut copies_ok = 0u64;
     let mut run = |call: Call| {
         let _ = ram.write_phys(SCRATCH, &call.scratch);
-        // Every fourth input calls from 32-bit code (compat registers and layouts).
-        let regs = if setup & 12 == 12 {
-            Registers {
-                rax: call.nr.into(),
-                rbx: call.args[0],
-                rcx: call.args[1],
-                rdx: call.args[2],
-                rsi: call.args[3],
-                rdi: call.args[4],
-                ..Registers::default()
-            }
-        } else {
-            Registers {
-                rax: call.nr.into(),
-                rdi: call.args[0],
-                rsi: call.args[1],
-                rdx: call.args[2],
-                r10: call.args[3],
-                r8: call.args[4],
-                ..Registers::default()
-            }
+        // Every fourth input calls from 32-bit code (compat layouts; a 32-bit caller's
+        // registers hold 32 bits).
+        let compat = setup & 12 == 12;
+        let hypercall = crate::xen::hypercall::Call {
+            nr: call.nr.into(),
+            args: if compat {
+                call.args.map(|a| a & 0xffff_ffff)
+            } else {
+                call.args
+            },
+            mode: if compat { Mode::Compat } else { Mode::Long },
+            page: None,
         };
-        let mode = if setup & 12 == 12 {
-            Mode::Compat
-        } else {
-            Mode::Long
-        };
-        let hypercall = crate::xen::hypercall::Call::from_registers(&regs, mode);
         let mut fetch = || Some(paging);
         let mut console = |_: &[u8]| {};
         let outcome = xen.hypercall(&hypercall, &mut Ctx::new(&mut fetch, &mut console));

@@ -67,6 +67,38 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(b[..8].try_into().unwrap())
 }
 
+/// Maps shared_info at guest frame `gfn` with `XENMEM_add_to_physmap` from code in
+/// `mode` (the structure in that mode's layout); returns the result.
+fn map_shared_info(xen: &Xen, mode: Mode, gfn: u64) -> i64 {
+    let req = match mode {
+        Mode::Long => XenAddToPhysmap {
+            domid: DOMID_SELF,
+            size: 0,
+            space: XENMAPSPACE_SHARED_INFO,
+            idx: 0,
+            gpfn: gfn,
+        }
+        .to_bytes()
+        .to_vec(),
+        Mode::Compat => {
+            let mut req = Vec::new();
+            req.extend_from_slice(&DOMID_SELF.to_le_bytes());
+            req.extend_from_slice(&0u16.to_le_bytes());
+            for v in [XENMAPSPACE_SHARED_INFO, 0, gfn as u32] {
+                req.extend_from_slice(&v.to_le_bytes());
+            }
+            req
+        }
+    };
+    put(xen, ARG, &req);
+    call_in(
+        xen,
+        mode,
+        HYPERVISOR_MEMORY_OP,
+        &[XENMEM_ADD_TO_PHYSMAP.into(), ARG],
+    )
+}
+
 // ---- grant_table_op: set_version (xen/common/grant_table.c, gnttab_set_version) -------
 
 #[test]
@@ -429,20 +461,7 @@ fn a_32_bit_caller_uses_its_own_registers_and_structure_layouts() {
 
     // add_to_physmap in the compat layout maps shared_info.
     let xen = rig();
-    let mut req = Vec::new();
-    req.extend_from_slice(&DOMID_SELF.to_le_bytes());
-    req.extend_from_slice(&0u16.to_le_bytes());
-    for v in [XENMAPSPACE_SHARED_INFO, 0, 0x33] {
-        req.extend_from_slice(&v.to_le_bytes());
-    }
-    put(&xen, ARG, &req);
-    let ret = call_in(
-        &xen,
-        Mode::Compat,
-        HYPERVISOR_MEMORY_OP,
-        &[XENMEM_ADD_TO_PHYSMAP.into(), ARG],
-    );
-    assert_eq!(ret, 0);
+    assert_eq!(map_shared_info(&xen, Mode::Compat, 0x33), 0);
     // The shared_info page is there now: the shim published the time in it.
     assert_ne!(get::<4096>(&xen, 0x33 * PAGE_SIZE), [0; 4096]);
 
@@ -533,22 +552,7 @@ fn any_callback_via_is_accepted_and_read_back_as_xen_does() {
 fn vcpu_info_moves_once_with_everything_marked_pending_and_events_follow_it() {
     let xen = rig();
     let shared_pfn = 0x30u64;
-    let req = XenAddToPhysmap {
-        domid: DOMID_SELF,
-        size: 0,
-        space: XENMAPSPACE_SHARED_INFO,
-        idx: 0,
-        gpfn: shared_pfn,
-    };
-    put(&xen, ARG, &req.to_bytes());
-    assert_eq!(
-        call(
-            &xen,
-            HYPERVISOR_MEMORY_OP,
-            &[XENMEM_ADD_TO_PHYSMAP.into(), ARG]
-        ),
-        0
-    );
+    assert_eq!(map_shared_info(&xen, Mode::Long, shared_pfn), 0);
     let register = |gfn: u64, offset: u32| {
         let r = VcpuRegisterVcpuInfo {
             mfn: gfn,
@@ -638,20 +642,7 @@ fn a_32_bit_callback_setup_latches_the_32_bit_shared_info_layout() {
         0
     );
     let shared = 0x30u64 * PAGE_SIZE;
-    let mut req = Vec::new();
-    req.extend_from_slice(&DOMID_SELF.to_le_bytes());
-    req.extend_from_slice(&0u16.to_le_bytes());
-    for v in [XENMAPSPACE_SHARED_INFO, 0, 0x30] {
-        req.extend_from_slice(&v.to_le_bytes());
-    }
-    put(&xen, ARG, &req);
-    let ret = call_in(
-        &xen,
-        Mode::Compat,
-        HYPERVISOR_MEMORY_OP,
-        &[XENMEM_ADD_TO_PHYSMAP.into(), ARG],
-    );
-    assert_eq!(ret, 0);
+    assert_eq!(map_shared_info(&xen, Mode::Compat, 0x30), 0);
     // The wallclock in the 32-bit place, none in the 64-bit one.
     assert_ne!(get::<4>(&xen, shared + 0x904), [0; 4]);
     assert_eq!(get::<4>(&xen, shared + 0xc04), [0; 4]);
@@ -700,22 +691,7 @@ fn a_32_bit_callback_setup_latches_the_32_bit_shared_info_layout() {
 fn a_vmcall_guest_gets_its_timer_handed_to_kvm_and_a_page_guest_does_not() {
     use crate::xen::KvmXenRequest;
     let setup = |xen: &Xen| {
-        let req = XenAddToPhysmap {
-            domid: DOMID_SELF,
-            size: 0,
-            space: XENMAPSPACE_SHARED_INFO,
-            idx: 0,
-            gpfn: 0x30,
-        };
-        put(xen, ARG, &req.to_bytes());
-        assert_eq!(
-            call(
-                xen,
-                HYPERVISOR_MEMORY_OP,
-                &[XENMEM_ADD_TO_PHYSMAP.into(), ARG]
-            ),
-            0
-        );
+        assert_eq!(map_shared_info(xen, Mode::Long, 0x30), 0);
         let virq = EvtchnBindVirq {
             virq: VIRQ_TIMER,
             vcpu: 0,
