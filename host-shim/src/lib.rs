@@ -1,13 +1,14 @@
 //! `host-shim`: a KVM-based VMM that boots a guest ELF through its Xen PVH entry note.
 //!
 //! The shim loads the kernel's `PT_LOAD` segments at their physical addresses, writes an
-//! `hvm_start_info` (version 1, with memory map, command line and an optional boot
-//! module) into low guest memory, and starts one vCPU in the 32-bit protected-mode state
-//! of Xen's `docs/misc/pvh.pandoc`. It offers the guest the Xen interface (hypercalls,
-//! events, grants, xenstore, PV disks and NICs) and classic emulated devices: a 16550
-//! UART at COM1, the Bochs/QEMU debug console at port 0xe9, an `isa-debug-exit`-
-//! compatible exit port at 0xf4, the 8042 reset line, and a PCI bus with a PIIX3 IDE
-//! disk and Intel e1000 NICs.
+//! `hvm_start_info` (version 1, with memory map, command line and boot modules) into
+//! low guest memory, and starts one vCPU in the 32-bit protected-mode state of Xen's
+//! `docs/misc/pvh.pandoc`. It offers the guest the Xen interface (hypercalls from 64-
+//! and 32-bit code, through the hypercall page or, where KVM's Xen support intercepts
+//! them, `vmcall`; events, grants, xenstore, PV disks and NICs) and classic emulated
+//! devices: a 16550 UART at COM1, the Bochs/QEMU debug console at port 0xe9, an
+//! `isa-debug-exit`-compatible exit port at 0xf4, the 8042 reset line, a CMOS RTC, and
+//! a PCI bus with a PIIX3 IDE disk and Intel e1000 NICs.
 //!
 //! Layout of the crate:
 //! - [`kvm`]: the only module that names `kvm_ioctls`/`kvm_bindings`; it offers a

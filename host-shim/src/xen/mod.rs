@@ -3,16 +3,22 @@
 //! The guest finds Xen through CPUID ([`cpuid_leaves`]), installs the hypercall page
 //! through the MSR those leaves name ([`Xen::write_msr`]), and calls hypercalls through
 //! it; the stubs ([`hypercall_page`]) exit to the shim with a port read that the vCPU
-//! loop hands to [`Xen::hypercall`]. Everything the guest passes is checked: every
-//! argument, guest address, length, port and grant reference; garbage gets a Xen errno.
+//! loop hands to [`Xen::hypercall`]. Where KVM's Xen support intercepts `vmcall`
+//! (stock Linux calls Xen that way), those calls reach the same dispatcher, and for
+//! such a guest KVM is handed its timer and its sends to domain 0
+//! ([`Xen::kvm_xen_sync`]). A 32-bit caller's registers and structures are read in
+//! Xen's compat layouts ([`compat`]), and shared_info takes the 32-bit layout for it.
+//! Everything the guest passes is checked: every argument, guest address, length, port
+//! and grant reference; garbage gets a Xen errno.
 //!
 //! The shim plays domain 0: xenstored, the console backend and the PV backends are its
-//! domain-0 ports ([`evtchn`]). Events to the guest set bits in its shared_info page
-//! and raise its upcall vector through the in-kernel LAPIC.
+//! domain-0 ports ([`evtchn`]). Events to the guest set bits in its shared_info page and
+//! vCPU 0's `vcpu_info` (wherever the guest placed it) and raise its upcall vector
+//! through the in-kernel LAPIC.
 //!
-//! Threads: the vCPU thread runs hypercalls; the timer thread and backend threads raise
-//! events. All state is behind one mutex; notifiers of domain-0 ports run after it is
-//! released.
+//! Threads: the vCPU thread runs hypercalls; the timer thread, backend threads and the
+//! relays of KVM-delivered sends raise events. All state is behind one mutex; notifiers
+//! of domain-0 ports run after it is released.
 
 mod backend;
 pub mod compat;
