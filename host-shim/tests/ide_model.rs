@@ -33,6 +33,8 @@ const BM_BASE: u16 = 0xc000;
 const RAM_MIB: u64 = 16;
 
 type Lie = Box<dyn FnMut(u16, u32) -> u32>;
+/// Sees every byte the driver writes, with its port.
+type Watch = Box<dyn FnMut(u16, u8)>;
 
 /// The driver's port I/O, routed as the shim's port bus routes it: the legacy task
 /// file and control port, and BAR4. `lie` may rewrite what a read returns.
@@ -41,6 +43,7 @@ struct Ports {
     ctl: PciRegion<PiixIde>,
     bm: PciRegion<PiixIde>,
     lie: Option<Lie>,
+    watch: Option<Watch>,
 }
 
 impl Ports {
@@ -54,6 +57,7 @@ impl Ports {
             ctl: PciRegion::new(ide.clone(), REGION_PRIMARY_CONTROL, PRIMARY_CONTROL.into()),
             bm: PciRegion::new(ide.clone(), REGION_BUS_MASTER, BM_BASE.into()),
             lie: None,
+            watch: None,
         }
     }
 
@@ -100,6 +104,9 @@ impl PortIo for Ports {
         self.read(port, 4)
     }
     fn write8(&mut self, port: u16, value: u8) {
+        if let Some(w) = &mut self.watch {
+            w(port, value);
+        }
         if let Some(r) = self.region(port) {
             r.write8(port, value);
         }
@@ -927,4 +934,32 @@ fn probe_finds_no_device_where_there_is_none() {
         s.driver_with(AtaMode::Pio, Some(lie), |c| c).err(),
         Some(AtaError::NoDevice)
     );
+}
+
+#[test]
+fn the_probe_selects_its_drive_before_the_soft_reset() {
+    // QEMU runs a soft reset later (a bottom half), ignoring task-file writes until
+    // then, and an absent drive's status reads 0: a drive selected only after the
+    // reset may not be selected yet, and the absent one left selected (by a BIOS)
+    // passes for "not busy, no drive". So the select comes first.
+    let mut s = setup("select-first", 1 << 20, false).unwrap();
+    // The slave left selected, as SeaBIOS leaves it.
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = log.clone();
+    let mut ports = Ports::new(&s.ide);
+    ports.write8(0x1f6, 0xb0);
+    ports.watch = Some(Box::new(move |port, v| seen.borrow_mut().push((port, v))));
+    let ram = s.ram.take().unwrap_or_else(|| Ram::new(RAM_MIB));
+    let cfg = AtaConfig::new(AtaPorts::primary(Some(BM_BASE)), AtaMode::Pio);
+    AtaDisk::new(ports, ram, cfg).expect("the master is found");
+    let log = log.borrow();
+    let first_srst = log
+        .iter()
+        .position(|&(p, v)| p == 0x3f6 && v & 0x04 != 0)
+        .unwrap_or_else(|| panic!("no soft reset: {log:x?}"));
+    let select = log
+        .iter()
+        .position(|&(p, v)| p == 0x1f6 && v & 0x10 == 0)
+        .expect("a select of the master");
+    assert!(select < first_srst, "{log:x?}");
 }

@@ -402,6 +402,16 @@ impl<P: PortIo, D: DmaMemory> AtaDisk<P, D> {
     /// Soft reset, select the drive, check the ATA signature.
     fn reset_and_check_signature(&mut self) -> Result<(), AtaError> {
         let ctl = self.cfg.ports.control;
+        // Select the drive before the reset, as Linux's libata does. QEMU performs the
+        // reset later (a bottom half), with both drives' BSY set until then, and
+        // ignores task-file writes while BSY: a select after the reset does not take
+        // until the reset has run. With the other drive left selected (SeaBIOS probes
+        // the slave last), an absent slave reads status 0, which would pass for "not
+        // busy" and then for "no drive" (seen on a loaded host, one boot in three).
+        let device = self.tf(reg::DEVICE);
+        let dev = self.dev_bits();
+        self.io.write8(device, dev);
+        self.alt_status();
         // Soft reset with interrupts off; the ATA signature appears in the task file.
         self.io.write8(ctl, control::NIEN | control::SRST);
         self.alt_status();
@@ -410,9 +420,7 @@ impl<P: PortIo, D: DmaMemory> AtaDisk<P, D> {
             self.alt_status();
         }
         self.wait_not_busy()?;
-        let dev = self.dev_bits();
-        let p = self.tf(reg::DEVICE);
-        self.io.write8(p, dev);
+        self.io.write8(device, dev);
         let st = self.wait_not_busy()?;
         // QEMU and real channels read 0 for an absent drive.
         if st == 0 || st == 0xff {
