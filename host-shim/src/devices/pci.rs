@@ -146,6 +146,28 @@ impl ConfigSpace {
         self.wmask[offset..offset + value.len()].copy_from_slice(writable);
     }
 
+    /// Adds a capability (`id`, then `body`: the bytes after the ID and next-pointer
+    /// bytes) at `offset` in the device-specific area, chained at the end of the list,
+    /// with `writable` the bits of `body` the guest may change; sets the status
+    /// register's capabilities bit. A model calls this while it is built; a bad offset
+    /// is a bug in the model and panics.
+    pub fn add_capability(&mut self, offset: usize, id: u8, body: &[u8], writable: &[u8]) {
+        assert!(offset.is_multiple_of(4), "capability at {offset:#x}");
+        let mut value = vec![id, 0];
+        value.extend_from_slice(body);
+        let mut mask = vec![0, 0];
+        mask.extend_from_slice(writable);
+        self.set_device_specific(offset, &value, &mask);
+        // Chain it: the header's pointer, or the last capability's next byte.
+        let mut at = reg::CAPABILITIES;
+        while self.bytes[at] != 0 {
+            at = usize::from(self.bytes[at]) + 1;
+        }
+        self.bytes[at] = offset as u8;
+        let s = self.get16(reg::STATUS) | status::CAPABILITIES_LIST;
+        self.set16(reg::STATUS, s);
+    }
+
     /// Sets the interrupt pin (1 = INTA# .. 4 = INTD#; 0 = none).
     pub fn set_interrupt_pin(&mut self, pin: u8) {
         self.bytes[reg::INTERRUPT_PIN] = pin;

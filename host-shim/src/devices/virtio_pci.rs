@@ -1,0 +1,799 @@
+//! The modern virtio-pci transport (virtio 1.x, section 4.1): a PCI function whose
+//! vendor capabilities point into its memory BAR 0, where the common configuration,
+//! the queue notify addresses, the ISR status byte and the device-specific
+//! configuration live. A [`VirtioDevice`] (block, network) plugs into it.
+//!
+//! What the transport does, as the spec asks of a device:
+//! - Feature negotiation: the device's features (`VIRTIO_F_VERSION_1` always: this is
+//!   a modern-only device, PCI device ID 0x1040 + type, revision 1), 32 bits at a time
+//!   through the select registers; `FEATURES_OK` stays clear when the driver accepted
+//!   a feature the device did not offer or refused `VIRTIO_F_VERSION_1`.
+//! - Queues: size (at most the device's maximum, a power of two), the three ring
+//!   addresses and `queue_enable`, held by rust-vmm's `virtio_queue::Queue`; changes
+//!   after `DRIVER_OK` or to an enabled queue are ignored, and `DRIVER_OK` activates
+//!   the device only if every enabled queue is valid in guest memory (else
+//!   `DEVICE_NEEDS_RESET`).
+//! - Reset: writing 0 to `device_status` resets the device and every queue; the
+//!   driver reads 0 back once that is done (at once, here).
+//! - Notifications: a write to queue N's notify address (`notify_off_multiplier` 4)
+//!   hands queue N to the device. Interrupts are INTx (pin A) with the ISR byte (bit 0:
+//!   used buffers, bit 1: configuration change); reading ISR clears it and lowers the
+//!   line. `VIRTIO_PCI_CAP_PCI_CFG` gives the BAR through configuration space.
+//!
+//! Not done yet (issue #15): MSI-X (the driver falls back to INTx, which costs an ISR
+//! read per interrupt), notifications through an ioeventfd (each notify is an MMIO
+//! exit today), the block and network devices themselves.
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
+};
+use virtio_queue::{Queue, QueueT};
+
+use super::pci::{BarKind, ConfigSpace, PciDevice, PciIds};
+use super::{GuestMemory, IrqLine};
+
+/// PCI vendor of virtio devices.
+pub const VIRTIO_VENDOR: u16 = 0x1af4;
+/// Modern device IDs are this plus the virtio device type.
+pub const VIRTIO_DEVICE_BASE: u16 = 0x1040;
+
+/// Size of BAR 0.
+pub const BAR0_SIZE: u64 = 0x4000;
+/// Where each structure sits in BAR 0.
+pub const COMMON_AT: u64 = 0x0000;
+/// Length of the common configuration (virtio 1.2: through `queue_reset`).
+pub const COMMON_LEN: u64 = 0x3c;
+/// The ISR status byte.
+pub const ISR_AT: u64 = 0x1000;
+/// The device-specific configuration.
+pub const DEVICE_AT: u64 = 0x2000;
+/// Its length.
+pub const DEVICE_LEN: u64 = 0x1000;
+/// The queue notify addresses: queue N at `NOTIFY_AT + N * NOTIFY_MULTIPLIER`.
+pub const NOTIFY_AT: u64 = 0x3000;
+/// `notify_off_multiplier`.
+pub const NOTIFY_MULTIPLIER: u32 = 4;
+
+/// `cfg_type` values of `struct virtio_pci_cap` (virtio 1.2, 4.1.4).
+pub mod cap {
+    /// Common configuration.
+    pub const COMMON_CFG: u8 = 1;
+    /// Notifications.
+    pub const NOTIFY_CFG: u8 = 2;
+    /// ISR status.
+    pub const ISR_CFG: u8 = 3;
+    /// Device-specific configuration.
+    pub const DEVICE_CFG: u8 = 4;
+    /// PCI configuration access.
+    pub const PCI_CFG: u8 = 5;
+    /// The PCI capability ID of a vendor-specific capability.
+    pub const VENDOR: u8 = 0x09;
+}
+
+/// Offsets in the common configuration (`struct virtio_pci_common_cfg`).
+mod common {
+    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
+    pub const DEVICE_FEATURE: u64 = 0x04;
+    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
+    pub const DRIVER_FEATURE: u64 = 0x0c;
+    pub const MSIX_CONFIG: u64 = 0x10;
+    pub const NUM_QUEUES: u64 = 0x12;
+    pub const DEVICE_STATUS: u64 = 0x14;
+    pub const CONFIG_GENERATION: u64 = 0x15;
+    pub const QUEUE_SELECT: u64 = 0x16;
+    pub const QUEUE_SIZE: u64 = 0x18;
+    pub const QUEUE_MSIX_VECTOR: u64 = 0x1a;
+    pub const QUEUE_ENABLE: u64 = 0x1c;
+    pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
+    pub const QUEUE_DESC: u64 = 0x20;
+    pub const QUEUE_DESC_HI: u64 = 0x24;
+    pub const QUEUE_DRIVER: u64 = 0x28;
+    pub const QUEUE_DRIVER_HI: u64 = 0x2c;
+    pub const QUEUE_DEVICE: u64 = 0x30;
+    pub const QUEUE_DEVICE_HI: u64 = 0x34;
+    pub const QUEUE_NOTIF_CONFIG_DATA: u64 = 0x38;
+    pub const QUEUE_RESET: u64 = 0x3a;
+}
+
+/// Where the `VIRTIO_PCI_CAP_PCI_CFG` capability sits in configuration space, and
+/// where its window fields are (`bar`, `offset`, `length`, `pci_cfg_data`).
+const PCI_CFG_CAP_AT: usize = 0x88;
+const PCI_CFG_BAR: usize = PCI_CFG_CAP_AT + 4;
+const PCI_CFG_OFFSET: usize = PCI_CFG_CAP_AT + 8;
+const PCI_CFG_LENGTH: usize = PCI_CFG_CAP_AT + 12;
+const PCI_CFG_DATA: usize = PCI_CFG_CAP_AT + 16;
+
+/// `VIRTIO_MSI_NO_VECTOR`: what the MSI-X vector registers read without MSI-X.
+const NO_VECTOR: u16 = 0xffff;
+
+/// A virtio device behind the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (1 network, 2 block).
+    fn device_type(&self) -> u16;
+    /// The PCI class, subclass and programming interface.
+    fn class(&self) -> (u8, u8, u8);
+    /// Feature bits the device offers, besides `VIRTIO_F_VERSION_1`.
+    fn features(&self) -> u64;
+    /// Number of virtqueues.
+    fn num_queues(&self) -> u16;
+    /// Largest size of each virtqueue (a power of two).
+    fn queue_max_size(&self) -> u16;
+    /// Reads the device-specific configuration at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration (most fields are read-only).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set `DRIVER_OK` with `features` accepted and these queues (one per
+    /// queue, disabled ones included). The device owns them until [`reset`].
+    ///
+    /// [`reset`]: VirtioDevice::reset
+    fn activate(&mut self, features: u64, queues: Vec<Queue>, mem: GuestMemory);
+    /// The driver notified queue `index`; returns whether the used ring got buffers the
+    /// driver should be interrupted for.
+    fn notify(&mut self, index: u16) -> bool;
+    /// The driver reset the device.
+    fn reset(&mut self);
+    /// Counters for `--stats`.
+    fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// Transport counters.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct TransportStats {
+    /// Queue notifications received.
+    pub notifies: u64,
+    /// Interrupts raised (ISR bit 0 set while it was clear).
+    pub interrupts: u64,
+    /// Device resets by the driver.
+    pub resets: u64,
+    /// Activations refused (an enabled queue invalid in guest memory).
+    pub bad_activations: u64,
+}
+
+/// A virtio device on the modern virtio-pci transport.
+pub struct VirtioPci {
+    config: ConfigSpace,
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    irq: Arc<dyn IrqLine>,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_generation: u8,
+    queue_select: u16,
+    queues: Vec<Queue>,
+    isr: u8,
+    active: bool,
+    stats: TransportStats,
+}
+
+impl VirtioPci {
+    /// `device` on a new function, interrupting through `irq`, reaching `mem`.
+    pub fn new(device: Box<dyn VirtioDevice>, irq: Arc<dyn IrqLine>, mem: GuestMemory) -> Self {
+        let kind = device.device_type();
+        let (class, subclass, prog_if) = device.class();
+        let mut config = ConfigSpace::new(PciIds {
+            vendor: VIRTIO_VENDOR,
+            device: VIRTIO_DEVICE_BASE + kind,
+            revision: 1,
+            class,
+            subclass,
+            prog_if,
+            subsystem_vendor: VIRTIO_VENDOR,
+            // Modern devices: 0x40 and up (virtio 1.2, 4.1.2.1).
+            subsystem: 0x40,
+        });
+        config.add_bar(0, BarKind::Memory32, BAR0_SIZE);
+        config.set_interrupt_pin(1);
+        let structure = |cfg_type: u8, offset: u64, length: u64| {
+            let mut body = vec![16, cfg_type, 0, 0, 0, 0];
+            body.extend_from_slice(&(offset as u32).to_le_bytes());
+            body.extend_from_slice(&(length as u32).to_le_bytes());
+            body
+        };
+        let caps = [
+            (0x40, structure(cap::COMMON_CFG, COMMON_AT, COMMON_LEN)),
+            (0x50, structure(cap::ISR_CFG, ISR_AT, 1)),
+            (0x60, structure(cap::DEVICE_CFG, DEVICE_AT, DEVICE_LEN)),
+            (0x70, {
+                let queues = u64::from(device.num_queues().max(1));
+                let mut b = structure(
+                    cap::NOTIFY_CFG,
+                    NOTIFY_AT,
+                    queues * u64::from(NOTIFY_MULTIPLIER),
+                );
+                b[0] = 20;
+                b.extend_from_slice(&NOTIFY_MULTIPLIER.to_le_bytes());
+                b
+            }),
+        ];
+        for (at, body) in caps {
+            let writable = vec![0; body.len()];
+            config.add_capability(at, cap::VENDOR, &body, &writable);
+        }
+        // The configuration-access window: bar, offset, length and data writable.
+        let mut body = structure(cap::PCI_CFG, 0, 0);
+        body[0] = 20;
+        body.extend_from_slice(&[0; 4]);
+        let mut writable = vec![0; body.len()];
+        writable[2] = 0xff; // bar
+        writable[6..18].fill(0xff); // offset, length, pci_cfg_data
+        config.add_capability(PCI_CFG_CAP_AT, cap::VENDOR, &body, &writable);
+        let queues = (0..device.num_queues())
+            .filter_map(|_| Queue::new(device.queue_max_size()).ok())
+            .collect();
+        Self {
+            config,
+            device,
+            mem,
+            irq,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            queue_select: 0,
+            queues,
+            isr: 0,
+            active: false,
+            stats: TransportStats::default(),
+        }
+    }
+
+    /// Every feature the device offers.
+    fn device_features(&self) -> u64 {
+        self.device.features() | 1 << VIRTIO_F_VERSION_1
+    }
+
+    fn selected(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    fn reset(&mut self) {
+        if self.active || self.status != 0 {
+            self.stats.resets += 1;
+        }
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.driver_features = 0;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.queue_select = 0;
+        self.status = 0;
+        self.active = false;
+        self.set_isr(0);
+    }
+
+    fn set_isr(&mut self, isr: u8) {
+        self.isr = isr;
+        let level = isr != 0;
+        self.config.set_interrupt_status(level);
+        self.irq.set_level(level && !self.config.intx_disabled());
+    }
+
+    fn write_status(&mut self, value: u8) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let value = u32::from(value);
+        let mut status = u32::from(self.status) | value;
+        // FEATURES_OK only for a subset of what the device offers, with VERSION_1.
+        if value & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && (self.driver_features & !self.device_features() != 0
+                || self.driver_features & 1 << VIRTIO_F_VERSION_1 == 0)
+        {
+            status &= !VIRTIO_CONFIG_S_FEATURES_OK;
+        }
+        let go = value & VIRTIO_CONFIG_S_DRIVER_OK != 0
+            && status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && !self.active
+            && status & VIRTIO_CONFIG_S_FAILED == 0;
+        if go {
+            let mem = self.mem.clone();
+            if self.queues.iter().all(|q| !q.ready() || q.is_valid(&mem)) {
+                self.active = true;
+                // The device gets its own copies; the registers keep reading back.
+                let queues = self
+                    .queues
+                    .iter()
+                    .filter_map(|q| Queue::try_from(q.state()).ok())
+                    .collect();
+                self.device.activate(self.driver_features, queues, mem);
+            } else {
+                self.stats.bad_activations += 1;
+                status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+                status &= !VIRTIO_CONFIG_S_DRIVER_OK;
+                self.config_generation = self.config_generation.wrapping_add(1);
+            }
+        } else if value & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.active {
+            status &= !VIRTIO_CONFIG_S_DRIVER_OK;
+        }
+        self.status = status as u8;
+    }
+
+    /// Whether the queue registers may change now (before `DRIVER_OK`).
+    fn queues_writable(&self) -> bool {
+        !self.active
+    }
+
+    fn common_read(&mut self, offset: u64, data: &mut [u8]) {
+        let value: u64 = match offset {
+            common::DEVICE_FEATURE_SELECT => self.device_feature_select.into(),
+            common::DEVICE_FEATURE => match self.device_feature_select {
+                0 => self.device_features() & 0xffff_ffff,
+                1 => self.device_features() >> 32,
+                _ => 0,
+            },
+            common::DRIVER_FEATURE_SELECT => self.driver_feature_select.into(),
+            common::DRIVER_FEATURE => match self.driver_feature_select {
+                0 => self.driver_features & 0xffff_ffff,
+                1 => self.driver_features >> 32,
+                _ => 0,
+            },
+            common::MSIX_CONFIG | common::QUEUE_MSIX_VECTOR => NO_VECTOR.into(),
+            common::NUM_QUEUES => self.queues.len() as u64,
+            common::DEVICE_STATUS => self.status.into(),
+            common::CONFIG_GENERATION => self.config_generation.into(),
+            common::QUEUE_SELECT => self.queue_select.into(),
+            common::QUEUE_NOTIFY_OFF => self.queue_select.into(),
+            common::QUEUE_RESET => 0,
+            common::QUEUE_NOTIF_CONFIG_DATA => 0,
+            o => {
+                let Some(q) = self.queues.get(usize::from(self.queue_select)) else {
+                    data.fill(0);
+                    return;
+                };
+                match o {
+                    common::QUEUE_SIZE => q.size().into(),
+                    common::QUEUE_ENABLE => u64::from(q.ready()),
+                    common::QUEUE_DESC => q.desc_table(),
+                    common::QUEUE_DESC_HI => q.desc_table() >> 32,
+                    common::QUEUE_DRIVER => q.avail_ring(),
+                    common::QUEUE_DRIVER_HI => q.avail_ring() >> 32,
+                    common::QUEUE_DEVICE => q.used_ring(),
+                    common::QUEUE_DEVICE_HI => q.used_ring() >> 32,
+                    _ => 0,
+                }
+            }
+        };
+        let bytes = value.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = bytes.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    fn common_write(&mut self, offset: u64, data: &[u8]) {
+        let mut b = [0u8; 8];
+        let n = data.len().min(8);
+        b[..n].copy_from_slice(&data[..n]);
+        let v = u64::from_le_bytes(b);
+        let low = v as u32;
+        // A 64-bit write sets both halves of an address.
+        let high = (n == 8).then_some((v >> 32) as u32);
+        match offset {
+            common::DEVICE_FEATURE_SELECT => self.device_feature_select = low,
+            common::DRIVER_FEATURE_SELECT => self.driver_feature_select = low,
+            common::DRIVER_FEATURE if self.status & VIRTIO_CONFIG_S_FEATURES_OK as u8 == 0 => {
+                match self.driver_feature_select {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(low);
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | u64::from(low) << 32;
+                    }
+                    _ => {}
+                }
+            }
+            common::DEVICE_STATUS => self.write_status(v as u8),
+            common::QUEUE_SELECT => self.queue_select = v as u16,
+            _ if !self.queues_writable() => {}
+            o => {
+                let Some(q) = self.selected() else {
+                    return;
+                };
+                // An enabled queue's configuration is fixed until reset.
+                if q.ready() && o != common::QUEUE_ENABLE {
+                    return;
+                }
+                match o {
+                    common::QUEUE_SIZE => q.set_size(v as u16),
+                    common::QUEUE_ENABLE if v as u16 == 1 => q.set_ready(true),
+                    common::QUEUE_DESC => q.set_desc_table_address(Some(low), high),
+                    common::QUEUE_DESC_HI => q.set_desc_table_address(None, Some(low)),
+                    common::QUEUE_DRIVER => q.set_avail_ring_address(Some(low), high),
+                    common::QUEUE_DRIVER_HI => q.set_avail_ring_address(None, Some(low)),
+                    common::QUEUE_DEVICE => q.set_used_ring_address(Some(low), high),
+                    common::QUEUE_DEVICE_HI => q.set_used_ring_address(None, Some(low)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn notify(&mut self, offset: u64) {
+        let index = offset / u64::from(NOTIFY_MULTIPLIER);
+        let Ok(index) = u16::try_from(index) else {
+            return;
+        };
+        self.stats.notifies += 1;
+        if !self.active || usize::from(index) >= self.queues.len() {
+            return;
+        }
+        if self.device.notify(index) {
+            self.raise(1);
+        }
+    }
+
+    /// Sets ISR `bits` and raises the interrupt.
+    fn raise(&mut self, bits: u8) {
+        if self.isr & bits == 0 {
+            self.stats.interrupts += 1;
+        }
+        let isr = self.isr | bits;
+        self.set_isr(isr);
+    }
+
+    /// A BAR 0 read.
+    fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            o if o < COMMON_AT + COMMON_LEN => self.common_read(o - COMMON_AT, data),
+            o if o == ISR_AT => {
+                let isr = self.isr;
+                data.fill(0);
+                if let Some(d) = data.first_mut() {
+                    *d = isr;
+                }
+                self.set_isr(0);
+            }
+            o if (DEVICE_AT..DEVICE_AT + DEVICE_LEN).contains(&o) => {
+                self.device.read_config(o - DEVICE_AT, data);
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    /// A BAR 0 write.
+    fn bar_write(&mut self, offset: u64, data: &[u8]) {
+        match offset {
+            o if o < COMMON_AT + COMMON_LEN => self.common_write(o - COMMON_AT, data),
+            o if (DEVICE_AT..DEVICE_AT + DEVICE_LEN).contains(&o) => {
+                self.device.write_config(o - DEVICE_AT, data);
+            }
+            o if o >= NOTIFY_AT => self.notify(o - NOTIFY_AT),
+            _ => {}
+        }
+    }
+
+    /// The `VIRTIO_PCI_CAP_PCI_CFG` window: `(offset in BAR 0, length)` if it names
+    /// BAR 0 and a length of 1, 2 or 4 inside it.
+    fn cfg_window(&self) -> Option<(u64, usize)> {
+        let bar = self.config.read32(PCI_CFG_BAR) & 0xff;
+        let offset = u64::from(self.config.read32(PCI_CFG_OFFSET));
+        let len = self.config.read32(PCI_CFG_LENGTH) as usize;
+        (bar == 0 && matches!(len, 1 | 2 | 4) && offset + len as u64 <= BAR0_SIZE)
+            .then_some((offset, len))
+    }
+}
+
+impl PciDevice for VirtioPci {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        if offset == PCI_CFG_DATA
+            && let Some((at, len)) = self.cfg_window()
+        {
+            let mut buf = [0u8; 4];
+            self.bar_read(at, &mut buf[..len]);
+            for (i, d) in data.iter_mut().enumerate() {
+                *d = buf.get(i).copied().unwrap_or(0);
+            }
+            return;
+        }
+        self.config.read(offset, data);
+    }
+
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        if offset == PCI_CFG_DATA
+            && let Some((at, len)) = self.cfg_window()
+        {
+            let n = len.min(data.len());
+            self.bar_write(at, &data[..n]);
+            return;
+        }
+        self.config.write(offset, data);
+        // INTx disable may have changed.
+        let isr = self.isr;
+        self.set_isr(isr);
+    }
+
+    fn region_read(&mut self, region: usize, offset: u64, data: &mut [u8]) {
+        if region == 0 {
+            self.bar_read(offset, data);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn region_write(&mut self, region: usize, offset: u64, data: &[u8]) {
+        if region == 0 {
+            self.bar_write(offset, data);
+        }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "transport": self.stats,
+            "device": self.device.stats(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    #[derive(Default)]
+    struct Log {
+        activated: Option<(u64, Vec<(bool, u16)>)>,
+        notified: Vec<u16>,
+        resets: u32,
+    }
+
+    /// A device with two queues of at most 128 entries that logs what it is told
+    /// and asks for an interrupt on every notify of queue 1.
+    struct Dummy(Arc<Mutex<Log>>);
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u16 {
+            2
+        }
+        fn class(&self) -> (u8, u8, u8) {
+            (1, 0, 0)
+        }
+        fn features(&self) -> u64 {
+            1 << 1 | 1 << 9
+        }
+        fn num_queues(&self) -> u16 {
+            2
+        }
+        fn queue_max_size(&self) -> u16 {
+            128
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(&mut self, features: u64, queues: Vec<Queue>, _mem: GuestMemory) {
+            let q = queues.iter().map(|q| (q.ready(), q.size())).collect();
+            self.0.lock().unwrap().activated = Some((features, q));
+        }
+        fn notify(&mut self, index: u16) -> bool {
+            self.0.lock().unwrap().notified.push(index);
+            index == 1
+        }
+        fn reset(&mut self) {
+            self.0.lock().unwrap().resets += 1;
+        }
+    }
+
+    #[derive(Default)]
+    struct Line(AtomicBool);
+    impl IrqLine for Line {
+        fn set_level(&self, asserted: bool) {
+            self.0.store(asserted, Ordering::SeqCst);
+        }
+    }
+
+    fn device() -> (VirtioPci, Arc<Mutex<Log>>, Arc<Line>) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let line = Arc::new(Line::default());
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let d = VirtioPci::new(Box::new(Dummy(log.clone())), line.clone(), mem);
+        (d, log, line)
+    }
+
+    fn r(d: &mut VirtioPci, offset: u64, len: usize) -> u64 {
+        let mut b = [0u8; 8];
+        d.region_read(0, offset, &mut b[..len]);
+        u64::from_le_bytes(b)
+    }
+
+    fn w(d: &mut VirtioPci, offset: u64, len: usize, v: u64) {
+        d.region_write(0, offset, &v.to_le_bytes()[..len]);
+    }
+
+    fn cfg8(d: &mut VirtioPci, at: usize) -> u8 {
+        let mut b = [0u8];
+        d.config_read(at, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn the_capabilities_describe_bar_0_as_the_spec_lays_it_out() {
+        let (mut d, _, _) = device();
+        let ids = d.config().read32(0);
+        assert_eq!(ids, 0x1042_1af4, "vendor 1af4, device 1040 + type 2");
+        assert_eq!(cfg8(&mut d, 0x08), 1, "revision 1: modern");
+        assert_ne!(d.config().read32(0x04) >> 16 & 0x10, 0, "capabilities list");
+        let mut at = usize::from(cfg8(&mut d, 0x34));
+        let mut seen = Vec::new();
+        while at != 0 {
+            assert_eq!(cfg8(&mut d, at), cap::VENDOR);
+            let cfg_type = cfg8(&mut d, at + 3);
+            let bar = cfg8(&mut d, at + 4);
+            let offset = d.config().read32(at + 8);
+            let length = d.config().read32(at + 12);
+            seen.push((cfg_type, bar, offset, length));
+            if cfg_type == cap::NOTIFY_CFG {
+                assert_eq!(d.config().read32(at + 16), NOTIFY_MULTIPLIER);
+            }
+            at = usize::from(cfg8(&mut d, at + 1));
+        }
+        assert_eq!(
+            seen,
+            [
+                (cap::COMMON_CFG, 0, 0, COMMON_LEN as u32),
+                (cap::ISR_CFG, 0, 0x1000, 1),
+                (cap::DEVICE_CFG, 0, 0x2000, 0x1000),
+                (cap::NOTIFY_CFG, 0, 0x3000, 8),
+                (cap::PCI_CFG, 0, 0, 0),
+            ]
+        );
+        // The configuration-access window reads the common configuration.
+        d.config_write(PCI_CFG_OFFSET, &(common::NUM_QUEUES as u32).to_le_bytes());
+        d.config_write(PCI_CFG_LENGTH, &2u32.to_le_bytes());
+        let mut b = [0u8; 4];
+        d.config_read(PCI_CFG_DATA, &mut b);
+        assert_eq!(u16::from_le_bytes([b[0], b[1]]), 2);
+    }
+
+    #[test]
+    fn features_ok_needs_version_1_and_nothing_unoffered() {
+        let (mut d, _, _) = device();
+        w(&mut d, common::DEVICE_FEATURE_SELECT, 4, 1);
+        assert_eq!(
+            r(&mut d, common::DEVICE_FEATURE, 4),
+            1,
+            "VERSION_1 is bit 32"
+        );
+        w(&mut d, common::DEVICE_FEATURE_SELECT, 4, 0);
+        assert_eq!(r(&mut d, common::DEVICE_FEATURE, 4), 1 << 1 | 1 << 9);
+        let negotiate = |d: &mut VirtioPci, low: u64, high: u64| {
+            w(d, common::DEVICE_STATUS, 1, 0);
+            w(d, common::DEVICE_STATUS, 1, 1 | 2);
+            w(d, common::DRIVER_FEATURE_SELECT, 4, 0);
+            w(d, common::DRIVER_FEATURE, 4, low);
+            w(d, common::DRIVER_FEATURE_SELECT, 4, 1);
+            w(d, common::DRIVER_FEATURE, 4, high);
+            w(d, common::DEVICE_STATUS, 1, 1 | 2 | 8);
+            r(d, common::DEVICE_STATUS, 1) & 8 != 0
+        };
+        assert!(!negotiate(&mut d, 1 << 1, 0), "without VERSION_1");
+        assert!(!negotiate(&mut d, 1 << 2, 1), "a feature not offered");
+        assert!(negotiate(&mut d, 1 << 9, 1));
+        // Fixed once FEATURES_OK is set.
+        w(&mut d, common::DRIVER_FEATURE_SELECT, 4, 0);
+        w(&mut d, common::DRIVER_FEATURE, 4, 0);
+        assert_eq!(r(&mut d, common::DRIVER_FEATURE, 4), 1 << 9);
+    }
+
+    /// Negotiates VERSION_1, sets queue 1 up in RAM and sets DRIVER_OK.
+    fn bring_up(d: &mut VirtioPci, desc: u64) {
+        w(d, common::DEVICE_STATUS, 1, 1 | 2);
+        w(d, common::DRIVER_FEATURE_SELECT, 4, 1);
+        w(d, common::DRIVER_FEATURE, 4, 1);
+        w(d, common::DEVICE_STATUS, 1, 1 | 2 | 8);
+        w(d, common::QUEUE_SELECT, 2, 1);
+        assert_eq!(r(d, common::QUEUE_SIZE, 2), 128, "the maximum until set");
+        w(d, common::QUEUE_SIZE, 2, 100); // not a power of two: ignored
+        assert_eq!(r(d, common::QUEUE_SIZE, 2), 128);
+        w(d, common::QUEUE_SIZE, 2, 64);
+        w(d, common::QUEUE_DESC, 8, desc);
+        w(d, common::QUEUE_DRIVER, 4, 0x2000);
+        w(d, common::QUEUE_DRIVER_HI, 4, 0);
+        w(d, common::QUEUE_DEVICE, 8, 0x3000);
+        w(d, common::QUEUE_ENABLE, 2, 1);
+        w(d, common::DEVICE_STATUS, 1, 1 | 2 | 8 | 4);
+    }
+
+    #[test]
+    fn driver_ok_hands_the_queues_over_and_notifies_interrupt_through_isr() {
+        let (mut d, log, line) = device();
+        bring_up(&mut d, 0x1000);
+        assert_eq!(r(&mut d, common::DEVICE_STATUS, 1), 15);
+        let activated = log.lock().unwrap().activated.clone();
+        assert_eq!(activated, Some((1 << 32, vec![(false, 128), (true, 64)])));
+        // Fixed now: a new size is ignored.
+        w(&mut d, common::QUEUE_SIZE, 2, 32);
+        assert_eq!(r(&mut d, common::QUEUE_SIZE, 2), 64);
+        assert_eq!(r(&mut d, common::QUEUE_DESC, 8), 0x1000);
+        // Queue 0's notify: no interrupt. Queue 1's: ISR bit 0 and the line.
+        w(&mut d, NOTIFY_AT, 2, 0);
+        assert!(!line.0.load(Ordering::SeqCst));
+        w(&mut d, NOTIFY_AT + 4, 2, 1);
+        assert!(line.0.load(Ordering::SeqCst));
+        // INTx disabled: the line drops, the status bit stays.
+        d.config_write(0x04, &(0x0406u16).to_le_bytes());
+        assert!(!line.0.load(Ordering::SeqCst));
+        d.config_write(0x04, &(0x0006u16).to_le_bytes());
+        assert!(line.0.load(Ordering::SeqCst));
+        // Reading ISR clears it and lowers the line.
+        assert_eq!(r(&mut d, ISR_AT, 1), 1);
+        assert!(!line.0.load(Ordering::SeqCst));
+        assert_eq!(r(&mut d, ISR_AT, 1), 0);
+        // Notifies of queues that do not exist are counted and dropped.
+        w(&mut d, NOTIFY_AT + 4 * 7, 2, 7);
+        assert_eq!(log.lock().unwrap().notified, [0, 1]);
+        assert_eq!(d.stats.notifies, 3);
+        // Reset: status 0, the device told, the queues back to their defaults.
+        w(&mut d, common::DEVICE_STATUS, 1, 0);
+        assert_eq!(r(&mut d, common::DEVICE_STATUS, 1), 0);
+        assert_eq!(log.lock().unwrap().resets, 1);
+        w(&mut d, common::QUEUE_SELECT, 2, 1);
+        assert_eq!(r(&mut d, common::QUEUE_ENABLE, 2), 0);
+        assert_eq!(r(&mut d, common::QUEUE_SIZE, 2), 128);
+    }
+
+    #[test]
+    fn an_enabled_queue_outside_ram_needs_reset_instead_of_activating() {
+        let (mut d, log, _) = device();
+        bring_up(&mut d, 0x20_0000);
+        assert!(log.lock().unwrap().activated.is_none());
+        let status = r(&mut d, common::DEVICE_STATUS, 1) as u32;
+        assert_ne!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_eq!(status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+        // Notifies to an inactive device go nowhere.
+        w(&mut d, NOTIFY_AT + 4, 2, 1);
+        assert!(log.lock().unwrap().notified.is_empty());
+    }
+
+    #[test]
+    fn hostile_accesses_neither_panic_nor_change_what_they_should_not() {
+        let (mut d, _, _) = device();
+        for offset in [
+            0,
+            1,
+            0x13,
+            0x3b,
+            0x3c,
+            0x0fff,
+            0x1001,
+            0x2fff,
+            0x3fff,
+            0x4000,
+            u64::MAX,
+        ] {
+            for len in [0, 1, 2, 3, 4, 8] {
+                let mut b = vec![0u8; len];
+                d.region_read(0, offset, &mut b);
+                d.region_write(0, offset, &vec![0xa5; len]);
+            }
+        }
+        // The window with a bad BAR or length reads the configuration space itself.
+        d.config_write(PCI_CFG_BAR, &[3]);
+        let mut b = [0u8; 4];
+        d.config_read(PCI_CFG_DATA, &mut b);
+        d.config_write(PCI_CFG_DATA, &[1, 2, 3, 4]);
+        d.region_read(1, 0, &mut b);
+        assert_eq!(b, [0xff; 4]);
+    }
+}
