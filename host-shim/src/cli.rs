@@ -155,10 +155,11 @@ pub struct RunArgs {
     /// The guest's name in xenstore.
     #[arg(long, value_name = "NAME", default_value = "guest", value_parser = parse_name)]
     pub name: String,
-    /// A disk on a raw image file: `PATH[,ro][,create=SIZE][,direct][,if=xen|ide]`
+    /// A disk on a raw image file: `PATH[,ro][,create=SIZE][,direct][,if=xen|ide|virtio]`
     /// (create= makes the file if absent; direct opens it with O_DIRECT). `if=xen`
     /// (default) is a PV disk (blkback), the guest's xvda, xvdb, ... in order; `if=ide`
-    /// the emulated PIIX3 IDE controller's primary master (one IDE disk). Repeatable.
+    /// the emulated PIIX3 IDE controller's primary master (one IDE disk); `if=virtio` a
+    /// virtio-blk device on the modern virtio-pci transport. Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
     /// A network interface on a TAP device, created if absent:

@@ -21,6 +21,8 @@ use crate::backends::spec::{DiskInterface, DiskSpec, NetModel, NetSpec};
 use crate::devices::e1000::{E1000, E1000Worker};
 use crate::devices::ide::PiixIde;
 use crate::devices::pci_bus::IDE_FUNCTION;
+use crate::devices::virtio_blk::VirtioBlk;
+use crate::devices::virtio_pci::VirtioPci;
 use crate::vmm::{Error, Vmm};
 use crate::xen::Xen;
 
@@ -114,6 +116,27 @@ pub fn attach(
         let irq15 = vmm.irq_line(IDE_SECONDARY_IRQ);
         let ide = PiixIde::new(Some(image), irq14, irq15, vmm.guest_memory());
         vmm.add_pci_device("ide", Arc::new(Mutex::new(ide)), Some(IDE_FUNCTION))?;
+    }
+    for (n, d) in disks
+        .iter()
+        .filter(|d| d.interface == DiskInterface::Virtio)
+        .enumerate()
+    {
+        let image = d.open().map_err(Error::Devices)?;
+        let addr = vmm
+            .pci_bus()
+            .free_slot()
+            .ok_or_else(|| Error::Devices("no free PCI slot for another virtio disk".into()))?;
+        let irq = vmm
+            .pci_intx_line(addr, 1)
+            .ok_or_else(|| Error::Devices(format!("no INTA# route for {addr}")))?;
+        let blk = VirtioBlk::new(image, &format!("virtio-blk-{n}"));
+        let dev = VirtioPci::new(Box::new(blk), irq, vmm.guest_memory());
+        vmm.add_pci_device(
+            &format!("virtio-blk-{n}"),
+            Arc::new(Mutex::new(dev)),
+            Some(addr),
+        )?;
     }
     for (n, spec) in nets
         .iter()

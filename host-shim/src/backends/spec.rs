@@ -1,5 +1,5 @@
 //! The command-line descriptions of disks and NICs, QEMU-like:
-//! `--disk PATH[,ro][,create=SIZE][,direct][,if=xen|ide]` and
+//! `--disk PATH[,ro][,create=SIZE][,direct][,if=xen|ide|virtio]` and
 //! `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000]`. The interface or model
 //! says which device the guest sees (a Xen PV device, the default, or an emulated one);
 //! the host side (the image file, the TAP) is the same for all of them.
@@ -16,6 +16,8 @@ pub enum DiskInterface {
     Xen,
     /// The emulated PIIX3 IDE controller's primary master: `if=ide`.
     Ide,
+    /// A virtio-blk device on the modern virtio-pci transport: `if=virtio`.
+    Virtio,
 }
 
 /// The device through which the guest reaches a network.
@@ -117,7 +119,7 @@ impl FromStr for DiskSpec {
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
             return Err(err(
-                "--disk needs a file: --disk PATH[,ro][,create=SIZE][,direct][,if=xen|ide]",
+                "--disk needs a file: --disk PATH[,ro][,create=SIZE][,direct][,if=xen|ide|virtio]",
             ));
         }
         let mut spec = DiskSpec {
@@ -134,9 +136,10 @@ impl FromStr for DiskSpec {
                 None if opt == "direct" => spec.direct = true,
                 Some(("if", "xen")) => spec.interface = DiskInterface::Xen,
                 Some(("if", "ide")) => spec.interface = DiskInterface::Ide,
+                Some(("if", "virtio")) => spec.interface = DiskInterface::Virtio,
                 Some(("if", other)) => {
                     return Err(err(format!(
-                        "--disk if={other}: unknown interface (expected xen or ide)"
+                        "--disk if={other}: unknown interface (expected xen, ide or virtio)"
                     )));
                 }
                 Some(("create", size)) => {
@@ -153,7 +156,7 @@ impl FromStr for DiskSpec {
                 _ => {
                     return Err(err(format!(
                         "--disk: unknown option '{opt}' (expected ro, rw, direct, create=SIZE, \
-                         if=xen|ide)"
+                         if=xen|ide|virtio)"
                     )));
                 }
             }

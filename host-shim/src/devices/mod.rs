@@ -19,8 +19,8 @@
 //! - [`ide`]: the PIIX3 IDE controller (8086:7010) with one disk, PIO and bus-master
 //!   DMA.
 //! - [`e1000`]: the Intel 82540EM (8086:100E) network controller on a TAP link.
-//! - [`virtio_pci`]: the modern virtio-pci transport a virtio device plugs into (the
-//!   devices themselves are issue #15's work in progress).
+//! - [`virtio_pci`]: the modern virtio-pci transport a virtio device plugs into;
+//!   [`virtio_blk`]: the block device on it (issue #15: virtio-net is still to come).
 //! - [`bench_mark`]: the benchmark's phase-mark port at 0xf8 (a counter snapshot per mark).
 //!
 //! Emulated devices reach guest memory as DMA through [`GuestMemory`], which checks
@@ -38,6 +38,7 @@ pub mod pci_bus;
 pub mod pci_chipset;
 pub mod rtc;
 pub mod serial;
+pub mod virtio_blk;
 pub mod virtio_pci;
 
 /// Guest RAM as a device's DMA sees it: every access is checked against the RAM
