@@ -171,7 +171,9 @@ impl VirtioBlk {
     fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let offset = sector.checked_mul(SECTOR)?;
         let end = offset.checked_add(len as u64)?;
-        (len as u64 % SECTOR == 0 && len <= MAX_REQUEST && end <= self.disk.sectors() * SECTOR)
+        ((len as u64).is_multiple_of(SECTOR)
+            && len <= MAX_REQUEST
+            && end <= self.disk.sectors() * SECTOR)
             .then_some(offset)
     }
 
