@@ -313,3 +313,174 @@ impl VirtioBlk {
         served && queue.needs_notification(mem).unwrap_or(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostio::disk::DiskOptions;
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    const WRITE: u16 = 2; // VRING_DESC_F_WRITE
+    const HDR: u64 = 0x10_0000;
+    const DATA: u64 = 0x11_0000;
+    const STATUS: u64 = 0x12_0000;
+
+    struct Rig {
+        mem: GuestMemoryMmap,
+        blk: VirtioBlk,
+        path: std::path::PathBuf,
+    }
+
+    fn rig(tag: &str, read_only: bool) -> Rig {
+        let path =
+            std::env::temp_dir().join(format!("virtio-blk-unit-{tag}-{}.img", std::process::id()));
+        let bytes: Vec<u8> = (0..64 * 1024).map(|i| (i / 512) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let disk = DiskImage::open(
+            &path,
+            DiskOptions {
+                read_only,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        Rig {
+            mem,
+            blk: VirtioBlk::new(disk, "serial-number-of-the-disk"),
+            path,
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    fn header(kind: u32, sector: u64) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        h
+    }
+
+    impl Rig {
+        /// Runs one chain through the device: (used length, status byte).
+        fn request(&mut self, descs: &[RawDescriptor], hdr: &[u8]) -> (u32, u8) {
+            self.mem.write_slice(hdr, GuestAddress(HDR)).unwrap();
+            self.mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+            let vq = MockSplitQueue::new(&self.mem, 16);
+            vq.build_desc_chain(descs).unwrap();
+            let q: Queue = vq.create_queue().unwrap();
+            self.blk.activate(1 << 32, vec![q], self.mem.clone());
+            self.blk.notify(0);
+            let used_len: u32 = self
+                .mem
+                .read_obj(GuestAddress(vq.used_addr().0 + 8))
+                .unwrap();
+            let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).unwrap();
+            (used_len, status)
+        }
+
+        fn data(&self, len: usize) -> Vec<u8> {
+            let mut b = vec![0u8; len];
+            self.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+            b
+        }
+    }
+
+    #[test]
+    fn reads_writes_flushes_and_names_itself() {
+        let mut r = rig("rw", false);
+        let read = [
+            desc(HDR, 16, 0),
+            desc(DATA, 1024, WRITE),
+            desc(STATUS, 1, WRITE),
+        ];
+        assert_eq!(r.request(&read, &header(T_IN, 3)), (1025, S_OK));
+        assert_eq!(r.data(1024)[..2], [3, 3]);
+        assert_eq!(r.data(1024)[512], 4);
+
+        r.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        let write = [desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WRITE)];
+        assert_eq!(r.request(&write, &header(T_OUT, 7)), (1, S_OK));
+        let image = std::fs::read(&r.path).unwrap();
+        assert_eq!(image[7 * 512..8 * 512], [0x5a; 512]);
+
+        let flush = [desc(HDR, 16, 0), desc(STATUS, 1, WRITE)];
+        assert_eq!(r.request(&flush, &header(T_FLUSH, 0)), (1, S_OK));
+        let id = [
+            desc(HDR, 16, 0),
+            desc(DATA, 20, WRITE),
+            desc(STATUS, 1, WRITE),
+        ];
+        assert_eq!(r.request(&id, &header(T_GET_ID, 0)), (21, S_OK));
+        assert_eq!(&r.data(20), b"serial-number-of-the");
+        let s = r.blk.stats;
+        assert_eq!((s.reads, s.writes, s.flushes, s.get_ids), (1, 1, 1, 1));
+        assert_eq!(s.bytes_read, 1024);
+        assert_eq!(s.bytes_written, 512);
+    }
+
+    #[test]
+    fn bad_requests_get_an_error_status_and_broken_chains_are_dropped() {
+        let mut r = rig("bad", true);
+        let read = |len| {
+            [
+                desc(HDR, 16, 0),
+                desc(DATA, len, WRITE),
+                desc(STATUS, 1, WRITE),
+            ]
+        };
+        // Past the end (128 sectors), not whole sectors, a write to a read-only disk,
+        // an unknown type.
+        assert_eq!(r.request(&read(1024), &header(T_IN, 127)).1, S_IOERR);
+        assert_eq!(
+            r.request(&read(1024), &header(T_IN, u64::MAX / 256)).1,
+            S_IOERR
+        );
+        assert_eq!(r.request(&read(100), &header(T_IN, 0)).1, S_IOERR);
+        let write = [desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WRITE)];
+        assert_eq!(r.request(&write, &header(T_OUT, 0)).1, S_IOERR);
+        assert_eq!(r.request(&read(512), &header(99, 0)).1, S_UNSUPP);
+        assert_eq!(r.blk.stats.io_errors, 4);
+        assert_eq!(r.blk.stats.unsupported, 1);
+        assert_eq!(std::fs::read(&r.path).unwrap()[0], 0, "nothing written");
+
+        // No writable byte for the status, a header shorter than 16 bytes, a buffer
+        // outside guest RAM: used with length 0, counted, nothing written.
+        let no_status = [desc(HDR, 16, 0), desc(DATA, 512, 0)];
+        assert_eq!(r.request(&no_status, &header(T_IN, 0)), (0, 0xee));
+        let short = [desc(HDR, 8, 0), desc(STATUS, 1, WRITE)];
+        assert_eq!(r.request(&short, &header(T_IN, 0)), (0, 0xee));
+        let outside = [
+            desc(HDR, 16, 0),
+            desc(0x10_0000_0000, 512, WRITE),
+            desc(STATUS, 1, WRITE),
+        ];
+        assert_eq!(r.request(&outside, &header(T_IN, 0)).0, 0);
+        assert_eq!(r.blk.stats.bad_chains, 3);
+        // The offered features follow the image: read-only here.
+        assert_ne!(r.blk.features() & F_RO, 0);
+    }
+
+    #[test]
+    fn the_configuration_reports_capacity_and_limits() {
+        let r = rig("cfg", false);
+        let mut c = [0u8; 24];
+        r.blk.read_config(0, &mut c);
+        assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), 128);
+        assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 254);
+        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
+        let mut far = [9u8; 4];
+        r.blk.read_config(u64::MAX, &mut far);
+        assert_eq!(far, [0; 4]);
+    }
+}
