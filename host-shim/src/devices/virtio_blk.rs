@@ -286,7 +286,9 @@ impl VirtioBlk {
                 self.stats.ring_errors += 1;
                 return false;
             }
+            let mut popped = false;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                popped = true;
                 let head = chain.head_index();
                 let len = match self.serve(mem, chain) {
                     Some(len) => len,
@@ -302,6 +304,13 @@ impl VirtioBlk {
                 served = true;
             }
             match queue.enable_notification(mem) {
+                // More published, but nothing could be taken this round: the
+                // available index is beyond what the ring holds (a hostile driver).
+                // Stop rather than spin; the next notify looks again.
+                Ok(true) if !popped => {
+                    self.stats.ring_errors += 1;
+                    break;
+                }
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(_) => {
