@@ -22,7 +22,7 @@ use crate::devices::e1000::{E1000, E1000Worker};
 use crate::devices::ide::PiixIde;
 use crate::devices::pci_bus::IDE_FUNCTION;
 use crate::devices::virtio_blk::VirtioBlk;
-use crate::devices::virtio_pci::VirtioPci;
+use crate::devices::virtio_pci::{VirtioPci, VirtioWorker};
 use crate::vmm::{Error, Vmm};
 use crate::xen::Xen;
 
@@ -43,6 +43,7 @@ pub fn default_emulated_mac(n: usize) -> [u8; 6] {
 pub struct Devices {
     backends: Vec<crate::backends::Running>,
     workers: Vec<E1000Worker>,
+    virtio: Vec<VirtioWorker>,
 }
 
 impl Devices {
@@ -50,6 +51,9 @@ impl Devices {
     /// devices' counters are read from the PCI bus).
     pub fn stop(self) -> BTreeMap<String, serde_json::Value> {
         for w in self.workers {
+            w.stop();
+        }
+        for w in self.virtio {
             w.stop();
         }
         self.backends
@@ -131,12 +135,26 @@ pub fn attach(
             .pci_intx_line(addr, 1)
             .ok_or_else(|| Error::Devices(format!("no INTA# route for {addr}")))?;
         let blk = VirtioBlk::new(image, &format!("virtio-blk-{n}"));
-        let dev = VirtioPci::new(Box::new(blk), irq, vmm.guest_memory());
-        vmm.add_pci_device(
-            &format!("virtio-blk-{n}"),
-            Arc::new(Mutex::new(dev)),
-            Some(addr),
-        )?;
+        let dev = Arc::new(Mutex::new(VirtioPci::new(
+            Box::new(blk),
+            irq,
+            vmm.guest_memory(),
+        )));
+        vmm.add_pci_device(&format!("virtio-blk-{n}"), dev.clone(), Some(addr))?;
+        // Without a doorbell eventfd the notifies exit and are served in the exit.
+        let has_doorbell = dev
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .doorbell()
+            .is_some();
+        if has_doorbell {
+            devices
+                .virtio
+                .push(VirtioWorker::start(dev).map_err(|source| Error::Resource {
+                    what: "the virtio device thread",
+                    source,
+                })?);
+        }
     }
     for (n, spec) in nets
         .iter()

@@ -498,6 +498,13 @@ impl Vm {
         Ok(true)
     }
 
+    /// KVM's ioeventfds as the PCI bus's doorbells ([`crate::devices::pci_bus::Doorbells`]).
+    pub fn doorbells(&self) -> Arc<dyn crate::devices::pci_bus::Doorbells> {
+        Arc::new(KvmDoorbells {
+            fd: self.fd.clone(),
+        })
+    }
+
     /// A handle for the VM-wide attributes of KVM's Xen support, usable from the vCPU
     /// thread ([`XenVmAttrs`]).
     pub fn xen_attrs(&self) -> XenVmAttrs {
@@ -857,6 +864,31 @@ pub enum VcpuExit<'a> {
         /// Whether the guest can simply be resumed.
         resumable: bool,
     },
+}
+
+/// Doorbells as KVM ioeventfds on MMIO addresses (any write length, no data match).
+struct KvmDoorbells {
+    fd: Arc<VmFd>,
+}
+
+impl crate::devices::pci_bus::Doorbells for KvmDoorbells {
+    fn register(&self, addr: u64, event: &EventFd) -> bool {
+        self.fd
+            .register_ioevent(
+                event,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .is_ok()
+    }
+
+    fn unregister(&self, addr: u64, event: &EventFd) {
+        let _ = self.fd.unregister_ioevent(
+            event,
+            &kvm_ioctls::IoEventAddress::Mmio(addr),
+            kvm_ioctls::NoDatamatch,
+        );
+    }
 }
 
 /// The VM-wide attributes of KVM's Xen support (`KVM_XEN_HVM_SET_ATTR`): what lets

@@ -492,6 +492,8 @@ impl Vmm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let pci = pc_pci_bus(&pio, &mmio, &layout, with_xen)?;
+        // Doorbells (virtio notify addresses) are KVM ioeventfds: no exit per notify.
+        pci.set_doorbells(vm.doorbells());
         let serial = SerialPort::new(console.clone()).map_err(|source| Error::Resource {
             what: "the COM1 interrupt eventfd",
             source,

@@ -22,6 +22,8 @@ struct Fake {
     config: ConfigSpace,
     legacy: Vec<(BarKind, u64, u64, usize)>,
     writes: Vec<(usize, u64, Vec<u8>)>,
+    /// Doorbells of BAR 0 (offset, event).
+    bells: Vec<(u64, Arc<vmm_sys_util::eventfd::EventFd>)>,
 }
 
 impl Fake {
@@ -40,6 +42,7 @@ impl Fake {
             config,
             legacy: Vec::new(),
             writes: Vec::new(),
+            bells: Vec::new(),
         }
     }
 }
@@ -59,6 +62,13 @@ impl PciDevice for Fake {
     }
     fn legacy_ranges(&self) -> Vec<(BarKind, u64, u64, usize)> {
         self.legacy.clone()
+    }
+    fn doorbells(&self, region: usize) -> Vec<(u64, Arc<vmm_sys_util::eventfd::EventFd>)> {
+        if region == 0 {
+            self.bells.clone()
+        } else {
+            Vec::new()
+        }
     }
     fn stats(&self) -> serde_json::Value {
         serde_json::json!({ "writes": self.writes.len() })
@@ -651,4 +661,51 @@ fn kvm_irq_lines_reach_the_in_kernel_irqchip() {
         assert_eq!(line.asserts(), 1);
     }
     assert_eq!(vm.irq_lines().errors(), 0, "KVM_IRQ_LINE refused a GSI");
+}
+
+/// Records the doorbells the bus registers, as KVM's ioeventfds would hold them.
+#[derive(Default)]
+struct Bells(Mutex<Vec<u64>>);
+
+impl pci_bus::Doorbells for Bells {
+    fn register(&self, addr: u64, _event: &vmm_sys_util::eventfd::EventFd) -> bool {
+        self.0.lock().unwrap().push(addr);
+        true
+    }
+    fn unregister(&self, addr: u64, _event: &vmm_sys_util::eventfd::EventFd) {
+        let mut v = self.0.lock().unwrap();
+        let i = v
+            .iter()
+            .position(|&a| a == addr)
+            .expect("unregistered what was not there");
+        v.remove(i);
+    }
+}
+
+#[test]
+fn doorbells_follow_their_bar_on_and_off_the_bus() {
+    let rig = Rig::new();
+    let bells = Arc::new(Bells::default());
+    rig.pci.set_doorbells(bells.clone());
+    let mut fake = Fake::new(1, 1);
+    let event = Arc::new(vmm_sys_util::eventfd::EventFd::new(0).unwrap());
+    fake.bells = vec![
+        (0x10, event.clone()),
+        (0x14, event),
+        (
+            0x2000,
+            Arc::new(vmm_sys_util::eventfd::EventFd::new(0).unwrap()),
+        ),
+    ];
+    let (addr, _) = rig.add("bells", fake, Some(NIC));
+    let base = rig.bar(addr, 0);
+    // Offsets past the 4 KiB BAR are not the device's to claim.
+    assert_eq!(*bells.0.lock().unwrap(), [base + 0x10, base + 0x14]);
+    // Decode off: gone; moved and decode on: at the new place only.
+    rig.cfg_write(addr, 0x04, 0, 2);
+    assert!(bells.0.lock().unwrap().is_empty());
+    rig.cfg_write(addr, 0x10, 0xe100_0000, 4);
+    rig.cfg_write(addr, 0x04, 0x2, 2);
+    assert_eq!(*bells.0.lock().unwrap(), [0xe100_0010, 0xe100_0014]);
+    assert_eq!(rig.pci.stats().doorbells, 2);
 }

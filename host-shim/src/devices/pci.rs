@@ -334,6 +334,16 @@ pub trait PciDevice: Send {
     /// Writes to region `region` at `offset`.
     fn region_write(&mut self, region: usize, offset: u64, data: &[u8]);
 
+    /// Doorbells in region `region` (a memory BAR): offsets whose writes only signal
+    /// the event, so the bus has KVM absorb them (an ioeventfd) while the BAR is mapped
+    /// there; such writes never reach [`PciDevice::region_write`].
+    fn doorbells(
+        &self,
+        _region: usize,
+    ) -> Vec<(u64, std::sync::Arc<vmm_sys_util::eventfd::EventFd>)> {
+        Vec::new()
+    }
+
     /// Fixed ranges the device decodes whatever its BARs say: (space, base, length,
     /// region number >= [`LEGACY_REGION_BASE`]).
     fn legacy_ranges(&self) -> Vec<(BarKind, u64, u64, usize)> {

@@ -206,6 +206,8 @@ pub struct PciHostStats {
     pub bar_unmaps: u64,
     /// BARs left unmapped because their range was taken or reserved.
     pub bar_conflicts: u64,
+    /// Doorbells KVM absorbs now (ioeventfds registered).
+    pub doorbells: u64,
 }
 
 impl PciHostStats {
@@ -280,9 +282,19 @@ struct Function {
     bars: [BarState; BAR_COUNT],
 }
 
+/// Where the bus has doorbells ([`PciDevice::doorbells`]) absorbed: KVM's ioeventfds.
+pub trait Doorbells: Send + Sync {
+    /// Makes 1-, 2- or 4-byte writes to guest-physical `addr` signal `event`; false if
+    /// that failed (the writes then keep exiting, and reach the device as before).
+    fn register(&self, addr: u64, event: &vmm_sys_util::eventfd::EventFd) -> bool;
+    /// Undoes [`Doorbells::register`].
+    fn unregister(&self, addr: u64, event: &vmm_sys_util::eventfd::EventFd);
+}
+
 /// The state behind 0xCF8..0xD00: the address register and the functions.
 pub struct PciHost {
     address: u32,
+    doorbells: Option<Arc<dyn Doorbells>>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     functions: BTreeMap<PciAddr, Function>,
@@ -306,6 +318,7 @@ impl PciBus {
     pub fn new(pio: Arc<Bus>, mmio: Arc<Bus>) -> Result<Self, BusError> {
         let host = Arc::new(Mutex::new(PciHost {
             address: 0,
+            doorbells: None,
             pio: pio.clone(),
             mmio,
             functions: BTreeMap::new(),
@@ -347,6 +360,27 @@ impl PciBus {
 
     fn lock(&self) -> MutexGuard<'_, PciHost> {
         self.host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Has doorbells absorbed by `doorbells` from now on (the BARs mapped later, and
+    /// those mapped already).
+    pub fn set_doorbells(&self, doorbells: Arc<dyn Doorbells>) {
+        let mut host = self.lock();
+        host.doorbells = Some(doorbells);
+        let mapped: Vec<(SharedPciDevice, MappedBar)> = host
+            .functions
+            .values()
+            .flat_map(|f| {
+                f.bars
+                    .iter()
+                    .filter_map(|s| s.on_bus)
+                    .map(|b| (f.device.clone(), b))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (device, b) in mapped {
+            host.ring_doorbells(&device, b, true);
+        }
     }
 
     /// Marks `[base, base + len)` of `kind` space as taken by something that is not on
@@ -604,11 +638,38 @@ impl PciHost {
             .any(|&(k, b, l)| k == kind && base < b.saturating_add(l) && b < end)
     }
 
+    /// Registers (`on`) or unregisters the doorbells of `device`'s BAR `b`.
+    fn ring_doorbells(&mut self, device: &SharedPciDevice, b: MappedBar, on: bool) {
+        let Some(bells) = self.doorbells.clone() else {
+            return;
+        };
+        if b.kind != BarKind::Memory32 {
+            return;
+        }
+        let list = lock_model(device).doorbells(b.index);
+        for (offset, event) in list {
+            if offset >= b.size {
+                continue;
+            }
+            if on {
+                if bells.register(b.base + offset, &event) {
+                    self.stats.doorbells += 1;
+                }
+            } else {
+                bells.unregister(b.base + offset, &event);
+                self.stats.doorbells = self.stats.doorbells.saturating_sub(1);
+            }
+        }
+    }
+
     /// Brings every function's BARs on the buses in line with their headers: all stale
     /// ranges out first, then the wanted ones in, so that two BARs trading places in
     /// one step both land.
     fn sync_bars(&mut self) {
         let mut wanted: Vec<(PciAddr, [Option<MappedBar>; BAR_COUNT])> = Vec::new();
+        // BARs whose doorbells move with them: off the old place, onto the new one.
+        let mut off: Vec<(SharedPciDevice, MappedBar)> = Vec::new();
+        let mut on: Vec<(SharedPciDevice, MappedBar)> = Vec::new();
         for (&addr, f) in self.functions.iter_mut() {
             let mut want = [None; BAR_COUNT];
             for b in lock_model(&f.device).config().mapped_bars() {
@@ -624,6 +685,7 @@ impl PciHost {
                     };
                     state.on_bus = None;
                     self.stats.bar_unmaps += 1;
+                    off.push((f.device.clone(), old));
                 }
                 if state.blocked != want {
                     state.blocked = None;
@@ -655,11 +717,18 @@ impl PciHost {
                     state.on_bus = Some(b);
                     state.blocked = None;
                     self.stats.bar_maps += 1;
+                    on.push((f.device.clone(), b));
                 } else if state.blocked != Some(b) {
                     state.blocked = Some(b);
                     self.stats.bar_conflicts += 1;
                 }
             }
+        }
+        for (device, b) in off {
+            self.ring_doorbells(&device, b, false);
+        }
+        for (device, b) in on {
+            self.ring_doorbells(&device, b, true);
         }
     }
 

@@ -12,8 +12,9 @@
 //! The guest is hostile: a chain that loops, points outside RAM or is too short is
 //! dropped and counted (rust-vmm's `virtio-queue` walks it with a bound); a request
 //! past the end of the disk, not in whole sectors, larger than [`MAX_REQUEST`] or a
-//! write to a read-only disk gets `VIRTIO_BLK_S_IOERR`. Requests are served in the
-//! notify exit, on the vCPU thread (a worker woken by an ioeventfd is still to come).
+//! write to a read-only disk gets `VIRTIO_BLK_S_IOERR`. Requests are served on the
+//! device's thread when the doorbell KVM absorbs rings ([`super::virtio_pci::VirtioWorker`]),
+//! or in the notify exit where there is no doorbell.
 
 use std::io::{Read as _, Write as _};
 
