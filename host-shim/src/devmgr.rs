@@ -135,11 +135,9 @@ pub fn attach(
             .pci_intx_line(addr, 1)
             .ok_or_else(|| Error::Devices(format!("no INTA# route for {addr}")))?;
         let blk = VirtioBlk::new(image, &format!("virtio-blk-{n}"));
-        let dev = Arc::new(Mutex::new(VirtioPci::new(
-            Box::new(blk),
-            irq,
-            vmm.guest_memory(),
-        )));
+        let dev = Arc::new(Mutex::new(
+            VirtioPci::new(Box::new(blk), irq, vmm.guest_memory()).with_msix(vmm.msi_sink()),
+        ));
         vmm.add_pci_device(&format!("virtio-blk-{n}"), dev.clone(), Some(addr))?;
         // Without a doorbell eventfd the notifies exit and are served in the exit.
         let has_doorbell = dev

@@ -164,6 +164,29 @@ impl Interrupter {
         )
     }
 
+    /// Sends the message a guest programmed into a device's MSI-X table
+    /// (`KVM_SIGNAL_MSI`); a recording interrupter logs its APIC id and vector.
+    pub fn send_msi(&self, address: u64, data: u32) -> bool {
+        match &self.sink {
+            Sink::Kvm(fd) => {
+                let msi = kvm_msi {
+                    address_lo: address as u32,
+                    address_hi: (address >> 32) as u32,
+                    data,
+                    ..Default::default()
+                };
+                fd.signal_msi(msi).is_ok_and(|delivered| delivered > 0)
+            }
+            Sink::Log(log) => {
+                log.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(((address >> 12) as u8, data as u8));
+                true
+            }
+        }
+    }
+
     /// Sends a fixed, edge-triggered interrupt with `vector` to the LAPIC with
     /// `apic_id`. Returns whether the LAPIC accepted it (it does unless the vector is
     /// one the architecture reserves).
@@ -189,6 +212,12 @@ impl Interrupter {
         fd.signal_msi(msi)
             .map(|delivered| delivered > 0)
             .map_err(ioctl("KVM_SIGNAL_MSI"))
+    }
+}
+
+impl crate::devices::MsiSink for Interrupter {
+    fn send(&self, address: u64, data: u32) -> bool {
+        self.send_msi(address, data)
     }
 }
 

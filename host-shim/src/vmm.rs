@@ -633,6 +633,11 @@ impl Vmm {
         self.memory.clone()
     }
 
+    /// Where a device sends MSI-X messages (`KVM_SIGNAL_MSI`).
+    pub fn msi_sink(&self) -> Arc<dyn crate::devices::MsiSink> {
+        Arc::new(self.vm.interrupter())
+    }
+
     /// Adds a PCI model as `name` (its counters go to `stats.devices.<name>`) at `slot`
     /// (`None`: the next free device number from 00:03.0). Its BARs are assigned and
     /// enabled as firmware would; see [`PciBus::add`].

@@ -45,6 +45,13 @@ pub mod virtio_pci;
 /// ranges (vm-memory's `Bytes` on it fails outside them).
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
+/// Where a device sends message-signalled interrupts (MSI-X): the message's address
+/// and data, as the guest programmed them. Callable from any thread.
+pub trait MsiSink: Send + Sync {
+    /// Sends one message; false if nothing took it.
+    fn send(&self, address: u64, data: u32) -> bool;
+}
+
 /// An interrupt line from a device to the interrupt controller. A model drives its
 /// output level: for a level-triggered line (PCI INTx) the line stays asserted while
 /// the condition holds; for an edge-triggered ISA line a low-to-high change is the

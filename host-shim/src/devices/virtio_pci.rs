@@ -25,8 +25,12 @@
 //! the queues when one rings, so a notify costs the vCPU no exit to the shim; without
 //! an eventfd a notify is an MMIO exit served there.
 //!
-//! Not done yet (issue #15): MSI-X (the driver falls back to INTx, which costs an ISR
-//! read per interrupt), virtio-net.
+//! Interrupts: with MSI-X ([`VirtioPci::with_msix`]: one vector per queue and one
+//! for configuration changes, table and pending bits in BAR 0, per-vector and
+//! function masks holding messages pending) a queue's interrupt is its vector's
+//! message; otherwise INTx with the ISR byte.
+//!
+//! Not done yet (issue #15): virtio-net.
 
 use std::sync::Arc;
 
@@ -37,7 +41,7 @@ use virtio_bindings::virtio_config::{
 use virtio_queue::{Queue, QueueT};
 
 use super::pci::{BarKind, ConfigSpace, PciDevice, PciIds};
-use super::{GuestMemory, IrqLine};
+use super::{GuestMemory, IrqLine, MsiSink};
 
 /// PCI vendor of virtio devices.
 pub const VIRTIO_VENDOR: u16 = 0x1af4;
@@ -45,7 +49,17 @@ pub const VIRTIO_VENDOR: u16 = 0x1af4;
 pub const VIRTIO_DEVICE_BASE: u16 = 0x1040;
 
 /// Size of BAR 0.
-pub const BAR0_SIZE: u64 = 0x4000;
+pub const BAR0_SIZE: u64 = 0x8000;
+/// The MSI-X table (16 bytes a vector) and pending-bit array, in BAR 0.
+pub const MSIX_TABLE_AT: u64 = 0x4000;
+/// The pending-bit array.
+pub const MSIX_PBA_AT: u64 = 0x5000;
+/// Where the MSI-X capability sits in configuration space.
+const MSIX_CAP_AT: usize = 0xa0;
+/// Its message-control register: table size - 1, function mask (bit 14), enable (15).
+const MSIX_CONTROL: usize = MSIX_CAP_AT + 2;
+const MSIX_MASKALL: u16 = 1 << 14;
+const MSIX_ENABLE: u16 = 1 << 15;
 /// Where each structure sits in BAR 0.
 pub const COMMON_AT: u64 = 0x0000;
 /// Length of the common configuration (virtio 1.2: through `queue_reset`).
@@ -159,6 +173,10 @@ pub struct TransportStats {
     /// Wake-ups of the device thread by the doorbell KVM absorbs (each may stand for
     /// several notifies; none of them was an exit to the shim).
     pub doorbell_wakeups: u64,
+    /// MSI-X messages sent (the others, with MSI-X off, are INTx through ISR).
+    pub msix_messages: u64,
+    /// Interrupts held in the pending-bit array while their vector was masked.
+    pub msix_pended: u64,
 }
 
 /// A virtio device on the modern virtio-pci transport.
@@ -176,6 +194,14 @@ pub struct VirtioPci {
     queues: Vec<Queue>,
     isr: u8,
     active: bool,
+    /// MSI-X: where messages go (`None`: no MSI-X capability, INTx only), the table
+    /// (address low, high, data, control per vector), the pending bits, and the
+    /// configuration and queue vectors the driver chose.
+    msi: Option<Arc<dyn MsiSink>>,
+    msix_table: Vec<[u32; 4]>,
+    msix_pending: u64,
+    config_vector: u16,
+    queue_vectors: Vec<u16>,
     /// Signalled by KVM for a write to any queue's notify address (the doorbells).
     /// `None` if the host gave no eventfd: the notify addresses then keep exiting.
     doorbell: Option<Arc<vmm_sys_util::eventfd::EventFd>>,
@@ -234,6 +260,7 @@ impl VirtioPci {
         writable[2] = 0xff; // bar
         writable[6..18].fill(0xff); // offset, length, pci_cfg_data
         config.add_capability(PCI_CFG_CAP_AT, cap::VENDOR, &body, &writable);
+        let device_queues = device.num_queues();
         let queues = (0..device.num_queues())
             .filter_map(|_| Queue::new(device.queue_max_size()).ok())
             .collect();
@@ -251,10 +278,145 @@ impl VirtioPci {
             queues,
             isr: 0,
             active: false,
+            msi: None,
+            msix_table: Vec::new(),
+            msix_pending: 0,
+            config_vector: NO_VECTOR,
+            queue_vectors: vec![NO_VECTOR; usize::from(device_queues)],
             doorbell: vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC)
                 .ok()
                 .map(Arc::new),
             stats: TransportStats::default(),
+        }
+    }
+
+    /// The same device with an MSI-X capability of one vector per queue plus one for
+    /// configuration changes, its messages sent to `msi` (the driver then uses MSI-X
+    /// rather than INTx and reads no ISR per interrupt).
+    pub fn with_msix(mut self, msi: Arc<dyn MsiSink>) -> Self {
+        // The pending bits are one 64-bit word.
+        let vectors = (self.queue_vectors.len() + 1).min(64);
+        let mut body = Vec::new();
+        body.extend_from_slice(&((vectors - 1) as u16).to_le_bytes());
+        body.extend_from_slice(&(MSIX_TABLE_AT as u32).to_le_bytes()); // BIR 0
+        body.extend_from_slice(&(MSIX_PBA_AT as u32).to_le_bytes());
+        let mut writable = vec![0u8; body.len()];
+        writable[1] = 0xc0; // function mask and enable
+        self.config
+            .add_capability(MSIX_CAP_AT, 0x11, &body, &writable);
+        // Every vector starts masked.
+        self.msix_table = vec![[0, 0, 0, 1]; vectors];
+        self.msi = Some(msi);
+        self
+    }
+
+    fn msix_control(&self) -> u16 {
+        let mut b = [0u8; 2];
+        self.config.read(MSIX_CONTROL, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    fn msix_enabled(&self) -> bool {
+        self.msi.is_some() && self.msix_control() & MSIX_ENABLE != 0
+    }
+
+    /// Sends vector `v`'s message, or holds it pending while it is masked.
+    fn msix_signal(&mut self, v: u16) {
+        let Some(entry) = self.msix_table.get(usize::from(v)).copied() else {
+            return;
+        };
+        self.stats.interrupts += 1;
+        if entry[3] & 1 != 0 || self.msix_control() & MSIX_MASKALL != 0 {
+            self.msix_pending |= 1 << v;
+            self.stats.msix_pended += 1;
+            return;
+        }
+        let address = u64::from(entry[0]) | u64::from(entry[1]) << 32;
+        if let Some(msi) = &self.msi
+            && msi.send(address, entry[2])
+        {
+            self.stats.msix_messages += 1;
+        }
+    }
+
+    /// Sends the pending messages of vectors no longer masked.
+    fn msix_flush(&mut self) {
+        if !self.msix_enabled() || self.msix_control() & MSIX_MASKALL != 0 {
+            return;
+        }
+        for v in 0..self.msix_table.len() as u16 {
+            if self.msix_pending & 1 << v != 0 && self.msix_table[usize::from(v)][3] & 1 == 0 {
+                self.msix_pending &= !(1 << v);
+                self.stats.interrupts = self.stats.interrupts.saturating_sub(1);
+                self.msix_signal(v);
+            }
+        }
+    }
+
+    /// Queue `index` has used buffers the driver wants to hear of.
+    fn interrupt_queue(&mut self, index: u16) {
+        if self.msix_enabled() {
+            let v = self
+                .queue_vectors
+                .get(usize::from(index))
+                .copied()
+                .unwrap_or(NO_VECTOR);
+            if v != NO_VECTOR {
+                self.msix_signal(v);
+            }
+        } else {
+            self.raise(1);
+        }
+    }
+
+    /// A vector the driver may choose: one of the table's, else `NO_VECTOR`.
+    fn vector(&self, v: u16) -> u16 {
+        if usize::from(v) < self.msix_table.len() {
+            v
+        } else {
+            NO_VECTOR
+        }
+    }
+
+    fn msix_read(&self, offset: u64, data: &mut [u8]) {
+        let mut bytes = Vec::with_capacity(self.msix_table.len() * 16);
+        for e in &self.msix_table {
+            for w in e {
+                bytes.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        let pba = self.msix_pending.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            let at = offset + i as u64;
+            *d = if at >= MSIX_PBA_AT {
+                pba.get((at - MSIX_PBA_AT) as usize).copied().unwrap_or(0)
+            } else {
+                bytes
+                    .get((at - MSIX_TABLE_AT) as usize)
+                    .copied()
+                    .unwrap_or(0)
+            };
+        }
+    }
+
+    fn msix_write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= MSIX_PBA_AT {
+            return; // the pending bits are read-only
+        }
+        let mut changed_mask = false;
+        for (i, &d) in data.iter().enumerate() {
+            let at = (offset - MSIX_TABLE_AT) as usize + i;
+            let (v, byte) = (at / 16, at % 16);
+            let Some(entry) = self.msix_table.get_mut(v) else {
+                break;
+            };
+            let word = &mut entry[byte / 4];
+            let shift = (byte % 4) * 8;
+            *word = (*word & !(0xff << shift)) | u32::from(d) << shift;
+            changed_mask |= byte >= 12;
+        }
+        if changed_mask {
+            self.msix_flush();
         }
     }
 
@@ -271,12 +433,10 @@ impl VirtioPci {
         if !self.active {
             return;
         }
-        let mut interrupt = false;
         for index in 0..self.queues.len() as u16 {
-            interrupt |= self.device.notify(index);
-        }
-        if interrupt {
-            self.raise(1);
+            if self.device.notify(index) {
+                self.interrupt_queue(index);
+            }
         }
     }
 
@@ -303,6 +463,9 @@ impl VirtioPci {
         self.queue_select = 0;
         self.status = 0;
         self.active = false;
+        self.config_vector = NO_VECTOR;
+        self.queue_vectors.fill(NO_VECTOR);
+        self.msix_pending = 0;
         self.set_isr(0);
     }
 
@@ -310,7 +473,9 @@ impl VirtioPci {
         self.isr = isr;
         let level = isr != 0;
         self.config.set_interrupt_status(level);
-        self.irq.set_level(level && !self.config.intx_disabled());
+        // With MSI-X on, INTx stays low.
+        self.irq
+            .set_level(level && !self.config.intx_disabled() && !self.msix_enabled());
     }
 
     fn write_status(&mut self, value: u8) {
@@ -373,7 +538,13 @@ impl VirtioPci {
                 1 => self.driver_features >> 32,
                 _ => 0,
             },
-            common::MSIX_CONFIG | common::QUEUE_MSIX_VECTOR => NO_VECTOR.into(),
+            common::MSIX_CONFIG => self.config_vector.into(),
+            common::QUEUE_MSIX_VECTOR => self
+                .queue_vectors
+                .get(usize::from(self.queue_select))
+                .copied()
+                .unwrap_or(NO_VECTOR)
+                .into(),
             common::NUM_QUEUES => self.queues.len() as u64,
             common::DEVICE_STATUS => self.status.into(),
             common::CONFIG_GENERATION => self.config_generation.into(),
@@ -430,6 +601,13 @@ impl VirtioPci {
                 }
             }
             common::DEVICE_STATUS => self.write_status(v as u8),
+            common::MSIX_CONFIG => self.config_vector = self.vector(v as u16),
+            common::QUEUE_MSIX_VECTOR => {
+                let v = self.vector(v as u16);
+                if let Some(slot) = self.queue_vectors.get_mut(usize::from(self.queue_select)) {
+                    *slot = v;
+                }
+            }
             common::QUEUE_SELECT => self.queue_select = v as u16,
             _ if !self.queues_writable() => {}
             o => {
@@ -465,7 +643,7 @@ impl VirtioPci {
             return;
         }
         if self.device.notify(index) {
-            self.raise(1);
+            self.interrupt_queue(index);
         }
     }
 
@@ -493,6 +671,9 @@ impl VirtioPci {
             o if (DEVICE_AT..DEVICE_AT + DEVICE_LEN).contains(&o) => {
                 self.device.read_config(o - DEVICE_AT, data);
             }
+            o if self.msi.is_some() && (MSIX_TABLE_AT..MSIX_PBA_AT + 8).contains(&o) => {
+                self.msix_read(o, data);
+            }
             _ => data.fill(0),
         }
     }
@@ -504,7 +685,10 @@ impl VirtioPci {
             o if (DEVICE_AT..DEVICE_AT + DEVICE_LEN).contains(&o) => {
                 self.device.write_config(o - DEVICE_AT, data);
             }
-            o if o >= NOTIFY_AT => self.notify(o - NOTIFY_AT),
+            o if self.msi.is_some() && (MSIX_TABLE_AT..MSIX_PBA_AT + 8).contains(&o) => {
+                self.msix_write(o, data);
+            }
+            o if (NOTIFY_AT..MSIX_TABLE_AT).contains(&o) => self.notify(o - NOTIFY_AT),
             _ => {}
         }
     }
@@ -552,9 +736,10 @@ impl PciDevice for VirtioPci {
             return;
         }
         self.config.write(offset, data);
-        // INTx disable may have changed.
+        // INTx disable, MSI-X enable or its function mask may have changed.
         let isr = self.isr;
         self.set_isr(isr);
+        self.msix_flush();
     }
 
     fn region_read(&mut self, region: usize, offset: u64, data: &mut [u8]) {
@@ -896,5 +1081,57 @@ mod tests {
         d.config_write(PCI_CFG_DATA, &[1, 2, 3, 4]);
         d.region_read(1, 0, &mut b);
         assert_eq!(b, [0xff; 4]);
+    }
+
+    #[derive(Default)]
+    struct Messages(Mutex<Vec<(u64, u32)>>);
+    impl MsiSink for Messages {
+        fn send(&self, address: u64, data: u32) -> bool {
+            self.0.lock().unwrap().push((address, data));
+            true
+        }
+    }
+
+    #[test]
+    fn msix_sends_the_queue_vector_holds_it_while_masked_and_keeps_intx_low() {
+        let (d, _, line) = device();
+        let msgs = Arc::new(Messages::default());
+        let mut d = d.with_msix(msgs.clone());
+        // The capability: table size 3 (two queues + config), table and PBA in BAR 0.
+        assert_eq!(cfg8(&mut d, MSIX_CAP_AT), 0x11);
+        assert_eq!(d.config().read32(MSIX_CAP_AT) >> 16, 2);
+        assert_eq!(d.config().read32(MSIX_CAP_AT + 4), MSIX_TABLE_AT as u32);
+        // Vector 1: address and data, unmasked; queue 1 uses it; a bad vector is refused.
+        w(&mut d, MSIX_TABLE_AT + 16, 4, 0xfee0_0000);
+        w(&mut d, MSIX_TABLE_AT + 16 + 8, 4, 0x41);
+        w(&mut d, common::QUEUE_SELECT, 2, 1);
+        w(&mut d, common::QUEUE_MSIX_VECTOR, 2, 9);
+        assert_eq!(r(&mut d, common::QUEUE_MSIX_VECTOR, 2), 0xffff);
+        bring_up(&mut d, 0x1000);
+        w(&mut d, common::QUEUE_MSIX_VECTOR, 2, 1);
+        assert_eq!(r(&mut d, common::QUEUE_MSIX_VECTOR, 2), 1);
+        d.config_write(MSIX_CONTROL, &MSIX_ENABLE.to_le_bytes());
+        // Still masked (every vector starts so): pending, not sent.
+        w(&mut d, NOTIFY_AT + 4, 2, 1);
+        assert!(msgs.0.lock().unwrap().is_empty());
+        assert_eq!(r(&mut d, MSIX_PBA_AT, 8), 1 << 1);
+        // Unmasked: the held message goes, the pending bit clears.
+        w(&mut d, MSIX_TABLE_AT + 16 + 12, 4, 0);
+        assert_eq!(*msgs.0.lock().unwrap(), [(0xfee0_0000, 0x41)]);
+        assert_eq!(r(&mut d, MSIX_PBA_AT, 8), 0);
+        // Then straight away; INTx never rises with MSI-X on.
+        w(&mut d, NOTIFY_AT + 4, 2, 1);
+        assert_eq!(msgs.0.lock().unwrap().len(), 2);
+        assert!(!line.0.load(Ordering::SeqCst));
+        // The function mask holds them all.
+        d.config_write(MSIX_CONTROL, &(MSIX_ENABLE | MSIX_MASKALL).to_le_bytes());
+        w(&mut d, NOTIFY_AT + 4, 2, 1);
+        assert_eq!(msgs.0.lock().unwrap().len(), 2);
+        d.config_write(MSIX_CONTROL, &MSIX_ENABLE.to_le_bytes());
+        assert_eq!(msgs.0.lock().unwrap().len(), 3);
+        // A reset forgets the vectors.
+        w(&mut d, common::DEVICE_STATUS, 1, 0);
+        w(&mut d, common::QUEUE_SELECT, 2, 1);
+        assert_eq!(r(&mut d, common::QUEUE_MSIX_VECTOR, 2), 0xffff);
     }
 }
