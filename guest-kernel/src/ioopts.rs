@@ -10,9 +10,9 @@
 //! | `net.time-limit=` | stop after S seconds (0: no limit) | `0` |
 //! | `net.bulk=` | bytes the bulk service (port 19) sends per connection | `64K` |
 //! | `net.seed=` | pattern seed of the bulk stream | `1` |
-//! | `net.device=` | `xen:ID` or `ID` (a vif), `e1000:N` (the Nth e1000 on PCI, from 0) | Xen's first vif, else the first e1000 |
+//! | `net.device=` | `xen:ID` or `ID` (a vif), `e1000:N` (the Nth e1000 on PCI, from 0), `virtio:N` (the Nth virtio-net PCI function, from 0) | Xen's first vif, else the first e1000 |
 //! | `blk.workload=` | comma list of `write-pattern`, `verify-pattern`, `seq-read`, `seq-write`, `rand-read`, `rand-write`, `rand-rw`, run in order | off |
-//! | `blk.device=` | `xen:ID` or `ID` (a vbd), `ide:N` (ATA drive N: 0 primary master, 1 primary slave, 2 secondary master, 3 secondary slave) | Xen's first vbd, else `ide:0` |
+//! | `blk.device=` | `xen:ID` or `ID` (a vbd), `ide:N` (ATA drive N: 0 primary master, 1 primary slave, 2 secondary master, 3 secondary slave), `virtio:N` (the Nth virtio-blk PCI function, from 0) | Xen's first vbd, else `ide:0` |
 //! | `blk.ata=` | `dma` (bus-master DMA) or `pio`, for an `ide:` device | `dma` |
 //! | `blk.offset=` | region start, bytes | `0` |
 //! | `blk.size=` | region size, bytes | `256K` |
@@ -67,6 +67,9 @@ pub enum NetDeviceSel<'a> {
     Xen(&'a str),
     /// The Nth (from 0) Intel e1000 found by the PCI scan.
     E1000(u8),
+    /// The Nth (from 0) virtio-net function found by the PCI scan (modern, or
+    /// transitional with the modern capabilities).
+    Virtio(u8),
 }
 
 /// A disk named by `blk.device=`.
@@ -77,6 +80,9 @@ pub enum BlkDeviceSel<'a> {
     /// An ATA drive on the PCI IDE controller's legacy channels: 0 primary master,
     /// 1 primary slave, 2 secondary master, 3 secondary slave.
     Ide(u8),
+    /// The Nth (from 0) virtio-blk function found by the PCI scan (modern, or
+    /// transitional with the modern capabilities).
+    Virtio(u8),
 }
 
 impl core::fmt::Display for BlkDeviceSel<'_> {
@@ -84,6 +90,7 @@ impl core::fmt::Display for BlkDeviceSel<'_> {
         match self {
             Self::Xen(id) => write!(f, "xen:{id}"),
             Self::Ide(n) => write!(f, "ide:{n}"),
+            Self::Virtio(n) => write!(f, "virtio:{n}"),
         }
     }
 }
@@ -93,6 +100,7 @@ impl core::fmt::Display for NetDeviceSel<'_> {
         match self {
             Self::Xen(id) => write!(f, "xen:{id}"),
             Self::E1000(n) => write!(f, "e1000:{n}"),
+            Self::Virtio(n) => write!(f, "virtio:{n}"),
         }
     }
 }
@@ -214,6 +222,7 @@ fn parse_blk_device(v: &str) -> Option<BlkDeviceSel<'_>> {
         None => parse_id(v).map(BlkDeviceSel::Xen),
         Some(("xen", id)) => parse_id(id).map(BlkDeviceSel::Xen),
         Some(("ide", n)) => parse_index(n, 3).map(BlkDeviceSel::Ide),
+        Some(("virtio", n)) => parse_index(n, 31).map(BlkDeviceSel::Virtio),
         Some(_) => None,
     }
 }
@@ -223,6 +232,7 @@ fn parse_net_device(v: &str) -> Option<NetDeviceSel<'_>> {
         None => parse_id(v).map(NetDeviceSel::Xen),
         Some(("xen", id)) => parse_id(id).map(NetDeviceSel::Xen),
         Some(("e1000", n)) => parse_index(n, 31).map(NetDeviceSel::E1000),
+        Some(("virtio", n)) => parse_index(n, 31).map(NetDeviceSel::Virtio),
         Some(_) => None,
     }
 }
@@ -286,7 +296,8 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
             "net.seed" => net.seed = num("a number")?,
             "net.device" => {
                 net.device = Some(
-                    parse_net_device(v).ok_or(bad(word, "xen:ID or ID (a vif id), or e1000:N"))?,
+                    parse_net_device(v)
+                        .ok_or(bad(word, "xen:ID or ID (a vif id), e1000:N or virtio:N"))?,
                 )
             }
             "blk.workload" => {
@@ -307,10 +318,10 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
                 blk_on = true;
             }
             "blk.device" => {
-                blk.device = Some(
-                    parse_blk_device(v)
-                        .ok_or(bad(word, "xen:ID or ID (a vbd id), or ide:N with N 0 to 3"))?,
-                )
+                blk.device = Some(parse_blk_device(v).ok_or(bad(
+                    word,
+                    "xen:ID or ID (a vbd id), ide:N with N 0 to 3, or virtio:N",
+                ))?)
             }
             "blk.ata" => {
                 blk.ata = match v {
@@ -516,7 +527,13 @@ mod tests {
             "net.device=e1000:32",
             "net.device=e1000:x",
             "net.device=e1000",
-            "net.device=virtio:0",
+            "net.device=virtio:",
+            "net.device=virtio:32",
+            "net.device=virtio",
+            "net.device=virtio-net:0",
+            "blk.device=virtio:32",
+            "blk.device=virtio:x",
+            "blk.device=virtio",
             "net.device=xen:",
             "net.device=xen:0x1",
         ] {
@@ -668,6 +685,24 @@ mod tests {
             net("net.device=e1000:31").device,
             Some(NetDeviceSel::E1000(31))
         );
+        assert_eq!(
+            blk("blk.device=virtio:0").device,
+            Some(BlkDeviceSel::Virtio(0))
+        );
+        assert_eq!(
+            blk("blk.device=virtio:31").device,
+            Some(BlkDeviceSel::Virtio(31))
+        );
+        assert_eq!(
+            net("net.device=virtio:0").device,
+            Some(NetDeviceSel::Virtio(0))
+        );
+        assert_eq!(
+            net("net.device=virtio:7").device,
+            Some(NetDeviceSel::Virtio(7))
+        );
+        assert_eq!(BlkDeviceSel::Virtio(2).to_string(), "virtio:2");
+        assert_eq!(NetDeviceSel::Virtio(0).to_string(), "virtio:0");
         assert_eq!(BlkDeviceSel::Ide(0).to_string(), "ide:0");
         assert_eq!(NetDeviceSel::Xen("0").to_string(), "xen:0");
         // blk.ata= alone does not turn the workload on.

@@ -390,6 +390,18 @@ impl<M: Mmio> Mmio for Liar<M> {
     fn write32(&mut self, offset: u32, value: u32) {
         self.inner.write32(offset, value);
     }
+    fn read16(&mut self, offset: u32) -> u16 {
+        self.inner.read16(offset)
+    }
+    fn write16(&mut self, offset: u32, value: u16) {
+        self.inner.write16(offset, value);
+    }
+    fn read8(&mut self, offset: u32) -> u8 {
+        self.inner.read8(offset)
+    }
+    fn write8(&mut self, offset: u32, value: u8) {
+        self.inner.write8(offset, value);
+    }
 }
 
 #[test]

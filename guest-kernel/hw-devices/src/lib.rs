@@ -1,7 +1,7 @@
 //! The emulated devices of the PV-against-emulated comparison, as both sides see them.
 //!
 //! - The register, descriptor and configuration-space layouts of each device are
-//!   declared once here ([`pci`], [`ata`], [`e1000`]) and imported by the guest's drivers
+//!   declared once here ([`pci`], [`ata`], [`e1000`], [`virtio`]) and imported by the guest's drivers
 //!   and by host-shim's device models (`host_shim::devices`), as `pv_drivers::abi` does
 //!   for Xen.
 //! - The guest's drivers live here too, written against the small access traits of this
@@ -23,6 +23,7 @@ pub mod ata;
 pub mod bench;
 pub mod e1000;
 pub mod pci;
+pub mod virtio;
 
 pub use pv_drivers::frontend::PAGE_SIZE;
 use pv_drivers::shmem::SharedMemory;
@@ -44,13 +45,25 @@ pub trait PortIo {
     fn write32(&mut self, port: u16, value: u32);
 }
 
-/// A memory-mapped register window (a memory BAR), accessed as aligned 32-bit words at
-/// byte offsets from its base.
+/// A memory-mapped register window (a memory BAR), accessed at byte offsets from its
+/// base with naturally aligned accesses of the register's own width.
+///
+/// The narrow accesses are not derived from the 32-bit ones: a read-modify-write of
+/// the surrounding word would write the neighbours too (virtio's `device_status` byte
+/// shares its word with `config_generation` and `queue_select`).
 pub trait Mmio {
-    /// Reads the register at `offset`.
+    /// Reads the 32-bit register at `offset`.
     fn read32(&mut self, offset: u32) -> u32;
-    /// Writes the register at `offset`.
+    /// Writes the 32-bit register at `offset`.
     fn write32(&mut self, offset: u32, value: u32);
+    /// Reads the 16-bit register at `offset`.
+    fn read16(&mut self, offset: u32) -> u16;
+    /// Writes the 16-bit register at `offset`.
+    fn write16(&mut self, offset: u32, value: u16);
+    /// Reads the byte register at `offset`.
+    fn read8(&mut self, offset: u32) -> u8;
+    /// Writes the byte register at `offset`.
+    fn write8(&mut self, offset: u32, value: u8);
 }
 
 /// Memory that a device reaches by DMA: whole zeroed pages at guest-physical addresses

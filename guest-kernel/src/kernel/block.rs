@@ -3,7 +3,8 @@
 //!
 //! Finds the disk `blk.device=` names (default: the first vbd in xenstore, else the
 //! first ATA drive on the PCI IDE controller), opens it ([`open_block`]: the one place
-//! blkfront plugs in; [`open_emulated_block`]: the one place the ATA driver plugs in),
+//! blkfront plugs in; [`open_emulated_block`]: the one place the ATA driver plugs in;
+//! [`open_virtio_block`]: the one place the virtio-blk driver plugs in),
 //! runs each requested phase of `pv_drivers::workload` on it and prints, per phase,
 //! one result line and, at the end, `blk: PASS` or `blk: FAIL`. The engine waits for
 //! the device through [`GuestWaiter`]: halt until the device's event or a recovery
@@ -18,11 +19,15 @@ use alloc::boxed::Box;
 use alloc::string::ToString as _;
 use guest_kernel::ioopts::{BlkDeviceSel, BlkOptions};
 use hw_devices::ata::{AtaConfig, AtaDisk, AtaPorts, id};
+use hw_devices::virtio::{
+    self,
+    blk::{VirtioBlk, VirtioBlkConfig},
+};
 use pv_drivers::blkfront::Blkfront;
 use pv_drivers::device::BlockDevice;
 use pv_drivers::workload::{self, BenchConfig, Edge, Waiter};
 
-use super::platform::{self, IdeTarget};
+use super::platform::{self, GuestVirtioHal, IdeTarget, VirtioTarget};
 use super::pv::{self, DeviceEvent, Followed, GuestEnv, GuestStore, RECOVERY_TICK_NS, Woken};
 use super::{console, mark};
 use crate::kprintln;
@@ -93,6 +98,7 @@ pub fn run(opts: &BlkOptions<'_>) -> bool {
     kprintln!("blk: vbd devices: {ids:?}");
     let wanted = match opts.device {
         Some(BlkDeviceSel::Ide(drive)) => return run_emulated(drive, opts),
+        Some(BlkDeviceSel::Virtio(n)) => return run_virtio(n, opts),
         Some(BlkDeviceSel::Xen(id)) => Some(id),
         None if ids.is_empty() && platform::ide_controller().is_some() => {
             return run_emulated(0, opts);
@@ -144,6 +150,56 @@ fn run_emulated(drive: u8, opts: &BlkOptions<'_>) -> bool {
     );
     let event = target.event.clone();
     let Some(mut dev) = open_emulated_block(target) else {
+        kprintln!("blk: FAIL ({sel} not opened)");
+        return false;
+    };
+    run_on(dev.as_mut(), &event, opts)
+}
+
+/// Opens the virtio-blk device that `target` describes (found on PCI, its structures
+/// mapped, memory decode and bus mastering on, its INTx line routed to
+/// `target.event`, which the caller already holds), with `hw_devices::virtio::blk`;
+/// `None` with the reason logged if it fails.
+fn open_virtio_block(target: VirtioTarget) -> Option<Box<dyn BlockDevice>> {
+    let bdf = target.function.bdf;
+    match VirtioBlk::<GuestVirtioHal, _>::new(target.transport, VirtioBlkConfig::default()) {
+        Ok(disk) => {
+            kprintln!(
+                "blk: virtio-blk on {bdf}: {} sectors, features {:?}",
+                disk.info().sectors,
+                disk.features()
+            );
+            Some(Box::new(disk))
+        }
+        Err(e) => {
+            log::error!("blk: virtio-blk on {bdf}: {e}");
+            None
+        }
+    }
+}
+
+/// Runs the workload on the `n`th virtio-blk device.
+fn run_virtio(n: u8, opts: &BlkOptions<'_>) -> bool {
+    let sel = BlkDeviceSel::Virtio(n);
+    let target = match platform::prepare_virtio(virtio::device_type::BLOCK, n) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("blk: {sel}: {e}");
+            kprintln!("blk: FAIL (no device {sel})");
+            return false;
+        }
+    };
+    kprintln!(
+        "blk: {sel}: {}, IRQ {}",
+        target.function,
+        target
+            .gsi
+            .map_or(alloc::string::String::from("none"), |g| alloc::format!(
+                "{g}"
+            ))
+    );
+    let event = target.event.clone();
+    let Some(mut dev) = open_virtio_block(target) else {
         kprintln!("blk: FAIL ({sel} not opened)");
         return false;
     };

@@ -3,7 +3,8 @@
 //!
 //! Finds the NIC `net.device=` names (default: the first vif in xenstore, else the
 //! first e1000 on PCI), opens it ([`open_net`]: the one place netfront plugs in;
-//! [`open_emulated_net`]: the one place the e1000 driver plugs in), and runs `guest_kernel::netstack` on it: ping, TCP echo (7), discard (9), bulk
+//! [`open_emulated_net`]: the one place the e1000 driver plugs in; [`open_virtio_net`]:
+//! the one place the virtio-net driver plugs in), and runs `guest_kernel::netstack` on it: ping, TCP echo (7), discard (9), bulk
 //! (19), control (5) and an iperf3 server (5201). Each iperf3 test k is a benchmark
 //! phase `100 + k` (`super::mark`: Start at `TEST_START`, End at `TEST_END`) and prints
 //! one line `iperf-result: {json}` when it ends. The serve loop polls the stack, then halts until the device's
@@ -17,10 +18,14 @@ use guest_kernel::ioopts::{NetDeviceSel, NetOptions};
 use guest_kernel::iperf::{self, Event};
 use guest_kernel::netstack::{BULK_PORT, CONTROL_PORT, DISCARD_PORT, ECHO_PORT, Finish, NetStack};
 use hw_devices::e1000::driver::{E1000, E1000Config};
+use hw_devices::virtio::{
+    self,
+    net::{VirtioNet, VirtioNetConfig},
+};
 use pv_drivers::device::NetDevice;
 use pv_drivers::netfront::Netfront;
 
-use super::platform::{self, E1000Target};
+use super::platform::{self, E1000Target, GuestVirtioHal, VirtioTarget};
 use super::{console, mark};
 use guest_kernel::time::RecoveryTick;
 
@@ -74,6 +79,7 @@ pub fn run(opts: &NetOptions<'_>) -> bool {
     kprintln!("net: vif devices: {ids:?}");
     let wanted = match opts.device {
         Some(NetDeviceSel::E1000(n)) => return run_emulated(n, opts),
+        Some(NetDeviceSel::Virtio(n)) => return run_virtio(n, opts),
         Some(NetDeviceSel::Xen(id)) => Some(id),
         None if ids.is_empty() && platform::e1000s().next().is_some() => {
             return run_emulated(0, opts);
@@ -121,6 +127,55 @@ fn run_emulated(n: u8, opts: &NetOptions<'_>) -> bool {
     );
     let event = target.event.clone();
     let Some(mut dev) = open_emulated_net(target) else {
+        kprintln!("net: FAIL ({sel} not opened)");
+        return false;
+    };
+    serve(dev.as_mut(), &event, opts)
+}
+
+/// Opens the virtio-net device that `target` describes (found on PCI, its structures
+/// mapped, memory decode and bus mastering on, its INTx line routed to
+/// `target.event`, which the caller already holds), with `hw_devices::virtio::net`;
+/// `None` with the reason logged if it fails.
+fn open_virtio_net(target: VirtioTarget) -> Option<Box<dyn NetDevice>> {
+    let bdf = target.function.bdf;
+    match VirtioNet::<GuestVirtioHal, _>::new(target.transport, VirtioNetConfig::default()) {
+        Ok(nic) => {
+            kprintln!(
+                "net: virtio-net on {bdf}: link {}",
+                if nic.link_up() { "up" } else { "down" }
+            );
+            Some(Box::new(nic))
+        }
+        Err(e) => {
+            log::error!("net: virtio-net on {bdf}: {e}");
+            None
+        }
+    }
+}
+
+/// Serves on the `n`th virtio-net device.
+fn run_virtio(n: u8, opts: &NetOptions<'_>) -> bool {
+    let sel = NetDeviceSel::Virtio(n);
+    let target = match platform::prepare_virtio(virtio::device_type::NET, n) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("net: {sel}: {e}");
+            kprintln!("net: FAIL (no device {sel})");
+            return false;
+        }
+    };
+    kprintln!(
+        "net: {sel}: {}, IRQ {}",
+        target.function,
+        target
+            .gsi
+            .map_or(alloc::string::String::from("none"), |g| alloc::format!(
+                "{g}"
+            ))
+    );
+    let event = target.event.clone();
+    let Some(mut dev) = open_virtio_net(target) else {
         kprintln!("net: FAIL ({sel} not opened)");
         return false;
     };

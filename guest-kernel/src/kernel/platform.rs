@@ -2,8 +2,9 @@
 //! over this kernel ([`GuestPorts`]: `in`/`out`; [`MmioRegion`]: a memory BAR mapped
 //! uncached; [`GuestDma`]: zeroed frames from the frame allocator), the PCI scan at
 //! boot (configuration mechanism #1) and the IOAPIC, and the preparation of each kind
-//! of emulated device for its driver ([`prepare_ide`], [`prepare_e1000`]): found on PCI,
-//! decode and bus mastering on, its line routed to a [`DeviceEvent`].
+//! of emulated device for its driver ([`prepare_ide`], [`prepare_e1000`],
+//! [`prepare_virtio`]): found on PCI, decode and bus mastering on, its line routed to a
+//! [`DeviceEvent`]. [`GuestVirtioHal`] is `virtio-drivers`' DMA for the virtio drivers.
 //!
 //! Where there is no PCI (QEMU microvm, Xen PVH) the scan finds nothing after one
 //! configuration read, and every `prepare_*` says so.
@@ -12,7 +13,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use guest_kernel::ioopts::AtaMode;
-use hw_devices::pci::{self, Bar, BarKind, Function, Mechanism1, class};
+use hw_devices::pci::{self, Bar, BarKind, ConfigAccess as _, Function, Mechanism1, class};
+use hw_devices::virtio::{self, transport::PciTransport, virtio_drivers};
 use hw_devices::{DmaMemory, Mmio, PortIo};
 use pv_drivers::shmem::RawSharedMemory;
 use spin::Once;
@@ -70,26 +72,59 @@ impl MmioRegion {
         })
     }
 
-    fn at(&self, offset: u32) -> Option<u64> {
-        (offset.is_multiple_of(4) && u64::from(offset) + 4 <= self.len)
+    /// The address of the `width`-byte register at `offset`, if it is naturally
+    /// aligned and inside the BAR.
+    fn at(&self, offset: u32, width: u32) -> Option<u64> {
+        (offset.is_multiple_of(width) && u64::from(offset) + u64::from(width) <= self.len)
             .then(|| self.base + u64::from(offset))
     }
 }
 
 impl Mmio for MmioRegion {
     fn read32(&mut self, offset: u32) -> u32 {
-        match self.at(offset) {
+        match self.at(offset, 4) {
             // SAFETY: `at` keeps the access inside the BAR, which `map` found in the
-            // uncached identity-mapped MMIO window; device registers, not memory.
+            // uncached identity-mapped MMIO window, and aligned; device registers, not
+            // memory.
             Some(a) => unsafe { core::ptr::read_volatile(a as *const u32) },
             None => u32::MAX,
         }
     }
 
     fn write32(&mut self, offset: u32, value: u32) {
-        if let Some(a) = self.at(offset) {
+        if let Some(a) = self.at(offset, 4) {
             // SAFETY: as in `read32`.
             unsafe { core::ptr::write_volatile(a as *mut u32, value) }
+        }
+    }
+
+    fn read16(&mut self, offset: u32) -> u16 {
+        match self.at(offset, 2) {
+            // SAFETY: as in `read32`, one 16-bit access.
+            Some(a) => unsafe { core::ptr::read_volatile(a as *const u16) },
+            None => u16::MAX,
+        }
+    }
+
+    fn write16(&mut self, offset: u32, value: u16) {
+        if let Some(a) = self.at(offset, 2) {
+            // SAFETY: as in `read32`, one 16-bit access.
+            unsafe { core::ptr::write_volatile(a as *mut u16, value) }
+        }
+    }
+
+    fn read8(&mut self, offset: u32) -> u8 {
+        match self.at(offset, 1) {
+            // SAFETY: as in `read32`, one byte access.
+            Some(a) => unsafe { core::ptr::read_volatile(a as *const u8) },
+            None => u8::MAX,
+        }
+    }
+
+    fn write8(&mut self, offset: u32, value: u8) {
+        if let Some(a) = self.at(offset, 1) {
+            // SAFETY: as in `read32`, one byte access.
+            unsafe { core::ptr::write_volatile(a as *mut u8, value) }
         }
     }
 }
@@ -108,6 +143,77 @@ impl DmaMemory for GuestDma {
 
     fn free_pages(&mut self, paddr: u64, pages: RawSharedMemory) {
         memory::free_zeroed(paddr, pages)
+    }
+}
+
+/// `virtio-drivers`' DMA for the virtio drivers: the same frames as [`GuestDma`]
+/// (identity mapped, so a buffer's address is its device address and sharing is the
+/// identity: the heap and the stacks are identity-mapped RAM too).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestVirtioHal;
+
+// SAFETY: `dma_alloc` hands out zeroed, page-aligned frames that nothing else uses until
+// `dma_dealloc`; every pointer is its physical address (identity map), valid RAM.
+unsafe impl virtio_drivers::Hal for GuestVirtioHal {
+    fn dma_alloc(
+        pages: usize,
+        _direction: virtio_drivers::BufferDirection,
+    ) -> (virtio_drivers::PhysAddr, core::ptr::NonNull<u8>) {
+        match memory::alloc_zeroed(pages) {
+            // The view is rebuilt in `dma_dealloc`; the frames stay allocated.
+            Some((paddr, _view)) => match core::ptr::NonNull::new(paddr as *mut u8) {
+                Some(p) => (paddr, p),
+                None => (0, core::ptr::NonNull::dangling()),
+            },
+            // virtio-drivers reads address 0 as failure.
+            None => (0, core::ptr::NonNull::dangling()),
+        }
+    }
+
+    unsafe fn dma_dealloc(
+        paddr: virtio_drivers::PhysAddr,
+        vaddr: core::ptr::NonNull<u8>,
+        pages: usize,
+    ) -> i32 {
+        // SAFETY: the caller passes what `dma_alloc` returned: `pages` frames at
+        // `vaddr` (= `paddr`) that nothing uses any more.
+        let view = unsafe { RawSharedMemory::new(vaddr.as_ptr(), pages * hw_devices::PAGE_SIZE) };
+        memory::free_zeroed(paddr, view);
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(
+        paddr: virtio_drivers::PhysAddr,
+        size: usize,
+    ) -> core::ptr::NonNull<u8> {
+        // Only virtio-drivers' own PCI transport calls this, which this kernel does not
+        // use (`hw_devices::virtio::transport` maps BARs with `MmioRegion`).
+        match memory::map_mmio(paddr, size as u64) {
+            Ok(a) => core::ptr::NonNull::new(a as *mut u8)
+                .unwrap_or_else(|| panic!("virtio: MMIO at address 0")),
+            Err(e) => panic!("virtio: MMIO {paddr:#x}+{size:#x}: {e}"),
+        }
+    }
+
+    unsafe fn share(
+        buffer: core::ptr::NonNull<[u8]>,
+        _direction: virtio_drivers::BufferDirection,
+    ) -> virtio_drivers::PhysAddr {
+        buffer.as_ptr().cast::<u8>() as u64
+    }
+
+    unsafe fn unshare(
+        _paddr: virtio_drivers::PhysAddr,
+        _buffer: core::ptr::NonNull<[u8]>,
+        _direction: virtio_drivers::BufferDirection,
+    ) {
+    }
+}
+
+// SAFETY: DMA memory is identity mapped: its physical address is its pointer.
+unsafe impl hw_devices::virtio::VirtioHal for GuestVirtioHal {
+    fn dma_ptr(paddr: virtio_drivers::PhysAddr, _len: usize) -> Option<core::ptr::NonNull<u8>> {
+        core::ptr::NonNull::new(paddr as *mut u8)
     }
 }
 
@@ -280,6 +386,78 @@ pub fn prepare_ide(drive: u8, mode: AtaMode) -> Result<IdeTarget, String> {
         mode,
         ports: GuestPorts,
         dma: GuestDma,
+        event,
+    })
+}
+
+/// A virtio device on the modern PCI transport, ready for its driver.
+pub struct VirtioTarget {
+    pub function: Function,
+    /// Its structures found and their BARs mapped.
+    pub transport: PciTransport<MmioRegion>,
+    /// Its PCI INTx line, level-triggered, routed to `event` (`None`: not routed, the
+    /// driver is polled at the recovery tick only).
+    pub gsi: Option<u8>,
+    /// Set by the device's interrupt; the caller calls `rearm` after each poll.
+    pub event: DeviceEvent,
+}
+
+/// The virtio functions of device type `kind` found, in scan order (modern IDs, and
+/// transitional ones, whose type is their subsystem ID).
+pub fn virtio_devices(kind: u16) -> impl Iterator<Item = &'static Function> {
+    functions().iter().filter(move |f| {
+        let subsystem = if (virtio::TRANSITIONAL_FIRST..=virtio::TRANSITIONAL_LAST)
+            .contains(&f.device)
+            && f.vendor == virtio::VENDOR
+        {
+            config().read16(f.bdf, pci::reg::SUBSYSTEM_ID as u8)
+        } else {
+            0
+        };
+        virtio::device_type_of(f.vendor, f.device, subsystem) == Some(kind)
+    })
+}
+
+/// Finds the `n`th virtio device of type `kind`, turns on memory decode and bus
+/// mastering, finds its virtio structures (a legacy-only transitional device has
+/// none: refused), maps their BARs and routes its INTx line. MSI-X stays off.
+pub fn prepare_virtio(kind: u16, n: u8) -> Result<VirtioTarget, String> {
+    let name = match kind {
+        virtio::device_type::BLOCK => "virtio-blk",
+        _ => "virtio-net",
+    };
+    let function = virtio_devices(kind)
+        .nth(usize::from(n))
+        .ok_or_else(|| {
+            alloc::format!(
+                "no {name} number {n} (found {})",
+                virtio_devices(kind).count()
+            )
+        })?
+        .clone();
+    let cmd = pci::enable_memory_and_dma(&mut config(), function.bdf);
+    log::info!("{name}: {} command {cmd:#06x}", function.bdf);
+    let mut map_error = String::new();
+    let transport = PciTransport::probe(&mut config(), &function, |slot, bar| {
+        MmioRegion::map(bar)
+            .map_err(|e| map_error = alloc::format!("BAR {slot}: {e}"))
+            .ok()
+    })
+    .map_err(|e| alloc::format!("{}: {e} {map_error}", function.bdf))?;
+    let event = DeviceEvent::default();
+    let gsi = function
+        .irq()
+        .filter(|&gsi| route(name, gsi, Trigger::Level, Polarity::pci(gsi), &event));
+    if function.irq().is_none() {
+        log::warn!(
+            "{name}: {}: no interrupt line: polled at the recovery tick only",
+            function.bdf
+        );
+    }
+    Ok(VirtioTarget {
+        function,
+        transport,
+        gsi,
         event,
     })
 }

@@ -159,6 +159,22 @@ impl<D: PciDevice + ?Sized> Mmio for PciRegion<D> {
     fn write32(&mut self, offset: u32, value: u32) {
         self.write(self.base + u64::from(offset), &value.to_le_bytes());
     }
+    fn read16(&mut self, offset: u32) -> u16 {
+        let mut b = [0u8; 2];
+        self.read(self.base + u64::from(offset), &mut b);
+        u16::from_le_bytes(b)
+    }
+    fn write16(&mut self, offset: u32, value: u16) {
+        self.write(self.base + u64::from(offset), &value.to_le_bytes());
+    }
+    fn read8(&mut self, offset: u32) -> u8 {
+        let mut b = [0u8; 1];
+        self.read(self.base + u64::from(offset), &mut b);
+        b[0]
+    }
+    fn write8(&mut self, offset: u32, value: u8) {
+        self.write(self.base + u64::from(offset), &[value]);
+    }
 }
 
 /// An interrupt line that records its level and counts rising edges.

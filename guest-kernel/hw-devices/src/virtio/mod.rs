@@ -1,0 +1,189 @@
+//! virtio 1.x devices on the modern virtio-pci transport (virtio 1.2, sections 2, 4.1,
+//! 5.1 and 5.2), as the guest drives them: the PCI identities and capability layout
+//! ([`transport`]), the block driver ([`blk`]) and the network driver ([`net`]).
+//!
+//! The virtqueues and the feature/status handshake are rcore-os's `virtio-drivers`
+//! crate (`VirtQueue`, `Transport::begin_init`, `VirtIONetRaw`); what it reaches the
+//! device through is ours: [`transport::PciTransport`] implements its `Transport` over
+//! this crate's [`crate::Mmio`] and [`crate::pci::ConfigAccess`], so the same driver
+//! runs over the guest's uncached BAR mapping and, in a host test, over the shim's
+//! device model. Its `Hal` (DMA memory and sharing) is static; [`VirtioHal`] adds the
+//! one thing the drivers here need beyond it (reading the used ring's index, to check
+//! the device).
+//!
+//! What `virtio-drivers` checks of the device and what the drivers here add (the
+//! device is hostile, as everywhere in this crate):
+//! - it checks that a used element's id is the token the caller expects (`pop_used`
+//!   returns `WrongToken` otherwise); the drivers only ever pop an id they peeked and
+//!   found among their own outstanding requests, so an id the driver never posted, one
+//!   already completed (a duplicate entry) or one beyond the queue is a protocol error
+//!   before the crate looks at it (the crate truncates ids to 16 bits);
+//! - it trusts the used length (`VirtIONetRaw::receive_complete` returns it for the
+//!   caller to slice with) and the used index (any index other than the last one seen
+//!   means "more to pop"): the drivers check every length against the buffer they
+//!   posted and the used index against the number of requests outstanding;
+//! - its blocking calls (`add_notify_wait_pop`, `VirtIOBlk::flush`, `read_consistent`)
+//!   spin until the device answers: the drivers here never call them.
+//!
+//! A device that breaks the protocol is reset and the driver stops with
+//! `BlockError::Protocol` / `NetError::Protocol`; a failure the device reports (an
+//! `IOERR` status) fails that request only.
+//!
+//! Interrupts: INTx with the ISR byte (read in every poll, which acknowledges and
+//! lowers the line), as the e1000 driver reads ICR. A device's MSI-X capability is left
+//! disabled (host-shim's and QEMU's devices then interrupt through INTx).
+
+pub mod blk;
+pub mod net;
+pub mod transport;
+
+/// The crate the drivers are built on, for the HAL implementations (one version for
+/// the drivers and their users).
+pub use virtio_drivers;
+
+use core::ptr::NonNull;
+
+use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
+
+/// PCI vendor ID of virtio devices.
+pub const VENDOR: u16 = 0x1af4;
+/// Modern PCI device IDs are this plus the virtio device type (virtio 1.2, 4.1.2.1).
+pub const MODERN_DEVICE_BASE: u16 = 0x1040;
+/// Transitional (legacy-capable) devices have IDs 0x1000..=0x103f; their virtio type is
+/// the PCI subsystem ID.
+pub const TRANSITIONAL_FIRST: u16 = 0x1000;
+/// Last transitional ID.
+pub const TRANSITIONAL_LAST: u16 = 0x103f;
+/// The transitional ID of a network device.
+pub const TRANSITIONAL_NET: u16 = 0x1000;
+/// The transitional ID of a block device.
+pub const TRANSITIONAL_BLOCK: u16 = 0x1001;
+
+/// virtio device types (virtio 1.2, section 5).
+pub mod device_type {
+    /// Network card.
+    pub const NET: u16 = 1;
+    /// Block device.
+    pub const BLOCK: u16 = 2;
+}
+
+/// The virtio device type a PCI function claims by its IDs (`subsystem` is the
+/// function's subsystem ID, which names the type of a transitional device), or `None`
+/// if it is no virtio device. Whether it really is modern (has the capabilities) is for
+/// [`transport::PciTransport::probe`] to find.
+pub fn device_type_of(vendor: u16, device: u16, subsystem: u16) -> Option<u16> {
+    if vendor != VENDOR {
+        return None;
+    }
+    match device {
+        TRANSITIONAL_FIRST..=TRANSITIONAL_LAST => Some(subsystem),
+        d if d > MODERN_DEVICE_BASE && d <= MODERN_DEVICE_BASE + 0x3f => {
+            Some(d - MODERN_DEVICE_BASE)
+        }
+        _ => None,
+    }
+}
+
+/// `virtio-drivers`' `Hal`, plus the drivers' view of DMA memory it allocated.
+///
+/// # Safety
+///
+/// As for `Hal`; and [`VirtioHal::dma_ptr`] must return a pointer through which the
+/// `len` bytes at `paddr` of memory that `Hal::dma_alloc` handed out (and not yet
+/// deallocated) are read, valid while that allocation lives.
+pub unsafe trait VirtioHal: Hal {
+    /// The driver's pointer to the `len` bytes at device address `paddr`, if they lie in
+    /// memory [`Hal::dma_alloc`] handed out; `None` otherwise.
+    fn dma_ptr(paddr: PhysAddr, len: usize) -> Option<NonNull<u8>>;
+}
+
+/// Contiguous DMA memory from the HAL.
+pub(crate) struct DmaBuf<H: VirtioHal> {
+    pub(crate) paddr: u64,
+    vaddr: NonNull<u8>,
+    pub(crate) pages: usize,
+    _hal: core::marker::PhantomData<H>,
+}
+
+impl<H: VirtioHal> DmaBuf<H> {
+    pub(crate) fn new(pages: usize) -> Option<Self> {
+        let (paddr, vaddr) = H::dma_alloc(pages, BufferDirection::Both);
+        (paddr != 0).then_some(Self {
+            paddr,
+            vaddr,
+            pages,
+            _hal: core::marker::PhantomData,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.pages * PAGE_SIZE
+    }
+
+    /// `len` bytes at `offset` as a slice.
+    ///
+    /// # Safety
+    ///
+    /// `offset + len` within the buffer; no other reference to those bytes lives while
+    /// the slice does; the device does not write them meanwhile unless the slice is
+    /// only handed to `virtio-drivers` (which passes it on as an address).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [u8] {
+        debug_assert!(offset + len <= self.len());
+        // SAFETY: the caller keeps the range inside the allocation and unaliased;
+        // `dma_alloc` returned a valid pointer for `pages` pages.
+        unsafe { core::slice::from_raw_parts_mut(self.vaddr.as_ptr().add(offset), len) }
+    }
+}
+
+impl<H: VirtioHal> Drop for DmaBuf<H> {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `dma_alloc` with these values, freed once (the owner
+        // forgets a buffer the device might still write instead of dropping it).
+        unsafe { H::dma_dealloc(self.paddr, self.vaddr, self.pages) };
+    }
+}
+
+/// Offsets of the split virtqueue's used ring (virtio 1.2, 2.7.8): flags, index, then
+/// the elements (id, len: 8 bytes each).
+pub mod used_ring {
+    /// `idx`: where the device will put the next element (free-running, 16 bits).
+    pub const IDX: usize = 2;
+    /// The first element.
+    pub const RING: usize = 4;
+    /// Bytes of an element.
+    pub const ELEM: usize = 8;
+}
+
+/// Reads the used ring's index at `paddr` (the queue's device area), with acquire
+/// ordering (virtio 1.2, 2.7.13: the driver reads the index before the elements).
+pub(crate) fn used_idx<H: VirtioHal>(paddr: PhysAddr) -> Option<u16> {
+    let p = H::dma_ptr(paddr, used_ring::RING)?;
+    // SAFETY: `dma_ptr` returned a pointer to the queue's device area, which
+    // `dma_alloc` gave out (page aligned, so the index is 2-aligned) and which lives
+    // while the queue does; the device writes it concurrently, hence the atomic load.
+    let idx = unsafe {
+        (*p.as_ptr()
+            .add(used_ring::IDX)
+            .cast::<core::sync::atomic::AtomicU16>())
+        .load(core::sync::atomic::Ordering::Acquire)
+    };
+    Some(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_the_type() {
+        assert_eq!(device_type_of(VENDOR, 0x1042, 0), Some(device_type::BLOCK));
+        assert_eq!(device_type_of(VENDOR, 0x1041, 0x40), Some(device_type::NET));
+        assert_eq!(device_type_of(VENDOR, TRANSITIONAL_BLOCK, 2), Some(2));
+        assert_eq!(device_type_of(VENDOR, TRANSITIONAL_NET, 1), Some(1));
+        // 0x1040 itself is type 0 (reserved); past 0x107f is not virtio.
+        assert_eq!(device_type_of(VENDOR, 0x1040, 0), None);
+        assert_eq!(device_type_of(VENDOR, 0x1080, 0), None);
+        assert_eq!(device_type_of(0x8086, 0x1042, 0), None);
+    }
+}
