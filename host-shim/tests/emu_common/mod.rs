@@ -8,8 +8,12 @@
 //! - [`PciRegion`]: a driver's [`PortIo`] / [`Mmio`] routed to one region of a
 //!   [`PciDevice`] model (a BAR, or a legacy range), as the bus would route it.
 //! - [`LevelLog`]: an [`IrqLine`] that records the level the model drives.
+//! - [`virtio_hal::TestHal`]: `virtio-drivers`' static `Hal` over a [`Ram`] registered
+//!   for the test's thread.
 
 #![allow(dead_code)] // each test binary uses a different part of the rig
+
+pub mod virtio_hal;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,832 @@
+//! The guest's virtio drivers (`hw_devices::virtio`) against the shim's virtio-pci
+//! transport and devices (`host_shim::devices::virtio_pci`, `virtio_blk`) in one
+//! process, over the same guest RAM: the driver's transport walks the model's
+//! configuration space and reaches its BAR through [`PciRegion`], `virtio-drivers`'
+//! static `Hal` hands out pages of the test's RAM ([`TestHal`], bouncing host-heap
+//! buffers such as indirect descriptor tables), and a notify is served synchronously in
+//! the register write (no device thread), so every run is deterministic.
+//!
+//! The lying devices wrap the real model ([`Liar`]) and rewrite what it put in the used
+//! ring (ids, lengths, the index, duplicates, status bytes) or never answer; the lying
+//! transports lie in configuration space or registers ([`CfgLiar`], [`MmioLiar`]). None
+//! may panic the driver or make it hang; a broken protocol stops it with `Protocol`.
+
+mod emu_common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use emu_common::virtio_hal::{self, TestHal};
+use emu_common::{LevelLog, PciRegion, Ram};
+use host_shim::devices::GuestMemory;
+use host_shim::devices::pci::PciDevice;
+use host_shim::devices::virtio_blk::VirtioBlk as BlkModel;
+use host_shim::devices::virtio_pci::{VirtioDevice, VirtioPci};
+use host_shim::hostio::disk::{DiskImage, DiskOptions};
+use hw_devices::Mmio;
+use hw_devices::pci::{self, Bdf, ConfigAccess, command};
+use hw_devices::virtio::blk::{Features, InitError, QUEUE_SIZE, VirtioBlk, VirtioBlkConfig};
+use hw_devices::virtio::transport::{PciTransport, ProbeError, common};
+use hw_devices::virtio::virtio_drivers::transport::{DeviceStatus, Transport};
+use pv_drivers::device::{BlockCompletion, BlockDevice, BlockError, BlockOp};
+use pv_drivers::workload::{self, Phase, Waiter};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address as _, Bytes, GuestAddress};
+
+const RAM_MIB: u64 = 16;
+const DISK_BYTES: usize = 1 << 20;
+const BDF: Bdf = Bdf::new(0, 4, 0);
+
+type Dev = Arc<Mutex<VirtioPci>>;
+type Blk<M> = VirtioBlk<TestHal, M>;
+
+/// Configuration space of the model, as the bus would deliver it.
+struct ModelConfig(Dev);
+
+impl ConfigAccess for ModelConfig {
+    fn read32(&mut self, _bdf: Bdf, offset: u8) -> u32 {
+        let mut b = [0u8; 4];
+        self.0
+            .lock()
+            .unwrap()
+            .config_read(usize::from(offset & 0xfc), &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn write32(&mut self, _bdf: Bdf, offset: u8, value: u32) {
+        self.0
+            .lock()
+            .unwrap()
+            .config_write(usize::from(offset & 0xfc), &value.to_le_bytes());
+    }
+    fn write16(&mut self, _bdf: Bdf, offset: u8, value: u16) {
+        self.0
+            .lock()
+            .unwrap()
+            .config_write(usize::from(offset & 0xfe), &value.to_le_bytes());
+    }
+}
+
+/// A disk image file, removed at the end.
+struct Image(PathBuf);
+
+impl Image {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("virtio-model-{name}-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0u8; DISK_BYTES]).expect("image");
+        Self(path)
+    }
+    fn read(&self) -> Vec<u8> {
+        std::fs::read(&self.0).expect("read image")
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What the [`Liar`] does to the next answer of the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Lie {
+    #[default]
+    Honest,
+    /// The last used element's id becomes this.
+    WrongId(u32),
+    /// The last used element's length becomes this.
+    Length(u32),
+    /// The last used element repeats the id of the one before.
+    RepeatFirst,
+    /// The last used element is published twice (index + 1).
+    Duplicate,
+    /// The used index runs this far ahead.
+    Ahead(u16),
+    /// The last request's status byte becomes this.
+    Status(u8),
+    /// Requests are never served.
+    Silent,
+}
+
+/// The real virtio-blk model, with lies told to the driver after it served.
+struct Liar {
+    inner: BlkModel,
+    lie: Arc<Mutex<Lie>>,
+    hide_ro: bool,
+    mem: Option<GuestMemory>,
+    used: u64,
+    desc: u64,
+    size: u16,
+}
+
+impl Liar {
+    fn elem(&self, k: u16) -> GuestAddress {
+        GuestAddress(self.used + 4 + u64::from(k % self.size) * 8)
+    }
+
+    fn tell(&self, lie: Lie) {
+        let mem = self.mem.as_ref().expect("activated");
+        let idx_at = GuestAddress(self.used + 2);
+        let idx: u16 = mem.read_obj(idx_at).unwrap();
+        let last = idx.wrapping_sub(1);
+        match lie {
+            Lie::Honest | Lie::Silent => {}
+            Lie::WrongId(id) => mem.write_obj(id, self.elem(last)).unwrap(),
+            Lie::Length(len) => mem
+                .write_obj(len, self.elem(last).unchecked_add(4))
+                .unwrap(),
+            Lie::RepeatFirst => {
+                let id: u32 = mem.read_obj(self.elem(last.wrapping_sub(1))).unwrap();
+                mem.write_obj(id, self.elem(last)).unwrap();
+            }
+            Lie::Duplicate => {
+                let e: u64 = mem.read_obj(self.elem(last)).unwrap();
+                mem.write_obj(e, self.elem(idx)).unwrap();
+                mem.write_obj(idx.wrapping_add(1), idx_at).unwrap();
+            }
+            Lie::Ahead(n) => mem.write_obj(idx.wrapping_add(n), idx_at).unwrap(),
+            Lie::Status(s) => {
+                // The status byte is the chain's last buffer (through an indirect
+                // table if the head points to one).
+                let id: u32 = mem.read_obj(self.elem(last)).unwrap();
+                let d = |table: u64, i: u64| -> (u64, u32, u16, u16) {
+                    let at = GuestAddress(table + i * 16);
+                    (
+                        mem.read_obj(at).unwrap(),
+                        mem.read_obj(at.unchecked_add(8)).unwrap(),
+                        mem.read_obj(at.unchecked_add(12)).unwrap(),
+                        mem.read_obj(at.unchecked_add(14)).unwrap(),
+                    )
+                };
+                let (mut table, mut i) = (self.desc, u64::from(id));
+                let (addr, len, flags, _) = d(table, i);
+                if flags & 4 != 0 {
+                    (table, i) = (addr, u64::from(len / 16 - 1));
+                } else {
+                    loop {
+                        let (_, _, flags, next) = d(table, i);
+                        if flags & 1 == 0 {
+                            break;
+                        }
+                        i = u64::from(next);
+                    }
+                }
+                mem.write_obj(s, GuestAddress(d(table, i).0)).unwrap();
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Liar {
+    fn device_type(&self) -> u16 {
+        self.inner.device_type()
+    }
+    fn class(&self) -> (u8, u8, u8) {
+        self.inner.class()
+    }
+    fn features(&self) -> u64 {
+        let f = self.inner.features();
+        if self.hide_ro { f & !(1 << 5) } else { f }
+    }
+    fn num_queues(&self) -> u16 {
+        self.inner.num_queues()
+    }
+    fn queue_max_size(&self) -> u16 {
+        self.inner.queue_max_size()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.inner.read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.inner.write_config(offset, data)
+    }
+    fn activate(&mut self, features: u64, queues: Vec<Queue>, mem: GuestMemory) {
+        if let Some(q) = queues.first() {
+            (self.used, self.desc, self.size) = (q.used_ring(), q.desc_table(), q.size());
+        }
+        self.mem = Some(mem.clone());
+        self.inner.activate(features, queues, mem)
+    }
+    fn notify(&mut self, index: u16) -> bool {
+        let lie = *self.lie.lock().unwrap();
+        if lie == Lie::Silent {
+            return false;
+        }
+        let interrupt = self.inner.notify(index);
+        if lie != Lie::Honest {
+            *self.lie.lock().unwrap() = Lie::Honest;
+            self.tell(lie);
+        }
+        interrupt
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn stats(&self) -> serde_json::Value {
+        self.inner.stats()
+    }
+}
+
+struct Rig {
+    dev: Dev,
+    irq: Arc<LevelLog>,
+    lie: Arc<Mutex<Lie>>,
+    image: Image,
+}
+
+/// A virtio-blk model on a fresh 1 MiB image and fresh RAM (this thread's DMA memory),
+/// memory decode and bus mastering on.
+fn rig(name: &str, read_only: bool, hide_ro: bool) -> Rig {
+    let ram = Ram::new(RAM_MIB);
+    let mem = ram.mem.clone();
+    virtio_hal::install(ram);
+    let image = Image::new(name);
+    let disk = DiskImage::open(
+        &image.0,
+        DiskOptions {
+            read_only,
+            ..Default::default()
+        },
+    )
+    .expect("disk");
+    let lie = Arc::new(Mutex::new(Lie::Honest));
+    let model = Liar {
+        inner: BlkModel::new(disk, "virtio-model"),
+        lie: lie.clone(),
+        hide_ro,
+        mem: None,
+        used: 0,
+        desc: 0,
+        size: 1,
+    };
+    let irq = LevelLog::new();
+    let mut pci = VirtioPci::new(Box::new(model), irq.clone(), mem);
+    pci.config_write(
+        4,
+        &(command::MEMORY_SPACE | command::BUS_MASTER).to_le_bytes(),
+    );
+    Rig {
+        dev: Arc::new(Mutex::new(pci)),
+        irq,
+        lie,
+        image,
+    }
+}
+
+/// The transport over the model, through `cfg` and `wrap`ped BAR accesses.
+fn probe_with<C: ConfigAccess, M: Mmio>(
+    rig: &Rig,
+    cfg: &mut C,
+    wrap: impl Fn(PciRegion<VirtioPci>) -> M,
+) -> Result<PciTransport<M>, ProbeError> {
+    let f = pci::read_function(cfg, BDF).expect("the function answers");
+    PciTransport::probe(cfg, &f, |slot, _bar| {
+        Some(wrap(PciRegion::new(rig.dev.clone(), usize::from(slot), 0)))
+    })
+}
+
+fn transport(rig: &Rig) -> PciTransport<PciRegion<VirtioPci>> {
+    probe_with(rig, &mut ModelConfig(rig.dev.clone()), |r| r).expect("probe")
+}
+
+fn driver(rig: &Rig) -> Blk<PciRegion<VirtioPci>> {
+    VirtioBlk::new(transport(rig), VirtioBlkConfig::default()).expect("driver init")
+}
+
+/// Gives up after `limit` waits; its clock counts calls (never the wall clock).
+struct Patience {
+    waits: u32,
+    limit: u32,
+    clock: std::cell::Cell<u64>,
+}
+
+impl Patience {
+    fn new(limit: u32) -> Self {
+        Self {
+            waits: 0,
+            limit,
+            clock: Default::default(),
+        }
+    }
+}
+
+impl Waiter for Patience {
+    fn wait(&mut self) -> bool {
+        self.waits += 1;
+        self.waits <= self.limit
+    }
+    fn now_ns(&self) -> u64 {
+        self.clock.set(self.clock.get() + 1000);
+        self.clock.get()
+    }
+}
+
+fn phase(
+    phase: Phase,
+    offset: u64,
+    size: u64,
+    block: u32,
+    queue_depth: u32,
+    seed: u64,
+) -> workload::Config {
+    workload::Config {
+        phase,
+        offset,
+        size,
+        block,
+        queue_depth,
+        seed,
+        ..Default::default()
+    }
+}
+
+fn model_stats(rig: &Rig) -> serde_json::Value {
+    rig.dev.lock().unwrap().stats()
+}
+
+/// Submits `op`, kicks, polls once.
+fn one(
+    dev: &mut dyn BlockDevice,
+    op: BlockOp,
+    sector: u64,
+    count: u32,
+    data: &[u8],
+) -> Result<Vec<BlockCompletion>, BlockError> {
+    dev.submit(op, sector, count, data)?;
+    dev.kick();
+    let mut done = Vec::new();
+    dev.poll(&mut done)?;
+    Ok(done)
+}
+
+#[test]
+fn the_driver_writes_flushes_and_reads_back_through_the_model() {
+    let rig = rig("rw", false, false);
+    let mut dev = driver(&rig);
+    let info = dev.info();
+    assert_eq!(info.sectors, (DISK_BYTES / 512) as u64);
+    assert_eq!(info.sector_size, 512);
+    assert!(!info.read_only && info.flush, "{info:?}");
+    assert_eq!(info.queue_depth, 32);
+    assert_eq!(info.max_transfer, 64 << 10);
+    let f = dev.features();
+    assert!(f.contains(Features::INDIRECT_DESC | Features::FLUSH | Features::VERSION_1));
+    assert!(
+        !f.contains(Features::EVENT_IDX),
+        "EVENT_IDX is never negotiated"
+    );
+    assert_eq!(
+        dev.transport().get_status(),
+        DeviceStatus::ACKNOWLEDGE
+            | DeviceStatus::DRIVER
+            | DeviceStatus::FEATURES_OK
+            | DeviceStatus::DRIVER_OK
+    );
+
+    // Small requests queued deep, then the largest at the driver's full depth.
+    for (offset, size, bs, qd, seed) in [
+        (64 << 10, 256 << 10, 4096, 8, 3),
+        (512 << 10, 512 << 10, 64 << 10, 32, 4),
+    ] {
+        let w = phase(Phase::WritePattern, offset, size, bs, qd, seed);
+        let r = workload::run(&mut dev, &w, &mut Patience::new(0)).expect("config");
+        assert!(r.passed(), "{r}");
+        assert_eq!(r.writes, size / u64::from(bs), "{r}");
+        assert_eq!(r.flushes, 1, "{r}");
+        assert_eq!(
+            u64::from(r.max_in_flight),
+            u64::from(qd).min(size / u64::from(bs)),
+            "{r}"
+        );
+        let v = phase(Phase::VerifyPattern, offset, size, bs, qd, seed);
+        let r = workload::run(&mut dev, &v, &mut Patience::new(0)).expect("config");
+        assert!(r.passed() && r.mismatches == 0, "{r}");
+        assert_eq!(r.bytes_read, size, "{r}");
+        // The host finds the pattern in the image.
+        let img = rig.image.read();
+        let region = &img[offset as usize..(offset + size) as usize];
+        assert_eq!(pv_drivers::pattern::check(seed, offset, region), None);
+    }
+    let s = dev.stats();
+    assert_eq!(s.protocol_errors, 0, "{s:?}");
+    assert_eq!(s.flushes, 2, "{s:?}");
+    assert_eq!(s.completions, s.reads + s.writes + s.flushes, "{s:?}");
+    assert!(s.notifies > 0 && s.isr_reads > 0, "{s:?}");
+    let m = model_stats(&rig);
+    assert_eq!(m["device"]["writes"], s.writes, "{m}");
+    assert_eq!(m["device"]["reads"], s.reads, "{m}");
+    assert_eq!(m["device"]["flushes"], 2, "{m}");
+    assert_eq!(m["device"]["bad_chains"], 0, "{m}");
+    // Every notify reached the model; each batch raised INTx, and the ISR read of the
+    // poll lowered it.
+    assert_eq!(m["transport"]["notifies"], s.notifies, "{m}");
+    assert!(rig.irq.rises() > 0);
+    assert!(!rig.irq.asserted());
+    // Multi-buffer requests went through indirect tables, bounced from the heap into
+    // RAM and all returned.
+    let (bounced, out) = virtio_hal::bounces();
+    assert!(bounced >= s.completions, "{bounced} bounces");
+    assert_eq!(out, 0);
+    assert_eq!(dev.in_flight(), 0);
+}
+
+#[test]
+fn read_only_disks_and_device_errors() {
+    // The device says read-only: the driver refuses writes itself.
+    let rig1 = rig("ro", true, false);
+    let mut dev = driver(&rig1);
+    assert!(dev.info().read_only);
+    assert_eq!(
+        dev.submit(BlockOp::Write, 0, 1, &[1; 512]),
+        Err(BlockError::Unsupported)
+    );
+    let done = one(&mut dev, BlockOp::Read, 0, 1, &[]).unwrap();
+    assert_eq!(done[0].result, Ok(()));
+    drop(dev);
+
+    // A read-only image behind a device that hides it: the model answers IOERR, that
+    // request fails alone and the driver goes on.
+    let rig2 = rig("ro-hidden", true, true);
+    let mut dev = driver(&rig2);
+    assert!(!dev.info().read_only);
+    let done = one(&mut dev, BlockOp::Write, 8, 2, &[0x5a; 1024]).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].result, Err(BlockError::Io));
+    assert!(done[0].data.is_empty());
+    let done = one(&mut dev, BlockOp::Read, 8, 2, &[]).unwrap();
+    assert_eq!(done[0].result, Ok(()));
+    assert_eq!(done[0].data, vec![0; 1024]);
+    assert!(rig2.image.read().iter().all(|&b| b == 0));
+    assert_eq!(dev.stats().io_errors, 1);
+    assert_eq!(dev.stats().protocol_errors, 0);
+
+    // UNSUPP and IOERR in the status byte are answers, not lies.
+    for (status, want) in [(2, BlockError::Unsupported), (1, BlockError::Io)] {
+        *rig2.lie.lock().unwrap() = Lie::Status(status);
+        let done = one(&mut dev, BlockOp::Read, 0, 1, &[]).unwrap();
+        assert_eq!(done[0].result, Err(want));
+    }
+    assert_eq!(dev.stats().protocol_errors, 0);
+}
+
+#[test]
+fn malformed_requests_never_reach_the_device() {
+    let rig = rig("malformed", false, false);
+    let mut dev = driver(&rig);
+    let sectors = dev.info().sectors;
+    for (op, sector, count, data, want) in [
+        (
+            BlockOp::Read,
+            sectors - 1,
+            2,
+            &[][..],
+            BlockError::BadRequest,
+        ),
+        (BlockOp::Read, 0, 129, &[], BlockError::BadRequest),
+        (BlockOp::Read, 0, 0, &[], BlockError::BadRequest),
+        (BlockOp::Write, 0, 2, &[0; 512], BlockError::BadRequest),
+        (BlockOp::Flush, 0, 1, &[], BlockError::BadRequest),
+    ] {
+        assert_eq!(dev.submit(op, sector, count, data), Err(want), "{op:?}");
+    }
+    dev.kick();
+    let m = model_stats(&rig);
+    assert_eq!(m["transport"]["notifies"], 0, "{m}");
+    // A full queue is Busy, and frees up when polled.
+    for i in 0..32 {
+        dev.submit(BlockOp::Read, i, 1, &[]).expect("queue room");
+    }
+    assert_eq!(dev.submit(BlockOp::Read, 0, 1, &[]), Err(BlockError::Busy));
+    dev.kick();
+    let mut done = Vec::new();
+    assert_eq!(dev.poll(&mut done), Ok(32));
+    assert!(done.iter().all(|c| c.result.is_ok() && c.data.len() == 512));
+    assert!(dev.submit(BlockOp::Read, 0, 1, &[]).is_ok());
+}
+
+/// Runs one request (two for the lies that need a neighbour) against a device telling
+/// `lie`; the driver must stop with `Protocol`, reset the device and refuse more.
+fn lied_to(name: &str, lie: Lie, op: BlockOp) -> hw_devices::virtio::blk::VirtioBlkStats {
+    let rig = rig(name, false, false);
+    let mut dev = driver(&rig);
+    *rig.lie.lock().unwrap() = lie;
+    let data = vec![7u8; 4096];
+    let payload: &[u8] = if op == BlockOp::Write { &data } else { &[] };
+    let count = if op == BlockOp::Flush { 0 } else { 8 };
+    let requests = if lie == Lie::RepeatFirst { 2 } else { 1 };
+    for _ in 0..requests {
+        dev.submit(op, 0, count, payload).expect("submit");
+    }
+    dev.kick();
+    let mut done = Vec::new();
+    assert_eq!(dev.poll(&mut done), Err(BlockError::Protocol), "{lie:?}");
+    // RepeatFirst: the first of the two completes before the repeat is seen.
+    assert!(done.len() < requests, "{lie:?}: {done:?}");
+    assert_eq!(dev.poll(&mut done), Err(BlockError::Protocol));
+    assert_eq!(
+        dev.submit(BlockOp::Read, 0, 1, &[]),
+        Err(BlockError::Protocol)
+    );
+    // Reset (and marked failed): the device no longer owns the rings.
+    assert_eq!(
+        dev.transport().get_status(),
+        DeviceStatus::FAILED,
+        "{lie:?}"
+    );
+    let m = model_stats(&rig);
+    assert!(m["transport"]["resets"].as_u64().unwrap() >= 1, "{m}");
+    let s = dev.stats();
+    assert_eq!(s.protocol_errors, 1, "{lie:?}: {s:?}");
+    drop(dev);
+    s
+}
+
+#[test]
+fn a_lying_used_ring_stops_the_driver_without_a_panic() {
+    let s = lied_to("id", Lie::WrongId(77), BlockOp::Read);
+    assert_eq!(s.bad_ids, 1);
+    // Beyond the queue: never an index into the driver's tables.
+    let s = lied_to(
+        "id-far",
+        Lie::WrongId(QUEUE_SIZE as u32 + 3),
+        BlockOp::Write,
+    );
+    assert_eq!(s.bad_ids, 1);
+    let s = lied_to("id-huge", Lie::WrongId(u32::MAX), BlockOp::Flush);
+    assert_eq!(s.bad_ids, 1);
+    // A length beyond what the request let the device write (4 KiB + status).
+    let s = lied_to("len", Lie::Length(4097 + 1), BlockOp::Read);
+    assert_eq!(s.bad_lengths, 1);
+    let s = lied_to("len-write", Lie::Length(2), BlockOp::Write);
+    assert_eq!(s.bad_lengths, 1);
+    let s = lied_to("len-huge", Lie::Length(u32::MAX), BlockOp::Read);
+    assert_eq!(s.bad_lengths, 1);
+    // The same request completed twice.
+    let s = lied_to("dup", Lie::Duplicate, BlockOp::Read);
+    assert_eq!(s.used_ahead, 1);
+    let s = lied_to("repeat", Lie::RepeatFirst, BlockOp::Read);
+    assert_eq!(s.bad_ids, 1);
+    // Completions for requests never made.
+    let s = lied_to("ahead", Lie::Ahead(5), BlockOp::Read);
+    assert_eq!(s.used_ahead, 1);
+    let s = lied_to("ahead-wrap", Lie::Ahead(0x8000), BlockOp::Read);
+    assert_eq!(s.used_ahead, 1);
+    // Status bytes that are none of OK, IOERR, UNSUPP.
+    for st in [3u8, 7, 0xff] {
+        let s = lied_to("status", Lie::Status(st), BlockOp::Read);
+        assert_eq!(s.bad_status, 1, "{st}");
+    }
+}
+
+#[test]
+fn a_device_that_never_answers_blocks_nothing() {
+    let rig = rig("silent", false, false);
+    let mut dev = driver(&rig);
+    *rig.lie.lock().unwrap() = Lie::Silent;
+    let w = phase(Phase::WritePattern, 0, 64 << 10, 4096, 4, 1);
+    let mut patience = Patience::new(50);
+    let r = workload::run(&mut dev, &w, &mut patience).expect("config");
+    assert!(!r.passed(), "{r}");
+    assert_eq!(r.errors, 0, "{r}");
+    assert_eq!(r.abandoned, 16 + 1, "{r}");
+    assert_eq!(patience.waits, 51);
+    assert_eq!(dev.in_flight(), 4);
+    assert!(rig.image.read().iter().all(|&b| b == 0));
+    // Dropping the driver resets the device before its memory goes back.
+    drop(dev);
+    assert_eq!(model_stats(&rig)["transport"]["resets"], 1);
+}
+
+/// Configuration space that lies about the capabilities.
+struct CfgLiar {
+    inner: ModelConfig,
+    /// (offset, value) bytes read differently.
+    bytes: Vec<(u8, u8)>,
+    /// (offset, value) dwords read differently.
+    dwords: Vec<(u8, u32)>,
+}
+
+impl ConfigAccess for CfgLiar {
+    fn read32(&mut self, bdf: Bdf, offset: u8) -> u32 {
+        let at = offset & 0xfc;
+        if let Some(&(_, v)) = self.dwords.iter().find(|(o, _)| *o == at) {
+            return v;
+        }
+        let mut v = self.inner.read32(bdf, at).to_le_bytes();
+        for (o, b) in &self.bytes {
+            if o & 0xfc == at {
+                v[usize::from(o & 3)] = *b;
+            }
+        }
+        u32::from_le_bytes(v)
+    }
+    fn write32(&mut self, bdf: Bdf, offset: u8, value: u32) {
+        self.inner.write32(bdf, offset, value)
+    }
+    fn write16(&mut self, bdf: Bdf, offset: u8, value: u16) {
+        self.inner.write16(bdf, offset, value)
+    }
+}
+
+/// The offsets of the model's vendor capabilities, by `cfg_type`.
+fn caps(rig: &Rig) -> Vec<(u8, u8)> {
+    let mut cfg = ModelConfig(rig.dev.clone());
+    let mut out = Vec::new();
+    let mut ptr = cfg.read8(BDF, 0x34);
+    while ptr != 0 {
+        if cfg.read8(BDF, ptr) == 0x09 {
+            out.push((cfg.read8(BDF, ptr + 3), ptr));
+        }
+        ptr = cfg.read8(BDF, ptr + 1);
+    }
+    out
+}
+
+#[test]
+fn hostile_capability_lists_are_refused() {
+    let rig = rig("caps", false, false);
+    let found = caps(&rig);
+    let at = |t: u8| found.iter().find(|(k, _)| *k == t).expect("cap").1;
+    let first = ModelConfig(rig.dev.clone()).read8(BDF, 0x34);
+    let attempt = |bytes: Vec<(u8, u8)>, dwords: Vec<(u8, u32)>| {
+        let mut cfg = CfgLiar {
+            inner: ModelConfig(rig.dev.clone()),
+            bytes,
+            dwords,
+        };
+        probe_with(&rig, &mut cfg, |r| r).map(|_| ())
+    };
+    assert_eq!(attempt(vec![], vec![]), Ok(()));
+    // No capability list: a legacy-only device.
+    assert_eq!(
+        attempt(vec![(0x06, 0)], vec![]),
+        Err(ProbeError::NoCapabilities)
+    );
+    // A list that loops on its first entry: the walk ends, the rest is missing.
+    assert!(matches!(
+        attempt(vec![(first + 1, first)], vec![]),
+        Err(ProbeError::Missing(_))
+    ));
+    // A pointer into the header, or past the space.
+    assert!(matches!(
+        attempt(vec![(0x34, 0x10)], vec![]),
+        Err(ProbeError::Missing(_))
+    ));
+    assert!(matches!(
+        attempt(vec![(0x34, 0xfc)], vec![]),
+        Err(ProbeError::Missing(_))
+    ));
+    // The common configuration reaching past its BAR, in a BAR that does not exist,
+    // misaligned, too short.
+    let common = at(1);
+    for (bytes, dwords) in [
+        (vec![], vec![(common + 12, 0x10_0000)]),
+        (vec![(common + 4, 5)], vec![]),
+        (vec![], vec![(common + 8, 2)]),
+        (vec![], vec![(common + 12, 0x10)]),
+        (vec![], vec![(common + 8, 0xffff_fff0)]),
+    ] {
+        assert_eq!(
+            attempt(bytes, dwords.clone()),
+            Err(ProbeError::BadStructure(1)),
+            "{dwords:x?}"
+        );
+    }
+    // A notify capability too short to hold its multiplier is not one.
+    let notify = at(2);
+    assert_eq!(
+        attempt(vec![(notify + 2, 16)], vec![]),
+        Err(ProbeError::Missing(2))
+    );
+    // No device configuration: the probe works, the block driver cannot read its size.
+    let device = at(4);
+    let mut cfg = CfgLiar {
+        inner: ModelConfig(rig.dev.clone()),
+        bytes: vec![(device + 3, 9)],
+        dwords: vec![],
+    };
+    let t = probe_with(&rig, &mut cfg, |r| r).expect("probe without device config");
+    assert!(matches!(
+        VirtioBlk::<TestHal, _>::new(t, VirtioBlkConfig::default()),
+        Err(InitError::Config(_))
+    ));
+}
+
+/// Registers that lie.
+struct MmioLiar<M> {
+    inner: M,
+    /// `queue_notify_off` reads this.
+    notify_off: Option<u16>,
+    /// `config_generation` changes on every read.
+    flipping_generation: Option<u8>,
+    /// `device_status` never reads 0.
+    stuck_status: bool,
+    /// `device_status` never shows FEATURES_OK.
+    refuse_features: bool,
+}
+
+impl<M> MmioLiar<M> {
+    fn new(inner: M) -> Self {
+        Self {
+            inner,
+            notify_off: None,
+            flipping_generation: None,
+            stuck_status: false,
+            refuse_features: false,
+        }
+    }
+}
+
+impl<M: Mmio> Mmio for MmioLiar<M> {
+    fn read32(&mut self, offset: u32) -> u32 {
+        self.inner.read32(offset)
+    }
+    fn write32(&mut self, offset: u32, value: u32) {
+        self.inner.write32(offset, value)
+    }
+    fn read16(&mut self, offset: u32) -> u16 {
+        match (offset, self.notify_off) {
+            (common::QUEUE_NOTIFY_OFF, Some(v)) => v,
+            _ => self.inner.read16(offset),
+        }
+    }
+    fn write16(&mut self, offset: u32, value: u16) {
+        self.inner.write16(offset, value)
+    }
+    fn read8(&mut self, offset: u32) -> u8 {
+        let v = self.inner.read8(offset);
+        match offset {
+            common::CONFIG_GENERATION => match &mut self.flipping_generation {
+                Some(g) => {
+                    *g = g.wrapping_add(1);
+                    *g
+                }
+                None => v,
+            },
+            common::DEVICE_STATUS if self.stuck_status => v | 0x80,
+            common::DEVICE_STATUS if self.refuse_features => v & !8,
+            _ => v,
+        }
+    }
+    fn write8(&mut self, offset: u32, value: u8) {
+        self.inner.write8(offset, value)
+    }
+}
+
+#[test]
+fn lying_registers_fail_the_bring_up_and_never_hang() {
+    let attempt = |name: &str, set: &dyn Fn(&mut MmioLiar<PciRegion<VirtioPci>>)| {
+        let rig = rig(name, false, false);
+        let t = probe_with(&rig, &mut ModelConfig(rig.dev.clone()), |r| {
+            let mut l = MmioLiar::new(r);
+            set(&mut l);
+            l
+        })
+        .expect("probe");
+        let r = VirtioBlk::<TestHal, _>::new(t, VirtioBlkConfig::default()).map(|_| ());
+        // Whatever failed, the device was left reset and failed, its queue unused.
+        let m = model_stats(&rig);
+        assert_eq!(m["device"]["reads"], 0, "{m}");
+        r
+    };
+    // The notify address for the queue would be far outside the notify structure.
+    assert_eq!(
+        attempt("notify", &|l| l.notify_off = Some(0x7fff)),
+        Err(InitError::Transport)
+    );
+    // A generation that never settles ends virtio-drivers' read_consistent loop.
+    assert_eq!(
+        attempt("generation", &|l| l.flipping_generation = Some(0)),
+        Err(InitError::Transport)
+    );
+    // A reset that never completes.
+    assert_eq!(
+        attempt("stuck", &|l| l.stuck_status = true),
+        Err(InitError::Transport)
+    );
+    assert_eq!(
+        attempt("features", &|l| l.refuse_features = true),
+        Err(InitError::FeaturesRefused)
+    );
+    // Bad configurations never touch the device.
+    let rig = rig("config", false, false);
+    for c in [
+        VirtioBlkConfig {
+            queue_depth: 0,
+            ..Default::default()
+        },
+        VirtioBlkConfig {
+            queue_depth: QUEUE_SIZE + 1,
+            ..Default::default()
+        },
+        VirtioBlkConfig {
+            max_transfer: 1000,
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(
+            VirtioBlk::<TestHal, _>::new(transport(&rig), c).map(|_| ()),
+            Err(InitError::BadConfig)
+        );
+    }
+}
