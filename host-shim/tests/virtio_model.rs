@@ -1,6 +1,6 @@
 //! The guest's virtio drivers (`hw_devices::virtio`) against the shim's virtio-pci
-//! transport and devices (`host_shim::devices::virtio_pci`, `virtio_blk`) in one
-//! process, over the same guest RAM: the driver's transport walks the model's
+//! transport and devices (`host_shim::devices::virtio_pci`, `virtio_blk`; virtio-net
+//! against a small fake device, [`FakeNet`], on the same transport) in one process, over the same guest RAM: the driver's transport walks the model's
 //! configuration space and reaches its BAR through [`PciRegion`], `virtio-drivers`'
 //! static `Hal` hands out pages of the test's RAM ([`TestHal`], bouncing host-heap
 //! buffers such as indirect descriptor tables), and a notify is served synchronously in
@@ -26,9 +26,12 @@ use host_shim::hostio::disk::{DiskImage, DiskOptions};
 use hw_devices::Mmio;
 use hw_devices::pci::{self, Bdf, ConfigAccess, command};
 use hw_devices::virtio::blk::{Features, InitError, QUEUE_SIZE, VirtioBlk, VirtioBlkConfig};
+use hw_devices::virtio::net::{
+    InitError as NetInitError, MAX_FRAME, QUEUE_SIZE as RX_QUEUE_SIZE, VirtioNet, VirtioNetConfig,
+};
 use hw_devices::virtio::transport::{PciTransport, ProbeError, common};
 use hw_devices::virtio::virtio_drivers::transport::{DeviceStatus, Transport};
-use pv_drivers::device::{BlockCompletion, BlockDevice, BlockError, BlockOp};
+use pv_drivers::device::{BlockCompletion, BlockDevice, BlockError, BlockOp, NetDevice, NetError};
 use pv_drivers::workload::{self, Phase, Waiter};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address as _, Bytes, GuestAddress};
@@ -829,4 +832,342 @@ fn lying_registers_fail_the_bring_up_and_never_hang() {
             Err(InitError::BadConfig)
         );
     }
+}
+
+// ---- virtio-net
+
+/// What the fake NIC does to the next frame it hands the driver, or to the next
+/// transmit completion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum NetLie {
+    #[default]
+    Honest,
+    /// The used length becomes this.
+    Length(u32),
+    /// The used id becomes this.
+    WrongId(u32),
+    /// The used index runs this far ahead.
+    Ahead(u16),
+}
+
+/// The fake device's state, shared with the test (which hands frames to the driver
+/// through [`NetState::deliver`] while the transport owns the device).
+#[derive(Default)]
+struct NetState {
+    mac: [u8; 6],
+    /// `VIRTIO_NET_F_MAC` offered.
+    offer_mac: bool,
+    status: u16,
+    queues: Vec<Queue>,
+    mem: Option<GuestMemory>,
+    /// Frames the driver sent, header stripped.
+    sent: Vec<Vec<u8>>,
+    /// Lie about the next transmit completion.
+    tx_lie: NetLie,
+}
+
+/// Bytes of `virtio_net_hdr` with `VERSION_1`.
+const NET_HDR: usize = 12;
+
+impl NetState {
+    fn lie(&self, queue: usize, lie: NetLie) {
+        let mem = self.mem.as_ref().expect("activated");
+        let q = &self.queues[queue];
+        let used = q.used_ring();
+        let idx_at = GuestAddress(used + 2);
+        let idx: u16 = mem.read_obj(idx_at).unwrap();
+        let elem = GuestAddress(used + 4 + u64::from(idx.wrapping_sub(1) % q.size()) * 8);
+        match lie {
+            NetLie::Honest => {}
+            NetLie::Length(len) => mem.write_obj(len, elem.unchecked_add(4)).unwrap(),
+            NetLie::WrongId(id) => mem.write_obj(id, elem).unwrap(),
+            NetLie::Ahead(n) => mem.write_obj(idx.wrapping_add(n), idx_at).unwrap(),
+        }
+    }
+
+    /// Puts `frame` (after a zero header) into the next receive buffer; `used` is the
+    /// length to report (header + frame when `None`). False if no buffer was posted.
+    fn deliver(&mut self, frame: &[u8], lie: NetLie) -> bool {
+        let mem = self.mem.clone().expect("activated");
+        let Some(chain) = self.queues[0].pop_descriptor_chain(&mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let desc = chain.clone().next().expect("one buffer");
+        assert!(desc.is_write_only());
+        let mut bytes = vec![0u8; NET_HDR];
+        bytes.extend_from_slice(frame);
+        bytes.truncate(desc.len() as usize);
+        mem.write_slice(&bytes, GuestAddress(desc.addr().0))
+            .unwrap();
+        self.queues[0]
+            .add_used(&mem, head, bytes.len() as u32)
+            .unwrap();
+        self.lie(0, lie);
+        true
+    }
+}
+
+/// A virtio-net device just big enough to carry frames: what the driver transmits is
+/// collected, what the test delivers lands in the posted receive buffers.
+struct FakeNet(Arc<Mutex<NetState>>);
+
+impl VirtioDevice for FakeNet {
+    fn device_type(&self) -> u16 {
+        1
+    }
+    fn class(&self) -> (u8, u8, u8) {
+        (2, 0, 0)
+    }
+    fn features(&self) -> u64 {
+        let mac = if self.0.lock().unwrap().offer_mac {
+            1 << 5
+        } else {
+            0
+        };
+        // STATUS, INDIRECT_DESC.
+        mac | 1 << 16 | 1 << 28
+    }
+    fn num_queues(&self) -> u16 {
+        2
+    }
+    fn queue_max_size(&self) -> u16 {
+        256
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let s = self.0.lock().unwrap();
+        let mut c = [0u8; 12];
+        c[..6].copy_from_slice(&s.mac);
+        c[6..8].copy_from_slice(&s.status.to_le_bytes());
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[10..12].copy_from_slice(&1500u16.to_le_bytes());
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = c.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(&mut self, _features: u64, queues: Vec<Queue>, mem: GuestMemory) {
+        let mut s = self.0.lock().unwrap();
+        s.queues = queues;
+        s.mem = Some(mem);
+    }
+    fn notify(&mut self, index: u16) -> bool {
+        let mut s = self.0.lock().unwrap();
+        if index != 1 || s.mem.is_none() {
+            return false;
+        }
+        let mem = s.mem.clone().unwrap();
+        while let Some(chain) = s.queues[1].pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            let mut frame = Vec::new();
+            for d in chain {
+                let mut b = vec![0u8; d.len() as usize];
+                mem.read_slice(&mut b, GuestAddress(d.addr().0)).unwrap();
+                frame.extend_from_slice(&b);
+            }
+            s.sent.push(frame.split_off(NET_HDR));
+            s.queues[1].add_used(&mem, head, 0).unwrap();
+            let lie = std::mem::take(&mut s.tx_lie);
+            s.lie(1, lie);
+        }
+        true
+    }
+    fn reset(&mut self) {
+        let mut s = self.0.lock().unwrap();
+        s.queues.clear();
+        s.mem = None;
+    }
+}
+
+const NIC_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+struct NetRig {
+    dev: Dev,
+    state: Arc<Mutex<NetState>>,
+}
+
+fn net_rig(configure: impl FnOnce(&mut NetState)) -> NetRig {
+    let ram = Ram::new(RAM_MIB);
+    let mem = ram.mem.clone();
+    virtio_hal::install(ram);
+    let mut s = NetState {
+        mac: NIC_MAC,
+        offer_mac: true,
+        status: 1,
+        ..Default::default()
+    };
+    configure(&mut s);
+    let state = Arc::new(Mutex::new(s));
+    let mut pci = VirtioPci::new(Box::new(FakeNet(state.clone())), LevelLog::new(), mem);
+    pci.config_write(
+        4,
+        &(command::MEMORY_SPACE | command::BUS_MASTER).to_le_bytes(),
+    );
+    NetRig {
+        dev: Arc::new(Mutex::new(pci)),
+        state,
+    }
+}
+
+type Nic = VirtioNet<TestHal, PciRegion<VirtioPci>>;
+
+fn nic(rig: &NetRig) -> Result<Nic, NetInitError> {
+    let mut cfg = ModelConfig(rig.dev.clone());
+    let f = pci::read_function(&mut cfg, BDF).expect("function");
+    let t = PciTransport::probe(&mut cfg, &f, |slot, _| {
+        Some(PciRegion::new(rig.dev.clone(), usize::from(slot), 0))
+    })
+    .expect("probe");
+    VirtioNet::new(t, VirtioNetConfig::default())
+}
+
+/// An Ethernet frame of `len` bytes numbered `n`.
+fn frame(n: u32, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (n as usize * 31 + i * 7) as u8).collect()
+}
+
+fn received(nic: &mut Nic) -> Result<Vec<Vec<u8>>, NetError> {
+    let mut got = Vec::new();
+    while nic.receive(&mut |f| got.push(f.to_vec()))? {}
+    Ok(got)
+}
+
+#[test]
+fn the_net_driver_carries_frames_both_ways() {
+    let rig = net_rig(|_| {});
+    let mut nic = nic(&rig).expect("init");
+    assert_eq!(nic.info().mac, NIC_MAC);
+    assert_eq!(nic.info().max_frame, MAX_FRAME);
+    assert!(nic.link_up());
+    // More frames than either queue has entries: buffers are reaped and reposted.
+    for n in 0..300u32 {
+        let f = frame(n, 60 + (n as usize * 13) % (MAX_FRAME - 59));
+        assert!(nic.can_transmit(f.len()));
+        nic.transmit(f.len(), &mut |b| b.copy_from_slice(&f))
+            .expect("transmit");
+        nic.kick();
+        nic.poll().expect("poll");
+        assert!(rig.state.lock().unwrap().deliver(&f, NetLie::Honest), "{n}");
+        assert_eq!(received(&mut nic).unwrap(), vec![f], "{n}");
+    }
+    let sent = std::mem::take(&mut rig.state.lock().unwrap().sent);
+    assert_eq!(sent.len(), 300);
+    for (n, f) in sent.iter().enumerate() {
+        assert_eq!(*f, frame(n as u32, f.len()), "{n}");
+    }
+    // A burst fills every posted buffer; the next one finds none until the driver
+    // takes them.
+    let mut burst = 0;
+    while rig
+        .state
+        .lock()
+        .unwrap()
+        .deliver(&frame(burst, 100), NetLie::Honest)
+    {
+        burst += 1;
+    }
+    assert_eq!(burst as usize, RX_QUEUE_SIZE);
+    assert_eq!(received(&mut nic).unwrap().len(), burst as usize);
+    assert!(
+        rig.state
+            .lock()
+            .unwrap()
+            .deliver(&frame(0, 100), NetLie::Honest)
+    );
+    // Bad frames: bad length for the driver's limits, not lies.
+    assert!(nic.transmit(0, &mut |_| {}).is_err());
+    assert!(nic.transmit(MAX_FRAME + 1, &mut |_| {}).is_err());
+    let s = nic.stats();
+    assert_eq!(
+        (s.tx_frames, s.rx_frames),
+        (300, 300 + burst as u64),
+        "{s:?}"
+    );
+    assert_eq!(s.protocol_errors, 0, "{s:?}");
+    assert_eq!(virtio_hal::bounces().1, 0);
+}
+
+#[test]
+fn short_and_oversized_frames_are_dropped_and_counted() {
+    let rig = net_rig(|_| {});
+    let mut nic = nic(&rig).expect("init");
+    let mut st = rig.state.lock().unwrap();
+    // Shorter than the header; header but no Ethernet header; longer than a frame.
+    assert!(st.deliver(&[], NetLie::Length(5)));
+    assert!(st.deliver(&frame(1, 10), NetLie::Honest));
+    assert!(st.deliver(&frame(2, MAX_FRAME + 20), NetLie::Honest));
+    assert!(st.deliver(&frame(3, 64), NetLie::Honest));
+    drop(st);
+    assert_eq!(received(&mut nic).unwrap(), vec![frame(3, 64)]);
+    let s = nic.stats();
+    assert_eq!((s.rx_runts, s.rx_oversize, s.rx_frames), (2, 1, 1), "{s:?}");
+    assert_eq!(s.protocol_errors, 0);
+    // The buffers went back: the device can fill the whole ring again.
+    let mut n = 0;
+    while rig
+        .state
+        .lock()
+        .unwrap()
+        .deliver(&frame(n, 64), NetLie::Honest)
+    {
+        n += 1;
+    }
+    assert_eq!(n as usize, RX_QUEUE_SIZE);
+}
+
+#[test]
+fn a_lying_nic_stops_the_driver_without_a_panic() {
+    let lied = |rx: Option<NetLie>, tx: Option<NetLie>| {
+        let rig = net_rig(|_| {});
+        let mut nic = nic(&rig).expect("init");
+        let r = if let Some(lie) = rx {
+            assert!(rig.state.lock().unwrap().deliver(&frame(0, 64), lie));
+            received(&mut nic).map(|_| ())
+        } else {
+            rig.state.lock().unwrap().tx_lie = tx.unwrap();
+            nic.transmit(64, &mut |b| b.fill(1)).expect("transmit");
+            nic.kick();
+            nic.poll()
+        };
+        assert_eq!(r, Err(NetError::Protocol), "{rx:?} {tx:?}");
+        assert_eq!(nic.poll(), Err(NetError::Protocol));
+        assert_eq!(nic.transmit(64, &mut |_| {}), Err(NetError::Protocol));
+        assert!(!nic.can_transmit(64));
+        assert_eq!(nic.transport().get_status(), DeviceStatus::FAILED);
+        nic.stats()
+    };
+    // A length beyond the 2 KiB buffer: virtio-drivers would hand it out to slice with.
+    for len in [2049, 65535, u32::MAX] {
+        let s = lied(Some(NetLie::Length(len)), None);
+        assert_eq!(s.bad_lengths, 1, "{len}");
+    }
+    // Every receive buffer is posted, so only an id beyond the queue is no buffer's
+    // (the device may use posted buffers in any order).
+    for id in [RX_QUEUE_SIZE as u32 + 1, u32::MAX] {
+        let s = lied(Some(NetLie::WrongId(id)), None);
+        assert_eq!(s.bad_ids, 1, "{id}");
+    }
+    let s = lied(Some(NetLie::Ahead(RX_QUEUE_SIZE as u16)), None);
+    assert_eq!(s.used_ahead, 1);
+    // On the transmit queue: a length the device could not have written, an id never
+    // posted, an index ahead.
+    let s = lied(None, Some(NetLie::Length(4000)));
+    assert_eq!(s.bad_lengths, 1);
+    let s = lied(None, Some(NetLie::WrongId(5)));
+    assert_eq!(s.bad_ids, 1);
+    let s = lied(None, Some(NetLie::Ahead(2)));
+    assert_eq!(s.used_ahead, 1);
+}
+
+#[test]
+fn nics_without_a_usable_mac_or_link_are_reported() {
+    let rig = net_rig(|s| s.offer_mac = false);
+    assert!(matches!(nic(&rig), Err(NetInitError::NoMac)));
+    let rig = net_rig(|s| s.mac = [0x01, 0, 0x5e, 0, 0, 1]);
+    assert!(matches!(nic(&rig), Err(NetInitError::BadMac(_))));
+    let rig = net_rig(|s| s.mac = [0; 6]);
+    assert!(matches!(nic(&rig), Err(NetInitError::BadMac(_))));
+    let rig = net_rig(|s| s.status = 0);
+    let nic = nic(&rig).expect("init");
+    assert!(!nic.link_up());
 }
