@@ -36,6 +36,7 @@
 //!
 //! Not done: `GET_ID`, discard/write-zeroes, multiple queues, MSI-X (INTx only).
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -256,7 +257,9 @@ unsafe fn parts<'a, H: VirtioHal>(
 /// A virtio-blk disk.
 pub struct VirtioBlk<H: VirtioHal, M: Mmio> {
     transport: PciTransport<M>,
-    queue: Option<VirtQueue<H, QUEUE_SIZE>>,
+    /// Boxed: its shadow tables are 4 KiB, too much to move around a 64 KiB boot
+    /// stack.
+    queue: Option<Box<VirtQueue<H, QUEUE_SIZE>>>,
     control: Option<DmaBuf<H>>,
     slots: Vec<Slot<H>>,
     /// Slot of each outstanding token.
@@ -323,8 +326,10 @@ impl<H: VirtioHal, M: Mmio> VirtioBlk<H, M> {
             })
             .map_err(InitError::Config)?;
         let indirect = features.contains(Features::INDIRECT_DESC);
-        let mut queue = VirtQueue::<H, QUEUE_SIZE>::new(transport, REQUEST_QUEUE, indirect, false)
-            .map_err(InitError::Queue)?;
+        let mut queue = Box::new(
+            VirtQueue::<H, QUEUE_SIZE>::new(transport, REQUEST_QUEUE, indirect, false)
+                .map_err(InitError::Queue)?,
+        );
         queue.set_dev_notify(true);
         if transport.broken() {
             return Err(InitError::Transport);

@@ -25,6 +25,7 @@
 //! queue pairs, the control queue, MSI-X (INTx only), transmit batching (one notify per
 //! frame unless the device suppresses it).
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -230,7 +231,9 @@ enum Next {
 
 /// A virtio-net NIC.
 pub struct VirtioNet<H: VirtioHal, M: Mmio> {
-    dev: Option<VirtIONetRaw<H, PciTransport<M>, QUEUE_SIZE>>,
+    /// Boxed: two queues' shadow tables are 8 KiB, too much to move around a 64 KiB
+    /// boot stack.
+    dev: Option<Box<VirtIONetRaw<H, PciTransport<M>, QUEUE_SIZE>>>,
     transport: PciTransport<M>,
     rx: Option<Buffers<H>>,
     tx: Option<Buffers<H>>,
@@ -277,7 +280,7 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
         }
         let mut keep = transport.clone();
         let mut dev =
-            VirtIONetRaw::<H, _, QUEUE_SIZE>::new(transport).map_err(InitError::Device)?;
+            Box::new(VirtIONetRaw::<H, _, QUEUE_SIZE>::new(transport).map_err(InitError::Device)?);
         match Self::start(&mut dev, &keep, config, offered) {
             Ok((mut net, rx, tx)) => {
                 net.dev = Some(dev);
