@@ -1171,3 +1171,77 @@ fn nics_without_a_usable_mac_or_link_are_reported() {
     let nic = nic(&rig).expect("init");
     assert!(!nic.link_up());
 }
+
+/// Seeded random traffic with a random lie now and then: whatever the device does,
+/// every call returns (no panic, no hang), a completion only ever names a request that
+/// was made, and once the driver has said `Protocol` it says nothing else.
+#[test]
+fn random_lies_never_panic_or_confuse_the_driver() {
+    let mut stopped = 0;
+    for seed in 0..48u64 {
+        let mut rng = host_shim::testing::Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let rig = rig(&format!("random-{seed}"), false, false);
+        let mut dev = driver(&rig);
+        let sectors = dev.info().sectors;
+        let mut tags = std::collections::HashSet::new();
+        let mut broken = false;
+        for round in 0..40 {
+            for _ in 0..=rng.below(6) {
+                let count = 1 + rng.below(16) as u32;
+                let sector = rng.below(sectors - u64::from(count));
+                let (op, data) = match rng.below(3) {
+                    0 => (BlockOp::Read, vec![]),
+                    1 => (BlockOp::Write, vec![round as u8; count as usize * 512]),
+                    _ => (BlockOp::Flush, vec![]),
+                };
+                let count = if op == BlockOp::Flush { 0 } else { count };
+                let sector = if op == BlockOp::Flush { 0 } else { sector };
+                match dev.submit(op, sector, count, &data) {
+                    Ok(tag) => assert!(tags.insert(tag), "seed {seed}: tag reused"),
+                    Err(BlockError::Busy) => {}
+                    Err(BlockError::Protocol) => assert!(broken),
+                    Err(e) => panic!("seed {seed}: {e:?}"),
+                }
+            }
+            if rng.below(4) == 0 {
+                let v = rng.next_u64();
+                *rig.lie.lock().unwrap() = match rng.below(7) {
+                    0 => Lie::WrongId(v as u32 % 300),
+                    1 => Lie::Length(v as u32 % 70_000),
+                    2 => Lie::RepeatFirst,
+                    3 => Lie::Duplicate,
+                    4 => Lie::Ahead(v as u16),
+                    5 => Lie::Status(v as u8),
+                    _ => Lie::Silent,
+                };
+            }
+            dev.kick();
+            let mut done = Vec::new();
+            match dev.poll(&mut done) {
+                Ok(n) => {
+                    assert!(!broken, "seed {seed}: answers after Protocol");
+                    assert_eq!(n, done.len());
+                }
+                Err(BlockError::Protocol) => broken = true,
+                Err(e) => panic!("seed {seed}: {e:?}"),
+            }
+            for c in done {
+                assert!(
+                    tags.remove(&c.tag),
+                    "seed {seed}: completion for no request"
+                );
+                if c.op == BlockOp::Read && c.result.is_ok() {
+                    assert!(!c.data.is_empty());
+                }
+            }
+            if *rig.lie.lock().unwrap() == Lie::Silent {
+                *rig.lie.lock().unwrap() = Lie::Honest;
+            }
+        }
+        assert_eq!(dev.stats().protocol_errors, u64::from(broken));
+        stopped += u32::from(broken);
+    }
+    // Most runs meet a lie the driver must catch; a few only lies it may take as true
+    // (an id of another outstanding request, a status of IOERR).
+    assert!(stopped > 24, "{stopped} of 48 runs stopped");
+}
