@@ -201,3 +201,44 @@ fn our_virtio_net_driver_on_qemus_virtio_net() {
         run.assert_line("net: PASS");
     });
 }
+
+/// QEMU's default virtio-blk-pci is transitional (ID 0x1001, a legacy I/O BAR) with the
+/// modern capabilities too: it is driven through them. With two such disks,
+/// `virtio:1` is the second, and only its image changes.
+#[test]
+fn our_virtio_blk_driver_on_qemus_transitional_virtio_blk_picks_the_nth() {
+    let first = ScratchImage::new("qemu-virtio-t0", 1 << 20);
+    let second = ScratchImage::new("qemu-virtio-t1", 1 << 20);
+    let d0 = format!("file={},if=none,id=d0,format=raw", first.path());
+    let d1 = format!("file={},if=none,id=d1,format=raw", second.path());
+    let cmdline = blk_cmdline("write-pattern,verify-pattern", 9).replace("virtio:0", "virtio:1");
+    let run = run_qemu(
+        Machine::Pc,
+        guest_image(),
+        &cmdline,
+        &[
+            "-drive",
+            &d0,
+            "-device",
+            "virtio-blk-pci,drive=d0",
+            "-drive",
+            &d1,
+            "-device",
+            "virtio-blk-pci,drive=d1",
+        ],
+    );
+    assert_eq!(
+        run.guest_status(),
+        Some(0),
+        "{}\n{}",
+        run.0.stdout,
+        run.0.stderr
+    );
+    run.0.assert_contains(" 1af4:1001 ");
+    run.0.assert_line("blk: PASS");
+    expect_image(&second, 9, OFFSET, LEN);
+    assert!(
+        first.read().iter().all(|&b| b == 0),
+        "the other disk changed"
+    );
+}
