@@ -32,6 +32,14 @@
 //! Interrupts: INTx with the ISR byte (read in every poll, which acknowledges and
 //! lowers the line), as the e1000 driver reads ICR. A device's MSI-X capability is left
 //! disabled (host-shim's and QEMU's devices then interrupt through INTx).
+//!
+//! Not done: MSI-X; packed virtqueues; the `VIRTIO_PCI_CAP_PCI_CFG` access window, so
+//! a BAR the guest cannot map (in this kernel: one placed above 4 GiB, outside the
+//! uncached 3-4 GiB window the boot page tables map) makes the device unusable;
+//! legacy (pre-1.0) devices, which are found and refused. Tested: against host-shim's
+//! transport and virtio-blk model and a fake virtio-net in one process, lying devices
+//! included (`host-shim/tests/virtio_model.rs`), and on QEMU's and host-shim's devices
+//! in whole-system runs (`tests/tests/virtio_io.rs`).
 
 pub mod blk;
 pub mod net;
