@@ -653,3 +653,217 @@ impl<M: Mmio> Transport for PciTransport<M> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::{Bar, BarKind, Bdf, Function};
+    use alloc::vec;
+    use std::cell::RefCell as StdRefCell;
+    use std::rc::Rc as StdRc;
+
+    /// A configuration space in a byte array.
+    struct Space([u8; 256]);
+
+    impl ConfigAccess for Space {
+        fn read32(&mut self, _: Bdf, offset: u8) -> u32 {
+            let o = usize::from(offset & 0xfc);
+            u32::from_le_bytes(self.0[o..o + 4].try_into().unwrap())
+        }
+        fn write32(&mut self, _: Bdf, _: u8, _: u32) {}
+        fn write16(&mut self, _: Bdf, _: u8, _: u16) {}
+    }
+
+    /// A BAR that records every access (offset, width, write) and reads back what was
+    /// written, byte by byte.
+    #[derive(Clone)]
+    struct Recorder {
+        log: StdRc<StdRefCell<Vec<(u32, u32, bool)>>>,
+        mem: StdRc<StdRefCell<Vec<u8>>>,
+    }
+
+    impl Recorder {
+        fn get(&self, o: u32, w: u32) -> u64 {
+            self.log.borrow_mut().push((o, w, false));
+            let m = self.mem.borrow();
+            let mut b = [0u8; 8];
+            b[..w as usize].copy_from_slice(&m[o as usize..(o + w) as usize]);
+            u64::from_le_bytes(b)
+        }
+        fn set(&self, o: u32, w: u32, v: u64) {
+            self.log.borrow_mut().push((o, w, true));
+            self.mem.borrow_mut()[o as usize..(o + w) as usize]
+                .copy_from_slice(&v.to_le_bytes()[..w as usize]);
+        }
+    }
+
+    impl Mmio for Recorder {
+        fn read32(&mut self, o: u32) -> u32 {
+            self.get(o, 4) as u32
+        }
+        fn write32(&mut self, o: u32, v: u32) {
+            self.set(o, 4, v.into())
+        }
+        fn read16(&mut self, o: u32) -> u16 {
+            self.get(o, 2) as u16
+        }
+        fn write16(&mut self, o: u32, v: u16) {
+            self.set(o, 2, v.into())
+        }
+        fn read8(&mut self, o: u32) -> u8 {
+            self.get(o, 1) as u8
+        }
+        fn write8(&mut self, o: u32, v: u8) {
+            self.set(o, 1, v.into())
+        }
+    }
+
+    /// QEMU's layout: the four structures in BAR 4 at 0, 0x1000, 0x2000, 0x3000.
+    fn device() -> (Space, Function) {
+        let mut s = [0u8; 256];
+        s[0x06] = 0x10; // capability list
+        s[0x34] = 0x40;
+        // (at, cfg_type, offset, length), each linked to the next.
+        let caps = [
+            (0x40, cap::COMMON_CFG, 0x0, 0x38),
+            (0x50, cap::ISR_CFG, 0x1000, 1),
+            (0x60, cap::DEVICE_CFG, 0x2000, 0x100),
+            (0x70, cap::NOTIFY_CFG, 0x3000, 0x1000),
+        ];
+        for (i, (at, kind, offset, length)) in caps.into_iter().enumerate() {
+            let next = caps.get(i + 1).map_or(0, |c| c.0);
+            let len = if kind == cap::NOTIFY_CFG { 20 } else { 16 };
+            s[at..at + 4].copy_from_slice(&[cap::VENDOR, next as u8, len, kind]);
+            s[at + 4] = 4;
+            s[at + 8..at + 12].copy_from_slice(&(offset as u32).to_le_bytes());
+            s[at + 12..at + 16].copy_from_slice(&(length as u32).to_le_bytes());
+            if kind == cap::NOTIFY_CFG {
+                s[at + 16..at + 20].copy_from_slice(&4u32.to_le_bytes());
+            }
+        }
+        let mut bars = [None; 6];
+        bars[4] = Some(Bar {
+            kind: BarKind::Mem64,
+            address: 0xfe00_0000,
+            size: 0x4000,
+            prefetchable: true,
+        });
+        let f = Function {
+            bdf: Bdf::new(0, 4, 0),
+            vendor: super::super::VENDOR,
+            device: 0x1042,
+            revision: 1,
+            class: 1,
+            subclass: 0,
+            prog_if: 0,
+            header_type: 0,
+            multifunction: false,
+            bars,
+            interrupt_line: 11,
+            interrupt_pin: 1,
+        };
+        (Space(s), f)
+    }
+
+    #[test]
+    fn every_register_is_accessed_at_its_own_width() {
+        let (mut space, f) = device();
+        let bar = Recorder {
+            log: Default::default(),
+            mem: StdRc::new(StdRefCell::new(vec![0; 0x4000])),
+        };
+        // Two queues of up to 256 entries.
+        bar.set(common::NUM_QUEUES, 2, 2);
+        let mut slots = Vec::new();
+        let mut t = PciTransport::probe(&mut space, &f, |slot, b| {
+            slots.push((slot, b.size));
+            Some(bar.clone())
+        })
+        .expect("probe");
+        assert_eq!(slots, [(4, 0x4000)], "one mapping for the one BAR");
+        assert_eq!(t.device_type(), DeviceType::Block);
+        assert_eq!(t.num_queues(), 2);
+        bar.set(common::QUEUE_SIZE, 2, 256);
+        bar.set(common::QUEUE_NOTIFY_OFF, 2, 1);
+        bar.log.borrow_mut().clear();
+
+        t.set_status(DeviceStatus::ACKNOWLEDGE);
+        let _ = t.get_status();
+        let _ = t.read_config_generation();
+        assert_eq!(t.max_queue_size(1), 256);
+        assert_eq!(t.max_queue_size(2), 0, "no third queue");
+        t.queue_set(1, 128, 0x1_2345_6000, 0x1_2345_7000, 0x8000);
+        t.notify(1);
+        let _ = t.ack_interrupt();
+        let cap: u64 = t.read_config_space(0).unwrap();
+        let _ = cap;
+        let log = bar.log.borrow().clone();
+        let width = |o: u32| {
+            let ws: Vec<u32> = log.iter().filter(|a| a.0 == o).map(|a| a.1).collect();
+            assert!(!ws.is_empty(), "{o:#x} never accessed: {log:x?}");
+            ws
+        };
+        for (o, w) in [
+            (common::DEVICE_STATUS, 1),
+            (common::CONFIG_GENERATION, 1),
+            (common::QUEUE_SELECT, 2),
+            (common::QUEUE_SIZE, 2),
+            (common::QUEUE_ENABLE, 2),
+            (common::QUEUE_NOTIFY_OFF, 2),
+            (common::QUEUE_DESC, 4),
+            (common::QUEUE_DESC + 4, 4),
+            (common::QUEUE_DRIVER, 4),
+            (common::QUEUE_DEVICE, 4),
+            (0x1000, 1),
+            // The notify address of queue 1: offset 1 * multiplier 4.
+            (0x3004, 2),
+            // Device configuration: a u64 as two 32-bit reads.
+            (0x2000, 4),
+            (0x2004, 4),
+        ] {
+            assert!(width(o).iter().all(|&x| x == w), "{o:#x}: {log:x?}");
+        }
+        // Nothing but the registers named: no access straddles a neighbour.
+        assert!(
+            log.iter().all(|(o, w, _)| o % w == 0),
+            "misaligned: {log:x?}"
+        );
+        let m = bar.mem.borrow();
+        assert_eq!(&m[0x20..0x28], &0x1_2345_6000u64.to_le_bytes());
+        assert_eq!(
+            &m[0x3004..0x3006],
+            &1u16.to_le_bytes(),
+            "notify names the queue"
+        );
+        assert_eq!(m[common::QUEUE_ENABLE as usize], 1);
+        assert_eq!(t.used_ring(1), Some(0x8000));
+        assert!(!t.broken());
+    }
+
+    #[test]
+    fn config_space_reads_stay_inside_the_structure() {
+        let (mut space, f) = device();
+        let bar = Recorder {
+            log: Default::default(),
+            mem: StdRc::new(StdRefCell::new(vec![0; 0x4000])),
+        };
+        let t = PciTransport::probe(&mut space, &f, |_, _| Some(bar.clone())).unwrap();
+        assert!(t.read_config_space::<u32>(0xfc).is_ok());
+        assert_eq!(
+            t.read_config_space::<u32>(0xfd),
+            Err(Error::ConfigSpaceTooSmall)
+        );
+        assert_eq!(
+            t.read_config_space::<u64>(usize::MAX),
+            Err(Error::ConfigSpaceTooSmall)
+        );
+        // A 6-byte MAC at an odd offset: byte and word reads only where aligned.
+        bar.log.borrow_mut().clear();
+        let _: [u8; 6] = t.read_config_space(1).unwrap();
+        let log = bar.log.borrow().clone();
+        assert_eq!(
+            log.iter().map(|a| (a.0 - 0x2000, a.1)).collect::<Vec<_>>(),
+            [(1, 1), (2, 2), (4, 2), (6, 1)]
+        );
+    }
+}
