@@ -163,8 +163,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
     /// A network interface on a TAP device, created if absent:
-    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000]`. `model=xen` (default) is a PV
-    /// NIC (netback), `model=e1000` an emulated Intel 82540EM on PCI. Repeatable.
+    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000|virtio]`. `model=xen` (default)
+    /// is a PV NIC (netback), `model=e1000` an emulated Intel 82540EM on PCI, `model=virtio`
+    /// a virtio-net device on the modern virtio-pci transport. Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<NetSpec>,
 }

@@ -8,6 +8,10 @@
 //!   compatibility mode). One IDE disk is supported (the primary master).
 //! - `model=e1000` NICs become Intel 82540EMs at 00:03.0 and up, each interrupting on
 //!   its INTA# line, with a worker thread that moves received frames into the guest.
+//! - `if=virtio` disks and `model=virtio` NICs become virtio-blk and virtio-net devices on
+//!   the modern virtio-pci transport in the next free slots (disks first), with MSI-X
+//!   (INTA# as the fallback) and a device thread woken by their doorbells (and, for a
+//!   NIC, by its TAP).
 //!
 //! The host side is the same for every kind ([`DiskSpec::open`], [`NetSpec::open`]:
 //! the same image-file and TAP code), so the numbers of one path against another
@@ -22,7 +26,8 @@ use crate::devices::e1000::{E1000, E1000Worker};
 use crate::devices::ide::PiixIde;
 use crate::devices::pci_bus::IDE_FUNCTION;
 use crate::devices::virtio_blk::VirtioBlk;
-use crate::devices::virtio_pci::{VirtioPci, VirtioWorker};
+use crate::devices::virtio_net::VirtioNet;
+use crate::devices::virtio_pci::{VirtioDevice, VirtioPci, VirtioWorker};
 use crate::vmm::{Error, Vmm};
 use crate::xen::Xen;
 
@@ -70,7 +75,7 @@ pub fn check(disks: &[DiskSpec], nets: &[NetSpec], with_xen: bool) -> Result<(),
     if pv && !with_xen {
         return Err(Error::Devices(
             "PV disks and NICs (if=xen, model=xen: the default) need the Xen interface: drop \
-             --no-xen, or use if=ide / model=e1000"
+             --no-xen, or use if=ide|virtio / model=e1000|virtio"
                 .into(),
         ));
     }
@@ -127,32 +132,10 @@ pub fn attach(
         .enumerate()
     {
         let image = d.open().map_err(Error::Devices)?;
-        let addr = vmm
-            .pci_bus()
-            .free_slot()
-            .ok_or_else(|| Error::Devices("no free PCI slot for another virtio disk".into()))?;
-        let irq = vmm
-            .pci_intx_line(addr, 1)
-            .ok_or_else(|| Error::Devices(format!("no INTA# route for {addr}")))?;
         let blk = VirtioBlk::new(image, &format!("virtio-blk-{n}"));
-        let dev = Arc::new(Mutex::new(
-            VirtioPci::new(Box::new(blk), irq, vmm.guest_memory()).with_msix(vmm.msi_sink()),
-        ));
-        vmm.add_pci_device(&format!("virtio-blk-{n}"), dev.clone(), Some(addr))?;
-        // Without a doorbell eventfd the notifies exit and are served in the exit.
-        let has_doorbell = dev
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .doorbell()
-            .is_some();
-        if has_doorbell {
-            devices
-                .virtio
-                .push(VirtioWorker::start(dev).map_err(|source| Error::Resource {
-                    what: "the virtio device thread",
-                    source,
-                })?);
-        }
+        devices
+            .virtio
+            .extend(add_virtio(vmm, &format!("virtio-blk-{n}"), Box::new(blk))?);
     }
     for (n, spec) in nets
         .iter()
@@ -182,5 +165,53 @@ pub fn attach(
                 source,
             })?);
     }
+    let e1000s = nets.iter().filter(|n| n.model == NetModel::E1000).count();
+    for (n, spec) in nets
+        .iter()
+        .filter(|n| n.model == NetModel::Virtio)
+        .enumerate()
+    {
+        let tap = spec.open().map_err(Error::Devices)?;
+        let mac = spec.mac.unwrap_or_else(|| default_emulated_mac(e1000s + n));
+        let net = VirtioNet::new(mac, Box::new(tap));
+        devices
+            .virtio
+            .extend(add_virtio(vmm, &format!("virtio-net-{n}"), Box::new(net))?);
+    }
     Ok(devices)
+}
+
+/// Puts `device` on the virtio-pci transport (MSI-X, INTA# as the fallback) in the next
+/// free PCI slot, and starts its thread when it has a doorbell (without one, notifies
+/// exit and are served in the exit).
+fn add_virtio(
+    vmm: &mut Vmm,
+    name: &str,
+    device: Box<dyn VirtioDevice>,
+) -> Result<Option<VirtioWorker>, Error> {
+    let addr = vmm
+        .pci_bus()
+        .free_slot()
+        .ok_or_else(|| Error::Devices(format!("no free PCI slot for {name}")))?;
+    let irq = vmm
+        .pci_intx_line(addr, 1)
+        .ok_or_else(|| Error::Devices(format!("no INTA# route for {addr}")))?;
+    let dev = Arc::new(Mutex::new(
+        VirtioPci::new(device, irq, vmm.guest_memory()).with_msix(vmm.msi_sink()),
+    ));
+    vmm.add_pci_device(name, dev.clone(), Some(addr))?;
+    let has_doorbell = dev
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .doorbell()
+        .is_some();
+    if !has_doorbell {
+        return Ok(None);
+    }
+    VirtioWorker::start(dev)
+        .map(Some)
+        .map_err(|source| Error::Resource {
+            what: "the virtio device thread",
+            source,
+        })
 }

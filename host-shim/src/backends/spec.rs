@@ -1,6 +1,6 @@
 //! The command-line descriptions of disks and NICs, QEMU-like:
 //! `--disk PATH[,ro][,create=SIZE][,direct][,if=xen|ide|virtio]` and
-//! `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000]`. The interface or model
+//! `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000|virtio]`. The interface or model
 //! says which device the guest sees (a Xen PV device, the default, or an emulated one);
 //! the host side (the image file, the TAP) is the same for all of them.
 
@@ -28,6 +28,8 @@ pub enum NetModel {
     Xen,
     /// The emulated Intel 82540EM: `model=e1000`.
     E1000,
+    /// A virtio-net device on the modern virtio-pci transport: `model=virtio`.
+    Virtio,
 }
 
 /// One `--disk`.
@@ -194,9 +196,10 @@ impl FromStr for NetSpec {
                 }
                 Some(("model", "xen")) => model = NetModel::Xen,
                 Some(("model", "e1000")) => model = NetModel::E1000,
+                Some(("model", "virtio")) => model = NetModel::Virtio,
                 Some(("model", other)) => {
                     return Err(err(format!(
-                        "--net model={other}: unknown model (expected xen or e1000)"
+                        "--net model={other}: unknown model (expected xen, e1000 or virtio)"
                     )));
                 }
                 Some(("mac", m)) => {
@@ -209,7 +212,7 @@ impl FromStr for NetSpec {
                 _ => {
                     return Err(err(format!(
                         "--net: unknown option '{opt}' (expected \
-                         tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000])"
+                         tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,model=xen|e1000|virtio])"
                     )));
                 }
             }
@@ -312,7 +315,10 @@ mod tests {
         assert_eq!(n.model, NetModel::Xen);
         let n: NetSpec = "model=e1000,tap=t".parse().unwrap();
         assert_eq!(n.model, NetModel::E1000);
+        let n: NetSpec = "tap=t,model=virtio".parse().unwrap();
+        assert_eq!(n.model, NetModel::Virtio);
         for bad in [
+            "tap=t,model=virtio-net",
             "tap=t,model=",
             "tap=t,model=rtl8139",
             "",

@@ -39,6 +39,7 @@ pub mod pci_chipset;
 pub mod rtc;
 pub mod serial;
 pub mod virtio_blk;
+pub mod virtio_net;
 pub mod virtio_pci;
 
 /// Guest RAM as a device's DMA sees it: every access is checked against the RAM

@@ -21,7 +21,7 @@ use std::io::{Read as _, Write as _};
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 
 use super::GuestMemory;
-use super::virtio_pci::VirtioDevice;
+use super::virtio_pci::{VirtioDevice, drain_queue};
 use crate::hostio::disk::DiskImage;
 
 /// The virtio device type.
@@ -281,46 +281,15 @@ impl VirtioDevice for VirtioBlk {
 impl VirtioBlk {
     /// Serves every available request; returns whether the driver wants an interrupt.
     fn drain(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
-        let mut served = false;
-        loop {
-            if queue.disable_notification(mem).is_err() {
-                self.stats.ring_errors += 1;
-                return false;
-            }
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                popped = true;
-                let head = chain.head_index();
-                let len = match self.serve(mem, chain) {
-                    Some(len) => len,
-                    None => {
-                        self.stats.bad_chains += 1;
-                        0
-                    }
-                };
-                if queue.add_used(mem, head, len).is_err() {
-                    self.stats.ring_errors += 1;
-                    return false;
-                }
-                served = true;
-            }
-            match queue.enable_notification(mem) {
-                // More published, but nothing could be taken this round: the
-                // available index is beyond what the ring holds (a hostile driver).
-                // Stop rather than spin; the next notify looks again.
-                Ok(true) if !popped => {
-                    self.stats.ring_errors += 1;
-                    break;
-                }
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(_) => {
-                    self.stats.ring_errors += 1;
-                    return false;
-                }
-            }
-        }
-        served && queue.needs_notification(mem).unwrap_or(true)
+        let mut ring_errors = 0;
+        let interrupt = drain_queue(queue, mem, &mut ring_errors, |chain| {
+            self.serve(mem, chain).unwrap_or_else(|| {
+                self.stats.bad_chains += 1;
+                0
+            })
+        });
+        self.stats.ring_errors += ring_errors;
+        interrupt
     }
 }
 

@@ -30,7 +30,7 @@
 //! function masks holding messages pending) a queue's interrupt is its vector's
 //! message; otherwise INTx with the ISR byte.
 //!
-//! Not done yet (issue #15): virtio-net.
+//! Devices: virtio-blk ([`super::virtio_blk`]) and virtio-net ([`super::virtio_net`]).
 
 use std::sync::Arc;
 
@@ -38,10 +38,11 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
     VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 use super::pci::{BarKind, ConfigSpace, PciDevice, PciIds};
 use super::{GuestMemory, IrqLine, MsiSink};
+use crate::xen::evtchn::Notifier;
 
 /// PCI vendor of virtio devices.
 pub const VIRTIO_VENDOR: u16 = 0x1af4;
@@ -153,6 +154,10 @@ pub trait VirtioDevice: Send {
     fn notify(&mut self, index: u16) -> bool;
     /// The driver reset the device.
     fn reset(&mut self);
+    /// `wake` runs the device thread's [`VirtioDevice::notify`] round from any thread
+    /// (given once, at creation, when the device has a thread): a device with its own
+    /// source of work (frames arriving on a TAP) calls it when work arrives.
+    fn attach_waker(&mut self, _wake: Notifier) {}
     /// Counters for `--stats`.
     fn stats(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -170,8 +175,9 @@ pub struct TransportStats {
     pub resets: u64,
     /// Activations refused (an enabled queue invalid in guest memory).
     pub bad_activations: u64,
-    /// Wake-ups of the device thread by the doorbell KVM absorbs (each may stand for
-    /// several notifies; none of them was an exit to the shim).
+    /// Wake-ups of the device thread: by the doorbell KVM absorbs (each may stand for
+    /// several notifies; none of them was an exit to the shim) or by the device's own
+    /// source of work (see the device's counters, e.g. virtio-net's `link_wakeups`).
     pub doorbell_wakeups: u64,
     /// MSI-X messages sent (the others, with MSI-X off, are INTx through ISR).
     pub msix_messages: u64,
@@ -260,6 +266,15 @@ impl VirtioPci {
         writable[2] = 0xff; // bar
         writable[6..18].fill(0xff); // offset, length, pci_cfg_data
         config.add_capability(PCI_CFG_CAP_AT, cap::VENDOR, &body, &writable);
+        let doorbell = vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC)
+            .ok()
+            .map(Arc::new);
+        let mut device = device;
+        if let Some(bell) = doorbell.clone() {
+            device.attach_waker(Arc::new(move || {
+                let _ = bell.write(1);
+            }));
+        }
         let device_queues = device.num_queues();
         let queues = (0..device.num_queues())
             .filter_map(|_| Queue::new(device.queue_max_size()).ok())
@@ -283,9 +298,7 @@ impl VirtioPci {
             msix_pending: 0,
             config_vector: NO_VECTOR,
             queue_vectors: vec![NO_VECTOR; usize::from(device_queues)],
-            doorbell: vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC)
-                .ok()
-                .map(Arc::new),
+            doorbell,
             stats: TransportStats::default(),
         }
     }
@@ -771,6 +784,51 @@ impl PciDevice for VirtioPci {
             "device": self.device.stats(),
         })
     }
+}
+
+/// Serves every chain the driver made available on `queue` with `serve` (which returns
+/// the bytes it wrote into the chain), the driver's notifications off while it works and
+/// on again after, looking once more for chains published meanwhile. Returns whether the
+/// driver wants an interrupt for what was used. Unusable rings count in `ring_errors`;
+/// so does an available index beyond what the ring holds (a hostile driver), which
+/// stops the round instead of spinning: the next notify looks again.
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    ring_errors: &mut u64,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemory>) -> u32,
+) -> bool {
+    let mut served = false;
+    loop {
+        if queue.disable_notification(mem).is_err() {
+            *ring_errors += 1;
+            return false;
+        }
+        let mut popped = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            popped = true;
+            let head = chain.head_index();
+            let len = serve(chain);
+            if queue.add_used(mem, head, len).is_err() {
+                *ring_errors += 1;
+                return false;
+            }
+            served = true;
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) if !popped => {
+                *ring_errors += 1;
+                break;
+            }
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(_) => {
+                *ring_errors += 1;
+                return false;
+            }
+        }
+    }
+    served && queue.needs_notification(mem).unwrap_or(true)
 }
 
 /// The device thread of a virtio-pci device: it waits on the doorbell KVM signals for

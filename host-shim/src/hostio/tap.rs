@@ -329,7 +329,7 @@ impl Drop for Tap {
 /// Completes a partial checksum as `VIRTIO_NET_HDR_F_NEEDS_CSUM` describes: the
 /// one's-complement sum from `start` to the end (the field holds the pseudo-header
 /// sum), complemented, stored at `start + offset`.
-fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> bool {
+pub(crate) fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> bool {
     let Some(field) = start.checked_add(offset) else {
         return false;
     };
