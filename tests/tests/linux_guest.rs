@@ -354,37 +354,64 @@ fn linux_drives_the_shims_ide_and_e1000() {
 }
 
 #[test]
-fn linux_drives_the_shims_virtio_blk() {
-    // Linux's own virtio_pci (built in) and virtio_blk against the shim's modern
-    // virtio-pci transport and virtio-blk device (the NIC is the e1000: no virtio-net
-    // yet); a plain HVM machine.
+fn linux_drives_the_shims_virtio_blk_and_virtio_net() {
+    // Linux's own virtio_pci (built in), virtio_blk and virtio_net against the shim's
+    // modern virtio-pci transport and devices; a plain HVM machine.
     let v = boot_linux(
         "linux-virtio-guest",
-        &["virtio_blk", "e1000"],
+        &["virtio_blk", "virtio_net"],
         "/dev/vda",
         |disk| {
             let disk = format!("{disk},if=virtio");
-            ["--no-xen", "--disk", &disk, "--net", "tap=tap0,model=e1000"]
-                .map(String::from)
-                .to_vec()
+            [
+                "--no-xen",
+                "--disk",
+                &disk,
+                "--net",
+                "tap=tap0,model=virtio",
+            ]
+            .map(String::from)
+            .to_vec()
         },
         &[
             "virtio-pci 0000:00:03.0: PCI->APIC IRQ transform: INT A -> IRQ 19",
             "virtio_blk virtio0: [vda] 32768 512-byte logical blocks",
         ],
     );
-    let blk = &v["stats"]["devices"]["virtio-blk-0"];
+    let devices = &v["stats"]["devices"];
+    let blk = &devices["virtio-blk-0"];
     let dev = &blk["device"];
     for k in ["reads", "writes", "flushes"] {
         assert!(dev[k].as_u64() > Some(0), "{k}: {blk}");
     }
     assert_eq!(dev["bad_chains"], 0, "{blk}");
     assert_eq!(dev["io_errors"], 0, "{blk}");
-    // The notifies rang the doorbell KVM absorbs (an ioeventfd): no exit for them.
-    let transport = &blk["transport"];
-    assert!(transport["doorbell_wakeups"].as_u64() > Some(0), "{blk}");
-    assert_eq!(transport["notifies"], 0, "{blk}");
-    assert!(transport["interrupts"].as_u64() > Some(0), "{blk}");
-    // Linux took the MSI-X capability: every interrupt was a message, no ISR read.
-    assert_eq!(transport["msix_messages"], transport["interrupts"], "{blk}");
+    let net = &devices["virtio-net-0"];
+    let nd = &net["device"]["net"];
+    for k in ["tx_frames", "rx_frames"] {
+        assert!(nd[k].as_u64() > Some(0), "{k}: {net}");
+    }
+    for k in ["bad_tx", "bad_chains", "ring_errors", "tx_dropped"] {
+        assert_eq!(nd[k], 0, "{k}: {net}");
+    }
+    // Linux took the checksum offload: its TCP segments left with partial checksums
+    // that the device completed, and the peer (the L1's nc) accepted them.
+    assert!(nd["tx_csum_completed"].as_u64() > Some(0), "{net}");
+    // Frames from the TAP woke the device thread, no exit involved.
+    assert!(nd["link_wakeups"].as_u64() > Some(0), "{net}");
+    for (name, d) in [("virtio-blk-0", blk), ("virtio-net-0", net)] {
+        // The notifies rang the doorbell KVM absorbs (an ioeventfd): no exit for them.
+        let transport = &d["transport"];
+        assert!(
+            transport["doorbell_wakeups"].as_u64() > Some(0),
+            "{name}: {d}"
+        );
+        assert_eq!(transport["notifies"], 0, "{name}: {d}");
+        assert!(transport["interrupts"].as_u64() > Some(0), "{name}: {d}");
+        // Linux took the MSI-X capability: every interrupt was a message, no ISR read.
+        assert_eq!(
+            transport["msix_messages"], transport["interrupts"],
+            "{name}: {d}"
+        );
+    }
 }

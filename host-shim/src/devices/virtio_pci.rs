@@ -164,9 +164,22 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// Exits to the shim for the device's registers.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct TransportExits {
+    /// BAR 0 reads and writes (MMIO exits).
+    pub mmio_read: u64,
+    /// BAR 0 writes.
+    pub mmio_write: u64,
+    /// BAR 0 accesses through the `PCI_CFG` window (configuration-space exits).
+    pub cfg_window: u64,
+}
+
 /// Transport counters.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct TransportStats {
+    /// Exits for the device's registers.
+    pub exits: TransportExits,
     /// Queue notifications received.
     pub notifies: u64,
     /// Interrupts raised (ISR bit 0 set while it was clear).
@@ -179,6 +192,9 @@ pub struct TransportStats {
     /// several notifies; none of them was an exit to the shim) or by the device's own
     /// source of work (see the device's counters, e.g. virtio-net's `link_wakeups`).
     pub doorbell_wakeups: u64,
+    /// Signals the doorbell carried (the eventfd's count: each a driver notify KVM
+    /// absorbed, or a wake-up by the device's own source, counted by the device).
+    pub doorbell_rings: u64,
     /// MSI-X messages sent (the others, with MSI-X off, are INTx through ISR).
     pub msix_messages: u64,
     /// Interrupts held in the pending-bit array while their vector was masked.
@@ -441,8 +457,9 @@ impl VirtioPci {
     /// The device thread's work after the doorbell rang: every queue is looked at (the
     /// doorbell does not say which was notified), and the interrupt raised if any
     /// served buffers the driver wants to hear of.
-    pub fn serve_doorbell(&mut self) {
+    pub fn serve_doorbell(&mut self, rings: u64) {
         self.stats.doorbell_wakeups += 1;
+        self.stats.doorbell_rings += rings;
         if !self.active {
             return;
         }
@@ -730,6 +747,7 @@ impl PciDevice for VirtioPci {
         if offset == PCI_CFG_DATA
             && let Some((at, len)) = self.cfg_window()
         {
+            self.stats.exits.cfg_window += 1;
             let mut buf = [0u8; 4];
             self.bar_read(at, &mut buf[..len]);
             for (i, d) in data.iter_mut().enumerate() {
@@ -744,6 +762,7 @@ impl PciDevice for VirtioPci {
         if offset == PCI_CFG_DATA
             && let Some((at, len)) = self.cfg_window()
         {
+            self.stats.exits.cfg_window += 1;
             let n = len.min(data.len());
             self.bar_write(at, &data[..n]);
             return;
@@ -756,6 +775,7 @@ impl PciDevice for VirtioPci {
     }
 
     fn region_read(&mut self, region: usize, offset: u64, data: &mut [u8]) {
+        self.stats.exits.mmio_read += 1;
         if region == 0 {
             self.bar_read(offset, data);
         } else {
@@ -764,6 +784,7 @@ impl PciDevice for VirtioPci {
     }
 
     fn region_write(&mut self, region: usize, offset: u64, data: &[u8]) {
+        self.stats.exits.mmio_write += 1;
         if region == 0 {
             self.bar_write(offset, data);
         }
@@ -855,8 +876,13 @@ impl VirtioWorker {
         let thread = std::thread::Builder::new()
             .name("virtio".into())
             .spawn(move || {
-                while bell.read().is_ok() && !s.load(Ordering::SeqCst) {
-                    d.lock().unwrap_or_else(|p| p.into_inner()).serve_doorbell();
+                while let Ok(rings) = bell.read() {
+                    if s.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    d.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .serve_doorbell(rings);
                 }
             })?;
         Ok(Self {
