@@ -77,8 +77,8 @@ pub struct BenchArgs {
     /// Fewer operations and shorter tests.
     #[arg(long)]
     pub quick: bool,
-    /// The paths to measure, a comma list of xen, ide-dma, ide-pio, e1000.
-    #[arg(long, value_name = "LIST", default_value = "xen,ide-dma,ide-pio,e1000",
+    /// The paths to measure, a comma list of xen, ide-dma, ide-pio, e1000, virtio.
+    #[arg(long, value_name = "LIST", default_value = "xen,ide-dma,ide-pio,e1000,virtio",
           value_delimiter = ',', value_parser = crate::bench::parse_path)]
     pub paths: Vec<String>,
     /// Print only the JSON report, on stdout (no progress lines).

@@ -93,6 +93,8 @@ pub enum DeviceKind {
     Ide,
     /// An e1000 NIC (`devices.e1000-*`).
     E1000,
+    /// A virtio-blk or virtio-net device (`devices.virtio-blk-*`, `devices.virtio-net-*`).
+    Virtio,
 }
 
 /// What one I/O costs, from a delta of snapshots.
@@ -150,12 +152,26 @@ impl Costs {
             DeviceKind::Xen => hyper,
             DeviceKind::Ide => mine("ide").iter().map(|v| sum_leaves(&v["exits"])).sum(),
             DeviceKind::E1000 => mine("e1000").iter().map(|v| sum_leaves(&v["exits"])).sum(),
+            DeviceKind::Virtio => mine("virtio-blk")
+                .iter()
+                .chain(&mine("virtio-net"))
+                .map(|v| sum_leaves(&v["transport"]["exits"]))
+                .sum(),
         };
+        let virtio: Vec<Value> = mine("virtio-blk")
+            .into_iter()
+            .chain(mine("virtio-net"))
+            .collect();
         let xen = &d["xen"];
         let irqs = d["irq_asserts"]
             .as_object()
             .map_or(0.0, |m| m.values().filter_map(Value::as_f64).sum())
-            + num(xen, &["upcalls_injected"]);
+            + num(xen, &["upcalls_injected"])
+            // MSI-X messages raise no line.
+            + virtio
+                .iter()
+                .map(|v| num(v, &["transport", "msix_messages"]))
+                .sum::<f64>();
         let evtchn_sends: f64 = xen["hypercalls"].as_object().map_or(0.0, |m| {
             m.iter()
                 .filter(|(k, _)| k.starts_with("event_channel_op.send"))
@@ -165,6 +181,13 @@ impl Costs {
         let mut notifications = evtchn_sends;
         for v in mine("e1000") {
             notifications += num(&v, &["tdt_writes"]) + num(&v, &["rdt_writes"]);
+        }
+        // virtio: notifies that exited, plus those KVM absorbed into the doorbell (its
+        // signals, less the ones the device's own link made).
+        for v in &virtio {
+            notifications += num(v, &["transport", "notifies"])
+                + num(v, &["transport", "doorbell_rings"])
+                - num(v, &["device", "net", "link_wakeups"]);
         }
         for v in mine("ide") {
             if let Some(w) = v["register_writes"].as_object() {
@@ -191,7 +214,11 @@ impl Costs {
                 + num(v, &["pio_bytes_in"])
                 + num(v, &["pio_bytes_out"])
                 + num(v, &["dma", "read_bytes"])
-                + num(v, &["dma", "write_bytes"]);
+                + num(v, &["dma", "write_bytes"])
+                + num(v, &["device", "bytes_read"])
+                + num(v, &["device", "bytes_written"])
+                + num(v, &["device", "net", "tx_bytes"])
+                + num(v, &["device", "net", "rx_bytes"]);
         }
         let cpu = &d["cpu_ns"];
         let cpu_ns = cpu

@@ -4,11 +4,11 @@
 //! Everything runs in this process, on one bench thread that first moves into a private
 //! network namespace ([`crate::hostio::netns::enter_private`]); the VMs and the host
 //! clients it starts are born there. One boot per (path, kind):
-//! - block paths (`xen`, `ide-dma`, `ide-pio`): a fresh sparse image per path, the guest
+//! - block paths (`xen`, `ide-dma`, `ide-pio`, `virtio`): a fresh sparse image per path, the guest
 //!   runs its matrix (`blk.bench=on`) and prints `blk-result:` lines; the RunReport's
 //!   `phases` give the counter snapshots at each phase's marks; then the host `fio` runs
 //!   the same matrix on the same file as the baseline.
-//! - network paths (`xen`, `e1000`): a TAP per path with the host at `.1` and the guest at
+//! - network paths (`xen`, `e1000`, `virtio`): a TAP per path with the host at `.1` and the guest at
 //!   `.2`; the real `iperf3`, `ping`, and 1-byte TCP round trips on the echo port drive
 //!   the guest's services; `exit` on the control port ends the guest.
 //!
@@ -42,7 +42,7 @@ use self::costs::{Costs, DeviceKind};
 use self::fio::MatrixPhase;
 
 /// Every path, in report order.
-pub const PATHS: [&str; 4] = ["xen", "ide-dma", "ide-pio", "e1000"];
+pub const PATHS: [&str; 5] = ["xen", "ide-dma", "ide-pio", "e1000", "virtio"];
 
 /// Exit status of an interrupted (Ctrl-C) bench; its files are written, marked incomplete.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -194,11 +194,11 @@ impl Scale {
 }
 
 fn is_block(path: &str) -> bool {
-    matches!(path, "xen" | "ide-dma" | "ide-pio")
+    matches!(path, "xen" | "ide-dma" | "ide-pio" | "virtio")
 }
 
 fn is_net(path: &str) -> bool {
-    matches!(path, "xen" | "e1000")
+    matches!(path, "xen" | "e1000" | "virtio")
 }
 
 /// Set by SIGINT.
@@ -614,6 +614,11 @@ impl Bench {
                 "blk.device=ide:0 blk.ata=dma",
                 DeviceKind::Ide,
             ),
+            "virtio" => (
+                format!("{},if=virtio", image.display()),
+                "blk.device=virtio:0",
+                DeviceKind::Virtio,
+            ),
             _ => (
                 format!("{},if=ide", image.display()),
                 "blk.device=ide:0 blk.ata=pio",
@@ -738,18 +743,26 @@ impl Bench {
     /// One network path: boot the guest's services, drive the host clients, end it.
     fn net(&mut self, path: &str) -> Value {
         let s = self.scale;
-        let subnet: u8 = if path == "xen" { 0 } else { 1 };
+        let subnet: u8 = match path {
+            "xen" => 0,
+            "e1000" => 1,
+            _ => 2,
+        };
         let host_ip = Ipv4Addr::new(10, 210, subnet, 1);
         let guest_ip = Ipv4Addr::new(10, 210, subnet, 2);
         let tap = format!("bench-{path}");
-        let (spec, dev, kind) = if path == "e1000" {
-            (
+        let (spec, dev, kind) = match path {
+            "e1000" => (
                 format!("tap={tap},model=e1000"),
                 "net.device=e1000:0",
                 DeviceKind::E1000,
-            )
-        } else {
-            (format!("tap={tap}"), "net.device=xen:0", DeviceKind::Xen)
+            ),
+            "virtio" => (
+                format!("tap={tap},model=virtio"),
+                "net.device=virtio:0",
+                DeviceKind::Virtio,
+            ),
+            _ => (format!("tap={tap}"), "net.device=xen:0", DeviceKind::Xen),
         };
         let spec: NetSpec = match spec.parse() {
             Ok(n) => n,
@@ -1063,8 +1076,8 @@ fn status_of(failed: bool, cells: &[Value]) -> &'static str {
     }
 }
 
-/// Frames the path's NIC moved in a delta: e1000 `tx.frames`/`rx.frames`, netback
-/// `tx_frames`/`rx_frames`.
+/// Frames the path's NIC moved in a delta: e1000 `tx.frames`/`rx.frames`, virtio-net
+/// `device.net.tx_frames`/`rx_frames`, netback `tx_frames`/`rx_frames`.
 fn frames(d: &Value) -> f64 {
     let mut n = 0.0;
     for v in d["devices"]
@@ -1073,6 +1086,8 @@ fn frames(d: &Value) -> f64 {
         .flat_map(|m| m.values())
     {
         n += costs::num(v, &["tx", "frames"]) + costs::num(v, &["rx", "frames"]);
+        n += costs::num(v, &["device", "net", "tx_frames"])
+            + costs::num(v, &["device", "net", "rx_frames"]);
     }
     for v in d["backends"]
         .as_object()

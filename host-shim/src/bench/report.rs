@@ -22,11 +22,15 @@ use super::fio::{BlkResult, FioSummary, MatrixPhase};
 /// Block or network.
 pub const KINDS: [&str; 2] = ["block", "net"];
 
-/// The pairs compared, PV first: (kind, PV path, emulated path).
-pub const RATIO_PAIRS: [(&str, &str, &str); 3] = [
+/// The pairs compared, PV first: (kind, PV path, emulated path). virtio is KVM's PV
+/// path: compared with the emulated devices, and Xen PV with it.
+pub const RATIO_PAIRS: [(&str, &str, &str); 6] = [
     ("block", "xen", "ide-dma"),
     ("block", "xen", "ide-pio"),
     ("net", "xen", "e1000"),
+    ("block", "virtio", "ide-dma"),
+    ("net", "virtio", "e1000"),
+    ("block", "xen", "virtio"),
 ];
 
 /// Seconds since the epoch.
@@ -291,7 +295,7 @@ fn fig(cell: Option<&Value>, path: &[&str]) -> Result<f64, String> {
     })
 }
 
-/// PV/emulated ratios of every cell both paths measured in this run.
+/// PV/emulated (and Xen PV/virtio) ratios of every cell both paths measured in this run.
 pub fn ratios(paths: &Value) -> Value {
     let mut out = Map::new();
     for (kind, pv, emu) in RATIO_PAIRS {
@@ -726,10 +730,12 @@ fn section(s: &mut String, report: &Value, h: &str) {
     if let Some(kinds) = report["ratios"].as_object() {
         for (kind, pairs) in kinds {
             for (pair, by_cell) in pairs.as_object().into_iter().flatten() {
-                let _ = writeln!(
-                    s,
-                    "{h} Ratios {pair} ({kind}; PV divided by emulated, same run)\n"
-                );
+                let what = if pair == "xen/virtio" {
+                    "Xen PV divided by virtio"
+                } else {
+                    "PV divided by emulated"
+                };
+                let _ = writeln!(s, "{h} Ratios {pair} ({kind}; {what}, same run)\n");
                 let _ = writeln!(
                     s,
                     "| test | headline figure | user exits/op | KVM exits/op | interrupts/op | notifications/op |\n|---|---:|---:|---:|---:|---:|"

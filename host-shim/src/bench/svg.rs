@@ -13,11 +13,12 @@ use serde_json::Value;
 use super::report::{KINDS, cells, fmt_num, path_names, place_of};
 
 /// Colours per path, in a fixed order so a path keeps its colour across panels.
-const COLOURS: [(&str, &str); 5] = [
+const COLOURS: [(&str, &str); 6] = [
     ("xen", "#1f77b4"),
     ("ide-dma", "#ff7f0e"),
     ("ide-pio", "#d62728"),
     ("e1000", "#2ca02c"),
+    ("virtio", "#9467bd"),
     ("host fio", "#7f7f7f"),
 ];
 
@@ -25,7 +26,7 @@ fn colour(series: &str) -> &'static str {
     COLOURS
         .iter()
         .find(|(n, _)| *n == series)
-        .map_or("#9467bd", |(_, c)| c)
+        .map_or("#8c564b", |(_, c)| c)
 }
 
 /// Escapes text for XML.

@@ -29,7 +29,8 @@
 //!
 //! Wake-ups: the driver's notifies ring the transport's doorbell; the link's readiness
 //! runs the same device thread through [`VirtioDevice::attach_waker`], so receive
-//! needs no exit either.
+//! needs no exit either. The driver is asked to notify new receive buffers only when a
+//! frame found too few (notifications stay off on the receive queue otherwise).
 
 use std::io::{Read as _, Write as _};
 use std::sync::Arc;
@@ -223,6 +224,12 @@ impl VirtioNet {
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used = false;
         let mut last_took = None;
+        // The driver need not notify buffers while frames find some: it is asked to
+        // (below) only once they run out, as QEMU's virtio-net does.
+        if queue.disable_notification(mem).is_err() {
+            self.stats.ring_errors += 1;
+            return false;
+        }
         loop {
             if self.held.is_none() {
                 match self.link.recv_frame(&mut self.buf) {
