@@ -6,8 +6,10 @@
 //! for a read), and a last writable status byte. Served: `VIRTIO_BLK_T_IN`, `OUT`,
 //! `FLUSH` (the same durability rule as the other disks: a flush is `fdatasync`, a
 //! write is done once `pwrite` returned) and `GET_ID`; anything else is
-//! `VIRTIO_BLK_S_UNSUPP`. Offered: `SEG_MAX` (queue size - 2, as QEMU), `BLK_SIZE`,
-//! `FLUSH`, `RO` for a read-only image, indirect descriptors and `EVENT_IDX`.
+//! `VIRTIO_BLK_S_UNSUPP`. Offered: `SEG_MAX` (queue size - 2, as QEMU), `SIZE_MAX`
+//! ([`SIZE_MAX`] bytes a segment), `BLK_SIZE`, `FLUSH`, `RO` for a read-only image,
+//! indirect descriptors and `EVENT_IDX`; a request beyond `seg_max` segments or with a
+//! segment beyond `size_max` gets `VIRTIO_BLK_S_IOERR`.
 //!
 //! The guest is hostile: a chain that loops, points outside RAM or is too short is
 //! dropped and counted (rust-vmm's `virtio-queue` walks it with a bound); a request
@@ -30,10 +32,16 @@ pub const VIRTIO_ID_BLOCK: u16 = 2;
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest request (data bytes) served; larger ones fail with `IOERR`.
 pub const MAX_REQUEST: usize = 4 << 20;
+/// `size_max`: the largest segment (one descriptor's data) in bytes.
+pub const SIZE_MAX: u32 = 1 << 20;
+/// `seg_max`: the most data segments in a request (the queue size less the header and
+/// status descriptors, as QEMU offers).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
 const SECTOR: u64 = 512;
 
 /// Feature bits (`virtio_blk.h`, `virtio_ring.h`).
+const F_SIZE_MAX: u64 = 1 << 1;
 const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
 const F_BLK_SIZE: u64 = 1 << 6;
@@ -69,8 +77,10 @@ pub struct BlkStats {
     pub bytes_read: u64,
     /// Bytes written.
     pub bytes_written: u64,
-    /// Requests failed with `IOERR` (range, size, read-only, host I/O).
+    /// Requests failed with `IOERR` (range, size, read-only, limits, host I/O).
     pub io_errors: u64,
+    /// Of those, requests beyond `seg_max` segments or with a segment beyond `size_max`.
+    pub limit_errors: u64,
     /// Chains dropped as malformed (no header or status, bad addresses).
     pub bad_chains: u64,
     /// Ring errors (the queue's addresses or indices unusable).
@@ -107,8 +117,9 @@ impl VirtioBlk {
     fn config_bytes(&self) -> [u8; 24] {
         let mut c = [0u8; 24];
         c[0..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
-        // size_max (not offered) at 8; seg_max at 12; geometry at 16; blk_size at 20.
-        c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        // size_max at 8; seg_max at 12; geometry (not offered) at 16; blk_size at 20.
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         c
     }
@@ -118,6 +129,7 @@ impl VirtioBlk {
     fn serve(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Option<u32> {
         let descriptors = chain.clone().count() as u64;
         self.stats.max_chain = self.stats.max_chain.max(descriptors);
+        let within_limits = within_limits(chain.clone().map(|d| d.len()));
         let mut reader = Reader::new(mem, chain.clone()).ok()?;
         let writer = Writer::new(mem, chain).ok()?;
         let header: [u8; 16] = reader.read_obj().ok()?;
@@ -131,6 +143,10 @@ impl VirtioBlk {
         let mut data = writer;
         let mut status_w = data.split_at(writable - 1).ok()?;
         let status = match kind {
+            T_IN | T_OUT if !within_limits => {
+                self.stats.limit_errors += 1;
+                S_IOERR
+            }
             T_IN => {
                 self.stats.reads += 1;
                 self.read(sector, &mut data)
@@ -220,7 +236,7 @@ impl VirtioDevice for VirtioBlk {
 
     fn features(&self) -> u64 {
         let ro = if self.disk.read_only() { F_RO } else { 0 };
-        F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_INDIRECT_DESC | F_EVENT_IDX | ro
+        F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_INDIRECT_DESC | F_EVENT_IDX | ro
     }
 
     fn num_queues(&self) -> u16 {
@@ -278,6 +294,19 @@ impl VirtioDevice for VirtioBlk {
     }
 }
 
+/// Whether a request whose descriptors have these lengths (header, data segments,
+/// status) keeps to `seg_max` and `size_max`.
+fn within_limits(lengths: impl Iterator<Item = u32>) -> bool {
+    let mut descriptors = 0u32;
+    for len in lengths {
+        descriptors += 1;
+        if len > SIZE_MAX || descriptors > SEG_MAX + 2 {
+            return false;
+        }
+    }
+    true
+}
+
 impl VirtioBlk {
     /// Serves every available request; returns whether the driver wants an interrupt.
     fn drain(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
@@ -325,7 +354,7 @@ mod tests {
             },
         )
         .unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         Rig {
             mem,
             blk: VirtioBlk::new(disk, "serial-number-of-the-disk"),
@@ -446,6 +475,24 @@ mod tests {
         ];
         assert_eq!(r.request(&outside, &header(T_IN, 0)).0, 0);
         assert_eq!(r.blk.stats.bad_chains, 3);
+        // A segment beyond size_max: IOERR, nothing read.
+        let mut r2 = rig("limits", false);
+        let big = [
+            desc(HDR, 16, 0),
+            desc(DATA, SIZE_MAX + 512, WRITE),
+            desc(STATUS, 1, WRITE),
+        ];
+        assert_eq!(r2.request(&big, &header(T_IN, 0)).1, S_IOERR);
+        assert_eq!(r2.blk.stats.limit_errors, 1);
+        assert_eq!(r2.blk.stats.bytes_read, 0);
+        // seg_max: header + 254 segments + status is the most.
+        let at_most = std::iter::repeat_n(512, SEG_MAX as usize + 2);
+        assert!(within_limits(at_most));
+        assert!(!within_limits(std::iter::repeat_n(
+            512,
+            SEG_MAX as usize + 3
+        )));
+        assert!(!within_limits([16, SIZE_MAX + 1, 1].into_iter()));
         // The offered features follow the image: read-only here.
         assert_ne!(r.blk.features() & F_RO, 0);
     }
@@ -456,6 +503,7 @@ mod tests {
         let mut c = [0u8; 24];
         r.blk.read_config(0, &mut c);
         assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), 128);
+        assert_eq!(u32::from_le_bytes(c[8..12].try_into().unwrap()), SIZE_MAX);
         assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 254);
         assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
         let mut far = [9u8; 4];
