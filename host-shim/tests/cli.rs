@@ -371,3 +371,64 @@ fn fifo_without_writer_is_an_error_not_a_hang() {
         &format!("kernel {}: not an ELF file (bad magic)", fifo.display()),
     );
 }
+
+#[test]
+fn one_writer_per_disk_image() {
+    use host_shim::hostio::disk::{DiskImage, DiskOptions};
+    if !kvm_usable("one_writer_per_disk_image") {
+        return;
+    }
+    let k = file("hello-disk.elf", &hello_kernel("ran\n", 0));
+    let img = file("one-writer.img", &vec![0x5a; 1 << 20]);
+    let run_with = |disks: &[String]| {
+        let mut args = vec!["run", "--kernel", path_str(&k), "--mem", "8", "--no-xen"];
+        for d in disks {
+            args.extend(["--disk", d.as_str()]);
+        }
+        shim(&args)
+    };
+    let busy = format!(
+        "disk {}: in use: another user has it open (one writer per image; given twice, \
+         or to another running host-shim?)",
+        path_str(&img)
+    );
+    let written = format!(
+        "disk {}: in use: another user holds it for writing (its lock is exclusive)",
+        path_str(&img)
+    );
+    // The same image given twice: refused before the guest runs.
+    let twice = [
+        format!("{},if=virtio", path_str(&img)),
+        format!("{},if=virtio", path_str(&img)),
+    ];
+    assert_error(&run_with(&twice), &busy);
+    // A reader beside a writer (the IDE disk is attached first).
+    let mixed = [
+        format!("{},if=virtio,ro", path_str(&img)),
+        format!("{},if=ide", path_str(&img)),
+    ];
+    assert_error(&run_with(&mixed), &written);
+    // Readers share it.
+    let readers = [
+        format!("{},if=virtio,ro", path_str(&img)),
+        format!("{},if=virtio,ro", path_str(&img)),
+    ];
+    let run = run_with(&readers);
+    assert_eq!(
+        (run.status, run.stdout.as_str()),
+        (0, "ran\n"),
+        "{}",
+        run.stderr
+    );
+    // Another process holding it for writing (another shim): refused, even read-only.
+    let held = DiskImage::open(&img, DiskOptions::default()).expect("open");
+    let run = run_with(&[format!("{},if=virtio,ro", path_str(&img))]);
+    assert_error(&run, &written);
+    let run = run_with(&[format!("{},if=virtio", path_str(&img))]);
+    assert_error(&run, &busy);
+    drop(held);
+    let run = run_with(&[format!("{},if=virtio", path_str(&img))]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    // Nothing was written by any refused run.
+    assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0x5a));
+}

@@ -393,7 +393,14 @@ fn read_only_disk_refuses_writes() {
     let mut s = setup("ro", 1 << 20, false).unwrap();
     // Reversed order to the other tests: DMA first, PIO with the same RAM after.
     std::fs::write(&s.path, patterned(3, 0, 2048)).unwrap();
-    // Reopen the same file read-only behind a fresh model.
+    // Reopen the same file read-only behind a fresh model (the old model holds the
+    // image's writer lock: retire it first).
+    s.ide = Arc::new(Mutex::new(PiixIde::new(
+        None,
+        LevelLog::new(),
+        LevelLog::new(),
+        s.mem.clone(),
+    )));
     let disk = DiskImage::open(
         &s.path,
         DiskOptions {

@@ -1707,10 +1707,9 @@ mod tests {
                 .region_write(REGION_PRIMARY_TASK_FILE, 0, &0xabcd_1234u32.to_le_bytes());
         }
         assert_eq!(r.rb(reg::STATUS), status::DRDY | status::DSC);
-        let mut back = [0u8; 512];
-        let mut disk = DiskImage::open(&r.path, DiskOptions::default()).unwrap();
-        disk.read_at(10 * 512, &mut back).unwrap();
-        assert_eq!(&back[..4], &[0x34, 0x12, 0xcd, 0xab]);
+        // The model holds the image's lock: read the file itself.
+        let back = std::fs::read(&r.path).unwrap();
+        assert_eq!(&back[10 * 512..][..4], &[0x34, 0x12, 0xcd, 0xab]);
         // Beyond the end: ERR with IDNF, and an interrupt.
         r.lba28(100, 1, cmd::READ_SECTORS);
         assert_eq!(r.rb(reg::STATUS), status::DRDY | status::ERR);

@@ -5,6 +5,14 @@
 //! Durability rule, the same for every device: a write is complete once `pwrite`
 //! returned, and a flush (a PV flush or barrier, ATA FLUSH CACHE, a virtio flush) is
 //! `fdatasync`.
+//!
+//! One writer per image, as QEMU locks its images: a writable image is locked
+//! exclusively and a read-only one shared (`flock(2)`, taken when the image is opened,
+//! before any guest runs, and held as long as it is open), so a second writer (the same
+//! file given twice, or to two shims at once) and a reader beside a writer are refused
+//! with a clear error instead of one guest silently destroying the other's data.
+//! Read-only users may share an image. The lock is advisory: programs that do not take
+//! it (`dd`, `fio`) are not kept out.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -47,6 +55,34 @@ impl AlignedBuf {
     }
 }
 
+/// Takes the image's lock: exclusive for a writer, shared for a reader; refused at
+/// once (no waiting) when another holder conflicts.
+fn lock(file: &File, read_only: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let kind = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock on a descriptor this function borrows; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), kind | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() != io::ErrorKind::WouldBlock {
+        return Err(e);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        if read_only {
+            "in use: another user holds it for writing (its lock is exclusive)"
+        } else {
+            "in use: another user has it open (one writer per image; given twice, or to \
+             another running host-shim?)"
+        },
+    ))
+}
+
 /// A raw disk image file.
 #[derive(Debug)]
 pub struct DiskImage {
@@ -71,6 +107,7 @@ impl DiskImage {
             o.custom_flags(libc::O_DIRECT);
         }
         let file = o.open(&path)?;
+        lock(&file, opts.read_only)?;
         let mut bytes = file.metadata()?.len();
         if let Some(size) = opts.create_size
             && bytes == 0
@@ -172,20 +209,31 @@ mod tests {
         drop(d);
         let mut d = DiskImage::open(&path, opts).unwrap();
         assert_eq!(d.sectors(), 10);
-        let mut ro = DiskImage::open(
-            &path,
-            DiskOptions {
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        // Past the end is an error, not a short read.
+        assert!(d.read_at(10 * 512, &mut buf[..512]).is_err());
+        drop(d);
+        let ro_opts = DiskOptions {
+            read_only: true,
+            ..Default::default()
+        };
+        let mut ro = DiskImage::open(&path, ro_opts).unwrap();
         assert!(ro.read_only());
         assert!(ro.write_at(0, &[1; 512]).is_err());
         ro.read_at(512, &mut buf[..512]).unwrap();
         assert!(buf[..512].iter().all(|&b| b == 7));
-        // Past the end is an error, not a short read.
-        assert!(d.read_at(10 * 512, &mut buf[..512]).is_err());
+        // One writer per image: readers share it, a writer beside anyone is refused,
+        // and the lock goes with the last holder.
+        let ro2 = DiskImage::open(&path, ro_opts).unwrap();
+        let busy = DiskImage::open(&path, opts).unwrap_err();
+        assert_eq!(busy.kind(), io::ErrorKind::ResourceBusy);
+        assert!(busy.to_string().contains("one writer per image"), "{busy}");
+        drop((ro, ro2));
+        let w = DiskImage::open(&path, opts).unwrap();
+        assert!(DiskImage::open(&path, opts).is_err(), "a second writer");
+        let e = DiskImage::open(&path, ro_opts).unwrap_err();
+        assert!(e.to_string().contains("holds it for writing"), "{e}");
+        drop(w);
+        assert!(DiskImage::open(&path, opts).is_ok());
         // A missing file is not created without a size.
         let missing = temp("missing");
         assert!(DiskImage::open(&missing, DiskOptions::default()).is_err());
