@@ -333,6 +333,21 @@ impl RunArgs {
 /// `host-shim run`: boots the kernel, reports errors and stats on `stderr`, and returns
 /// the exit status.
 pub fn run(args: &RunArgs, console: ConsoleSink, stderr: &mut dyn Write) -> u8 {
+    // The stats file is opened before the guest runs: an unwritable one is a usage
+    // error, not a guest's exit status turned into a shim error afterwards.
+    let mut stats_file = match &args.stats_file {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Some((path, f)),
+            Err(e) => {
+                report(
+                    stderr,
+                    &format!("cannot write stats file {}: {e}", path.display()),
+                );
+                return EXIT_SHIM_ERROR;
+            }
+        },
+        None => None,
+    };
     let report_result = args
         .to_config(console)
         .and_then(Vmm::new)
@@ -354,8 +369,8 @@ pub fn run(args: &RunArgs, console: ConsoleSink, stderr: &mut dyn Write) -> u8 {
     if args.stats {
         let _ = writeln!(stderr, "{json}");
     }
-    if let Some(path) = &args.stats_file
-        && let Err(e) = std::fs::write(path, format!("{json}\n"))
+    if let Some((path, f)) = &mut stats_file
+        && let Err(e) = f.write_all(format!("{json}\n").as_bytes())
     {
         report(
             stderr,

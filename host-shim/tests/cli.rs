@@ -432,3 +432,50 @@ fn one_writer_per_disk_image() {
     // Nothing was written by any refused run.
     assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0x5a));
 }
+
+#[test]
+fn an_unwritable_stats_file_is_refused_before_the_guest_runs() {
+    let k = file("hello-stats-dir.elf", &hello_kernel("ran\n", 0));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let run = shim(&[
+        "run",
+        "--kernel",
+        path_str(&k),
+        "--stats-file",
+        path_str(&dir),
+    ]);
+    assert_error(
+        &run,
+        &format!(
+            "cannot write stats file {}: Is a directory (os error 21)",
+            path_str(&dir)
+        ),
+    );
+}
+
+#[test]
+fn a_disk_image_of_partial_sectors_is_refused() {
+    if !kvm_usable("a_disk_image_of_partial_sectors_is_refused") {
+        return;
+    }
+    let k = file("hello-partial.elf", &hello_kernel("ran\n", 0));
+    let img = file("partial.img", &vec![0u8; 4096 + 100]);
+    let run = shim(&[
+        "run",
+        "--kernel",
+        path_str(&k),
+        "--mem",
+        "8",
+        "--no-xen",
+        "--disk",
+        &format!("{},if=virtio", path_str(&img)),
+    ]);
+    assert_error(
+        &run,
+        &format!(
+            "disk {}: 4196 bytes is not a whole number of 512-byte sectors (its last 100 \
+             bytes would be unreachable; truncate or extend it)",
+            path_str(&img)
+        ),
+    );
+}

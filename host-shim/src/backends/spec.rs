@@ -241,6 +241,15 @@ impl DiskSpec {
                 self.path.display()
             ));
         }
+        if image.bytes() % crate::hostio::disk::SECTOR_SIZE != 0 {
+            return Err(format!(
+                "disk {}: {} bytes is not a whole number of 512-byte sectors (its last {} \
+                 bytes would be unreachable; truncate or extend it)",
+                self.path.display(),
+                image.bytes(),
+                image.bytes() % crate::hostio::disk::SECTOR_SIZE
+            ));
+        }
         Ok(image)
     }
 }

@@ -131,6 +131,11 @@ impl DiskImage {
         &self.path
     }
 
+    /// Size of the file in bytes, when opened.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Size in 512-byte sectors (a partial last sector is not part of the disk).
     pub fn sectors(&self) -> u64 {
         self.bytes / SECTOR_SIZE
