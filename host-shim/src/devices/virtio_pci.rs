@@ -44,10 +44,9 @@ use super::pci::{BarKind, ConfigSpace, PciDevice, PciIds};
 use super::{GuestMemory, IrqLine, MsiSink};
 use crate::xen::evtchn::Notifier;
 
-/// PCI vendor of virtio devices.
-pub const VIRTIO_VENDOR: u16 = 0x1af4;
-/// Modern device IDs are this plus the virtio device type.
-pub const VIRTIO_DEVICE_BASE: u16 = 0x1040;
+/// PCI vendor of virtio devices, and the base of modern device IDs (plus the virtio
+/// device type).
+pub use hw_devices::virtio::{MODERN_DEVICE_BASE as VIRTIO_DEVICE_BASE, VENDOR as VIRTIO_VENDOR};
 
 /// Size of BAR 0.
 pub const BAR0_SIZE: u64 = 0x8000;
@@ -76,21 +75,9 @@ pub const NOTIFY_AT: u64 = 0x3000;
 /// `notify_off_multiplier`.
 pub const NOTIFY_MULTIPLIER: u32 = 4;
 
-/// `cfg_type` values of `struct virtio_pci_cap` (virtio 1.2, 4.1.4).
-pub mod cap {
-    /// Common configuration.
-    pub const COMMON_CFG: u8 = 1;
-    /// Notifications.
-    pub const NOTIFY_CFG: u8 = 2;
-    /// ISR status.
-    pub const ISR_CFG: u8 = 3;
-    /// Device-specific configuration.
-    pub const DEVICE_CFG: u8 = 4;
-    /// PCI configuration access.
-    pub const PCI_CFG: u8 = 5;
-    /// The PCI capability ID of a vendor-specific capability.
-    pub const VENDOR: u8 = 0x09;
-}
+/// `cfg_type` values of `struct virtio_pci_cap` (virtio 1.2, 4.1.4) and the vendor
+/// capability ID, as the guest's transport declares them.
+pub use hw_devices::virtio::transport::cap;
 
 /// Offsets in the common configuration (`struct virtio_pci_common_cfg`).
 mod common {
