@@ -79,6 +79,14 @@ pub fn check(disks: &[DiskSpec], nets: &[NetSpec], with_xen: bool) -> Result<(),
                 .into(),
         ));
     }
+    for (i, n) in nets.iter().enumerate() {
+        if nets[..i].iter().any(|m| m.tap == n.tap) {
+            return Err(Error::Devices(format!(
+                "TAP {} is given to two --net devices (one NIC per TAP)",
+                n.tap
+            )));
+        }
+    }
     if disks
         .iter()
         .filter(|d| d.interface == DiskInterface::Ide)

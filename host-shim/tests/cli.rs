@@ -479,3 +479,181 @@ fn a_disk_image_of_partial_sectors_is_refused() {
         ),
     );
 }
+
+/// One hostile invocation: its arguments and the error it must give.
+struct Hostile {
+    args: Vec<String>,
+    error: String,
+    /// Refused only once KVM is open (device files are opened beside the VM).
+    needs_kvm: bool,
+}
+
+/// Every hostile invocation is refused before any guest runs: one error line naming the
+/// problem, status 125, nothing on stdout, never a panic or a hang.
+#[test]
+fn hostile_invocations_are_one_clear_error_each() {
+    let good = file("hostile-good.elf", &hello_kernel("ran\n", 0));
+    let k = path_str(&good).to_owned();
+    let valid = std::fs::read(&good).unwrap();
+    // ELFs: empty, truncated, another machine, the other byte order, 32-bit for ARM.
+    let empty = file("hostile-empty.elf", b"");
+    let truncated = file("hostile-truncated.elf", &valid[..40]);
+    let mut arm = valid.clone();
+    arm[18..20].copy_from_slice(&40u16.to_le_bytes()); // EM_ARM
+    let arm = file("hostile-arm.elf", &arm);
+    let mut big_endian = valid.clone();
+    big_endian[5] = 2; // ELFDATA2MSB
+    let big_endian = file("hostile-be.elf", &big_endian);
+    let no_note = file(
+        "hostile-no-note.elf",
+        &ElfBuilder::new().segment(0x10_0000, &[0xf4]).build(),
+    );
+    // Images: empty, partial sectors, a directory, a device.
+    let zero = file("hostile-zero.img", b"");
+    let partial = file("hostile-partial.img", &[0u8; 1000]);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let d = path_str(&dir).to_owned();
+    let (zero, partial) = (path_str(&zero).to_owned(), path_str(&partial).to_owned());
+    let ok_img = file("hostile-ok.img", &vec![0u8; 1 << 20]);
+    let img = path_str(&ok_img).to_owned();
+
+    let run_args = |extra: &[&str]| {
+        let mut v: Vec<String> = ["run", "--kernel", k.as_str()].map(String::from).to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let case = |args: Vec<String>, error: &str| Hostile {
+        args,
+        error: error.into(),
+        needs_kvm: false,
+    };
+    let kvm_case = |args: Vec<String>, error: &str| Hostile {
+        args,
+        error: error.into(),
+        needs_kvm: true,
+    };
+    let kernel = |p: &PathBuf| ["run", "--kernel", path_str(p)].map(String::from).to_vec();
+    let cases = vec![
+        case(kernel(&empty), "not an ELF file"),
+        case(kernel(&truncated), "truncated"),
+        case(kernel(&arm), "machine"),
+        case(kernel(&big_endian), "little-endian"),
+        case(kernel(&no_note), "not a PVH kernel"),
+        case(kernel(&dir), "is a directory"),
+        case(
+            ["run", "--kernel", "/dev/null"].map(String::from).to_vec(),
+            "not a regular file",
+        ),
+        case(
+            ["run", "--kernel", "/nonexistent/k"]
+                .map(String::from)
+                .to_vec(),
+            "No such file",
+        ),
+        case(run_args(&["--mem", "1"]), "out of range"),
+        case(run_args(&["--mem", "99999999"]), "out of range"),
+        case(run_args(&["--mem", "-5"]), "'-5'"),
+        case(run_args(&["--timeout", "-1"]), "'-1'"),
+        case(run_args(&["--timeout", "NaN"]), "--timeout"),
+        case(run_args(&["--domid", "0"]), "--domid"),
+        case(run_args(&["--domid", "40000"]), "--domid"),
+        case(run_args(&["--name", "a b"]), "not a domain name"),
+        case(run_args(&["--name", ""]), "not a domain name"),
+        case(run_args(&["--cmdline", &"x".repeat(5000)]), "at most 4095"),
+        case(run_args(&["--initrd", &d]), "is a directory"),
+        case(run_args(&["--module", "/nonexistent/m"]), "No such file"),
+        case(run_args(&["--stats-file", &d]), "cannot write stats file"),
+        case(run_args(&["--disk", ""]), "--disk"),
+        case(run_args(&["--disk", "x.img,if=scsi"]), "unknown interface"),
+        case(run_args(&["--disk", "x.img,create=2T"]), "--disk"),
+        case(run_args(&["--disk", "x.img,create=3"]), "--disk"),
+        case(run_args(&["--disk", "x.img,ro,create=1M"]), "--disk"),
+        case(run_args(&["--net", "model=e1000"]), "needs tap=NAME"),
+        case(run_args(&["--net", "tap="]), "not an interface name"),
+        case(run_args(&["--net", "tap=a/b"]), "not an interface name"),
+        case(
+            run_args(&["--net", "tap=t,mac=00:00:00:00:00:00"]),
+            "not a unicast MAC",
+        ),
+        case(
+            run_args(&["--net", "tap=t,mac=01:00:5e:00:00:01"]),
+            "not a unicast MAC",
+        ),
+        case(run_args(&["--net", "tap=t,model=rtl8139"]), "unknown model"),
+        case(
+            run_args(&["--net", "tap=t,model=e1000", "--net", "tap=t,model=virtio"]),
+            "TAP t is given to two --net devices",
+        ),
+        case(
+            run_args(&["--no-xen", "--disk", &img]),
+            "need the Xen interface",
+        ),
+        case(
+            run_args(&[
+                "--no-xen",
+                "--disk",
+                &format!("{img},if=ide"),
+                "--disk",
+                &format!("{img},if=ide,ro"),
+            ]),
+            "one --disk with if=ide",
+        ),
+        kvm_case(
+            run_args(&["--no-xen", "--disk", &format!("{zero},if=virtio")]),
+            "empty",
+        ),
+        kvm_case(
+            run_args(&["--no-xen", "--disk", &format!("{partial},if=ide")]),
+            "not a whole number of 512-byte sectors",
+        ),
+        kvm_case(
+            run_args(&["--no-xen", "--disk", &format!("{d},if=virtio")]),
+            "Is a directory",
+        ),
+        kvm_case(
+            run_args(&["--no-xen", "--disk", "/dev/null,if=virtio"]),
+            "empty",
+        ),
+        kvm_case(
+            run_args(&["--no-xen", "--disk", "/nonexistent/d.img,if=virtio"]),
+            "No such file",
+        ),
+        case(
+            ["bench", "--kernel", k.as_str(), "--paths", "xen,floppy"]
+                .map(String::from)
+                .to_vec(),
+            "floppy",
+        ),
+        case(
+            ["bench", "--kernel", k.as_str(), "--place", "a\tb"]
+                .map(String::from)
+                .to_vec(),
+            "--place",
+        ),
+        case(
+            ["bench", "--kernel", "/nonexistent/k"]
+                .map(String::from)
+                .to_vec(),
+            "No such file",
+        ),
+    ];
+    assert!(cases.len() >= 30, "the issue asks for at least 30");
+    let kvm = kvm_usable("hostile_invocations_are_one_clear_error_each (the device cases)");
+    let mut wrong = Vec::new();
+    for c in cases.iter().filter(|c| kvm || !c.needs_kvm) {
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        let run = shim(&args);
+        let ok = run.status == 125
+            && run.stdout.is_empty()
+            && run.stderr.lines().count() == 1
+            && run.stderr.starts_with("host-shim: error: ")
+            && run.stderr.contains(&c.error);
+        if !ok {
+            wrong.push(format!(
+                "{:?}: status {} stdout {:?} stderr {:?} (wanted {:?})",
+                c.args, run.status, run.stdout, run.stderr, c.error
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

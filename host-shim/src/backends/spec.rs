@@ -99,7 +99,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
         }
         *b = u8::from_str_radix(p, 16).ok()?;
     }
-    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+    // Unicast, and not all zero (no NIC answers to that).
+    (parts.next().is_none() && mac[0] & 1 == 0 && mac != [0; 6]).then_some(mac)
 }
 
 /// Formats a MAC as xenstore's `mac` node holds it.
@@ -205,7 +206,8 @@ impl FromStr for NetSpec {
                 Some(("mac", m)) => {
                     mac = Some(parse_mac(m).ok_or_else(|| {
                         err(format!(
-                            "--net mac={m}: not a unicast MAC address (XX:XX:XX:XX:XX:XX)"
+                            "--net mac={m}: not a unicast MAC address (XX:XX:XX:XX:XX:XX, not \
+                             multicast, not all zero)"
                         ))
                     })?);
                 }
@@ -336,6 +338,7 @@ mod tests {
             "tap=0123456789abcdef",
             "mac=00:16:3e:01:02:03",
             "tap=t,mac=01:00:00:00:00:00",
+            "tap=t,mac=00:00:00:00:00:00",
             "tap=t,mac=00:16:3e:01:02",
             "tap=t,mac=00:16:3e:01:02:03:04",
             "tap=t,vlan=3",
