@@ -17,8 +17,10 @@
 //!   contiguous data buffer of DMA memory (allocated when a slot first needs it, kept
 //!   for reuse), its header and status byte in one control page. [`BlockDevice::submit`]
 //!   adds the chain to the available ring; [`BlockDevice::kick`] notifies once per
-//!   batch unless the device asked for no notifications; [`BlockDevice::poll`] reads the
-//!   ISR byte (acknowledging the INTx line) and reaps the used ring.
+//!   batch unless the device asked for no notifications; [`BlockDevice::poll`] reaps
+//!   the used ring, after reading the ISR byte (acknowledging the INTx line) only when
+//!   the device interrupts through INTx: with MSI-X on ([`PciTransport::msix_active`])
+//!   the message was the interrupt, and the poll makes no exit.
 //! - Sectors are 512 bytes (virtio-blk addresses 512-byte sectors whatever `blk_size`
 //!   says); a request moves at most [`VirtioBlkConfig::max_transfer`] bytes, less if
 //!   the device's `size_max` says so.
@@ -34,7 +36,7 @@
 //! on. A device that never completes makes no call block: the caller's stall limit
 //! decides.
 //!
-//! Not done: `GET_ID`, discard/write-zeroes, multiple queues, MSI-X (INTx only).
+//! Not done: `GET_ID`, discard/write-zeroes, multiple queues.
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -638,13 +640,16 @@ impl<H: VirtioHal, M: Mmio> BlockDevice for VirtioBlk<H, M> {
         if self.broken {
             return Err(BlockError::Protocol);
         }
-        // Reading ISR acknowledges the interrupt and lowers INTx (4.1.4.5).
-        let isr = self.transport.ack_interrupt();
-        self.stats.isr_reads += 1;
-        if !isr.intersects(
-            InterruptStatus::QUEUE_INTERRUPT | InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT,
-        ) {
-            self.stats.isr_empty += 1;
+        // With MSI-X the message was the interrupt: no ISR to read (and no exit).
+        if !self.transport.msix_active() {
+            // Reading ISR acknowledges the interrupt and lowers INTx (4.1.4.5).
+            let isr = self.transport.ack_interrupt();
+            self.stats.isr_reads += 1;
+            if !isr.intersects(
+                InterruptStatus::QUEUE_INTERRUPT | InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT,
+            ) {
+                self.stats.isr_empty += 1;
+            }
         }
         let mut n = 0;
         // Bounded: each turn consumes one outstanding request.

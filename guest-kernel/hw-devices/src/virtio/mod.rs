@@ -3,7 +3,7 @@
 //! ([`transport`]), the block driver ([`blk`]) and the network driver ([`net`]).
 //!
 //! The virtqueues and the feature/status handshake are rcore-os's `virtio-drivers`
-//! crate (`VirtQueue`, `Transport::begin_init`, `VirtIONetRaw`); what it reaches the
+//! crate (`VirtQueue`, `Transport::begin_init`); what it reaches the
 //! device through is ours: [`transport::PciTransport`] implements its `Transport` over
 //! this crate's [`crate::Mmio`] and [`crate::pci::ConfigAccess`], so the same driver
 //! runs over the guest's uncached BAR mapping and, in a host test, over the shim's
@@ -18,8 +18,8 @@
 //!   found among their own outstanding requests, so an id the driver never posted, one
 //!   already completed (a duplicate entry) or one beyond the queue is a protocol error
 //!   before the crate looks at it (the crate truncates ids to 16 bits);
-//! - it trusts the used length (`VirtIONetRaw::receive_complete` returns it for the
-//!   caller to slice with) and the used index (any index other than the last one seen
+//! - it trusts the used length (`VirtQueue::pop_used` returns it for the caller to
+//!   slice with) and the used index (any index other than the last one seen
 //!   means "more to pop"): the drivers check every length against the buffer they
 //!   posted and the used index against the number of requests outstanding;
 //! - its blocking calls (`add_notify_wait_pop`, `VirtIOBlk::flush`, `read_consistent`)
@@ -29,11 +29,16 @@
 //! `BlockError::Protocol` / `NetError::Protocol`; a failure the device reports (an
 //! `IOERR` status) fails that request only.
 //!
-//! Interrupts: INTx with the ISR byte (read in every poll, which acknowledges and
-//! lowers the line), as the e1000 driver reads ICR. A device's MSI-X capability is left
-//! disabled (host-shim's and QEMU's devices then interrupt through INTx).
+//! Interrupts: MSI-X where the function has a usable capability and the caller turns
+//! it on ([`transport::PciTransport::enable_msix`]: one vector shared by all queues,
+//! none for configuration changes); the drivers then read no ISR byte, so an interrupt
+//! costs no exit. Otherwise (no capability, a table outside a mappable memory BAR, a
+//! queue vector the device refused, or the caller's choice) INTx with the ISR byte, read
+//! in every poll (which acknowledges and lowers the line), as the e1000 driver reads
+//! ICR. Both drivers batch their notifications: one per [`pv_drivers::device`] `kick`,
+//! unless the device suppressed it.
 //!
-//! Not done: MSI-X; packed virtqueues; the `VIRTIO_PCI_CAP_PCI_CFG` access window, so
+//! Not done: a vector per queue; packed virtqueues; the `VIRTIO_PCI_CAP_PCI_CFG` access window, so
 //! a BAR the guest cannot map (in this kernel: one placed above 4 GiB, outside the
 //! uncached 3-4 GiB window the boot page tables map) makes the device unusable;
 //! legacy (pre-1.0) devices, which are found and refused. Tested: against host-shim's

@@ -1,38 +1,53 @@
 //! The guest's virtio-net driver (virtio 1.2, 5.1), a `NetDevice` like netfront and the
-//! e1000 driver, on `virtio-drivers`' `VirtIONetRaw` over [`PciTransport`].
+//! e1000 driver, on `virtio-drivers`' `VirtQueue` over [`PciTransport`].
 //!
-//! - `VirtIONetRaw` negotiates `VERSION_1`, `MAC`, `STATUS`, `INDIRECT_DESC` and
-//!   `EVENT_IDX`, sets up the receive (0) and transmit (1) queues and fills in the
-//!   `virtio_net_hdr` (12 bytes with `VERSION_1`: no offloads asked, no mergeable
-//!   buffers). It notifies after every buffer it adds (its `should_notify`, called once
-//!   per add, is then correct across the index wrap; see `super::blk` for the batched
-//!   case it gets wrong), so [`NetDevice::kick`] has nothing to do.
+//! Why not `virtio-drivers`' own `VirtIONetRaw` (which this driver used before): it
+//! notifies the device inside `transmit_begin`, once per frame, and negotiates
+//! `EVENT_IDX`, whose `VirtQueue::should_notify` misses a notification when a batch of
+//! adds crosses the 16-bit index wrap (see `super::blk`). So, as `super::blk` does,
+//! this driver uses the crate's queues, feature handshake and configuration access,
+//! and lays out the `virtio_net_hdr` itself.
+//!
+//! - Negotiated: `VERSION_1`, `MAC`, `STATUS`. Not `EVENT_IDX` (above): notifications
+//!   are suppressed by the used ring's flag only. Receive (0) and transmit (1) queues of
+//!   [`QUEUE_SIZE`] entries; every buffer is one descriptor starting with the 12-byte
+//!   header (`VERSION_1`: no offloads asked, no mergeable buffers, all zero on transmit).
 //! - Buffers: [`VirtioNetConfig::rx_buffers`] receive and
 //!   [`VirtioNetConfig::tx_buffers`] transmit buffers of [`BUFFER_SIZE`] bytes (two per
 //!   page of DMA memory), each receive buffer posted at init and again right after its
-//!   frame was handed up. [`NetDevice::poll`] reads the ISR byte (acknowledging INTx; a
-//!   configuration change re-reads the link status) and reaps transmit completions.
+//!   frame was handed up (the receive queue is notified at once, unless the device
+//!   suppresses it: it waits for buffers).
+//! - Transmit is batched: [`NetDevice::transmit`] adds the frame to the available ring
+//!   without notifying; [`NetDevice::kick`] notifies once for all frames added since the
+//!   last kick, unless the device set `VRING_USED_F_NO_NOTIFY`; a transmit that takes
+//!   the last free buffer kicks at once (the frames must reach the device before
+//!   buffers can come back).
+//! - Interrupts: [`NetDevice::poll`] reaps transmit completions; with INTx it first
+//!   reads the ISR byte (acknowledging the line; a configuration change re-reads the
+//!   link status); with MSI-X on ([`PciTransport::msix_active`]) it reads no ISR (no
+//!   exit per interrupt), and configuration changes are not signalled (the link status
+//!   is read at init only).
 //!
-//! The device is hostile, and `VirtIONetRaw` trusts the used length it returns: here a
-//! used element is only popped if the used index is ahead of the last one seen by at
-//! most the buffers outstanding on that queue and its id is the token of a buffer
+//! The device is hostile, and `VirtQueue::pop_used` trusts the used length it returns:
+//! here a used element is only popped if the used index is ahead of the last one seen by
+//! at most the buffers outstanding on that queue and its id is the token of a buffer
 //! posted there; a length beyond the buffer posted is a protocol error (the device is
 //! reset and the driver answers `NetError::Protocol` from then on); a length shorter
 //! than the header plus an Ethernet header, or a frame longer than [`MAX_FRAME`], drops
 //! that frame (counted) and the buffer is posted again.
 //!
 //! Not done: checksum and segmentation offloads, mergeable receive buffers, multiple
-//! queue pairs, the control queue, MSI-X (INTx only), transmit batching (one notify per
-//! frame unless the device suppresses it).
+//! queue pairs, the control queue, link-change interrupts under MSI-X.
 
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+use bitflags::bitflags;
 use pv_drivers::device::{NetDevice, NetError, NetInfo};
 use virtio_drivers::PAGE_SIZE;
-use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 
 use super::transport::PciTransport;
@@ -49,13 +64,33 @@ pub const MAX_FRAME: usize = 1514;
 const MIN_FRAME: usize = 14;
 const RECEIVE_QUEUE: u16 = 0;
 const TRANSMIT_QUEUE: u16 = 1;
-/// Feature bits looked at before `VirtIONetRaw` negotiates (5.1.3).
-const F_MAC: u64 = 1 << 5;
-const F_STATUS: u64 = 1 << 16;
-const F_VERSION_1: u64 = 1 << 32;
-/// `struct virtio_net_config`: `status` (u16) at 6, bit 0 link up.
+/// Bytes of `struct virtio_net_hdr` with `VERSION_1` (5.1.6: `num_buffers` included).
+pub const HEADER: usize = 12;
+/// `struct virtio_net_config`: `mac` (6 bytes) at 0, `status` (u16) at 6, bit 0 link
+/// up.
+const CFG_MAC: usize = 0;
 const CFG_STATUS: usize = 6;
 const S_LINK_UP: u16 = 1;
+
+bitflags! {
+    /// The feature bits this driver knows (5.1.3, 6).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Features: u64 {
+        /// The device has a MAC address in its configuration.
+        const MAC = 1 << 5;
+        /// The configuration has the link status.
+        const STATUS = 1 << 16;
+        /// `used_event`/`avail_event` (never negotiated here: see the module docs).
+        const EVENT_IDX = 1 << 29;
+        /// virtio 1.x.
+        const VERSION_1 = 1 << 32;
+    }
+}
+
+/// What the driver accepts.
+const SUPPORTED: Features = Features::MAC
+    .union(Features::STATUS)
+    .union(Features::VERSION_1);
 
 /// Buffer counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +123,11 @@ pub enum InitError {
     NoMac,
     /// Its MAC is zero or multicast.
     BadMac([u8; 6]),
-    /// `virtio-drivers` refused the device (a queue too small, no memory, ...).
+    /// The device refused the features (`FEATURES_OK` did not stay set).
+    FeaturesRefused,
+    /// The device configuration could not be read.
+    Config(virtio_drivers::Error),
+    /// `virtio-drivers` refused a queue (too small, already in use, no memory).
     Device(virtio_drivers::Error),
     /// The device broke the transport's rules (see `PciTransport::broken`).
     Transport,
@@ -110,6 +149,8 @@ impl fmt::Display for InitError {
                 "invalid MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
                 m[0], m[1], m[2], m[3], m[4], m[5]
             ),
+            Self::FeaturesRefused => f.write_str("the device refused the features"),
+            Self::Config(e) => write!(f, "device configuration: {e}"),
             Self::Device(e) => write!(f, "virtio: {e}"),
             Self::Transport => f.write_str("the device broke the virtio-pci transport rules"),
             Self::NotAccepted(s) => write!(
@@ -134,6 +175,13 @@ pub struct VirtioNetStats {
     pub tx_reaped: u64,
     /// `transmit` refused for lack of a buffer.
     pub tx_busy: u64,
+    /// Transmit-queue notifications written (each a doorbell, or an exit without
+    /// ioeventfd): one per kicked batch.
+    pub tx_notifies: u64,
+    /// Kicks the device's `NO_NOTIFY` flag made unnecessary.
+    pub tx_notifies_suppressed: u64,
+    /// Receive-queue notifications written.
+    pub rx_notifies: u64,
     /// Frames received and handed up, and their bytes.
     pub rx_frames: u64,
     /// Bytes of those frames.
@@ -229,28 +277,36 @@ enum Next {
     BadId,
 }
 
+/// The two queues (boxed: their shadow tables are 4 KiB each, too much to move around
+/// a 64 KiB boot stack).
+struct Queues<H: VirtioHal> {
+    rx: Box<VirtQueue<H, QUEUE_SIZE>>,
+    tx: Box<VirtQueue<H, QUEUE_SIZE>>,
+}
+
 /// A virtio-net NIC.
 pub struct VirtioNet<H: VirtioHal, M: Mmio> {
-    /// Boxed: two queues' shadow tables are 8 KiB, too much to move around a 64 KiB
-    /// boot stack.
-    dev: Option<Box<VirtIONetRaw<H, PciTransport<M>, QUEUE_SIZE>>>,
+    queues: Option<Queues<H>>,
     transport: PciTransport<M>,
     rx: Option<Buffers<H>>,
     tx: Option<Buffers<H>>,
     rx_tokens: Tokens,
     tx_tokens: Tokens,
     tx_free: Vec<u16>,
-    hdr_len: usize,
+    /// Frames added to the transmit queue since the last kick.
+    tx_unkicked: usize,
     mac: [u8; 6],
-    status_feature: bool,
+    features: Features,
     link_up: bool,
     broken: bool,
     stats: VirtioNetStats,
 }
 
 impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
-    /// Initialises the NIC behind `transport` and posts the receive buffers. The
-    /// function's memory decode and bus mastering must be on.
+    /// Initialises the NIC behind `transport` (3.1.1: reset, ACKNOWLEDGE, DRIVER,
+    /// features, FEATURES_OK checked, configuration, queues, DRIVER_OK checked) and
+    /// posts the receive buffers. The function's memory decode and bus mastering must
+    /// be on.
     pub fn new(mut transport: PciTransport<M>, config: VirtioNetConfig) -> Result<Self, InitError> {
         let ok = |n: usize| (1..=QUEUE_SIZE).contains(&n);
         if !ok(config.rx_buffers) || !ok(config.tx_buffers) {
@@ -260,9 +316,10 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
         if kind != DeviceType::Network {
             return Err(InitError::WrongType(kind));
         }
-        match Self::setup(transport.clone(), config) {
+        match Self::setup(&mut transport, config) {
             Ok(dev) => Ok(dev),
             Err(e) => {
+                // Nothing of ours may stay in the device's hands.
                 transport.reset();
                 transport.fail();
                 Err(e)
@@ -270,105 +327,118 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
         }
     }
 
-    fn setup(mut transport: PciTransport<M>, config: VirtioNetConfig) -> Result<Self, InitError> {
-        let offered = transport.read_device_features();
-        if offered & F_VERSION_1 == 0 {
+    fn setup(transport: &mut PciTransport<M>, config: VirtioNetConfig) -> Result<Self, InitError> {
+        let offered = Features::from_bits_retain(transport.read_device_features());
+        if !offered.contains(Features::VERSION_1) {
             return Err(InitError::Legacy);
         }
-        if offered & F_MAC == 0 {
+        if !offered.contains(Features::MAC) {
             return Err(InitError::NoMac);
         }
-        let mut keep = transport.clone();
-        let mut dev =
-            Box::new(VirtIONetRaw::<H, _, QUEUE_SIZE>::new(transport).map_err(InitError::Device)?);
-        match Self::start(&mut dev, &keep, config, offered) {
-            Ok((mut net, rx, tx)) => {
-                net.dev = Some(dev);
-                net.rx = Some(rx);
-                net.tx = Some(tx);
-                Ok(net)
-            }
-            Err(e) => {
-                // The queues' memory goes with `dev`: stop the device first.
-                keep.reset();
-                Err(e)
-            }
-        }
-        .map(|mut net| {
-            net.read_link();
-            net
-        })
-    }
-
-    /// The rest of the set-up, once `VirtIONetRaw` took the device: checks, buffers.
-    #[allow(clippy::type_complexity)]
-    fn start(
-        dev: &mut VirtIONetRaw<H, PciTransport<M>, QUEUE_SIZE>,
-        keep: &PciTransport<M>,
-        config: VirtioNetConfig,
-        offered: u64,
-    ) -> Result<(Self, Buffers<H>, Buffers<H>), InitError> {
-        let status = keep.get_status();
-        if keep.broken() {
+        let features = transport.begin_init(SUPPORTED);
+        if transport.broken() {
             return Err(InitError::Transport);
         }
-        if !status.contains(DeviceStatus::FEATURES_OK | DeviceStatus::DRIVER_OK)
-            || status.contains(DeviceStatus::DEVICE_NEEDS_RESET)
-        {
-            return Err(InitError::NotAccepted(status.bits()));
+        if !transport.get_status().contains(DeviceStatus::FEATURES_OK) {
+            return Err(InitError::FeaturesRefused);
         }
-        let mac = dev.mac_address();
+        let mac: [u8; 6] = transport
+            .read_consistent(|| transport.read_config_space(CFG_MAC))
+            .map_err(InitError::Config)?;
         if mac == [0; 6] || mac[0] & 1 != 0 {
             return Err(InitError::BadMac(mac));
         }
-        let hdr_len = dev
-            .fill_buffer_header(&mut [0u8; 16])
-            .map_err(InitError::Device)?;
-        let (Some(rx_used), Some(tx_used)) = (
-            keep.used_ring(RECEIVE_QUEUE),
-            keep.used_ring(TRANSMIT_QUEUE),
-        ) else {
-            return Err(InitError::Transport);
-        };
-        let rx = Buffers::<H>::new(config.rx_buffers).ok_or(InitError::OutOfMemory)?;
-        let tx = Buffers::<H>::new(config.tx_buffers).ok_or(InitError::OutOfMemory)?;
-        let mut rx_tokens = Tokens::new(rx_used);
-        for i in 0..config.rx_buffers {
-            // SAFETY: buffer `i` is fresh DMA memory nothing else references; it is
-            // not touched until its token is popped in `receive`.
-            let token =
-                unsafe { dev.receive_begin(rx.get(i, BUFFER_SIZE)) }.map_err(InitError::Device)?;
-            rx_tokens.post(token, i, BUFFER_SIZE);
-        }
-        let status_feature = offered & F_STATUS != 0;
-        let net = Self {
-            dev: None,
-            transport: keep.clone(),
+        let rx_queue = Box::new(
+            VirtQueue::<H, QUEUE_SIZE>::new(transport, RECEIVE_QUEUE, false, false)
+                .map_err(InitError::Device)?,
+        );
+        let tx_queue = Box::new(
+            VirtQueue::<H, QUEUE_SIZE>::new(transport, TRANSMIT_QUEUE, false, false)
+                .map_err(InitError::Device)?,
+        );
+        // From here the driver owns the queues: a failure drops it, and its `Drop`
+        // resets the device before their memory (and the buffers') is freed.
+        let mut net = Self {
+            queues: Some(Queues {
+                rx: rx_queue,
+                tx: tx_queue,
+            }),
+            transport: transport.clone(),
             rx: None,
             tx: None,
-            rx_tokens,
-            tx_tokens: Tokens::new(tx_used),
+            rx_tokens: Tokens::new(0),
+            tx_tokens: Tokens::new(0),
             tx_free: (0..config.tx_buffers as u16).rev().collect(),
-            hdr_len,
+            tx_unkicked: 0,
             mac,
-            status_feature,
+            features,
             link_up: true,
             broken: false,
             stats: VirtioNetStats::default(),
         };
-        Ok((net, rx, tx))
+        if transport.broken() {
+            return Err(InitError::Transport);
+        }
+        let (Some(rx_used), Some(tx_used)) = (
+            transport.used_ring(RECEIVE_QUEUE),
+            transport.used_ring(TRANSMIT_QUEUE),
+        ) else {
+            return Err(InitError::Transport);
+        };
+        net.rx_tokens = Tokens::new(rx_used);
+        net.tx_tokens = Tokens::new(tx_used);
+        let rx = net
+            .rx
+            .insert(Buffers::<H>::new(config.rx_buffers).ok_or(InitError::OutOfMemory)?);
+        net.tx = Some(Buffers::<H>::new(config.tx_buffers).ok_or(InitError::OutOfMemory)?);
+        let Some(queues) = net.queues.as_mut() else {
+            return Err(InitError::Transport);
+        };
+        // 3.1.1: buffers may be posted before DRIVER_OK; the device looks at them once
+        // it is live.
+        for i in 0..config.rx_buffers {
+            // SAFETY: buffer `i` is fresh DMA memory nothing else references; it is
+            // not touched until its token is popped in `receive`.
+            let token = unsafe { queues.rx.add(&[], &mut [rx.get(i, BUFFER_SIZE)]) }
+                .map_err(InitError::Device)?;
+            net.rx_tokens.post(token, i, BUFFER_SIZE);
+        }
+        transport.finish_init();
+        let status = transport.get_status();
+        if transport.broken()
+            || !status.contains(DeviceStatus::FEATURES_OK | DeviceStatus::DRIVER_OK)
+            || status.contains(DeviceStatus::DEVICE_NEEDS_RESET)
+        {
+            return Err(InitError::NotAccepted(status.bits()));
+        }
+        net.notify_rx();
+        net.read_link();
+        Ok(net)
     }
 
     fn read_link(&mut self) {
-        if self.status_feature {
+        if self.features.contains(Features::STATUS) {
             let s: Result<u16, _> = self.transport.read_config_space(CFG_STATUS);
             self.link_up = s.is_ok_and(|s| s & S_LINK_UP != 0);
+        }
+    }
+
+    /// Tells the device of receive buffers posted, unless it suppressed that.
+    fn notify_rx(&mut self) {
+        if self.queues.as_ref().is_some_and(|q| q.rx.should_notify()) {
+            self.stats.rx_notifies += 1;
+            self.transport.notify(RECEIVE_QUEUE);
         }
     }
 
     /// The MAC address the device offers.
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    /// The features negotiated.
+    pub fn features(&self) -> Features {
+        self.features
     }
 
     /// Whether the link is up (always, without `VIRTIO_NET_F_STATUS`).
@@ -394,7 +464,7 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
             self.stats.protocol_errors += 1;
             if !self.transport.reset() {
                 // It may still write the rings and buffers: never free them.
-                core::mem::forget(self.dev.take());
+                core::mem::forget(self.queues.take());
                 core::mem::forget(self.rx.take());
                 core::mem::forget(self.tx.take());
             }
@@ -413,9 +483,9 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
 
     /// The next used element of the queue `tokens` tracks, checked, not yet popped.
     fn next_used(&mut self, receive: bool) -> Next {
-        let (tokens, dev) = match (self.dev.as_mut(), receive) {
-            (Some(d), true) => (&self.rx_tokens, d.poll_receive()),
-            (Some(d), false) => (&self.tx_tokens, d.poll_transmit()),
+        let (tokens, peeked) = match (self.queues.as_ref(), receive) {
+            (Some(q), true) => (&self.rx_tokens, q.rx.peek_used()),
+            (Some(q), false) => (&self.tx_tokens, q.tx.peek_used()),
             (None, _) => return Next::Empty,
         };
         let Some(idx) = used_idx::<H>(tokens.used_ring) else {
@@ -428,7 +498,7 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
         if pending > tokens.outstanding {
             return Next::Ahead;
         }
-        let Some(token) = dev else {
+        let Some(token) = peeked else {
             return Next::Empty;
         };
         match tokens.by_token.get(usize::from(token)).copied().flatten() {
@@ -454,18 +524,18 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
                 Next::Token(t, b, l) => (t, b, l),
                 other => return Err(self.bad(other)),
             };
-            let (Some(dev), Some(tx)) = (self.dev.as_mut(), self.tx.as_ref()) else {
+            let (Some(q), Some(tx)) = (self.queues.as_mut(), self.tx.as_ref()) else {
                 return Err(NetError::Protocol);
             };
-            // SAFETY: the buffer and length `transmit` handed over with this token.
-            let done = unsafe { dev.transmit_complete(token, tx.get(buffer, len)) };
+            // SAFETY: the buffer and length `transmit` added with this token.
+            let done = unsafe { q.tx.pop_used(token, &[tx.get(buffer, len)], &mut []) };
             match done {
                 Ok(used) => {
                     self.tx_tokens.take(token);
                     self.tx_free.push(buffer as u16);
                     self.stats.tx_reaped += 1;
                     // The device only reads a transmit buffer (5.1.6.2: it writes 0).
-                    if used > len {
+                    if used as usize > len {
                         self.stats.bad_lengths += 1;
                         return Err(self.protocol_error());
                     }
@@ -505,22 +575,28 @@ impl<H: VirtioHal, M: Mmio> NetDevice for VirtioNet<H, M> {
             return Err(NetError::Busy);
         };
         let buffer = usize::from(buffer);
-        let total = self.hdr_len + len;
-        let (Some(dev), Some(tx)) = (self.dev.as_mut(), self.tx.as_ref()) else {
+        let total = HEADER + len;
+        let (Some(q), Some(tx)) = (self.queues.as_mut(), self.tx.as_ref()) else {
             return Err(NetError::Protocol);
         };
         // SAFETY: a free buffer: neither the device nor another slice has it.
         let buf = unsafe { tx.get(buffer, total) };
-        let added = dev.fill_buffer_header(buf).and_then(|hdr| {
-            fill(&mut buf[hdr..total]);
-            // SAFETY: the buffer is not touched until `reap_tx` pops this token.
-            unsafe { dev.transmit_begin(buf) }
-        });
+        // 5.1.6.2: no checksum or segmentation asked; `num_buffers` is 0 on transmit.
+        buf[..HEADER].fill(0);
+        fill(&mut buf[HEADER..total]);
+        // SAFETY: the buffer is not touched until `reap_tx` pops this token with the
+        // same slice.
+        let added = unsafe { q.tx.add(&[buf], &mut []) };
         match added {
             Ok(token) => {
                 self.tx_tokens.post(token, buffer, total);
+                self.tx_unkicked += 1;
                 self.stats.tx_frames += 1;
                 self.stats.tx_bytes += len as u64;
+                if self.tx_free.is_empty() {
+                    // No buffer comes back before the device sees these frames.
+                    self.kick();
+                }
                 Ok(())
             }
             Err(virtio_drivers::Error::QueueFull) => {
@@ -533,7 +609,18 @@ impl<H: VirtioHal, M: Mmio> NetDevice for VirtioNet<H, M> {
     }
 
     fn kick(&mut self) {
-        // `VirtIONetRaw` notified as it added each buffer.
+        if self.broken || self.tx_unkicked == 0 {
+            return;
+        }
+        self.tx_unkicked = 0;
+        // 2.7.10: without EVENT_IDX the device's NO_NOTIFY flag says whether it wants
+        // to hear of new buffers; one check for the whole batch.
+        if self.queues.as_ref().is_some_and(|q| q.tx.should_notify()) {
+            self.stats.tx_notifies += 1;
+            self.transport.notify(TRANSMIT_QUEUE);
+        } else {
+            self.stats.tx_notifies_suppressed += 1;
+        }
     }
 
     fn receive(&mut self, take: &mut dyn FnMut(&[u8])) -> Result<bool, NetError> {
@@ -545,22 +632,23 @@ impl<H: VirtioHal, M: Mmio> NetDevice for VirtioNet<H, M> {
                 Next::Token(t, b, l) => (t, b, l),
                 other => return Err(self.bad(other)),
             };
-            let (Some(dev), Some(rx)) = (self.dev.as_mut(), self.rx.as_ref()) else {
+            let (Some(q), Some(rx)) = (self.queues.as_mut(), self.rx.as_ref()) else {
                 return Err(NetError::Protocol);
             };
             // SAFETY: the buffer and length posted with this token.
-            let done = unsafe { dev.receive_complete(token, rx.get(buffer, len)) };
+            let done = unsafe { q.rx.pop_used(token, &[], &mut [rx.get(buffer, len)]) };
             let mut delivered = false;
             match done {
-                Ok((hdr, frame)) => {
+                Ok(used) => {
                     self.rx_tokens.take(token);
-                    // virtio-drivers returns the device's length minus the header
-                    // unchecked: a length beyond the buffer must never be sliced with.
-                    if hdr.checked_add(frame).is_none_or(|end| end > len) {
+                    let used = used as usize;
+                    // The device's length: never sliced with unchecked.
+                    if used > len {
                         self.stats.bad_lengths += 1;
                         return Err(self.protocol_error());
                     }
-                    if frame < MIN_FRAME {
+                    let frame = used.saturating_sub(HEADER);
+                    if used < HEADER || frame < MIN_FRAME {
                         self.stats.rx_runts += 1;
                     } else if frame > MAX_FRAME {
                         self.stats.rx_oversize += 1;
@@ -568,27 +656,26 @@ impl<H: VirtioHal, M: Mmio> NetDevice for VirtioNet<H, M> {
                         // SAFETY: the device returned the buffer; the slice ends before
                         // it is posted again.
                         let b = unsafe { rx.get(buffer, len) };
-                        take(&b[hdr..hdr + frame]);
+                        take(&b[HEADER..used]);
                         self.stats.rx_frames += 1;
                         self.stats.rx_bytes += frame as u64;
                         delivered = true;
                     }
-                }
-                // Shorter than the header (popped all the same).
-                Err(virtio_drivers::Error::IoError) => {
-                    self.rx_tokens.take(token);
-                    self.stats.rx_runts += 1;
                 }
                 Err(_) => {
                     self.stats.bad_ids += 1;
                     return Err(self.protocol_error());
                 }
             }
+            let (Some(q), Some(rx)) = (self.queues.as_mut(), self.rx.as_ref()) else {
+                return Err(NetError::Protocol);
+            };
             // SAFETY: the device gave the buffer back and no slice of it lives.
-            match unsafe { dev.receive_begin(rx.get(buffer, BUFFER_SIZE)) } {
+            match unsafe { q.rx.add(&[], &mut [rx.get(buffer, BUFFER_SIZE)]) } {
                 Ok(t) => self.rx_tokens.post(t, buffer, BUFFER_SIZE),
                 Err(_) => return Err(self.protocol_error()),
             }
+            self.notify_rx();
             if delivered {
                 return Ok(true);
             }
@@ -598,15 +685,18 @@ impl<H: VirtioHal, M: Mmio> NetDevice for VirtioNet<H, M> {
 
     fn poll(&mut self) -> Result<(), NetError> {
         self.check()?;
-        // Reading ISR acknowledges the interrupt and lowers INTx (4.1.4.5).
-        let isr = self.transport.ack_interrupt();
-        self.stats.isr_reads += 1;
-        if isr.is_empty() {
-            self.stats.isr_empty += 1;
-        }
-        if isr.contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT) {
-            self.stats.config_changes += 1;
-            self.read_link();
+        // With MSI-X the message was the interrupt: no ISR to read (and no exit).
+        if !self.transport.msix_active() {
+            // Reading ISR acknowledges the interrupt and lowers INTx (4.1.4.5).
+            let isr = self.transport.ack_interrupt();
+            self.stats.isr_reads += 1;
+            if isr.is_empty() {
+                self.stats.isr_empty += 1;
+            }
+            if isr.contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT) {
+                self.stats.config_changes += 1;
+                self.read_link();
+            }
         }
         self.reap_tx()
     }
@@ -618,7 +708,7 @@ impl<H: VirtioHal, M: Mmio> Drop for VirtioNet<H, M> {
             return;
         }
         if !self.transport.reset() {
-            core::mem::forget(self.dev.take());
+            core::mem::forget(self.queues.take());
             core::mem::forget(self.rx.take());
             core::mem::forget(self.tx.take());
         }

@@ -20,9 +20,23 @@
 //! ([`GENERATION_CHANGES`]). A device-configuration read outside the structure is
 //! `Error::ConfigSpaceTooSmall`, never an access.
 //!
+//! MSI-X (virtio 1.2, 4.1.4.3 and 4.1.5.1.2; PCI 3.0, 6.8.2): the walk also finds the
+//! first MSI-X capability (ID 0x11). [`PciTransport::probe`] checks it (a table size
+//! field as read, a table and a pending-bit array that lie inside a memory BAR, which is
+//! mapped like the others) and keeps it, or keeps the reason it is unusable
+//! ([`MsixError`]: nothing is refused for it; the device then interrupts through INTx).
+//! [`PciTransport::enable_msix`] programs table entry 0 with the caller's message and
+//! turns MSI-X on: every queue set up afterwards is given vector 0 (one vector shared by
+//! all queues; `queue_msix_vector` is read back, and a device that answers `NO_VECTOR`
+//! could not take it: [`PciTransport::msix_refused`]), configuration changes get
+//! `NO_VECTOR` (none are signalled). While MSI-X is on and no queue was refused
+//! ([`PciTransport::msix_active`]) the drivers read no ISR byte: a message is one
+//! interrupt and no exit. [`PciTransport::disable_msix`] turns it off again (the
+//! fallback to INTx).
+//!
 //! Not done: the `VIRTIO_PCI_CAP_PCI_CFG` window (a BAR that cannot be mapped is an
-//! error), MSI-X (its capability is left disabled: interrupts are INTx with the ISR
-//! byte), `VIRTIO_F_NOTIFICATION_DATA`, per-queue reset.
+//! error), a vector per queue or for configuration changes, `VIRTIO_F_NOTIFICATION_DATA`,
+//! per-queue reset.
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -35,7 +49,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::device_type_of;
 use crate::Mmio;
-use crate::pci::{Bar, CONFIG_SPACE_SIZE, ConfigAccess, Function, reg, status};
+use crate::pci::{Bar, Bdf, CONFIG_SPACE_SIZE, ConfigAccess, Function, reg, status};
 
 /// `cfg_type` values of `struct virtio_pci_cap` (4.1.4).
 pub mod cap {
@@ -106,6 +120,99 @@ pub mod common {
     pub const QUEUE_DEVICE: u32 = 0x30;
     /// Bytes up to the end of `queue_device`: what the driver needs.
     pub const MIN_LEN: u32 = 0x38;
+}
+
+/// The MSI-X capability and table (PCI 3.0, 6.8.2).
+pub mod msix {
+    /// Its capability ID.
+    pub const CAP_ID: u8 = 0x11;
+    /// Offset of message control (16 bits) in the capability.
+    pub const CONTROL: usize = 2;
+    /// Offset of the table's offset and BIR (32 bits: BIR in bits 2:0).
+    pub const TABLE: usize = 4;
+    /// Offset of the pending-bit array's offset and BIR.
+    pub const PBA: usize = 8;
+    /// Bytes of the capability.
+    pub const SIZE: usize = 12;
+    /// Message control: table size - 1 (bits 10:0).
+    pub const TABLE_SIZE_MASK: u16 = 0x7ff;
+    /// Message control: function mask.
+    pub const FUNCTION_MASK: u16 = 1 << 14;
+    /// Message control: MSI-X enable.
+    pub const ENABLE: u16 = 1 << 15;
+    /// The BIR bits of the table and PBA dwords.
+    pub const BIR_MASK: u32 = 0x7;
+    /// Bytes of a table entry: address low, address high, data, vector control.
+    pub const ENTRY: u32 = 16;
+    /// Entry offsets.
+    pub const ADDRESS_LOW: u32 = 0;
+    /// Address high.
+    pub const ADDRESS_HIGH: u32 = 4;
+    /// Message data.
+    pub const DATA: u32 = 8;
+    /// Vector control: bit 0 masks the entry.
+    pub const VECTOR_CONTROL: u32 = 12;
+    /// Vector control's mask bit.
+    pub const MASKED: u32 = 1;
+    /// "No vector" in `msix_config` and `queue_msix_vector` (virtio 1.2, 4.1.5.1.2).
+    pub const NO_VECTOR: u16 = 0xffff;
+    /// The vector every queue is given (one vector shared by all queues).
+    pub const QUEUE_VECTOR: u16 = 0;
+}
+
+/// Why a function's MSI-X capability is not used (the device then interrupts through
+/// INTx).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsixError {
+    /// The function has no MSI-X capability.
+    Absent,
+    /// The table's or the pending-bit array's BIR names no memory BAR.
+    NotMemoryBar(u8),
+    /// The table lies outside its BAR.
+    TableOutsideBar,
+    /// The pending-bit array lies outside its BAR.
+    PbaOutsideBar,
+    /// The BAR holding the table could not be mapped.
+    Map(u8),
+    /// The table is in use: MSI-X is already on.
+    AlreadyEnabled,
+}
+
+impl fmt::Display for MsixError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Absent => f.write_str("no MSI-X capability"),
+            Self::NotMemoryBar(b) => write!(f, "the MSI-X BIR {b} names no memory BAR"),
+            Self::TableOutsideBar => f.write_str("the MSI-X table lies outside its BAR"),
+            Self::PbaOutsideBar => f.write_str("the MSI-X pending-bit array lies outside its BAR"),
+            Self::Map(b) => write!(f, "the MSI-X table's BAR {b} could not be mapped"),
+            Self::AlreadyEnabled => f.write_str("MSI-X is already enabled"),
+        }
+    }
+}
+
+impl core::error::Error for MsixError {}
+
+/// A usable MSI-X capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Msix {
+    /// Where the capability is in configuration space.
+    cap: u8,
+    /// Entries of the table.
+    entries: u16,
+    /// The table (in a mapped region).
+    table: Window,
+}
+
+/// What the transport does with MSI-X.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum MsixState {
+    /// Off: INTx and the ISR byte.
+    #[default]
+    Off,
+    /// On: every queue set up is given [`msix::QUEUE_VECTOR`]; `refused` once the
+    /// device answered `NO_VECTOR` for one.
+    On { refused: bool },
 }
 
 /// How many capabilities the walk follows at most (a 256-byte space holds at most 48
@@ -182,6 +289,11 @@ struct Inner<M> {
     queues: Vec<QueueState>,
     broken: bool,
     accesses: u64,
+    /// The MSI-X capability, or why it is unusable.
+    msix: Result<Msix, MsixError>,
+    msix_state: MsixState,
+    /// ISR reads (each an exit in a VM).
+    isr_reads: u64,
     /// The last configuration generation read, and how many reads in a row found it
     /// changed.
     generation: Option<u8>,
@@ -275,6 +387,8 @@ impl<M: Mmio> Clone for PciTransport<M> {
 struct Found {
     structs: [Option<(u8, u32, u32)>; 4],
     multiplier: u32,
+    /// The first MSI-X capability: where, message control, table and PBA dwords.
+    msix: Option<(u8, u16, u32, u32)>,
 }
 
 /// Walks the capability list of `f` for the first instance of each structure type.
@@ -292,6 +406,14 @@ fn walk<C: ConfigAccess + ?Sized>(cfg: &mut C, f: &Function) -> Result<Found, Pr
         }
         let id = cfg.read8(bdf, ptr as u8);
         let next = usize::from(cfg.read8(bdf, (ptr + 1) as u8) & 0xfc);
+        if id == msix::CAP_ID && found.msix.is_none() && ptr + msix::SIZE <= CONFIG_SPACE_SIZE {
+            found.msix = Some((
+                ptr as u8,
+                cfg.read16(bdf, (ptr + msix::CONTROL) as u8),
+                cfg.read32(bdf, (ptr + msix::TABLE) as u8),
+                cfg.read32(bdf, (ptr + msix::PBA) as u8),
+            ));
+        }
         if id == cap::VENDOR && ptr + cap::SIZE <= CONFIG_SPACE_SIZE {
             let len = usize::from(cfg.read8(bdf, (ptr + cap::CAP_LEN) as u8));
             let kind = cfg.read8(bdf, (ptr + cap::CFG_TYPE) as u8);
@@ -316,6 +438,63 @@ fn walk<C: ConfigAccess + ?Sized>(cfg: &mut C, f: &Function) -> Result<Found, Pr
         ptr = next;
     }
     Ok(found)
+}
+
+/// Checks the MSI-X capability `(cap, control, table, pba)` of `f` against its BARs
+/// and maps the table's BAR if no structure did. The device is hostile: a BIR naming no
+/// memory BAR (an I/O BAR, an unimplemented slot, the upper half of a 64-bit BAR, 6 or
+/// 7), a table or PBA reaching past its BAR, are reasons not to use it, never a panic.
+/// The table size field holds entries - 1 (PCI 3.0, 6.8.2.3), so a table has at least
+/// the one entry used here.
+fn check_msix<M, F>(
+    f: &Function,
+    (cap, control, table, pba): (u8, u16, u32, u32),
+    regions: &mut Vec<(u8, M)>,
+    map: &mut F,
+) -> Result<Msix, MsixError>
+where
+    F: FnMut(u8, &Bar) -> Option<M>,
+{
+    let entries = (control & msix::TABLE_SIZE_MASK) + 1;
+    let bar_of = |dword: u32| {
+        let bir = (dword & msix::BIR_MASK) as u8;
+        f.bars
+            .get(usize::from(bir))
+            .copied()
+            .flatten()
+            .filter(Bar::is_memory)
+            .map(|b| (bir, b))
+            .ok_or(MsixError::NotMemoryBar(bir))
+    };
+    let (table_bir, table_bar) = bar_of(table)?;
+    let (_, pba_bar) = bar_of(pba)?;
+    let table_at = table & !msix::BIR_MASK;
+    let table_len = u32::from(entries) * msix::ENTRY;
+    if u64::from(table_at) + u64::from(table_len) > table_bar.size {
+        return Err(MsixError::TableOutsideBar);
+    }
+    // One bit per entry, in whole quadwords.
+    let pba_len = u64::from(entries).div_ceil(64) * 8;
+    if u64::from(pba & !msix::BIR_MASK) + pba_len > pba_bar.size {
+        return Err(MsixError::PbaOutsideBar);
+    }
+    let region = match regions.iter().position(|(slot, _)| *slot == table_bir) {
+        Some(r) => r,
+        None => {
+            let m = map(table_bir, &table_bar).ok_or(MsixError::Map(table_bir))?;
+            regions.push((table_bir, m));
+            regions.len() - 1
+        }
+    };
+    Ok(Msix {
+        cap,
+        entries,
+        table: Window {
+            region,
+            offset: table_at,
+            len: table_len,
+        },
+    })
 }
 
 impl<M: Mmio> PciTransport<M> {
@@ -378,6 +557,10 @@ impl<M: Mmio> PciTransport<M> {
         let [Some(common), Some(notify), Some(isr), device] = windows else {
             unreachable!("the loop returned for every missing required structure");
         };
+        let msix = match found.msix {
+            None => Err(MsixError::Absent),
+            Some(m) => check_msix(f, m, &mut regions, &mut map),
+        };
         let mut inner = Inner {
             regions,
             common,
@@ -388,6 +571,9 @@ impl<M: Mmio> PciTransport<M> {
             queues: Vec::new(),
             broken: false,
             accesses: 0,
+            msix,
+            msix_state: MsixState::Off,
+            isr_reads: 0,
             generation: None,
             generation_changes: 0,
         };
@@ -413,6 +599,74 @@ impl<M: Mmio> PciTransport<M> {
     /// Register accesses made (each one a vCPU exit in a VM).
     pub fn accesses(&self) -> u64 {
         self.inner.borrow().accesses
+    }
+
+    /// ISR reads made (`ack_interrupt`; none while [`Self::msix_active`]).
+    pub fn isr_reads(&self) -> u64 {
+        self.inner.borrow().isr_reads
+    }
+
+    /// The MSI-X table's entries, or why MSI-X cannot be used.
+    pub fn msix_available(&self) -> Result<u16, MsixError> {
+        self.inner.borrow().msix.map(|m| m.entries)
+    }
+
+    /// Turns MSI-X on with `address`/`data` as the message of entry 0, the one vector
+    /// every queue set up from now on is given (call before the driver sets the device
+    /// up). The function is masked while its entry is written (PCI 3.0, 6.8.3.5), the
+    /// entry is unmasked, then MSI-X is enabled with the function mask clear. With
+    /// MSI-X on the device does not assert INTx (PCI 3.0, 6.8.2.3).
+    pub fn enable_msix<C: ConfigAccess + ?Sized>(
+        &self,
+        cfg: &mut C,
+        bdf: Bdf,
+        address: u64,
+        data: u32,
+    ) -> Result<(), MsixError> {
+        let mut i = self.inner.borrow_mut();
+        let m = i.msix?;
+        if i.msix_state != MsixState::Off {
+            return Err(MsixError::AlreadyEnabled);
+        }
+        let at = m.cap + msix::CONTROL as u8;
+        let control = cfg.read16(bdf, at) & !(msix::ENABLE | msix::FUNCTION_MASK);
+        cfg.write16(bdf, at, control | msix::ENABLE | msix::FUNCTION_MASK);
+        let e = u32::from(msix::QUEUE_VECTOR) * msix::ENTRY;
+        i.w32(m.table, e + msix::ADDRESS_LOW, address as u32);
+        i.w32(m.table, e + msix::ADDRESS_HIGH, (address >> 32) as u32);
+        i.w32(m.table, e + msix::DATA, data);
+        i.w32(m.table, e + msix::VECTOR_CONTROL, 0);
+        cfg.write16(bdf, at, control | msix::ENABLE);
+        i.msix_state = MsixState::On { refused: false };
+        Ok(())
+    }
+
+    /// Turns MSI-X off (the fallback to INTx, e.g. after [`Self::msix_refused`]): the
+    /// device interrupts through INTx and the ISR byte again, which the drivers then
+    /// read in every poll.
+    pub fn disable_msix<C: ConfigAccess + ?Sized>(&self, cfg: &mut C, bdf: Bdf) {
+        let mut i = self.inner.borrow_mut();
+        if let Ok(m) = i.msix {
+            let at = m.cap + msix::CONTROL as u8;
+            let control = cfg.read16(bdf, at);
+            cfg.write16(bdf, at, control & !msix::ENABLE);
+            let e = u32::from(msix::QUEUE_VECTOR) * msix::ENTRY;
+            i.w32(m.table, e + msix::VECTOR_CONTROL, msix::MASKED);
+        }
+        i.msix_state = MsixState::Off;
+    }
+
+    /// Whether MSI-X is on and every queue took its vector: the device's interrupts
+    /// are messages, and the drivers read no ISR byte.
+    pub fn msix_active(&self) -> bool {
+        self.inner.borrow().msix_state == MsixState::On { refused: false }
+    }
+
+    /// Whether MSI-X is on but the device answered `NO_VECTOR` for a queue's vector
+    /// (it could not allocate it): that queue would never interrupt, so the caller
+    /// falls back to INTx ([`Self::disable_msix`]).
+    pub fn msix_refused(&self) -> bool {
+        self.inner.borrow().msix_state == MsixState::On { refused: true }
     }
 
     /// The guest-physical address of queue `queue`'s used ring, once set up.
@@ -539,6 +793,16 @@ impl<M: Mmio> Transport for PciTransport<M> {
         if notify_at.is_none() {
             i.broken = true;
         }
+        if let MsixState::On { refused } = i.msix_state {
+            // 4.1.5.1.2: the driver writes the vector and reads it back; NO_VECTOR means
+            // the device could not allocate it. Configuration changes get none.
+            i.w16(c, common::MSIX_CONFIG, msix::NO_VECTOR);
+            i.w16(c, common::QUEUE_MSIX_VECTOR, msix::QUEUE_VECTOR);
+            let took = i.common16(common::QUEUE_MSIX_VECTOR) == msix::QUEUE_VECTOR;
+            i.msix_state = MsixState::On {
+                refused: refused || !took,
+            };
+        }
         *i.queue(queue) = QueueState {
             notify_at,
             used: Some(device_area),
@@ -565,6 +829,7 @@ impl<M: Mmio> Transport for PciTransport<M> {
     fn ack_interrupt(&mut self) -> InterruptStatus {
         let mut i = self.inner.borrow_mut();
         let w = i.isr;
+        i.isr_reads += 1;
         InterruptStatus::from_bits_retain(u32::from(i.r8(w, 0)))
     }
 
@@ -670,8 +935,14 @@ mod tests {
             let o = usize::from(offset & 0xfc);
             u32::from_le_bytes(self.0[o..o + 4].try_into().unwrap())
         }
-        fn write32(&mut self, _: Bdf, _: u8, _: u32) {}
-        fn write16(&mut self, _: Bdf, _: u8, _: u16) {}
+        fn write32(&mut self, _: Bdf, offset: u8, value: u32) {
+            let o = usize::from(offset & 0xfc);
+            self.0[o..o + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        fn write16(&mut self, _: Bdf, offset: u8, value: u16) {
+            let o = usize::from(offset & 0xfe);
+            self.0[o..o + 2].copy_from_slice(&value.to_le_bytes());
+        }
     }
 
     /// A BAR that records every access (offset, width, write) and reads back what was
@@ -865,5 +1136,136 @@ mod tests {
             log.iter().map(|a| (a.0 - 0x2000, a.1)).collect::<Vec<_>>(),
             [(1, 1), (2, 2), (4, 2), (6, 1)]
         );
+    }
+
+    /// `device()` with an MSI-X capability at 0x80 (after the notify capability):
+    /// `entries` - 1 in message control, table and PBA dwords as given.
+    fn with_msix(control: u16, table: u32, pba: u32) -> (Space, Function) {
+        let (mut space, f) = device();
+        space.0[0x71] = 0x80;
+        space.0[0x80..0x84].copy_from_slice(&[msix::CAP_ID, 0, 0, 0]);
+        space.0[0x82..0x84].copy_from_slice(&control.to_le_bytes());
+        space.0[0x84..0x88].copy_from_slice(&table.to_le_bytes());
+        space.0[0x88..0x8c].copy_from_slice(&pba.to_le_bytes());
+        (space, f)
+    }
+
+    fn bar() -> Recorder {
+        Recorder {
+            log: Default::default(),
+            mem: StdRc::new(StdRefCell::new(vec![0; 0x4000])),
+        }
+    }
+
+    #[test]
+    fn msix_entry_zero_is_programmed_and_every_queue_given_vector_zero() {
+        // Three entries: table at 0x3800 in BAR 4, PBA at 0x3c00 (QEMU puts them in a
+        // BAR of their own; the same BAR is mapped once).
+        let (mut space, f) = with_msix(2, 0x3800 | 4, 0x3c00 | 4);
+        let bar = bar();
+        bar.set(common::NUM_QUEUES, 2, 2);
+        let mut maps = 0;
+        let mut t = PciTransport::probe(&mut space, &f, |_, _| {
+            maps += 1;
+            Some(bar.clone())
+        })
+        .unwrap();
+        assert_eq!(maps, 1);
+        assert_eq!(t.msix_available(), Ok(3));
+        assert!(!t.msix_active());
+        t.enable_msix(&mut space, f.bdf, 0xfee0_1000, 0x61).unwrap();
+        assert_eq!(
+            t.enable_msix(&mut space, f.bdf, 0xfee0_1000, 0x61),
+            Err(MsixError::AlreadyEnabled)
+        );
+        let control = u16::from_le_bytes([space.0[0x82], space.0[0x83]]);
+        assert_eq!(control & (msix::ENABLE | msix::FUNCTION_MASK), msix::ENABLE);
+        assert_eq!(
+            control & msix::TABLE_SIZE_MASK,
+            2,
+            "the size field is read-only"
+        );
+        {
+            let m = bar.mem.borrow();
+            let word = |o: usize| u32::from_le_bytes(m[o..o + 4].try_into().unwrap());
+            assert_eq!(
+                [word(0x3800), word(0x3804), word(0x3808), word(0x380c)],
+                [0xfee0_1000, 0, 0x61, 0],
+                "entry 0: address, data, unmasked"
+            );
+        }
+        bar.set(common::QUEUE_SIZE, 2, 256);
+        bar.set(common::MSIX_CONFIG, 2, 7);
+        t.queue_set(0, 128, 0x10000, 0x11000, 0x12000);
+        assert!(t.msix_active(), "the vector read back");
+        assert_eq!(bar.get(common::QUEUE_MSIX_VECTOR, 2), 0);
+        assert_eq!(bar.get(common::MSIX_CONFIG, 2), u64::from(msix::NO_VECTOR));
+        // The poll then reads no ISR; with MSI-X off again it does.
+        let before = t.isr_reads();
+        t.disable_msix(&mut space, f.bdf);
+        assert!(!t.msix_active() && !t.msix_refused());
+        let control = u16::from_le_bytes([space.0[0x82], space.0[0x83]]);
+        assert_eq!(control & msix::ENABLE, 0);
+        assert_eq!(bar.get(0x380c, 4) & 1, 1, "entry 0 masked again");
+        let _ = t.ack_interrupt();
+        assert_eq!(t.isr_reads(), before + 1);
+    }
+
+    #[test]
+    fn hostile_msix_capabilities_leave_the_device_on_intx() {
+        let mut io = device().1.bars;
+        io[2] = Some(Bar {
+            kind: BarKind::Io,
+            address: 0xc000,
+            size: 0x40,
+            prefetchable: false,
+        });
+        for (control, table, pba, io_bar, why) in [
+            // Table past the 0x4000-byte BAR (two entries from 0x3ff0).
+            (1, 0x3ff0 | 4, 0x3000 | 4, false, MsixError::TableOutsideBar),
+            // Offset beyond the BAR altogether.
+            (
+                0,
+                0xffff_fff0 | 4,
+                0x3000 | 4,
+                false,
+                MsixError::TableOutsideBar,
+            ),
+            // 2048 entries do not fit.
+            (0x7ff, 4, 0x3000 | 4, false, MsixError::TableOutsideBar),
+            (0, 0x3000 | 4, 0x4000 | 4, false, MsixError::PbaOutsideBar),
+            // An empty slot, the I/O BAR, BIRs 6 and 7 (reserved).
+            (0, 0x3000, 0x3800 | 4, false, MsixError::NotMemoryBar(0)),
+            (0, 0x3000 | 2, 0x3800 | 4, true, MsixError::NotMemoryBar(2)),
+            (0, 0x3000 | 4, 0x3800 | 6, false, MsixError::NotMemoryBar(6)),
+            (0, 0x3000 | 7, 0x3800 | 4, false, MsixError::NotMemoryBar(7)),
+        ] {
+            let (mut space, mut f) = with_msix(control, table, pba);
+            if io_bar {
+                f.bars = io;
+            }
+            let bar = bar();
+            let t = PciTransport::probe(&mut space, &f, |_, _| Some(bar.clone()))
+                .expect("the virtio structures are fine");
+            assert_eq!(
+                t.msix_available(),
+                Err(why),
+                "{control:#x} {table:#x} {pba:#x}"
+            );
+            assert_eq!(
+                t.enable_msix(&mut space, f.bdf, 0xfee0_0000, 0x60),
+                Err(why)
+            );
+            assert_eq!(space.0[0x83] & 0xc0, 0, "MSI-X left off");
+            assert!(!t.msix_active());
+        }
+        // No capability at all; one whose table's BAR cannot be mapped.
+        let (mut space, f) = device();
+        let t = PciTransport::probe(&mut space, &f, |_, _| Some(bar())).unwrap();
+        assert_eq!(t.msix_available(), Err(MsixError::Absent));
+        let (mut space, mut f) = with_msix(0, 0x3000 | 1, 0x3800 | 1);
+        f.bars[1] = f.bars[4];
+        let t = PciTransport::probe(&mut space, &f, |slot, _| (slot == 4).then(bar)).unwrap();
+        assert_eq!(t.msix_available(), Err(MsixError::Map(1)));
     }
 }
