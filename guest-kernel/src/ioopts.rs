@@ -1,5 +1,5 @@
-//! Command-line options of the I/O workloads: the network services (`net.*`) and the
-//! block workload (`blk.*`). Parsed apart from [`crate::cmdline`] (which only learns
+//! Command-line options of the I/O workloads: the network services (`net.*`), the
+//! block workload (`blk.*`) and how the virtio drivers take interrupts (`virtio.*`). Parsed apart from [`crate::cmdline`] (which only learns
 //! their names through [`is_known`]) so that the two grow independently.
 //!
 //! | option | values | default |
@@ -25,6 +25,7 @@
 //! | `blk.bench=` | `on`: run the benchmark matrix (`pv_drivers::workload::bench_matrix`) instead of `blk.workload=`, over the region of `blk.offset=`/`blk.size=` | `off` |
 //! | `blk.bench-ops=` | requests per benchmark phase, 1..=65536 | `256` |
 //! | `blk.bench-idle-ms=` | before the matrix, an idle phase (number 0) of this many milliseconds with no I/O, 0..=60000: the idle guest's exit rate | `0` (none) |
+//! | `virtio.msix=` | `on`: a virtio device with a usable MSI-X capability interrupts by message (no ISR read, so no exit, per interrupt); `off`: INTx and the ISR byte, to measure one against the other | `on` |
 //!
 //! Sizes take `K`/`M`/`G` suffixes ([`crate::cmdline::parse_size`]). Options of a
 //! service that is off (e.g. `net.gw=` without `net.ip=`) are errors, so a typo in the
@@ -151,6 +152,19 @@ impl BlkOptions<'_> {
     }
 }
 
+/// How the virtio drivers take interrupts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioOptions {
+    /// `virtio.msix=`: use MSI-X where the device has it (else INTx).
+    pub msix: bool,
+}
+
+impl Default for VirtioOptions {
+    fn default() -> Self {
+        Self { msix: true }
+    }
+}
+
 /// What the command line asks of the I/O layers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoOptions<'a> {
@@ -158,6 +172,8 @@ pub struct IoOptions<'a> {
     pub net: Option<NetOptions<'a>>,
     /// Block workload, if `blk.workload=` was given.
     pub blk: Option<BlkOptions<'a>>,
+    /// The virtio drivers' interrupts (for whichever workload uses a virtio device).
+    pub virtio: VirtioOptions,
 }
 
 const NET_KEYS: [&str; 7] = [
@@ -185,6 +201,7 @@ const BLK_KEYS: [&str; 14] = [
     "blk.read-pct",
     "blk.verify",
 ];
+const VIRTIO_KEYS: [&str; 1] = ["virtio.msix"];
 /// Options only `blk.workload=` uses.
 const WORKLOAD_ONLY_KEYS: [&str; 5] = ["blk.bs", "blk.qd", "blk.ops", "blk.read-pct", "blk.verify"];
 /// Requests per benchmark phase unless `blk.bench-ops=` says otherwise.
@@ -192,7 +209,7 @@ pub const DEFAULT_BENCH_OPS: u32 = 256;
 
 /// Whether `key` is one of this module's options.
 pub fn is_known(key: &str) -> bool {
-    NET_KEYS.contains(&key) || BLK_KEYS.contains(&key)
+    NET_KEYS.contains(&key) || BLK_KEYS.contains(&key) || VIRTIO_KEYS.contains(&key)
 }
 
 fn bad<'a>(word: &'a str, expected: &'static str) -> BadOption<'a> {
@@ -265,6 +282,7 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
     let (mut bench_word, mut bench_on) = (None, false);
     let (mut workload_only, mut bench_only) = (None, None);
     let mut bench_ops = DEFAULT_BENCH_OPS;
+    let mut virtio = VirtioOptions::default();
     for word in cmdline.split_ascii_whitespace() {
         let Some((key, v)) = word.split_once('=') else {
             continue;
@@ -388,6 +406,13 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
                     _ => return Err(bad(word, "on or off")),
                 }
             }
+            "virtio.msix" => {
+                virtio.msix = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(word, "on or off")),
+                }
+            }
             _ => {}
         }
     }
@@ -419,6 +444,7 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
     Ok(IoOptions {
         net: net_on.then_some(net),
         blk: blk_on.then_some(blk),
+        virtio,
     })
 }
 
@@ -490,6 +516,27 @@ mod tests {
             }
         );
         assert_eq!(d.configs().next().unwrap().phase, Phase::RandRw);
+    }
+
+    #[test]
+    fn virtio_msix_is_on_unless_turned_off() {
+        assert!(parse("").unwrap().virtio.msix);
+        assert!(parse("virtio.msix=on").unwrap().virtio.msix);
+        let o = parse("blk.workload=seq-read blk.device=virtio:0 virtio.msix=off").unwrap();
+        assert!(!o.virtio.msix);
+        assert!(o.blk.is_some(), "the workload is still on");
+        // On its own it turns no workload on, and the last word wins.
+        let o = parse("virtio.msix=off virtio.msix=on").unwrap();
+        assert_eq!((o.virtio.msix, o.blk, o.net), (true, None, None));
+        assert!(is_known("virtio.msix"));
+        for bad in [
+            "virtio.msix=",
+            "virtio.msix=1",
+            "virtio.msix=intx",
+            "virtio.msix=OFF",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().word, bad);
+        }
     }
 
     #[test]

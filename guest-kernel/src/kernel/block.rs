@@ -17,7 +17,7 @@
 
 use alloc::boxed::Box;
 use alloc::string::ToString as _;
-use guest_kernel::ioopts::{BlkDeviceSel, BlkOptions};
+use guest_kernel::ioopts::{BlkDeviceSel, BlkOptions, VirtioOptions};
 use hw_devices::ata::{AtaConfig, AtaDisk, AtaPorts, id};
 use hw_devices::virtio::{
     self,
@@ -92,13 +92,14 @@ fn open_emulated_block(target: IdeTarget) -> Option<Box<dyn BlockDevice>> {
     }
 }
 
-/// Runs the workload of `opts` on the chosen disk; true if every phase passed.
-pub fn run(opts: &BlkOptions<'_>) -> bool {
+/// Runs the workload of `opts` on the chosen disk (a virtio one interrupting as
+/// `virtio_opts` says); true if every phase passed.
+pub fn run(opts: &BlkOptions<'_>, virtio_opts: VirtioOptions) -> bool {
     let ids = pv::list_devices("vbd");
     kprintln!("blk: vbd devices: {ids:?}");
     let wanted = match opts.device {
         Some(BlkDeviceSel::Ide(drive)) => return run_emulated(drive, opts),
-        Some(BlkDeviceSel::Virtio(n)) => return run_virtio(n, opts),
+        Some(BlkDeviceSel::Virtio(n)) => return run_virtio(n, opts, virtio_opts),
         Some(BlkDeviceSel::Xen(id)) => Some(id),
         None if ids.is_empty() && platform::ide_controller().is_some() => {
             return run_emulated(0, opts);
@@ -157,15 +158,22 @@ fn run_emulated(drive: u8, opts: &BlkOptions<'_>) -> bool {
 }
 
 /// Opens the virtio-blk device that `target` describes (found on PCI, its structures
-/// mapped, memory decode and bus mastering on, its INTx line routed to
+/// mapped, memory decode and bus mastering on, its interrupt routed to
 /// `target.event`, which the caller already holds), with `hw_devices::virtio::blk`;
 /// `None` with the reason logged if it fails.
 fn open_virtio_block(target: VirtioTarget) -> Option<Box<dyn BlockDevice>> {
     let bdf = target.function.bdf;
     match VirtioBlk::<GuestVirtioHal, _>::new(target.transport, VirtioBlkConfig::default()) {
         Ok(disk) => {
+            let irq = platform::settle_virtio_irq(
+                virtio::device_type::BLOCK,
+                &target.function,
+                disk.transport(),
+                target.irq,
+                &target.event,
+            );
             kprintln!(
-                "blk: virtio-blk on {bdf}: {} sectors, features {:?}",
+                "blk: virtio-blk on {bdf}: {} sectors, features {:?}, interrupts {irq}",
                 disk.info().sectors,
                 disk.features()
             );
@@ -179,9 +187,9 @@ fn open_virtio_block(target: VirtioTarget) -> Option<Box<dyn BlockDevice>> {
 }
 
 /// Runs the workload on the `n`th virtio-blk device.
-fn run_virtio(n: u8, opts: &BlkOptions<'_>) -> bool {
+fn run_virtio(n: u8, opts: &BlkOptions<'_>, virtio_opts: VirtioOptions) -> bool {
     let sel = BlkDeviceSel::Virtio(n);
-    let target = match platform::prepare_virtio(virtio::device_type::BLOCK, n) {
+    let target = match platform::prepare_virtio(virtio::device_type::BLOCK, n, virtio_opts.msix) {
         Ok(t) => t,
         Err(e) => {
             log::error!("blk: {sel}: {e}");
@@ -189,15 +197,7 @@ fn run_virtio(n: u8, opts: &BlkOptions<'_>) -> bool {
             return false;
         }
     };
-    kprintln!(
-        "blk: {sel}: {}, IRQ {}",
-        target.function,
-        target
-            .gsi
-            .map_or(alloc::string::String::from("none"), |g| alloc::format!(
-                "{g}"
-            ))
-    );
+    kprintln!("blk: {sel}: {}, IRQ {}", target.function, target.irq);
     let event = target.event.clone();
     let Some(mut dev) = open_virtio_block(target) else {
         kprintln!("blk: FAIL ({sel} not opened)");

@@ -11,7 +11,10 @@
 //!
 //! External interrupts: [`register`] puts a handler on a vector; [`route_gsi`] routes an
 //! IOAPIC line to a vector whose handler sets a device's `DeviceEvent` (vectors
-//! [`GSI_VECTOR_BASE`]`+ gsi`).
+//! [`GSI_VECTOR_BASE`]`+ gsi`); [`route_msi`] hands out a vector of its own (from
+//! [`MSI_VECTOR_BASE`], never given back, as routes are never undone) for a device's
+//! message-signalled interrupt, with the message that reaches it, and its handler sets
+//! the device's `DeviceEvent` the same way.
 
 use super::event::{DeviceEvent, EventState};
 use super::{apic, arch, exit, ioapic};
@@ -251,6 +254,10 @@ pub enum RouteError {
     NoSuchGsi(u8),
     /// Another device's event already has this line (lines are not shared here).
     Busy(u8),
+    /// Every vector for message-signalled interrupts is handed out.
+    NoVectors,
+    /// This CPU's APIC id does not fit a message address's 8-bit destination.
+    NoMsiDestination(u32),
 }
 
 impl core::fmt::Display for RouteError {
@@ -259,6 +266,10 @@ impl core::fmt::Display for RouteError {
             Self::NoIoApic => write!(f, "no IOAPIC"),
             Self::NoSuchGsi(g) => write!(f, "the IOAPIC has no GSI {g}"),
             Self::Busy(g) => write!(f, "GSI {g} is already routed"),
+            Self::NoVectors => write!(f, "no vector left for MSI"),
+            Self::NoMsiDestination(id) => {
+                write!(f, "APIC id {id} does not fit an MSI address")
+            }
         }
     }
 }
@@ -305,6 +316,68 @@ pub fn route_gsi(
         return Err(RouteError::NoSuchGsi(gsi));
     }
     Ok(vector)
+}
+
+/// First vector handed out by [`route_msi`] (above the IOAPIC's lines).
+pub const MSI_VECTOR_BASE: u8 = GSI_VECTOR_BASE + ioapic::MAX_PINS as u8;
+/// Vectors [`route_msi`] may hand out: up to the fixed ones (the wait timer at 0xf0).
+const MSI_VECTORS: usize = (super::event::WAIT_TIMER_VECTOR - MSI_VECTOR_BASE) as usize;
+/// The next of them not handed out yet.
+static MSI_NEXT: AtomicUsize = AtomicUsize::new(0);
+/// The event each handed-out vector sets (an `Arc` as a raw pointer; null: none yet).
+static MSI_EVENTS: [AtomicPtr<EventState>; MSI_VECTORS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MSI_VECTORS];
+
+/// The message a device sends for an interrupt routed by [`route_msi`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiRoute {
+    /// The vector.
+    pub vector: u8,
+    /// The message address: 0xFEE00000 with the destination APIC id in bits 19:12
+    /// (physical destination mode, no redirection hint; Intel SDM Vol. 3, 11.11.1).
+    pub address: u64,
+    /// The message data: the vector, fixed delivery, edge-triggered.
+    pub data: u32,
+}
+
+/// Hands out a vector of this CPU whose interrupt sets `event`, and the message
+/// (address, data) that raises it. MSIs are edge-triggered: nothing to mask or re-arm.
+pub fn route_msi(event: &DeviceEvent) -> Result<MsiRoute, RouteError> {
+    let dest = apic::id();
+    // An 8-bit destination in the address (no extended destination id here).
+    if dest > 0xff {
+        return Err(RouteError::NoMsiDestination(dest));
+    }
+    let i = MSI_NEXT
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |i| {
+            (i < MSI_VECTORS).then_some(i + 1)
+        })
+        .map_err(|_| RouteError::NoVectors)?;
+    let ptr = Arc::into_raw(event.state().clone()).cast_mut();
+    MSI_EVENTS[i].store(ptr, Ordering::Release);
+    let vector = MSI_VECTOR_BASE + i as u8;
+    register(vector, msi_interrupt);
+    Ok(MsiRoute {
+        vector,
+        address: 0xfee0_0000 | u64::from(dest) << 12,
+        data: u32::from(vector),
+    })
+}
+
+fn msi_interrupt(frame: &mut TrapFrame) {
+    let Some(slot) = (frame.vector as usize)
+        .checked_sub(usize::from(MSI_VECTOR_BASE))
+        .and_then(|i| MSI_EVENTS.get(i))
+    else {
+        return;
+    };
+    let ptr = slot.load(Ordering::Acquire);
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: a non-null slot holds a pointer from `Arc::into_raw` whose reference is
+    // never released (vectors are never given back), so the state is alive.
+    unsafe { &*ptr }.set();
 }
 
 fn gsi_interrupt(frame: &mut TrapFrame) {

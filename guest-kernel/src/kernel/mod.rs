@@ -251,12 +251,12 @@ fn workloads(opts: &Options<'_>, io: &IoOptions<'_>) -> u8 {
         }
     }
     if let Some(b) = &io.blk
-        && !block::run(b)
+        && !block::run(b, io.virtio)
     {
         status = exit_status::SELFTEST_FAILED;
     }
     if let Some(n) = &io.net
-        && !net::run(n)
+        && !net::run(n, io.virtio)
     {
         status = exit_status::SELFTEST_FAILED;
     }

@@ -14,7 +14,7 @@
 //! prints the counters.
 
 use alloc::boxed::Box;
-use guest_kernel::ioopts::{NetDeviceSel, NetOptions};
+use guest_kernel::ioopts::{NetDeviceSel, NetOptions, VirtioOptions};
 use guest_kernel::iperf::{self, Event};
 use guest_kernel::netstack::{BULK_PORT, CONTROL_PORT, DISCARD_PORT, ECHO_PORT, Finish, NetStack};
 use hw_devices::e1000::driver::{E1000, E1000Config};
@@ -72,14 +72,15 @@ fn open_emulated_net(target: E1000Target) -> Option<Box<dyn NetDevice>> {
     }
 }
 
-/// Serves on the chosen NIC until the options' exit condition; true unless the device
+/// Serves on the chosen NIC (a virtio one interrupting as `virtio_opts` says) until
+/// the options' exit condition; true unless the device
 /// could not be opened or failed.
-pub fn run(opts: &NetOptions<'_>) -> bool {
+pub fn run(opts: &NetOptions<'_>, virtio_opts: VirtioOptions) -> bool {
     let ids = pv::list_devices("vif");
     kprintln!("net: vif devices: {ids:?}");
     let wanted = match opts.device {
         Some(NetDeviceSel::E1000(n)) => return run_emulated(n, opts),
-        Some(NetDeviceSel::Virtio(n)) => return run_virtio(n, opts),
+        Some(NetDeviceSel::Virtio(n)) => return run_virtio(n, opts, virtio_opts),
         Some(NetDeviceSel::Xen(id)) => Some(id),
         None if ids.is_empty() && platform::e1000s().next().is_some() => {
             return run_emulated(0, opts);
@@ -134,15 +135,22 @@ fn run_emulated(n: u8, opts: &NetOptions<'_>) -> bool {
 }
 
 /// Opens the virtio-net device that `target` describes (found on PCI, its structures
-/// mapped, memory decode and bus mastering on, its INTx line routed to
+/// mapped, memory decode and bus mastering on, its interrupt routed to
 /// `target.event`, which the caller already holds), with `hw_devices::virtio::net`;
 /// `None` with the reason logged if it fails.
 fn open_virtio_net(target: VirtioTarget) -> Option<Box<dyn NetDevice>> {
     let bdf = target.function.bdf;
     match VirtioNet::<GuestVirtioHal, _>::new(target.transport, VirtioNetConfig::default()) {
         Ok(nic) => {
+            let irq = platform::settle_virtio_irq(
+                virtio::device_type::NET,
+                &target.function,
+                nic.transport(),
+                target.irq,
+                &target.event,
+            );
             kprintln!(
-                "net: virtio-net on {bdf}: link {}",
+                "net: virtio-net on {bdf}: link {}, interrupts {irq}",
                 if nic.link_up() { "up" } else { "down" }
             );
             Some(Box::new(nic))
@@ -155,9 +163,9 @@ fn open_virtio_net(target: VirtioTarget) -> Option<Box<dyn NetDevice>> {
 }
 
 /// Serves on the `n`th virtio-net device.
-fn run_virtio(n: u8, opts: &NetOptions<'_>) -> bool {
+fn run_virtio(n: u8, opts: &NetOptions<'_>, virtio_opts: VirtioOptions) -> bool {
     let sel = NetDeviceSel::Virtio(n);
-    let target = match platform::prepare_virtio(virtio::device_type::NET, n) {
+    let target = match platform::prepare_virtio(virtio::device_type::NET, n, virtio_opts.msix) {
         Ok(t) => t,
         Err(e) => {
             log::error!("net: {sel}: {e}");
@@ -165,15 +173,7 @@ fn run_virtio(n: u8, opts: &NetOptions<'_>) -> bool {
             return false;
         }
     };
-    kprintln!(
-        "net: {sel}: {}, IRQ {}",
-        target.function,
-        target
-            .gsi
-            .map_or(alloc::string::String::from("none"), |g| alloc::format!(
-                "{g}"
-            ))
-    );
+    kprintln!("net: {sel}: {}, IRQ {}", target.function, target.irq);
     let event = target.event.clone();
     let Some(mut dev) = open_virtio_net(target) else {
         kprintln!("net: FAIL ({sel} not opened)");

@@ -3,8 +3,10 @@
 //! uncached; [`GuestDma`]: zeroed frames from the frame allocator), the PCI scan at
 //! boot (configuration mechanism #1) and the IOAPIC, and the preparation of each kind
 //! of emulated device for its driver ([`prepare_ide`], [`prepare_e1000`],
-//! [`prepare_virtio`]): found on PCI, decode and bus mastering on, its line routed to a
-//! [`DeviceEvent`]. [`GuestVirtioHal`] is `virtio-drivers`' DMA for the virtio drivers.
+//! [`prepare_virtio`]): found on PCI, decode and bus mastering on, its interrupt routed
+//! to a [`DeviceEvent`] (an IOAPIC line, or for a virtio device an MSI-X message on a
+//! vector of its own, [`VirtioIrq`]). [`GuestVirtioHal`] is `virtio-drivers`' DMA for
+//! the virtio drivers.
 //!
 //! Where there is no PCI (QEMU microvm, Xen PVH) the scan finds nothing after one
 //! configuration read, and every `prepare_*` says so.
@@ -390,14 +392,34 @@ pub fn prepare_ide(drive: u8, mode: AtaMode) -> Result<IdeTarget, String> {
     })
 }
 
+/// How a virtio device interrupts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VirtioIrq {
+    /// MSI-X: one vector shared by its queues (its handler sets the event; no ISR read).
+    Msix(u8),
+    /// Its PCI INTx line (this GSI), level-triggered (the driver reads ISR per poll).
+    Intx(u8),
+    /// Not routed: the driver is polled at the recovery tick only.
+    None,
+}
+
+impl core::fmt::Display for VirtioIrq {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Msix(v) => write!(f, "MSI-X vector {v:#x}"),
+            Self::Intx(g) => write!(f, "INTx GSI {g}"),
+            Self::None => f.write_str("none"),
+        }
+    }
+}
+
 /// A virtio device on the modern PCI transport, ready for its driver.
 pub struct VirtioTarget {
     pub function: Function,
     /// Its structures found and their BARs mapped.
     pub transport: PciTransport<MmioRegion>,
-    /// Its PCI INTx line, level-triggered, routed to `event` (`None`: not routed, the
-    /// driver is polled at the recovery tick only).
-    pub gsi: Option<u8>,
+    /// How its interrupt reaches `event`.
+    pub irq: VirtioIrq,
     /// Set by the device's interrupt; the caller calls `rearm` after each poll.
     pub event: DeviceEvent,
 }
@@ -418,14 +440,54 @@ pub fn virtio_devices(kind: u16) -> impl Iterator<Item = &'static Function> {
     })
 }
 
-/// Finds the `n`th virtio device of type `kind`, turns on memory decode and bus
-/// mastering, finds its virtio structures (a legacy-only transitional device has
-/// none: refused), maps their BARs and routes its INTx line. MSI-X stays off.
-pub fn prepare_virtio(kind: u16, n: u8) -> Result<VirtioTarget, String> {
-    let name = match kind {
+fn virtio_name(kind: u16) -> &'static str {
+    match kind {
         virtio::device_type::BLOCK => "virtio-blk",
         _ => "virtio-net",
+    }
+}
+
+/// Routes the INTx line of virtio function `function` to `event`.
+fn route_virtio_intx(name: &str, function: &Function, event: &DeviceEvent) -> VirtioIrq {
+    let Some(gsi) = function.irq() else {
+        log::warn!(
+            "{name}: {}: no interrupt line: polled at the recovery tick only",
+            function.bdf
+        );
+        return VirtioIrq::None;
     };
+    if route(name, gsi, Trigger::Level, Polarity::pci(gsi), event) {
+        VirtioIrq::Intx(gsi)
+    } else {
+        VirtioIrq::None
+    }
+}
+
+/// Turns MSI-X on for `transport` with a vector of its own that sets `event`, or says
+/// why not.
+fn enable_virtio_msix(
+    function: &Function,
+    transport: &PciTransport<MmioRegion>,
+    event: &DeviceEvent,
+) -> Result<u8, String> {
+    transport
+        .msix_available()
+        .map_err(|e| alloc::format!("{e}"))?;
+    let msi = interrupts::route_msi(event).map_err(|e| alloc::format!("{e}"))?;
+    transport
+        .enable_msix(&mut config(), function.bdf, msi.address, msi.data)
+        .map_err(|e| alloc::format!("{e}"))?;
+    Ok(msi.vector)
+}
+
+/// Finds the `n`th virtio device of type `kind`, turns on memory decode and bus
+/// mastering, finds its virtio structures (a legacy-only transitional device has
+/// none: refused) and maps their BARs. Its interrupt: with `msix` and a usable MSI-X
+/// capability, a message on a vector of its own (one shared by its queues; INTx stays
+/// off); otherwise, or if that fails, its INTx line. Once the driver has set the queues
+/// up, call [`settle_virtio_irq`]: the device may have refused a queue's vector.
+pub fn prepare_virtio(kind: u16, n: u8, msix: bool) -> Result<VirtioTarget, String> {
+    let name = virtio_name(kind);
     let function = virtio_devices(kind)
         .nth(usize::from(n))
         .ok_or_else(|| {
@@ -445,21 +507,52 @@ pub fn prepare_virtio(kind: u16, n: u8) -> Result<VirtioTarget, String> {
     })
     .map_err(|e| alloc::format!("{}: {e} {map_error}", function.bdf))?;
     let event = DeviceEvent::default();
-    let gsi = function
-        .irq()
-        .filter(|&gsi| route(name, gsi, Trigger::Level, Polarity::pci(gsi), &event));
-    if function.irq().is_none() {
-        log::warn!(
-            "{name}: {}: no interrupt line: polled at the recovery tick only",
-            function.bdf
-        );
-    }
+    let irq = if !msix {
+        log::info!("{name}: {}: MSI-X off (virtio.msix=off)", function.bdf);
+        route_virtio_intx(name, &function, &event)
+    } else {
+        match enable_virtio_msix(&function, &transport, &event) {
+            Ok(vector) => {
+                log::info!("{name}: {}: MSI-X on vector {vector:#x}", function.bdf);
+                VirtioIrq::Msix(vector)
+            }
+            Err(e) => {
+                log::warn!("{name}: {}: MSI-X not used ({e}): INTx", function.bdf);
+                route_virtio_intx(name, &function, &event)
+            }
+        }
+    };
     Ok(VirtioTarget {
         function,
         transport,
-        gsi,
+        irq,
         event,
     })
+}
+
+/// After the driver set the queues up: if MSI-X is on but the device answered
+/// `NO_VECTOR` for a queue (it could not allocate the vector; that queue would never
+/// interrupt), turns MSI-X off and routes INTx instead. Returns how the device
+/// interrupts now.
+pub fn settle_virtio_irq(
+    kind: u16,
+    function: &Function,
+    transport: &PciTransport<MmioRegion>,
+    irq: VirtioIrq,
+    event: &DeviceEvent,
+) -> VirtioIrq {
+    if !matches!(irq, VirtioIrq::Msix(_)) || !transport.msix_refused() {
+        return irq;
+    }
+    let name = virtio_name(kind);
+    log::warn!(
+        "{name}: {}: the device refused the queue vector: MSI-X off, INTx",
+        function.bdf
+    );
+    transport.disable_msix(&mut config(), function.bdf);
+    // Whatever the device signalled meanwhile is found by the first poll.
+    event.state().set();
+    route_virtio_intx(name, function, event)
 }
 
 /// The e1000s found, in scan order.
