@@ -271,6 +271,139 @@ fn pc_gsi_routing() -> Result<kvm_bindings::KvmIrqRouting, Error> {
         .map_err(|_| Error::Missing("room for the GSI routing table"))
 }
 
+/// The first GSI of MSI routes (after the IOAPIC's pins).
+const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
+/// MSI routes a VM gets at most; messages beyond them go through `KVM_SIGNAL_MSI`.
+pub const MAX_MSI_ROUTES: usize = 256;
+
+/// The VM's MSI routes: one GSI and irqfd per distinct message (address, data) a device
+/// sent, so that the next one is an eventfd write KVM turns into the interrupt (irqfd),
+/// as vhost and other VMMs deliver MSI-X. The GSI routing table is the PC routes plus
+/// these; it is rebuilt when a route is added.
+struct MsiRoutes {
+    fd: Arc<VmFd>,
+    table: Mutex<MsiTable>,
+}
+
+#[derive(Default)]
+struct MsiTable {
+    routes: Vec<MsiRoute>,
+    /// Routing or irqfd setup failed once: no more routes are tried.
+    failed: bool,
+}
+
+struct MsiRoute {
+    address: u64,
+    data: u32,
+    evt: EventFd,
+}
+
+impl MsiRoutes {
+    /// Sends the message through its irqfd, adding the route first if it is new;
+    /// `None` when no route can be had (the caller falls back to `KVM_SIGNAL_MSI`).
+    fn send(&self, address: u64, data: u32) -> Option<bool> {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = t
+            .routes
+            .iter()
+            .find(|r| r.address == address && r.data == data)
+        {
+            return Some(r.evt.write(1).is_ok());
+        }
+        if t.failed || t.routes.len() >= MAX_MSI_ROUTES {
+            return None;
+        }
+        match self.add(&t.routes, address, data) {
+            Ok(evt) => {
+                let sent = evt.write(1).is_ok();
+                t.routes.push(MsiRoute { address, data, evt });
+                Some(sent)
+            }
+            Err(_) => {
+                t.failed = true;
+                None
+            }
+        }
+    }
+
+    /// Installs the routing table with one more MSI route and attaches its irqfd.
+    fn add(&self, routes: &[MsiRoute], address: u64, data: u32) -> Result<EventFd, Error> {
+        let gsi = FIRST_MSI_GSI + routes.len() as u32;
+        let evt =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| Error::Ioctl {
+                op: "eventfd (an MSI irqfd)",
+                source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO)),
+            })?;
+        let msi = |gsi: u32, address: u64, data: u32| kvm_irq_routing_entry {
+            gsi,
+            type_: kvm_bindings::KVM_IRQ_ROUTING_MSI,
+            flags: 0,
+            pad: 0,
+            u: kvm_irq_routing_entry__bindgen_ty_1 {
+                msi: kvm_bindings::kvm_irq_routing_msi {
+                    address_lo: address as u32,
+                    address_hi: (address >> 32) as u32,
+                    data,
+                    ..Default::default()
+                },
+            },
+        };
+        let mut entries: Vec<kvm_irq_routing_entry> = pc_gsi_routing()?.as_slice().to_vec();
+        for (i, r) in routes.iter().enumerate() {
+            entries.push(msi(FIRST_MSI_GSI + i as u32, r.address, r.data));
+        }
+        entries.push(msi(gsi, address, data));
+        let table = kvm_bindings::KvmIrqRouting::from_entries(&entries)
+            .map_err(|_| Error::Missing("room for the GSI routing table"))?;
+        self.fd
+            .set_gsi_routing(&table)
+            .map_err(ioctl("KVM_SET_GSI_ROUTING"))?;
+        self.fd
+            .register_irqfd(&evt, gsi)
+            .map_err(ioctl("KVM_IRQFD"))?;
+        Ok(evt)
+    }
+}
+
+/// A device's MSI sender: irqfds through the VM's MSI routes, `KVM_SIGNAL_MSI` when
+/// none can be had; counts both.
+pub struct MsiSender {
+    routes: Arc<MsiRoutes>,
+    fallback: Interrupter,
+    irqfd: AtomicU64,
+    signalled: AtomicU64,
+}
+
+impl crate::devices::MsiSink for MsiSender {
+    fn send(&self, address: u64, data: u32) -> bool {
+        match self.routes.send(address, data) {
+            Some(sent) => {
+                self.irqfd.fetch_add(1, Ordering::Relaxed);
+                sent
+            }
+            None => {
+                self.signalled.fetch_add(1, Ordering::Relaxed);
+                self.fallback.send_msi(address, data)
+            }
+        }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let routes = self
+            .routes
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .routes
+            .len();
+        serde_json::json!({
+            "irqfd": self.irqfd.load(Ordering::Relaxed),
+            "signal_msi": self.signalled.load(Ordering::Relaxed),
+            "vm_msi_routes": routes,
+        })
+    }
+}
+
 /// Interrupt lines of one VM (or of a recording sink without a VM): hands out
 /// [`GsiLine`]s and ORs the levels of the lines that share a GSI, since KVM keeps one
 /// level per GSI for all of user space (`KVM_USERSPACE_IRQ_SOURCE_ID`).
@@ -424,6 +557,7 @@ pub struct Vm {
     kvm: Kvm,
     memory: Option<GuestMemoryMmap>,
     lines: IrqLines,
+    msi: Arc<MsiRoutes>,
 }
 
 impl Vm {
@@ -470,6 +604,10 @@ impl Vm {
                     errors: AtomicU64::new(0),
                 }),
             },
+            msi: Arc::new(MsiRoutes {
+                fd: fd.clone(),
+                table: Mutex::default(),
+            }),
             fd,
             kvm,
             memory: None,
@@ -485,6 +623,16 @@ impl Vm {
     /// The VM's interrupt lines, to create more from other places.
     pub fn irq_lines(&self) -> IrqLines {
         self.lines.clone()
+    }
+
+    /// A device's MSI sender (irqfds on the VM's MSI routes; see [`MsiSender`]).
+    pub fn msi_sender(&self) -> MsiSender {
+        MsiSender {
+            routes: self.msi.clone(),
+            fallback: self.interrupter(),
+            irqfd: AtomicU64::new(0),
+            signalled: AtomicU64::new(0),
+        }
     }
 
     /// A handle that raises interrupts from other threads.

@@ -633,9 +633,10 @@ impl Vmm {
         self.memory.clone()
     }
 
-    /// Where a device sends MSI-X messages (`KVM_SIGNAL_MSI`).
+    /// Where a device sends MSI-X messages: irqfds on the VM's MSI routes (one per
+    /// distinct message), `KVM_SIGNAL_MSI` beyond them. One per device, for its counters.
     pub fn msi_sink(&self) -> Arc<dyn crate::devices::MsiSink> {
-        Arc::new(self.vm.interrupter())
+        Arc::new(self.vm.msi_sender())
     }
 
     /// Adds a PCI model as `name` (its counters go to `stats.devices.<name>`) at `slot`

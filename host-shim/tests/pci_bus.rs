@@ -709,3 +709,36 @@ fn doorbells_follow_their_bar_on_and_off_the_bus() {
     assert_eq!(*bells.0.lock().unwrap(), [0xe100_0010, 0xe100_0014]);
     assert_eq!(rig.pci.stats().doorbells, 2);
 }
+
+#[test]
+fn msi_messages_go_through_irqfds_on_routes_of_their_own() {
+    use host_shim::devices::MsiSink;
+    if !common::kvm_usable("msi_messages_go_through_irqfds_on_routes_of_their_own") {
+        return;
+    }
+    let vm = host_shim::kvm::Vm::new().expect("VM");
+    let (a, b) = (vm.msi_sender(), vm.msi_sender());
+    // A new message gets a route and an irqfd; the same message again reuses it; the
+    // two senders share the VM's routes but count their own messages.
+    assert!(a.send(0xfee0_0000, 0x41));
+    assert!(a.send(0xfee0_0000, 0x41));
+    assert!(b.send(0xfee0_0000, 0x42));
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa["irqfd"], 2, "{sa}");
+    assert_eq!(sb["irqfd"], 1, "{sb}");
+    assert_eq!(sb["vm_msi_routes"], 2, "{sb}");
+    assert_eq!(sa["signal_msi"], 0, "{sa}");
+    // Beyond the route limit, messages go through KVM_SIGNAL_MSI (nothing delivers
+    // them without a vCPU: the sender says so) and no route is added.
+    for v in 0..host_shim::kvm::MAX_MSI_ROUTES as u32 {
+        b.send(0xfee0_0000, 0x1_0000 + v);
+    }
+    let sb = b.stats();
+    assert_eq!(sb["vm_msi_routes"], host_shim::kvm::MAX_MSI_ROUTES, "{sb}");
+    assert_eq!(sb["signal_msi"], 2, "{sb}");
+    // The PC routes survived every rebuild of the routing table.
+    let line = vm.irq_line(19);
+    host_shim::devices::IrqLine::set_level(&*line, true);
+    host_shim::devices::IrqLine::set_level(&*line, false);
+    assert_eq!(vm.irq_lines().errors(), 0);
+}

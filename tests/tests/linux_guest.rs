@@ -408,10 +408,13 @@ fn linux_drives_the_shims_virtio_blk_and_virtio_net() {
         );
         assert_eq!(transport["notifies"], 0, "{name}: {d}");
         assert!(transport["interrupts"].as_u64() > Some(0), "{name}: {d}");
-        // Linux took the MSI-X capability: every interrupt was a message, no ISR read.
+        // Linux took the MSI-X capability: every interrupt was a message, no ISR read,
+        // each an eventfd write KVM turned into the interrupt (irqfd).
         assert_eq!(
             transport["msix_messages"], transport["interrupts"],
             "{name}: {d}"
         );
+        assert_eq!(d["msi"]["irqfd"], transport["msix_messages"], "{name}: {d}");
+        assert_eq!(d["msi"]["signal_msi"], 0, "{name}: {d}");
     }
 }

@@ -51,6 +51,10 @@ pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 pub trait MsiSink: Send + Sync {
     /// Sends one message; false if nothing took it.
     fn send(&self, address: u64, data: u32) -> bool;
+    /// How messages were delivered, for `--stats`.
+    fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// An interrupt line from a device to the interrupt controller. A model drives its

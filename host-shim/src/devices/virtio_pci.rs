@@ -789,6 +789,7 @@ impl PciDevice for VirtioPci {
     fn stats(&self) -> serde_json::Value {
         serde_json::json!({
             "transport": self.stats,
+            "msi": self.msi.as_ref().map(|m| m.stats()),
             "device": self.device.stats(),
         })
     }
