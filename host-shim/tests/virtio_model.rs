@@ -11,6 +11,12 @@
 //! ring (ids, lengths, the index, duplicates, status bytes) or never answer; the lying
 //! transports lie in configuration space or registers ([`CfgLiar`], [`MmioLiar`]). None
 //! may panic the driver or make it hang; a broken protocol stops it with `Protocol`.
+//!
+//! MSI-X: with the model's capability ([`VirtioPci::with_msix`]) turned on by the test
+//! as the kernel turns it on, every interrupt is a message to the address and data
+//! programmed ([`Messages`]) and the drivers read no ISR (the model's MMIO reads do not
+//! grow); lying MSI-X capabilities, and a device that refuses the queue vector, leave
+//! the driver on INTx.
 
 mod emu_common;
 
@@ -28,7 +34,8 @@ use hw_devices::Mmio;
 use hw_devices::pci::{self, Bdf, ConfigAccess, command};
 use hw_devices::virtio::blk::{Features, InitError, QUEUE_SIZE, VirtioBlk, VirtioBlkConfig};
 use hw_devices::virtio::net::{
-    InitError as NetInitError, MAX_FRAME, QUEUE_SIZE as RX_QUEUE_SIZE, VirtioNet, VirtioNetConfig,
+    Features as NetFeatures, InitError as NetInitError, MAX_FRAME, QUEUE_SIZE as RX_QUEUE_SIZE,
+    VirtioNet, VirtioNetConfig,
 };
 use hw_devices::virtio::transport::{PciTransport, ProbeError, common};
 use hw_devices::virtio::virtio_drivers::transport::{DeviceStatus, Transport};
@@ -244,16 +251,27 @@ fn rig(name: &str, read_only: bool, hide_ro: bool) -> Rig {
     rig_with(name, read_only, hide_ro, None)
 }
 
-/// Counts MSI-X messages (none should come: the driver leaves MSI-X off).
+/// Records every MSI-X message (address, data) the model sends.
 #[derive(Default)]
-struct Messages(std::sync::atomic::AtomicU64);
+struct Messages(Mutex<Vec<(u64, u32)>>);
+
+impl Messages {
+    fn sent(&self) -> Vec<(u64, u32)> {
+        self.0.lock().unwrap().clone()
+    }
+}
 
 impl host_shim::devices::MsiSink for Messages {
-    fn send(&self, _address: u64, _data: u32) -> bool {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    fn send(&self, address: u64, data: u32) -> bool {
+        self.0.lock().unwrap().push((address, data));
         true
     }
 }
+
+/// The message the tests program: LAPIC 3, vector 0x61 (as the kernel's `route_msi`
+/// builds it).
+const MSI_ADDRESS: u64 = 0xfee0_0000 | 3 << 12;
+const MSI_DATA: u32 = 0x61;
 
 /// [`rig`], with an MSI-X capability when `msi` is given (as devmgr builds it).
 fn rig_with(name: &str, read_only: bool, hide_ro: bool, msi: Option<Arc<Messages>>) -> Rig {
@@ -453,10 +471,11 @@ fn the_driver_writes_flushes_and_reads_back_through_the_model() {
     assert_eq!(dev.in_flight(), 0);
 }
 
-/// The device devmgr builds has an MSI-X capability: the driver walks past it, leaves
-/// MSI-X off, and every interrupt comes as INTx through ISR.
+/// The device devmgr builds has an MSI-X capability: unless the caller turns MSI-X on
+/// (the kernel with `virtio.msix=off` does not), the driver leaves it off and every
+/// interrupt comes as INTx through ISR.
 #[test]
-fn an_msix_capable_device_is_driven_through_intx() {
+fn an_msix_capable_device_is_driven_through_intx_unless_msix_is_turned_on() {
     let msi = Arc::new(Messages::default());
     let rig = rig_with("msix", false, false, Some(msi.clone()));
     assert!(
@@ -471,9 +490,175 @@ fn an_msix_capable_device_is_driven_through_intx() {
     }
     let m = model_stats(&rig);
     assert_eq!(m["transport"]["msix_messages"], 0, "{m}");
-    assert_eq!(msi.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(msi.sent().is_empty());
     assert!(rig.irq.rises() > 0);
     assert!(!rig.irq.asserted());
+    assert!(dev.stats().isr_reads > 0);
+}
+
+/// The model's counters of MMIO reads (each an exit in a VM).
+fn mmio_reads(m: &serde_json::Value) -> u64 {
+    m["transport"]["exits"]["mmio_read"].as_u64().unwrap()
+}
+
+/// With MSI-X turned on, the shim's virtio-blk interrupts by the message the driver
+/// programmed, never through INTx, and the driver reads no ISR byte: the device's
+/// MMIO reads stay what the set-up made through a whole workload.
+#[test]
+fn with_msix_the_blk_driver_takes_messages_and_reads_no_isr() {
+    let msi = Arc::new(Messages::default());
+    let rig = rig_with("msix-on", false, false, Some(msi.clone()));
+    let t = transport(&rig);
+    // One vector per queue and one for configuration changes.
+    assert_eq!(t.msix_available(), Ok(2));
+    t.enable_msix(
+        &mut ModelConfig(rig.dev.clone()),
+        BDF,
+        MSI_ADDRESS,
+        MSI_DATA,
+    )
+    .expect("MSI-X on");
+    let mut dev = VirtioBlk::<TestHal, _>::new(t, VirtioBlkConfig::default()).expect("init");
+    assert!(dev.transport().msix_active());
+    assert!(!dev.transport().msix_refused());
+    let reads = mmio_reads(&model_stats(&rig));
+    for (p, seed) in [(Phase::WritePattern, 6), (Phase::VerifyPattern, 6)] {
+        let c = phase(p, 0, 256 << 10, 16 << 10, 4, seed);
+        let r = workload::run(&mut dev, &c, &mut Patience::new(0)).expect("config");
+        assert!(r.passed(), "{r}");
+    }
+    let m = model_stats(&rig);
+    let sent = msi.sent();
+    // One message per batch the model served (each notify here).
+    assert!(!sent.is_empty(), "{m}");
+    assert_eq!(m["transport"]["notifies"], sent.len() as u64, "{m}");
+    assert!(
+        sent.iter().all(|&m| m == (MSI_ADDRESS, MSI_DATA)),
+        "{sent:x?}"
+    );
+    assert_eq!(m["transport"]["msix_messages"], sent.len() as u64, "{m}");
+    assert_eq!(m["transport"]["interrupts"], sent.len() as u64, "{m}");
+    assert_eq!(mmio_reads(&m), reads, "no register read per interrupt: {m}");
+    let s = dev.stats();
+    assert_eq!((s.isr_reads, dev.transport().isr_reads()), (0, 0), "{s:?}");
+    assert_eq!(s.protocol_errors, 0, "{s:?}");
+    assert_eq!(rig.irq.rises(), 0, "INTx stays off");
+}
+
+/// MSI-X capabilities that lie (through configuration space, as [`CfgLiar`] tells
+/// them) leave the device on INTx, never a panic: a table or pending-bit array past
+/// BAR 0, a BIR naming no memory BAR, a table size the BAR cannot hold. A device that
+/// refuses the queue's vector (reads back `NO_VECTOR`) is reported, and turning MSI-X
+/// off puts it back on INTx. A table size field of 0 (one entry: the encoding is
+/// entries - 1) is enough for the one shared vector.
+#[test]
+fn hostile_msix_capabilities_fall_back_to_intx() {
+    use hw_devices::virtio::transport::MsixError;
+    let msi = Arc::new(Messages::default());
+    let rig = rig_with("msix-lies", false, false, Some(msi.clone()));
+    let mut cfg = ModelConfig(rig.dev.clone());
+    let mut at = cfg.read8(BDF, 0x34);
+    while cfg.read8(BDF, at) != 0x11 {
+        at = cfg.read8(BDF, at + 1);
+        assert_ne!(at, 0, "the model has an MSI-X capability");
+    }
+    let header = cfg.read32(BDF, at);
+    let control = header & 0xffff_0000;
+    // The capability's first three dwords: ID and next kept, then the lies.
+    let first = |control_field: u32, table: u32, pba: u32| {
+        vec![
+            (at, header & 0xffff | control_field << 16),
+            (at + 4, table),
+            (at + 8, pba),
+        ]
+    };
+    let size = |entries: u32| entries - 1;
+    let bar0 = 0x8000u32;
+    for (dwords, why) in [
+        (
+            first(size(2), bar0 - 16, 0x5000),
+            MsixError::TableOutsideBar,
+        ),
+        (first(size(2), bar0, 0x5000), MsixError::TableOutsideBar),
+        (
+            first(size(2048), 0x4000, 0x5000),
+            MsixError::TableOutsideBar,
+        ),
+        (first(size(2), 0x4000, bar0), MsixError::PbaOutsideBar),
+        (
+            first(size(2), 0x4000 | 1, 0x5000),
+            MsixError::NotMemoryBar(1),
+        ),
+        (
+            first(size(2), 0x4000, 0x5000 | 5),
+            MsixError::NotMemoryBar(5),
+        ),
+        (
+            first(size(2), 0x4000 | 7, 0x5000),
+            MsixError::NotMemoryBar(7),
+        ),
+    ] {
+        let mut liar = CfgLiar {
+            inner: ModelConfig(rig.dev.clone()),
+            bytes: Vec::new(),
+            dwords,
+        };
+        let t = probe_with(&rig, &mut liar, |r| r).expect("the virtio structures are fine");
+        assert_eq!(t.msix_available(), Err(why));
+        assert_eq!(
+            t.enable_msix(&mut liar, BDF, MSI_ADDRESS, MSI_DATA),
+            Err(why)
+        );
+        let rises = rig.irq.rises();
+        let mut dev = VirtioBlk::<TestHal, _>::new(t, VirtioBlkConfig::default()).expect("init");
+        assert!(!dev.transport().msix_active());
+        let done = one(&mut dev, BlockOp::Read, 0, 8, &[]).expect("INTx works");
+        assert_eq!(done.len(), 1, "{why:?}");
+        assert!(rig.irq.rises() > rises, "{why:?}");
+        assert!(dev.stats().isr_reads > 0);
+    }
+    assert_eq!(
+        cfg.read32(BDF, at) & 0xffff_0000,
+        control,
+        "MSI-X never turned on"
+    );
+    assert!(msi.sent().is_empty());
+
+    // The device refuses the vector: reported; MSI-X off again, INTx carries on.
+    let t = probe_with(&rig, &mut cfg, |r| {
+        let mut l = MmioLiar::new(r);
+        l.refuse_vector = true;
+        l
+    })
+    .expect("probe");
+    t.enable_msix(&mut cfg, BDF, MSI_ADDRESS, MSI_DATA)
+        .expect("on");
+    let mut dev = VirtioBlk::<TestHal, _>::new(t, VirtioBlkConfig::default()).expect("init");
+    assert!(dev.transport().msix_refused() && !dev.transport().msix_active());
+    dev.transport().disable_msix(&mut cfg, BDF);
+    let rises = rig.irq.rises();
+    let done = one(&mut dev, BlockOp::Read, 0, 8, &[]).expect("INTx works");
+    assert_eq!(done.len(), 1);
+    assert!(rig.irq.rises() > rises);
+    assert!(msi.sent().is_empty());
+    drop(dev);
+
+    // One entry (size field 0) is all the driver needs.
+    let mut liar = CfgLiar {
+        inner: ModelConfig(rig.dev.clone()),
+        bytes: Vec::new(),
+        dwords: first(0, 0x4000, 0x5000),
+    };
+    let t = probe_with(&rig, &mut liar, |r| r).expect("probe");
+    assert_eq!(t.msix_available(), Ok(1));
+    t.enable_msix(&mut liar, BDF, MSI_ADDRESS, MSI_DATA)
+        .expect("on");
+    let mut dev = VirtioBlk::<TestHal, _>::new(t, VirtioBlkConfig::default()).expect("init");
+    assert!(dev.transport().msix_active());
+    let rises = rig.irq.rises();
+    one(&mut dev, BlockOp::Read, 0, 8, &[]).expect("read");
+    assert_eq!(msi.sent(), [(MSI_ADDRESS, MSI_DATA)]);
+    assert_eq!(rig.irq.rises(), rises);
 }
 
 #[test]
@@ -769,6 +954,8 @@ struct MmioLiar<M> {
     stuck_status: bool,
     /// `device_status` never shows FEATURES_OK.
     refuse_features: bool,
+    /// `queue_msix_vector` reads `NO_VECTOR` (the device could not allocate it).
+    refuse_vector: bool,
 }
 
 impl<M> MmioLiar<M> {
@@ -779,6 +966,7 @@ impl<M> MmioLiar<M> {
             flipping_generation: None,
             stuck_status: false,
             refuse_features: false,
+            refuse_vector: false,
         }
     }
 }
@@ -793,6 +981,7 @@ impl<M: Mmio> Mmio for MmioLiar<M> {
     fn read16(&mut self, offset: u32) -> u16 {
         match (offset, self.notify_off) {
             (common::QUEUE_NOTIFY_OFF, Some(v)) => v,
+            (common::QUEUE_MSIX_VECTOR, _) if self.refuse_vector => 0xffff,
             _ => self.inner.read16(offset),
         }
     }
@@ -1360,6 +1549,146 @@ fn the_net_driver_against_the_shims_virtio_net() {
     assert_eq!(m["transport"]["msix_messages"], 0, "{m}");
     assert!(irq.rises() > 0, "{m}");
     assert_eq!(virtio_hal::bounces().1, 0);
+}
+
+/// The shim's own virtio-net with MSI-X on: frames sent in batches of [`BATCH`] reach
+/// the link whole and in order with one notify per batch (`transport.notifies`, the
+/// notifies that reached the model, against the frames), the device's interrupts are
+/// all messages to the address and data the driver programmed, and the driver reads no
+/// ISR byte (the MMIO reads stay the set-up's).
+#[test]
+fn with_msix_the_net_driver_batches_transmit_notifies_and_reads_no_isr() {
+    use host_shim::devices::virtio_net::VirtioNet as NetModel;
+    use host_shim::hostio::tap::{Link, MemLink};
+    const BATCH: u32 = 10;
+    const FRAMES: u32 = 300;
+
+    let ram = Ram::new(RAM_MIB);
+    let mem = ram.mem.clone();
+    virtio_hal::install(ram);
+    let (dev_end, mut host) = MemLink::pair(1024);
+    let irq = LevelLog::new();
+    let msi = Arc::new(Messages::default());
+    let mut pci = VirtioPci::new(
+        Box::new(NetModel::new(NIC_MAC, Box::new(dev_end))),
+        irq.clone(),
+        mem,
+    )
+    .with_msix(msi.clone());
+    pci.config_write(
+        4,
+        &(command::MEMORY_SPACE | command::BUS_MASTER).to_le_bytes(),
+    );
+    let dev: Dev = Arc::new(Mutex::new(pci));
+    let mut cfg = ModelConfig(dev.clone());
+    let f = pci::read_function(&mut cfg, BDF).expect("function");
+    let t = PciTransport::probe(&mut cfg, &f, |slot, _| {
+        Some(PciRegion::new(dev.clone(), usize::from(slot), 0))
+    })
+    .expect("probe");
+    // Two queues and the configuration vector.
+    assert_eq!(t.msix_available(), Ok(3));
+    t.enable_msix(&mut cfg, BDF, MSI_ADDRESS, MSI_DATA)
+        .expect("MSI-X on");
+    let mut nic: Nic = VirtioNet::new(t, VirtioNetConfig::default()).expect("init");
+    assert!(nic.transport().msix_active());
+    assert!(!nic.features().contains(NetFeatures::EVENT_IDX));
+    let stats = || dev.lock().unwrap().stats();
+    let notifies = |m: &serde_json::Value| m["transport"]["notifies"].as_u64().unwrap();
+    let before = stats();
+
+    // Guest to host, in batches: nothing reaches the device before the kick.
+    let mut buf = Vec::new();
+    for b in 0..FRAMES / BATCH {
+        for k in 0..BATCH {
+            let n = b * BATCH + k;
+            let f = frame(n, 60 + (n as usize * 13) % (MAX_FRAME - 59));
+            nic.transmit(f.len(), &mut |d| d.copy_from_slice(&f))
+                .expect("transmit");
+        }
+        assert!(host.recv_frame(&mut buf).unwrap().is_none(), "batch {b}");
+        nic.kick();
+        nic.poll().expect("poll");
+        for k in 0..BATCH {
+            let n = b * BATCH + k;
+            assert!(host.recv_frame(&mut buf).unwrap().is_some(), "{n}");
+            assert_eq!(buf, frame(n, buf.len()), "{n}");
+            assert_eq!(buf.len(), 60 + (n as usize * 13) % (MAX_FRAME - 59));
+        }
+    }
+    let after_tx = stats();
+    let s = nic.stats();
+    assert_eq!(s.tx_frames, u64::from(FRAMES), "{s:?}");
+    assert_eq!(
+        notifies(&after_tx) - notifies(&before),
+        u64::from(FRAMES / BATCH),
+        "one notify per batch: {after_tx}"
+    );
+    assert_eq!(s.tx_notifies, u64::from(FRAMES / BATCH), "{s:?}");
+    assert_eq!(s.tx_reaped, u64::from(FRAMES), "{s:?}");
+
+    // Host to guest, in bursts larger than the receive ring.
+    let mut expected = std::collections::VecDeque::new();
+    for n in 0..400u32 {
+        let f = frame(n, 60 + (n as usize * 29) % (MAX_FRAME - 59));
+        host.send_frame(&f).expect("link room");
+        expected.push_back(f);
+    }
+    while !expected.is_empty() {
+        dev.lock().unwrap().serve_doorbell(1);
+        let got = received(&mut nic).expect("receive");
+        assert!(!got.is_empty(), "{} frames never came", expected.len());
+        for g in got {
+            assert_eq!(Some(g), expected.pop_front());
+        }
+        nic.poll().expect("poll");
+    }
+    let m = stats();
+    let sent = msi.sent();
+    assert!(!sent.is_empty(), "{m}");
+    assert!(
+        sent.iter().all(|&x| x == (MSI_ADDRESS, MSI_DATA)),
+        "{sent:x?}"
+    );
+    assert_eq!(m["transport"]["msix_messages"], sent.len() as u64, "{m}");
+    assert_eq!(m["transport"]["interrupts"], sent.len() as u64, "{m}");
+    assert_eq!(mmio_reads(&m), mmio_reads(&before), "no ISR read: {m}");
+    let s = nic.stats();
+    assert_eq!(s.rx_frames, 400, "{s:?}");
+    assert_eq!((s.isr_reads, nic.transport().isr_reads()), (0, 0), "{s:?}");
+    assert_eq!(s.protocol_errors, 0, "{s:?}");
+    assert_eq!(irq.rises(), 0, "INTx stays off");
+    assert_eq!(virtio_hal::bounces().1, 0);
+}
+
+/// A batch that takes the last free transmit buffer is kicked at once (no buffer could
+/// come back before the device saw the frames); without a kick nothing is notified.
+#[test]
+fn the_net_driver_kicks_itself_when_its_transmit_buffers_run_out() {
+    let rig = net_rig(|_| {});
+    let mut nic = nic(&rig).expect("init");
+    let notifies = || {
+        rig.dev.lock().unwrap().stats()["transport"]["notifies"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = notifies();
+    let tx = VirtioNetConfig::default().tx_buffers as u32;
+    for n in 0..tx - 1 {
+        nic.transmit(60, &mut |d| d.copy_from_slice(&frame(n, 60)))
+            .expect("transmit");
+    }
+    assert_eq!(notifies(), before, "held back until the kick");
+    assert!(rig.state.lock().unwrap().sent.is_empty());
+    nic.transmit(60, &mut |d| d.copy_from_slice(&frame(tx - 1, 60)))
+        .expect("the last buffer");
+    assert_eq!(notifies(), before + 1);
+    assert_eq!(rig.state.lock().unwrap().sent.len(), tx as usize);
+    // Nothing left to kick.
+    nic.kick();
+    assert_eq!(notifies(), before + 1);
+    nic.poll().expect("poll");
+    assert!(nic.can_transmit(60));
 }
 
 /// Seeded random frames, lengths and lies from the fake NIC, both ways: every call
