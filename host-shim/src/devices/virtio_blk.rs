@@ -20,14 +20,15 @@
 
 use std::io::{Read as _, Write as _};
 
+use virtio_bindings::virtio_blk as blk;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 
 use super::GuestMemory;
-use super::virtio_pci::{VirtioDevice, drain_queue};
+use super::virtio_pci::{F_EVENT_IDX, F_INDIRECT_DESC, VirtioDevice, drain_queue};
 use crate::hostio::disk::DiskImage;
 
 /// The virtio device type.
-pub const VIRTIO_ID_BLOCK: u16 = 2;
+pub const VIRTIO_ID_BLOCK: u16 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK as u16;
 /// Entries of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest request (data bytes) served; larger ones fail with `IOERR`.
@@ -40,25 +41,23 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
 const SECTOR: u64 = 512;
 
-/// Feature bits (`virtio_blk.h`, `virtio_ring.h`).
-const F_SIZE_MAX: u64 = 1 << 1;
-const F_SEG_MAX: u64 = 1 << 2;
-const F_RO: u64 = 1 << 5;
-const F_BLK_SIZE: u64 = 1 << 6;
-const F_FLUSH: u64 = 1 << 9;
-const F_INDIRECT_DESC: u64 = 1 << 28;
-const F_EVENT_IDX: u64 = 1 << 29;
+/// Feature bits (`virtio_blk.h`, `virtio_ring.h`), as masks.
+const F_SIZE_MAX: u64 = 1 << blk::VIRTIO_BLK_F_SIZE_MAX;
+const F_SEG_MAX: u64 = 1 << blk::VIRTIO_BLK_F_SEG_MAX;
+const F_RO: u64 = 1 << blk::VIRTIO_BLK_F_RO;
+const F_BLK_SIZE: u64 = 1 << blk::VIRTIO_BLK_F_BLK_SIZE;
+const F_FLUSH: u64 = 1 << blk::VIRTIO_BLK_F_FLUSH;
 
 /// Request types and status values.
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
+const T_IN: u32 = blk::VIRTIO_BLK_T_IN;
+const T_OUT: u32 = blk::VIRTIO_BLK_T_OUT;
+const T_FLUSH: u32 = blk::VIRTIO_BLK_T_FLUSH;
+const T_GET_ID: u32 = blk::VIRTIO_BLK_T_GET_ID;
+const S_OK: u8 = blk::VIRTIO_BLK_S_OK as u8;
+const S_IOERR: u8 = blk::VIRTIO_BLK_S_IOERR as u8;
+const S_UNSUPP: u8 = blk::VIRTIO_BLK_S_UNSUPP as u8;
 /// Bytes of a `GET_ID` answer.
-const ID_BYTES: usize = 20;
+const ID_BYTES: usize = blk::VIRTIO_BLK_ID_BYTES as usize;
 
 /// What the device did.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]

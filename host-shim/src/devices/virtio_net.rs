@@ -33,20 +33,20 @@
 //! frame found too few (notifications stay off on the receive queue otherwise).
 
 use std::io::{Read as _, Write as _};
+use std::num::Wrapping;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use std::num::Wrapping;
-
+use virtio_bindings::virtio_net as net;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 
 use super::GuestMemory;
-use super::virtio_pci::{VirtioDevice, drain_queue};
+use super::virtio_pci::{F_EVENT_IDX, F_INDIRECT_DESC, VirtioDevice, drain_queue};
 use crate::hostio::tap::{Link, complete_checksum};
 use crate::xen::evtchn::Notifier;
 
 /// The virtio device type.
-pub const VIRTIO_ID_NET: u16 = 1;
+pub const VIRTIO_ID_NET: u16 = virtio_bindings::virtio_ids::VIRTIO_ID_NET as u16;
 /// Entries of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// The MTU offered.
@@ -61,22 +61,19 @@ pub const HDR_LEN: usize = 12;
 const RX: u16 = 0;
 const TX: u16 = 1;
 
-/// Feature bits (`virtio_net.h`, `virtio_ring.h`).
-const F_CSUM: u64 = 1 << 0;
-const F_GUEST_CSUM: u64 = 1 << 1;
-const F_MTU: u64 = 1 << 3;
-const F_MAC: u64 = 1 << 5;
-const F_MRG_RXBUF: u64 = 1 << 15;
-const F_STATUS: u64 = 1 << 16;
-const F_INDIRECT_DESC: u64 = 1 << 28;
-const F_EVENT_IDX: u64 = 1 << 29;
+/// Feature bits (`virtio_net.h`, `virtio_ring.h`), as masks.
+const F_CSUM: u64 = 1 << net::VIRTIO_NET_F_CSUM;
+const F_GUEST_CSUM: u64 = 1 << net::VIRTIO_NET_F_GUEST_CSUM;
+const F_MTU: u64 = 1 << net::VIRTIO_NET_F_MTU;
+const F_MAC: u64 = 1 << net::VIRTIO_NET_F_MAC;
+const F_MRG_RXBUF: u64 = 1 << net::VIRTIO_NET_F_MRG_RXBUF;
+const F_STATUS: u64 = 1 << net::VIRTIO_NET_F_STATUS;
 
 /// Header flags and the one GSO type accepted.
-const HDR_F_NEEDS_CSUM: u8 = 1;
-const HDR_F_DATA_VALID: u8 = 2;
-const GSO_NONE: u8 = 0;
-/// `VIRTIO_NET_S_LINK_UP`.
-const S_LINK_UP: u16 = 1;
+const HDR_F_NEEDS_CSUM: u8 = net::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+const HDR_F_DATA_VALID: u8 = net::VIRTIO_NET_HDR_F_DATA_VALID as u8;
+const GSO_NONE: u8 = net::VIRTIO_NET_HDR_GSO_NONE as u8;
+const S_LINK_UP: u16 = net::VIRTIO_NET_S_LINK_UP as u16;
 
 /// What the device did.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]

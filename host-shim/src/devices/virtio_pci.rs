@@ -112,6 +112,12 @@ const PCI_CFG_OFFSET: usize = PCI_CFG_CAP_AT + 8;
 const PCI_CFG_LENGTH: usize = PCI_CFG_CAP_AT + 12;
 const PCI_CFG_DATA: usize = PCI_CFG_CAP_AT + 16;
 
+/// `VIRTIO_RING_F_INDIRECT_DESC` and `VIRTIO_RING_F_EVENT_IDX` as feature masks: the
+/// ring features every device here offers.
+pub const F_INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+/// `VIRTIO_RING_F_EVENT_IDX`.
+pub const F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
 /// `VIRTIO_MSI_NO_VECTOR`: what the MSI-X vector registers read without MSI-X.
 const NO_VECTOR: u16 = 0xffff;
 
