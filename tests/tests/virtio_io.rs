@@ -92,7 +92,7 @@ fn shim_blk_transport(len: usize, msix: &str) -> serde_json::Value {
 }
 
 /// With MSI-X the driver reads no ISR byte: the device's MMIO reads are the set-up's,
-/// the same for a workload four times longer (with more interrupts, every one a
+/// the same for a workload eight times longer (with more interrupts, every one a
 /// message). With `virtio.msix=off` it is back on INTx: no message, and an ISR read
 /// per poll makes the reads grow past the set-up's.
 #[test]

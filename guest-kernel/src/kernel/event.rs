@@ -1,7 +1,8 @@
 //! Device events, the clock and waiting, for every kind of device: a [`DeviceEvent`] is
-//! set by a Xen event channel's handler (PV devices) or by an IOAPIC line's interrupt
-//! (emulated devices, `interrupts::route_gsi`), and [`wait_for_event`] halts until it is
-//! set or a deadline passes.
+//! set by a Xen event channel's handler (PV devices), by an IOAPIC line's interrupt
+//! (emulated devices, `interrupts::route_gsi`) or by a message-signalled interrupt's
+//! vector (virtio devices with MSI-X, `interrupts::route_msi`), and [`wait_for_event`]
+//! halts until it is set or a deadline passes.
 //!
 //! Time: with Xen, [`now_ns`] is Xen system time (pvclock) and the wake-up at the
 //! deadline is Xen's single-shot timer, as the PV path always had; Xen time is what that
