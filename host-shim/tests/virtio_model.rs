@@ -1096,12 +1096,42 @@ struct NetState {
     sent: Vec<Vec<u8>>,
     /// Lie about the next transmit completion.
     tx_lie: NetLie,
+    /// Leave transmitted frames in the ring until [`NetState::complete_tx`].
+    hold_tx: bool,
 }
 
 /// Bytes of `virtio_net_hdr` with `VERSION_1`.
 const NET_HDR: usize = 12;
 
 impl NetState {
+    /// The driver's `VIRTQ_AVAIL_F_NO_INTERRUPT` on `queue`: whether it asks for
+    /// interrupts there.
+    fn wants_interrupts(&self, queue: usize) -> bool {
+        let mem = self.mem.as_ref().expect("activated");
+        let flags: u16 = mem
+            .read_obj(GuestAddress(self.queues[queue].avail_ring()))
+            .unwrap();
+        flags & 1 == 0
+    }
+
+    /// Takes every frame the driver made available on the transmit queue.
+    fn complete_tx(&mut self) {
+        let mem = self.mem.clone().expect("activated");
+        while let Some(chain) = self.queues[1].pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            let mut frame = Vec::new();
+            for d in chain {
+                let mut b = vec![0u8; d.len() as usize];
+                mem.read_slice(&mut b, GuestAddress(d.addr().0)).unwrap();
+                frame.extend_from_slice(&b);
+            }
+            self.sent.push(frame.split_off(NET_HDR));
+            self.queues[1].add_used(&mem, head, 0).unwrap();
+            let lie = std::mem::take(&mut self.tx_lie);
+            self.lie(1, lie);
+        }
+    }
+
     fn lie(&self, queue: usize, lie: NetLie) {
         let mem = self.mem.as_ref().expect("activated");
         let q = &self.queues[queue];
@@ -1188,23 +1218,10 @@ impl VirtioDevice for FakeNet {
     }
     fn notify(&mut self, index: u16) -> bool {
         let mut s = self.0.lock().unwrap();
-        if index != 1 || s.mem.is_none() {
+        if index != 1 || s.mem.is_none() || s.hold_tx {
             return false;
         }
-        let mem = s.mem.clone().unwrap();
-        while let Some(chain) = s.queues[1].pop_descriptor_chain(&mem) {
-            let head = chain.head_index();
-            let mut frame = Vec::new();
-            for d in chain {
-                let mut b = vec![0u8; d.len() as usize];
-                mem.read_slice(&mut b, GuestAddress(d.addr().0)).unwrap();
-                frame.extend_from_slice(&b);
-            }
-            s.sent.push(frame.split_off(NET_HDR));
-            s.queues[1].add_used(&mem, head, 0).unwrap();
-            let lie = std::mem::take(&mut s.tx_lie);
-            s.lie(1, lie);
-        }
+        s.complete_tx();
         true
     }
     fn reset(&mut self) {
@@ -1689,6 +1706,52 @@ fn the_net_driver_kicks_itself_when_its_transmit_buffers_run_out() {
     assert_eq!(notifies(), before + 1);
     nic.poll().expect("poll");
     assert!(nic.can_transmit(60));
+}
+
+/// The driver asks for no transmit-completion interrupts while it has a free buffer
+/// (it reaps them as it goes), asks for one when a transmit finds none free, and asks
+/// for none on the receive queue while `receive` drains it, for them again before it
+/// says the ring is empty (`VIRTQ_AVAIL_F_NO_INTERRUPT`, read by the fake device).
+#[test]
+fn the_net_driver_asks_for_interrupts_only_when_it_waits() {
+    let rig = net_rig(|s| s.hold_tx = true);
+    let mut nic = nic(&rig).expect("init");
+    let wants = |q: usize| rig.state.lock().unwrap().wants_interrupts(q);
+    assert!(wants(0) && !wants(1));
+    let tx = VirtioNetConfig::default().tx_buffers as u32;
+    for n in 0..tx {
+        nic.transmit(60, &mut |d| d.copy_from_slice(&frame(n, 60)))
+            .expect("transmit");
+        nic.kick();
+        assert!(!wants(1), "{n}: a buffer was still free");
+    }
+    assert_eq!(
+        nic.transmit(60, &mut |_| {}),
+        Err(NetError::Busy),
+        "the device holds them all"
+    );
+    assert!(wants(1), "waiting for a buffer: interrupt wanted");
+    rig.state.lock().unwrap().complete_tx();
+    nic.poll().expect("poll");
+    assert!(!wants(1), "buffers back: no interrupt");
+    assert!(nic.can_transmit(60));
+    assert_eq!(rig.state.lock().unwrap().sent.len(), tx as usize);
+
+    for n in 0..3 {
+        assert!(
+            rig.state
+                .lock()
+                .unwrap()
+                .deliver(&frame(n, 100), NetLie::Honest)
+        );
+    }
+    let mut got = Vec::new();
+    assert_eq!(nic.receive(&mut |f| got.push(f.to_vec())), Ok(true));
+    assert!(!wants(0), "draining: no interrupt");
+    while nic.receive(&mut |f| got.push(f.to_vec())).expect("receive") {}
+    assert_eq!(got.len(), 3);
+    assert!(wants(0), "empty: interrupt wanted again");
+    assert_eq!(nic.stats().protocol_errors, 0);
 }
 
 /// Seeded random frames, lengths and lies from the fake NIC, both ways: every call

@@ -16,12 +16,22 @@
 //!   [`VirtioNetConfig::tx_buffers`] transmit buffers of [`BUFFER_SIZE`] bytes (two per
 //!   page of DMA memory), each receive buffer posted at init and again right after its
 //!   frame was handed up (the receive queue is notified at once, unless the device
-//!   suppresses it: it waits for buffers).
+//!   suppresses it: it waits for buffers). While [`NetDevice::receive`] drains the
+//!   receive queue the device is asked not to interrupt for it
+//!   (`VIRTQ_AVAIL_F_NO_INTERRUPT`), and asked again before `receive` says the ring
+//!   is empty, with one more look after that (as Linux's NAPI does): with MSI-X, where
+//!   nothing holds a message back as a masked INTx line does, a stream of frames
+//!   otherwise costs an interrupt each.
 //! - Transmit is batched: [`NetDevice::transmit`] adds the frame to the available ring
 //!   without notifying; [`NetDevice::kick`] notifies once for all frames added since the
 //!   last kick, unless the device set `VRING_USED_F_NO_NOTIFY`; a transmit that takes
 //!   the last free buffer kicks at once (the frames must reach the device before
 //!   buffers can come back).
+//! - Transmit completions raise no interrupt (`VIRTQ_AVAIL_F_NO_INTERRUPT` on the
+//!   transmit queue, as Linux's virtio-net keeps it) while a transmit buffer is free:
+//!   they are reaped by [`NetDevice::poll`] and when a transmit finds none free; one
+//!   that still finds none asks for the interrupt (and looks once more) before it
+//!   answers `Busy`.
 //! - Interrupts: [`NetDevice::poll`] reaps transmit completions; with INTx it first
 //!   reads the ISR byte (acknowledging the line; a configuration change re-reads the
 //!   link status); with MSI-X on ([`PciTransport::msix_active`]) it reads no ISR (no
@@ -295,6 +305,11 @@ pub struct VirtioNet<H: VirtioHal, M: Mmio> {
     tx_free: Vec<u16>,
     /// Frames added to the transmit queue since the last kick.
     tx_unkicked: usize,
+    /// Whether the receive queue asks the device to interrupt for used buffers (off
+    /// while `receive` drains it).
+    rx_interrupts: bool,
+    /// Whether the transmit queue does (only while no transmit buffer is free).
+    tx_interrupts: bool,
     mac: [u8; 6],
     features: Features,
     link_up: bool,
@@ -370,6 +385,8 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
             tx_tokens: Tokens::new(0),
             tx_free: (0..config.tx_buffers as u16).rev().collect(),
             tx_unkicked: 0,
+            rx_interrupts: true,
+            tx_interrupts: true,
             mac,
             features,
             link_up: true,
@@ -403,6 +420,9 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
                 .map_err(InitError::Device)?;
             net.rx_tokens.post(token, i, BUFFER_SIZE);
         }
+        // Transmit completions are reaped as buffers are needed: no interrupt for them
+        // until none is free.
+        net.set_tx_interrupts(false);
         transport.finish_init();
         let status = transport.get_status();
         if transport.broken()
@@ -420,6 +440,27 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
         if self.features.contains(Features::STATUS) {
             let s: Result<u16, _> = self.transport.read_config_space(CFG_STATUS);
             self.link_up = s.is_ok_and(|s| s & S_LINK_UP != 0);
+        }
+    }
+
+    /// Asks the device for used-buffer interrupts on the receive queue, or not (a hint
+    /// without `EVENT_IDX`: 2.7.7.2).
+    fn set_rx_interrupts(&mut self, on: bool) {
+        if self.rx_interrupts != on
+            && let Some(q) = self.queues.as_mut()
+        {
+            q.rx.set_dev_notify(on);
+            self.rx_interrupts = on;
+        }
+    }
+
+    /// The same for the transmit queue.
+    fn set_tx_interrupts(&mut self, on: bool) {
+        if self.tx_interrupts != on
+            && let Some(q) = self.queues.as_mut()
+        {
+            q.tx.set_dev_notify(on);
+            self.tx_interrupts = on;
         }
     }
 
@@ -520,7 +561,7 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
         // Bounded: each turn consumes an outstanding buffer.
         while self.tx_tokens.outstanding > 0 {
             let (token, buffer, len) = match self.next_used(false) {
-                Next::Empty => return Ok(()),
+                Next::Empty => break,
                 Next::Token(t, b, l) => (t, b, l),
                 other => return Err(self.bad(other)),
             };
@@ -546,6 +587,9 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
                 }
             }
         }
+        if !self.tx_free.is_empty() {
+            self.set_tx_interrupts(false);
+        }
         Ok(())
     }
 }
@@ -568,6 +612,13 @@ impl<H: VirtioHal, M: Mmio> NetDevice for VirtioNet<H, M> {
             return Err(NetError::BadFrame);
         }
         if self.tx_free.is_empty() {
+            self.reap_tx()?;
+        }
+        if self.tx_free.is_empty() {
+            // Wait for the device: ask for an interrupt when it returns a buffer, then
+            // look once more (one may have come back before it saw the flag).
+            self.set_tx_interrupts(true);
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
             self.reap_tx()?;
         }
         let Some(buffer) = self.tx_free.pop() else {
@@ -625,9 +676,23 @@ impl<H: VirtioHal, M: Mmio> NetDevice for VirtioNet<H, M> {
 
     fn receive(&mut self, take: &mut dyn FnMut(&[u8])) -> Result<bool, NetError> {
         self.check()?;
-        // Bounded: each turn pops an outstanding buffer (and posts it again).
-        for _ in 0..=self.rx_tokens.outstanding {
+        // While frames are taken, the device need not interrupt for more (2.7.7:
+        // VIRTQ_AVAIL_F_NO_INTERRUPT); they are asked for again once the ring is found
+        // empty, before this returns false.
+        self.set_rx_interrupts(false);
+        // Bounded: each turn pops an outstanding buffer (and posts it again), but one,
+        // which looks again after turning interrupts back on.
+        for _ in 0..=self.rx_tokens.outstanding + 1 {
             let (token, buffer, len) = match self.next_used(true) {
+                Next::Empty if !self.rx_interrupts => {
+                    // An element used after the last look and before the device saw
+                    // the flag cleared raised no interrupt: look once more (the
+                    // fence orders the flag's store before the index's load, as
+                    // Linux's virtqueue_enable_cb + virtqueue_poll).
+                    self.set_rx_interrupts(true);
+                    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
                 Next::Empty => return Ok(false),
                 Next::Token(t, b, l) => (t, b, l),
                 other => return Err(self.bad(other)),
@@ -680,6 +745,9 @@ impl<H: VirtioHal, M: Mmio> NetDevice for VirtioNet<H, M> {
                 return Ok(true);
             }
         }
+        // Only frames dropped, more than were posted: never return false with
+        // interrupts off.
+        self.set_rx_interrupts(true);
         Ok(false)
     }
 
