@@ -41,7 +41,7 @@ use virtio_bindings::virtio_net as net;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 
 use super::GuestMemory;
-use super::virtio_pci::{F_EVENT_IDX, F_INDIRECT_DESC, VirtioDevice, drain_queue};
+use super::virtio_pci::{F_EVENT_IDX, F_INDIRECT_DESC, VirtioDevice, drain_queue, wants_interrupt};
 use crate::hostio::tap::{Link, complete_checksum};
 use crate::xen::evtchn::Notifier;
 
@@ -289,7 +289,7 @@ impl VirtioNet {
                 }
             }
         }
-        used && queue.needs_notification(mem).unwrap_or(true)
+        used && wants_interrupt(queue, mem)
     }
 
     /// Arms the link so that its next frame wakes the device thread.
@@ -818,6 +818,39 @@ mod tests {
             assert!(r.net.stats.ring_errors >= 2, "{idx}: {:?}", r.net.stats);
             assert_eq!(r.net.stats.rx_frames + r.net.stats.tx_frames, 0);
         }
+    }
+
+    #[test]
+    fn no_interrupt_is_honoured_without_event_idx() {
+        let (mut r, rx, tx) = rig(ALL);
+        // VIRTQ_AVAIL_F_NO_INTERRUPT on both queues: buffers are used, nobody is told.
+        for q in [&rx, &tx] {
+            r.mem
+                .write_obj(1u16, GuestAddress(q.avail_addr().0))
+                .unwrap();
+        }
+        r.host.send_frame(&udp_frame(64)).unwrap();
+        rx.add_desc_chains(&[desc(BUFS, 2048, WRITE)], 0).unwrap();
+        assert!(!r.net.notify(RX));
+        assert_eq!(r.net.stats.rx_frames, 1);
+        r.mem
+            .write_slice(&[0u8; HDR_LEN], GuestAddress(BUFS + 0x4000))
+            .unwrap();
+        r.mem
+            .write_slice(&udp_frame(10), GuestAddress(BUFS + 0x4000 + HDR_LEN as u64))
+            .unwrap();
+        tx.add_desc_chains(&[desc(BUFS + 0x4000, (HDR_LEN + 52) as u32, 0)], 0)
+            .unwrap();
+        assert!(!r.net.notify(TX));
+        assert_eq!(r.net.stats.tx_frames, 1);
+        // Flag cleared: the next frame interrupts.
+        r.mem
+            .write_obj(0u16, GuestAddress(rx.avail_addr().0))
+            .unwrap();
+        r.host.send_frame(&udp_frame(64)).unwrap();
+        rx.add_desc_chains(&[desc(BUFS + 0x1000, 2048, WRITE)], 1)
+            .unwrap();
+        assert!(r.net.notify(RX));
     }
 
     #[test]

@@ -801,6 +801,28 @@ impl PciDevice for VirtioPci {
     }
 }
 
+/// Whether the driver wants an interrupt for the buffers used since the last call: with
+/// `EVENT_IDX`, when the used index passed its `used_event` (rust-vmm's check); without
+/// it, unless it set `VIRTQ_AVAIL_F_NO_INTERRUPT` in the available ring's flags (which
+/// rust-vmm's queue does not look at), as QEMU honours it.
+pub fn wants_interrupt(queue: &mut Queue, mem: &GuestMemory) -> bool {
+    use vm_memory::{Bytes, GuestAddress};
+    // Also the fence between the used-ring writes and the flag read.
+    let wanted = queue.needs_notification(mem).unwrap_or(true);
+    if !wanted || queue.event_idx_enabled() {
+        return wanted;
+    }
+    let flags: u16 = mem
+        .read_obj(GuestAddress(queue.avail_ring()))
+        .map(u16::from_le)
+        .unwrap_or(0);
+    flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0
+}
+
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT`.
+const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 =
+    virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
+
 /// Serves every chain the driver made available on `queue` with `serve` (which returns
 /// the bytes it wrote into the chain), the driver's notifications off while it works and
 /// on again after, looking once more for chains published meanwhile. Returns whether the
@@ -843,7 +865,7 @@ pub fn drain_queue(
             }
         }
     }
-    served && queue.needs_notification(mem).unwrap_or(true)
+    served && wants_interrupt(queue, mem)
 }
 
 /// The device thread of a virtio-pci device: it waits on the doorbell KVM signals for
