@@ -22,8 +22,7 @@
 //!   is empty, with one more look after that (as Linux's NAPI does): with MSI-X, where
 //!   nothing holds a message back as a masked INTx line does, a stream of frames
 //!   otherwise costs an interrupt each. Without `EVENT_IDX` the flag is a hint a
-//!   device may ignore (QEMU honours it; host-shim's queues, rust-vmm's
-//!   `virtio-queue`, do not yet).
+//!   device may ignore (QEMU and host-shim honour it).
 //! - Transmit is batched: [`NetDevice::transmit`] adds the frame to the available ring
 //!   without notifying; [`NetDevice::kick`] notifies once for all frames added since the
 //!   last kick, unless the device set `VRING_USED_F_NO_NOTIFY`; a transmit that takes
