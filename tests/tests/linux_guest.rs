@@ -415,6 +415,7 @@ fn linux_drives_the_shims_virtio_blk_and_virtio_net() {
             "{name}: {d}"
         );
         assert_eq!(d["msi"]["irqfd"], transport["msix_messages"], "{name}: {d}");
+        assert_eq!(transport["exits"]["isr_read"], 0, "{name}: {d}");
         assert_eq!(d["msi"]["signal_msi"], 0, "{name}: {d}");
     }
 }

@@ -166,6 +166,9 @@ pub struct TransportExits {
     pub mmio_write: u64,
     /// BAR 0 accesses through the `PCI_CFG` window (configuration-space exits).
     pub cfg_window: u64,
+    /// Of the reads, those of the ISR byte (a driver on INTx reads it per interrupt; on
+    /// MSI-X it need not).
+    pub isr_read: u64,
 }
 
 /// Transport counters.
@@ -684,6 +687,7 @@ impl VirtioPci {
         match offset {
             o if o < COMMON_AT + COMMON_LEN => self.common_read(o - COMMON_AT, data),
             o if o == ISR_AT => {
+                self.stats.exits.isr_read += 1;
                 let isr = self.isr;
                 data.fill(0);
                 if let Some(d) = data.first_mut() {
