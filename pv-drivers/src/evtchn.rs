@@ -1353,14 +1353,16 @@ mod tests {
                     }
                 }
                 scans += 1;
-                progress.store(seen, Ordering::Release);
                 for p in (MASKABLE + 1..NR_EVENT_CHANNELS).filter(|_| check) {
                     assert!(
                         delivered[p] >= before[p],
                         "port {p}: an event older than the scan was left behind"
                     );
                 }
-                // Now and then mask a port, and later unmask it.
+                // Now and then mask a port, and later unmask it. This happens before
+                // the guest reports its progress: between clearing the mask bit and
+                // the unmask hypercall's injection, a pending port is unmasked and not
+                // yet announced, which the other thread must not see as idle.
                 y = y.wrapping_mul(6364136223846793005).wrapping_add(1);
                 if y >> 60 == 0 {
                     let p = ((y >> 20) % MASKABLE as u64 + 1) as u32;
@@ -1371,6 +1373,7 @@ mod tests {
                 {
                     unmask(p, &injections);
                 }
+                progress.store(seen, Ordering::Release);
             } else if finished {
                 if let Some(p) = masked.pop() {
                     unmask(p, &injections);
