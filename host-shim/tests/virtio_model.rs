@@ -32,10 +32,10 @@ use host_shim::devices::virtio_pci::{VirtioDevice, VirtioPci};
 use host_shim::hostio::disk::{DiskImage, DiskOptions};
 use hw_devices::Mmio;
 use hw_devices::pci::{self, Bdf, ConfigAccess, command};
-use hw_devices::virtio::blk::{Features, InitError, QUEUE_SIZE, VirtioBlk, VirtioBlkConfig};
+use hw_devices::virtio::InitError;
+use hw_devices::virtio::blk::{Features, QUEUE_SIZE, VirtioBlk, VirtioBlkConfig};
 use hw_devices::virtio::net::{
-    Features as NetFeatures, InitError as NetInitError, MAX_FRAME, QUEUE_SIZE as RX_QUEUE_SIZE,
-    VirtioNet, VirtioNetConfig,
+    Features as NetFeatures, MAX_FRAME, QUEUE_SIZE as RX_QUEUE_SIZE, VirtioNet, VirtioNetConfig,
 };
 use hw_devices::virtio::transport::{PciTransport, ProbeError, common};
 use hw_devices::virtio::virtio_drivers::transport::{DeviceStatus, Transport};
@@ -1263,7 +1263,7 @@ fn net_rig(configure: impl FnOnce(&mut NetState)) -> NetRig {
 
 type Nic = VirtioNet<TestHal, PciRegion<VirtioPci>>;
 
-fn nic(rig: &NetRig) -> Result<Nic, NetInitError> {
+fn nic(rig: &NetRig) -> Result<Nic, InitError> {
     let mut cfg = ModelConfig(rig.dev.clone());
     let f = pci::read_function(&mut cfg, BDF).expect("function");
     let t = PciTransport::probe(&mut cfg, &f, |slot, _| {
@@ -1414,11 +1414,11 @@ fn a_lying_nic_stops_the_driver_without_a_panic() {
 #[test]
 fn nics_without_a_usable_mac_or_link_are_reported() {
     let rig = net_rig(|s| s.offer_mac = false);
-    assert!(matches!(nic(&rig), Err(NetInitError::NoMac)));
+    assert!(matches!(nic(&rig), Err(InitError::NoMac)));
     let rig = net_rig(|s| s.mac = [0x01, 0, 0x5e, 0, 0, 1]);
-    assert!(matches!(nic(&rig), Err(NetInitError::BadMac(_))));
+    assert!(matches!(nic(&rig), Err(InitError::BadMac(_))));
     let rig = net_rig(|s| s.mac = [0; 6]);
-    assert!(matches!(nic(&rig), Err(NetInitError::BadMac(_))));
+    assert!(matches!(nic(&rig), Err(InitError::BadMac(_))));
     let rig = net_rig(|s| s.status = 0);
     let nic = nic(&rig).expect("init");
     assert!(!nic.link_up());

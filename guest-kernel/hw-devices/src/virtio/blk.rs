@@ -41,7 +41,6 @@
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt;
 
 use bitflags::bitflags;
 use pv_drivers::device::{BlockCompletion, BlockDevice, BlockError, BlockInfo, BlockOp};
@@ -50,7 +49,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 
 use super::transport::PciTransport;
-use super::{DmaBuf, VirtioHal, used_idx};
+use super::{DmaBuf, InitError, VirtioHal, used_idx};
 use crate::Mmio;
 
 /// Entries of the request queue (a power of two; the device must offer at least this
@@ -127,49 +126,6 @@ impl Default for VirtioBlkConfig {
         }
     }
 }
-
-/// Why [`VirtioBlk::new`] failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InitError {
-    /// The configuration is out of range.
-    BadConfig,
-    /// The function is not a block device.
-    WrongType(DeviceType),
-    /// The device does not offer `VIRTIO_F_VERSION_1` (a legacy device).
-    Legacy,
-    /// The device refused the features (`FEATURES_OK` did not stay set).
-    FeaturesRefused,
-    /// The device configuration could not be read.
-    Config(virtio_drivers::Error),
-    /// The request queue could not be set up (too small, already in use, no memory).
-    Queue(virtio_drivers::Error),
-    /// The device broke the transport's rules (see `PciTransport::broken`).
-    Transport,
-    /// The device did not take `DRIVER_OK`, or asked for a reset.
-    NotAccepted(u32),
-    /// DMA memory ran out.
-    OutOfMemory,
-}
-
-impl fmt::Display for InitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadConfig => f.write_str("queue depth or transfer size out of range"),
-            Self::WrongType(t) => write!(f, "not a block device but {t:?}"),
-            Self::Legacy => f.write_str("the device does not offer VIRTIO_F_VERSION_1"),
-            Self::FeaturesRefused => f.write_str("the device refused the features"),
-            Self::Config(e) => write!(f, "device configuration: {e}"),
-            Self::Queue(e) => write!(f, "request queue: {e}"),
-            Self::Transport => f.write_str("the device broke the virtio-pci transport rules"),
-            Self::NotAccepted(s) => {
-                write!(f, "the device did not accept DRIVER_OK (status {s:#x})")
-            }
-            Self::OutOfMemory => f.write_str("out of DMA memory"),
-        }
-    }
-}
-
-impl core::error::Error for InitError {}
 
 /// The driver's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -291,7 +247,10 @@ impl<H: VirtioHal, M: Mmio> VirtioBlk<H, M> {
         }
         let kind = transport.device_type();
         if kind != DeviceType::Block {
-            return Err(InitError::WrongType(kind));
+            return Err(InitError::WrongType {
+                want: DeviceType::Block,
+                got: kind,
+            });
         }
         match Self::setup(&mut transport, config) {
             Ok(dev) => Ok(dev),

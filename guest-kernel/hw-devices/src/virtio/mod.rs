@@ -58,6 +58,66 @@ use core::ptr::NonNull;
 
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
 
+/// Why a virtio driver ([`blk::VirtioBlk::new`], [`net::VirtioNet::new`]) could not
+/// start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// The driver's own configuration (queue depth, transfer size, buffer counts) is out
+    /// of range.
+    BadConfig,
+    /// The function is not the kind of device the driver drives.
+    WrongType {
+        /// What the driver drives.
+        want: virtio_drivers::transport::DeviceType,
+        /// What the function is.
+        got: virtio_drivers::transport::DeviceType,
+    },
+    /// The device does not offer `VIRTIO_F_VERSION_1` (a legacy device).
+    Legacy,
+    /// A network device offers no MAC address.
+    NoMac,
+    /// Its MAC is zero or multicast.
+    BadMac([u8; 6]),
+    /// The device refused the features (`FEATURES_OK` did not stay set).
+    FeaturesRefused,
+    /// The device configuration could not be read.
+    Config(virtio_drivers::Error),
+    /// `virtio-drivers` refused a queue (too small, already in use, no memory).
+    Queue(virtio_drivers::Error),
+    /// The device broke the transport's rules (see `PciTransport::broken`).
+    Transport,
+    /// The device did not take `DRIVER_OK`, or asked for a reset.
+    NotAccepted(u32),
+    /// DMA memory ran out.
+    OutOfMemory,
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BadConfig => f.write_str("the driver's configuration is out of range"),
+            Self::WrongType { want, got } => write!(f, "not a {want:?} device but {got:?}"),
+            Self::Legacy => f.write_str("the device does not offer VIRTIO_F_VERSION_1"),
+            Self::NoMac => f.write_str("the device offers no MAC address"),
+            Self::BadMac(m) => write!(
+                f,
+                "invalid MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+            Self::FeaturesRefused => f.write_str("the device refused the features"),
+            Self::Config(e) => write!(f, "device configuration: {e}"),
+            Self::Queue(e) => write!(f, "virtqueue: {e}"),
+            Self::Transport => f.write_str("the device broke the virtio-pci transport rules"),
+            Self::NotAccepted(s) => {
+                write!(f, "the device did not accept DRIVER_OK (status {s:#x})")
+            }
+            Self::OutOfMemory => f.write_str("out of DMA memory"),
+        }
+    }
+}
+
+impl core::error::Error for InitError {}
+
 /// PCI vendor ID of virtio devices.
 pub const VENDOR: u16 = 0x1af4;
 /// Modern PCI device IDs are this plus the virtio device type (virtio 1.2, 4.1.2.1).

@@ -53,7 +53,6 @@
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt;
 
 use bitflags::bitflags;
 use pv_drivers::device::{NetDevice, NetError, NetInfo};
@@ -62,7 +61,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 
 use super::transport::PciTransport;
-use super::{DmaBuf, VirtioHal, used_idx};
+use super::{DmaBuf, InitError, VirtioHal, used_idx};
 use crate::Mmio;
 
 /// Entries of each queue (the device must offer at least this many).
@@ -120,60 +119,6 @@ impl Default for VirtioNetConfig {
         }
     }
 }
-
-/// Why [`VirtioNet::new`] failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InitError {
-    /// A buffer count out of range.
-    BadConfig,
-    /// The function is not a network device.
-    WrongType(DeviceType),
-    /// The device does not offer `VIRTIO_F_VERSION_1` (a legacy device).
-    Legacy,
-    /// The device offers no MAC address.
-    NoMac,
-    /// Its MAC is zero or multicast.
-    BadMac([u8; 6]),
-    /// The device refused the features (`FEATURES_OK` did not stay set).
-    FeaturesRefused,
-    /// The device configuration could not be read.
-    Config(virtio_drivers::Error),
-    /// `virtio-drivers` refused a queue (too small, already in use, no memory).
-    Device(virtio_drivers::Error),
-    /// The device broke the transport's rules (see `PciTransport::broken`).
-    Transport,
-    /// The device refused the features or `DRIVER_OK`, or asked for a reset.
-    NotAccepted(u32),
-    /// DMA memory ran out.
-    OutOfMemory,
-}
-
-impl fmt::Display for InitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadConfig => f.write_str("buffer counts out of range"),
-            Self::WrongType(t) => write!(f, "not a network device but {t:?}"),
-            Self::Legacy => f.write_str("the device does not offer VIRTIO_F_VERSION_1"),
-            Self::NoMac => f.write_str("the device offers no MAC address"),
-            Self::BadMac(m) => write!(
-                f,
-                "invalid MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                m[0], m[1], m[2], m[3], m[4], m[5]
-            ),
-            Self::FeaturesRefused => f.write_str("the device refused the features"),
-            Self::Config(e) => write!(f, "device configuration: {e}"),
-            Self::Device(e) => write!(f, "virtio: {e}"),
-            Self::Transport => f.write_str("the device broke the virtio-pci transport rules"),
-            Self::NotAccepted(s) => write!(
-                f,
-                "the device did not accept the features or DRIVER_OK (status {s:#x})"
-            ),
-            Self::OutOfMemory => f.write_str("out of DMA memory"),
-        }
-    }
-}
-
-impl core::error::Error for InitError {}
 
 /// The driver's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -330,7 +275,10 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
         }
         let kind = transport.device_type();
         if kind != DeviceType::Network {
-            return Err(InitError::WrongType(kind));
+            return Err(InitError::WrongType {
+                want: DeviceType::Network,
+                got: kind,
+            });
         }
         match Self::setup(&mut transport, config) {
             Ok(dev) => Ok(dev),
@@ -366,11 +314,11 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
         }
         let rx_queue = Box::new(
             VirtQueue::<H, QUEUE_SIZE>::new(transport, RECEIVE_QUEUE, false, false)
-                .map_err(InitError::Device)?,
+                .map_err(InitError::Queue)?,
         );
         let tx_queue = Box::new(
             VirtQueue::<H, QUEUE_SIZE>::new(transport, TRANSMIT_QUEUE, false, false)
-                .map_err(InitError::Device)?,
+                .map_err(InitError::Queue)?,
         );
         // From here the driver owns the queues: a failure drops it, and its `Drop`
         // resets the device before their memory (and the buffers') is freed.
@@ -418,7 +366,7 @@ impl<H: VirtioHal, M: Mmio> VirtioNet<H, M> {
             // SAFETY: buffer `i` is fresh DMA memory nothing else references; it is
             // not touched until its token is popped in `receive`.
             let token = unsafe { queues.rx.add(&[], &mut [rx.get(i, BUFFER_SIZE)]) }
-                .map_err(InitError::Device)?;
+                .map_err(InitError::Queue)?;
             net.rx_tokens.post(token, i, BUFFER_SIZE);
         }
         // Transmit completions are reaped as buffers are needed: no interrupt for them
