@@ -11,7 +11,7 @@
 //! | `net.bulk=` | bytes the bulk service (port 19) sends per connection | `64K` |
 //! | `net.seed=` | pattern seed of the bulk stream | `1` |
 //! | `net.device=` | `xen:ID` or `ID` (a vif), `e1000:N` (the Nth e1000 on PCI, from 0), `virtio:N` (the Nth virtio-net PCI function, from 0) | Xen's first vif, else the first e1000 |
-//! | `blk.workload=` | comma list of `write-pattern`, `verify-pattern`, `seq-read`, `seq-write`, `rand-read`, `rand-write`, `rand-rw`, run in order | off |
+//! | `blk.workload=` | comma list of `write-pattern`, `verify-pattern`, `seq-read`, `seq-write`, `rand-read`, `rand-write`, `rand-rw`, `durable-writes`, run in order (`durable-writes`: generations of the pattern with flushes at random points, a `blk-durable:` line per completed flush, until killed or `blk.ops=` writes; `host-shim crashtest` drives it) | off |
 //! | `blk.device=` | `xen:ID` or `ID` (a vbd), `ide:N` (ATA drive N: 0 primary master, 1 primary slave, 2 secondary master, 3 secondary slave), `virtio:N` (the Nth virtio-blk PCI function, from 0) | Xen's first vbd, else `ide:0` |
 //! | `blk.ata=` | `dma` (bus-master DMA) or `pio`, for an `ide:` device | `dma` |
 //! | `blk.offset=` | region start, bytes | `0` |
@@ -19,7 +19,7 @@
 //! | `blk.bs=` | bytes per request | `4K` |
 //! | `blk.qd=` | requests in flight, 1..=256 | `8` |
 //! | `blk.seed=` | pattern seed | `1` |
-//! | `blk.ops=` | requests of a random phase (0: one per block) | `0` |
+//! | `blk.ops=` | requests of a random phase (0: one per block); writes of `durable-writes` (0: until killed) | `0` |
 //! | `blk.read-pct=` | reads in `rand-rw`, 0..=100 | `50` |
 //! | `blk.verify=` | `on`/`off`: compare reads with the pattern | `on` |
 //! | `blk.bench=` | `on`: run the benchmark matrix (`pv_drivers::workload::bench_matrix`) instead of `blk.workload=`, over the region of `blk.offset=`/`blk.size=` | `off` |
@@ -324,7 +324,7 @@ pub fn parse(cmdline: &str) -> Result<IoOptions<'_>, BadOption<'_>> {
                     let phase = Phase::parse(name).ok_or(bad(
                         word,
                         "a comma list of write-pattern, verify-pattern, seq-read, seq-write, \
-                         rand-read, rand-write, rand-rw",
+                         rand-read, rand-write, rand-rw, durable-writes",
                     ))?;
                     let slot = blk
                         .phases
@@ -516,6 +516,12 @@ mod tests {
             }
         );
         assert_eq!(d.configs().next().unwrap().phase, Phase::RandRw);
+        let d = parse("blk.workload=durable-writes blk.ops=100")
+            .unwrap()
+            .blk
+            .unwrap();
+        let c = d.configs().next().unwrap();
+        assert_eq!((c.phase, c.ops), (Phase::Durability, 100));
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! the pattern of its seed through any mix of phases, and every read can be verified,
 //! also while reads and writes to the same block are in flight together.
 //!
+//! The durability phase (`durable-writes`, [`Phase::Durability`]) is the writer of
+//! `host-shim crashtest`: generations of the pattern over the region with flushes at
+//! seeded random points, each completed flush announced as a [`DurablePoint`] line
+//! that the host checks the disk image against after killing the shim.
+//!
 //! The benchmark matrix of `blk.bench=on` ([`bench_matrix`], [`run_bench`]) is the
 //! other engine here: fio's jobs (read, write, randread, randwrite at 4 KiB and 64 KiB,
 //! queue depth 1 and 32), timed per request into a fixed [`Histogram`], with no data
@@ -42,11 +47,16 @@ pub enum Phase {
     RandWrite,
     /// [`Config::ops`] random blocks, read or written ([`Config::read_percent`]).
     RandRw,
+    /// The crash test's writer ([`run`] hands it to the durability engine): the region
+    /// written over and over in generations, with flushes at seeded random points, each
+    /// completed flush reported to [`Waiter::durable`]. Runs until the guest is killed,
+    /// or for [`Config::ops`] writes if that is not 0. Needs a device with a flush.
+    Durability,
 }
 
 impl Phase {
     /// Every phase, for help texts and tests.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::WritePattern,
         Self::VerifyPattern,
         Self::SeqRead,
@@ -54,6 +64,7 @@ impl Phase {
         Self::RandRead,
         Self::RandWrite,
         Self::RandRw,
+        Self::Durability,
     ];
 
     /// The command-line name.
@@ -66,6 +77,7 @@ impl Phase {
             Self::RandRead => "rand-read",
             Self::RandWrite => "rand-write",
             Self::RandRw => "rand-rw",
+            Self::Durability => "durable-writes",
         }
     }
 
@@ -81,7 +93,7 @@ impl Phase {
     fn writes(self) -> bool {
         matches!(
             self,
-            Self::WritePattern | Self::SeqWrite | Self::RandWrite | Self::RandRw
+            Self::WritePattern | Self::SeqWrite | Self::RandWrite | Self::RandRw | Self::Durability
         )
     }
 }
@@ -140,6 +152,8 @@ pub enum ConfigError {
     ReadOnly,
     /// The device reports a sector size that is zero or not a power of two.
     BadSectorSize(u32),
+    /// The phase needs a flush and the device offers none.
+    NoFlush,
 }
 
 impl fmt::Display for ConfigError {
@@ -161,6 +175,7 @@ impl fmt::Display for ConfigError {
             Self::ZeroQueueDepth => f.write_str("queue depth 0"),
             Self::ReadOnly => f.write_str("the device is read-only"),
             Self::BadSectorSize(s) => write!(f, "device sector size {s} is unusable"),
+            Self::NoFlush => f.write_str("durable-writes needs a flush and the device offers none"),
         }
     }
 }
@@ -177,6 +192,10 @@ pub trait Waiter {
     /// Called after every poll of the device with the completions it returned (so
     /// the waiter can tell a poll that found work without an event: a lost event).
     fn polled(&mut self, _completions: usize) {}
+    /// Called by [`Phase::Durability`] after each of its flushes completed: everything
+    /// `point` names was written before that flush, so it is durable now. The guest
+    /// prints it ([`DurablePoint`]'s `Display`) for the host's crash test.
+    fn durable(&mut self, _point: DurablePoint) {}
 }
 
 /// What a workload did.
@@ -365,6 +384,8 @@ impl Plan {
         Some(match c.phase {
             Phase::WritePattern | Phase::SeqWrite => self.block(i, BlockOp::Write),
             Phase::VerifyPattern | Phase::SeqRead => self.block(i, BlockOp::Read),
+            // Never planned: run() hands this phase to run_durable.
+            Phase::Durability => return None,
             Phase::RandRead | Phase::RandWrite | Phase::RandRw => {
                 let r = self.rng.next();
                 let index = r % self.blocks;
@@ -405,6 +426,9 @@ pub fn validate(dev: &dyn BlockDevice, cfg: &Config) -> Result<(), ConfigError> 
     if cfg.phase.writes() && info.read_only {
         return Err(ConfigError::ReadOnly);
     }
+    if cfg.phase == Phase::Durability && !info.flush {
+        return Err(ConfigError::NoFlush);
+    }
     Ok(())
 }
 
@@ -415,6 +439,9 @@ pub fn run(
     waiter: &mut dyn Waiter,
 ) -> Result<Report, ConfigError> {
     validate(dev, cfg)?;
+    if cfg.phase == Phase::Durability {
+        return Ok(run_durable(dev, cfg, waiter));
+    }
     let info = dev.info();
     let sector = u64::from(info.sector_size);
     let flush_after = cfg.phase == Phase::WritePattern && info.flush;
@@ -527,6 +554,195 @@ fn complete(report: &mut Report, pending: &mut Vec<Pending>, c: BlockCompletion,
         BlockOp::Flush => report.flushes += 1,
     }
     report.ops += 1;
+}
+
+// ---- The durability phase (`durable-writes`, the writer of `host-shim crashtest`)
+
+/// What a console line announcing a [`DurablePoint`] starts with.
+pub const DURABLE_PREFIX: &str = "blk-durable: ";
+
+/// The pattern seed of generation `generation` of a [`Phase::Durability`] run seeded
+/// `seed`, so that every byte written depends on seed, generation and disk offset.
+/// Generation 0 is what the region held before the run (the host's crash test writes
+/// it with this seed too).
+pub const fn generation_seed(seed: u64, generation: u64) -> u64 {
+    seed.wrapping_add(generation)
+}
+
+/// What one completed flush of [`Phase::Durability`] made durable: every block of the
+/// region before block `next` was written with generation `generation`, and every
+/// block from `next` on with generation `generation - 1` (for generation 1: what the
+/// region held before the run), all before the flush was submitted. Later writes may
+/// since have replaced any block with a later generation.
+///
+/// `Display` is the console line, [`DurablePoint::parse_line`] its inverse:
+/// `blk-durable: gen=G next=N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurablePoint {
+    /// The generation being written, from 1.
+    pub generation: u64,
+    /// Blocks of the region (from its start, in [`Config::block`] units) already
+    /// holding `generation`.
+    pub next: u64,
+}
+
+impl DurablePoint {
+    /// Parses one console line (a trailing `\r` or `\n` allowed); `None` unless it is
+    /// exactly a durable point's line.
+    pub fn parse_line(line: &str) -> Option<Self> {
+        let rest = line
+            .trim_end_matches(['\r', '\n'])
+            .strip_prefix(DURABLE_PREFIX)?;
+        let (g, n) = rest.split_once(' ')?;
+        let number = |s: &str, key: &str| {
+            let v = s.strip_prefix(key)?;
+            // Digits only: u64's parser would also take a sign.
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            v.parse::<u64>().ok()
+        };
+        let generation = number(g, "gen=").filter(|&g| g > 0)?;
+        let next = number(n, "next=")?;
+        Some(Self { generation, next })
+    }
+}
+
+impl fmt::Display for DurablePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{DURABLE_PREFIX}gen={} next={}",
+            self.generation, self.next
+        )
+    }
+}
+
+/// The durability phase: generation after generation of the region, block by block in
+/// order at the configured queue depth, each block with the pattern of
+/// [`generation_seed`]. After a seeded random number of writes (1 to two thirds of the
+/// region's blocks) it lets every write in flight complete, submits a flush and, once
+/// that completed successfully, hands the point it covers to [`Waiter::durable`].
+///
+/// A failed write or flush ends the phase (the block's contents are then unknown, so
+/// no later point could be claimed), as does a device that breaks the protocol.
+fn run_durable(dev: &mut dyn BlockDevice, cfg: &Config, waiter: &mut dyn Waiter) -> Report {
+    let info = dev.info();
+    let sector = u64::from(info.sector_size);
+    let qd = cfg.queue_depth.min(info.queue_depth.max(1)) as usize;
+    let plan = Plan::new(cfg, false);
+    let blocks = plan.blocks;
+    let span = (2 * blocks / 3).max(1);
+    let mut rng = Rng::new(cfg.seed);
+    let mut report = Report::default();
+    let mut pending: Vec<Pending> = Vec::with_capacity(qd);
+    let mut done: Vec<BlockCompletion> = Vec::with_capacity(qd + 1);
+    let mut data = vec![0u8; cfg.block as usize];
+    let (mut generation, mut next) = (1u64, 0u64);
+    // Writes to submit before the next flush; writes submitted in all; of which
+    // covered by a completed flush.
+    let mut due = 1 + rng.next() % span;
+    let (mut submitted, mut covered) = (0u64, 0u64);
+    // The flush in flight: its tag, the point it covers, the writes submitted before it.
+    let mut flush: Option<(u64, DurablePoint, u64)> = None;
+    let start = waiter.now_ns();
+
+    'run: loop {
+        let limit = cfg.ops != 0 && submitted >= cfg.ops;
+        if flush.is_none() {
+            while pending.len() < qd && due > 0 && !limit {
+                let req = plan.block(next, BlockOp::Write);
+                let len = req.len as usize;
+                pattern::fill(
+                    generation_seed(cfg.seed, generation),
+                    req.offset,
+                    &mut data[..len],
+                );
+                let count = (u64::from(req.len) / sector) as u32;
+                match dev.submit(BlockOp::Write, req.offset / sector, count, &data[..len]) {
+                    Ok(tag) => {
+                        pending.push(Pending { tag, req });
+                        due -= 1;
+                        submitted += 1;
+                        next += 1;
+                        if next == blocks {
+                            (generation, next) = (generation + 1, 0);
+                        }
+                        if cfg.ops != 0 && submitted >= cfg.ops {
+                            break;
+                        }
+                    }
+                    Err(BlockError::Busy) => break,
+                    Err(e) => {
+                        report.errors += 1;
+                        report.first_error.get_or_insert(e);
+                        break 'run;
+                    }
+                }
+            }
+            let limit = cfg.ops != 0 && submitted >= cfg.ops;
+            if pending.is_empty() && (due == 0 || limit) {
+                if covered == submitted {
+                    break; // the last writes are flushed: the phase is over
+                }
+                // Every write submitted so far has completed: the flush covers them all
+                // (BlockOp::Flush only covers writes completed before it).
+                let point = DurablePoint { generation, next };
+                match dev.submit(BlockOp::Flush, 0, 0, &[]) {
+                    Ok(tag) => flush = Some((tag, point, submitted)),
+                    Err(BlockError::Busy) => {}
+                    Err(e) => {
+                        report.errors += 1;
+                        report.first_error.get_or_insert(e);
+                        break;
+                    }
+                }
+            }
+        }
+        dev.kick();
+        let in_flight = pending.len() + usize::from(flush.is_some());
+        report.max_in_flight = report.max_in_flight.max(in_flight as u32);
+
+        done.clear();
+        let got = match dev.poll(&mut done) {
+            Ok(_) => done.len(),
+            Err(e) => {
+                report.errors += 1;
+                report.first_error.get_or_insert(e);
+                break;
+            }
+        };
+        waiter.polled(got);
+        for c in done.drain(..) {
+            match flush {
+                Some((tag, point, before)) if c.tag == tag => {
+                    flush = None;
+                    if c.op != BlockOp::Flush {
+                        report.protocol_errors += 1;
+                    } else if let Err(e) = c.result {
+                        report.errors += 1;
+                        report.first_error.get_or_insert(e);
+                    } else {
+                        report.flushes += 1;
+                        report.ops += 1;
+                        covered = before;
+                        due = 1 + rng.next() % span;
+                        waiter.durable(point);
+                    }
+                }
+                _ => complete(&mut report, &mut pending, c, cfg),
+            }
+        }
+        if report.errors > 0 || report.protocol_errors > 0 {
+            break;
+        }
+        if got == 0 && !waiter.wait() {
+            break;
+        }
+    }
+    report.abandoned = pending.len() as u64 + u64::from(flush.is_some());
+    report.elapsed_ns = waiter.now_ns().saturating_sub(start);
+    report
 }
 
 // ---- The benchmark matrix (`blk.bench=on`)
@@ -1006,7 +1222,9 @@ pub fn run_bench(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
     use std::collections::VecDeque;
+    use std::rc::Rc;
 
     /// An in-memory disk that completes requests on `poll`, newest first (out of
     /// order), with injectable faults.
@@ -1027,6 +1245,19 @@ mod tests {
         writes_since_flush: u64,
         /// Most requests queued at once.
         max_queued: usize,
+        /// Flushes fail with an I/O error.
+        fail_flushes: bool,
+        /// Where a completed flush leaves a copy of the disk (a durability test's log).
+        log: Option<Rc<RefCell<Vec<Event>>>>,
+    }
+
+    /// What a durability test saw, in order.
+    #[derive(Debug)]
+    enum Event {
+        /// A flush completed; the disk then held these bytes.
+        Flushed(Vec<u8>),
+        /// The engine announced this point.
+        Durable(DurablePoint),
     }
 
     impl MemDisk {
@@ -1053,6 +1284,8 @@ mod tests {
                 flushes: 0,
                 writes_since_flush: 0,
                 max_queued: 0,
+                fail_flushes: false,
+                log: None,
             }
         }
     }
@@ -1091,7 +1324,8 @@ mod tests {
             while let Some((tag, op, sector, count, data)) = self.queue.pop_back() {
                 let start = (sector * 512) as usize;
                 let len = count as usize * 512;
-                let fail = self.fail_every.is_some_and(|k| tag % k == 0);
+                let fail = self.fail_every.is_some_and(|k| tag % k == 0)
+                    || (op == BlockOp::Flush && self.fail_flushes);
                 let mut out = Vec::new();
                 let result = if fail {
                     Err(BlockError::Io)
@@ -1115,6 +1349,9 @@ mod tests {
                         BlockOp::Flush => {
                             self.flushes += 1;
                             self.writes_since_flush = 0;
+                            if let Some(log) = &self.log {
+                                log.borrow_mut().push(Event::Flushed(self.bytes.clone()));
+                            }
                         }
                     }
                     Ok(())
@@ -1405,6 +1642,214 @@ mod tests {
             assert_eq!(Phase::parse(p.name()), Some(p));
         }
         assert_eq!(Phase::parse("seq"), None);
+    }
+
+    /// A waiter that logs every durable point beside the disk's flushes.
+    struct Recorder {
+        clock: Clock,
+        log: Rc<RefCell<Vec<Event>>>,
+    }
+
+    impl Waiter for Recorder {
+        fn wait(&mut self) -> bool {
+            self.clock.wait()
+        }
+        fn now_ns(&self) -> u64 {
+            self.clock.now_ns()
+        }
+        fn durable(&mut self, point: DurablePoint) {
+            self.log.borrow_mut().push(Event::Durable(point));
+        }
+    }
+
+    /// The region's bytes a point promises: generation G before block `next`,
+    /// generation G - 1 from there on.
+    fn promised(c: &Config, p: DurablePoint) -> Vec<u8> {
+        let split = (p.next * u64::from(c.block)).min(c.size) as usize;
+        let mut want = vec![0u8; c.size as usize];
+        let (new, old) = want.split_at_mut(split);
+        pattern::fill(generation_seed(c.seed, p.generation), c.offset, new);
+        pattern::fill(
+            generation_seed(c.seed, p.generation - 1),
+            c.offset + split as u64,
+            old,
+        );
+        want
+    }
+
+    /// Runs the durability phase on a disk whose region holds generation 0; returns the
+    /// report, the log and the disk.
+    fn durable_run(c: &Config, lazy: u32) -> (Report, Vec<Event>, MemDisk) {
+        let mut d = MemDisk::new(1024);
+        let region = c.offset as usize..(c.offset + c.size) as usize;
+        pattern::fill(generation_seed(c.seed, 0), c.offset, &mut d.bytes[region]);
+        d.lazy = lazy;
+        let log = Rc::new(RefCell::new(Vec::new()));
+        d.log = Some(log.clone());
+        let mut w = Recorder {
+            clock: clock(),
+            log: log.clone(),
+        };
+        let r = run(&mut d, c, &mut w).unwrap();
+        d.log = None;
+        let events = log.take();
+        (r, events, d)
+    }
+
+    fn durable_cfg() -> Config {
+        Config {
+            ops: 200,
+            queue_depth: 4,
+            ..cfg(Phase::Durability)
+        }
+    }
+
+    #[test]
+    fn every_durable_point_was_on_disk_when_its_flush_completed() {
+        for (c, lazy) in [
+            (durable_cfg(), 0),
+            (durable_cfg(), 2),
+            (
+                Config {
+                    queue_depth: 1,
+                    ..durable_cfg()
+                },
+                1,
+            ),
+            // A short last block: 9 sectors in blocks of 8.
+            (
+                Config {
+                    size: 9 * 512,
+                    ops: 23,
+                    ..durable_cfg()
+                },
+                0,
+            ),
+        ] {
+            let (r, events, d) = durable_run(&c, lazy);
+            assert!(r.passed(), "{r}");
+            assert_eq!(r.writes, c.ops);
+            assert_eq!(r.abandoned, 0);
+            let points: Vec<DurablePoint> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Durable(p) => Some(*p),
+                    Event::Flushed(_) => None,
+                })
+                .collect();
+            assert_eq!(points.len() as u64, r.flushes);
+            assert_eq!(d.flushes, r.flushes);
+            assert!(r.flushes >= 2, "{r}");
+            // Each point follows its own flush, and that flush found the disk holding
+            // exactly what the point promises (no write was in flight across it).
+            let mut flushed: Option<&Vec<u8>> = None;
+            for e in &events {
+                match e {
+                    Event::Flushed(bytes) => flushed = Some(bytes),
+                    Event::Durable(p) => {
+                        let bytes = flushed.take().expect("a point without a completed flush");
+                        let region = &bytes[c.offset as usize..(c.offset + c.size) as usize];
+                        assert!(region == promised(&c, *p).as_slice(), "{p}");
+                    }
+                }
+            }
+            // Flushes come after 1 to 2/3 of the region's blocks of writes; the last
+            // point covers every write.
+            let blocks = c.size.div_ceil(u64::from(c.block));
+            let written = |p: &DurablePoint| (p.generation - 1) * blocks + p.next;
+            let span = (2 * blocks / 3).max(1);
+            for pair in points.windows(2) {
+                let step = written(&pair[1]) - written(&pair[0]);
+                assert!((1..=span).contains(&step), "{} -> {}", pair[0], pair[1]);
+            }
+            assert_eq!(written(points.last().unwrap()), c.ops);
+            assert!(r.max_in_flight <= c.queue_depth);
+        }
+    }
+
+    #[test]
+    fn durable_points_depend_on_the_seed_alone() {
+        let points = |c: &Config, lazy| {
+            durable_run(c, lazy)
+                .1
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Durable(p) => Some(p),
+                    Event::Flushed(_) => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let c = durable_cfg();
+        let a = points(&c, 0);
+        assert_eq!(a, points(&c, 3), "completion timing changed the points");
+        assert_ne!(a, points(&Config { seed: 10, ..c }, 0));
+    }
+
+    #[test]
+    fn a_failed_flush_announces_nothing_and_ends_the_phase() {
+        let c = durable_cfg();
+        let mut d = MemDisk::new(1024);
+        d.fail_flushes = true;
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut w = Recorder {
+            clock: clock(),
+            log: log.clone(),
+        };
+        let r = run(&mut d, &c, &mut w).unwrap();
+        assert!(!r.passed());
+        assert_eq!((r.errors, r.flushes), (1, 0));
+        assert_eq!(r.first_error, Some(BlockError::Io));
+        assert!(r.writes < c.ops);
+        assert!(log.borrow().is_empty());
+        // A failed write ends it too, before any flush covering it.
+        let mut d = MemDisk::new(1024);
+        d.fail_every = Some(5);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut w = Recorder {
+            clock: clock(),
+            log: log.clone(),
+        };
+        let r = run(&mut d, &c, &mut w).unwrap();
+        assert!(!r.passed());
+        assert!(log.borrow().is_empty(), "{:?}", log.borrow());
+    }
+
+    #[test]
+    fn durability_needs_a_flush() {
+        let mut d = MemDisk::new(1024);
+        d.info.flush = false;
+        assert_eq!(
+            run(&mut d, &durable_cfg(), &mut clock()),
+            Err(ConfigError::NoFlush)
+        );
+        assert_eq!(d.submitted, 0);
+        assert_eq!(Phase::parse("durable-writes"), Some(Phase::Durability));
+    }
+
+    #[test]
+    fn durable_lines_round_trip_and_nothing_else_parses() {
+        let p = DurablePoint {
+            generation: 7,
+            next: 12,
+        };
+        let line = p.to_string();
+        assert_eq!(line, "blk-durable: gen=7 next=12");
+        assert_eq!(DurablePoint::parse_line(&line), Some(p));
+        assert_eq!(DurablePoint::parse_line(&format!("{line}\r\n")), Some(p));
+        for bad in [
+            "",
+            "blk-durable: gen=7",
+            "blk-durable: gen=0 next=1",
+            "blk-durable: gen=7 next=",
+            "blk-durable: gen=+7 next=1",
+            "blk-durable: gen=7 next=1 x",
+            "blk-durable: gen=7  next=1",
+            "blk-durable: gen=99999999999999999999 next=1",
+            " blk-durable: gen=7 next=1",
+            "blk: gen=7 next=1",
+        ] {
+            assert_eq!(DurablePoint::parse_line(bad), None, "{bad:?}");
+        }
     }
 
     /// A waiter whose clock moves 100 ns at every reading and 1000 ns at every wait.

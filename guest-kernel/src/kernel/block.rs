@@ -392,4 +392,9 @@ impl Waiter for GuestWaiter<'_> {
         }
         self.last_wake = Woken::Event;
     }
+
+    fn durable(&mut self, point: workload::DurablePoint) {
+        // One line per completed flush, for `host-shim crashtest`.
+        kprintln!("{point}");
+    }
 }
