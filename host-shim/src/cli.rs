@@ -1,5 +1,6 @@
 //! The `host-shim` command line: `host-shim run --kernel FILE [...]` and
-//! `host-shim bench --kernel FILE [...]` (the benchmark, [`crate::bench`]).
+//! `host-shim bench --kernel FILE [...]` (the benchmark, [`crate::bench`]) and
+//! `host-shim crashtest --kernel FILE [...]` (flush, then kill -9, [`crate::crashtest`]).
 //!
 //! Every failure is reported as one line on stderr, `host-shim: error: <message>`,
 //! including command-line syntax errors (which clap would otherwise print over several
@@ -55,6 +56,67 @@ pub enum Command {
     /// Render several `bench` reports (one per place, e.g. this host and inside QEMU)
     /// as one bench.md with a section per place and one bench.svg.
     BenchReport(BenchReportArgs),
+    /// Flush, then kill -9: boot the guest writing generations of a pattern with
+    /// flushes at random points, SIGKILL the shim at random moments, and check that
+    /// every write whose flush completed before the kill is in the image, intact.
+    #[command(after_help = CRASHTEST_HELP)]
+    Crashtest(CrashtestArgs),
+}
+
+/// The exit statuses of `host-shim crashtest`.
+pub const CRASHTEST_HELP: &str = "\
+Exit status:
+  0    every round ran and no sector was lost
+  1    some sector was lost (the lines saying LOST name it; its image is kept)
+  2    no sector was lost, but some round could not run (the error line says why)
+  125  bad input: one error line, nothing run";
+
+/// Options of `host-shim crashtest`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct CrashtestArgs {
+    /// The guest kernel: an ELF64 with a PVH note.
+    #[arg(long, value_name = "GUEST")]
+    pub kernel: PathBuf,
+    /// The disk paths, a comma list of xen, ide-dma, ide-pio, virtio.
+    #[arg(long, value_name = "LIST", default_value = "xen,ide-dma,virtio",
+          value_delimiter = ',', value_parser = crate::crashtest::CrashPath::parse)]
+    pub paths: Vec<crate::crashtest::CrashPath>,
+    /// Kills per path.
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rounds: u32,
+    /// Seed of the kill moments and the patterns (default: from the clock; printed,
+    /// so a run can be repeated).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Bytes of the region the guest writes (and of each image): a multiple of 4096
+    /// from 8K to 1G; K/M/G suffixes.
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_crash_size)]
+    pub size: u64,
+    /// Requests the guest keeps in flight (1..=256).
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub qd: u32,
+    /// Directory for the images (kept); default: a temporary one, removed unless a
+    /// loss was found.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The longest wait, in seconds, for a round's first durable line (boot included)
+    /// and for each later one.
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Print only the JSON report, on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The program started for each round instead of this one (tests: a fake shim).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub shim: Option<PathBuf>,
+}
+
+fn parse_crash_size(s: &str) -> Result<u64, String> {
+    let bytes = crate::backends::spec::parse_size(s)
+        .ok_or_else(|| format!("'{s}' is not a size (bytes, or a number with K, M or G)"))?;
+    crate::crashtest::check_size(bytes)
 }
 
 /// The exit statuses of `host-shim bench`.
@@ -288,7 +350,50 @@ pub fn execute(cli: Cli) -> u8 {
         Command::BenchReport(args) => {
             crate::bench::combine(&args.reports, &args.out, &mut io::stderr())
         }
+        Command::Crashtest(args) => crashtest(args),
     }
+}
+
+/// `host-shim crashtest`: the options completed (the seed, this binary) and run.
+fn crashtest(args: CrashtestArgs) -> u8 {
+    let shim = match args.shim.map_or_else(std::env::current_exe, Ok) {
+        Ok(p) => p,
+        Err(e) => {
+            report(
+                &mut io::stderr(),
+                &format!("cannot find this program's own binary: {e}"),
+            );
+            return EXIT_SHIM_ERROR;
+        }
+    };
+    let mut paths = Vec::new();
+    for p in args.paths {
+        if !paths.contains(&p) {
+            paths.push(p);
+        }
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (t.as_nanos() as u64) ^ u64::from(std::process::id()) << 32
+    });
+    crate::crashtest::run(
+        &crate::crashtest::Options {
+            kernel: args.kernel,
+            shim,
+            paths,
+            rounds: args.rounds,
+            seed,
+            size: args.size,
+            dir: args.dir,
+            queue_depth: args.qd,
+            timeout: args.timeout,
+            json: args.json,
+        },
+        &mut io::stdout(),
+        &mut io::stderr(),
+    )
 }
 
 impl RunArgs {
@@ -388,7 +493,9 @@ mod tests {
     fn parse_ok(args: &[&str]) -> RunArgs {
         match Cli::try_parse_from(args).expect("parses").command {
             Command::Run(r) => r,
-            Command::Bench(_) | Command::BenchReport(_) => panic!("not run"),
+            Command::Bench(_) | Command::BenchReport(_) | Command::Crashtest(_) => {
+                panic!("not run")
+            }
         }
     }
 

@@ -25,6 +25,8 @@
 //! - [`cli`]: the `host-shim run` and `host-shim bench` command lines; `main.rs` only
 //!   calls into it. [`bench`]: the PV-against-emulated benchmark (runs VMs in-process,
 //!   drives iperf3/ping/fio on the host, writes JSON, markdown and SVG reports).
+//!   [`crashtest`]: flush, then kill -9 (a child `host-shim run` killed while its guest
+//!   writes, the image checked against the flushes the guest saw complete).
 //!
 //! # Exit status of the `host-shim` binary
 //! | status | meaning |
@@ -42,6 +44,7 @@ pub mod backends;
 pub mod bench;
 pub mod boot;
 pub mod cli;
+pub mod crashtest;
 pub mod devices;
 pub mod devmgr;
 pub mod elf;
