@@ -458,8 +458,17 @@ impl SharedMemory for HeapSharedMemory {
             buf.fill(0);
             return;
         }
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = self.load_u8(offset + i, Ordering::Relaxed);
+        // One load per word touched (the bytes of a word are read together, which
+        // `read_bytes` allows: there is no atomicity across bytes either way).
+        let mut at = offset;
+        let mut out = buf;
+        while !out.is_empty() {
+            let word = self.words[at / 8].load(Ordering::Relaxed).to_le_bytes();
+            let from = at % 8;
+            let n = (8 - from).min(out.len());
+            out[..n].copy_from_slice(&word[from..from + n]);
+            out = &mut out[n..];
+            at += n;
         }
     }
 
@@ -467,8 +476,29 @@ impl SharedMemory for HeapSharedMemory {
         if !check(offset, data.len(), 1, self.len) {
             return;
         }
-        for (i, b) in data.iter().enumerate() {
-            self.store_u8(offset + i, *b, Ordering::Relaxed);
+        // Whole words with one store each; a partial word at either end keeps its
+        // other bytes (a read-modify-write of the word, as `store_u8` does).
+        let mut at = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let from = at % 8;
+            let n = (8 - from).min(rest.len());
+            let word = &self.words[at / 8];
+            if n == 8 {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&rest[..8]);
+                word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+            } else {
+                let mut bytes = [0u8; 8];
+                bytes[from..from + n].copy_from_slice(&rest[..n]);
+                let value = u64::from_le_bytes(bytes);
+                let mask = (u64::MAX >> (64 - 8 * n as u32)) << (8 * from);
+                let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                    Some(old & !mask | value)
+                });
+            }
+            rest = &rest[n..];
+            at += n;
         }
     }
 }
@@ -673,6 +703,19 @@ mod tests {
         let mut page = alloc::vec![0u64; 16];
         // SAFETY: 128 bytes of an 8-aligned Vec, used only through `m` below.
         let m = unsafe { RawSharedMemory::new(page.as_mut_ptr().cast(), 128) };
+        copies_at_any_offset(&m);
+        // `m` borrows `page` through a raw pointer: the Vec outlives every use.
+        drop(page);
+    }
+
+    #[test]
+    fn heap_copies_move_exactly_the_bytes_asked_for_at_any_offset() {
+        copies_at_any_offset(&HeapSharedMemory::new(128));
+    }
+
+    /// Byte copies of every length at every offset of a 128-byte region touch exactly
+    /// their bytes.
+    fn copies_at_any_offset(m: &dyn SharedMemory) {
         let src: alloc::vec::Vec<u8> = (1..=64).collect();
         for off in 0..20 {
             for len in 0..=40 {
@@ -691,8 +734,6 @@ mod tests {
                 assert_eq!((back[0], &back[1..]), (0, &src[..len]), "read {off}+{len}");
             }
         }
-        // `m` borrows `page` through a raw pointer: the Vec outlives every use.
-        drop(page);
     }
 
     fn exercise(m: &dyn SharedMemory) {

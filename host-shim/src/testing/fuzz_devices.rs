@@ -825,7 +825,7 @@ fn ide_table(b: &mut Bytes<'_>) -> u32 {
 }
 
 /// A fresh temporary image path.
-fn temp_image() -> PathBuf {
+pub(super) fn temp_image() -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     std::env::temp_dir().join(format!(
         "fuzz-ide-{}-{}.img",
@@ -835,7 +835,7 @@ fn temp_image() -> PathBuf {
 }
 
 /// Removes the image when the run ends, panicking or not.
-struct TempImage(PathBuf);
+pub(super) struct TempImage(pub(super) PathBuf);
 
 impl Drop for TempImage {
     fn drop(&mut self) {
