@@ -363,6 +363,15 @@ fn read_tail(mut r: impl Read) -> String {
     String::from_utf8_lossy(&keep).into_owned()
 }
 
+/// The result of the reader thread `h` if it ends before `deadline` (a pipe that
+/// something else still holds open may keep it reading: then it is left behind).
+fn join_by<T>(h: thread::JoinHandle<T>, deadline: Instant) -> Option<T> {
+    while !h.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    if h.is_finished() { h.join().ok() } else { None }
+}
+
 /// What one round did.
 #[derive(Clone, Debug)]
 pub struct RoundResult {
@@ -494,18 +503,9 @@ fn round(opts: &Options, path: CrashPath, r: u32, image: &Path) -> Result<RoundR
             Err(_) => break,
         }
     }
-    let err_deadline = Instant::now() + OUTPUT_GRACE;
-    while Instant::now() < err_deadline && err.as_ref().is_some_and(|h| !h.is_finished()) {
-        thread::sleep(Duration::from_millis(10));
-    }
-    let tail = out
-        .filter(|h| h.is_finished())
-        .and_then(|h| h.join().ok())
-        .unwrap_or_default();
-    let stderr = err
-        .filter(|h| h.is_finished())
-        .and_then(|h| h.join().ok())
-        .unwrap_or_default();
+    let grace = Instant::now() + OUTPUT_GRACE;
+    let tail = out.and_then(|h| join_by(h, grace)).unwrap_or_default();
+    let stderr = err.and_then(|h| join_by(h, grace)).unwrap_or_default();
     let describe = |what: String| {
         let stderr = stderr.trim().replace('\n', " | ");
         format!(
@@ -613,7 +613,8 @@ impl PathResult {
             "sectors_checked": self.sum(|r| r.verdict.sectors),
             "sectors_lost": self.lost(),
             "sectors_newer_than_point": self.sum(|r| r.verdict.newer),
-            "max_generation": self.rounds.iter().map(|r| r.verdict.max_generation).max().unwrap_or(0),
+            "max_generation":
+                self.rounds.iter().map(|r| r.verdict.max_generation).max().unwrap_or(0),
             "error": self.error,
             "per_round": self.rounds.iter().map(|r| json!({
                 "seed": r.plan.seed,
@@ -638,7 +639,8 @@ impl PathResult {
 pub fn markdown(results: &[PathResult], opts: &Options) -> String {
     let mut s = format!(
         "crashtest: seed {}, region {} bytes in blocks of {BLOCK}, queue depth {}\n\n\
-         | path | rounds | kills | durable lines | points checked | sectors checked | sectors newer than the point | sectors lost | result |\n\
+         | path | rounds | kills | durable lines | points checked | sectors checked \
+         | sectors newer than the point | sectors lost | result |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
         opts.seed, opts.size, opts.queue_depth
     );
@@ -743,8 +745,8 @@ pub fn run(opts: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> u8
                     });
                     say(format!(
                         "crashtest: {} round {}/{}: SIGKILL after durable line {} + {} ms \
-                         ({} lines, last point {point}, {:.1} s); {} sectors checked, {} newer \
-                         than the point, {} lost",
+                         (durable lines seen: {}, last point {point}, {:.1} s); {} sectors \
+                         checked, {} newer than the point, {} lost",
                         path.name(),
                         r + 1,
                         opts.rounds,
