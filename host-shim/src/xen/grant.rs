@@ -78,13 +78,17 @@ impl Xen {
     /// names is guest RAM. Errors are `GNTST_*` values; on error nothing is pinned.
     fn pin(&self, by: DomId, gref: GrantRef, write: bool) -> Result<GrantAccess, i16> {
         let mut st = self.lock();
-        let access = st
-            .grants
-            .begin_access(gref, by, write)
-            .map_err(|e| e.gntst())?;
+        let access = match st.grants.begin_access(gref, by, write) {
+            Ok(a) => a,
+            Err(e) => {
+                st.stats.grant_refusals += 1;
+                return Err(e.gntst());
+            }
+        };
         // A v1 frame is 32 bits: the address cannot overflow.
         if !self.ram.is_ram(access.frame() * PAGE_SIZE, PAGE_SIZE) {
             let _ = st.grants.end_access(access);
+            st.stats.grant_refusals += 1;
             return Err(GNTST_BAD_PAGE);
         }
         Ok(access)
@@ -160,6 +164,7 @@ impl Xen {
         copy: impl FnOnce(&super::GuestRam, u64) -> Result<(), super::guest_mem::Fault>,
     ) -> Result<(), i16> {
         if u64::from(offset) + len as u64 > PAGE_SIZE {
+            self.lock().stats.grant_refusals += 1;
             return Err(GNTST_BAD_COPY_ARG);
         }
         let access = self.pin(0, gref, write)?;
@@ -207,6 +212,7 @@ impl Xen {
             for access in accesses {
                 let _ = st.grants.end_access(access);
             }
+            st.stats.grant_refusals += 1;
             return Err(status);
         }
         st.stats.grant_maps += 1;
@@ -544,5 +550,145 @@ mod tests {
         assert_eq!(flags(&g, r), GTF_PERMIT_ACCESS | GTF_READONLY | GTF_READING);
         drop(map);
         assert_eq!(flags(&g, r), GTF_PERMIT_ACCESS | GTF_READONLY);
+    }
+
+    /// The grant enforcement probe (#16): a backend (domain 0) tries every access it
+    /// must not make — to references never granted, outside the table, granted to
+    /// another domain, granted read-only (for writing), revoked, of the transfer type,
+    /// naming a frame that is not RAM, or beyond the page — by copy in both directions
+    /// and by mapping (alone, and one bad reference among good ones). Every one is
+    /// refused and counted in `grant_refusals`, no byte of the guest changes, and
+    /// nothing stays pinned; the legitimate accesses beside them are served. Prints the
+    /// figures (`cargo test -p host-shim --lib grant_enforcement -- --nocapture`).
+    #[test]
+    fn grant_enforcement_probe() {
+        let (xen, mut g) = setup();
+        let page = |i: u64| DATA_PFN + i;
+        let ok = g.grant_access(0, page(0), false).unwrap();
+        let readonly = g.grant_access(0, page(1), true).unwrap();
+        let foreign = g.grant_access(3, page(2), false).unwrap();
+        let not_ram = g.grant_access(0, 0xf_ffff, false).unwrap();
+        let never = g.claim().unwrap();
+        let revoked = g.grant_access(0, page(3), false).unwrap();
+        // Revoking a grant a backend holds mapped fails, as on Xen; once unmapped it
+        // succeeds and the reference is dead to the backend.
+        let held = xen.grant_map(&[revoked], true).unwrap();
+        assert_eq!(
+            g.end_access(revoked),
+            Err(pv_drivers::grant::GrantError::StillInUse(revoked))
+        );
+        drop(held);
+        g.end_access(revoked).unwrap();
+        // An entry of the transfer type (GTF_accept_transfer) permits no access.
+        let transfer = g.claim().unwrap();
+        let off = transfer as u64 * 8;
+        let entry = TABLE_PFN * PAGE_SIZE + off;
+        xen.ram().write_phys(entry + 2, &0u16.to_le_bytes()).unwrap();
+        xen.ram()
+            .write_phys(entry + 4, &(page(4) as u32).to_le_bytes())
+            .unwrap();
+        xen.ram().write_phys(entry, &2u16.to_le_bytes()).unwrap();
+        for i in 0..5 {
+            xen.ram()
+                .write_phys(page(i) * PAGE_SIZE, &[0xc5; 4096])
+                .unwrap();
+        }
+        let before: Vec<Vec<u8>> = (0..5)
+            .map(|i| {
+                let mut b = vec![0u8; 4096];
+                xen.ram().read_phys(page(i) * PAGE_SIZE, &mut b).unwrap();
+                b
+            })
+            .collect();
+
+        // (what, reference, readable, writable)
+        let kinds: [(&str, GrantRef, bool, bool); 9] = [
+            ("granted for writing", ok, true, true),
+            ("granted read-only", readonly, true, false),
+            ("granted to another domain", foreign, false, false),
+            ("a frame that is not RAM", not_ram, false, false),
+            ("never granted", never, false, false),
+            ("revoked", revoked, false, false),
+            ("transfer, not access", transfer, false, false),
+            ("beyond the table", 512, false, false),
+            ("the largest reference", u32::MAX, false, false),
+        ];
+        let (mut tried, mut refused, mut served) = (0u64, 0u64, 0u64);
+        let refusals = || xen.stats().grant_refusals;
+        let mut expect = |what: &str, allowed: bool, result: Result<(), i16>| {
+            let before = refusals();
+            if allowed {
+                assert_eq!(result, Ok(()), "{what}");
+                assert_eq!(refusals(), before, "{what}: counted as refused");
+                served += 1;
+            } else {
+                tried += 1;
+                assert!(result.is_err(), "{what}: allowed");
+                refused += 1;
+            }
+        };
+        for (what, gref, readable, writable) in kinds {
+            let mut buf = [0u8; 16];
+            let counted = refusals();
+            expect(
+                &format!("{what}: copy from"),
+                readable,
+                xen.grant_read(gref, 0, &mut buf),
+            );
+            expect(
+                &format!("{what}: copy to"),
+                writable,
+                xen.grant_write(gref, 8, b"intruder"),
+            );
+            expect(
+                &format!("{what}: map for reading"),
+                readable,
+                xen.grant_map(&[gref], false).map(drop),
+            );
+            expect(
+                &format!("{what}: map for writing"),
+                writable,
+                xen.grant_map(&[gref], true).map(drop),
+            );
+            expect(
+                &format!("{what}: map after a good reference"),
+                readable,
+                xen.grant_map(&[ok, gref], false).map(drop),
+            );
+            // Beyond the page, whatever the grant.
+            expect(
+                &format!("{what}: copy beyond the page"),
+                false,
+                xen.grant_read(gref, 4090, &mut buf),
+            );
+            expect(
+                &format!("{what}: write beyond the page"),
+                false,
+                xen.grant_write(gref, 4095, b"xy"),
+            );
+            let bad = [!readable, !writable, !readable, !writable, !readable]
+                .iter()
+                .filter(|&&b| b)
+                .count() as u64
+                + 2;
+            assert_eq!(refusals() - counted, bad, "{what}: refusals counted");
+        }
+        // The legitimate write landed where it was aimed, and nowhere else.
+        let mut want = before.clone();
+        want[0][8..16].copy_from_slice(b"intruder");
+        for (i, w) in want.iter().enumerate() {
+            let mut b = vec![0u8; 4096];
+            xen.ram().read_phys(page(i as u64) * PAGE_SIZE, &mut b).unwrap();
+            assert!(&b == w, "page {i} changed");
+        }
+        assert_eq!(xen.pinned_grants(), 0);
+        assert_eq!(xen.stats().grant_maps, 0);
+        assert_eq!(tried, refused);
+        assert_eq!(refusals(), tried);
+        println!(
+            "grant probes: {tried} forbidden accesses tried, {refused} refused (100%), \
+             {} counted in grant_refusals; {served} legitimate accesses served",
+            refusals()
+        );
     }
 }

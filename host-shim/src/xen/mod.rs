@@ -186,6 +186,11 @@ pub struct XenStats {
     pub kvm_handles: Vec<String>,
     /// Grant mappings domain 0 holds now ([`Xen::grant_map`]).
     pub grant_maps: u64,
+    /// Grant accesses refused (by a backend's copy or mapping, or the guest's own
+    /// `GNTTABOP_copy`): a reference outside the table, not granted to the accessor,
+    /// read-only for a write, revoked, naming a frame that is not RAM, or a copy
+    /// beyond its page.
+    pub grant_refusals: u64,
     /// xenstored's counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xenstore: Option<xenstored::XenstoredStats>,
