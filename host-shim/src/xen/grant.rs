@@ -583,7 +583,9 @@ mod tests {
         let transfer = g.claim().unwrap();
         let off = transfer as u64 * 8;
         let entry = TABLE_PFN * PAGE_SIZE + off;
-        xen.ram().write_phys(entry + 2, &0u16.to_le_bytes()).unwrap();
+        xen.ram()
+            .write_phys(entry + 2, &0u16.to_le_bytes())
+            .unwrap();
         xen.ram()
             .write_phys(entry + 4, &(page(4) as u32).to_le_bytes())
             .unwrap();
@@ -678,7 +680,9 @@ mod tests {
         want[0][8..16].copy_from_slice(b"intruder");
         for (i, w) in want.iter().enumerate() {
             let mut b = vec![0u8; 4096];
-            xen.ram().read_phys(page(i as u64) * PAGE_SIZE, &mut b).unwrap();
+            xen.ram()
+                .read_phys(page(i as u64) * PAGE_SIZE, &mut b)
+                .unwrap();
             assert!(&b == w, "page {i} changed");
         }
         assert_eq!(xen.pinned_grants(), 0);
