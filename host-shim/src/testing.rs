@@ -13,7 +13,7 @@ pub mod fuzz_backends;
 pub mod fuzz_devices;
 
 pub use fuzz::{fuzz_hypercall, fuzz_xenstore};
-pub use fuzz_backends::{fuzz_blkback, fuzz_blkfront, fuzz_netback};
+pub use fuzz_backends::{fuzz_blkback, fuzz_blkfront, fuzz_netback, fuzz_netfront};
 pub use fuzz_devices::{fuzz_e1000, fuzz_ide, fuzz_pci_config, fuzz_virtio_blk, fuzz_virtio_net};
 
 use std::sync::Arc;

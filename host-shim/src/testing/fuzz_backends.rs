@@ -941,6 +941,245 @@ pub fn fuzz_blkfront(data: &[u8]) -> FrontRun {
     run
 }
 
+// ---- netfront against a lying backend ----------------------------------------------
+
+/// Fuzzes netfront (the guest's PV network driver, `pv_drivers::netfront`) against a
+/// backend played by the input: xenstore nodes with good and bad MACs and features,
+/// then transmit responses and received frames given honestly (the frame copied into
+/// the posted buffer) or with lies (wrong and duplicate ids, statuses outside the
+/// protocol, offsets and lengths beyond the page, endless `more_data` chains, blank
+/// checksums on frames that have none, response producers ahead, ring scribbles,
+/// state flips). Checks that every frame the guest receives fits its maximum and that,
+/// while the backend has told no lie, the guest receives exactly the frames it was
+/// given, in order; a panic anywhere is a crash.
+pub fn fuzz_netfront(data: &[u8]) -> FrontRun {
+    use pv_drivers::abi::netif::{NETRXF_CSUM_BLANK, NETRXF_MORE_DATA, NetifTxResponse};
+    use pv_drivers::device::NetDevice;
+    use pv_drivers::netfront::{Netfront, NetfrontConfig};
+    use pv_drivers::ring::{NetifRxBackRing, NetifTxBackRing, SRING_RSP_PROD};
+    use std::collections::VecDeque;
+
+    use crate::backends::{BackendEnv, create_device};
+
+    let mut b = Bytes::new(data);
+    let mut run = FrontRun::default();
+    let lb = Loopback::new(DOMID, "fuzz", 160).expect("loopback");
+    let paths = DevicePaths::new("vif", DOMID, 0);
+    let f = b.u8();
+    let back = [
+        (
+            "mac",
+            if f & 7 == 0 {
+                "00:16:3e:zz:00:01"
+            } else {
+                "00:16:3e:00:00:01"
+            }
+            .to_string(),
+        ),
+        ("feature-rx-copy", u8::from(f & 0x38 != 0).to_string()),
+        ("feature-sg", u8::from(f & 0x40 != 0).to_string()),
+        (
+            "feature-split-event-channels",
+            u8::from(f & 0x80 != 0).to_string(),
+        ),
+        ("state", "4".to_string()),
+    ];
+    if lb
+        .with_store(|xs| create_device(xs, DOMID, &paths, &[], &back))
+        .is_err()
+    {
+        return run;
+    }
+    let Ok(mut xs) = lb.xenstore() else {
+        return run;
+    };
+    let max_frame = [1514, 9014, 65535][usize::from(b.u8() % 3)];
+    let config = NetfrontConfig {
+        tx_buffers: 1 + u16::from(b.u8() % 32),
+        rx_buffers: 1 + u16::from(b.u8() % 32),
+        max_frame,
+        max_state_events: 4,
+        ..NetfrontConfig::default()
+    };
+    let Ok(mut nf) = Netfront::connect(lb.front(), &mut xs, "0", config) else {
+        return run;
+    };
+    let max_frame = nf.info().max_frame;
+    let read = |name: &str| -> Option<u32> {
+        let v = lb.with_store(|xs| xs.dom0().read(None, &paths.front(name)).ok())?;
+        std::str::from_utf8(&v).ok()?.parse().ok()
+    };
+    let backend = lb.back();
+    let (Some(txr), Some(rxr)) = (read("tx-ring-ref"), read("rx-ring-ref")) else {
+        return run;
+    };
+    let (Ok(tm), Ok(rm)) = (
+        backend.map_grants(&[txr], true),
+        backend.map_grants(&[rxr], true),
+    ) else {
+        return run;
+    };
+    let (Ok(mut tx), Ok(mut rx)) = (NetifTxBackRing::attach(tm), NetifRxBackRing::attach(rm))
+    else {
+        return run;
+    };
+    // Frames the backend delivered honestly, in order, while it had not lied.
+    let mut delivered: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut steps = 0;
+    while steps < MAX_STEPS && !b.is_empty() {
+        steps += 1;
+        match b.u8() % 8 {
+            // The guest transmits.
+            0 | 1 => {
+                for _ in 0..1 + b.u8() % 4 {
+                    let len = 14 + usize::from(b.u16()) % 2000;
+                    let fill = b.u8();
+                    if nf.transmit(len, &mut |buf| buf.fill(fill)).is_ok() {
+                        run.submitted += 1;
+                    }
+                }
+                nf.kick();
+            }
+            // The backend answers transmits.
+            2 => {
+                while let Ok(Some(req)) = tx.take_request() {
+                    let lie = b.u8() % 16;
+                    let rsp = match lie {
+                        0 => NetifTxResponse {
+                            id: req.id ^ (1 + u16::from(b.u8())),
+                            status: 0,
+                        },
+                        1 => NetifTxResponse {
+                            id: req.id,
+                            status: b.u16() as i16,
+                        },
+                        _ => NetifTxResponse {
+                            id: req.id,
+                            status: 0,
+                        },
+                    };
+                    if lie < 2 {
+                        run.lies += 1;
+                    } else {
+                        run.honest += 1;
+                    }
+                    if tx.push_response(&rsp).is_err() {
+                        break;
+                    }
+                }
+                tx.push_responses_and_check_notify();
+            }
+            // The backend delivers a frame into posted buffers.
+            3..=5 => {
+                let len = match b.u8() % 4 {
+                    0 => 14 + usize::from(b.u16()) % 9000,
+                    _ => 60 + usize::from(b.u8()) * 4,
+                };
+                let lie = b.u8() % 16;
+                let mut frame = vec![0u8; len];
+                let fill = b.u8();
+                frame.fill(fill);
+                frame[..6].fill(0xff);
+                let mut off = 0;
+                let mut chain = 0;
+                let mut honest = lie >= 6;
+                while off < len || (lie == 3 && chain < 40) {
+                    let Ok(Some(req)) = rx.take_request() else {
+                        // Not enough buffers: the frame is dropped unannounced.
+                        honest = false;
+                        break;
+                    };
+                    let n = (len - off.min(len)).min(PAGE_SIZE);
+                    let _ =
+                        backend.copy_to_grant(req.gref, 0, &frame[off.min(len)..off.min(len) + n]);
+                    let more = off + n < len || (lie == 3 && chain + 1 < 40);
+                    let mut rsp = pv_drivers::abi::netif::NetifRxResponse {
+                        id: req.id,
+                        offset: 0,
+                        flags: if more { NETRXF_MORE_DATA } else { 0 },
+                        status: n as i16,
+                    };
+                    match lie {
+                        0 => rsp.id ^= 1 + u16::from(b.u8()),
+                        1 => rsp.status = b.u16() as i16,
+                        2 => rsp.offset = 4000 + u16::from(b.u8()),
+                        4 => rsp.flags |= NETRXF_CSUM_BLANK,
+                        5 => rsp.status = -1,
+                        _ => {}
+                    }
+                    if rx.push_response(&rsp).is_err() {
+                        honest = false;
+                        break;
+                    }
+                    off += n.max(1);
+                    chain += 1;
+                }
+                if lie < 6 {
+                    run.lies += 1;
+                } else if honest && len <= max_frame {
+                    run.honest += 1;
+                    delivered.push_back(frame);
+                }
+                if !honest || len > max_frame {
+                    // From here on the expected stream is unknown.
+                    run.lies += u64::from(lie >= 6);
+                }
+                rx.push_responses_and_check_notify();
+            }
+            // A response producer ahead, or bytes over a ring.
+            6 => {
+                run.lies += 1;
+                let mem = if b.flag() { tx.memory() } else { rx.memory() };
+                if b.flag() {
+                    let prod = mem.load_u32(SRING_RSP_PROD, std::sync::atomic::Ordering::SeqCst);
+                    mem.store_u32(
+                        SRING_RSP_PROD,
+                        prod.wrapping_add(u32::from(b.u16()) + 1),
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                } else {
+                    scribble(&mut b, mem);
+                }
+            }
+            // The backend's state flips.
+            _ => {
+                run.lies += 1;
+                let path = paths.back("state");
+                let v = front_state(&mut b);
+                let _ = lb.with_store(|xs| xs.dom0().write(None, &path, v.as_bytes()));
+            }
+        }
+        let _ = nf.poll();
+        // A full receive queue drops frames by design: the stream is unknown after.
+        let lied = run.lies > 0 || nf.stats().rx_errors.queue_overflow > 0;
+        while let Ok(true) = nf.receive(&mut |frame: &[u8]| {
+            assert!(frame.len() <= max_frame, "a {}-byte frame", frame.len());
+            if !lied {
+                let want = delivered.pop_front();
+                assert_eq!(
+                    want.as_deref(),
+                    Some(frame),
+                    "the guest received a frame the backend did not send"
+                );
+            }
+            run.completed += 1;
+        }) {}
+    }
+    run.violations = {
+        let e = nf.stats().rx_errors;
+        e.bad_id
+            + e.bad_status
+            + e.bad_offset
+            + e.chain_too_long
+            + e.bad_length
+            + e.bad_extra
+            + e.csum_failed
+            + nf.stats().tx_bad_response
+    };
+    run.connected = nf.is_connected();
+    run
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1000,12 +1239,34 @@ mod tests {
         );
     }
 
+    /// Seeded inputs against netfront, as for blkfront.
+    #[test]
+    fn seeded_lying_backends_reach_netfront() {
+        let mut rng = Rng(0x7e7f);
+        let mut sum = FrontRun::default();
+        for _ in 0..300 {
+            let r = fuzz_netfront(&rng.bytes(600));
+            sum.submitted += r.submitted;
+            sum.completed += r.completed;
+            sum.honest += r.honest;
+            sum.lies += r.lies;
+            sum.violations += r.violations;
+        }
+        eprintln!("netfront: {sum:?}");
+        assert!(sum.submitted > 500 && sum.completed > 100, "{sum:?}");
+        assert!(
+            sum.honest > 100 && sum.lies > 100 && sum.violations > 50,
+            "{sum:?}"
+        );
+    }
+
     #[test]
     fn empty_and_tiny_inputs() {
         for input in [&[][..], &[0], &[0, 0, 0, 0], &[0xff; 7]] {
             fuzz_blkback(input);
             fuzz_netback(input);
             fuzz_blkfront(input);
+            fuzz_netfront(input);
         }
     }
 }
