@@ -3,12 +3,15 @@
 # AddressSanitizer) for a while and prints, per target, the executions, their rate,
 # libFuzzer's coverage (`cov`: edges, `ft`: features), the corpus size and the crashes.
 #
-#   scripts/fuzz.sh [--seconds N] [--runs N] [--targets a,b,...] [--out FILE]
+#   scripts/fuzz.sh [--seconds N] [--runs N] [--targets a,b,...] [--out FILE] [--keep]
 #
 #   --seconds N   time per target (default 60); with --runs, whichever ends first
 #   --runs N      executions per target (e.g. 10000000)
 #   --targets L   a comma list (default: every target in host-shim/fuzz/fuzz_targets)
 #   --out FILE    also write the table (markdown) to FILE
+#   --keep        afterwards, replace host-shim/fuzz/seeds/TARGET by the smallest set of
+#                 its inputs that keeps the coverage of seeds and corpus together
+#                 (libFuzzer's -merge=1), to commit
 #
 # The corpus of each target grows in host-shim/fuzz/corpus/TARGET (not in git); the
 # inputs worth keeping go to host-shim/fuzz/seeds/TARGET (in git), which every run starts
@@ -24,14 +27,15 @@ prog="fuzz"
 # shellcheck source=scripts/lib/common.sh
 . "$here/lib/common.sh"
 
-seconds=60 runs='' targets='' out=''
+seconds=60 runs='' targets='' out='' keep=''
 while [ "$#" -gt 0 ]; do
     case $1 in
         --seconds) need_value "$@"; seconds=$2; shift 2 ;;
         --runs) need_value "$@"; runs=$2; shift 2 ;;
         --targets) need_value "$@"; targets=$2; shift 2 ;;
         --out) need_value "$@"; out=$2; shift 2 ;;
-        -h | --help) sed -n '/^#   scripts\/fuzz.sh/,/^#   --out/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --keep) keep=1; shift ;;
+        -h | --help) sed -n '/^#   scripts\/fuzz.sh/,/^#                 (libFuzzer/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (--help for usage)" ;;
     esac
 done
@@ -94,6 +98,18 @@ for t in "${list[@]}"; do
             tail -5 "$logs/$t" >&2
             die "$t: cargo fuzz failed (status $status) without a crash report"
         fi
+    fi
+    if [ -n "$keep" ] && [ "$crashes" -eq 0 ]; then
+        rm -rf "fuzz/seeds/$t.new"
+        mkdir -p "fuzz/seeds/$t.new"
+        cargo +nightly fuzz run "$t" "fuzz/seeds/$t.new" "${seeds[@]}" "fuzz/corpus/$t" -- \
+            -merge=1 >"$logs/$t.merge" 2>&1 || {
+            tail -5 "$logs/$t.merge" >&2
+            die "$t: merging the corpus into fuzz/seeds/$t failed"
+        }
+        rm -rf "fuzz/seeds/$t"
+        mv "fuzz/seeds/$t.new" "fuzz/seeds/$t"
+        echo "$prog: $t: kept $(find "fuzz/seeds/$t" -type f | wc -l) inputs in host-shim/fuzz/seeds/$t" >&2
     fi
     table+="
 | $t | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | $corpus | $crashes |"
