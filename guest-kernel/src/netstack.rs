@@ -10,7 +10,7 @@
 //! | 7 | echo: everything received is sent back; closes when the client closes |
 //! | 9 | discard: everything received is counted and dropped |
 //! | 19 | bulk: sends [`NetOptions::bulk_bytes`] bytes of the [`pattern`] (seed [`NetOptions::seed`], stream offset 0 up), then closes |
-//! | 5 | control: a line `exit` answers `bye` and stops the services; `stats` answers the counters |
+//! | 5 | control: a line `exit` answers `bye` and stops the services; `stats` answers the counters (and what the hook of [`NetStack::set_stats_hook`] adds) |
 //! | 5201 | iperf3 server ([`iperf`]): one test at a time, forward, `-R`, `--bidir`, `-P` |
 //!
 //! ICMP echo requests to the interface's address are answered by smoltcp itself
@@ -417,6 +417,9 @@ pub struct Activity {
 /// What [`NetStack::set_iperf_hook`] takes.
 pub type IperfHook = Box<dyn FnMut(&iperf::Event)>;
 
+/// What [`NetStack::set_stats_hook`] takes.
+pub type StatsHook = Box<dyn Fn() -> alloc::string::String>;
+
 /// The interface, its sockets and the services.
 pub struct NetStack {
     iface: Interface,
@@ -436,6 +439,7 @@ pub struct NetStack {
     seed: u64,
     iperf: iperf::Server,
     iperf_hook: Option<IperfHook>,
+    stats_hook: Option<StatsHook>,
 }
 
 fn synchronized(state: tcp::State) -> bool {
@@ -504,6 +508,7 @@ impl NetStack {
             seed: opts.seed,
             iperf: iperf::Server::new(),
             iperf_hook: None,
+            stats_hook: None,
         };
         for service in [Service::Echo, Service::Discard, Service::Bulk] {
             for _ in 0..SOCKETS_PER_SERVICE {
@@ -523,6 +528,12 @@ impl NetStack {
     /// transmitted.
     pub fn set_iperf_hook(&mut self, hook: IperfHook) {
         self.iperf_hook = Some(hook);
+    }
+
+    /// Appends `hook`'s text to the control port's `stats` answer, after a comma (the
+    /// kernel's free grant references, frames and heap: `host-shim soak` reads them).
+    pub fn set_stats_hook(&mut self, hook: StatsHook) {
+        self.stats_hook = Some(hook);
     }
 
     fn add(&mut self, service: Service) {
@@ -738,7 +749,10 @@ impl NetStack {
                                 s.close();
                             }
                             b"stats" => {
-                                let line = alloc::format!("{}\n", self.counters);
+                                let line = match &self.stats_hook {
+                                    Some(hook) => alloc::format!("{}, {}\n", self.counters, hook()),
+                                    None => alloc::format!("{}\n", self.counters),
+                                };
                                 let _ = s.send_slice(line.as_bytes());
                             }
                             _ => {
@@ -1319,6 +1333,7 @@ mod tests {
     #[test]
     fn exit_command_and_connection_limit() {
         let (mut server, mut sdev, mut client, mut now) = setup(opts());
+        server.set_stats_hook(Box::new(|| "free_grants=7".into()));
         let ctl = client.connect(CONTROL_PORT, 40010);
         let mut asked = 0;
         let mut answer = Vec::new();
@@ -1350,6 +1365,7 @@ mod tests {
         assert!(ok);
         let text = String::from_utf8(answer).unwrap();
         assert!(text.starts_with("commands: exit, stats\nrx "), "{text}");
+        assert!(text.contains(" tx bytes, free_grants=7\n"), "{text}");
         assert!(text.ends_with("bye\n"), "{text}");
         assert_eq!(server.finished(now), Some(Finish::ExitCommand));
 

@@ -223,6 +223,8 @@ pub fn run_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, opts: &BlkOptions<
         info.max_transfer
     );
     let mut pass = true;
+    // Before the first phase and after each, with nothing in flight (`host-shim soak`).
+    kprintln!("blk: resources: {}", super::memory::resources());
     for cfg in opts.configs() {
         kprintln!(
             "blk: {}: region [{:#x}, +{:#x}), {} bytes per request, queue depth {}, seed {}",
@@ -251,6 +253,7 @@ pub fn run_on(dev: &mut dyn BlockDevice, event: &DeviceEvent, opts: &BlkOptions<
                 pass = false;
             }
         }
+        kprintln!("blk: resources: {}", super::memory::resources());
     }
     kprintln!("blk: {}", if pass { "PASS" } else { "FAIL" });
     pass

@@ -124,6 +124,31 @@ pub fn heap_usage() -> (usize, usize) {
     (h.used(), h.free())
 }
 
+/// Frames free in the frame allocator (0 before [`init`]).
+pub fn free_frames() -> u64 {
+    FRAMES.lock().as_ref().map_or(0, |f| f.free_frames())
+}
+
+/// What the kernel has left to give devices, as `free_grants=G free_frames=F
+/// heap_free=H` (`free_grants=none` without Xen): printed by the block workload around
+/// its phases and added to the control port's `stats` answer, where `host-shim soak`
+/// compares them at the start and the end of a long run. Taken when nothing is in
+/// flight, two lines of the same phase must agree: a difference is a leak.
+pub fn resources() -> alloc::string::String {
+    let grants = super::xen::get().map(|x| x.grants.lock().free_count());
+    let (_, heap_free) = heap_usage();
+    match grants {
+        Some(g) => alloc::format!(
+            "free_grants={g} free_frames={} heap_free={heap_free}",
+            free_frames()
+        ),
+        None => alloc::format!(
+            "free_grants=none free_frames={} heap_free={heap_free}",
+            free_frames()
+        ),
+    }
+}
+
 /// Allocates `count` physically contiguous pages from the frame allocator and zeroes
 /// them; returns their physical address (also their address: identity map) and a view
 /// of them. `None` when `count` is 0 or memory is short.

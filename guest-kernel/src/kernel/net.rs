@@ -217,6 +217,7 @@ pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>
         }
     };
     stack.set_iperf_hook(Box::new(iperf_event));
+    stack.set_stats_hook(Box::new(super::memory::resources));
     let info = dev.info();
     let m = info.mac;
     kprintln!(
