@@ -264,6 +264,19 @@ where
         &self.ring
     }
 
+    /// Takes the ring indices from the page again, as [`XenStore::connect`] does,
+    /// after someone else moved bytes through the same page while this client was idle
+    /// (a test that speaks raw wire messages, such as the guest's `selftest=hostile`).
+    /// Nothing may be outstanding: a half-read message or an unanswered request is
+    /// forgotten. Registered watches are kept (the server still has them).
+    pub fn resync(&mut self) -> Result<(), XsError> {
+        self.ring.resync()?;
+        self.reader.reset();
+        self.reply = None;
+        self.outstanding = None;
+        Ok(())
+    }
+
     /// Whether an earlier fatal error made the connection unusable.
     pub fn is_broken(&self) -> bool {
         self.broken

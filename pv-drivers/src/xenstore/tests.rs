@@ -689,3 +689,24 @@ fn unwatch_of_a_watch_the_server_lost_succeeds_and_of_an_unknown_one_fails() {
     // Never ours: the server's ENOENT stands.
     assert_eq!(xs.unwatch("data", "t"), Err(XsError::Xen(XenErrno::ENOENT)));
 }
+
+#[test]
+fn resync_after_raw_messages_through_the_same_page() {
+    use super::ring::XsRing;
+    use crate::abi::xs_wire::XsdSockmsgType as T;
+    let (mut xs, server, page) = setup();
+    xs.write(NONE, "k", b"v").unwrap();
+    // Someone else speaks raw wire messages through the page while the client idles.
+    let mut raw = XsRing::attach(page.clone()).unwrap();
+    let msg = message(T::Read.as_raw(), 77, 0, b"k\0");
+    assert_eq!(raw.write(&msg).unwrap(), msg.len());
+    server.borrow_mut().step();
+    let mut reply = [0u8; 64];
+    let n = raw.read(&mut reply).unwrap();
+    assert!(n > 16 && reply[n - 1] == b'v', "{:?}", &reply[..n]);
+    // The client's private indices are stale until it takes them from the page again.
+    xs.resync().unwrap();
+    assert_eq!(xs.read(NONE, "k").unwrap(), b"v");
+    xs.write(NONE, "k", b"w").unwrap();
+    assert_eq!(xs.read(NONE, "k").unwrap(), b"w");
+}
