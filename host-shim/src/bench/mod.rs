@@ -986,7 +986,7 @@ impl Bench {
         vm: &RunningVm,
     ) -> Result<(), String> {
         let deadline = Instant::now() + self.scale.boot_wait;
-        while !interface_exists(tap) {
+        while !crate::hostio::netns::interface_exists(tap) {
             if vm.handle.is_finished() {
                 return Err(format!("the VM ended before creating {tap}"));
             }
@@ -995,12 +995,7 @@ impl Bench {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        // No IPv6 on the TAP: the host's router solicitations, DAD and MLD reports
-        // would reach the guest during its idle window (the namespace is this thread's:
-        // /proc/sys/net follows the opener's namespace). Absent IPv6 is fine.
-        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");
-        ip(&["addr", "add", &format!("{host}/24"), "dev", tap])?;
-        ip(&["link", "set", "dev", tap, "up"])?;
+        crate::hostio::netns::address_tap(tap, host)?;
         self.say(&format!("waiting for the guest at {guest}"));
         loop {
             let ok = Command::new("ping")
@@ -1097,29 +1092,4 @@ fn frames(d: &Value) -> f64 {
         n += costs::num(v, &["tx_frames"]) + costs::num(v, &["rx_frames"]);
     }
     n
-}
-
-fn interface_exists(name: &str) -> bool {
-    // The calling thread's namespace, not the one /sys was mounted in.
-    fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|t| {
-        t.lines()
-            .filter_map(|l| l.split_once(':'))
-            .any(|(n, _)| n.trim() == name)
-    })
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }

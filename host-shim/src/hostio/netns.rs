@@ -9,6 +9,8 @@
 //! the threads and processes it starts afterwards are born inside.
 
 use std::io;
+use std::net::Ipv4Addr;
+use std::process::Command;
 
 /// Moves the calling thread into a new network namespace and brings its loopback
 /// interface up. Needs `CAP_SYS_ADMIN` (root); an error leaves the thread where it was.
@@ -18,6 +20,44 @@ pub fn enter_private() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     super::tap::set_link_up("lo")
+}
+
+/// Whether the calling thread's namespace has an interface `name` (its own
+/// namespace's list, not that of the namespace `/sys` was mounted in).
+pub fn interface_exists(name: &str) -> bool {
+    std::fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|t| {
+        t.lines()
+            .filter_map(|l| l.split_once(':'))
+            .any(|(n, _)| n.trim() == name)
+    })
+}
+
+/// Runs `ip ARGS` (iproute2) in the calling thread's namespace; its stderr is the error.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Gives the existing interface `tap` the address `host/24`, no IPv6, and brings it up.
+///
+/// No IPv6: the host's router solicitations, DAD and MLD reports would reach the guest
+/// (the namespace is this thread's: /proc/sys/net follows the opener's namespace).
+/// Absent IPv6 is fine.
+pub fn address_tap(tap: &str, host: Ipv4Addr) -> Result<(), String> {
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");
+    ip(&["addr", "add", &format!("{host}/24"), "dev", tap])?;
+    ip(&["link", "set", "dev", tap, "up"])
 }
 
 #[cfg(test)]
