@@ -1,6 +1,7 @@
 //! The `host-shim` command line: `host-shim run --kernel FILE [...]` and
 //! `host-shim bench --kernel FILE [...]` (the benchmark, [`crate::bench`]) and
-//! `host-shim crashtest --kernel FILE [...]` (flush, then kill -9, [`crate::crashtest`]).
+//! `host-shim crashtest --kernel FILE [...]` (flush, then kill -9, [`crate::crashtest`]) and
+//! `host-shim soak --kernel FILE [...]` (nothing grows, [`crate::soak`]).
 //!
 //! Every failure is reported as one line on stderr, `host-shim: error: <message>`,
 //! including command-line syntax errors (which clap would otherwise print over several
@@ -61,6 +62,54 @@ pub enum Command {
     /// every write whose flush completed before the kill is in the image, intact.
     #[command(after_help = CRASHTEST_HELP)]
     Crashtest(CrashtestArgs),
+    /// Soak: many block requests (blkback) and packets (netback) through one shim in a
+    /// network namespace of its own, and the shim's RSS, open fds and threads and the
+    /// guest's free grant references and frames compared at the start and the end of
+    /// each window: nothing may grow. Needs root (a private network namespace, a TAP)
+    /// and ping.
+    #[command(after_help = SOAK_HELP)]
+    Soak(SoakArgs),
+}
+
+/// The exit statuses of `host-shim soak`.
+pub const SOAK_HELP: &str = "\
+Exit status:
+  0    nothing grew and both counts were reached
+  1    something grew beyond its stated slack, or a count was not reached
+  2    the soak could not run to its end (the error line says why)
+  125  bad input or missing tool/privilege: one error line, nothing run";
+
+/// Options of `host-shim soak`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct SoakArgs {
+    /// The guest kernel: an ELF64 with a PVH note.
+    #[arg(long, value_name = "GUEST")]
+    pub kernel: PathBuf,
+    /// Block requests after the warm-up, at least (counted by blkback).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
+    pub requests: u64,
+    /// Frames through netback, both ways, at least (flood pings: two per echo).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
+    pub packets: u64,
+    /// Samples inside each window between its first and last (block: at most 6).
+    #[arg(long, value_name = "K", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub samples: u32,
+    /// Directory for the image and the shim's counters (kept); default: a temporary
+    /// one, removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The longest wait for a step, in seconds, beyond its work at 10 per second.
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Print only the JSON report, on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The program started as the shim instead of this one (tests).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub shim: Option<PathBuf>,
 }
 
 /// The exit statuses of `host-shim crashtest`.
@@ -351,7 +400,36 @@ pub fn execute(cli: Cli) -> u8 {
             crate::bench::combine(&args.reports, &args.out, &mut io::stderr())
         }
         Command::Crashtest(args) => crashtest(args),
+        Command::Soak(args) => soak(args),
     }
+}
+
+/// `host-shim soak`: the options completed (this binary) and run.
+fn soak(args: SoakArgs) -> u8 {
+    let shim = match args.shim.map_or_else(std::env::current_exe, Ok) {
+        Ok(p) => p,
+        Err(e) => {
+            report(
+                &mut io::stderr(),
+                &format!("cannot find this program's own binary: {e}"),
+            );
+            return EXIT_SHIM_ERROR;
+        }
+    };
+    crate::soak::run(
+        &crate::soak::Options {
+            kernel: args.kernel,
+            shim,
+            requests: args.requests,
+            packets: args.packets,
+            samples: args.samples,
+            dir: args.dir,
+            timeout: args.timeout,
+            json: args.json,
+        },
+        &mut io::stdout(),
+        &mut io::stderr(),
+    )
 }
 
 /// `host-shim crashtest`: the options completed (the seed, this binary) and run.
@@ -493,7 +571,10 @@ mod tests {
     fn parse_ok(args: &[&str]) -> RunArgs {
         match Cli::try_parse_from(args).expect("parses").command {
             Command::Run(r) => r,
-            Command::Bench(_) | Command::BenchReport(_) | Command::Crashtest(_) => {
+            Command::Bench(_)
+            | Command::BenchReport(_)
+            | Command::Crashtest(_)
+            | Command::Soak(_) => {
                 panic!("not run")
             }
         }

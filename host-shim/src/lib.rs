@@ -27,6 +27,8 @@
 //!   drives iperf3/ping/fio on the host, writes JSON, markdown and SVG reports).
 //!   [`crashtest`]: flush, then kill -9 (a child `host-shim run` killed while its guest
 //!   writes, the image checked against the flushes the guest saw complete).
+//!   [`soak`]: many block requests and packets through one child shim, its RSS, fds and
+//!   threads and the guest's free grants and frames compared at the start and the end.
 //!
 //! # Exit status of the `host-shim` binary
 //! | status | meaning |
@@ -50,6 +52,7 @@ pub mod devmgr;
 pub mod elf;
 pub mod hostio;
 pub mod kvm;
+pub mod soak;
 pub mod stats;
 pub mod testing;
 pub mod vmm;
