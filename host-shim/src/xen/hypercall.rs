@@ -687,7 +687,9 @@ impl Xen {
             }
             EVTCHNOP_CLOSE => {
                 let req: EvtchnClose = self.get(ctx, arg)?;
-                if !self.lock().guest_ports.is_valid(req.port) {
+                // xen/common/event_channel.c `evtchn_close()`: a port out of range, free
+                // (ECS_FREE) or reserved (port 0, ECS_RESERVED) is -EINVAL.
+                if self.lock().guest_ports.get(req.port).is_none() {
                     return Err(XenErrno::EINVAL);
                 }
                 self.close_port(req.port);

@@ -800,3 +800,38 @@ fn a_vmcall_guest_gets_its_timer_handed_to_kvm_and_a_page_guest_does_not() {
     setup(&xen);
     assert!(xen.kvm_xen_sync().is_empty());
 }
+
+// ---- EVTCHNOP_close (xen/common/event_channel.c, evtchn_close) -----------------------
+
+/// Found by the guest's `selftest=hostile`: closing a port that is not open succeeded.
+#[test]
+fn closing_a_port_that_is_not_open_is_einval_as_in_xen() {
+    let xen = rig();
+    let close = |port: u32| {
+        put(&xen, ARG, &port.to_le_bytes());
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_CLOSE.into(), ARG],
+        )
+    };
+    // Port 0 is reserved (ECS_RESERVED); 4095 is free (ECS_FREE); 4096 is out of range.
+    for port in [0, 4095, 4096, u32::MAX] {
+        assert_eq!(close(port), err(XenErrno::EINVAL), "port {port}");
+    }
+    // An open port closes once; the second close finds it free.
+    put(&xen, ARG, &[0; 8]);
+    put(&xen, ARG, &DOMID_SELF.to_le_bytes());
+    assert_eq!(
+        call(
+            &xen,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            &[EVTCHNOP_ALLOC_UNBOUND.into(), ARG]
+        ),
+        0
+    );
+    let port = u32::from_le_bytes(get::<8>(&xen, ARG)[4..8].try_into().unwrap());
+    assert_ne!(port, 0);
+    assert_eq!(close(port), 0);
+    assert_eq!(close(port), err(XenErrno::EINVAL));
+}
