@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `console=` | comma list of `com1`, `e9`, `xen`, `xenio`; or `auto` | `auto`: COM1 if a UART answers, else port 0xe9 |
 //! | `loglevel=` | `error` `warn` `info` `debug` `trace` | `info` |
-//! | `selftest=` | comma list of `boot`, `xen`, `irq`, `fault`, `stack`, `panic`, `triple`, `hang`; or `none` | `boot` |
+//! | `selftest=` | comma list of `boot`, `xen`, `irq`, `hostile`, `fault`, `stack`, `panic`, `triple`, `hang`; or `none` | `boot` |
 //! | `heap=` | size with optional `K`/`M` suffix | `4M` |
 //!
 //! `fault`, `stack`, `panic`, `triple` and `hang` are test hooks: take a page fault
@@ -86,6 +86,9 @@ pub struct SelfTests {
     /// The emulated-device platform: the timed wait without an event, and an e1000's
     /// INTx through the IOAPIC to its event and back (`selftest=irq`).
     pub irq: bool,
+    /// Attack the hypervisor from inside, then check a well-behaved disk
+    /// (`selftest=hostile`, see the kernel's `hostile` module).
+    pub hostile: bool,
 }
 
 /// Parsed options.
@@ -168,7 +171,7 @@ impl<'a> Options<'a> {
                 }
                 "selftest" => o.selftest = parse_selftests(value).ok_or(BadOption {
                     word,
-                    expected: "none, or a comma list of boot, xen, irq, fault, stack, panic, triple, hang",
+                    expected: "none, or a comma list of boot, xen, irq, hostile, fault, stack, panic, triple, hang",
                 })?,
                 "heap" => {
                     o.heap_bytes = parse_size(value)
@@ -227,6 +230,7 @@ fn parse_selftests(v: &str) -> Option<SelfTests> {
             "hang" => s.hang = true,
             "xen" => s.xen = true,
             "irq" => s.irq = true,
+            "hostile" => s.hostile = true,
             _ => return None,
         }
     }
@@ -298,6 +302,8 @@ mod tests {
         assert!(Options::parse("selftest=stack").unwrap().selftest.stack);
         let o = Options::parse("selftest=boot,xen").unwrap();
         assert!(o.selftest.xen && o.selftest.boot && !o.selftest.hang);
+        let o = Options::parse("selftest=hostile").unwrap();
+        assert!(o.selftest.hostile && !o.selftest.boot && !o.selftest.xen);
         let o = Options::parse("selftest=irq").unwrap();
         assert!(o.selftest.irq && !o.selftest.boot && !o.selftest.xen);
         let o = Options::parse("selftest=panic,triple").unwrap();

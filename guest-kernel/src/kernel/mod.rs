@@ -6,6 +6,7 @@ pub mod block;
 pub mod console;
 pub mod event;
 pub mod exit;
+pub mod hostile;
 pub mod interrupts;
 pub mod ioapic;
 pub mod mark;
@@ -250,7 +251,12 @@ fn workloads(opts: &Options<'_>, io: &IoOptions<'_>) -> u8 {
             status = exit_status::SELFTEST_FAILED;
         }
     }
-    if let Some(b) = &io.blk
+    if opts.selftest.hostile {
+        // Runs the block workload itself, on the well-behaved disk.
+        if !hostile::run(io) {
+            status = exit_status::SELFTEST_FAILED;
+        }
+    } else if let Some(b) = &io.blk
         && !block::run(b, io.virtio)
     {
         status = exit_status::SELFTEST_FAILED;

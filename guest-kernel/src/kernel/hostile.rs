@@ -1,0 +1,1672 @@
+//! `selftest=hostile`: the guest attacks its hypervisor from inside, then checks that
+//! a well-behaved device beside the attacked one still works.
+//!
+//! The attacks use the real interfaces (the hypercall page, the xenstore ring, a raw
+//! blkif ring) with values no correct guest sends:
+//!
+//! - **hypercall**: unknown and PV-only hypercall numbers; every family with pointers
+//!   that are not mapped (page 0, beyond the identity map, non-canonical, wrapping),
+//!   huge counts, unknown sub-operations, other domains and vCPUs that do not exist
+//!   (`xen.h`, `memory.h`, `hvm_op.h`, `grant_table.h`, `vcpu.h`, `sched.h`).
+//! - **evtchn**: send/close/unmask/status/bind on ports that do not exist or are not
+//!   ours, unknown VIRQs and vCPUs, and exhausting the port space (`event_channel.h`).
+//! - **xenstore**: paths outside the domain, permission escapes, watch and transaction
+//!   floods beyond the quotas, an oversized value; raw wire messages with unterminated
+//!   or malformed payloads, unknown and privileged types, unknown transactions
+//!   (`xs_wire.h`); and, last of all, a header whose length exceeds
+//!   `XENSTORE_PAYLOAD_MAX`, after which xenstored stops serving the ring (as C
+//!   xenstored does) and says so in the page's `error` field.
+//! - **blkif**: a raw ring to a PV disk (negotiated here, not by blkfront) carrying
+//!   requests with 0 or 12+ segments, `first_sect > last_sect`, `last_sect` 8+, sectors
+//!   past the end, grants never given, given read-only (for reads) or to another domain,
+//!   unknown operations, indirect requests with bad counts, bad operations and bad
+//!   pages; good requests in between show the ring still works; a producer index far
+//!   ahead of the consumer ends the connection (blkif.h: the backend closes it).
+//!
+//! Every attack must be refused (an error return, an error response, an `XS_ERROR`
+//! reply) without touching memory it was not granted (canary pages are checked); then
+//! the block workload of the command line runs on the well-behaved disk
+//! (`blk.device=`). The summary line is
+//! `hostile: N attacks, N refused, N unexpected; well-behaved disk: PASS`; the mode
+//! passes only if nothing was unexpected and the disk passed.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::Ordering;
+
+use guest_kernel::ioopts::IoOptions;
+use pv_drivers::abi::blkif::{
+    BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
+    BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE, BLKIF_RSP_OKAY, BlkifRequest, BlkifRequestIndirect,
+    BlkifRequestSegment,
+};
+use pv_drivers::abi::event_channel::{
+    EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_IPI, EVTCHNOP_INIT_CONTROL,
+    EVTCHNOP_SEND, EVTCHNOP_STATUS, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnStatus,
+};
+use pv_drivers::abi::grant_table::{
+    GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTTABOP_COPY, GNTTABOP_MAP_GRANT_REF,
+    GNTTABOP_QUERY_SIZE, GNTTABOP_SET_VERSION, GNTTABOP_SETUP_TABLE, GnttabCopy, GnttabCopyPtr,
+    GnttabSetupTable,
+};
+use pv_drivers::abi::hvm::{HVM_PARAM_STORE_PFN, HVMOP_GET_PARAM};
+use pv_drivers::abi::memory::{
+    XENMAPSPACE_GRANT_TABLE, XENMEM_ADD_TO_PHYSMAP, XENMEM_CURRENT_RESERVATION,
+    XENMEM_DECREASE_RESERVATION, XENMEM_MEMORY_MAP, XENMEM_POPULATE_PHYSMAP, XenAddToPhysmap,
+    XenMemoryReservation,
+};
+use pv_drivers::abi::sched::{SCHEDOP_POLL, SCHEDOP_REMOTE_SHUTDOWN, SCHEDOP_SHUTDOWN, SchedPoll};
+use pv_drivers::abi::vcpu::{
+    VCPUOP_INITIALISE, VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, VCPUOP_REGISTER_VCPU_INFO,
+};
+use pv_drivers::abi::xen::{
+    CONSOLEIO_WRITE, DOMID_SELF, DomId, HYPERVISOR_CONSOLE_IO, HYPERVISOR_DOMCTL,
+    HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_HVM_OP,
+    HYPERVISOR_MEMORY_OP, HYPERVISOR_MMU_UPDATE, HYPERVISOR_MULTICALL, HYPERVISOR_PLATFORM_OP,
+    HYPERVISOR_SCHED_OP, HYPERVISOR_SYSCTL, HYPERVISOR_UPDATE_VA_MAPPING, HYPERVISOR_VCPU_OP,
+    HYPERVISOR_VM_ASSIST, HYPERVISOR_XEN_VERSION, VIRQ_TIMER,
+};
+use pv_drivers::abi::xs_wire::{XENSTORE_ERROR_PROTO, XsdSockmsg, XsdSockmsgType};
+use pv_drivers::frontend::FrontendEnv;
+use pv_drivers::hypercall::{Hypercall, HypercallError, XenHypercalls as _};
+use pv_drivers::ring::BlkifFrontRing;
+use pv_drivers::shmem::{RawSharedMemory, SharedMemory};
+use pv_drivers::xenbus::{self, Frontend, XenbusState};
+use pv_drivers::xenstore::ring::XsRing;
+use pv_drivers::xenstore::{Access, Permissions, TxId, XsError};
+
+use super::pv::{self, GuestEnv, Woken};
+use super::{block, memory, xen};
+use crate::kprintln;
+
+/// Guest-virtual addresses no hypercall argument may reach: page 0 (unmapped after
+/// boot), far beyond the identity map, non-canonical, and one that wraps.
+const BAD_PTRS: [u64; 4] = [
+    0x10,
+    0x0000_7fff_ffff_f000,
+    0x8000_0000_0000_0000,
+    u64::MAX - 3,
+];
+
+/// A count no interface accepts.
+const HUGE: u64 = 1 << 40;
+
+/// A domain that does not exist (an ordinary id: 0x7ff0 and up are `DOMID_SELF` and
+/// the other special ids).
+const NO_SUCH_DOMAIN: DomId = 77;
+
+/// How long one response may take (a generous bound on a slow, shared machine).
+const REPLY_NS: u64 = 10_000_000_000;
+
+/// Attack categories, for the summary.
+#[derive(Clone, Copy, Debug)]
+enum Cat {
+    Hypercall,
+    Evtchn,
+    Xenstore,
+    Blkif,
+}
+
+const CATS: [Cat; 4] = [Cat::Hypercall, Cat::Evtchn, Cat::Xenstore, Cat::Blkif];
+
+impl Cat {
+    fn name(self) -> &'static str {
+        match self {
+            Cat::Hypercall => "hypercall",
+            Cat::Evtchn => "evtchn",
+            Cat::Xenstore => "xenstore",
+            Cat::Blkif => "blkif",
+        }
+    }
+}
+
+/// Attacks made and refused, by category.
+#[derive(Default)]
+struct Tally {
+    attacks: [u32; 4],
+    refused: [u32; 4],
+    /// Attacks that were not refused, and set-up steps that failed.
+    unexpected: u32,
+}
+
+impl Tally {
+    /// Records one attack: `refused` is whether the hypervisor refused it as it must;
+    /// `got` describes what came back.
+    fn check(&mut self, cat: Cat, what: &str, refused: bool, got: impl fmt::Display) {
+        self.attacks[cat as usize] += 1;
+        if refused {
+            self.refused[cat as usize] += 1;
+            log::debug!("hostile: {} {what}: refused ({got})", cat.name());
+        } else {
+            self.unexpected += 1;
+            kprintln!("hostile: UNEXPECTED: {} {what}: {got}", cat.name());
+        }
+    }
+
+    /// A hypercall that must return an error.
+    fn expect_err(&mut self, cat: Cat, what: &str, ret: i64) {
+        self.check(cat, what, ret < 0, Ret(ret));
+    }
+
+    /// A step of the test itself failed (not an attack): the run cannot pass.
+    fn broken(&mut self, what: &str, why: impl fmt::Display) {
+        self.unexpected += 1;
+        kprintln!("hostile: UNEXPECTED: set-up {what}: {why}");
+    }
+
+    fn total(&self) -> (u32, u32) {
+        (self.attacks.iter().sum(), self.refused.iter().sum())
+    }
+}
+
+/// A raw hypercall result, printed as Xen's errno name when it is one.
+struct Ret(i64);
+
+impl fmt::Display for Ret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match pv_drivers::hypercall::check(self.0) {
+            Ok(v) => write!(f, "returned {v}"),
+            Err(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn ret_of<T>(r: Result<T, HypercallError>) -> i64 {
+    match r {
+        Ok(_) => 0,
+        Err(HypercallError::Xen(e)) => e.as_neg(),
+        Err(HypercallError::Unknown(v)) => v,
+        Err(HypercallError::Grant { status, .. }) => i64::from(status),
+        Err(HypercallError::TooLarge) => -22,
+    }
+}
+
+/// Runs the attacks, then the block workload of the command line on the well-behaved
+/// disk, then the terminal xenstore attack; prints the summary. True if every attack
+/// was refused and the disk passed.
+pub fn run(io: &IoOptions<'_>) -> bool {
+    kprintln!("hostile: attacking the hypervisor from inside");
+    let Some(x) = xen::get() else {
+        kprintln!("hostile: FAIL (no Xen)");
+        return false;
+    };
+    let mut t = Tally::default();
+    hypercalls(x, &mut t);
+    event_channels(x, &mut t);
+    xenstore(x, &mut t);
+    blkif(&mut t, io);
+    let disk = match &io.blk {
+        Some(b) => block::run(b, io.virtio),
+        None => {
+            kprintln!("hostile: no blk.workload= for the well-behaved disk");
+            false
+        }
+    };
+    // Last: after it the xenstore ring is no longer served.
+    xenstore_oversized(x, &mut t);
+    for c in CATS {
+        kprintln!(
+            "hostile: {}: {} attacks, {} refused",
+            c.name(),
+            t.attacks[c as usize],
+            t.refused[c as usize]
+        );
+    }
+    let (attacks, refused) = t.total();
+    kprintln!(
+        "hostile: {attacks} attacks, {refused} refused, {} unexpected; well-behaved disk: {}",
+        t.unexpected,
+        if disk { "PASS" } else { "FAIL" }
+    );
+    t.unexpected == 0 && refused == attacks && disk
+}
+
+// ---- hypercalls ------------------------------------------------------------------
+
+/// Issues a raw hypercall.
+///
+/// # Safety
+///
+/// Every argument the hypercall interprets as a guest address must either be one of
+/// [`BAD_PTRS`] (mapped nowhere: the hypervisor can only fail to reach it) or point to
+/// memory of the caller's valid for what the hypercall reads and writes there.
+unsafe fn raw(x: &xen::Xen, nr: u32, args: [u64; 5]) -> i64 {
+    // SAFETY: forwarded from the caller.
+    unsafe { x.hv.hypercall(nr, args) }
+}
+
+/// The address of a local argument structure.
+fn at<T>(v: &mut T) -> u64 {
+    v as *mut T as u64
+}
+
+fn hypercalls(x: &xen::Xen, t: &mut Tally) {
+    let c = Cat::Hypercall;
+    // Unknown numbers and PV-only hypercalls (a PVH guest has none of them), with
+    // garbage arguments: a huge count and an unmapped pointer.
+    for nr in [
+        HYPERVISOR_MMU_UPDATE,
+        HYPERVISOR_MULTICALL,
+        HYPERVISOR_UPDATE_VA_MAPPING,
+        44,
+        48,
+        55,
+        63,
+        64,
+        100,
+        127,
+    ] {
+        // SAFETY: the only pointer-like arguments are BAD_PTRS.
+        let r = unsafe { raw(x, nr, [BAD_PTRS[1], HUGE, BAD_PTRS[2], 0, 0]) };
+        t.expect_err(c, &format!("hypercall {nr} with garbage"), r);
+    }
+    for (i, &bad) in BAD_PTRS.iter().enumerate() {
+        let calls: [(&str, u32, [u64; 5]); 12] = [
+            (
+                "xen_version extraversion",
+                HYPERVISOR_XEN_VERSION,
+                [1, bad, 0, 0, 0],
+            ),
+            (
+                "console_io write of 2^40 bytes",
+                HYPERVISOR_CONSOLE_IO,
+                [CONSOLEIO_WRITE.into(), HUGE, bad, 0, 0],
+            ),
+            (
+                "memory_op add_to_physmap",
+                HYPERVISOR_MEMORY_OP,
+                [XENMEM_ADD_TO_PHYSMAP.into(), bad, 0, 0, 0],
+            ),
+            (
+                "memory_op memory_map",
+                HYPERVISOR_MEMORY_OP,
+                [XENMEM_MEMORY_MAP.into(), bad, 0, 0, 0],
+            ),
+            (
+                "hvm_op get_param",
+                HYPERVISOR_HVM_OP,
+                [HVMOP_GET_PARAM.into(), bad, 0, 0, 0],
+            ),
+            (
+                "grant_table_op copy x 2^40",
+                HYPERVISOR_GRANT_TABLE_OP,
+                [GNTTABOP_COPY.into(), bad, HUGE, 0, 0],
+            ),
+            (
+                "grant_table_op query_size",
+                HYPERVISOR_GRANT_TABLE_OP,
+                [GNTTABOP_QUERY_SIZE.into(), bad, 1, 0, 0],
+            ),
+            (
+                "grant_table_op setup_table",
+                HYPERVISOR_GRANT_TABLE_OP,
+                [GNTTABOP_SETUP_TABLE.into(), bad, 1, 0, 0],
+            ),
+            (
+                "event_channel_op send",
+                HYPERVISOR_EVENT_CHANNEL_OP,
+                [EVTCHNOP_SEND.into(), bad, 0, 0, 0],
+            ),
+            (
+                "vcpu_op register_vcpu_info",
+                HYPERVISOR_VCPU_OP,
+                [VCPUOP_REGISTER_VCPU_INFO.into(), 0, bad, 0, 0],
+            ),
+            (
+                "sched_op poll",
+                HYPERVISOR_SCHED_OP,
+                [SCHEDOP_POLL.into(), bad, 0, 0, 0],
+            ),
+            (
+                "sched_op shutdown",
+                HYPERVISOR_SCHED_OP,
+                [SCHEDOP_SHUTDOWN.into(), bad, 0, 0, 0],
+            ),
+        ];
+        for (what, nr, args) in calls {
+            // SAFETY: the only pointer argument of each call is `bad`, a BAD_PTR.
+            let r = unsafe { raw(x, nr, args) };
+            t.expect_err(c, &format!("{what} at bad pointer {i}"), r);
+        }
+    }
+    // Unknown sub-operations.
+    for (nr, name) in [
+        (HYPERVISOR_XEN_VERSION, "xen_version"),
+        (HYPERVISOR_CONSOLE_IO, "console_io"),
+        (HYPERVISOR_MEMORY_OP, "memory_op"),
+        (HYPERVISOR_HVM_OP, "hvm_op"),
+        (HYPERVISOR_EVENT_CHANNEL_OP, "event_channel_op"),
+        (HYPERVISOR_GRANT_TABLE_OP, "grant_table_op"),
+        (HYPERVISOR_SCHED_OP, "sched_op"),
+        (HYPERVISOR_VM_ASSIST, "vm_assist"),
+    ] {
+        // SAFETY: the pointer argument is a BAD_PTR.
+        let r = unsafe { raw(x, nr, [0x3f, BAD_PTRS[1], 1, 0, 0]) };
+        t.expect_err(c, &format!("{name} unknown sub-operation 0x3f"), r);
+    }
+    // SAFETY: vCPU 0, unknown command, bad pointer.
+    let r = unsafe { raw(x, HYPERVISOR_VCPU_OP, [99, 0, BAD_PTRS[1], 0, 0]) };
+    t.expect_err(c, "vcpu_op unknown command", r);
+    // Domain 0's privileges.
+    for (nr, name) in [
+        (HYPERVISOR_PLATFORM_OP, "platform_op"),
+        (HYPERVISOR_SYSCTL, "sysctl"),
+        (HYPERVISOR_DOMCTL, "domctl"),
+    ] {
+        let mut buf = [0u64; 64];
+        // SAFETY: `buf` is ours and larger than any of these structures.
+        let r = unsafe { raw(x, nr, [at(&mut buf), 0, 0, 0, 0]) };
+        t.expect_err(c, &format!("{name} from a domU"), r);
+    }
+
+    memory_op(x, t);
+    grant_table_op(x, t);
+    vcpu_and_sched_op(x, t);
+}
+
+fn memory_op(x: &xen::Xen, t: &mut Tally) {
+    let c = Cat::Hypercall;
+    // add_to_physmap: a grant frame far beyond the table, an unknown space, another
+    // domain.
+    for (what, domid, space, idx) in [
+        (
+            "grant frame 2^31",
+            DOMID_SELF,
+            XENMAPSPACE_GRANT_TABLE,
+            1u64 << 31,
+        ),
+        ("unknown space 99", DOMID_SELF, 99, 0),
+        ("for domain 0", 0, XENMAPSPACE_GRANT_TABLE, 0),
+        (
+            "for a domain that does not exist",
+            NO_SUCH_DOMAIN,
+            XENMAPSPACE_GRANT_TABLE,
+            0,
+        ),
+    ] {
+        let mut a = XenAddToPhysmap {
+            domid,
+            size: 0,
+            space,
+            idx,
+            gpfn: 0x7ff_ffff,
+        };
+        // SAFETY: `a` is an add_to_physmap argument of ours.
+        let r = unsafe {
+            raw(
+                x,
+                HYPERVISOR_MEMORY_OP,
+                [XENMEM_ADD_TO_PHYSMAP.into(), at(&mut a), 0, 0, 0],
+            )
+        };
+        t.expect_err(c, &format!("memory_op add_to_physmap {what}"), r);
+    }
+    let mut dom: DomId = 0;
+    // SAFETY: `dom` is a domid argument of ours.
+    let r = unsafe {
+        raw(
+            x,
+            HYPERVISOR_MEMORY_OP,
+            [XENMEM_CURRENT_RESERVATION.into(), at(&mut dom), 0, 0, 0],
+        )
+    };
+    t.expect_err(c, "memory_op current_reservation of domain 0", r);
+    // Reservation operations return how many extents they did: none of these may do
+    // any (and, above all, none may hand out or take away memory).
+    let shared_info_pfn = 0u64; // page 0 is not ours to give back either
+    let mut pfns = [shared_info_pfn; 4];
+    for (what, op, extent_start, nr_extents, order, domid) in [
+        (
+            "decrease_reservation x 2^40 at a bad pointer",
+            XENMEM_DECREASE_RESERVATION,
+            BAD_PTRS[1],
+            HUGE,
+            0,
+            DOMID_SELF,
+        ),
+        (
+            "populate_physmap x 2^40 at a bad pointer",
+            XENMEM_POPULATE_PHYSMAP,
+            BAD_PTRS[2],
+            HUGE,
+            0,
+            DOMID_SELF,
+        ),
+        (
+            "populate_physmap of order 40",
+            XENMEM_POPULATE_PHYSMAP,
+            at(&mut pfns),
+            1,
+            40,
+            DOMID_SELF,
+        ),
+        (
+            "decrease_reservation of domain 0",
+            XENMEM_DECREASE_RESERVATION,
+            at(&mut pfns),
+            1,
+            0,
+            0,
+        ),
+        (
+            "populate_physmap of pages that are there",
+            XENMEM_POPULATE_PHYSMAP,
+            at(&mut pfns),
+            4,
+            0,
+            DOMID_SELF,
+        ),
+    ] {
+        let mut r = XenMemoryReservation {
+            extent_start,
+            nr_extents,
+            extent_order: order,
+            mem_flags: 0,
+            domid,
+            _pad: [0; 3],
+        };
+        // SAFETY: `r` is ours; `extent_start` is a BAD_PTR or `pfns`, ours.
+        let done = unsafe { raw(x, HYPERVISOR_MEMORY_OP, [op.into(), at(&mut r), 0, 0, 0]) };
+        t.check(c, &format!("memory_op {what}"), done <= 0, Ret(done));
+    }
+}
+
+fn grant_table_op(x: &xen::Xen, t: &mut Tally) {
+    let c = Cat::Hypercall;
+    let mut frames = [0u64; 1];
+    let mut setup = GnttabSetupTable {
+        dom: DOMID_SELF,
+        _pad0: 0,
+        nr_frames: 1 << 20,
+        status: 0,
+        _pad1: [0; 3],
+        frame_list: at(&mut frames),
+    };
+    // SAFETY: `setup` is ours, and so is its one-frame list. A hypervisor must refuse
+    // 2^20 frames (the table has 2 mapped) before writing any list entry.
+    let r = unsafe {
+        raw(
+            x,
+            HYPERVISOR_GRANT_TABLE_OP,
+            [GNTTABOP_SETUP_TABLE.into(), at(&mut setup), 1, 0, 0],
+        )
+    };
+    let status = setup.status;
+    t.check(
+        c,
+        "grant_table_op setup_table of 2^20 frames",
+        r < 0 || status < 0,
+        format_args!("{} status {status}", Ret(r)),
+    );
+    let mut v: u32 = 7;
+    // SAFETY: `v` is a set_version argument of ours.
+    let r = unsafe {
+        raw(
+            x,
+            HYPERVISOR_GRANT_TABLE_OP,
+            [GNTTABOP_SET_VERSION.into(), at(&mut v), 1, 0, 0],
+        )
+    };
+    t.expect_err(c, "grant_table_op set_version 7", r);
+    // SAFETY: the pointer is a BAD_PTR.
+    let r = unsafe {
+        raw(
+            x,
+            HYPERVISOR_GRANT_TABLE_OP,
+            [GNTTABOP_MAP_GRANT_REF.into(), BAD_PTRS[1], HUGE, 0, 0],
+        )
+    };
+    t.expect_err(c, "grant_table_op map_grant_ref x 2^40 at a bad pointer", r);
+    // Copies the table does not allow (the typed wrapper checks each op's status).
+    let Some((page, _view)) = memory::alloc_zeroed(1) else {
+        t.broken("grant copy page", "out of memory");
+        return;
+    };
+    let pfn = page >> 12;
+    let self_id = x.domain_id().unwrap_or(DOMID_SELF);
+    let never_granted = match x.grants.lock().claim() {
+        Ok(r) => r,
+        Err(e) => {
+            t.broken("claiming a grant reference", e);
+            return;
+        }
+    };
+    for (what, source, dest, flags, len) in [
+        (
+            "from a reference never granted",
+            GnttabCopyPtr::gref(never_granted, self_id, 0),
+            GnttabCopyPtr::gmfn(pfn, DOMID_SELF, 0),
+            GNTCOPY_SOURCE_GREF,
+            64,
+        ),
+        (
+            "from a reference beyond the table",
+            GnttabCopyPtr::gref(1 << 30, self_id, 0),
+            GnttabCopyPtr::gmfn(pfn, DOMID_SELF, 0),
+            GNTCOPY_SOURCE_GREF,
+            64,
+        ),
+        (
+            "to a reference beyond the table",
+            GnttabCopyPtr::gmfn(pfn, DOMID_SELF, 0),
+            GnttabCopyPtr::gref(u64::from(u32::MAX) as u32, self_id, 0),
+            GNTCOPY_DEST_GREF,
+            64,
+        ),
+        (
+            "to a frame beyond RAM",
+            GnttabCopyPtr::gmfn(pfn, DOMID_SELF, 0),
+            GnttabCopyPtr::gmfn(1 << 36, DOMID_SELF, 0),
+            0,
+            64,
+        ),
+        (
+            "from a frame of domain 0",
+            GnttabCopyPtr::gmfn(1, 0, 0),
+            GnttabCopyPtr::gmfn(pfn, DOMID_SELF, 0),
+            0,
+            64,
+        ),
+        (
+            "beyond the end of the page",
+            GnttabCopyPtr::gmfn(pfn, DOMID_SELF, 4000),
+            GnttabCopyPtr::gmfn(pfn, DOMID_SELF, 0),
+            0,
+            200,
+        ),
+    ] {
+        let mut op = [GnttabCopy {
+            source,
+            dest,
+            len,
+            flags,
+            ..GnttabCopy::default()
+        }];
+        // A refused copy is a GNTST_* status (the call itself succeeds).
+        let r = x.hv.gnttab_copy(&mut op);
+        t.check(
+            c,
+            &format!("grant copy {what}"),
+            r.is_err(),
+            format_args!("{r:?}"),
+        );
+    }
+    let _ = x.grants.lock().free(never_granted);
+}
+
+fn vcpu_and_sched_op(x: &xen::Xen, t: &mut Tally) {
+    let c = Cat::Hypercall;
+    let far = x.now_ns().saturating_add(3_600_000_000_000);
+    for vcpu in [1, 64, u32::MAX] {
+        let r = ret_of(x.hv.vcpu_set_singleshot_timer(vcpu, far, false));
+        t.expect_err(
+            c,
+            &format!("vcpu_op set_singleshot_timer on vCPU {vcpu}"),
+            r,
+        );
+        let mut buf = [0u64; 512];
+        // SAFETY: `buf` is ours and larger than a vcpu_guest_context argument.
+        let r = unsafe {
+            raw(
+                x,
+                HYPERVISOR_VCPU_OP,
+                [VCPUOP_INITIALISE.into(), vcpu.into(), at(&mut buf), 0, 0],
+            )
+        };
+        t.expect_err(c, &format!("vcpu_op initialise vCPU {vcpu}"), r);
+        let mut area = BAD_PTRS[1];
+        // SAFETY: the argument is ours; the area it names is a BAD_PTR.
+        let r = unsafe {
+            raw(
+                x,
+                HYPERVISOR_VCPU_OP,
+                [
+                    VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA.into(),
+                    vcpu.into(),
+                    at(&mut area),
+                    0,
+                    0,
+                ],
+            )
+        };
+        t.expect_err(
+            c,
+            &format!("vcpu_op register_runstate_memory_area on vCPU {vcpu}"),
+            r,
+        );
+    }
+    let mut ports = [0u32; 1];
+    for (what, nr_ports, list) in [
+        ("2^20 ports", 1u32 << 20, at(&mut ports)),
+        ("ports at a bad pointer", 1, BAD_PTRS[0]),
+    ] {
+        let mut p = SchedPoll {
+            ports: list,
+            nr_ports,
+            _pad: 0,
+            // A deadline now: a hypervisor that accepted it must not sleep for long.
+            timeout: x.now_ns() + 1_000_000,
+        };
+        // SAFETY: `p` is ours; its list is `ports` (ours, read only) or a BAD_PTR.
+        let r = unsafe {
+            raw(
+                x,
+                HYPERVISOR_SCHED_OP,
+                [SCHEDOP_POLL.into(), at(&mut p), 0, 0, 0],
+            )
+        };
+        t.expect_err(c, &format!("sched_op poll of {what}"), r);
+    }
+    // remote_shutdown of domain 0 and of a domain that does not exist.
+    for dom in [0u32, u32::from(NO_SUCH_DOMAIN)] {
+        let mut req = [dom, 0u32];
+        // SAFETY: `req` is a sched_remote_shutdown of ours (domid, reason).
+        let r = unsafe {
+            raw(
+                x,
+                HYPERVISOR_SCHED_OP,
+                [SCHEDOP_REMOTE_SHUTDOWN.into(), at(&mut req), 0, 0, 0],
+            )
+        };
+        t.expect_err(c, &format!("sched_op remote_shutdown of domain {dom}"), r);
+    }
+    // vm_assist of an unknown type.
+    // SAFETY: no pointer arguments.
+    let r = unsafe { raw(x, HYPERVISOR_VM_ASSIST, [0, 31, 0, 0, 0]) };
+    t.expect_err(c, "vm_assist of type 31", r);
+}
+
+// ---- event channels ---------------------------------------------------------------
+
+fn event_channels(x: &xen::Xen, t: &mut Tally) {
+    let c = Cat::Evtchn;
+    let bad_ports = [4095u32, 4096, 1 << 20, u32::MAX];
+    // A free port (4095) may be unmasked and its status read, as on Xen; it cannot be
+    // sent on or closed. Ports beyond the table refuse everything.
+    for p in bad_ports {
+        t.expect_err(c, &format!("send on port {p}"), ret_of(x.hv.evtchn_send(p)));
+        t.expect_err(c, &format!("close port {p}"), ret_of(x.hv.evtchn_close(p)));
+        if p > 4095 {
+            t.expect_err(
+                c,
+                &format!("unmask port {p}"),
+                ret_of(x.hv.evtchn_unmask(p)),
+            );
+            t.expect_err(
+                c,
+                &format!("status of port {p}"),
+                ret_of(x.hv.evtchn_status(p)),
+            );
+        }
+    }
+    t.expect_err(c, "send on port 0", ret_of(x.hv.evtchn_send(0)));
+    t.expect_err(c, "close port 0", ret_of(x.hv.evtchn_close(0)));
+    t.expect_err(c, "bind VIRQ 9999", ret_of(x.hv.evtchn_bind_virq(9999, 0)));
+    t.expect_err(
+        c,
+        "bind the timer VIRQ to vCPU 7",
+        ret_of(x.hv.evtchn_bind_virq(VIRQ_TIMER, 7)),
+    );
+    if x.timer_port().is_some() {
+        t.expect_err(
+            c,
+            "bind the timer VIRQ a second time",
+            ret_of(x.hv.evtchn_bind_virq(VIRQ_TIMER, 0)),
+        );
+    }
+    for (what, remote_dom, remote_port) in [
+        ("port 9999 of domain 0", 0, 9999),
+        ("a port of a domain that does not exist", NO_SUCH_DOMAIN, 1),
+        ("our own port 0", DOMID_SELF, 0),
+        ("our own port beyond the table", DOMID_SELF, 1 << 20),
+    ] {
+        let mut b = EvtchnBindInterdomain {
+            remote_dom,
+            _pad: 0,
+            remote_port,
+            local_port: 0,
+        };
+        // SAFETY: `b` is a bind_interdomain argument of ours.
+        let r = unsafe {
+            raw(
+                x,
+                HYPERVISOR_EVENT_CHANNEL_OP,
+                [EVTCHNOP_BIND_INTERDOMAIN.into(), at(&mut b), 0, 0, 0],
+            )
+        };
+        t.expect_err(c, &format!("bind_interdomain to {what}"), r);
+    }
+    for (what, dom) in [
+        ("for domain 0", 0),
+        ("for a domain that does not exist", NO_SUCH_DOMAIN),
+    ] {
+        let mut a = EvtchnAllocUnbound {
+            dom,
+            remote_dom: 0,
+            port: 0,
+        };
+        // SAFETY: `a` is an alloc_unbound argument of ours.
+        let r = unsafe {
+            raw(
+                x,
+                HYPERVISOR_EVENT_CHANNEL_OP,
+                [EVTCHNOP_ALLOC_UNBOUND.into(), at(&mut a), 0, 0, 0],
+            )
+        };
+        t.expect_err(c, &format!("alloc_unbound {what}"), r);
+        if r >= 0 {
+            let _ = x.hv.evtchn_close(a.port);
+        }
+    }
+    let mut s = EvtchnStatus {
+        dom: 0,
+        port: 1,
+        ..EvtchnStatus::default()
+    };
+    // SAFETY: `s` is an evtchn_status argument of ours.
+    let r = unsafe {
+        raw(
+            x,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            [EVTCHNOP_STATUS.into(), at(&mut s), 0, 0, 0],
+        )
+    };
+    t.expect_err(c, "status of a port of domain 0", r);
+    let mut vcpu = [9u32, 0];
+    // SAFETY: `vcpu` is a bind_ipi argument of ours (vcpu, port).
+    let r = unsafe {
+        raw(
+            x,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            [EVTCHNOP_BIND_IPI.into(), at(&mut vcpu), 0, 0, 0],
+        )
+    };
+    t.expect_err(c, "bind_ipi to vCPU 9", r);
+    // SAFETY: the pointer is a BAD_PTR.
+    let r = unsafe {
+        raw(
+            x,
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            [EVTCHNOP_INIT_CONTROL.into(), BAD_PTRS[1], 0, 0, 0],
+        )
+    };
+    t.expect_err(c, "FIFO init_control at a bad pointer", r);
+
+    // Exhaust the port space: allocation must end with an error, not grow without
+    // bound; every port goes back afterwards and allocation works again.
+    let mut ports = Vec::new();
+    let mut last = Ok(0);
+    while ports.len() < 70_000 {
+        match x.hv.evtchn_alloc_unbound(0) {
+            Ok(p) => ports.push(p),
+            Err(e) => {
+                last = Err(e);
+                break;
+            }
+        }
+    }
+    let n = ports.len();
+    t.check(
+        c,
+        "allocating ports until refused",
+        last.is_err(),
+        format_args!("{n} ports allocated, then {}", Ret(ret_of(last))),
+    );
+    let mut close_failed = 0;
+    for p in ports {
+        if x.hv.evtchn_close(p).is_err() {
+            close_failed += 1;
+        }
+    }
+    match x.hv.evtchn_alloc_unbound(0) {
+        Ok(p) if close_failed == 0 => {
+            kprintln!("hostile: evtchn: port space exhausted after {n} ports, all closed again");
+            let _ = x.hv.evtchn_close(p);
+        }
+        Ok(p) => {
+            let _ = x.hv.evtchn_close(p);
+            t.broken(
+                "closing the flood's ports",
+                format_args!("{close_failed} closes failed"),
+            );
+        }
+        Err(e) => t.broken("allocating a port after the flood", e),
+    }
+}
+
+// ---- xenstore ------------------------------------------------------------------------
+
+/// Whether xenstored refused the request (an `XS_ERROR` reply).
+fn refused<T>(r: &Result<T, XsError>) -> bool {
+    matches!(r, Err(XsError::Xen(_)))
+}
+
+fn xenstore(x: &xen::Xen, t: &mut Tally) {
+    let c = Cat::Xenstore;
+    let Some(me) = x.domain_id() else {
+        t.broken("xenstore", "domain id unknown");
+        return;
+    };
+    let mut guard = x.store.lock();
+    let Some(xs) = guard.as_mut() else {
+        t.broken("xenstore", "no connection");
+        return;
+    };
+    let other = NO_SUCH_DOMAIN;
+    // Outside our home.
+    for path in [
+        "/local/domain/0/hostile",
+        "/hostile",
+        "/tool/hostile",
+        "/local/domain/hostile",
+        &*format!("/local/domain/{other}/hostile"),
+        &*format!("/local/domain/{}/hostile", me.wrapping_add(1)),
+    ] {
+        let r = xs.write(TxId::NONE, path, b"x");
+        t.check(
+            c,
+            &format!("write {path}"),
+            refused(&r),
+            format_args!("{r:?}"),
+        );
+        let r = xs.mkdir(TxId::NONE, &format!("{path}-dir"));
+        t.check(
+            c,
+            &format!("mkdir {path}-dir"),
+            refused(&r),
+            format_args!("{r:?}"),
+        );
+    }
+    for path in [
+        "/local/domain/0",
+        "/local",
+        "/tool",
+        "/local/domain/0/backend",
+    ] {
+        let r = xs.rm(TxId::NONE, path);
+        t.check(c, &format!("rm {path}"), refused(&r), format_args!("{r:?}"));
+    }
+    // The backend's nodes are readable by us, never writable.
+    let first_vbd = xenbus::list_devices(xs, "vbd")
+        .ok()
+        .and_then(|v| v.into_iter().next());
+    let backend = first_vbd
+        .and_then(|id| Frontend::open(xs, "vbd", &id).ok())
+        .map(|f| f.backend.path);
+    if let Some(b) = &backend {
+        for name in ["state", "sectors", "feature-flush-cache"] {
+            let path = xenbus::join(b, name);
+            let r = xs.write(TxId::NONE, &path, b"1");
+            t.check(
+                c,
+                &format!("write the backend's {name}"),
+                refused(&r),
+                format_args!("{r:?}"),
+            );
+        }
+    }
+    // Permission escapes: take over nodes of domain 0, give nodes away, grant
+    // ourselves access to others' nodes.
+    let mine = Permissions::new(me, Access::Both);
+    let mut escapes: Vec<(String, Permissions)> = Vec::new();
+    escapes.push(("/local/domain/0".into(), mine.clone()));
+    escapes.push(("/local".into(), mine.clone()));
+    if let Some(b) = &backend {
+        escapes.push((xenbus::join(b, "state"), mine.clone()));
+        escapes.push((
+            b.clone(),
+            Permissions::new(0, Access::Read).with(me, Access::Both),
+        ));
+    }
+    for (path, perms) in &escapes {
+        let r = xs.set_perms(TxId::NONE, path, perms);
+        t.check(
+            c,
+            &format!("set_perms on {path}"),
+            refused(&r),
+            format_args!("{r:?}"),
+        );
+    }
+    // Our own node handed to domain 0 (a way around the node quota) and to a domain
+    // that does not exist.
+    if let Err(e) = xs.write(TxId::NONE, "data/hostile/own", b"1") {
+        t.broken("writing hostile/own", e);
+    } else {
+        for owner in [0, other] {
+            let r = xs.set_perms(
+                TxId::NONE,
+                "data/hostile/own",
+                &Permissions::new(owner, Access::Both),
+            );
+            t.check(
+                c,
+                &format!("set_perms giving our node to domain {owner}"),
+                refused(&r),
+                format_args!("{r:?}"),
+            );
+        }
+    }
+    // A value larger than the quota allows.
+    let big = alloc::vec![b'v'; 3000];
+    let r = xs.write(TxId::NONE, "data/hostile/big", &big);
+    t.check(
+        c,
+        "write a 3000-byte value",
+        refused(&r),
+        format_args!("{r:?}"),
+    );
+
+    // Watch flood: registration must be refused at the quota.
+    let mut tokens = Vec::new();
+    let mut last = Ok(());
+    while tokens.len() < 600 {
+        let token = format!("hostile-{}", tokens.len());
+        match xs.watch("data/hostile/watched", &token) {
+            Ok(()) => tokens.push(token),
+            Err(e) => {
+                last = Err(e);
+                break;
+            }
+        }
+    }
+    let n = tokens.len();
+    t.check(
+        c,
+        "watch flood",
+        refused(&last),
+        format_args!("{n} watches, then {last:?}"),
+    );
+    for token in &tokens {
+        if xs.unwatch("data/hostile/watched", token).is_err() {
+            xs.forget_watch("data/hostile/watched", token);
+        }
+    }
+    while let Ok(Some(_)) = xs.next_watch_event(None) {}
+    // Transaction flood.
+    let mut txs = Vec::new();
+    let mut last = Ok(TxId::NONE);
+    while txs.len() < 300 {
+        match xs.transaction_start() {
+            Ok(tx) => txs.push(tx),
+            Err(e) => {
+                last = Err(e);
+                break;
+            }
+        }
+    }
+    let n = txs.len();
+    t.check(
+        c,
+        "transaction flood",
+        refused(&last),
+        format_args!("{n} transactions, then {last:?}"),
+    );
+    for tx in txs {
+        let _ = xs.transaction_end(tx, false);
+    }
+    kprintln!(
+        "hostile: xenstore: quotas held at {} watches and {n} transactions",
+        tokens.len()
+    );
+
+    // Raw wire messages the client would never send.
+    xenstore_raw(x, xs, t, me);
+    let r = xs.read(TxId::NONE, "domid");
+    match r {
+        Ok(_) => {}
+        Err(e) => t.broken("reading domid after the xenstore attacks", e),
+    }
+    let _ = xs.rm(TxId::NONE, "data/hostile");
+}
+
+/// The page of the xenstore ring, as a second view for raw messages.
+fn store_page(x: &xen::Xen) -> Option<RawSharedMemory> {
+    let pfn = x.hv.hvm_get_param(HVM_PARAM_STORE_PFN).ok()?;
+    // SAFETY: the toolstack's xenstore page, reserved in the memory map and shared
+    // with xenstored (never Rust data); the caller holds the xenstore client's lock,
+    // so nothing else moves bytes through it meanwhile.
+    Some(unsafe { RawSharedMemory::new((pfn << 12) as *mut u8, 4096) })
+}
+
+/// Sends `msg` (a header and payload, already encoded) and returns the reply's type
+/// and payload.
+fn raw_exchange(
+    x: &xen::Xen,
+    ring: &mut XsRing<&RawSharedMemory>,
+    msg: &[u8],
+) -> Result<(u32, Vec<u8>), &'static str> {
+    let deadline = x.now_ns().saturating_add(REPLY_NS);
+    let mut sent = 0;
+    let mut got: Vec<u8> = Vec::new();
+    let mut want = 16usize;
+    loop {
+        if sent < msg.len() {
+            sent += ring
+                .write(&msg[sent..])
+                .map_err(|_| "request ring broken")?;
+            let _ = x.hv.evtchn_send(store_port(x));
+        }
+        let mut buf = [0u8; 1024];
+        let n = ring
+            .read(&mut buf[..(want - got.len()).min(1024)])
+            .map_err(|_| "reply ring broken")?;
+        got.extend_from_slice(&buf[..n]);
+        if got.len() == 16 && want == 16 {
+            let h = XsdSockmsg::from_prefix(&got).ok_or("short header")?;
+            if h.len > 4096 {
+                return Err("oversized reply");
+            }
+            want = 16 + h.len as usize;
+        }
+        if got.len() == want && want >= 16 {
+            let h = XsdSockmsg::from_prefix(&got).ok_or("short header")?;
+            if h.type_ == XsdSockmsgType::WatchEvent.as_raw() {
+                // Not ours: a watch firing. Skip it.
+                got.clear();
+                want = 16;
+                continue;
+            }
+            return Ok((h.type_, got.split_off(16)));
+        }
+        if n == 0 {
+            if x.now_ns() >= deadline {
+                return Err("no reply");
+            }
+            x.store_wait_until(x.now_ns().saturating_add(10_000_000).min(deadline));
+        }
+    }
+}
+
+fn store_port(x: &xen::Xen) -> u32 {
+    x.hv.hvm_get_param(pv_drivers::abi::hvm::HVM_PARAM_STORE_EVTCHN)
+        .unwrap_or(0) as u32
+}
+
+fn message(type_: u32, tx_id: u32, payload: &[u8]) -> Vec<u8> {
+    let h = XsdSockmsg {
+        type_,
+        req_id: 0x4057,
+        tx_id,
+        len: payload.len() as u32,
+    };
+    let mut m = h.to_bytes().to_vec();
+    m.extend_from_slice(payload);
+    m
+}
+
+fn xenstore_raw<P, E>(
+    x: &xen::Xen,
+    xs: &mut pv_drivers::xenstore::XenStore<P, E>,
+    t: &mut Tally,
+    me: DomId,
+) where
+    P: core::ops::Deref<Target: SharedMemory>,
+    E: pv_drivers::xenstore::XsEvents,
+{
+    use XsdSockmsgType as T;
+    let c = Cat::Xenstore;
+    let Some(page) = store_page(x) else {
+        t.broken("xenstore page", "HVM_PARAM_STORE_PFN unreadable");
+        return;
+    };
+    let mut ring = match XsRing::attach(&page) {
+        Ok(r) => r,
+        Err(e) => {
+            t.broken("attaching to the xenstore ring", e);
+            return;
+        }
+    };
+    let long_path = alloc::vec![b'a'; 3500];
+    let mut long = b"/".to_vec();
+    long.extend_from_slice(&long_path);
+    long.push(0);
+    let me_s = format!("{me}\0");
+    let cases: [(&str, u32, u32, &[u8]); 17] = [
+        (
+            "READ of an unterminated path",
+            T::Read.as_raw(),
+            0,
+            b"domid",
+        ),
+        ("WRITE without any NUL", T::Write.as_raw(), 0, b"hostile/x"),
+        ("READ of an empty payload", T::Read.as_raw(), 0, b""),
+        (
+            "READ of a path with '..'",
+            T::Read.as_raw(),
+            0,
+            b"/local/../x\0",
+        ),
+        (
+            "READ of a path with a space",
+            T::Read.as_raw(),
+            0,
+            b"host ile\0",
+        ),
+        ("READ of a 3501-byte path", T::Read.as_raw(), 0, &long),
+        ("message type 999", 999, 0, b"domid\0"),
+        (
+            "a WATCH_EVENT from the guest",
+            T::WatchEvent.as_raw(),
+            0,
+            b"domid\0t\0",
+        ),
+        ("an ERROR from the guest", T::Error.as_raw(), 0, b"EINVAL\0"),
+        (
+            "READ in a transaction that does not exist",
+            T::Read.as_raw(),
+            0xdead_beef,
+            b"domid\0",
+        ),
+        (
+            "TRANSACTION_END of a transaction that does not exist",
+            T::TransactionEnd.as_raw(),
+            0x0bad_cafe,
+            b"T\0",
+        ),
+        (
+            "INTRODUCE of a domain",
+            T::Introduce.as_raw(),
+            0,
+            b"32752\x00123\x004\x00",
+        ),
+        ("RELEASE of domain 0", T::Release.as_raw(), 0, b"0\0"),
+        ("SET_TARGET", T::SetTarget.as_raw(), 0, me_s.as_bytes()),
+        ("CONTROL check", T::Control.as_raw(), 0, b"check\0"),
+        (
+            "GET_DOMAIN_PATH of a non-number",
+            T::GetDomainPath.as_raw(),
+            0,
+            b"x\0",
+        ),
+        (
+            "SET_PERMS with garbage permissions",
+            T::SetPerms.as_raw(),
+            0,
+            b"data/hostile/own\0zz\0",
+        ),
+    ];
+    for (what, type_, tx, payload) in cases {
+        match raw_exchange(x, &mut ring, &message(type_, tx, payload)) {
+            Ok((ty, body)) => {
+                let name = core::str::from_utf8(&body)
+                    .unwrap_or("?")
+                    .trim_end_matches('\0');
+                t.check(
+                    c,
+                    what,
+                    ty == T::Error.as_raw(),
+                    format_args!("reply type {ty} '{name}'"),
+                );
+            }
+            Err(e) => t.check(c, what, false, e),
+        }
+    }
+    if let Err(e) = xs.resync() {
+        t.broken("resync after the raw messages", e);
+    }
+}
+
+/// The terminal attack: a header announcing more than `XENSTORE_PAYLOAD_MAX` bytes.
+/// xenstored must stop serving the ring and report `XENSTORE_ERROR_PROTO` in the page
+/// (the connection is not usable afterwards: nothing runs after this that needs it).
+fn xenstore_oversized(x: &xen::Xen, t: &mut Tally) {
+    let c = Cat::Xenstore;
+    let mut guard = x.store.lock();
+    let Some(page) = store_page(x) else {
+        t.broken("xenstore page", "HVM_PARAM_STORE_PFN unreadable");
+        return;
+    };
+    let mut ring = match XsRing::attach(&page) {
+        Ok(r) => r,
+        Err(e) => {
+            t.broken("attaching to the xenstore ring", e);
+            return;
+        }
+    };
+    let mut m = message(XsdSockmsgType::Write.as_raw(), 0, b"junk");
+    m[12..16].copy_from_slice(&5000u32.to_le_bytes());
+    let sent = ring.write(&m).unwrap_or(0);
+    let _ = x.hv.evtchn_send(store_port(x));
+    let deadline = x.now_ns().saturating_add(REPLY_NS);
+    while ring.server_error().is_none() && x.now_ns() < deadline {
+        x.store_wait_until(x.now_ns().saturating_add(10_000_000).min(deadline));
+    }
+    let err = ring.server_error();
+    t.check(
+        c,
+        "a header of 5000 bytes (the ring is then no longer served)",
+        sent == m.len() && err == Some(XENSTORE_ERROR_PROTO),
+        format_args!("sent {sent}, page error {err:?}"),
+    );
+    // The client must not be used again.
+    *guard = None;
+}
+
+// ---- blkif ---------------------------------------------------------------------------
+
+/// A raw blkif connection: the ring and what the attacks need.
+struct RawVbd {
+    ring: BlkifFrontRing<&'static RawSharedMemory>,
+    env: GuestEnv,
+    port: u32,
+    dev: Frontend,
+    sectors: u64,
+    flush: bool,
+    indirect: bool,
+}
+
+fn blkif(t: &mut Tally, io: &IoOptions<'_>) {
+    let ids = pv::list_devices("vbd");
+    // The attacked disk is the first vbd that is not the well-behaved one.
+    let good = io.blk.as_ref().and_then(|b| match b.device {
+        Some(guest_kernel::ioopts::BlkDeviceSel::Xen(id)) => Some(id),
+        _ => None,
+    });
+    let Some(id) = ids.iter().find(|id| Some(id.as_str()) != good) else {
+        t.broken(
+            "blkif",
+            format_args!("no vbd to attack besides {good:?} (found {ids:?})"),
+        );
+        return;
+    };
+    kprintln!("hostile: blkif: attacking vbd {id} over a raw ring");
+    let mut v = match connect_raw(id) {
+        Ok(v) => v,
+        Err(e) => {
+            t.broken("raw blkif connection", e);
+            return;
+        }
+    };
+    blkif_attacks(t, &mut v);
+}
+
+fn connect_raw(id: &str) -> Result<RawVbd, String> {
+    use XenbusState as S;
+    let x = xen::get().ok_or("no Xen")?;
+    let mut env = GuestEnv::new().ok_or("no Xen environment")?;
+    let mut guard = x.store.lock();
+    let xs = guard.as_mut().ok_or("no xenstore")?;
+    let dev = Frontend::open(xs, "vbd", id).map_err(|e| format!("open: {e}"))?;
+    if dev.state(xs).ok() != Some(S::Initialising) {
+        dev.switch_state(xs, S::Initialising)
+            .map_err(|e| format!("{e}"))?;
+    }
+    let st = dev
+        .wait_for_backend(xs, |s| matches!(s, S::InitWait | S::Connected), 64)
+        .map_err(|e| format!("waiting for InitWait: {e}"))?;
+    let backend = dev.backend.domid;
+    let (pfn, mem) = env.alloc_pages(1).map_err(|e| format!("{e}"))?;
+    let mem: &'static RawSharedMemory = Box::leak(Box::new(mem));
+    let ring = BlkifFrontRing::new(mem).map_err(|e| format!("{e}"))?;
+    let gref = env.grant(backend, pfn, false).map_err(|e| format!("{e}"))?;
+    let port = env.alloc_unbound(backend).map_err(|e| format!("{e}"))?;
+    let node = |n: &str| dev.node(n);
+    xenbus::write_fmt(xs, TxId::NONE, &node("ring-ref"), format_args!("{gref}"))
+        .map_err(|e| format!("{e}"))?;
+    xenbus::write_fmt(
+        xs,
+        TxId::NONE,
+        &node("event-channel"),
+        format_args!("{port}"),
+    )
+    .map_err(|e| format!("{e}"))?;
+    xenbus::write_str(xs, TxId::NONE, &node("protocol"), "x86_64-abi")
+        .map_err(|e| format!("{e}"))?;
+    dev.switch_state(xs, S::Initialised)
+        .map_err(|e| format!("{e}"))?;
+    let st2 = dev
+        .wait_for_backend(
+            xs,
+            |s| matches!(s, S::Connected | S::Closing | S::Closed),
+            64,
+        )
+        .map_err(|e| format!("waiting for Connected (was {st}): {e}"))?;
+    if st2 != S::Connected {
+        return Err(format!("backend went {st2}"));
+    }
+    let b = |n: &str| dev.backend_node(n);
+    let sectors = xenbus::read_u64(xs, TxId::NONE, &b("sectors")).map_err(|e| format!("{e}"))?;
+    let flush = xenbus::read_feature(xs, TxId::NONE, &b("feature-flush-cache")).unwrap_or(false);
+    let indirect =
+        xenbus::read_u32(xs, TxId::NONE, &b("feature-max-indirect-segments")).unwrap_or(0) > 0;
+    dev.switch_state(xs, S::Connected)
+        .map_err(|e| format!("{e}"))?;
+    Ok(RawVbd {
+        ring,
+        env,
+        port,
+        dev,
+        sectors,
+        flush,
+        indirect,
+    })
+}
+
+impl RawVbd {
+    /// Sends `req` and waits for its response; returns the status.
+    fn exchange(&mut self, req: &BlkifRequest) -> Result<i16, String> {
+        self.ring
+            .push_request(req)
+            .map_err(|e| format!("push: {e}"))?;
+        if self.ring.push_requests_and_check_notify() {
+            self.env.notify(self.port);
+        }
+        let ev = self.env.event();
+        let deadline = pv::now_ns().saturating_add(REPLY_NS);
+        loop {
+            if let Some(rsp) = self
+                .ring
+                .take_response()
+                .map_err(|e| format!("response: {e}"))?
+            {
+                if rsp.id == req.id {
+                    return Ok(rsp.status);
+                }
+                return Err(format!(
+                    "response for id {} while waiting for {}",
+                    rsp.id, req.id
+                ));
+            }
+            if self
+                .ring
+                .final_check_for_responses()
+                .map_err(|e| format!("{e}"))?
+            {
+                continue;
+            }
+            if wait_for_event_until(&ev, deadline) == Woken::Deadline && pv::now_ns() >= deadline {
+                return Err("no response".into());
+            }
+        }
+    }
+}
+
+fn wait_for_event_until(ev: &pv::DeviceEvent, deadline: u64) -> Woken {
+    let w = pv::wait_for_event(
+        ev,
+        deadline.min(pv::now_ns().saturating_add(pv::RECOVERY_TICK_NS)),
+    );
+    ev.take();
+    w
+}
+
+fn request(id: u64, op: u8, sector: u64, segs: &[BlkifRequestSegment], nr: u8) -> BlkifRequest {
+    let mut r = BlkifRequest {
+        operation: op,
+        nr_segments: nr,
+        handle: 0,
+        id,
+        sector_number: sector,
+        ..BlkifRequest::default()
+    };
+    for (slot, s) in r.seg.iter_mut().zip(segs) {
+        *slot = *s;
+    }
+    r
+}
+
+const CANARY: u8 = 0xc5;
+
+fn blkif_attacks(t: &mut Tally, v: &mut RawVbd) {
+    let c = Cat::Blkif;
+    let x = match xen::get() {
+        Some(x) => x,
+        None => return,
+    };
+    let backend = v.dev.backend.domid;
+    // Pages: one granted writable (the good buffer), one read-only, one granted to a
+    // domain that does not exist, one never granted; all but the good one hold a
+    // canary that must survive.
+    let Some((good_pa, good)) = memory::alloc_zeroed(1) else {
+        t.broken("blkif pages", "out of memory");
+        return;
+    };
+    let Some((ro_pa, ro)) = memory::alloc_zeroed(1) else {
+        t.broken("blkif pages", "out of memory");
+        return;
+    };
+    let Some((foreign_pa, foreign)) = memory::alloc_zeroed(1) else {
+        t.broken("blkif pages", "out of memory");
+        return;
+    };
+    let Some((ind_pa, ind)) = memory::alloc_zeroed(1) else {
+        t.broken("blkif pages", "out of memory");
+        return;
+    };
+    let canary = [CANARY; 4096];
+    ro.write_bytes(0, &canary);
+    foreign.write_bytes(0, &canary);
+    let grants = (
+        v.env.grant(backend, good_pa >> 12, false),
+        v.env.grant(backend, ro_pa >> 12, true),
+        v.env.grant(NO_SUCH_DOMAIN, foreign_pa >> 12, false),
+        v.env.grant(backend, ind_pa >> 12, true),
+        x.grants.lock().claim(),
+    );
+    let (Ok(g_good), Ok(g_ro), Ok(g_foreign), Ok(g_ind), Ok(g_never)) = grants else {
+        t.broken("blkif grants", "grant table full");
+        return;
+    };
+    let end = v.sectors;
+    let seg = |g, f, l| BlkifRequestSegment::new(g, f, l);
+    let full = seg(g_good, 0, 7);
+    let mut full11 = [full; 11];
+    full11[10] = seg(g_never, 0, 7);
+    let mut id = 0x1000u64;
+    let mut next_id = || {
+        id += 1;
+        id
+    };
+    let mut attacks: Vec<(&str, BlkifRequest)> = alloc::vec![
+        (
+            "read of 0 segments",
+            request(next_id(), BLKIF_OP_READ, 0, &[], 0)
+        ),
+        (
+            "write of 0 segments",
+            request(next_id(), BLKIF_OP_WRITE, 0, &[], 0)
+        ),
+        (
+            "read of 12 segments",
+            request(next_id(), BLKIF_OP_READ, 0, &[full; 11], 12)
+        ),
+        (
+            "read of 255 segments",
+            request(next_id(), BLKIF_OP_READ, 0, &[full; 11], 255)
+        ),
+        (
+            "read with first_sect > last_sect",
+            request(next_id(), BLKIF_OP_READ, 0, &[seg(g_good, 5, 2)], 1)
+        ),
+        (
+            "read with last_sect 8",
+            request(next_id(), BLKIF_OP_READ, 0, &[seg(g_good, 0, 8)], 1)
+        ),
+        (
+            "write with first and last_sect 255",
+            request(next_id(), BLKIF_OP_WRITE, 0, &[seg(g_good, 255, 255)], 1)
+        ),
+        (
+            "read at the last sector + 1",
+            request(next_id(), BLKIF_OP_READ, end, &[seg(g_good, 0, 0)], 1)
+        ),
+        (
+            "read across the end",
+            request(next_id(), BLKIF_OP_READ, end - 1, &[seg(g_good, 0, 1)], 1)
+        ),
+        (
+            "write at sector 2^64 - 1 (wraps)",
+            request(next_id(), BLKIF_OP_WRITE, u64::MAX, &[full], 1)
+        ),
+        (
+            "read into a reference never granted",
+            request(next_id(), BLKIF_OP_READ, 0, &[seg(g_never, 0, 7)], 1)
+        ),
+        (
+            "write from a reference never granted",
+            request(next_id(), BLKIF_OP_WRITE, 0, &[seg(g_never, 0, 7)], 1)
+        ),
+        (
+            "read into a reference beyond the table",
+            request(next_id(), BLKIF_OP_READ, 0, &[seg(1 << 30, 0, 7)], 1)
+        ),
+        (
+            "read into a read-only grant",
+            request(next_id(), BLKIF_OP_READ, 0, &[seg(g_ro, 0, 7)], 1)
+        ),
+        (
+            "read into a grant for another domain",
+            request(next_id(), BLKIF_OP_READ, 0, &[seg(g_foreign, 0, 7)], 1)
+        ),
+        (
+            "write whose 11th segment was never granted",
+            request(next_id(), BLKIF_OP_WRITE, 0, &full11, 11)
+        ),
+        (
+            "unknown operation 99",
+            request(next_id(), 99, 0, &[full], 1)
+        ),
+        (
+            "reserved operation 4",
+            request(next_id(), BLKIF_OP_RESERVED_1, 0, &[full], 1)
+        ),
+        (
+            "discard (not offered)",
+            request(next_id(), BLKIF_OP_DISCARD, 0, &[], 0)
+        ),
+    ];
+    if v.flush {
+        attacks.push((
+            "flush with 3 segments",
+            request(next_id(), BLKIF_OP_FLUSH_DISKCACHE, 0, &[full; 3], 3),
+        ));
+    }
+    // Indirect requests: bad counts, a bad operation, a page never granted, a page
+    // whose descriptors are bad.
+    let ind_req = |id, op, nr: u16, page| {
+        let mut r = BlkifRequestIndirect {
+            operation: BLKIF_OP_INDIRECT,
+            indirect_op: op,
+            nr_segments: nr,
+            id,
+            sector_number: 0,
+            handle: 0,
+            ..BlkifRequestIndirect::default()
+        };
+        r.indirect_grefs[0] = page;
+        BlkifRequest::from_indirect(&r)
+    };
+    let bad_descs = [seg(g_never, 0, 7), seg(g_good, 7, 0), seg(g_ro, 0, 7)];
+    for (i, s) in bad_descs.iter().enumerate() {
+        ind.write_bytes(i * 8, &s.to_bytes());
+    }
+    attacks.extend([
+        (
+            "indirect of 0 segments",
+            ind_req(next_id(), BLKIF_OP_READ, 0, g_ind),
+        ),
+        (
+            "indirect of 60000 segments",
+            ind_req(next_id(), BLKIF_OP_READ, 60000, g_ind),
+        ),
+        (
+            "indirect with operation 99",
+            ind_req(next_id(), 99, 1, g_ind),
+        ),
+        (
+            "indirect with a nested indirect operation",
+            ind_req(next_id(), BLKIF_OP_INDIRECT, 1, g_ind),
+        ),
+        (
+            "indirect whose page was never granted",
+            ind_req(next_id(), BLKIF_OP_READ, 1, g_never),
+        ),
+        (
+            "indirect whose page is beyond the table",
+            ind_req(next_id(), BLKIF_OP_READ, 1, 1 << 30),
+        ),
+        (
+            "indirect read into a reference never granted",
+            ind_req(next_id(), BLKIF_OP_READ, 1, g_ind),
+        ),
+        (
+            "indirect read of 3 bad descriptors",
+            ind_req(next_id(), BLKIF_OP_READ, 3, g_ind),
+        ),
+    ]);
+    if !v.indirect {
+        kprintln!("hostile: blkif: the backend offers no indirect segments");
+    }
+    let good_read = |id| request(id, BLKIF_OP_READ, 0, &[full], 1);
+    for (i, (what, req)) in attacks.iter().enumerate() {
+        match v.exchange(req) {
+            Ok(status) => t.check(
+                c,
+                what,
+                status != BLKIF_RSP_OKAY,
+                format_args!("status {status}"),
+            ),
+            Err(e) => t.check(c, what, false, e),
+        }
+        // Every few attacks, a good request: the ring still works.
+        if i % 8 == 7 {
+            match v.exchange(&good_read(next_id())) {
+                Ok(BLKIF_RSP_OKAY) => {}
+                Ok(s) => t.broken("a good read between attacks", format_args!("status {s}")),
+                Err(e) => t.broken("a good read between attacks", e),
+            }
+        }
+    }
+    let mut check = [0u8; 4096];
+    for (name, page) in [("read-only", &ro), ("foreign", &foreign)] {
+        page.read_bytes(0, &mut check);
+        let changed = check.iter().filter(|&&b| b != CANARY).count();
+        t.check(
+            c,
+            &format!("the {name} page's canary"),
+            changed == 0,
+            format_args!("{changed} bytes changed"),
+        );
+    }
+    match v.exchange(&good_read(next_id())) {
+        Ok(BLKIF_RSP_OKAY) => kprintln!("hostile: blkif: the ring still serves good requests"),
+        Ok(s) => t.broken("a good read after the attacks", format_args!("status {s}")),
+        Err(e) => t.broken("a good read after the attacks", e),
+    }
+    let _ = good;
+
+    // Last: a producer index far ahead of the consumer. The backend must drop the ring
+    // and close the device (and the guest must survive it).
+    let prod = v.ring.req_prod_pvt();
+    v.ring
+        .memory()
+        .store_u32(0, prod.wrapping_add(5000), Ordering::Release);
+    v.env.notify(v.port);
+    let closed = {
+        let mut guard = x.store.lock();
+        match guard.as_mut() {
+            Some(xs) => v
+                .dev
+                .wait_for_backend(
+                    xs,
+                    |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
+                    64,
+                )
+                .map_err(|e| format!("{e}")),
+            None => Err("no xenstore".into()),
+        }
+    };
+    t.check(
+        c,
+        "request producer 5000 ahead",
+        closed.is_ok(),
+        format_args!("{closed:?}"),
+    );
+    if let Some(xs) = x.store.lock().as_mut() {
+        let _ = v.dev.switch_state(xs, XenbusState::Closed);
+    }
+    v.env.close_port(v.port);
+}
