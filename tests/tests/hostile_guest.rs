@@ -1,0 +1,166 @@
+//! A hostile guest (#16): the real guest with `selftest=hostile` attacks host-shim from
+//! inside (hypercall and event-channel garbage, xenstore abuse, a raw blkif ring of
+//! malformed requests against the first disk), then runs the block workload on the
+//! second disk. The shim must refuse every attack, count it, neither panic nor hang,
+//! leave the attacked image as it was and still serve the well-behaved disk. Skips
+//! loudly where /dev/kvm is absent.
+
+use system_tests::{ScratchImage, expect_image, guest_image, kvm_available, run_shim, stats_json};
+
+/// The attacked disk's size, and the well-behaved disk's pattern region.
+const DISK: u64 = 4 << 20;
+const REGION: usize = 256 << 10;
+const SEED: u64 = 5;
+
+/// The raw blkif attacks of `guest-kernel/src/kernel/hostile.rs`, by blkback's error
+/// kind (`--stats` `backends.vbd-51712.errors`).
+const BLKIF_ERRORS: [(&str, u64); 7] = [
+    // 0, 12 and 255 data segments; a flush with segments; indirect of 0 and 60000.
+    ("segment_count", 7),
+    // first_sect > last_sect, last_sect 8, 255/255, a bad indirect descriptor.
+    ("segment_range", 4),
+    // The sector after the end, across the end, a wrapping sector.
+    ("out_of_range", 3),
+    // Never granted (read, write, 11th segment, indirect page, indirect descriptor),
+    // beyond the table (data, indirect page), read-only for a read, another domain's.
+    ("grant", 9),
+    // Operation 99, reserved 4, discard, indirect of operation 99 and of indirect.
+    ("unsupported_op", 5),
+    // The request producer 5000 ahead of the consumer.
+    ("ring", 1),
+    ("read_only", 0),
+];
+
+/// xenstored error replies the xenstore attacks must at least have caused (normal
+/// operation adds a few ENOENT and EACCES of its own).
+const XENSTORE_ERRORS: [(&str, u64); 6] = [
+    // Writes, mkdirs, rms and set_perms outside the domain; privileged wire types.
+    ("EACCES", 27),
+    // Unterminated, empty, malformed and overlong paths; garbage perms; bad domid.
+    ("EINVAL", 8),
+    // The watch and transaction floods; an oversized value.
+    ("ENOSPC", 3),
+    // Unknown type 999, a WATCH_EVENT and an ERROR from the guest.
+    ("ENOSYS", 3),
+    // Giving a node away to a missing domain; an unknown transaction twice.
+    ("ENOENT", 3),
+    // Giving our node to domain 0.
+    ("EPERM", 1),
+];
+
+fn counter(v: &serde_json::Value, what: &str) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("counter {what} missing or not a number: {v}"))
+}
+
+#[test]
+fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works() {
+    if !kvm_available("hostile_guest::a_hostile_guest_is_refused_everywhere") {
+        return;
+    }
+    // The attacked disk holds a pattern that must survive every write attack.
+    let attacked = ScratchImage::new("hostile-attacked", DISK);
+    attacked.write_pattern(9, 0, DISK as usize);
+    let good = ScratchImage::new("hostile-good", DISK);
+    let cmdline = format!(
+        "selftest=hostile blk.device=xen:51728 blk.workload=write-pattern,verify-pattern \
+         blk.size={REGION} blk.seed={SEED}"
+    );
+    let run = run_shim(
+        guest_image(),
+        &cmdline,
+        &[
+            "--timeout",
+            "60",
+            "--stats",
+            "--disk",
+            attacked.path(),
+            "--disk",
+            good.path(),
+        ],
+    );
+    let all = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(run.code(), Some(0), "the guest or the shim failed\n{all}");
+    assert!(
+        !run.stderr.contains("panicked") && !run.stdout.contains("PANIC"),
+        "a panic\n{all}"
+    );
+
+    // The guest's verdict: every attack refused, the good disk passed.
+    let summary = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("hostile: ") && l.contains(" unexpected; "))
+        .unwrap_or_else(|| panic!("no summary line\n{all}"));
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let attacks: u64 = words[1].parse().expect("attack count");
+    let refused: u64 = words[3].parse().expect("refused count");
+    assert!(attacks >= 200, "{summary}");
+    assert_eq!(attacks, refused, "{summary}");
+    assert!(
+        summary.ends_with("0 unexpected; well-behaved disk: PASS"),
+        "{summary}\n{all}"
+    );
+    for cat in ["hypercall", "evtchn", "xenstore", "blkif"] {
+        assert!(
+            run.stdout.lines().any(|l| {
+                l.strip_prefix(&format!("hostile: {cat}: "))
+                    .and_then(|r| r.split_once(" attacks, "))
+                    .is_some_and(|(a, r)| a != "0" && r == format!("{a} refused"))
+            }),
+            "no clean {cat} line\n{all}"
+        );
+    }
+    run.assert_line("blk: PASS");
+
+    // The shim counted what it refused.
+    let v = stats_json(&run.stderr);
+    let st = &v["stats"];
+    let bad = &st["backends"]["vbd-51712"]["errors"];
+    for (kind, n) in BLKIF_ERRORS {
+        assert_eq!(counter(&bad[kind], kind), n, "blkback {kind}: {bad}");
+    }
+    assert_eq!(counter(&bad["io"], "io"), 0, "{bad}");
+    let fine = &st["backends"]["vbd-51728"];
+    let errors = fine["errors"].as_object().expect("good disk's errors");
+    assert!(
+        errors.values().all(|e| e.as_u64() == Some(0)),
+        "the well-behaved disk had errors: {fine}"
+    );
+    assert_eq!(
+        counter(&fine["bytes_written"], "bytes_written"),
+        REGION as u64
+    );
+    let xs = &st["xen"]["xenstore"];
+    assert_eq!(
+        counter(&xs["protocol_errors"], "protocol_errors"),
+        1,
+        "the oversized header: {xs}"
+    );
+    for (name, n) in XENSTORE_ERRORS {
+        let got = xs["errors"][name].as_u64().unwrap_or(0);
+        assert!(got >= n, "xenstored {name}: {got} < {n}: {xs}");
+    }
+    assert!(
+        counter(&st["xen"]["hypercall_errors"], "hypercall_errors") >= 120,
+        "{}",
+        st["xen"]
+    );
+    assert!(
+        counter(&st["xen"]["grant_refusals"], "grant_refusals") >= 9,
+        "{}",
+        st["xen"]
+    );
+    assert_eq!(counter(&st["xen"]["grant_maps"], "grant_maps"), 0);
+
+    // No write attack reached the attacked image; the good disk has its pattern.
+    let mut want = vec![0u8; DISK as usize];
+    pv_drivers::pattern::fill(9, 0, &mut want);
+    if let Some(i) = attacked.read().iter().zip(&want).position(|(a, b)| a != b) {
+        panic!("the attacked image changed at byte {i}");
+    }
+    expect_image(&good, SEED, 0, REGION);
+}
