@@ -1,7 +1,8 @@
 //! A hostile guest (#16): the real guest with `selftest=hostile` attacks host-shim from
 //! inside (hypercall and event-channel garbage, xenstore abuse, a raw blkif ring of
-//! malformed requests against the first disk), then runs the block workload on the
-//! second disk. The shim must refuse every attack, count it, neither panic nor hang,
+//! malformed requests against the first disk; bad PRD tables, a transfer past the end
+//! and a register storm against an emulated IDE disk), then runs the block workload on
+//! the second disk. The shim must refuse every attack, count it, neither panic nor hang,
 //! leave the attacked image as it was and still serve the well-behaved disk. Skips
 //! loudly where /dev/kvm is absent.
 
@@ -30,6 +31,21 @@ const BLKIF_ERRORS: [(&str, u64); 7] = [
     ("ring", 1),
     ("read_only", 0),
 ];
+
+/// The IDE attacks of `guest-kernel/src/kernel/hostile/ide.rs`, by the IDE model's
+/// error kind (`--stats` `devices.ide.errors`).
+const IDE_ERRORS: [(&str, u64); 4] = [
+    // The table at 3 GiB and in the last page below 4 GiB.
+    ("prd_table_outside_ram", 2),
+    // A buffer at 3 GiB, one wrapping 4 GiB, a good entry then one at 3 GiB.
+    ("dma_buffer_outside_ram", 3),
+    // 512 entries of 2 bytes without an end for 4 KiB.
+    ("prd_table_short", 1),
+    // A transfer at LBA 0x0ffffff0.
+    ("lba_out_of_range", 1),
+];
+/// The pattern seed of the IDE image (`hostile::ide::IDE_SEED` in the guest).
+const IDE_SEED: u64 = 11;
 
 /// xenstored error replies the xenstore attacks must at least have caused (normal
 /// operation adds a few ENOENT and EACCES of its own).
@@ -62,6 +78,9 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
     let attacked = ScratchImage::new("hostile-attacked", DISK);
     attacked.write_pattern(9, 0, DISK as usize);
     let good = ScratchImage::new("hostile-good", DISK);
+    let ide = ScratchImage::new("hostile-ide", DISK);
+    ide.write_pattern(IDE_SEED, 0, DISK as usize);
+    let ide_disk = format!("{},if=ide", ide.path());
     let cmdline = format!(
         "selftest=hostile blk.device=xen:51728 blk.workload=write-pattern,verify-pattern \
          blk.size={REGION} blk.seed={SEED}"
@@ -77,6 +96,8 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
             attacked.path(),
             "--disk",
             good.path(),
+            "--disk",
+            &ide_disk,
         ],
     );
     let all = format!(
@@ -104,7 +125,7 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
         summary.ends_with("0 unexpected; well-behaved disk: PASS"),
         "{summary}\n{all}"
     );
-    for cat in ["hypercall", "evtchn", "xenstore", "blkif"] {
+    for cat in ["hypercall", "evtchn", "xenstore", "blkif", "ide"] {
         assert!(
             run.stdout.lines().any(|l| {
                 l.strip_prefix(&format!("hostile: {cat}: "))
@@ -134,6 +155,15 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
         counter(&fine["bytes_written"], "bytes_written"),
         REGION as u64
     );
+    let ide_errors = &st["devices"]["ide"]["errors"];
+    for (kind, n) in IDE_ERRORS {
+        assert_eq!(
+            counter(&ide_errors[kind], kind),
+            n,
+            "IDE {kind}: {ide_errors}"
+        );
+    }
+    run.assert_contains("hostile: ide: a good DMA read after the storm returns the disk's data");
     let xs = &st["xen"]["xenstore"];
     assert_eq!(
         counter(&xs["protocol_errors"], "protocol_errors"),
@@ -163,4 +193,9 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
         panic!("the attacked image changed at byte {i}");
     }
     expect_image(&good, SEED, 0, REGION);
+    let mut want = vec![0u8; DISK as usize];
+    pv_drivers::pattern::fill(IDE_SEED, 0, &mut want);
+    if let Some(i) = ide.read().iter().zip(&want).position(|(a, b)| a != b) {
+        panic!("the IDE image changed at byte {i}");
+    }
 }

@@ -82,6 +82,8 @@ use super::pv::{self, GuestEnv, Woken};
 use super::{block, memory, xen};
 use crate::kprintln;
 
+mod ide;
+
 /// Guest-virtual addresses no hypercall argument may reach: page 0 (unmapped after
 /// boot), far beyond the identity map, non-canonical, and one that wraps.
 const BAD_PTRS: [u64; 4] = [
@@ -108,9 +110,16 @@ enum Cat {
     Evtchn,
     Xenstore,
     Blkif,
+    Ide,
 }
 
-const CATS: [Cat; 4] = [Cat::Hypercall, Cat::Evtchn, Cat::Xenstore, Cat::Blkif];
+const CATS: [Cat; 5] = [
+    Cat::Hypercall,
+    Cat::Evtchn,
+    Cat::Xenstore,
+    Cat::Blkif,
+    Cat::Ide,
+];
 
 impl Cat {
     fn name(self) -> &'static str {
@@ -119,6 +128,7 @@ impl Cat {
             Cat::Evtchn => "evtchn",
             Cat::Xenstore => "xenstore",
             Cat::Blkif => "blkif",
+            Cat::Ide => "ide",
         }
     }
 }
@@ -126,8 +136,8 @@ impl Cat {
 /// Attacks made and refused, by category.
 #[derive(Default)]
 struct Tally {
-    attacks: [u32; 4],
-    refused: [u32; 4],
+    attacks: [u32; 5],
+    refused: [u32; 5],
     /// Attacks that were not refused, and set-up steps that failed.
     unexpected: u32,
 }
@@ -198,6 +208,7 @@ pub fn run(io: &IoOptions<'_>) -> bool {
     event_channels(x, &mut t);
     xenstore(x, &mut t);
     blkif(&mut t, io);
+    ide::attacks(&mut t);
     let disk = match &io.blk {
         Some(b) => block::run(b, io.virtio),
         None => {
