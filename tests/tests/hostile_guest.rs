@@ -47,6 +47,24 @@ const IDE_ERRORS: [(&str, u64); 4] = [
 /// The pattern seed of the IDE image (`hostile::ide::IDE_SEED` in the guest).
 const IDE_SEED: u64 = 11;
 
+/// The virtio-blk attacks of `guest-kernel/src/kernel/hostile/virtio.rs`, by the
+/// device's counters (`--stats` `devices.virtio-blk-0`).
+const VIRTIO_COUNTS: [(&str, &str, u64); 4] = [
+    // Activation with the descriptor table at 3 GiB, the available ring wrapping the
+    // address space, the used ring at 2^52.
+    ("transport", "bad_activations", 3),
+    // Data, status, header or indirect table outside RAM or wrapping; a 1-byte header;
+    // `next` beyond the queue.
+    ("device", "bad_chains", 6),
+    // A read past the end; 4 GiB of data; the loop (walked to the queue's size, then
+    // not whole sectors).
+    ("device", "io_errors", 3),
+    // Request type 99.
+    ("device", "unsupported", 1),
+];
+/// The pattern seed of the virtio image (`hostile::virtio::VIRTIO_SEED` in the guest).
+const VIRTIO_SEED: u64 = 13;
+
 /// xenstored error replies the xenstore attacks must at least have caused (normal
 /// operation adds a few ENOENT and EACCES of its own).
 const XENSTORE_ERRORS: [(&str, u64); 6] = [
@@ -81,6 +99,9 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
     let ide = ScratchImage::new("hostile-ide", DISK);
     ide.write_pattern(IDE_SEED, 0, DISK as usize);
     let ide_disk = format!("{},if=ide", ide.path());
+    let virtio = ScratchImage::new("hostile-virtio", DISK);
+    virtio.write_pattern(VIRTIO_SEED, 0, DISK as usize);
+    let virtio_disk = format!("{},if=virtio", virtio.path());
     let cmdline = format!(
         "selftest=hostile blk.device=xen:51728 blk.workload=write-pattern,verify-pattern \
          blk.size={REGION} blk.seed={SEED}"
@@ -98,6 +119,8 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
             good.path(),
             "--disk",
             &ide_disk,
+            "--disk",
+            &virtio_disk,
         ],
     );
     let all = format!(
@@ -125,7 +148,7 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
         summary.ends_with("0 unexpected; well-behaved disk: PASS"),
         "{summary}\n{all}"
     );
-    for cat in ["hypercall", "evtchn", "xenstore", "blkif", "ide"] {
+    for cat in ["hypercall", "evtchn", "xenstore", "blkif", "ide", "virtio"] {
         assert!(
             run.stdout.lines().any(|l| {
                 l.strip_prefix(&format!("hostile: {cat}: "))
@@ -164,6 +187,15 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
         );
     }
     run.assert_contains("hostile: ide: a good DMA read after the storm returns the disk's data");
+    let vblk = &st["devices"]["virtio-blk-0"];
+    for (part, name, n) in VIRTIO_COUNTS {
+        assert_eq!(
+            counter(&vblk[part][name], name),
+            n,
+            "virtio-blk {name}: {vblk}"
+        );
+    }
+    run.assert_contains("hostile: virtio: a good read after a reset returns the disk's data");
     let xs = &st["xen"]["xenstore"];
     assert_eq!(
         counter(&xs["protocol_errors"], "protocol_errors"),
@@ -197,5 +229,9 @@ fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works()
     pv_drivers::pattern::fill(IDE_SEED, 0, &mut want);
     if let Some(i) = ide.read().iter().zip(&want).position(|(a, b)| a != b) {
         panic!("the IDE image changed at byte {i}");
+    }
+    pv_drivers::pattern::fill(VIRTIO_SEED, 0, &mut want);
+    if let Some(i) = virtio.read().iter().zip(&want).position(|(a, b)| a != b) {
+        panic!("the virtio image changed at byte {i}");
     }
 }

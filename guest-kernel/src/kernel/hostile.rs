@@ -83,6 +83,7 @@ use super::{block, memory, xen};
 use crate::kprintln;
 
 mod ide;
+mod virtio;
 
 /// Guest-virtual addresses no hypercall argument may reach: page 0 (unmapped after
 /// boot), far beyond the identity map, non-canonical, and one that wraps.
@@ -111,14 +112,16 @@ enum Cat {
     Xenstore,
     Blkif,
     Ide,
+    Virtio,
 }
 
-const CATS: [Cat; 5] = [
+const CATS: [Cat; 6] = [
     Cat::Hypercall,
     Cat::Evtchn,
     Cat::Xenstore,
     Cat::Blkif,
     Cat::Ide,
+    Cat::Virtio,
 ];
 
 impl Cat {
@@ -129,6 +132,7 @@ impl Cat {
             Cat::Xenstore => "xenstore",
             Cat::Blkif => "blkif",
             Cat::Ide => "ide",
+            Cat::Virtio => "virtio",
         }
     }
 }
@@ -136,8 +140,8 @@ impl Cat {
 /// Attacks made and refused, by category.
 #[derive(Default)]
 struct Tally {
-    attacks: [u32; 5],
-    refused: [u32; 5],
+    attacks: [u32; 6],
+    refused: [u32; 6],
     /// Attacks that were not refused, and set-up steps that failed.
     unexpected: u32,
 }
@@ -209,6 +213,7 @@ pub fn run(io: &IoOptions<'_>) -> bool {
     xenstore(x, &mut t);
     blkif(&mut t, io);
     ide::attacks(&mut t);
+    virtio::attacks(&mut t);
     let disk = match &io.blk {
         Some(b) => block::run(b, io.virtio),
         None => {
