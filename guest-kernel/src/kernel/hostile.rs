@@ -1023,8 +1023,43 @@ fn xenstore(x: &xen::Xen, t: &mut Tally) {
     for tx in txs {
         let _ = xs.transaction_end(tx, false);
     }
+    // More permission entries than a node may carry.
+    let mut crowded = Permissions::new(me, Access::Read);
+    for d in 0..8 {
+        crowded = crowded.with(100 + d, Access::Read);
+    }
+    let r = xs.set_perms(TxId::NONE, "data/hostile/own", &crowded);
+    t.check(
+        c,
+        "set_perms with 9 entries",
+        refused(&r),
+        format_args!("{r:?}"),
+    );
+    // Node flood: nodes of our own until the quota refuses one (40 to a directory, so
+    // that the count, not one directory's size, is what runs out).
+    let mut nodes = 0u32;
+    let mut last = Ok(());
+    while nodes < 3000 {
+        let path = format!("data/hostile/n/{}/{}", nodes / 40, nodes % 40);
+        match xs.write(TxId::NONE, &path, b"") {
+            Ok(()) => nodes += 1,
+            Err(e) => {
+                last = Err(e);
+                break;
+            }
+        }
+    }
+    t.check(
+        c,
+        "node flood",
+        refused(&last),
+        format_args!("{nodes} nodes, then {last:?}"),
+    );
+    if let Err(e) = xs.rm(TxId::NONE, "data/hostile/n") {
+        t.broken("removing the node flood", e);
+    }
     kprintln!(
-        "hostile: xenstore: quotas held at {} watches and {n} transactions",
+        "hostile: xenstore: quotas held at {} watches, {n} transactions, {nodes} nodes",
         tokens.len()
     );
 
