@@ -841,14 +841,13 @@ pub fn fuzz_blkfront(data: &[u8]) -> FrontRun {
                         },
                         4 => BlkifResponse::new(req.id, op, -1),
                         _ => {
-                            // Honest: a read gets its data in the granted segments
-                            // (direct requests; indirect ones are answered empty).
-                            if op == pv_drivers::abi::blkif::BLKIF_OP_READ
-                                && req.operation != pv_drivers::abi::blkif::BLKIF_OP_INDIRECT
-                            {
+                            // Honest: a read gets its data in the granted segments,
+                            // found in the request or in its indirect pages.
+                            if op == pv_drivers::abi::blkif::BLKIF_OP_READ {
                                 let fill = b.u8();
                                 fills.push(fill);
-                                for s in req.seg.iter().take(usize::from(req.nr_segments)) {
+                                let segs = request_segments(&backend, &req);
+                                for s in &segs {
                                     let len =
                                         usize::from(s.last_sect.saturating_sub(s.first_sect) + 1)
                                             * 512;
@@ -939,6 +938,39 @@ pub fn fuzz_blkfront(data: &[u8]) -> FrontRun {
     run.violations = dev.stats().violations;
     run.connected = dev.is_connected();
     run
+}
+
+/// The segments of a blkif request as a backend reads them: in the request, or in its
+/// indirect pages (fetched by grant copy; unreadable pages give none).
+fn request_segments(
+    backend: &impl crate::backends::BackendEnv,
+    req: &pv_drivers::abi::blkif::BlkifRequest,
+) -> Vec<BlkifRequestSegment> {
+    if req.operation != BLKIF_OP_INDIRECT {
+        let n = usize::from(req.nr_segments).min(req.seg.len());
+        return req.seg[..n].to_vec();
+    }
+    let ind = req.as_indirect();
+    let n = usize::from(ind.nr_segments);
+    let mut segs = Vec::with_capacity(n);
+    for (p, &gref) in ind
+        .indirect_grefs
+        .iter()
+        .enumerate()
+        .take(BlkifRequestIndirect::pages_for(ind.nr_segments))
+    {
+        let mut page = vec![0u8; PAGE_SIZE];
+        if backend.copy_from_grant(gref, 0, &mut page).is_err() {
+            break;
+        }
+        let here = (n - p * BLKIF_SEGMENTS_PER_INDIRECT_PAGE).min(BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
+        segs.extend(
+            page.chunks_exact(8)
+                .take(here)
+                .filter_map(BlkifRequestSegment::from_prefix),
+        );
+    }
+    segs
 }
 
 // ---- netfront against a lying backend ----------------------------------------------
