@@ -22,6 +22,7 @@
 //!   unknown operations, indirect requests with bad counts, bad operations and bad
 //!   pages; good requests in between show the ring still works; a producer index far
 //!   ahead of the consumer ends the connection (blkif.h: the backend closes it).
+//! - **ide**, **virtio**: the emulated disks, when present ([`ide`], [`virtio`]).
 //!
 //! Every attack must be refused (an error return, an error response, an `XS_ERROR`
 //! reply) without touching memory it was not granted (canary pages are checked); then
