@@ -347,8 +347,8 @@ fn read_lines(mut r: impl Read, tx: mpsc::Sender<Line>) -> Vec<String> {
     tail.into()
 }
 
-/// Reads everything from `r`, keeping the last 8 KiB.
-fn read_tail(mut r: impl Read) -> String {
+/// Reads everything from `r`, keeping the last 8 KiB (a child's stderr, for errors).
+pub(crate) fn read_tail(mut r: impl Read) -> String {
     let mut keep = Vec::new();
     let mut buf = [0u8; 8192];
     while let Ok(n) = r.read(&mut buf) {

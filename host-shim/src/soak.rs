@@ -29,7 +29,7 @@
 //! [`MIN_RATE`] per second; the child gets SIGKILL if this process dies.
 
 use std::fs;
-use std::io::{self, BufRead as _, BufReader, Read, Write};
+use std::io::{self, BufRead as _, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -639,22 +639,10 @@ impl Shim {
                 }
             });
         }
-        let stderr = child.stderr.take().map(|mut e| {
-            thread::spawn(move || {
-                let mut keep = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = e.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    keep.extend_from_slice(&buf[..n]);
-                    if keep.len() > 4096 {
-                        keep.drain(..keep.len() - 4096);
-                    }
-                }
-                String::from_utf8_lossy(&keep).into_owned()
-            })
-        });
+        let stderr = child
+            .stderr
+            .take()
+            .map(|e| thread::spawn(move || crate::crashtest::read_tail(e)));
         Ok(Self {
             child,
             lines,

@@ -7,10 +7,10 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{hello_kernel, kvm_usable};
+use common::{guest_kernel, hello_kernel, kvm_usable, scratch_dir};
 
 struct Run {
     status: i32,
@@ -31,16 +31,6 @@ fn crashtest(args: &[&str]) -> Run {
     }
 }
 
-/// A directory private to `test`, empty.
-fn scratch(test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("host-shim-crashtest")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
 /// An executable shell script at `dir/name`.
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
@@ -56,39 +46,13 @@ fn kernel(dir: &Path) -> String {
     path.to_str().expect("utf-8 path").to_owned()
 }
 
-/// Builds the guest image as scripts/run.sh does, into this workspace's target
-/// directory (the one holding this test's host-shim binary).
-fn guest_kernel() -> PathBuf {
-    let target = Path::new(env!("CARGO_BIN_EXE_host-shim"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("the binary lies in <target>/<profile>/")
-        .to_path_buf();
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "guest-kernel",
-            "--target",
-            "x86_64-unknown-none",
-        ])
-        .status()
-        .expect("run cargo to build the guest");
-    assert!(status.success(), "building the guest failed: {status}");
-    target.join("x86_64-unknown-none/release/guest-kernel")
-}
-
 #[test]
 fn every_path_keeps_what_it_flushed_through_two_kills() {
     if !kvm_usable("crashtest on every path") {
         return;
     }
     let kernel = guest_kernel();
-    let dir = scratch("real");
+    let dir = scratch_dir("host-shim-crashtest", "real");
     let run = crashtest(&[
         "--kernel",
         kernel.to_str().expect("utf-8 path"),
@@ -138,7 +102,7 @@ fn every_path_keeps_what_it_flushed_through_two_kills() {
 
 #[test]
 fn a_shim_that_acknowledges_flushes_it_never_made_is_caught() {
-    let dir = scratch("lying");
+    let dir = scratch_dir("host-shim-crashtest", "lying");
     let kernel = kernel(&dir);
     // Six lines claiming all of generation 1 durable, then nothing written.
     let shim = script(
@@ -181,7 +145,7 @@ fn a_shim_that_acknowledges_flushes_it_never_made_is_caught() {
 
 #[test]
 fn a_shim_that_dies_or_stays_silent_is_an_error_not_a_hang() {
-    let dir = scratch("failing");
+    let dir = scratch_dir("host-shim-crashtest", "failing");
     let kernel = kernel(&dir);
     let early = script(&dir, "early.sh", "echo booting\necho oops >&2\nexit 3");
     let silent = script(&dir, "silent.sh", "echo booting\nexec sleep 60");
@@ -223,7 +187,7 @@ fn a_shim_that_dies_or_stays_silent_is_an_error_not_a_hang() {
 
 #[test]
 fn bad_input_is_one_error_line_and_125() {
-    let dir = scratch("bad");
+    let dir = scratch_dir("host-shim-crashtest", "bad");
     let kernel = kernel(&dir);
     let not_elf = dir.join("not.elf");
     std::fs::write(&not_elf, b"hello").unwrap();

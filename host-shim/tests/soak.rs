@@ -7,10 +7,9 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{hello_kernel, kvm_usable};
+use common::{guest_kernel, hello_kernel, kvm_usable, scratch_dir};
 
 struct Run {
     status: i32,
@@ -31,16 +30,6 @@ fn soak(args: &[&str]) -> Run {
     }
 }
 
-/// A directory private to `test`, empty.
-fn scratch(test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("host-shim-soak")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
 /// Whether the soak's own checks refused this host (no namespace, no ping): prints
 /// the loud SKIPPED line then.
 fn refused_by_host(run: &Run, test: &str) -> bool {
@@ -57,39 +46,13 @@ fn refused_by_host(run: &Run, test: &str) -> bool {
     false
 }
 
-/// Builds the guest image as scripts/run.sh does, into this workspace's target
-/// directory (the one holding this test's host-shim binary).
-fn guest_kernel() -> PathBuf {
-    let target = Path::new(env!("CARGO_BIN_EXE_host-shim"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("the binary lies in <target>/<profile>/")
-        .to_path_buf();
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "guest-kernel",
-            "--target",
-            "x86_64-unknown-none",
-        ])
-        .status()
-        .expect("run cargo to build the guest");
-    assert!(status.success(), "building the guest failed: {status}");
-    target.join("x86_64-unknown-none/release/guest-kernel")
-}
-
 #[test]
 fn a_short_soak_reaches_its_counts_and_nothing_grows() {
     if !kvm_usable("short soak") {
         return;
     }
     let kernel = guest_kernel();
-    let dir = scratch("short");
+    let dir = scratch_dir("host-shim-soak", "short");
     let run = soak(&[
         "--kernel",
         kernel.to_str().expect("utf-8 path"),
@@ -138,7 +101,7 @@ fn a_short_soak_reaches_its_counts_and_nothing_grows() {
 
 #[test]
 fn a_shim_that_dies_at_once_is_a_clear_error() {
-    let dir = scratch("dies");
+    let dir = scratch_dir("host-shim-soak", "dies");
     let kernel = dir.join("hello.elf");
     std::fs::write(&kernel, hello_kernel("x", 0)).expect("write kernel");
     let fake = dir.join("fake-shim");
@@ -179,7 +142,7 @@ fn a_shim_that_dies_at_once_is_a_clear_error() {
 
 #[test]
 fn bad_input_is_one_error_line_and_125() {
-    let dir = scratch("bad");
+    let dir = scratch_dir("host-shim-soak", "bad");
     for args in [
         &["--kernel", "/nonexistent/k.elf", "--requests", "10"][..],
         &["--kernel", "k", "--requests", "0"][..],

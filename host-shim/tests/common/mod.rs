@@ -115,3 +115,41 @@ pub fn pvh_kernel(code: &[u8]) -> Vec<u8> {
 pub fn hello_kernel(text: &str, status: u8) -> Vec<u8> {
     Asm::new().print(text).exit(status).kernel()
 }
+
+/// A fresh scratch directory `<CARGO_TARGET_TMPDIR>/<suite>/<test>` (removed first if a
+/// run left it behind).
+pub fn scratch_dir(suite: &str, test: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(suite)
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Builds the guest image as scripts/run.sh does, into this workspace's target
+/// directory (the one holding this test's host-shim binary), and returns its path.
+pub fn guest_kernel() -> std::path::PathBuf {
+    let target = std::path::Path::new(env!("CARGO_BIN_EXE_host-shim"))
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the binary lies in <target>/<profile>/")
+        .to_path_buf();
+    let status =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "guest-kernel",
+                "--target",
+                "x86_64-unknown-none",
+            ])
+            .status()
+            .expect("run cargo to build the guest");
+    assert!(status.success(), "building the guest failed: {status}");
+    target.join("x86_64-unknown-none/release/guest-kernel")
+}
