@@ -11,7 +11,7 @@
 #   --out FILE    also write the table (markdown) to FILE
 #   --keep        afterwards, replace host-shim/fuzz/seeds/TARGET by the smallest set of
 #                 its inputs that keeps the coverage of seeds and corpus together
-#                 (libFuzzer's -merge=1), to commit
+#                 (libFuzzer's -set_cover_merge=1), to commit
 #
 # The corpus of each target grows in host-shim/fuzz/corpus/TARGET (not in git); the
 # inputs worth keeping go to host-shim/fuzz/seeds/TARGET (in git), which every run starts
@@ -103,7 +103,7 @@ for t in "${list[@]}"; do
         rm -rf "fuzz/seeds/$t.new"
         mkdir -p "fuzz/seeds/$t.new"
         cargo +nightly fuzz run "$t" "fuzz/seeds/$t.new" "${seeds[@]}" "fuzz/corpus/$t" -- \
-            -merge=1 >"$logs/$t.merge" 2>&1 || {
+            -set_cover_merge=1 >"$logs/$t.merge" 2>&1 || {
             tail -5 "$logs/$t.merge" >&2
             die "$t: merging the corpus into fuzz/seeds/$t failed"
         }
