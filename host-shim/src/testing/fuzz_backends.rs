@@ -105,6 +105,13 @@ impl Pages {
         let extra = page(0x22, Some((0, true)));
         let (gone, _) = page(0x33, Some((0, false)));
         front.end_grant(gone).expect("end grant");
+        // The freed reference goes to the next grant: make that one to another domain
+        // (revoked from domain 0 and reused elsewhere, as a guest does), so that a
+        // later ring or buffer grant cannot take the number and the attacks that name
+        // it stay attacks.
+        let (pfn, win) = front.alloc_pages(1).expect("page");
+        win.write_bytes(0, &[CANARY; PAGE_SIZE]);
+        let _regranted = front.grant(7, pfn, true).expect("grant");
         Self {
             front,
             good,
