@@ -116,6 +116,9 @@ pub enum BusError {
         /// Base of the device already there.
         other: u64,
     },
+    /// The bus no longer exists (its machine is being dropped).
+    #[error("the bus is gone (its machine is being dropped)")]
+    Gone,
 }
 
 struct Entry {

@@ -63,7 +63,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use hw_devices::pci::{BAR_COUNT, CONFIG_ENABLE, bar, bar_offset, command, config_address, reg};
 use serde::Serialize;
@@ -295,7 +295,10 @@ pub trait Doorbells: Send + Sync {
 pub struct PciHost {
     address: u32,
     doorbells: Option<Arc<dyn Doorbells>>,
-    pio: Arc<Bus>,
+    /// Weak: the port bus holds this host (its configuration ports), and a strong
+    /// reference back would keep both, with every device and the guest memory they
+    /// hold, alive after the machine is dropped (LeakSanitizer found the cycle).
+    pio: Weak<Bus>,
     mmio: Arc<Bus>,
     functions: BTreeMap<PciAddr, Function>,
     reserved: Vec<(BarKind, u64, u64)>,
@@ -319,7 +322,7 @@ impl PciBus {
         let host = Arc::new(Mutex::new(PciHost {
             address: 0,
             doorbells: None,
-            pio: pio.clone(),
+            pio: Arc::downgrade(&pio),
             mmio,
             functions: BTreeMap::new(),
             reserved: Vec::new(),
@@ -608,11 +611,14 @@ impl PciHost {
             } else {
                 let dev: SharedDevice =
                     Arc::new(Mutex::new(BarRegion::new(device.clone(), region)));
-                self.bus(kind).insert_named(base, len, name.clone(), dev)
+                self.bus(kind)
+                    .and_then(|bus| bus.insert_named(base, len, name.clone(), dev))
             };
             if let Err(source) = result {
                 for (kind, base) in done {
-                    self.bus(kind).remove(base);
+                    if let Ok(bus) = self.bus(kind) {
+                        bus.remove(base);
+                    }
                 }
                 return Err(PciError::Legacy {
                     name: name.to_string(),
@@ -624,10 +630,10 @@ impl PciHost {
         Ok(())
     }
 
-    fn bus(&self, kind: BarKind) -> &Bus {
+    fn bus(&self, kind: BarKind) -> Result<Arc<Bus>, BusError> {
         match kind {
-            BarKind::Io => &self.pio,
-            BarKind::Memory32 => &self.mmio,
+            BarKind::Io => self.pio.upgrade().ok_or(BusError::Gone),
+            BarKind::Memory32 => Ok(self.mmio.clone()),
         }
     }
 
@@ -680,7 +686,7 @@ impl PciHost {
             for (state, want) in f.bars.iter_mut().zip(want) {
                 if let Some(old) = state.on_bus.filter(|&old| Some(old) != want) {
                     match old.kind {
-                        BarKind::Io => self.pio.remove(old.base),
+                        BarKind::Io => self.pio.upgrade().and_then(|pio| pio.remove(old.base)),
                         BarKind::Memory32 => self.mmio.remove(old.base),
                     };
                     state.on_bus = None;
@@ -706,7 +712,7 @@ impl PciHost {
                     let dev: SharedDevice =
                         Arc::new(Mutex::new(BarRegion::new(f.device.clone(), index)));
                     self.bus(b.kind)
-                        .insert_named(b.base, b.size, f.name.clone(), dev)
+                        .and_then(|bus| bus.insert_named(b.base, b.size, f.name.clone(), dev))
                         .is_ok()
                 };
                 let Some(f) = self.functions.get_mut(&addr) else {
