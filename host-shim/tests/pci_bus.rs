@@ -757,5 +757,8 @@ fn dropping_the_machine_frees_the_bus_and_its_devices() {
     assert!(Arc::strong_count(&dev) > 1);
     drop(rig);
     assert_eq!(Arc::strong_count(&dev), 1, "a device outlived its machine");
-    assert!(host.upgrade().is_none(), "the port bus outlived its machine");
+    assert!(
+        host.upgrade().is_none(),
+        "the port bus outlived its machine"
+    );
 }
