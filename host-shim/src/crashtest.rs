@@ -347,6 +347,22 @@ fn read_lines(mut r: impl Read, tx: mpsc::Sender<Line>) -> Vec<String> {
     tail.into()
 }
 
+/// Has the child `cmd` starts get SIGKILL when the thread that starts it dies
+/// (`PR_SET_PDEATHSIG`): a shim left behind by a crashed or killed command must not run
+/// on alone.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only makes one
+    // async-signal-safe system call; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Reads everything from `r`, keeping the last 8 KiB (a child's stderr, for errors).
 pub(crate) fn read_tail(mut r: impl Read) -> String {
     let mut keep = Vec::new();
@@ -436,17 +452,7 @@ fn round(opts: &Options, path: CrashPath, r: u32, image: &Path) -> Result<RoundR
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the child between fork and exec and only makes one
-    // async-signal-safe system call; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            // If this process dies, the child must not write on alone.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     let started = Instant::now();
     let mut child = cmd
         .spawn()

@@ -1256,20 +1256,26 @@ mod tests {
         eprintln!("blkback: {blk:?}\nnetback: {net:?}");
     }
 
-    /// Seeded inputs against blkfront: the lying backend must get past the handshake,
-    /// be answered honestly and caught lying, or the target explores nothing.
-    #[test]
-    fn seeded_lying_backends_reach_blkfront() {
-        let mut rng = Rng(0x11e5);
+    /// 300 seeded inputs through a lying-backend body, the runs added up.
+    fn seeded_front(body: fn(&[u8]) -> FrontRun, seed: u64) -> FrontRun {
+        let mut rng = Rng(seed);
         let mut sum = FrontRun::default();
         for _ in 0..300 {
-            let r = fuzz_blkfront(&rng.bytes(600));
+            let r = body(&rng.bytes(600));
             sum.submitted += r.submitted;
             sum.completed += r.completed;
             sum.honest += r.honest;
             sum.lies += r.lies;
             sum.violations += r.violations;
         }
+        sum
+    }
+
+    /// Seeded inputs against blkfront: the lying backend must get past the handshake,
+    /// be answered honestly and caught lying, or the target explores nothing.
+    #[test]
+    fn seeded_lying_backends_reach_blkfront() {
+        let sum = seeded_front(fuzz_blkfront, 0x11e5);
         eprintln!("blkfront: {sum:?}");
         assert!(sum.submitted > 500 && sum.completed > 300, "{sum:?}");
         assert!(
@@ -1281,16 +1287,7 @@ mod tests {
     /// Seeded inputs against netfront, as for blkfront.
     #[test]
     fn seeded_lying_backends_reach_netfront() {
-        let mut rng = Rng(0x7e7f);
-        let mut sum = FrontRun::default();
-        for _ in 0..300 {
-            let r = fuzz_netfront(&rng.bytes(600));
-            sum.submitted += r.submitted;
-            sum.completed += r.completed;
-            sum.honest += r.honest;
-            sum.lies += r.lies;
-            sum.violations += r.violations;
-        }
+        let sum = seeded_front(fuzz_netfront, 0x7e7f);
         eprintln!("netfront: {sum:?}");
         assert!(sum.submitted > 500 && sum.completed > 100, "{sum:?}");
         assert!(
