@@ -21,6 +21,7 @@ pub mod frontend;
 pub mod grant;
 pub mod hypercall;
 pub mod netfront;
+pub mod netprobe;
 pub mod pattern;
 pub mod pvclock;
 pub mod ring;

@@ -23,10 +23,15 @@
 //!   pages; good requests in between show the ring still works; a producer index far
 //!   ahead of the consumer ends the connection (blkif.h: the backend closes it).
 //! - **ide**, **virtio**: the emulated disks, when present ([`ide`], [`virtio`]).
+//! - **e1000**, **virtio-net**: the emulated NICs, when present ([`e1000`],
+//!   [`virtio_net`]): rings and buffers outside RAM, absurd ring lengths and indices,
+//!   malformed chains and headers, a register storm; frames to receive are asked of the
+//!   host test's peer on the NIC's TAP, which also says whether any attack frame
+//!   reached the wire ([`peer`], `pv_drivers::netprobe`).
 //!
 //! Every attack must be refused (an error return, an error response, an `XS_ERROR`
-//! reply) without touching memory it was not granted (canary pages are checked); then
-//! the block workload of the command line runs on the well-behaved disk
+//! reply, a dropped frame) without touching memory it was not granted (canary pages are
+//! checked); then the block workload of the command line runs on the well-behaved disk
 //! (`blk.device=`). The summary line is
 //! `hostile: N attacks, N refused, N unexpected; well-behaved disk: PASS`; the mode
 //! passes only if nothing was unexpected and the disk passed.
@@ -83,8 +88,11 @@ use super::pv::{self, GuestEnv, Woken};
 use super::{block, memory, xen};
 use crate::kprintln;
 
+mod e1000;
 mod ide;
+mod peer;
 mod virtio;
+mod virtio_net;
 
 /// Guest-virtual addresses no hypercall argument may reach: page 0 (unmapped after
 /// boot), far beyond the identity map, non-canonical, and one that wraps.
@@ -114,15 +122,19 @@ enum Cat {
     Blkif,
     Ide,
     Virtio,
+    E1000,
+    VirtioNet,
 }
 
-const CATS: [Cat; 6] = [
+const CATS: [Cat; 8] = [
     Cat::Hypercall,
     Cat::Evtchn,
     Cat::Xenstore,
     Cat::Blkif,
     Cat::Ide,
     Cat::Virtio,
+    Cat::E1000,
+    Cat::VirtioNet,
 ];
 
 impl Cat {
@@ -134,6 +146,8 @@ impl Cat {
             Cat::Blkif => "blkif",
             Cat::Ide => "ide",
             Cat::Virtio => "virtio",
+            Cat::E1000 => "e1000",
+            Cat::VirtioNet => "virtio-net",
         }
     }
 }
@@ -141,8 +155,8 @@ impl Cat {
 /// Attacks made and refused, by category.
 #[derive(Default)]
 struct Tally {
-    attacks: [u32; 6],
-    refused: [u32; 6],
+    attacks: [u32; CATS.len()],
+    refused: [u32; CATS.len()],
     /// Attacks that were not refused, and set-up steps that failed.
     unexpected: u32,
 }
@@ -215,6 +229,8 @@ pub fn run(io: &IoOptions<'_>) -> bool {
     blkif(&mut t, io);
     ide::attacks(&mut t);
     virtio::attacks(&mut t);
+    e1000::attacks(&mut t);
+    virtio_net::attacks(&mut t);
     let disk = match &io.blk {
         Some(b) => block::run(b, io.virtio),
         None => {

@@ -36,6 +36,15 @@
 //!   memory (QEMU fetches one descriptor past the ring first); frames arriving while
 //!   the receiver is off, the link down or bus mastering disabled are dropped and
 //!   counted (QEMU holds them); no DMA at all without bus mastering.
+//! - DMA outside RAM fails (QEMU reads zeros and drops writes): a transmit descriptor
+//!   that cannot be fetched ends the walk; a frame with a fragment that cannot be read
+//!   is dropped. A received frame whose descriptor cannot be fetched is a missed
+//!   packet (MPC, RXO), as for a ring without room, so the driver can tell; one whose
+//!   buffer cannot be written comes back with RXE (data error) on its descriptors and
+//!   counts in RXERRC, not as a good frame.
+//! - A transmitted frame shorter than an Ethernet header, or one that asks for a
+//!   checksum at offsets outside it (a context descriptor's css/cso/cse), is dropped
+//!   and counted (QEMU sends the first, and the second without the checksum).
 //! - Transmit frames are limited to 16 KiB (QEMU: 64 KiB); TCP segmentation (TSE),
 //!   VLAN insertion/stripping/filtering, PHY loopback and the 1 s receive hold-off
 //!   after an RCTL write are not modelled (a TSE frame is dropped and counted).
@@ -60,7 +69,8 @@ use std::time::{Duration, Instant};
 
 use hw_devices::e1000::{
     self as hw, DESC_SIZE, RxDesc, TxContextDesc, TxDesc, ctrl, dtyp, eecd, eeprom, eerd, icr,
-    mdic, phy, popts, rah, rctl, reg, reg::stat, rx_status, status, tctl, tx_cmd, tx_status,
+    mdic, phy, popts, rah, rctl, reg, reg::stat, rx_errors, rx_status, status, tctl, tx_cmd,
+    tx_status,
 };
 use hw_devices::pci::class;
 use serde_json::json;
@@ -82,6 +92,8 @@ const MAX_RX_LONG: usize = hw::MAX_FRAME_HW - 4;
 const MAX_RX_SHORT: usize = 14 + 4 + 1500;
 /// Minimum Ethernet frame (no FCS): shorter frames are padded.
 const MIN_FRAME: usize = 60;
+/// An Ethernet header: a transmitted frame shorter than this has no destination.
+const ETH_HEADER: usize = 14;
 /// Frames the worker delivers per lock hold before letting a vCPU in.
 const RX_BATCH: usize = 64;
 /// QEMU's minimum mitigation interval, in ITR units (256 ns): 7813 interrupts/s.
@@ -274,11 +286,15 @@ struct Counters {
     drop_tx_oversize: u64,
     drop_tx_tso: u64,
     drop_tx_dma: u64,
+    drop_tx_runt: u64,
+    drop_tx_bad_checksum: u64,
+    drop_rx_buffer_dma: u64,
     err_dma_read: u64,
     err_dma_write: u64,
     err_bad_access: u64,
     err_unknown_register: u64,
     err_tx_bad_ring: u64,
+    err_tx_ring_dma: u64,
     err_tx_wrap: u64,
     err_tx_no_bus_master: u64,
     err_rx_null_desc: u64,
@@ -840,6 +856,7 @@ impl E1000 {
                 };
                 let mut b = [0u8; DESC_SIZE];
                 if !self.dma_read(at, &mut b) {
+                    self.c.err_tx_ring_dma += 1;
                     break;
                 }
                 let d = TxDesc::from_bytes(&b);
@@ -918,15 +935,19 @@ impl E1000 {
                 self.c.drop_tx_oversize += 1;
             } else if f.dma_failed {
                 self.c.drop_tx_dma += 1;
+            } else if f.data.len() < ETH_HEADER {
+                self.c.drop_tx_runt += 1;
             } else {
                 let c = self.ctx;
-                if f.sum_needed & popts::TXSM != 0 {
-                    put_checksum(&mut f.data, c.tucso, c.tucss, c.tucse);
+                let sums_fit = (f.sum_needed & popts::TXSM == 0
+                    || put_checksum(&mut f.data, c.tucso, c.tucss, c.tucse))
+                    && (f.sum_needed & popts::IXSM == 0
+                        || put_checksum(&mut f.data, c.ipcso, c.ipcss, c.ipcse));
+                if sums_fit {
+                    self.send(&f.data);
+                } else {
+                    self.c.drop_tx_bad_checksum += 1;
                 }
-                if f.sum_needed & popts::IXSM != 0 {
-                    put_checksum(&mut f.data, c.ipcso, c.ipcss, c.ipcse);
-                }
-                self.send(&f.data);
             }
             // Keep the allocation for the next frame.
             f.data.clear();
@@ -992,6 +1013,12 @@ impl E1000 {
     fn overrun(&mut self) {
         self.c.drop_rx_overrun += 1;
         self.inc(stat::RNBC);
+        self.missed();
+    }
+
+    /// A frame lost for want of a usable descriptor: a missed packet (MPC) and a
+    /// receiver overrun interrupt (RXO), what the driver sees of a ring without room.
+    fn missed(&mut self) {
         self.inc(stat::MPC);
         self.set_ics(icr::RXO);
     }
@@ -1066,8 +1093,7 @@ impl E1000 {
         if start >= count {
             // No usable ring: the guest sees a receiver overrun.
             self.c.drop_rx_bad_ring += 1;
-            self.inc(stat::MPC);
-            self.set_ics(icr::RXO);
+            self.missed();
             return RxOutcome::Dropped;
         }
         let fcs = if rctl & rctl::SECRC != 0 { 0 } else { 4 };
@@ -1083,14 +1109,19 @@ impl E1000 {
         let base = self.ring_base(reg::RDBAL, reg::RDBAH);
         let mut head = start;
         let mut offset = 0;
+        // RXE once a buffer could not be written: on that descriptor and the rest of
+        // the frame's, so the one with EOP says the frame is bad.
+        let mut frame_error = 0;
         loop {
             let Some(at) = Self::desc_address(base, head) else {
                 self.c.drop_rx_bad_ring += 1;
+                self.missed();
                 return RxOutcome::Dropped;
             };
             let mut b = [0u8; DESC_SIZE];
             if !self.dma_read(at, &mut b) {
                 self.c.drop_rx_dma += 1;
+                self.missed();
                 return RxOutcome::Dropped;
             }
             let mut d = RxDesc::from_bytes(&b);
@@ -1100,7 +1131,9 @@ impl E1000 {
             if d.addr != 0 {
                 if offset < size {
                     let n = (size - offset).min(bufsize);
-                    self.dma_write(d.addr, &frame[offset..offset + n]);
+                    if !self.dma_write(d.addr, &frame[offset..offset + n]) {
+                        frame_error = rx_errors::RXE;
+                    }
                 }
                 offset += desc_size;
                 d.length = desc_size as u16;
@@ -1112,6 +1145,7 @@ impl E1000 {
             } else {
                 self.c.err_rx_null_desc += 1;
             }
+            d.errors |= frame_error;
             // Everything but DD first, then DD: the driver reads DD, then the rest.
             let wb = d.to_bytes();
             self.dma_write(at + 8, &wb[8..]);
@@ -1126,6 +1160,13 @@ impl E1000 {
             if offset >= total {
                 break;
             }
+        }
+        if frame_error != 0 {
+            // The descriptors are the driver's again (DD): tell it to look.
+            self.c.drop_rx_buffer_dma += 1;
+            self.inc(stat::RXERRC);
+            self.set_ics(icr::RXT0);
+            return RxOutcome::Dropped;
         }
         self.c.rx_frames += 1;
         self.c.rx_bytes += size as u64;
@@ -1290,6 +1331,9 @@ impl E1000 {
                 "tx_oversize": c.drop_tx_oversize,
                 "tx_tso": c.drop_tx_tso,
                 "tx_dma": c.drop_tx_dma,
+                "tx_runt": c.drop_tx_runt,
+                "tx_bad_checksum": c.drop_tx_bad_checksum,
+                "rx_buffer_dma": c.drop_rx_buffer_dma,
             },
             "errors": {
                 "dma_read": c.err_dma_read,
@@ -1297,6 +1341,7 @@ impl E1000 {
                 "bad_access": c.err_bad_access,
                 "unknown_register": c.err_unknown_register,
                 "tx_bad_ring": c.err_tx_bad_ring,
+                "tx_ring_dma": c.err_tx_ring_dma,
                 "tx_wrap": c.err_tx_wrap,
                 "tx_no_bus_master": c.err_tx_no_bus_master,
                 "rx_null_descriptor": c.err_rx_null_desc,
@@ -1327,14 +1372,15 @@ fn is_multicast(frame: &[u8]) -> bool {
 
 /// Inserts a checksum as QEMU's `putsum`: the one's-complement sum of bytes
 /// `css..=cse` (to the end when `cse` is 0), complemented (0 sent as 0xFFFF), stored
-/// big-endian at `sloc`. Offsets outside the frame leave it unchanged.
-fn put_checksum(data: &mut [u8], sloc: usize, css: usize, cse: usize) {
+/// big-endian at `sloc`. Offsets outside the frame (or a start past the end) leave it
+/// unchanged and return false.
+fn put_checksum(data: &mut [u8], sloc: usize, css: usize, cse: usize) -> bool {
     let mut n = data.len();
     if cse != 0 && cse < n {
         n = cse + 1;
     }
     if sloc + 2 > n || css >= n {
-        return;
+        return false;
     }
     let mut sum: u32 = 0;
     let mut chunks = data[css..n].chunks_exact(2);
@@ -1352,6 +1398,7 @@ fn put_checksum(data: &mut [u8], sloc: usize, css: usize, cse: usize) {
         csum = 0xffff;
     }
     data[sloc..sloc + 2].copy_from_slice(&csum.to_be_bytes());
+    true
 }
 
 impl PciDevice for E1000 {
@@ -2054,6 +2101,139 @@ mod tests {
         assert_eq!(t.counter(&["dma", "read_bytes"]), before);
         // The TCTL write and the TDT write each asked.
         assert_eq!(t.counter(&["errors", "tx_no_bus_master"]), 2);
+    }
+
+    /// Regression (the hostile guest of #16): a frame shorter than an Ethernet header
+    /// went to the link and counted as transmitted (GPTC, TPT); a checksum asked at
+    /// offsets outside the frame sent the frame without it; a transmit descriptor
+    /// that could not be fetched was only a DMA error among others.
+    #[test]
+    fn runts_and_checksums_outside_the_frame_are_dropped_not_sent() {
+        let mut t = rig();
+        t.setup_tx(8);
+        t.put(BUFS, &frame(64, 1));
+        let eop = tx_cmd::EOP | tx_cmd::RS;
+        for (i, length) in [(0, 0), (1, 13)] {
+            t.tx_desc(
+                i,
+                TxDesc {
+                    addr: BUFS,
+                    length,
+                    cmd: eop,
+                    ..Default::default()
+                },
+            );
+        }
+        let data = |css| TxDesc {
+            addr: BUFS,
+            length: 60,
+            cso: dtyp::DATA << 4,
+            cmd: tx_cmd::DEXT | eop,
+            css,
+            ..Default::default()
+        };
+        let ctx = |ipcss, ipcso, ipcse, tucss, tucso| TxContextDesc {
+            ipcss,
+            ipcso,
+            ipcse,
+            tucss,
+            tucso,
+            tucse: 0,
+            cmd_and_length: u32::from(tx_cmd::DEXT) << 24,
+            ..Default::default()
+        };
+        // The TCP checksum beyond a 60-byte frame; the IP one ending before its place.
+        t.put(TX_RING + 32, &ctx(14, 24, 33, 200, 250).to_bytes());
+        t.tx_desc(3, data(popts::TXSM));
+        t.put(TX_RING + 64, &ctx(30, 24, 20, 34, 40).to_bytes());
+        t.tx_desc(5, data(popts::IXSM));
+        t.w(reg::TDT, 6);
+        assert_eq!(t.r(reg::TDH), 6);
+        assert_eq!(t.peer.pending(), 0, "nothing reached the link");
+        assert_eq!(t.counter(&["drops", "tx_runt"]), 2);
+        assert_eq!(t.counter(&["drops", "tx_bad_checksum"]), 2);
+        assert_eq!(t.counter(&["tx", "frames"]), 0);
+        assert_eq!(t.r(stat::GPTC), 0);
+        assert_eq!(t.r(stat::TPT), 0);
+        assert_eq!(
+            t.get(TX_RING + 12, 1)[0],
+            tx_status::DD,
+            "still written back"
+        );
+        // A well-formed frame after them goes out.
+        t.tx_desc(
+            6,
+            TxDesc {
+                addr: BUFS,
+                length: 64,
+                cmd: eop,
+                ..Default::default()
+            },
+        );
+        t.w(reg::TDT, 7);
+        assert_eq!(t.peer.recv_timeout(Duration::ZERO), Some(frame(64, 1)));
+        assert_eq!(t.r(stat::GPTC), 1);
+        // A ring outside RAM: the walk ends at once, counted as such.
+        t.w(reg::TDBAL, 0xc000_0000);
+        t.w(reg::TDH, 0);
+        t.w(reg::TDT, 1);
+        assert_eq!(t.r(reg::TDH), 0);
+        assert_eq!(t.counter(&["errors", "tx_ring_dma"]), 1);
+    }
+
+    /// Regression (the hostile guest of #16): a received frame whose buffer lay outside
+    /// RAM came back as a good frame (DD, EOP, its length; GPRC) though none of it
+    /// landed; a descriptor that could not be fetched lost the frame without a sign
+    /// the driver could see.
+    #[test]
+    fn receive_dma_failures_are_told_to_the_driver() {
+        let mut t = rig();
+        t.setup_rx(8, 7, 0);
+        t.put(
+            RX_RING,
+            &RxDesc {
+                addr: 0xc000_0000,
+                ..Default::default()
+            }
+            .to_bytes(),
+        );
+        t.peer.send_frame(&frame(100, 1)).expect("send");
+        t.d.pump_rx();
+        let d0 = t.rx_desc(0);
+        assert_eq!(
+            d0.status & (rx_status::DD | rx_status::EOP),
+            rx_status::DD | rx_status::EOP
+        );
+        assert_ne!(d0.errors & rx_errors::RXE, 0);
+        assert_eq!(t.counter(&["drops", "rx_buffer_dma"]), 1);
+        assert_eq!(t.counter(&["rx", "frames"]), 0);
+        assert_eq!(t.r(stat::RXERRC), 1);
+        assert_eq!(t.r(stat::GPRC), 0);
+        assert_ne!(t.r(reg::ICR) & icr::RXT0, 0);
+        // The next frame lands in the next buffer, unmarked.
+        let f = frame(100, 2);
+        t.peer.send_frame(&f).expect("send");
+        t.d.pump_rx();
+        assert_eq!(t.rx_desc(1).errors, 0);
+        assert_eq!(t.get(BUFS + 0x800, 100), f);
+        assert_eq!(t.r(stat::GPRC), 1);
+        // A ring that cannot be fetched, or that wraps the address space: a missed
+        // packet and a receiver overrun each.
+        t.w(reg::RDBAL, 0xc000_0000);
+        t.w(reg::RDH, 0);
+        t.w(reg::RDT, 3);
+        t.peer.send_frame(&f).expect("send");
+        t.d.pump_rx();
+        t.w(reg::RDBAH, 0xffff_ffff);
+        t.w(reg::RDBAL, 0xffff_ff80);
+        t.w(reg::RDH, 7);
+        t.w(reg::RDT, 0);
+        t.peer.send_frame(&f).expect("send");
+        t.d.pump_rx();
+        assert_eq!(t.r(stat::MPC), 2);
+        assert_ne!(t.r(reg::ICR) & icr::RXO, 0);
+        assert_eq!(t.counter(&["drops", "rx_dma"]), 1);
+        assert_eq!(t.counter(&["drops", "rx_bad_ring"]), 1);
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! indirect descriptors and `EVENT_IDX`; a request beyond `seg_max` segments or with a
 //! segment beyond `size_max` gets `VIRTIO_BLK_S_IOERR`.
 //!
-//! The guest is hostile: a chain that loops, points outside RAM or is too short is
-//! dropped and counted (rust-vmm's `virtio-queue` walks it with a bound); a request
+//! The guest is hostile: a chain that is not whole ([`whole_chain`]: it loops, runs
+//! longer than the queue, names a descriptor beyond it or adds up to more than 2^32
+//! bytes), points outside RAM or is too short is dropped and counted; a request
 //! past the end of the disk, not in whole sectors, larger than [`MAX_REQUEST`] or a
 //! write to a read-only disk gets `VIRTIO_BLK_S_IOERR`. Requests are served on the
 //! device's thread when the doorbell KVM absorbs rings ([`super::virtio_pci::VirtioWorker`]),
@@ -24,7 +25,7 @@ use virtio_bindings::virtio_blk as blk;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 
 use super::GuestMemory;
-use super::virtio_pci::{F_EVENT_IDX, F_INDIRECT_DESC, VirtioDevice, drain_queue};
+use super::virtio_pci::{F_EVENT_IDX, F_INDIRECT_DESC, VirtioDevice, drain_queue, whole_chain};
 use crate::hostio::disk::DiskImage;
 
 /// The virtio device type.
@@ -80,7 +81,7 @@ pub struct BlkStats {
     pub io_errors: u64,
     /// Of those, requests beyond `seg_max` segments or with a segment beyond `size_max`.
     pub limit_errors: u64,
-    /// Chains dropped as malformed (no header or status, bad addresses).
+    /// Chains dropped as malformed (not whole, no header or status, bad addresses).
     pub bad_chains: u64,
     /// Ring errors (the queue's addresses or indices unusable).
     pub ring_errors: u64,
@@ -95,6 +96,8 @@ pub struct VirtioBlk {
     queue: Option<Queue>,
     mem: Option<GuestMemory>,
     stats: BlkStats,
+    /// `stats.ring_errors` at the last reset: more since means the device needs one.
+    ring_errors_at_reset: u64,
 }
 
 impl VirtioBlk {
@@ -109,6 +112,7 @@ impl VirtioBlk {
             queue: None,
             mem: None,
             stats: BlkStats::default(),
+            ring_errors_at_reset: 0,
         }
     }
 
@@ -128,6 +132,9 @@ impl VirtioBlk {
     fn serve(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Option<u32> {
         let descriptors = chain.clone().count() as u64;
         self.stats.max_chain = self.stats.max_chain.max(descriptors);
+        if !whole_chain(&chain) {
+            return None;
+        }
         let within_limits = within_limits(chain.clone().map(|d| d.len()));
         let mut reader = Reader::new(mem, chain.clone()).ok()?;
         let writer = Writer::new(mem, chain).ok()?;
@@ -286,6 +293,11 @@ impl VirtioDevice for VirtioBlk {
     fn reset(&mut self) {
         self.queue = None;
         self.mem = None;
+        self.ring_errors_at_reset = self.stats.ring_errors;
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.stats.ring_errors > self.ring_errors_at_reset
     }
 
     fn stats(&self) -> serde_json::Value {
@@ -434,6 +446,49 @@ mod tests {
         assert_eq!((s.reads, s.writes, s.flushes, s.get_ids), (1, 1, 1, 1));
         assert_eq!(s.bytes_read, 1024);
         assert_eq!(s.bytes_written, 512);
+    }
+
+    /// Regression (the hostile guest of #16): a chain that loops was served as far as
+    /// rust-vmm's walk went (its status byte written into a data buffer), and one of
+    /// more than 2^32 bytes as the descriptors before the one that overflowed.
+    #[test]
+    fn chains_that_are_not_whole_are_dropped() {
+        const NEXT: u16 = 1; // VRING_DESC_F_NEXT
+        let mut r = rig("whole", false);
+        r.mem
+            .write_slice(&header(T_IN, 0), GuestAddress(HDR))
+            .unwrap();
+        r.mem
+            .write_slice(&[0xa5; 1024], GuestAddress(DATA))
+            .unwrap();
+        let vq = MockSplitQueue::new(&r.mem, 16);
+        let d = |addr, len, flags, next| {
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        };
+        // Header, data, header, ...
+        vq.add_desc_chains(&[d(HDR, 16, NEXT, 1), d(DATA, 512, WRITE | NEXT, 0)], 0)
+            .unwrap();
+        // Header, 4 GiB - 1 of data, status.
+        let huge = [
+            d(HDR, 16, NEXT, 3),
+            d(DATA, u32::MAX, WRITE | NEXT, 4),
+            d(STATUS, 1, WRITE, 0),
+        ];
+        vq.add_desc_chains(&huge, 2).unwrap();
+        let q: Queue = vq.create_queue().unwrap();
+        r.blk.activate(1 << 32, vec![q], r.mem.clone());
+        r.blk.notify(0);
+        assert_eq!(r.blk.stats.bad_chains, 2);
+        assert_eq!(r.blk.stats.reads, 0);
+        assert_eq!(r.data(1024), vec![0xa5; 1024], "nothing written");
+        let used = |i: u64| -> (u32, u32) {
+            let at = vq.used_addr().0 + 4 + 8 * i;
+            (
+                r.mem.read_obj(GuestAddress(at)).unwrap(),
+                r.mem.read_obj(GuestAddress(at + 4)).unwrap(),
+            )
+        };
+        assert_eq!((used(0), used(1)), ((0, 0), (2, 0)));
     }
 
     #[test]

@@ -21,11 +21,16 @@
 //! link is not read further (the TAP queues, then drops, in the host kernel), and the
 //! driver's next receive notify delivers it.
 //!
-//! The guest is hostile: a chain that loops or points outside RAM, a transmit header
-//! that is short, asks for an offload not negotiated or a checksum outside the frame,
-//! a frame shorter than an Ethernet header or longer than [`MAX_FRAME`], or a receive
-//! buffer with no writable byte is dropped and counted (and its chain used, so the
+//! The guest is hostile: a chain that is not whole ([`whole_chain`]: it loops, runs
+//! longer than the queue, names a descriptor beyond it, or adds up to more than 2^32
+//! bytes) or points outside RAM, a transmit header that is short, asks for an offload
+//! not negotiated or a checksum outside the frame, a frame shorter than an Ethernet
+//! header or longer than [`MAX_FRAME`], or a receive buffer with fewer writable bytes
+//! than the header (5.1.6.3.1: every receive buffer holds at least the header; a
+//! device-readable buffer has none) is dropped and counted (and its chain used, so the
 //! driver gets it back); nothing the guest writes is trusted to size an allocation.
+//! An available index further ahead than the queue holds is a ring error: the
+//! transport then sets `DEVICE_NEEDS_RESET` ([`VirtioDevice::needs_reset`]).
 //!
 //! Wake-ups: the driver's notifies ring the transport's doorbell; the link's readiness
 //! runs the same device thread through [`VirtioDevice::attach_waker`], so receive
@@ -41,7 +46,9 @@ use virtio_bindings::virtio_net as net;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 
 use super::GuestMemory;
-use super::virtio_pci::{F_EVENT_IDX, F_INDIRECT_DESC, VirtioDevice, drain_queue, wants_interrupt};
+use super::virtio_pci::{
+    F_EVENT_IDX, F_INDIRECT_DESC, VirtioDevice, drain_queue, wants_interrupt, whole_chain,
+};
 use crate::hostio::tap::{Link, complete_checksum};
 use crate::xen::evtchn::Notifier;
 
@@ -105,7 +112,8 @@ pub struct NetStats {
     /// Transmit chains refused: bad header, offload not negotiated, bad size, bad
     /// checksum position.
     pub bad_tx: u64,
-    /// Chains dropped as malformed (unusable addresses, nothing writable to receive in).
+    /// Chains dropped as malformed (not whole, unusable addresses, a receive buffer
+    /// smaller than the header).
     pub bad_chains: u64,
     /// Ring errors (the queue's addresses or indices unusable).
     pub ring_errors: u64,
@@ -136,6 +144,8 @@ pub struct VirtioNet {
     armed: Arc<AtomicBool>,
     buf: Vec<u8>,
     stats: NetStats,
+    /// `stats.ring_errors` at the last reset: more since means the device needs one.
+    ring_errors_at_reset: u64,
 }
 
 impl VirtioNet {
@@ -154,6 +164,7 @@ impl VirtioNet {
             armed: Default::default(),
             buf: Vec::new(),
             stats: NetStats::default(),
+            ring_errors_at_reset: 0,
         }
     }
 
@@ -176,6 +187,10 @@ impl VirtioNet {
     /// Sends the frame of one transmit chain; `Err` for a chain refused.
     fn transmit(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) {
         self.note_chain(&chain);
+        if !whole_chain(&chain) {
+            self.stats.bad_chains += 1;
+            return;
+        }
         let Ok(mut reader) = Reader::new(mem, chain) else {
             self.stats.bad_chains += 1;
             return;
@@ -325,8 +340,9 @@ impl VirtioNet {
             };
             self.note_chain(&chain);
             let head = chain.head_index();
+            let whole = whole_chain(&chain);
             match Writer::new(mem, chain) {
-                Ok(w) if w.available_bytes() > 0 => {
+                Ok(w) if whole && w.available_bytes() >= HDR_LEN => {
                     if !merge && w.available_bytes() < total {
                         // This buffer can never hold the frame: drop the frame, keep
                         // the buffer for the next one.
@@ -510,6 +526,11 @@ impl VirtioDevice for VirtioNet {
         self.mem = None;
         self.held = None;
         self.features = 0;
+        self.ring_errors_at_reset = self.stats.ring_errors;
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.stats.ring_errors > self.ring_errors_at_reset
     }
 
     fn attach_waker(&mut self, wake: Notifier) {
@@ -802,6 +823,84 @@ mod tests {
         assert_eq!(r.host.pending(), 0);
     }
 
+    /// Regression (the hostile guest of #16): a chain that loops was walked to the
+    /// queue's size and served as if whole (a transmit frame assembled around the loop
+    /// went out; a received frame was written around it), as was a chain of more than
+    /// 2^32 bytes up to its overflowing descriptor; a receive buffer smaller than the
+    /// header was used.
+    #[test]
+    fn chains_that_are_not_whole_and_buffers_smaller_than_the_header_are_refused() {
+        let (mut r, rx, tx) = rig(ALL & !F_MRG_RXBUF);
+        let d = |addr, len, flags, next| {
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        };
+        let f = udp_frame(10);
+        let mut first = vec![0u8; HDR_LEN];
+        first.extend_from_slice(&f[..20]);
+        r.mem.write_slice(&first, GuestAddress(BUFS)).unwrap();
+        r.mem
+            .write_slice(&f[20..], GuestAddress(BUFS + 0x8000))
+            .unwrap();
+        let rest = (f.len() - 20) as u32;
+        // Header and frame, then back to the header.
+        tx.add_desc_chains(
+            &[
+                d(BUFS, first.len() as u32, NEXT, 1),
+                d(BUFS + 0x8000, rest, NEXT, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        // Header and 20 bytes, then 4 GiB - 1.
+        tx.add_desc_chains(
+            &[
+                d(BUFS, first.len() as u32, NEXT, 3),
+                d(BUFS + 0x8000, u32::MAX, 0, 0),
+            ],
+            2,
+        )
+        .unwrap();
+        r.net.notify(TX);
+        assert_eq!(r.host.pending(), 0, "nothing sent");
+        assert_eq!(r.net.stats.bad_chains, 2);
+        assert_eq!(r.net.stats.tx_frames, 0);
+        assert_eq!(used_idx(&r.mem, &tx), 2);
+
+        // Receive: a loop of two writable buffers, a buffer one byte short of the
+        // header, then a good one: the first two come back unused, the frame lands in
+        // the third.
+        r.mem.write_slice(&[0xa5; 64], GuestAddress(BUFS)).unwrap();
+        r.mem
+            .write_slice(&[0xa5; 16], GuestAddress(BUFS + 0x1000))
+            .unwrap();
+        rx.add_desc_chains(
+            &[
+                d(BUFS, 32, WRITE | NEXT, 1),
+                d(BUFS + 32, 32, WRITE | NEXT, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        rx.add_desc_chains(&[desc(BUFS + 0x1000, HDR_LEN as u32 - 1, WRITE)], 2)
+            .unwrap();
+        rx.add_desc_chains(&[desc(BUFS + 0x2000, 2048, WRITE)], 3)
+            .unwrap();
+        r.host.send_frame(&f).unwrap();
+        assert!(r.net.notify(RX));
+        assert_eq!(used(&r.mem, &rx, 0), (0, 0));
+        assert_eq!(used(&r.mem, &rx, 1), (2, 0));
+        assert_eq!(used(&r.mem, &rx, 2), (3, (HDR_LEN + f.len()) as u32));
+        let mut b = [0u8; 64];
+        r.mem.read_slice(&mut b, GuestAddress(BUFS)).unwrap();
+        assert_eq!(b, [0xa5; 64]);
+        r.mem
+            .read_slice(&mut b[..16], GuestAddress(BUFS + 0x1000))
+            .unwrap();
+        assert_eq!(b[..16], [0xa5; 16]);
+        assert_eq!(r.net.stats.bad_chains, 4);
+        assert_eq!(r.net.stats.rx_frames, 1);
+    }
+
     #[test]
     fn a_hostile_available_index_neither_spins_nor_delivers() {
         for idx in [1000u16, 17] {
@@ -817,6 +916,10 @@ mod tests {
             assert!(!r.net.notify(TX));
             assert!(r.net.stats.ring_errors >= 2, "{idx}: {:?}", r.net.stats);
             assert_eq!(r.net.stats.rx_frames + r.net.stats.tx_frames, 0);
+            // The transport is told: the device needs a reset (until it gets one).
+            assert!(r.net.needs_reset());
+            r.net.reset();
+            assert!(!r.net.needs_reset());
         }
     }
 

@@ -15,6 +15,10 @@
 //!   `DEVICE_NEEDS_RESET`).
 //! - Reset: writing 0 to `device_status` resets the device and every queue; the
 //!   driver reads 0 back once that is done (at once, here).
+//! - Errors (2.1.2): a device whose rings became unusable ([`VirtioDevice::needs_reset`]:
+//!   an available index further ahead than the queue holds, a used ring that cannot be
+//!   written) gets `DEVICE_NEEDS_RESET`, a configuration-change interrupt, and no more
+//!   notifications served until the driver resets it (QEMU's `virtio_error`).
 //! - Notifications: a write to queue N's notify address (`notify_off_multiplier` 4)
 //!   hands queue N to the device. Interrupts are INTx (pin A) with the ISR byte (bit 0:
 //!   used buffers, bit 1: configuration change); reading ISR clears it and lowers the
@@ -147,6 +151,12 @@ pub trait VirtioDevice: Send {
     fn notify(&mut self, index: u16) -> bool;
     /// The driver reset the device.
     fn reset(&mut self);
+    /// Whether the device met a driver error since the last reset that leaves its
+    /// queues unusable (2.1.2: it then needs a reset): the transport sets
+    /// `DEVICE_NEEDS_RESET` and serves no notification until the reset.
+    fn needs_reset(&self) -> bool {
+        false
+    }
     /// `wake` runs the device thread's [`VirtioDevice::notify`] round from any thread
     /// (given once, at creation, when the device has a thread): a device with its own
     /// source of work (frames arriving on a TAP) calls it when work arrives.
@@ -184,6 +194,8 @@ pub struct TransportStats {
     pub resets: u64,
     /// Activations refused (an enabled queue invalid in guest memory).
     pub bad_activations: u64,
+    /// Times the device entered `DEVICE_NEEDS_RESET` after a driver error on its rings.
+    pub needs_reset: u64,
     /// Wake-ups of the device thread: by the doorbell KVM absorbs (each may stand for
     /// several notifies; none of them was an exit to the shim) or by the device's own
     /// source of work (see the device's counters, e.g. virtio-net's `link_wakeups`).
@@ -378,6 +390,31 @@ impl VirtioPci {
         }
     }
 
+    /// Serves a notification of queue `index` (unless the device waits for a reset),
+    /// then raises its interrupt if the driver wants one.
+    fn serve_queue(&mut self, index: u16) {
+        if self.status & VIRTIO_CONFIG_S_NEEDS_RESET as u8 != 0 {
+            return;
+        }
+        if self.device.notify(index) {
+            self.interrupt_queue(index);
+        }
+        if self.device.needs_reset() {
+            // 2.1.2 and 4.1.5.2: set DEVICE_NEEDS_RESET and say so by a configuration
+            // change.
+            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+            self.config_generation = self.config_generation.wrapping_add(1);
+            self.stats.needs_reset += 1;
+            if self.msix_enabled() {
+                if self.config_vector != NO_VECTOR {
+                    self.msix_signal(self.config_vector);
+                }
+            } else {
+                self.raise(2);
+            }
+        }
+    }
+
     /// Queue `index` has used buffers the driver wants to hear of.
     fn interrupt_queue(&mut self, index: u16) {
         if self.msix_enabled() {
@@ -460,9 +497,7 @@ impl VirtioPci {
             return;
         }
         for index in 0..self.queues.len() as u16 {
-            if self.device.notify(index) {
-                self.interrupt_queue(index);
-            }
+            self.serve_queue(index);
         }
     }
 
@@ -668,9 +703,7 @@ impl VirtioPci {
         if !self.active || usize::from(index) >= self.queues.len() {
             return;
         }
-        if self.device.notify(index) {
-            self.interrupt_queue(index);
-        }
+        self.serve_queue(index);
     }
 
     /// Sets ISR `bits` and raises the interrupt.
@@ -827,12 +860,25 @@ pub fn wants_interrupt(queue: &mut Queue, mem: &GuestMemory) -> bool {
 const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 =
     virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
 
+/// Whether `chain` ends as the driver must end it: with a descriptor that has no
+/// `NEXT` flag. rust-vmm's walk stops silently where a chain is malformed (a loop or a
+/// chain longer than the queue, when its TTL runs out; a `next` beyond the queue or
+/// the indirect table; an indirect table it cannot use; more than 2^32 bytes in all,
+/// 2.7.5.2), and what it yielded up to there looks like a whole chain: a device that
+/// served it would send a frame the driver never composed or report a length beyond
+/// the buffers. A device drops a chain this says is not whole.
+pub fn whole_chain(chain: &DescriptorChain<&GuestMemory>) -> bool {
+    chain.clone().last().is_some_and(|d| !d.has_next())
+}
+
 /// Serves every chain the driver made available on `queue` with `serve` (which returns
 /// the bytes it wrote into the chain), the driver's notifications off while it works and
 /// on again after, looking once more for chains published meanwhile. Returns whether the
 /// driver wants an interrupt for what was used. Unusable rings count in `ring_errors`;
 /// so does an available index beyond what the ring holds (a hostile driver), which
-/// stops the round instead of spinning: the next notify looks again.
+/// stops the round instead of spinning (and makes the device need a reset). A chain
+/// published between the last look and turning notifications on again is served: that
+/// driver did not notify, since it saw them off.
 pub fn drain_queue(
     queue: &mut Queue,
     mem: &GuestMemory,
@@ -840,6 +886,8 @@ pub fn drain_queue(
     mut serve: impl FnMut(DescriptorChain<&GuestMemory>) -> u32,
 ) -> bool {
     let mut served = false;
+    // The last round found nothing to take though the index promised more.
+    let mut idle = false;
     loop {
         if queue.disable_notification(mem).is_err() {
             *ring_errors += 1;
@@ -858,10 +906,20 @@ pub fn drain_queue(
         }
         match queue.enable_notification(mem) {
             Ok(true) if !popped => {
-                *ring_errors += 1;
-                break;
+                // More is promised, yet nothing could be taken: the driver published
+                // just now (the next round takes it), or the index runs further ahead
+                // than the ring holds, which every look refuses.
+                let within = matches!(
+                    queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire),
+                    Ok(idx) if (idx - std::num::Wrapping(queue.next_avail())).0 <= queue.size()
+                );
+                if !within || idle {
+                    *ring_errors += 1;
+                    break;
+                }
+                idle = true;
             }
-            Ok(true) => continue,
+            Ok(true) => idle = false,
             Ok(false) => break,
             Err(_) => {
                 *ring_errors += 1;
@@ -946,6 +1004,8 @@ mod tests {
         activated: Option<(u64, Vec<(bool, u16)>)>,
         notified: Vec<u16>,
         resets: u32,
+        /// The device met a driver error (until reset).
+        broken: bool,
     }
 
     /// A device with two queues of at most 128 entries that logs what it is told
@@ -981,7 +1041,12 @@ mod tests {
             index == 1
         }
         fn reset(&mut self) {
-            self.0.lock().unwrap().resets += 1;
+            let mut log = self.0.lock().unwrap();
+            log.resets += 1;
+            log.broken = false;
+        }
+        fn needs_reset(&self) -> bool {
+            self.0.lock().unwrap().broken
         }
     }
 
@@ -1154,6 +1219,32 @@ mod tests {
         // Notifies to an inactive device go nowhere.
         w(&mut d, NOTIFY_AT + 4, 2, 1);
         assert!(log.lock().unwrap().notified.is_empty());
+    }
+
+    #[test]
+    fn a_device_error_sets_needs_reset_tells_the_driver_and_stops_serving() {
+        let (mut d, log, line) = device();
+        bring_up(&mut d, 0x1000);
+        w(&mut d, NOTIFY_AT + 4, 2, 1);
+        assert_eq!(r(&mut d, ISR_AT, 1), 1);
+        // The device finds its ring unusable while serving queue 0.
+        log.lock().unwrap().broken = true;
+        w(&mut d, NOTIFY_AT, 2, 0);
+        let status = r(&mut d, common::DEVICE_STATUS, 1) as u32;
+        assert_ne!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert!(line.0.load(Ordering::SeqCst));
+        assert_eq!(r(&mut d, ISR_AT, 1), 2, "a configuration change");
+        assert_eq!(d.stats.needs_reset, 1);
+        // Nothing more is served, by exit or by doorbell, until the reset.
+        w(&mut d, NOTIFY_AT + 4, 2, 1);
+        d.serve_doorbell(1);
+        assert_eq!(log.lock().unwrap().notified, [1, 0]);
+        assert_eq!(d.stats.needs_reset, 1);
+        w(&mut d, common::DEVICE_STATUS, 1, 0);
+        bring_up(&mut d, 0x1000);
+        assert_eq!(r(&mut d, common::DEVICE_STATUS, 1), 15);
+        w(&mut d, NOTIFY_AT + 4, 2, 1);
+        assert_eq!(log.lock().unwrap().notified, [1, 0, 1]);
     }
 
     #[test]
