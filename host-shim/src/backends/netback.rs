@@ -62,7 +62,9 @@
 //!
 //! # Counters
 //! [`Backend::stats`]: frames, bytes and slots each way, grant copies, events each way,
-//! batch sizes, errors by kind, drops.
+//! batch sizes, transmit errors by kind (`tx_errors`, fatal ones also in
+//! `tx_fatal_errors`), receive copy errors, ring protocol errors, connections made and
+//! refused (`connect_errors`), drops.
 
 use std::sync::Arc;
 
