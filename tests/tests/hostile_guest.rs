@@ -1,29 +1,35 @@
 //! A hostile guest (#16): the real guest with `selftest=hostile` attacks host-shim from
 //! inside (hypercall and event-channel garbage, xenstore abuse, a raw blkif ring of
-//! malformed requests against the first disk; bad PRD tables, a transfer past the end
-//! and a register storm against an emulated IDE disk; hostile queues and chains against
-//! virtio-blk; hostile rings, buffers, lengths, offsets and a register storm against an
-//! e1000; hostile queues, chains, headers and receive buffers against virtio-net), then
-//! runs the block workload on the second disk. The shim must refuse every attack, count
-//! it, neither panic nor hang, leave the attacked images as they were and still serve
-//! the well-behaved disk; each NIC must still carry a good frame both ways after a
-//! reset.
+//! malformed requests against the first disk, raw netif rings of malformed requests
+//! against the PV NIC; bad PRD tables, a transfer past the end and a register storm
+//! against an emulated IDE disk; hostile queues and chains against virtio-blk; hostile
+//! rings, buffers, lengths, offsets and a register storm against an e1000; hostile
+//! queues, chains, headers and receive buffers against virtio-net), then runs the block
+//! workload on the second disk and its network services on the PV NIC, which the host
+//! pings and reaches over TCP. The shim must refuse every attack, count it, neither
+//! panic nor hang, leave the attacked images as they were and still serve the
+//! well-behaved disk and NIC; each emulated NIC must still carry a good frame both ways
+//! after a reset.
 //!
-//! The NICs are on TAPs in the test's own network namespace (IPv6 off, no address: the
-//! host sends nothing on them), each watched by a peer on a packet socket that speaks
-//! `pv_drivers::netprobe` with the guest: it sends the frames the guest asks for (the
-//! receive attacks need frames to arrive when the guest has set a trap), answers the
-//! guest's good frame, and counts every attack frame that reached the wire (none may).
-//! Skips loudly where /dev/kvm, root or /dev/net/tun is absent.
+//! Everything lives in a network namespace of the test's own: the PV NIC's TAP (with
+//! the host's address, for ping and TCP), and the emulated NICs' TAPs (IPv6 off, no
+//! address: the host sends nothing on them), each watched by a peer on a packet socket
+//! that speaks `pv_drivers::netprobe` with the guest: it sends the frames the guest asks
+//! for (the receive attacks need frames to arrive when the guest has set a trap),
+//! answers the guest's good frame, and counts every attack frame that reached the wire
+//! (none may). Skips loudly where /dev/kvm, root or /dev/net/tun is absent.
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use pv_drivers::netprobe::{self, Message, Op};
 use system_tests::{
-    BOOT_LIMIT, ScratchImage, expect_image, guest_image, in_private_netns, kvm_available,
-    run_with_limit, shim_binary, stats_json, tap_available,
+    ScratchImage, expect_image, guest_image, in_private_netns, kvm_available, run_with_limit,
+    shim_binary, stats_json, tap_available,
 };
 
 /// The attacked disk's size, and the well-behaved disk's pattern region.
@@ -165,6 +171,52 @@ fn expected_attacks(counts: &[(&str, &str, u64)], uncounted: u64) -> u64 {
 const VIRTIO_UNCOUNTED: u64 = 2;
 /// The pattern seed of the virtio image (`hostile::virtio::VIRTIO_SEED` in the guest).
 const VIRTIO_SEED: u64 = 13;
+
+/// The guest's address on the TAP, and the host's (which answers the ARP requests of
+/// the netif attacks and then pings the guest).
+const GUEST_IP: &str = "10.206.0.2";
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 206, 0, 1);
+const TAP: &str = "hostile-tap0";
+
+/// The netif attacks of `guest-kernel/src/kernel/hostile/netif.rs` (the `netif` line).
+const NETIF_ATTACKS: u64 = 32;
+
+/// The netif attacks by netback's transmit error kind (`--stats`
+/// `backends.vif-0.tx_errors`).
+const NETIF_TX_ERRORS: [(&str, u64); 9] = [
+    // Sizes 0 and 13.
+    ("size", 2),
+    // Never granted, beyond the table, another domain's, a fragment never granted.
+    ("bad_grant", 4),
+    // A fragment larger than the frame; 17 pages under 65535 bytes.
+    ("first_slot_too_small", 2),
+    // 20 slots (refused), 22 slots (fatal).
+    ("too_many_slots", 2),
+    // A GSO extra, GSO not offered.
+    ("bad_extra", 1),
+    // A blank checksum over an IPv4 header claiming 65535 bytes.
+    ("checksum", 1),
+    // A first slot and a fragment crossing their page (fatal).
+    ("offset", 2),
+    // Extras of type none, beyond the last, and read from a request (fatal).
+    ("extra_type", 3),
+    ("too_big", 0),
+];
+
+/// The netif attacks by netback's other counters (`backends.vif-0`).
+const NETIF_COUNTS: [(&str, u64); 5] = [
+    // The fatal transmit attacks above.
+    ("tx_fatal_errors", 6),
+    // Receive buffers read-only, never granted, beyond the table, another domain's.
+    ("rx_copy_errors", 4),
+    // The transmit and the receive producer 1000 ahead.
+    ("protocol_errors", 2),
+    // A transmit ring never granted, a receive ring read-only, the xenstore's port, a
+    // ring reference not a number, no request-rx-copy.
+    ("connect_errors", 5),
+    // The first connection, one per fatal attack (7), netfront's.
+    ("connects", 9),
+];
 
 /// xenstored error replies the xenstore attacks must at least have caused (normal
 /// operation adds a few ENOENT and EACCES of its own).
@@ -379,12 +431,12 @@ impl Peer {
 }
 
 #[test]
-fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_still_works() {
+fn a_hostile_guest_is_refused_everywhere_and_the_well_behaved_disk_and_nic_still_work() {
     const TEST: &str = "hostile_guest::a_hostile_guest_is_refused_everywhere";
     if !kvm_available(TEST) || !tap_available(TEST) {
         return;
     }
-    in_private_netns(TEST, hostile_guest_with_its_nics_on_quiet_taps);
+    in_private_netns(TEST, hostile_guest);
 }
 
 /// The e1000's TAP: an MTU for the jumbo frame of the receive overrun attack.
@@ -392,7 +444,54 @@ const E1000_TAP: &str = "hostile-e1000";
 const E1000_MTU: usize = 4000;
 const VIRTIO_TAP: &str = "hostile-vnet";
 
-fn hostile_guest_with_its_nics_on_quiet_taps() {
+/// Pings the guest until it answers (its network services start after the attacks),
+/// then echoes a line over TCP (port 7, which ends the guest's services:
+/// `net.exit-after=1`). Gives up when `done` says the shim has ended.
+fn host_checks(done: &AtomicBool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if done.load(Ordering::Acquire) || Instant::now() > deadline {
+            return Err("the guest never answered ping".into());
+        }
+        let ping = Command::new("ping")
+            .args(["-c", "1", "-W", "1", GUEST_IP])
+            .output()
+            .map_err(|e| format!("run ping (scripts/setup.sh installs iputils-ping): {e}"))?;
+        if ping.status.success() {
+            break;
+        }
+    }
+    let addr = format!("{GUEST_IP}:7").parse().expect("address");
+    let mut echo = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) if done.load(Ordering::Acquire) || Instant::now() > deadline => {
+                return Err(format!("connecting to the echo port: {e}"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    echo.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| format!("{e}"))?;
+    let msg = b"a hostile guest still serves\n";
+    echo.write_all(msg)
+        .map_err(|e| format!("echo write: {e}"))?;
+    let mut back = vec![0u8; msg.len()];
+    echo.read_exact(&mut back)
+        .map_err(|e| format!("echo read: {e}"))?;
+    if back != msg {
+        return Err(format!("echo said {:?}", String::from_utf8_lossy(&back)));
+    }
+    Ok(())
+}
+
+fn hostile_guest() {
+    // The TAP, with the host's address and no IPv6 (whose router solicitations and
+    // reports would only add frames to the guest's receive ring).
+    host_shim::hostio::netns::ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])
+        .expect("create the TAP");
+    host_shim::hostio::netns::address_tap(TAP, HOST_IP).expect("address the TAP");
+
     // The attacked disk holds a pattern that must survive every write attack.
     let attacked = ScratchImage::new("hostile-attacked", DISK);
     attacked.write_pattern(9, 0, DISK as usize);
@@ -405,7 +504,8 @@ fn hostile_guest_with_its_nics_on_quiet_taps() {
     let virtio_disk = format!("{},if=virtio", virtio.path());
     let cmdline = format!(
         "selftest=hostile blk.device=xen:51728 blk.workload=write-pattern,verify-pattern \
-         blk.size={REGION} blk.seed={SEED}"
+         blk.size={REGION} blk.seed={SEED} net.device=xen:0 net.ip={GUEST_IP}/24 \
+         net.gw={HOST_IP} net.exit-after=1"
     );
     let _e1000_tap = QuietTap::new(E1000_TAP, E1000_MTU as u32);
     let _virtio_tap = QuietTap::new(VIRTIO_TAP, 1500);
@@ -416,11 +516,22 @@ fn hostile_guest_with_its_nics_on_quiet_taps() {
     let mut shim = Command::new(shim_binary());
     shim.args(["run", "--kernel"])
         .arg(guest_image())
-        .args(["--cmdline", &cmdline, "--timeout", "100", "--stats"])
+        .args(["--cmdline", &cmdline])
+        .args(["--timeout", "300", "--stats"])
         .args(["--disk", attacked.path(), "--disk", good.path()])
         .args(["--disk", &ide_disk, "--disk", &virtio_disk])
+        .args(["--net", &format!("tap={TAP}")])
         .args(["--net", &e1000_net, "--net", &virtio_net]);
-    let run = run_with_limit(shim, BOOT_LIMIT);
+    let done = AtomicBool::new(false);
+    let (run, host) = std::thread::scope(|s| {
+        let shim = s.spawn(|| {
+            let run = run_with_limit(shim, Duration::from_secs(360));
+            done.store(true, Ordering::Release);
+            run
+        });
+        let host = host_checks(&done);
+        (shim.join().expect("shim thread"), host)
+    });
     let (e1000_seen, virtio_seen) = (e1000_peer.stop(), virtio_peer.stop());
     let all = format!(
         "--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -431,41 +542,54 @@ fn hostile_guest_with_its_nics_on_quiet_taps() {
         !run.stderr.contains("panicked") && !run.stdout.contains("PANIC"),
         "a panic\n{all}"
     );
+    if let Err(e) = host {
+        panic!("the well-behaved NIC: {e}\n{all}");
+    }
 
-    // The guest's verdict: every attack refused, the good disk passed.
+    // The guest's verdict: every attack refused, the good disk and NIC passed.
     let summary = run
         .stdout
         .lines()
         .find(|l| l.starts_with("hostile: ") && l.contains(" unexpected; "))
         .unwrap_or_else(|| panic!("no summary line\n{all}"));
+    // The guest's figures, for the log (the README's table quotes them).
+    for l in run.stdout.lines().filter(|l| l.contains(" attacks, ")) {
+        eprintln!("{l}");
+    }
     let words: Vec<&str> = summary.split_whitespace().collect();
     let attacks: u64 = words[1].parse().expect("attack count");
     let refused: u64 = words[3].parse().expect("refused count");
     assert!(attacks >= 200, "{summary}");
     assert_eq!(attacks, refused, "{summary}");
     assert!(
-        summary.ends_with("0 unexpected; well-behaved disk: PASS"),
+        summary.ends_with("0 unexpected; well-behaved disk: PASS; well-behaved NIC: PASS"),
         "{summary}\n{all}"
     );
+    let count = |cat: &str| -> Option<u64> {
+        run.stdout.lines().find_map(|l| {
+            let (a, r) = l
+                .strip_prefix(&format!("hostile: {cat}: "))?
+                .split_once(" attacks, ")?;
+            (r == format!("{a} refused")).then(|| a.parse().ok())?
+        })
+    };
     for cat in [
         "hypercall",
         "evtchn",
         "xenstore",
         "blkif",
+        "netif",
         "ide",
         "virtio",
         "e1000",
         "virtio-net",
     ] {
         assert!(
-            run.stdout.lines().any(|l| {
-                l.strip_prefix(&format!("hostile: {cat}: "))
-                    .and_then(|r| r.split_once(" attacks, "))
-                    .is_some_and(|(a, r)| a != "0" && r == format!("{a} refused"))
-            }),
+            count(cat).is_some_and(|n| n > 0),
             "no clean {cat} line\n{all}"
         );
     }
+    assert_eq!(count("netif"), Some(NETIF_ATTACKS), "{all}");
     // The emulated devices' categories hold as many attacks as their models counted.
     for (cat, counts, uncounted) in [
         ("virtio", &VIRTIO_COUNTS[..], VIRTIO_UNCOUNTED),
@@ -479,6 +603,7 @@ fn hostile_guest_with_its_nics_on_quiet_taps() {
         run.assert_line(&want);
     }
     run.assert_line("blk: PASS");
+    run.assert_contains("hostile: netif: the rings still carry frames both ways");
 
     // The shim counted what it refused.
     let v = stats_json(&run.stderr);
@@ -627,6 +752,22 @@ fn hostile_guest_with_its_nics_on_quiet_taps() {
         st["xen"]
     );
     assert_eq!(counter(&st["xen"]["grant_maps"], "grant_maps"), 0);
+    let vif = &st["backends"]["vif-0"];
+    for (kind, n) in NETIF_TX_ERRORS {
+        assert_eq!(
+            counter(&vif["tx_errors"][kind], kind),
+            n,
+            "netback {kind}: {vif}"
+        );
+    }
+    for (name, n) in NETIF_COUNTS {
+        assert_eq!(counter(&vif[name], name), n, "netback {name}: {vif}");
+    }
+    // The attacks' good frames went out (at least 10 ARP requests) and their replies
+    // came in (at least 6, 4 of them into the refused buffers), then the services'
+    // ping and TCP echo.
+    assert!(counter(&vif["tx_frames"], "tx_frames") >= 12, "{vif}");
+    assert!(counter(&vif["rx_frames"], "rx_frames") >= 8, "{vif}");
 
     // No write attack reached the attacked image; the good disk has its pattern.
     let mut want = vec![0u8; DISK as usize];

@@ -1,8 +1,8 @@
 //! `selftest=hostile`: the guest attacks its hypervisor from inside, then checks that
 //! a well-behaved device beside the attacked one still works.
 //!
-//! The attacks use the real interfaces (the hypercall page, the xenstore ring, a raw
-//! blkif ring) with values no correct guest sends:
+//! The attacks use the real interfaces (the hypercall page, the xenstore ring, raw
+//! blkif and netif rings) with values no correct guest sends:
 //!
 //! - **hypercall**: unknown and PV-only hypercall numbers; every family with pointers
 //!   that are not mapped (page 0, beyond the identity map, non-canonical, wrapping),
@@ -22,6 +22,15 @@
 //!   unknown operations, indirect requests with bad counts, bad operations and bad
 //!   pages; good requests in between show the ring still works; a producer index far
 //!   ahead of the consumer ends the connection (blkif.h: the backend closes it).
+//! - **netif**: a raw netif connection to the first vif (negotiated here, not by
+//!   netfront; [`netif`]): transmit requests with sizes 0 and 13, references never
+//!   granted, beyond the table or another domain's, fragments larger than the frame,
+//!   20 slots, an un-negotiated GSO extra, a lying IPv4 header under a blank checksum;
+//!   receive buffers read-only, never granted, beyond the table, another domain's;
+//!   good frames (ARP requests the host answers) in between; then what Linux netback
+//!   treats as fatal, each ending its own connection (producers 1000 ahead, slots
+//!   crossing their page, extras of no or an unknown type, 22 slots), and xenbus keys
+//!   the backend must refuse to connect with.
 //! - **ide**, **virtio**: the emulated disks, when present ([`ide`], [`virtio`]).
 //! - **e1000**, **virtio-net**: the emulated NICs, when present ([`e1000`],
 //!   [`virtio_net`]): rings and buffers outside RAM, absurd ring lengths and indices,
@@ -30,11 +39,14 @@
 //!   reached the wire ([`peer`], `pv_drivers::netprobe`).
 //!
 //! Every attack must be refused (an error return, an error response, an `XS_ERROR`
-//! reply, a dropped frame) without touching memory it was not granted (canary pages are
-//! checked); then the block workload of the command line runs on the well-behaved disk
-//! (`blk.device=`). The summary line is
-//! `hostile: N attacks, N refused, N unexpected; well-behaved disk: PASS`; the mode
-//! passes only if nothing was unexpected and the disk passed.
+//! reply, a dropped frame, a backend closing the device) without touching memory it
+//! was not granted (canary pages are checked); then the block workload of the command
+//! line runs on the well-behaved disk (`blk.device=`) and, with `net.ip=`, the network services on the
+//! well-behaved NIC (netfront on the vif the attacks left, by default the same one).
+//! The summary line is
+//! `hostile: N attacks, N refused, N unexpected; well-behaved disk: PASS`, followed by
+//! `; well-behaved NIC: PASS` when there is one; the mode passes only if nothing was
+//! unexpected and the disk and the NIC passed.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -85,11 +97,12 @@ use pv_drivers::xenstore::ring::XsRing;
 use pv_drivers::xenstore::{Access, Permissions, TxId, XsError};
 
 use super::pv::{self, GuestEnv, Woken};
-use super::{block, memory, xen};
+use super::{block, memory, net, xen};
 use crate::kprintln;
 
 mod e1000;
 mod ide;
+mod netif;
 mod peer;
 mod virtio;
 mod virtio_net;
@@ -120,17 +133,19 @@ enum Cat {
     Evtchn,
     Xenstore,
     Blkif,
+    Netif,
     Ide,
     Virtio,
     E1000,
     VirtioNet,
 }
 
-const CATS: [Cat; 8] = [
+const CATS: [Cat; 9] = [
     Cat::Hypercall,
     Cat::Evtchn,
     Cat::Xenstore,
     Cat::Blkif,
+    Cat::Netif,
     Cat::Ide,
     Cat::Virtio,
     Cat::E1000,
@@ -144,6 +159,7 @@ impl Cat {
             Cat::Evtchn => "evtchn",
             Cat::Xenstore => "xenstore",
             Cat::Blkif => "blkif",
+            Cat::Netif => "netif",
             Cat::Ide => "ide",
             Cat::Virtio => "virtio",
             Cat::E1000 => "e1000",
@@ -214,8 +230,9 @@ fn ret_of<T>(r: Result<T, HypercallError>) -> i64 {
 }
 
 /// Runs the attacks, then the block workload of the command line on the well-behaved
-/// disk, then the terminal xenstore attack; prints the summary. True if every attack
-/// was refused and the disk passed.
+/// disk and the network services (`net.ip=`) on the well-behaved NIC, then the
+/// terminal xenstore attack; prints the summary. True if every attack was refused and
+/// the disk (and the NIC, when asked for) passed.
 pub fn run(io: &IoOptions<'_>) -> bool {
     kprintln!("hostile: attacking the hypervisor from inside");
     let Some(x) = xen::get() else {
@@ -227,6 +244,7 @@ pub fn run(io: &IoOptions<'_>) -> bool {
     event_channels(x, &mut t);
     xenstore(x, &mut t);
     blkif(&mut t, io);
+    netif::attacks(&mut t, io);
     ide::attacks(&mut t);
     virtio::attacks(&mut t);
     e1000::attacks(&mut t);
@@ -238,6 +256,8 @@ pub fn run(io: &IoOptions<'_>) -> bool {
             false
         }
     };
+    // Netfront needs xenstore to connect: before the last attack.
+    let nic = io.net.as_ref().map(|n| net::run(n, io.virtio));
     // Last: after it the xenstore ring is no longer served.
     xenstore_oversized(x, &mut t);
     for c in CATS {
@@ -249,12 +269,17 @@ pub fn run(io: &IoOptions<'_>) -> bool {
         );
     }
     let (attacks, refused) = t.total();
+    let verdict = |ok| if ok { "PASS" } else { "FAIL" };
+    let nic_part = match nic {
+        Some(ok) => format!("; well-behaved NIC: {}", verdict(ok)),
+        None => String::new(),
+    };
     kprintln!(
-        "hostile: {attacks} attacks, {refused} refused, {} unexpected; well-behaved disk: {}",
+        "hostile: {attacks} attacks, {refused} refused, {} unexpected; well-behaved disk: {}{nic_part}",
         t.unexpected,
-        if disk { "PASS" } else { "FAIL" }
+        verdict(disk)
     );
-    t.unexpected == 0 && refused == attacks && disk
+    t.unexpected == 0 && refused == attacks && disk && nic != Some(false)
 }
 
 // ---- hypercalls ------------------------------------------------------------------

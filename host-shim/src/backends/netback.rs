@@ -18,19 +18,30 @@
 //! # Guest transmit
 //! Requests are copied out of the ring once and assembled slot by slot: the first
 //! carries the frame size (and `NETTXF_extra_info`, `NETTXF_more_data`), extra-info
-//! slots follow (answered `NETIF_RSP_NULL`, as the header defines for auxiliary
-//! requests), then the fragments. The frame is then checked (size at least an Ethernet
-//! header and at most [`NetbackConfig::max_tx_frame`]; fragments not larger than the
-//! size the first slot announced; every slot within its page; at most
-//! [`MAX_TX_SLOTS`] slots; no GSO, which is not offered), copied out with grant copies,
-//! its checksum filled in when the frontend left it blank (`NETTXF_csum_blank`, which
-//! Linux netfront uses), and written to the link. Every data slot of the frame is
-//! answered `NETIF_RSP_OKAY`, or `NETIF_RSP_ERROR` for a malformed frame or a failed
-//! copy (as Linux netback does for each slot of a bad packet); the interface keeps
-//! serving. A chain that runs past the slot limit is answered slot by slot as it is
-//! consumed, so a hostile frontend cannot wedge the ring. A link that refuses a frame
-//! (queue full, interface down) drops it: counted, still `OKAY` to the guest, as a NIC
-//! would do.
+//! slots follow while `XEN_NETIF_EXTRA_FLAG_MORE` says so (each answered
+//! `NETIF_RSP_NULL`, as the header defines for auxiliary requests), then the
+//! fragments. The rules, and which breaches end the connection, follow Linux netback
+//! (`xenvif_tx_build_gops`, `xenvif_count_requests`, `xenvif_get_extras`):
+//!
+//! - **Fatal** (Linux's `xenvif_fatal_tx_err`; here the `error` node and `Closing`,
+//!   counted in `tx_fatal_errors` and by kind): an extra-info slot of type
+//!   `XEN_NETIF_EXTRA_TYPE_NONE` or beyond the last type (the frontend and the backend
+//!   no longer agree where slots begin); a slot whose `offset + size` crosses its page;
+//!   a chain that needs more than [`FATAL_TX_SLOTS`] slots. A malformed ring (a request
+//!   producer more than a ring ahead) ends the connection too (`protocol_errors`).
+//! - **Refused** (every data slot of the frame answered `NETIF_RSP_ERROR`, as Linux's
+//!   `xenvif_tx_err`; the interface keeps serving): more than [`MAX_TX_SLOTS`] slots;
+//!   fragments adding up to more than the first slot announced; a frame smaller than an
+//!   Ethernet header; a GSO or hash extra (neither is offered); a frame larger than
+//!   [`NetbackConfig::max_tx_frame`]; a grant copy that fails (a reference never
+//!   granted, beyond the table, revoked or another domain's); a blank checksum
+//!   (`NETTXF_csum_blank`, which Linux netfront uses) that cannot be filled in.
+//!   Multicast filter extras are accepted and ignored (no filtering is offered).
+//!
+//! A good frame is copied out with grant copies, its checksum filled in when the
+//! frontend left it blank, written to the link and answered `NETIF_RSP_OKAY` slot by
+//! slot. A link that refuses a frame (queue full, interface down) drops it: counted,
+//! still `OKAY` to the guest, as a NIC would do.
 //!
 //! # Guest receive
 //! Frames read from the link are grant-copied into the buffers the frontend posted,
@@ -51,15 +62,17 @@
 //!
 //! # Counters
 //! [`Backend::stats`]: frames, bytes and slots each way, grant copies, events each way,
-//! batch sizes, errors by kind, drops.
+//! batch sizes, transmit errors by kind (`tx_errors`, fatal ones also in
+//! `tx_fatal_errors`), receive copy errors, ring protocol errors, connections made and
+//! refused (`connect_errors`), drops.
 
 use std::sync::Arc;
 
 use pv_drivers::abi::netif::{
     NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETRXF_DATA_VALIDATED, NETRXF_MORE_DATA,
     NETTXF_CSUM_BLANK, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, NetifExtraInfo, NetifRxResponse,
-    NetifTxRequest, NetifTxResponse, XEN_NETIF_EXTRA_TYPE_MCAST_ADD,
-    XEN_NETIF_EXTRA_TYPE_MCAST_DEL, XEN_NETIF_NR_SLOTS_MIN,
+    NetifTxRequest, NetifTxResponse, XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_EXTRA_TYPE_MCAST_ADD,
+    XEN_NETIF_EXTRA_TYPE_MCAST_DEL, XEN_NETIF_EXTRA_TYPE_NONE, XEN_NETIF_NR_SLOTS_MIN,
 };
 use pv_drivers::netfront::{ETH_HLEN, fill_checksum};
 use pv_drivers::ring::{NetifRxBackRing, NetifTxBackRing, RingError, XEN_PAGE_SIZE};
@@ -74,10 +87,13 @@ use crate::xen::xenstored::Xenstored;
 /// The [`Kick`] reason a link raises when a frame is waiting.
 pub const LINK: u32 = 4;
 
-/// Most slots (first, extras excluded, and fragments) of one transmitted frame.
+/// Most slots (the first and its fragments, extras excluded) of a frame that is sent:
+/// `XEN_NETIF_NR_SLOTS_MIN`, what netif.h says every backend must take.
 pub const MAX_TX_SLOTS: usize = XEN_NETIF_NR_SLOTS_MIN;
-/// Most extra-info slots after one transmit request.
-const MAX_TX_EXTRAS: usize = 4;
+/// A chain needing more slots than this ends the connection; one longer than
+/// [`MAX_TX_SLOTS`] but not this long is only refused. Linux netback's
+/// `fatal_skb_slots` (20) slots after the first, and the first.
+pub const FATAL_TX_SLOTS: usize = 21;
 /// Frames taken from the link per round before the ring is published (a bound on
 /// latency, not on throughput: the next round follows at once).
 const RX_BUDGET: usize = 256;
@@ -108,7 +124,7 @@ impl NetbackConfig {
     }
 }
 
-/// Why a transmitted frame was refused.
+/// Why a transmitted frame was refused (or the connection ended).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TxFault {
     /// Size 0 or smaller than an Ethernet header.
@@ -117,12 +133,14 @@ enum TxFault {
     TooBig,
     /// The fragments add up to more than the first slot announced.
     FirstSlotTooSmall,
-    /// `offset + size` beyond the page.
+    /// `offset + size` beyond the page (fatal).
     Offset,
-    /// More than [`MAX_TX_SLOTS`] slots or too many extras.
+    /// More than [`MAX_TX_SLOTS`] slots (fatal beyond [`FATAL_TX_SLOTS`]).
     TooManySlots,
-    /// An extra-info slot of an unknown or un-negotiated type (GSO).
+    /// An extra-info slot of a type not negotiated (GSO, hash).
     BadExtra,
+    /// An extra-info slot of no type at all, or beyond the last (fatal).
+    ExtraType,
     /// A grant copy failed (bad, foreign or revoked grant).
     BadGrant,
     /// A blank checksum could not be filled in.
@@ -138,12 +156,14 @@ pub struct TxErrors {
     pub too_big: u64,
     /// Fragments larger than the first slot's frame size.
     pub first_slot_too_small: u64,
-    /// A slot crossing its page.
+    /// A slot crossing its page (fatal).
     pub offset: u64,
-    /// Too many slots in one frame.
+    /// Too many slots in one frame (fatal beyond [`FATAL_TX_SLOTS`]).
     pub too_many_slots: u64,
-    /// A bad extra-info slot.
+    /// An extra-info slot of a type not negotiated (GSO, hash).
     pub bad_extra: u64,
+    /// An extra-info slot of type none or beyond the last (fatal).
+    pub extra_type: u64,
     /// A failed grant copy.
     pub bad_grant: u64,
     /// A blank checksum that could not be filled in.
@@ -159,8 +179,10 @@ pub struct NetbackStats {
     pub tx_bytes: u64,
     /// Transmit requests consumed (every slot).
     pub tx_slots: u64,
-    /// Frames answered `NETIF_RSP_ERROR`, by kind.
+    /// Frames answered `NETIF_RSP_ERROR`, or that ended the connection, by kind.
     pub tx_errors: TxErrors,
+    /// Connections ended by a fatal transmit error (counted by kind in `tx_errors`).
+    pub tx_fatal_errors: u64,
     /// Guest frames the link refused (dropped).
     pub tx_link_drops: u64,
     /// Frames delivered to the guest.
@@ -203,6 +225,9 @@ pub struct NetbackStats {
     pub protocol_errors: u64,
     /// Connections made.
     pub connects: u64,
+    /// Connections refused: keys missing or malformed, rings that cannot be mapped,
+    /// event channels that cannot be bound, page flipping asked for.
+    pub connect_errors: u64,
 }
 
 /// Where the device is in its xenbus life.
@@ -223,16 +248,14 @@ enum Phase {
 /// A frame being assembled from transmit requests.
 struct TxPacket {
     first: NetifTxRequest,
+    /// At most [`FATAL_TX_SLOTS`]` - 1`: a longer chain ends the connection.
     frags: Vec<NetifTxRequest>,
     /// Extra-info slots are still to come.
     in_extras: bool,
     /// The last data slot said `NETTXF_more_data`.
     more: bool,
-    extras: usize,
-    /// Known bad: the rest of the chain is answered as it arrives.
-    fault: Option<TxFault>,
-    /// The slots collected so far were answered already (with the fault).
-    answered: bool,
+    /// An extra of a type not negotiated came with it.
+    bad_extra: bool,
 }
 
 /// One connection's rings and ports.
@@ -343,6 +366,7 @@ impl<E: BackendEnv, L: Link> Netback<E, L> {
         match (front, self.phase) {
             (XenbusState::Initialised | XenbusState::Connected, Phase::InitWait) => {
                 if let Err(msg) = self.connect() {
+                    self.stats.connect_errors += 1;
                     self.fail(&msg);
                 }
             }
@@ -486,9 +510,19 @@ impl<E: BackendEnv, L: Link> Netback<E, L> {
             TxFault::Offset => e.offset += 1,
             TxFault::TooManySlots => e.too_many_slots += 1,
             TxFault::BadExtra => e.bad_extra += 1,
+            TxFault::ExtraType => e.extra_type += 1,
             TxFault::BadGrant => e.bad_grant += 1,
             TxFault::Checksum => e.checksum += 1,
         }
+    }
+
+    /// A transmit request no correct frontend sends and after which the ring cannot be
+    /// trusted: counted, and the connection ends (Linux's `xenvif_fatal_tx_err`). No
+    /// response is written: the rings are gone.
+    fn tx_fatal(&mut self, fault: TxFault, what: &str) {
+        self.count_fault(fault);
+        self.stats.tx_fatal_errors += 1;
+        self.fail(&format!("fatal transmit error: {what}"));
     }
 
     /// Takes one transmit request into the packet being assembled.
@@ -502,52 +536,48 @@ impl<E: BackendEnv, L: Link> Netback<E, L> {
                 frags: Vec::new(),
                 in_extras: req.flags & NETTXF_EXTRA_INFO != 0,
                 more: req.flags & NETTXF_MORE_DATA != 0,
-                extras: 0,
-                fault: None,
-                answered: false,
+                bad_extra: false,
             });
             return self.tx_maybe_complete();
         };
         if pkt.in_extras {
             let extra = NetifExtraInfo::from_tx_request(&req);
-            pkt.extras += 1;
+            // xenvif_get_extras: a slot read as an extra whose type is none or unknown
+            // means the two ends disagree on where requests begin; nothing after it
+            // can be parsed.
+            if extra.type_ == XEN_NETIF_EXTRA_TYPE_NONE || extra.type_ >= XEN_NETIF_EXTRA_TYPE_MAX {
+                return self.tx_fatal(
+                    TxFault::ExtraType,
+                    &format!("extra-info slot of type {}", extra.type_),
+                );
+            }
             pkt.in_extras = extra.has_more();
             // Multicast filter updates are accepted and ignored (no filtering is
-            // offered); GSO was not offered, anything else is unknown.
-            let known = matches!(
+            // offered); GSO and hashing were not offered.
+            if !matches!(
                 extra.type_,
                 XEN_NETIF_EXTRA_TYPE_MCAST_ADD | XEN_NETIF_EXTRA_TYPE_MCAST_DEL
-            );
-            if pkt.fault.is_none() && !known {
-                pkt.fault = Some(TxFault::BadExtra);
-            }
-            if pkt.extras >= MAX_TX_EXTRAS && pkt.in_extras {
-                pkt.fault.get_or_insert(TxFault::TooManySlots);
-                // The extras never end: treat what follows as fragments.
-                pkt.in_extras = false;
+            ) {
+                pkt.bad_extra = true;
             }
             self.respond_tx(0, NETIF_RSP_NULL);
         } else {
+            let (offset, size) = (usize::from(req.offset), usize::from(req.size));
             pkt.more = req.flags & NETTXF_MORE_DATA != 0;
             pkt.frags.push(req);
-            if pkt.fault.is_none() && 1 + pkt.frags.len() > MAX_TX_SLOTS {
-                pkt.fault = Some(TxFault::TooManySlots);
+            // xenvif_count_requests: a fragment crossing its page, or a chain running
+            // past the fatal slot count, is a malicious frontend.
+            if offset + size > XEN_PAGE_SIZE {
+                return self.tx_fatal(
+                    TxFault::Offset,
+                    &format!("fragment at offset {offset} of {size} bytes crosses its page"),
+                );
             }
-            if pkt.fault.is_some() {
-                // Answer everything so far at once: a chain that never ends must
-                // not hold the ring.
-                let ids: Vec<u16> = if pkt.answered {
-                    vec![req.id]
-                } else {
-                    std::iter::once(pkt.first.id)
-                        .chain(pkt.frags.iter().map(|f| f.id))
-                        .collect()
-                };
-                pkt.answered = true;
-                pkt.frags.clear();
-                for id in ids {
-                    self.respond_tx(id, NETIF_RSP_ERROR);
-                }
+            if pkt.more && 1 + pkt.frags.len() >= FATAL_TX_SLOTS {
+                return self.tx_fatal(
+                    TxFault::TooManySlots,
+                    &format!("a chain of more than {FATAL_TX_SLOTS} slots"),
+                );
             }
         }
         self.tx_maybe_complete();
@@ -567,47 +597,56 @@ impl<E: BackendEnv, L: Link> Netback<E, L> {
         let Some(pkt) = conn.tx_pkt.take() else {
             return;
         };
-        let result = match pkt.fault {
-            Some(f) => Err(f),
-            None => self.tx_send(&pkt),
-        };
-        if let Err(f) = result {
-            self.count_fault(f);
-        }
-        if !pkt.answered {
-            let status = if result.is_ok() {
-                NETIF_RSP_OKAY
-            } else {
-                NETIF_RSP_ERROR
-            };
-            self.respond_tx(pkt.first.id, status);
-            for f in &pkt.frags {
-                self.respond_tx(f.id, status);
+        let result = self.tx_send(&pkt);
+        let status = match result {
+            Ok(()) => NETIF_RSP_OKAY,
+            Err(TxFault::Offset) => {
+                let (offset, size) = (pkt.first.offset, pkt.first.size);
+                return self.tx_fatal(
+                    TxFault::Offset,
+                    &format!(
+                        "first slot at offset {offset} of a {size}-byte frame crosses its page"
+                    ),
+                );
             }
+            Err(f) => {
+                self.count_fault(f);
+                NETIF_RSP_ERROR
+            }
+        };
+        self.respond_tx(pkt.first.id, status);
+        for f in &pkt.frags {
+            self.respond_tx(f.id, status);
         }
     }
 
-    /// Checks, copies out and sends one complete frame.
+    /// Checks, copies out and sends one complete frame. The checks come in Linux
+    /// netback's order: the chain (slots, sizes), the frame size, the first slot within
+    /// its page; then what this backend adds (extras not negotiated, its frame limit).
     fn tx_send(&mut self, pkt: &TxPacket) -> Result<(), TxFault> {
+        if 1 + pkt.frags.len() > MAX_TX_SLOTS {
+            return Err(TxFault::TooManySlots);
+        }
         let total = usize::from(pkt.first.size);
+        let rest: usize = pkt.frags.iter().map(|f| usize::from(f.size)).sum();
+        let first_len = total.checked_sub(rest).ok_or(TxFault::FirstSlotTooSmall)?;
         if total < ETH_HLEN {
             return Err(TxFault::Size);
+        }
+        if usize::from(pkt.first.offset) + first_len > XEN_PAGE_SIZE {
+            return Err(TxFault::Offset);
+        }
+        if pkt.bad_extra {
+            return Err(TxFault::BadExtra);
         }
         if total > self.config.max_tx_frame {
             return Err(TxFault::TooBig);
         }
-        let rest: usize = pkt.frags.iter().map(|f| usize::from(f.size)).sum();
-        let first_len = total.checked_sub(rest).ok_or(TxFault::FirstSlotTooSmall)?;
         let slots = std::iter::once((&pkt.first, first_len))
             .chain(pkt.frags.iter().map(|f| (f, usize::from(f.size))));
         self.frame.clear();
         self.frame.resize(total, 0);
         let mut at = 0;
-        for (req, len) in slots.clone() {
-            if usize::from(req.offset) + len > XEN_PAGE_SIZE {
-                return Err(TxFault::Offset);
-            }
-        }
         for (req, len) in slots {
             if len == 0 {
                 continue;

@@ -29,7 +29,8 @@ use pv_drivers::abi::blkif::{
 use pv_drivers::abi::grant_table::GrantRef;
 use pv_drivers::abi::netif::{
     NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_CSUM_BLANK, NETTXF_EXTRA_INFO,
-    NETTXF_MORE_DATA, NetifRxRequest, NetifTxRequest,
+    NETTXF_MORE_DATA, NetifExtraInfo, NetifRxRequest, NetifTxRequest, XEN_NETIF_EXTRA_FLAG_MORE,
+    XEN_NETIF_EXTRA_TYPE_MAX,
 };
 use pv_drivers::frontend::{FrontendEnv, PAGE_SIZE};
 use pv_drivers::ring::{BlkifFrontRing, NetifRxFrontRing, NetifTxFrontRing, SRING_REQ_PROD};
@@ -484,8 +485,16 @@ pub fn fuzz_netback(data: &[u8]) -> BackendRun {
         // The first step is always a handshake, so that most inputs reach the rings.
         let op = if run.steps == 1 { 0 } else { b.u8() % 48 };
         match op {
-            // A handshake: two rings, keys good or bad, then the state.
+            // A handshake: two rings, keys good or bad, then the state. Mostly the
+            // frontend starts over first (`Closed`, `Initialising`), as it must after
+            // a fatal error has left the backend `Closing`.
             0 => {
+                if !b.u8().is_multiple_of(4) {
+                    for state in ["6", "1"] {
+                        front_write(&lb, &paths, "state", state);
+                        back.run_once(Kick::XENBUS);
+                    }
+                }
                 let mut ring_page = |b: &mut Bytes<'_>| {
                     let (pfn, mem) = pages.front.alloc_pages(1).ok()?;
                     let g = if b.u8().is_multiple_of(8) {
@@ -617,12 +626,14 @@ pub fn fuzz_netback(data: &[u8]) -> BackendRun {
                         7 => flags = b.u16(),
                         _ => {}
                     }
-                    let size = match b.u8() % 6 {
+                    // Sizes and offsets that cross the page end the connection, so
+                    // they are rarer than the other faults.
+                    let size = match b.u8() % 16 {
                         0 => b.u16(),
-                        1 => u16::from(b.u8() % 14),
+                        1..=3 => u16::from(b.u8() % 14),
                         _ => 14 + u16::from(b.u8()) * 4,
                     };
-                    let offset = match b.u8() % 4 {
+                    let offset = match b.u8() % 16 {
                         0 => b.u16(),
                         _ => u16::from(b.u8()),
                     };
@@ -635,6 +646,19 @@ pub fn fuzz_netback(data: &[u8]) -> BackendRun {
                     };
                     if r.push_request(&req).is_err() {
                         break;
+                    }
+                    // The extras a first slot asks for: mostly well-formed ones (types
+                    // 0 and 5 and up end the connection), sometimes none, so that the
+                    // next request is read as one.
+                    let mut due = i == 0 && flags & NETTXF_EXTRA_INFO != 0;
+                    while due && !b.u8().is_multiple_of(4) {
+                        let type_ = b.u8() % (XEN_NETIF_EXTRA_TYPE_MAX + 1);
+                        due = b.u8().is_multiple_of(4);
+                        let more = if due { XEN_NETIF_EXTRA_FLAG_MORE } else { 0 };
+                        let extra = NetifExtraInfo::mcast(type_, [1, 0, 0x5e, 0, 0, 1], more);
+                        if r.push_request(&extra.to_tx_request()).is_err() {
+                            break;
+                        }
                     }
                 }
                 r.push_requests_and_check_notify();
