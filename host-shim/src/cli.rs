@@ -62,11 +62,11 @@ pub enum Command {
     /// every write whose flush completed before the kill is in the image, intact.
     #[command(after_help = CRASHTEST_HELP)]
     Crashtest(CrashtestArgs),
-    /// Soak: many block requests (blkback) and packets (netback) through one shim in a
-    /// network namespace of its own, and the shim's RSS, open fds and threads and the
-    /// guest's free grant references and frames compared at the start and the end of
-    /// each window: nothing may grow. Needs root (a private network namespace, a TAP)
-    /// and ping.
+    /// Soak: many block requests and packets through one shim (one disk and one NIC,
+    /// each on the path --disk/--net names) in a network namespace of its own, and the
+    /// shim's RSS, open fds and threads and the guest's free grant references (Xen
+    /// paths) and frames compared at the start and the end of each window: nothing may
+    /// grow. Needs root (a private network namespace, a TAP) and ping.
     #[command(after_help = SOAK_HELP)]
     Soak(SoakArgs),
 }
@@ -85,14 +85,30 @@ pub struct SoakArgs {
     /// The guest kernel: an ELF64 with a PVH note.
     #[arg(long, value_name = "GUEST")]
     pub kernel: PathBuf,
-    /// Block requests after the warm-up, at least (counted by blkback).
+    /// The disk's path: xen (blkback), ide-dma, ide-pio (the emulated IDE disk), virtio
+    /// (virtio-blk).
+    #[arg(long, value_name = "PATH", default_value = "xen",
+          value_parser = crate::paths::DiskPath::parse)]
+    pub disk: crate::paths::DiskPath,
+    /// The NIC's path: xen (netback), e1000, virtio (virtio-net).
+    #[arg(long, value_name = "PATH", default_value = "xen",
+          value_parser = crate::paths::NetPath::parse)]
+    pub net: crate::paths::NetPath,
+    /// Block requests after the warm-up, at least (counted by the disk's device).
     #[arg(long, value_name = "N", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     pub requests: u64,
-    /// Frames through netback, both ways, at least (flood pings: two per echo).
+    /// Bytes per block request: a multiple of 512 from 512 to 64K; K suffix.
+    #[arg(long, value_name = "BYTES", default_value = "512", value_parser = parse_soak_block_size)]
+    pub block_size: u32,
+    /// Frames through the NIC, both ways, at least (flood pings: two per echo).
     #[arg(long, value_name = "N", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     pub packets: u64,
+    /// Echo requests the flood pings keep in flight (ping -l).
+    #[arg(long, value_name = "N", default_value_t = crate::soak::DEFAULT_PING_PRELOAD,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub ping_preload: u32,
     /// Samples inside each window between its first and last (block: at most 6).
     #[arg(long, value_name = "K", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(0..=1000))]
@@ -128,8 +144,8 @@ pub struct CrashtestArgs {
     pub kernel: PathBuf,
     /// The disk paths, a comma list of xen, ide-dma, ide-pio, virtio.
     #[arg(long, value_name = "LIST", default_value = "xen,ide-dma,virtio",
-          value_delimiter = ',', value_parser = crate::crashtest::CrashPath::parse)]
-    pub paths: Vec<crate::crashtest::CrashPath>,
+          value_delimiter = ',', value_parser = crate::paths::DiskPath::parse)]
+    pub paths: Vec<crate::paths::DiskPath>,
     /// Kills per path.
     #[arg(long, value_name = "N", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -160,6 +176,12 @@ pub struct CrashtestArgs {
     /// The program started for each round instead of this one (tests: a fake shim).
     #[arg(long, value_name = "FILE", hide = true)]
     pub shim: Option<PathBuf>,
+}
+
+fn parse_soak_block_size(s: &str) -> Result<u32, String> {
+    let bytes = crate::backends::spec::parse_size(s)
+        .ok_or_else(|| format!("'{s}' is not a size (bytes, or a number with K, M or G)"))?;
+    crate::soak::check_block_size(bytes)
 }
 
 fn parse_crash_size(s: &str) -> Result<u64, String> {
@@ -420,8 +442,12 @@ fn soak(args: SoakArgs) -> u8 {
         &crate::soak::Options {
             kernel: args.kernel,
             shim,
+            disk: args.disk,
+            net: args.net,
+            block_size: args.block_size,
             requests: args.requests,
             packets: args.packets,
+            ping_preload: args.ping_preload,
             samples: args.samples,
             dir: args.dir,
             timeout: args.timeout,

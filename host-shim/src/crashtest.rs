@@ -36,6 +36,8 @@ use pv_drivers::pattern;
 use pv_drivers::workload::{DurablePoint, generation_seed};
 use serde_json::{Value, json};
 
+use crate::paths::DiskPath;
+
 /// Bytes per request of the guest's writer (its `blk.bs=`).
 pub const BLOCK: u32 = 4096;
 /// Sector size of the check.
@@ -54,58 +56,6 @@ pub const SIZE_RANGE: (u64, u64) = (2 * BLOCK as u64, 1 << 30);
 const LINE_MAX: usize = 4096;
 /// How long the child's output may take to end after the kill.
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
-
-/// A disk path the crash test runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrashPath {
-    /// The PV disk: blkfront to the shim's blkback.
-    Xen,
-    /// The emulated IDE disk with bus-master DMA (FLUSH CACHE).
-    IdeDma,
-    /// The emulated IDE disk with PIO.
-    IdePio,
-    /// virtio-blk (VIRTIO_BLK_T_FLUSH).
-    Virtio,
-}
-
-impl CrashPath {
-    /// Every path, in report order.
-    pub const ALL: [Self; 4] = [Self::Xen, Self::IdeDma, Self::IdePio, Self::Virtio];
-    /// The default `--paths`.
-    pub const DEFAULT: [Self; 3] = [Self::Xen, Self::IdeDma, Self::Virtio];
-
-    /// The `--paths` name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Xen => "xen",
-            Self::IdeDma => "ide-dma",
-            Self::IdePio => "ide-pio",
-            Self::Virtio => "virtio",
-        }
-    }
-
-    /// Parses a `--paths` name.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Self::ALL.iter().map(|p| p.name()).collect();
-                format!("unknown path '{s}' (known: {})", known.join(", "))
-            })
-    }
-
-    /// The `--disk` interface suffix and the guest's device options.
-    fn device(self) -> (&'static str, &'static str) {
-        match self {
-            Self::Xen => ("", "blk.device=xen:51712"),
-            Self::IdeDma => (",if=ide", "blk.device=ide:0 blk.ata=dma"),
-            Self::IdePio => (",if=ide", "blk.device=ide:0 blk.ata=pio"),
-            Self::Virtio => (",if=virtio", "blk.device=virtio:0"),
-        }
-    }
-}
 
 /// Checks `--size`: whole blocks, within [`SIZE_RANGE`].
 pub fn check_size(size: u64) -> Result<u64, String> {
@@ -126,7 +76,7 @@ pub struct Options {
     /// The `host-shim` binary started for each round (normally this one).
     pub shim: PathBuf,
     /// The paths, in order, without repeats.
-    pub paths: Vec<CrashPath>,
+    pub paths: Vec<DiskPath>,
     /// Kills per path.
     pub rounds: u32,
     /// Seed of everything random: the kill moments and each round's pattern seed.
@@ -165,7 +115,7 @@ pub struct RoundPlan {
 
 impl RoundPlan {
     /// The plan of round `round` (from 0) on `path`, from `seed`.
-    pub fn new(seed: u64, path: CrashPath, round: u32) -> Self {
+    pub fn new(seed: u64, path: DiskPath, round: u32) -> Self {
         let base = mix(seed ^ mix(path as u64 + 1) ^ mix(u64::from(round) << 8));
         Self {
             seed: mix(base ^ 1),
@@ -428,7 +378,7 @@ fn prepare_image(image: &Path, size: u64, seed: u64) -> io::Result<()> {
 }
 
 /// Runs one round: prepare, boot, kill, check.
-fn round(opts: &Options, path: CrashPath, r: u32, image: &Path) -> Result<RoundResult, String> {
+fn round(opts: &Options, path: DiskPath, r: u32, image: &Path) -> Result<RoundResult, String> {
     let plan = RoundPlan::new(opts.seed, path, r);
     prepare_image(image, opts.size, plan.seed)
         .map_err(|e| format!("cannot prepare {}: {e}", image.display()))?;
@@ -593,7 +543,7 @@ fn plausible_generation(
 #[derive(Clone, Debug)]
 pub struct PathResult {
     /// The path.
-    pub path: CrashPath,
+    pub path: DiskPath,
     /// Rounds that ran to their check.
     pub rounds: Vec<RoundResult>,
     /// The error that stopped the path, if any.
@@ -920,13 +870,13 @@ mod tests {
 
     #[test]
     fn plans_are_a_function_of_seed_path_and_round() {
-        let a = RoundPlan::new(1, CrashPath::Xen, 0);
-        assert_eq!(a, RoundPlan::new(1, CrashPath::Xen, 0));
-        assert_ne!(a, RoundPlan::new(2, CrashPath::Xen, 0));
-        assert_ne!(a.seed, RoundPlan::new(1, CrashPath::Virtio, 0).seed);
-        assert_ne!(a.seed, RoundPlan::new(1, CrashPath::Xen, 1).seed);
+        let a = RoundPlan::new(1, DiskPath::Xen, 0);
+        assert_eq!(a, RoundPlan::new(1, DiskPath::Xen, 0));
+        assert_ne!(a, RoundPlan::new(2, DiskPath::Xen, 0));
+        assert_ne!(a.seed, RoundPlan::new(1, DiskPath::Virtio, 0).seed);
+        assert_ne!(a.seed, RoundPlan::new(1, DiskPath::Xen, 1).seed);
         for r in 0..200 {
-            let p = RoundPlan::new(9, CrashPath::IdeDma, r);
+            let p = RoundPlan::new(9, DiskPath::IdeDma, r);
             assert!((1..=KILL_AFTER_LINES_MAX).contains(&p.after_lines));
             assert!(p.delay_ms < KILL_DELAY_MAX_MS);
         }
@@ -946,12 +896,8 @@ mod tests {
 
     #[test]
     fn paths_and_sizes_are_checked() {
-        assert_eq!(CrashPath::parse(" virtio"), Ok(CrashPath::Virtio));
-        assert!(
-            CrashPath::parse("e1000")
-                .unwrap_err()
-                .contains("known: xen")
-        );
+        assert_eq!(DiskPath::parse(" virtio"), Ok(DiskPath::Virtio));
+        assert!(DiskPath::parse("e1000").unwrap_err().contains("known: xen"));
         assert!(check_size(4096).is_err());
         assert!(check_size(8192 + 512).is_err());
         assert!(check_size(2 << 30).is_err());

@@ -29,6 +29,8 @@
 //!   writes, the image checked against the flushes the guest saw complete).
 //!   [`soak`]: many block requests and packets through one child shim, its RSS, fds and
 //!   threads and the guest's free grants and frames compared at the start and the end.
+//!   [`paths`]: the disk and network paths these three commands name, with the shim's
+//!   and the guest's options and the counters of each.
 //!
 //! # Exit status of the `host-shim` binary
 //! | status | meaning |
@@ -52,6 +54,7 @@ pub mod devmgr;
 pub mod elf;
 pub mod hostio;
 pub mod kvm;
+pub mod paths;
 pub mod soak;
 pub mod stats;
 pub mod testing;

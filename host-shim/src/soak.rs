@@ -1,15 +1,18 @@
 //! `host-shim soak`: many block requests and packets through one shim, and nothing grows
 //! (#16).
 //!
-//! One child `host-shim run` (this binary, `run`) boots the guest with a PV disk
-//! (blkback on an image file) and a PV NIC (netback on a TAP), inside a network
-//! namespace this command makes (its TAP, its addresses and every packet stay in it).
+//! One child `host-shim run` (this binary, `run`) boots the guest with one disk on an
+//! image file and one NIC on a TAP, each on the path `--disk`/`--net` names
+//! ([`crate::paths`]: the PV disk or NIC, IDE with DMA or PIO, e1000, virtio-blk or
+//! virtio-net), inside a network namespace this command makes (its TAP, its addresses
+//! and every packet stay in it).
 //! The guest runs its block workload first and then serves the network, so the soak
 //! has two windows, each bracketed by samples taken when nothing is in flight:
 //!
 //! - block: `write-pattern` over the region (the warm-up: blkfront grows its pool of
-//!   granted buffers to the queue depth and keeps it), then `rand-rw` phases with
-//!   verification; the guest prints `blk: resources: ...` after each phase
+//!   granted buffers to the queue depth and keeps it; other drivers touch their DMA
+//!   memory), then `rand-rw` phases of [`Options::block_size`] requests, every read
+//!   verified; the guest prints `blk: resources: ...` after each phase
 //!   (`kernel::memory::resources`), and the soak samples the shim when it reads one.
 //!   The window runs from the line after the warm-up to the last.
 //! - network: flood pings from the host side (`ping -f`, several in flight) in chunks;
@@ -18,12 +21,25 @@
 //!
 //! A sample: the shim's RSS (`VmRSS`), open file descriptors (`/proc/PID/fd`) and
 //! threads (`Threads`), and the guest's free grant references, free frames and free
-//! heap. In each window the first and last sample must agree: free grants and frames
-//! not fewer, fds and threads not more, RSS at most [`RSS_SLACK_KIB`] more (the guest's
-//! RAM is the shim's anonymous memory, so pages the guest touches for the first time
-//! count too, as do the allocator's arenas). The heap is reported, not judged (smoltcp's
+//! heap. In each window the first and last sample must agree: free grants (only where
+//! the window's path uses grants: elsewhere they are reported as not applicable) and
+//! frames not fewer, fds and threads not more, RSS at most [`RSS_SLACK_KIB`] more (the
+//! guest's RAM is the shim's anonymous memory, so pages the guest touches for the first
+//! time count too, as do the allocator's arenas). The heap is reported, not judged (smoltcp's
 //! buffers for a connection come and go). Requests and frames are counted by the
-//! shim's own blkback and netback (its `--stats-file`), not by the guest.
+//! shim's own device of each path (blkback, the IDE controller's commands, virtio-blk;
+//! netback, e1000, virtio-net: [`DiskPath::requests`], [`NetPath::frames`] on its
+//! `--stats-file`), not by the guest.
+//!
+//! Where the time goes on a kvm-pvm host (every guest ring-0 instruction emulated, about
+//! 0.8 us each; counted with KVM's `insn_emulation`): a PV `rand-rw` request of 4 KiB
+//! costs about 8,300 emulated instructions, one of 512 bytes about 2,700 (about 470 of
+//! them filling the written blocks with the pattern, 470 verifying the read ones, the
+//! rest the workload engine, blkfront, its ring and its wake-ups); IDE with DMA 1,840,
+//! virtio-blk 2,190, IDE with PIO 2,550 and 137 port exits. The bytes are the part that
+//! a soak need not pay for, so its requests are [`DEFAULT_BLOCK_SIZE`] bytes by default:
+//! the same ring, grant, descriptor and interrupt work per request, every read still
+//! verified. A flood-ping frame costs 1,000-1,600 (smoltcp, the driver, the wake-ups).
 //!
 //! Every wait is bounded: a phase may take [`Options::timeout`] plus its work at
 //! [`MIN_RATE`] per second; the child gets SIGKILL if this process dies.
@@ -39,12 +55,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::paths::{DiskPath, NetPath};
+
 /// The guest's block region (and the image's size).
 pub const REGION: u64 = 1 << 20;
 /// Requests the guest keeps in flight.
 pub const QUEUE_DEPTH: u32 = 8;
-/// Echo requests `ping` keeps in flight (`-l`).
-pub const PING_PRELOAD: u32 = 8;
+/// Bytes per block request unless `--block-size` says otherwise: one sector.
+pub const DEFAULT_BLOCK_SIZE: u32 = 512;
+/// Smallest and largest `--block-size` (sectors, up to one 64 KiB request).
+pub const BLOCK_SIZE_RANGE: (u32, u32) = (512, 64 << 10);
+/// Echo requests `ping` keeps in flight (`-l`) unless `--ping-preload` says otherwise.
+/// Each wake-up of the guest's network loop then finds more frames to serve: measured
+/// here (KVM's `insn_emulation` over netback's frames), 1,385 emulated guest
+/// instructions a frame at 32 against 1,633 at 8 and 2,501 at 2; 64 gains nothing more.
+pub const DEFAULT_PING_PRELOAD: u32 = 32;
 /// How much the shim's RSS may grow over a window, KiB.
 pub const RSS_SLACK_KIB: u64 = 4096;
 /// The slowest rate (requests or echoes per second) a bounded wait allows for.
@@ -68,10 +93,18 @@ pub struct Options {
     pub kernel: PathBuf,
     /// The `host-shim` binary started as the shim (normally this one).
     pub shim: PathBuf,
-    /// Block requests, at least (after the warm-up).
+    /// The disk's path.
+    pub disk: DiskPath,
+    /// The NIC's path.
+    pub net: NetPath,
+    /// Bytes per block request: a multiple of 512 in [`BLOCK_SIZE_RANGE`].
+    pub block_size: u32,
+    /// Block requests after the warm-up, at least.
     pub requests: u64,
-    /// Frames through netback, both ways, at least.
+    /// Frames through the NIC, both ways, at least.
     pub packets: u64,
+    /// Echo requests in flight (`ping -l`), 1..=64.
+    pub ping_preload: u32,
     /// Samples between the first and the last of each window.
     pub samples: u32,
     /// Where the image and the shim's counters go (kept); default a temporary
@@ -109,14 +142,28 @@ impl Plan {
         }
     }
 
-    /// The guest's command line.
-    pub fn cmdline(&self) -> String {
+    /// The guest's command line for a disk on `disk`, a NIC on `net` and requests of
+    /// `block_size` bytes.
+    pub fn cmdline(&self, disk: DiskPath, net: NetPath, block_size: u32) -> String {
         let phases = vec!["rand-rw"; self.block_phases as usize].join(",");
         format!(
-            "blk.workload=write-pattern,{phases} blk.ops={} blk.size={REGION} blk.qd={QUEUE_DEPTH} \
-             blk.device=xen:51712 net.device=xen:0 net.ip={GUEST_IP}/24",
-            self.ops_per_phase
+            "blk.workload=write-pattern,{phases} blk.ops={} blk.size={REGION} blk.bs={block_size} \
+             blk.qd={QUEUE_DEPTH} {} {} net.ip={GUEST_IP}/24",
+            self.ops_per_phase,
+            disk.device().1,
+            net.guest_option()
         )
+    }
+}
+
+/// Checks `--block-size`: whole sectors, within [`BLOCK_SIZE_RANGE`].
+pub fn check_block_size(bytes: u64) -> Result<u32, String> {
+    let (lo, hi) = BLOCK_SIZE_RANGE;
+    match u32::try_from(bytes) {
+        Ok(b) if (lo..=hi).contains(&b) && b.is_multiple_of(512) => Ok(b),
+        _ => Err(format!(
+            "--block-size {bytes} is not a multiple of 512 between {lo} and {hi} bytes"
+        )),
     }
 }
 
@@ -240,7 +287,7 @@ pub struct Sample {
     pub work: u64,
     /// The shim.
     pub host: HostResources,
-    /// The guest.
+    /// The guest; its free grants `None` where the window's path uses no grants.
     pub guest: GuestResources,
 }
 
@@ -254,7 +301,7 @@ impl Sample {
             "rss_kib": self.host.rss_kib,
             "fds": self.host.fds,
             "threads": self.host.threads,
-            "free_grants": self.guest.free_grants,
+            "free_grants": self.guest.free_grants.map_or(json!("n/a"), |g| json!(g)),
             "free_frames": self.guest.free_frames,
             "heap_free": self.guest.heap_free,
         })
@@ -266,6 +313,9 @@ impl Sample {
 pub struct Check {
     /// What.
     pub what: &'static str,
+    /// Whether it applies to the window's path (free grants do only on Xen paths); one
+    /// that does not has no figures and never grew.
+    pub applies: bool,
     /// At the window's first and last sample.
     pub first: i64,
     pub last: i64,
@@ -275,13 +325,15 @@ pub struct Check {
     pub grew: bool,
 }
 
-/// The checks of one window, `first` against `last`.
-pub fn judge(first: &Sample, last: &Sample) -> Vec<Check> {
+/// The checks of one window, `first` against `last`; `grants`: whether the window's
+/// path uses grants (else its free grants are not judged, and say so).
+pub fn judge(first: &Sample, last: &Sample, grants: bool) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut used = |what, a: u64, b: u64, slack: u64| {
         let (a, b, s) = (a as i64, b as i64, slack as i64);
         checks.push(Check {
             what,
+            applies: true,
             first: a,
             last: b,
             slack: s,
@@ -296,10 +348,12 @@ pub fn judge(first: &Sample, last: &Sample) -> Vec<Check> {
     );
     used("shim open fds", first.host.fds, last.host.fds, 0);
     used("shim threads", first.host.threads, last.host.threads, 0);
-    let mut free = |what, a: u64, b: u64| {
-        let (a, b) = (a as i64, b as i64);
+    // `None`: not applicable to the window's path.
+    let mut free = |what, figures: Option<(u64, u64)>| {
+        let (a, b) = figures.map_or((0, 0), |(a, b)| (a as i64, b as i64));
         checks.push(Check {
             what,
+            applies: figures.is_some(),
             first: a,
             last: b,
             slack: 0,
@@ -308,13 +362,16 @@ pub fn judge(first: &Sample, last: &Sample) -> Vec<Check> {
     };
     free(
         "guest free grant refs",
-        first.guest.free_grants.unwrap_or(0),
-        last.guest.free_grants.unwrap_or(0),
+        grants.then(|| {
+            (
+                first.guest.free_grants.unwrap_or(0),
+                last.guest.free_grants.unwrap_or(0),
+            )
+        }),
     );
     free(
         "guest free frames",
-        first.guest.free_frames,
-        last.guest.free_frames,
+        Some((first.guest.free_frames, last.guest.free_frames)),
     );
     checks
 }
@@ -433,19 +490,38 @@ fn report(opts: &Options, plan: &Plan, o: &Outcome) -> (Value, u8) {
         |name: &str| -> Vec<&Sample> { o.samples.iter().filter(|s| s.window == name).collect() };
     let mut windows = Vec::new();
     let mut grew = false;
-    for name in ["block", "network"] {
+    let paths = [
+        ("block", opts.disk.name(), opts.disk.uses_grants()),
+        ("network", opts.net.name(), opts.net.uses_grants()),
+    ];
+    for (name, path, grants) in paths {
         let w = window(name);
-        let checks = match (w.first(), w.last()) {
-            (Some(a), Some(b)) if w.len() >= 2 => judge(a, b),
-            _ => Vec::new(),
+        let (checks, span) = match (w.first(), w.last()) {
+            (Some(a), Some(b)) if w.len() >= 2 => (
+                judge(a, b, grants),
+                Some((b.at_s - a.at_s, b.work - a.work)),
+            ),
+            _ => (Vec::new(), None),
         };
         grew |= checks.iter().any(|c| c.grew);
         windows.push(json!({
             "window": name,
-            "checks": checks.iter().map(|c| json!({
-                "what": c.what, "first": c.first, "last": c.last,
-                "slack": c.slack, "grew": c.grew,
-            })).collect::<Vec<_>>(),
+            "path": path,
+            "seconds": span.map(|(t, _)| (t * 10.0).round() / 10.0),
+            "work": span.map(|(_, n)| n),
+            "work_per_s": span.map(|(t, n)| rate(n, t)),
+            "checks": checks.iter().map(|c| if c.applies {
+                json!({
+                    "what": c.what, "applies": true, "first": c.first, "last": c.last,
+                    "slack": c.slack, "grew": c.grew,
+                })
+            } else {
+                json!({
+                    "what": c.what, "applies": false, "first": null, "last": null,
+                    "slack": null, "grew": false,
+                    "why": format!("the {path} path uses no grants"),
+                })
+            }).collect::<Vec<_>>(),
         }));
     }
     let reached = o.requests >= opts.requests && o.frames >= opts.packets;
@@ -459,10 +535,20 @@ fn report(opts: &Options, plan: &Plan, o: &Outcome) -> (Value, u8) {
     let doc = json!({
         "passed": status == 0,
         "error": o.error,
+        "disk": {
+            "path": opts.disk.name(),
+            "device": opts.disk.describe(),
+            "counted_by": opts.disk.counted_by(),
+        },
+        "net": {
+            "path": opts.net.name(),
+            "device": opts.net.describe(),
+            "counted_by": opts.net.counted_by(),
+        },
         "requests_wanted": opts.requests,
         "packets_wanted": opts.packets,
-        "blkback_requests": o.requests,
-        "netback_frames": o.frames,
+        "block_requests": o.requests,
+        "frames": o.frames,
         "echo_requests_sent": o.echoes.0,
         "echo_replies": o.echoes.1,
         "counts_reached": reached,
@@ -475,8 +561,9 @@ fn report(opts: &Options, plan: &Plan, o: &Outcome) -> (Value, u8) {
             "ping_runs": plan.ping_chunks,
             "echoes_per_run": plan.echoes_per_chunk,
             "region_bytes": REGION,
+            "block_size": opts.block_size,
             "queue_depth": QUEUE_DEPTH,
-            "ping_preload": PING_PRELOAD,
+            "ping_preload": opts.ping_preload,
         },
         "rss_slack_kib": RSS_SLACK_KIB,
         "windows": windows,
@@ -496,10 +583,29 @@ fn rate(n: u64, secs: f64) -> f64 {
 /// The report as text: the samples, then each window's first and last.
 pub fn text(doc: &Value) -> String {
     let mut s = String::new();
+    let path = |key: &str| {
+        format!(
+            "{} ({})",
+            doc[key]["path"].as_str().unwrap_or("?"),
+            doc[key]["device"].as_str().unwrap_or("?")
+        )
+    };
     s.push_str(&format!(
-        "soak: {} block requests (blkback), {} frames (netback; {} echo requests, {} replies) in {} s\n",
-        doc["blkback_requests"], doc["netback_frames"], doc["echo_requests_sent"],
-        doc["echo_replies"], doc["seconds"]
+        "soak: disk {}, NIC {}\n",
+        path("disk"),
+        path("net")
+    ));
+    s.push_str(&format!(
+        "soak: {} block requests of {} bytes ({}), {} frames ({}; {} echo requests, {} \
+         replies) in {} s\n",
+        doc["block_requests"],
+        doc["plan"]["block_size"],
+        doc["disk"]["counted_by"].as_str().unwrap_or("?"),
+        doc["frames"],
+        doc["net"]["counted_by"].as_str().unwrap_or("?"),
+        doc["echo_requests_sent"],
+        doc["echo_replies"],
+        doc["seconds"]
     ));
     s.push_str(&format!(
         "{:<8} {:<10} {:>8} {:>9} {:>9} {:>5} {:>7} {:>11} {:>11} {:>9}\n",
@@ -524,21 +630,40 @@ pub fn text(doc: &Value) -> String {
             x["rss_kib"].to_string(),
             x["fds"].to_string(),
             x["threads"].to_string(),
-            x["free_grants"].to_string(),
+            x["free_grants"]
+                .as_str()
+                .map_or_else(|| x["free_grants"].to_string(), str::to_owned),
             x["free_frames"].to_string(),
             x["heap_free"].to_string()
         ));
     }
     for w in doc["windows"].as_array().into_iter().flatten() {
         s.push_str(&format!(
-            "{} window, first sample against last:\n",
-            w["window"].as_str().unwrap_or("?")
+            "{} window on {}: {} {} in {} s ({} a second), first sample against last:\n",
+            w["window"].as_str().unwrap_or("?"),
+            w["path"].as_str().unwrap_or("?"),
+            w["work"],
+            if w["window"] == "block" {
+                "requests (guest's count)"
+            } else {
+                "frames (guest's count)"
+            },
+            w["seconds"],
+            w["work_per_s"]
         ));
         let checks = w["checks"].as_array().cloned().unwrap_or_default();
         if checks.is_empty() {
             s.push_str("  (not reached)\n");
         }
         for c in checks {
+            if c["applies"] == false {
+                s.push_str(&format!(
+                    "  {:<22} n/a ({})\n",
+                    c["what"].as_str().unwrap_or("?"),
+                    c["why"].as_str().unwrap_or("")
+                ));
+                continue;
+            }
             let (a, b) = (
                 c["first"].as_i64().unwrap_or(0),
                 c["last"].as_i64().unwrap_or(0),
@@ -566,10 +691,7 @@ pub fn text(doc: &Value) -> String {
     } else if doc["counts_reached"] != true {
         format!(
             "soak: FAIL: counts not reached ({} of {} requests, {} of {} frames)",
-            doc["blkback_requests"],
-            doc["requests_wanted"],
-            doc["netback_frames"],
-            doc["packets_wanted"]
+            doc["block_requests"], doc["requests_wanted"], doc["frames"], doc["packets_wanted"]
         )
     } else {
         "soak: FAIL: something grew".to_owned()
@@ -601,11 +723,11 @@ impl Shim {
             .arg("--kernel")
             .arg(&opts.kernel)
             .arg("--disk")
-            .arg(&image)
+            .arg(format!("{}{}", image.display(), opts.disk.device().0))
             .arg("--net")
-            .arg(format!("tap={TAP}"))
+            .arg(opts.net.net_spec(TAP))
             .arg("--cmdline")
-            .arg(plan.cmdline())
+            .arg(plan.cmdline(opts.disk, opts.net, opts.block_size))
             .arg("--stats-file")
             .arg(dir.join("stats.json"))
             .arg("--timeout")
@@ -710,11 +832,14 @@ fn soak(opts: &Options, plan: &Plan, dir: &Path, progress: &mpsc::Sender<String>
         }
     };
     say(format!(
-        "shim pid {} started: {} rand-rw phases of {} requests after a warm-up, then {} \
-         ping runs of {} echo requests",
+        "shim pid {} started (disk {}, NIC {}): {} rand-rw phases of {} requests of {} bytes \
+         after a warm-up, then {} ping runs of {} echo requests",
         shim.child.id(),
+        opts.disk.name(),
+        opts.net.name(),
         plan.block_phases,
         plan.ops_per_phase,
+        opts.block_size,
         plan.ping_chunks,
         plan.echoes_per_chunk
     ));
@@ -734,37 +859,28 @@ fn soak(opts: &Options, plan: &Plan, dir: &Path, progress: &mpsc::Sender<String>
         });
         return out;
     }
-    match counts(&dir.join("stats.json")) {
+    match counts(&dir.join("stats.json"), opts.disk, opts.net) {
         Ok((r, f)) => (out.requests, out.frames) = (r, f),
         Err(e) => out.error = Some(e),
     }
     out
 }
 
-/// Requests through blkback and frames through netback (both ways), from the shim's
-/// `--stats-file`.
-fn counts(path: &Path) -> Result<(u64, u64), String> {
+/// Requests through the disk's device and frames through the NIC's (both ways), from
+/// the shim's `--stats-file`.
+fn counts(path: &Path, disk: DiskPath, net: NetPath) -> Result<(u64, u64), String> {
     let text = fs::read_to_string(path)
         .map_err(|e| format!("cannot read the shim's counters {}: {e}", path.display()))?;
     let doc: Value = serde_json::from_str(&text)
         .map_err(|e| format!("the shim's counters {}: {e}", path.display()))?;
-    backend_counts(&doc).ok_or_else(|| format!("no vbd or vif counters in {}", path.display()))
-}
-
-/// Requests of every vbd and frames of every vif in a `--stats` document.
-pub fn backend_counts(doc: &Value) -> Option<(u64, u64)> {
-    let backends = doc["stats"]["backends"].as_object()?;
-    let (mut requests, mut frames, mut seen) = (0, 0, (false, false));
-    for (name, b) in backends {
-        if name.starts_with("vbd-") {
-            requests += b["requests"].as_u64()?;
-            seen.0 = true;
-        } else if name.starts_with("vif-") {
-            frames += b["tx_frames"].as_u64()? + b["rx_frames"].as_u64()?;
-            seen.1 = true;
-        }
-    }
-    (seen.0 && seen.1).then_some((requests, frames))
+    let stats = &doc["stats"];
+    let requests = disk
+        .requests(stats)
+        .ok_or_else(|| format!("no {} disk counters in {}", disk.name(), path.display()))?;
+    let frames = net
+        .frames(stats)
+        .ok_or_else(|| format!("no {} NIC counters in {}", net.name(), path.display()))?;
+    Ok((requests, frames))
 }
 
 fn drive(
@@ -777,7 +893,8 @@ fn drive(
     let at = || shim.started.elapsed().as_secs_f64();
     // Block window: a resources line before the warm-up, after it, after each phase.
     let phase_limit = opts.timeout + Duration::from_secs(plan.ops_per_phase / MIN_RATE);
-    let boot_limit = opts.timeout + Duration::from_secs(REGION / 4096 / MIN_RATE);
+    let boot_limit =
+        opts.timeout + Duration::from_secs(REGION / u64::from(opts.block_size) / MIN_RATE);
     let mut resources_lines = 0u32;
     let mut requests = 0u64;
     loop {
@@ -804,8 +921,11 @@ fn drive(
         let Some(rest) = line.strip_prefix("blk: resources: ") else {
             continue;
         };
-        let guest = GuestResources::parse(rest)
+        let mut guest = GuestResources::parse(rest)
             .ok_or_else(|| format!("cannot read the guest's resources in '{line}'"))?;
+        if !opts.disk.uses_grants() {
+            guest.free_grants = None;
+        }
         resources_lines += 1;
         // The line before any request is the boot's: blkfront's pool is not grown yet.
         if resources_lines == 1 {
@@ -863,7 +983,8 @@ fn drive(
     }
     // One query first: the first connection's ARP and socket set-up are not the soak's.
     control("stats", limit)?;
-    let base = net_sample(shim, "start".into(), 0, at())?;
+    let grants = opts.net.uses_grants();
+    let base = net_sample(shim, "start".into(), 0, at(), grants)?;
     let base_frames = base.1;
     say(format!("network start: {}", base.2));
     out.samples.push(base.0);
@@ -874,7 +995,7 @@ fn drive(
                 "-f",
                 "-q",
                 "-l",
-                &PING_PRELOAD.to_string(),
+                &opts.ping_preload.to_string(),
                 "-c",
                 &plan.echoes_per_chunk.to_string(),
                 "-w",
@@ -893,7 +1014,7 @@ fn drive(
         })?;
         out.echoes.0 += sent;
         out.echoes.1 += got;
-        let (s, frames, rest) = net_sample(shim, format!("run {k}"), base_frames, at())?;
+        let (s, frames, rest) = net_sample(shim, format!("run {k}"), base_frames, at(), grants)?;
         say(format!(
             "network run {k}: {sent} echo requests, {got} replies; guest frames {}, RSS {} KiB, \
              {} fds, {} threads, {rest}",
@@ -924,15 +1045,20 @@ fn drive(
 
 /// A network sample: the guest's `stats` answer and the shim's resources; also the
 /// guest's frames so far (received plus sent) and the answer's resources text.
+/// `grants`: whether the NIC's path uses grants (else the free grants are left out).
 fn net_sample(
     shim: &Shim,
     label: String,
     base_frames: u64,
     at_s: f64,
+    grants: bool,
 ) -> Result<(Sample, u64, String), String> {
     let answer = control("stats", Duration::from_secs(30))?;
-    let guest = GuestResources::parse(&answer)
+    let mut guest = GuestResources::parse(&answer)
         .ok_or_else(|| format!("no resources in the guest's stats answer '{answer}'"))?;
+    if !grants {
+        guest.free_grants = None;
+    }
     let (rx, tx) = parse_guest_frames(&answer)
         .ok_or_else(|| format!("no frame counters in the guest's stats answer '{answer}'"))?;
     let host = shim.sample()?;
@@ -966,11 +1092,36 @@ mod tests {
         assert_eq!((p.block_phases, p.ops_per_phase), (MAX_BLOCK_PHASES, 2));
         assert!(u64::from(p.block_phases) * p.ops_per_phase >= 10);
         assert!(u64::from(p.ping_chunks) * p.echoes_per_chunk * 2 >= 7);
-        let line = Plan::new(100, 100, 1).cmdline();
+        let line = Plan::new(100, 100, 1).cmdline(DiskPath::Xen, NetPath::Xen, 512);
         assert!(
             line.starts_with("blk.workload=write-pattern,rand-rw,rand-rw blk.ops=50 "),
             "{line}"
         );
+        assert!(line.contains(" blk.bs=512 "), "{line}");
+        assert!(
+            line.contains(" blk.device=xen:51712 net.device=xen:0 "),
+            "{line}"
+        );
+        let line = Plan::new(100, 100, 1).cmdline(DiskPath::IdePio, NetPath::E1000, 4096);
+        assert!(line.contains(" blk.bs=4096 "), "{line}");
+        assert!(
+            line.contains(" blk.device=ide:0 blk.ata=pio net.device=e1000:0 "),
+            "{line}"
+        );
+        let line = Plan::new(100, 100, 1).cmdline(DiskPath::Virtio, NetPath::Virtio, 512);
+        assert!(
+            line.contains(" blk.device=virtio:0 net.device=virtio:0 "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn block_sizes_are_whole_sectors_up_to_64k() {
+        assert_eq!(check_block_size(512), Ok(512));
+        assert_eq!(check_block_size(64 << 10), Ok(64 << 10));
+        for bad in [0, 256, 1000, (64 << 10) + 512, 1 << 40] {
+            assert!(check_block_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -1030,16 +1181,6 @@ mod tests {
         assert_eq!(parse_block_result("blk: rand-rw: 7 waits, 7 events"), None);
     }
 
-    #[test]
-    fn backend_counts_add_both_directions() {
-        let doc = json!({"stats": {"backends": {
-            "vbd-51712": {"requests": 2257},
-            "vif-0": {"tx_frames": 10, "rx_frames": 12},
-        }}});
-        assert_eq!(backend_counts(&doc), Some((2257, 22)));
-        assert_eq!(backend_counts(&json!({"stats": {"backends": {}}})), None);
-    }
-
     fn sample(rss: u64, fds: u64, threads: u64, grants: u64, frames: u64) -> Sample {
         Sample {
             window: "block",
@@ -1062,9 +1203,13 @@ mod tests {
     #[test]
     fn growth_is_judged_against_the_stated_slack() {
         let a = sample(20_000, 12, 6, 1004, 31310);
-        let same = judge(&a, &sample(20_000 + RSS_SLACK_KIB, 12, 6, 1004, 31310));
+        let same = judge(
+            &a,
+            &sample(20_000 + RSS_SLACK_KIB, 12, 6, 1004, 31310),
+            true,
+        );
         assert!(same.iter().all(|c| !c.grew), "{same:?}");
-        let shrunk = judge(&a, &sample(19_000, 11, 5, 1010, 31400));
+        let shrunk = judge(&a, &sample(19_000, 11, 5, 1010, 31400), true);
         assert!(shrunk.iter().all(|c| !c.grew), "{shrunk:?}");
         for (b, what) in [
             (
@@ -1076,9 +1221,40 @@ mod tests {
             (sample(20_000, 12, 6, 1003, 31310), "guest free grant refs"),
             (sample(20_000, 12, 6, 1004, 31309), "guest free frames"),
         ] {
-            let grew: Vec<_> = judge(&a, &b).into_iter().filter(|c| c.grew).collect();
+            let grew: Vec<_> = judge(&a, &b, true).into_iter().filter(|c| c.grew).collect();
             assert_eq!(grew.len(), 1, "{what}: {grew:?}");
             assert_eq!(grew[0].what, what);
+        }
+    }
+
+    #[test]
+    fn grants_are_not_applicable_off_xen_and_the_rest_is_still_judged() {
+        let a = sample(20_000, 12, 6, 1004, 31310);
+        // Free grants would have dropped, but the path uses none: not judged, said so.
+        let checks = judge(&a, &sample(20_000, 12, 6, 900, 31310), false);
+        assert_eq!(checks.len(), 5, "{checks:?}");
+        let grants = checks
+            .iter()
+            .find(|c| c.what == "guest free grant refs")
+            .unwrap();
+        assert!(!grants.applies && !grants.grew, "{grants:?}");
+        assert!(
+            checks
+                .iter()
+                .filter(|c| c.what != grants.what)
+                .all(|c| c.applies)
+        );
+        for b in [
+            sample(20_000, 13, 6, 1004, 31310),
+            sample(20_000, 12, 7, 1004, 31310),
+            sample(20_000, 12, 6, 1004, 31309),
+            sample(20_001 + RSS_SLACK_KIB, 12, 6, 1004, 31310),
+        ] {
+            assert_eq!(
+                judge(&a, &b, false).iter().filter(|c| c.grew).count(),
+                1,
+                "{b:?}"
+            );
         }
     }
 }

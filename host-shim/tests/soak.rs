@@ -1,8 +1,10 @@
 //! `host-shim soak` through the binary, short: 2000 block requests and 2000 frames
-//! through one shim, and nothing grew (the full size, 10^6 of each, is a manual run:
-//! see the README). Needs /dev/kvm, root (a private network namespace, a TAP) and
-//! ping; each missing one is a loud SKIPPED line. Also: a shim that dies at once is a
-//! clear error with status 2, not a hang, and bad input is one error line and 125.
+//! through one shim, and nothing grew, on every kind of path: the PV disk and NIC;
+//! the emulated IDE disk (DMA) with virtio-net; virtio-blk with the emulated e1000
+//! (the full size, 10^6 of each, is a manual run: see the README). Needs /dev/kvm,
+//! root (a private network namespace, a TAP) and ping; each missing one is a loud
+//! SKIPPED line. Also: a shim that dies at once is a clear error with status 2, not a
+//! hang, and bad input is one error line and 125.
 
 mod common;
 
@@ -46,16 +48,23 @@ fn refused_by_host(run: &Run, test: &str) -> bool {
     false
 }
 
-#[test]
-fn a_short_soak_reaches_its_counts_and_nothing_grows() {
-    if !kvm_usable("short soak") {
+/// A short soak with the disk on `disk` and the NIC on `net`: both counts reached on
+/// the path's own device counters, nothing grew, and free grants judged exactly where
+/// the path uses grants.
+fn short_soak(disk: &str, net: &str) {
+    let test = format!("short soak, disk {disk}, NIC {net}");
+    if !kvm_usable(&test) {
         return;
     }
     let kernel = guest_kernel();
-    let dir = scratch_dir("host-shim-soak", "short");
+    let dir = scratch_dir("host-shim-soak", &format!("short-{disk}-{net}"));
     let run = soak(&[
         "--kernel",
         kernel.to_str().expect("utf-8 path"),
+        "--disk",
+        disk,
+        "--net",
+        net,
         "--requests",
         "2000",
         "--packets",
@@ -66,24 +75,31 @@ fn a_short_soak_reaches_its_counts_and_nothing_grows() {
         dir.to_str().expect("utf-8 path"),
         "--json",
     ]);
-    if refused_by_host(&run, "short soak") {
+    if refused_by_host(&run, &test) {
         return;
     }
     assert_eq!(
         run.status, 0,
-        "stderr: {}\nstdout: {}",
+        "{test}: stderr: {}\nstdout: {}",
         run.stderr, run.stdout
     );
     let doc: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("one JSON object");
     assert_eq!(doc["passed"], true, "{doc}");
     assert_eq!(doc["grew"], false, "{doc}");
-    assert!(doc["blkback_requests"].as_u64().unwrap() >= 2000, "{doc}");
-    assert!(doc["netback_frames"].as_u64().unwrap() >= 2000, "{doc}");
+    assert_eq!(doc["disk"]["path"], disk, "{doc}");
+    assert_eq!(doc["net"]["path"], net, "{doc}");
+    assert!(doc["block_requests"].as_u64().unwrap() >= 2000, "{doc}");
+    assert!(doc["frames"].as_u64().unwrap() >= 2000, "{doc}");
     for w in doc["windows"].as_array().expect("windows") {
+        let path = if w["window"] == "block" { disk } else { net };
+        assert_eq!(w["path"], path, "{w}");
         let checks = w["checks"].as_array().expect("checks");
         assert_eq!(checks.len(), 5, "{w}");
         for c in checks {
             assert_eq!(c["grew"], false, "{c}");
+            // Grants are judged on the Xen paths and only there.
+            let grants = c["what"] == "guest free grant refs";
+            assert_eq!(c["applies"], !grants || path == "xen", "{c}");
         }
     }
     // Warm-up and 3 phases; start and 3 ping runs.
@@ -91,12 +107,30 @@ fn a_short_soak_reaches_its_counts_and_nothing_grows() {
     let count = |w: &str| samples.iter().filter(|s| s["window"] == w).count();
     assert_eq!((count("block"), count("network")), (4, 4), "{doc}");
     for s in samples {
-        assert!(
-            s["free_grants"].as_u64().is_some(),
-            "the guest has Xen: {s}"
-        );
+        let path = if s["window"] == "block" { disk } else { net };
+        if path == "xen" {
+            assert!(s["free_grants"].as_u64().is_some(), "{s}");
+        } else {
+            assert_eq!(s["free_grants"], "n/a", "{s}");
+        }
         assert!(s["rss_kib"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["free_frames"].as_u64().unwrap() > 0, "{s}");
     }
+}
+
+#[test]
+fn a_short_soak_on_the_pv_paths_reaches_its_counts_and_nothing_grows() {
+    short_soak("xen", "xen");
+}
+
+#[test]
+fn a_short_soak_on_ide_dma_and_virtio_net_reaches_its_counts_and_nothing_grows() {
+    short_soak("ide-dma", "virtio");
+}
+
+#[test]
+fn a_short_soak_on_virtio_blk_and_e1000_reaches_its_counts_and_nothing_grows() {
+    short_soak("virtio", "e1000");
 }
 
 #[test]
@@ -148,6 +182,16 @@ fn bad_input_is_one_error_line_and_125() {
         &["--kernel", "k", "--requests", "0"][..],
         &["--kernel", "k", "--packets", "x"][..],
         &["--kernel", "k", "--timeout", "0"][..],
+        &["--kernel", "k", "--disk", "e1000"][..],
+        &["--kernel", "k", "--disk", ""][..],
+        &["--kernel", "k", "--net", "ide-pio"][..],
+        &["--kernel", "k", "--net", "xen,e1000"][..],
+        &["--kernel", "k", "--block-size", "1000"][..],
+        &["--kernel", "k", "--block-size", "0"][..],
+        &["--kernel", "k", "--block-size", "128K"][..],
+        &["--kernel", "k", "--block-size", "4Q"][..],
+        &["--kernel", "k", "--ping-preload", "0"][..],
+        &["--kernel", "k", "--ping-preload", "65"][..],
     ] {
         let mut args = args.to_vec();
         let d = dir.to_str().unwrap();
@@ -162,4 +206,18 @@ fn bad_input_is_one_error_line_and_125() {
         );
         assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
     }
+    // A wrong path names the known ones, and a NIC is not a disk.
+    let d = dir.to_str().unwrap();
+    let run = soak(&["--kernel", "k", "--disk", "e1000", "--dir", d]);
+    assert!(
+        run.stderr.contains("known: xen, ide-dma, ide-pio, virtio"),
+        "{}",
+        run.stderr
+    );
+    let run = soak(&["--kernel", "k", "--net", "ide-dma", "--dir", d]);
+    assert!(
+        run.stderr.contains("known: xen, e1000, virtio"),
+        "{}",
+        run.stderr
+    );
 }

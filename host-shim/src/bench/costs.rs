@@ -97,6 +97,28 @@ pub enum DeviceKind {
     Virtio,
 }
 
+impl From<crate::paths::DiskPath> for DeviceKind {
+    fn from(p: crate::paths::DiskPath) -> Self {
+        use crate::paths::DiskPath;
+        match p {
+            DiskPath::Xen => Self::Xen,
+            DiskPath::IdeDma | DiskPath::IdePio => Self::Ide,
+            DiskPath::Virtio => Self::Virtio,
+        }
+    }
+}
+
+impl From<crate::paths::NetPath> for DeviceKind {
+    fn from(p: crate::paths::NetPath) -> Self {
+        use crate::paths::NetPath;
+        match p {
+            NetPath::Xen => Self::Xen,
+            NetPath::E1000 => Self::E1000,
+            NetPath::Virtio => Self::Virtio,
+        }
+    }
+}
+
 /// What one I/O costs, from a delta of snapshots.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Costs {

@@ -36,12 +36,13 @@ use serde_json::{Map, Value, json};
 
 use crate::backends::spec::{DiskSpec, NetSpec};
 use crate::devices::console::{Capture, ConsoleSink};
+use crate::paths::{DiskPath, NetPath};
 use crate::vmm::{Kernel, RunReport, VmConfig, Vmm};
 
 use self::costs::{Costs, DeviceKind};
 use self::fio::MatrixPhase;
 
-/// Every path, in report order.
+/// Every path, in report order: the names of [`DiskPath`] and [`NetPath`].
 pub const PATHS: [&str; 5] = ["xen", "ide-dma", "ide-pio", "e1000", "virtio"];
 
 /// Exit status of an interrupted (Ctrl-C) bench; its files are written, marked incomplete.
@@ -109,10 +110,10 @@ pub fn combine(reports: &[PathBuf], out: &Path, stderr: &mut dyn Write) -> u8 {
     0
 }
 
-/// Checks one `--paths` name.
+/// Checks one `--paths` name: a disk or a network path ([`crate::paths`]).
 pub fn parse_path(s: &str) -> Result<String, String> {
     let p = s.trim();
-    if PATHS.contains(&p) {
+    if is_block(p) || is_net(p) {
         Ok(p.to_owned())
     } else {
         Err(format!("unknown path '{p}' (known: {})", PATHS.join(", ")))
@@ -194,11 +195,11 @@ impl Scale {
 }
 
 fn is_block(path: &str) -> bool {
-    matches!(path, "xen" | "ide-dma" | "ide-pio" | "virtio")
+    DiskPath::parse(path).is_ok()
 }
 
 fn is_net(path: &str) -> bool {
-    matches!(path, "xen" | "e1000" | "virtio")
+    NetPath::parse(path).is_ok()
 }
 
 /// Set by SIGINT.
@@ -603,28 +604,12 @@ impl Bench {
         if let Err(e) = made {
             return json!({"status": "failed", "error": format!("cannot create {}: {e}", image.display()), "cells": []});
         }
-        let (disk, dev, kind) = match path {
-            "xen" => (
-                image.display().to_string(),
-                "blk.device=xen:51712",
-                DeviceKind::Xen,
-            ),
-            "ide-dma" => (
-                format!("{},if=ide", image.display()),
-                "blk.device=ide:0 blk.ata=dma",
-                DeviceKind::Ide,
-            ),
-            "virtio" => (
-                format!("{},if=virtio", image.display()),
-                "blk.device=virtio:0",
-                DeviceKind::Virtio,
-            ),
-            _ => (
-                format!("{},if=ide", image.display()),
-                "blk.device=ide:0 blk.ata=pio",
-                DeviceKind::Ide,
-            ),
+        let Ok(disk_path) = DiskPath::parse(path) else {
+            return json!({"status": "failed", "error": format!("{path} is not a disk path"), "cells": []});
         };
+        let (iface, dev) = disk_path.device();
+        let disk = format!("{}{iface}", image.display());
+        let kind = DeviceKind::from(disk_path);
         let spec: DiskSpec = match disk.parse() {
             Ok(d) => d,
             Err(e) => {
@@ -751,19 +736,14 @@ impl Bench {
         let host_ip = Ipv4Addr::new(10, 210, subnet, 1);
         let guest_ip = Ipv4Addr::new(10, 210, subnet, 2);
         let tap = format!("bench-{path}");
-        let (spec, dev, kind) = match path {
-            "e1000" => (
-                format!("tap={tap},model=e1000"),
-                "net.device=e1000:0",
-                DeviceKind::E1000,
-            ),
-            "virtio" => (
-                format!("tap={tap},model=virtio"),
-                "net.device=virtio:0",
-                DeviceKind::Virtio,
-            ),
-            _ => (format!("tap={tap}"), "net.device=xen:0", DeviceKind::Xen),
+        let Ok(net_path) = NetPath::parse(path) else {
+            return json!({"status": "failed", "error": format!("{path} is not a network path"), "cells": []});
         };
+        let (spec, dev, kind) = (
+            net_path.net_spec(&tap),
+            net_path.guest_option(),
+            DeviceKind::from(net_path),
+        );
         let spec: NetSpec = match spec.parse() {
             Ok(n) => n,
             Err(e) => {
@@ -1071,25 +1051,7 @@ fn status_of(failed: bool, cells: &[Value]) -> &'static str {
     }
 }
 
-/// Frames the path's NIC moved in a delta: e1000 `tx.frames`/`rx.frames`, virtio-net
-/// `device.net.tx_frames`/`rx_frames`, netback `tx_frames`/`rx_frames`.
+/// Frames the NICs moved in a delta (every path's own counters, [`NetPath::frames`]).
 fn frames(d: &Value) -> f64 {
-    let mut n = 0.0;
-    for v in d["devices"]
-        .as_object()
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        n += costs::num(v, &["tx", "frames"]) + costs::num(v, &["rx", "frames"]);
-        n += costs::num(v, &["device", "net", "tx_frames"])
-            + costs::num(v, &["device", "net", "rx_frames"]);
-    }
-    for v in d["backends"]
-        .as_object()
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        n += costs::num(v, &["tx_frames"]) + costs::num(v, &["rx_frames"]);
-    }
-    n
+    NetPath::ALL.iter().filter_map(|p| p.frames(d)).sum::<u64>() as f64
 }
