@@ -37,11 +37,7 @@ impl DiskPath {
 
     /// Parses a name (surrounding blanks allowed).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| unknown(s, Self::ALL.map(Self::name)))
+        by_name(s, Self::ALL, Self::name)
     }
 
     /// What the path is, for a report.
@@ -143,11 +139,7 @@ impl NetPath {
 
     /// Parses a name (surrounding blanks allowed).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| unknown(s, Self::ALL.map(Self::name)))
+        by_name(s, Self::ALL, Self::name)
     }
 
     /// What the path is, for a report.
@@ -219,8 +211,17 @@ fn sum_named(map: &Value, prefix: &str, count: impl Fn(&Value) -> Option<u64>) -
     found
 }
 
-fn unknown<const N: usize>(s: &str, known: [&str; N]) -> String {
-    format!("unknown path '{s}' (known: {})", known.join(", "))
+/// The path of `all` whose `name` is `s` (surrounding blanks allowed), or an error
+/// that lists the known names.
+fn by_name<P: Copy, const N: usize>(
+    s: &str,
+    all: [P; N],
+    name: fn(P) -> &'static str,
+) -> Result<P, String> {
+    let s = s.trim();
+    all.into_iter()
+        .find(|&p| name(p) == s)
+        .ok_or_else(|| format!("unknown path '{s}' (known: {})", all.map(name).join(", ")))
 }
 
 #[cfg(test)]

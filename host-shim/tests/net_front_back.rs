@@ -998,50 +998,6 @@ fn tun_usable(test: &str) -> bool {
     false
 }
 
-/// An AF_PACKET socket on interface `ifname` (the host's view of the TAP).
-fn packet_socket(ifname: &str) -> std::fs::File {
-    use std::os::fd::FromRawFd;
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2); the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a new descriptor nobody else owns.
-    let file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: `name` is NUL-terminated and outlives the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(index > 0);
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = index as i32;
-    // SAFETY: `addr` is a sockaddr_ll of the size given.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 200_000,
-    };
-    // SAFETY: SO_RCVTIMEO reads a timeval of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    file
-}
-
 #[test]
 fn real_tap_carries_frames_both_ways() {
     if !tun_usable("real_tap_carries_frames_both_ways") {
@@ -1074,7 +1030,10 @@ fn frames_both_ways_through_a_tap() {
         },
     )
     .expect("open tap");
-    let mut sock = packet_socket(&name);
+    let mut sock = std::fs::File::from(
+        host_shim::hostio::netns::packet_socket(&name, Duration::from_millis(200))
+            .expect("packet socket on the TAP"),
+    );
     let lb = Loopback::new(DOMID, "guest", 1024).unwrap();
     let kick = Kick::new();
     let nb = Netback::new(lb.back(), tap, kick.clone(), NetbackConfig::new(0, MAC));

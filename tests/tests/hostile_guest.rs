@@ -288,61 +288,12 @@ struct Peer {
     thread: std::thread::JoinHandle<PeerSeen>,
 }
 
-/// An AF_PACKET socket bound to interface `ifname` (all EtherTypes), reads timing out
-/// after 100 ms.
-fn packet_socket(ifname: &str) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2); the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-    assert!(
-        fd >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: `fd` is a new descriptor nobody else owns.
-    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(ifname).expect("interface name");
-    // SAFETY: `name` is NUL-terminated and outlives the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(index > 0, "no interface {ifname}");
-    // SAFETY: all-zero bytes are a valid sockaddr_ll.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = index as i32;
-    // SAFETY: `addr` is a sockaddr_ll of the size given, alive across the call.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    // SAFETY: SO_RCVTIMEO reads a timeval of the size given, alive across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-    sock
-}
-
 impl Peer {
     /// Starts the peer on `tap`, whose MTU is `mtu`.
     fn start(tap: &str, mtu: usize) -> Self {
         use std::os::fd::AsRawFd;
-        let sock = packet_socket(tap);
+        let sock = host_shim::hostio::netns::packet_socket(tap, Duration::from_millis(100))
+            .expect("packet socket on the TAP");
         let stop = Arc::new(AtomicBool::new(false));
         let halt = stop.clone();
         let thread = std::thread::spawn(move || {

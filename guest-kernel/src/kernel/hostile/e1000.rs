@@ -176,6 +176,19 @@ impl Nic {
         self.tx.write_bytes(i as usize * DESC_SIZE, &d.to_bytes());
     }
 
+    /// Legacy data descriptors `(address, length, command)` from the ring's start.
+    fn tx_descs(&self, descs: &[(u64, u16, u8)]) {
+        for (i, &(addr, length, cmd)) in descs.iter().enumerate() {
+            let d = TxDesc {
+                addr,
+                length,
+                cmd,
+                ..Default::default()
+            };
+            self.tx_desc(i as u32, &d);
+        }
+    }
+
     fn tx_status(&self, i: u32) -> u8 {
         let mut s = [0u8];
         self.tx
@@ -588,15 +601,7 @@ fn transmit_attacks(t: &mut Tally, n: &mut Nic) {
     ] {
         n.reset();
         let used = descs.iter().filter(|d| d.1 != 0).count() as u32;
-        for (i, &(addr, length, cmd)) in descs.iter().enumerate() {
-            let d = TxDesc {
-                addr,
-                length,
-                cmd,
-                ..Default::default()
-            };
-            n.tx_desc(i as u32, &d);
-        }
+        n.tx_descs(&descs);
         let s = n.tx_run(n.tx_pa, RING_BYTES, 0, used);
         check(t, what, s.tdh == used, &s);
     }
@@ -618,15 +623,7 @@ fn transmit_attacks(t: &mut Tally, n: &mut Nic) {
     ] {
         n.reset();
         let used = if descs[1].2 == 0 { 1 } else { 2 };
-        for (i, &(addr, length, cmd)) in descs.iter().take(used as usize).enumerate() {
-            let d = TxDesc {
-                addr,
-                length,
-                cmd,
-                ..Default::default()
-            };
-            n.tx_desc(i as u32, &d);
-        }
+        n.tx_descs(&descs[..used as usize]);
         let s = n.tx_run(n.tx_pa, RING_BYTES, 0, used);
         check(t, what, s.tdh == used, &s);
     }
