@@ -189,7 +189,7 @@ impl NetPath {
         let both = |v: &Value| Some(v["tx_frames"].as_u64()? + v["rx_frames"].as_u64()?);
         match self {
             Self::Xen => sum_named(&stats["backends"], "vif-", both),
-            Self::E1000 => sum_named(&stats["devices"], "e1000", |d| {
+            Self::E1000 => sum_named(&stats["devices"], "e1000-", |d| {
                 Some(d["tx"]["frames"].as_u64()? + d["rx"]["frames"].as_u64()?)
             }),
             Self::Virtio => sum_named(&stats["devices"], "virtio-net-", |d| {

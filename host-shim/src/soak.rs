@@ -524,7 +524,21 @@ fn report(opts: &Options, plan: &Plan, o: &Outcome) -> (Value, u8) {
             }).collect::<Vec<_>>(),
         }));
     }
-    let reached = o.requests >= opts.requests && o.frames >= opts.packets;
+    // The device's count includes the warm-up (one write a block of the region), so
+    // the requests after it are what the device counted beyond those; the guest's own
+    // count of them must agree, or the device did not serve what the guest says.
+    let warm_up = REGION / u64::from(opts.block_size);
+    let after_warm_up = o.requests.saturating_sub(warm_up);
+    let guest_after_warm_up = o
+        .samples
+        .iter()
+        .filter(|s| s.window == "block")
+        .map(|s| s.work)
+        .max()
+        .unwrap_or(0);
+    let reached = after_warm_up >= opts.requests
+        && after_warm_up >= guest_after_warm_up
+        && o.frames >= opts.packets;
     let status = if o.error.is_some() {
         EXIT_FAILED
     } else if grew || !reached {
@@ -548,6 +562,8 @@ fn report(opts: &Options, plan: &Plan, o: &Outcome) -> (Value, u8) {
         "requests_wanted": opts.requests,
         "packets_wanted": opts.packets,
         "block_requests": o.requests,
+        "block_requests_after_warm_up": after_warm_up,
+        "guest_requests_after_warm_up": guest_after_warm_up,
         "frames": o.frames,
         "echo_requests_sent": o.echoes.0,
         "echo_replies": o.echoes.1,

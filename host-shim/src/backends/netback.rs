@@ -623,6 +623,10 @@ impl<E: BackendEnv, L: Link> Netback<E, L> {
     /// Checks, copies out and sends one complete frame. The checks come in Linux
     /// netback's order: the chain (slots, sizes), the frame size, the first slot within
     /// its page; then what this backend adds (extras not negotiated, its frame limit).
+    /// Two differ from Linux's on purpose or for now: the slot limit counts the first
+    /// slot ([`MAX_TX_SLOTS`], what netif.h promises; Linux takes one more), and the
+    /// minimum size is checked on the whole frame, where Linux checks the first slot's
+    /// own share (no frontend we know puts less than a header in the first slot).
     fn tx_send(&mut self, pkt: &TxPacket) -> Result<(), TxFault> {
         if 1 + pkt.frags.len() > MAX_TX_SLOTS {
             return Err(TxFault::TooManySlots);

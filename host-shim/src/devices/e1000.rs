@@ -1145,7 +1145,9 @@ impl E1000 {
             } else {
                 self.c.err_rx_null_desc += 1;
             }
-            d.errors |= frame_error;
+            // The errors byte is written whole, as the hardware writes back: a stale RXE
+            // from an earlier use of the slot would make the driver drop a good frame.
+            d.errors = frame_error;
             // Everything but DD first, then DD: the driver reads DD, then the rest.
             let wb = d.to_bytes();
             self.dma_write(at + 8, &wb[8..]);
@@ -2217,6 +2219,20 @@ mod tests {
         assert_eq!(t.rx_desc(1).errors, 0);
         assert_eq!(t.get(BUFS + 0x800, 100), f);
         assert_eq!(t.r(stat::GPRC), 1);
+        // Slot 0 used again, as Linux's e1000 refills it: a new buffer address and the
+        // status byte cleared, the errors byte left as the device wrote it. A good
+        // frame there must not inherit the old RXE (the driver would drop it).
+        t.put(RX_RING, &BUFS.to_le_bytes());
+        t.put(RX_RING + RxDesc::STATUS as u64, &[0]);
+        t.w(reg::RDH, 0);
+        t.w(reg::RDT, 1);
+        t.peer.send_frame(&f).expect("send");
+        t.d.pump_rx();
+        let d0 = t.rx_desc(0);
+        assert_ne!(d0.status & rx_status::DD, 0);
+        assert_eq!(d0.errors, 0, "a stale RXE in a reused slot");
+        assert_eq!(t.get(BUFS, 100), f);
+        assert_eq!(t.r(stat::GPRC), 1, "read-to-clear: this frame alone");
         // A ring that cannot be fetched, or that wraps the address space: a missed
         // packet and a receiver overrun each.
         t.w(reg::RDBAL, 0xc000_0000);

@@ -235,7 +235,7 @@ impl VirtioNet {
     /// the driver wants an interrupt.
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used = false;
-        let mut last_took = None;
+        let mut retry = Retry::default();
         // The driver need not notify buffers while frames find some: it is asked to
         // (below) only once they run out, as QEMU's virtio-net does.
         if queue.disable_notification(mem).is_err() {
@@ -263,18 +263,23 @@ impl VirtioNet {
                 }
             }
             match self.deliver(queue, mem) {
-                Delivery::Done => used = true,
-                Delivery::Dropped(any_used) => used |= any_used,
+                // A frame went through: the next one that finds too few buffers starts
+                // its own count (a correct driver refilling between two frames is no
+                // ring error).
+                Delivery::Done => {
+                    used = true;
+                    retry.delivered();
+                }
+                Delivery::Dropped(any_used) => {
+                    used |= any_used;
+                    retry.delivered();
+                }
                 Delivery::NoBuffers(took) => {
                     self.stats.rx_waits += 1;
-                    // A retry must have seen more buffers than the last attempt: an
-                    // index that promises chains no pop yields (a hostile driver) ends
-                    // the round instead of spinning.
-                    if last_took.is_some_and(|t| took <= t) {
+                    if !retry.may_retry(took) {
                         self.stats.ring_errors += 1;
                         break;
                     }
-                    last_took = Some(took);
                     // Hear of the next buffers; if more came meanwhile, go on.
                     if queue.enable_notification(mem).is_err() {
                         self.stats.ring_errors += 1;
@@ -544,6 +549,32 @@ impl VirtioDevice for VirtioNet {
     }
 }
 
+/// When a frame that found too few receive buffers may look again: only if this
+/// attempt took more than the last attempt for the same frame did. An index that
+/// promises chains no pop yields (a hostile driver) then ends the round instead of
+/// spinning, while a driver that refills between two frames (each of which first
+/// found the ring empty) is no error: a delivered frame starts the count again.
+#[derive(Default)]
+struct Retry {
+    last_took: Option<usize>,
+}
+
+impl Retry {
+    /// The frame found too few buffers after taking `took`: whether it may retry.
+    fn may_retry(&mut self, took: usize) -> bool {
+        if self.last_took.is_some_and(|t| took <= t) {
+            return false;
+        }
+        self.last_took = Some(took);
+        true
+    }
+
+    /// The frame went through (or was dropped): the next one counts afresh.
+    fn delivered(&mut self) {
+        self.last_took = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +590,29 @@ mod tests {
     const TXQ: u64 = 0x8000;
     const BUFS: u64 = 0x10_0000;
     const ALL: u64 = F_CSUM | F_GUEST_CSUM | F_MRG_RXBUF | F_MAC | F_STATUS | 1 << 32;
+
+    /// Regression (review of #16's DEVICE_NEEDS_RESET): frame A finds the ring empty,
+    /// the driver refills at once and A goes through; frame B then finds the ring empty
+    /// too. That is a driver keeping up, not a ring error (which now stops the device
+    /// until a reset, and Linux's virtio_net never resets it).
+    #[test]
+    fn a_refill_between_two_frames_is_no_ring_error() {
+        let mut r = Retry::default();
+        assert!(r.may_retry(0), "A: empty ring, then buffers came");
+        r.delivered();
+        assert!(r.may_retry(0), "B: empty again after A went through");
+        // Within one frame, a look that finds no more than the last is the hostile
+        // index that promises what no pop yields.
+        assert!(!r.may_retry(0));
+        let mut r = Retry::default();
+        assert!(
+            r.may_retry(1) && r.may_retry(2),
+            "more each time: may go on"
+        );
+        assert!(!r.may_retry(2));
+        r.delivered();
+        assert!(r.may_retry(2), "a merged frame after a delivered one");
+    }
 
     struct Rig {
         mem: GuestMemoryMmap,

@@ -63,8 +63,15 @@ pub fn address_tap(tap: &str, host: Ipv4Addr) -> Result<(), String> {
 
 /// An `AF_PACKET` socket bound to interface `ifname` that receives frames of every
 /// EtherType (the host's view of a TAP, for tests and tools that speak raw Ethernet on
-/// it), its reads timing out after `timeout`.
+/// it), its reads timing out after `timeout` (not zero).
 pub fn packet_socket(ifname: &str, timeout: std::time::Duration) -> io::Result<OwnedFd> {
+    if timeout.is_zero() {
+        // SO_RCVTIMEO of zero means no timeout at all.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a packet socket's read timeout must not be zero",
+        ));
+    }
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2); the result is checked.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
