@@ -724,6 +724,40 @@ fn page_flipping_frontend_is_refused() {
     assert_eq!(num(&stats, &["connects"]), 0);
 }
 
+/// netif.h: the number of queues is greater than zero (Linux's netback refuses 0
+/// since 2026), and more than one needs `multi-queue-max-queues`, which is not
+/// offered: netback refuses to connect either, and says which key.
+#[test]
+fn zero_or_unoffered_queues_are_refused() {
+    for q in ["0", "2", "4294967296"] {
+        let rig = Rig::new(false);
+        rig.lb
+            .xenstore()
+            .unwrap()
+            .write(
+                TxId::NONE,
+                "device/vif/0/multi-queue-num-queues",
+                q.as_bytes(),
+            )
+            .unwrap();
+        let _raw = RawFront::connect(&rig.lb, "1");
+        rig.wait_backend(XenbusState::Closing);
+        let err = rig
+            .lb
+            .with_store(|s| s.dom0().read(None, &paths().back("error")))
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&err).contains("multi-queue-num-queues"),
+            "{q}: {}",
+            String::from_utf8_lossy(&err)
+        );
+        let mut rig = rig;
+        let stats = rig.stop();
+        assert_eq!(num(&stats, &["connect_errors"]), 1, "{q}");
+        assert_eq!(num(&stats, &["connects"]), 0, "{q}");
+    }
+}
+
 /// The pieces of a fake backend once the frontend connected.
 struct FakeBack {
     back: LoopBack,

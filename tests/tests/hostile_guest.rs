@@ -39,7 +39,7 @@ const SEED: u64 = 5;
 
 /// The raw blkif attacks of `guest-kernel/src/kernel/hostile.rs`, by blkback's error
 /// kind (`--stats` `backends.vbd-51712.errors`).
-const BLKIF_ERRORS: [(&str, u64); 7] = [
+const BLKIF_ERRORS: [(&str, u64); 8] = [
     // 0, 12 and 255 data segments; a flush with segments; indirect of 0 and 60000.
     ("segment_count", 7),
     // first_sect > last_sect, last_sect 8, 255/255, a bad indirect descriptor.
@@ -54,6 +54,11 @@ const BLKIF_ERRORS: [(&str, u64); 7] = [
     // The request producer 5000 ahead of the consumer.
     ("ring", 1),
     ("read_only", 0),
+    // Connections refused: a ring never granted, read-only, beyond the table, not a
+    // number; ring-page-order beyond the maximum, 1 without ring-ref1, 2^32; the
+    // xenstore's event channel, one not a number; an unknown protocol;
+    // multi-queue-num-queues 0 and 2.
+    ("connect", 12),
 ];
 
 /// The IDE attacks of `guest-kernel/src/kernel/hostile/ide.rs`, by the IDE model's
@@ -179,7 +184,7 @@ const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 206, 0, 1);
 const TAP: &str = "hostile-tap0";
 
 /// The netif attacks of `guest-kernel/src/kernel/hostile/netif.rs` (the `netif` line).
-const NETIF_ATTACKS: u64 = 32;
+const NETIF_ATTACKS: u64 = 35;
 
 /// The netif attacks by netback's transmit error kind (`--stats`
 /// `backends.vif-0.tx_errors`).
@@ -212,8 +217,9 @@ const NETIF_COUNTS: [(&str, u64); 5] = [
     // The transmit and the receive producer 1000 ahead.
     ("protocol_errors", 2),
     // A transmit ring never granted, a receive ring read-only, the xenstore's port, a
-    // ring reference not a number, no request-rx-copy.
-    ("connect_errors", 5),
+    // ring reference not a number, no request-rx-copy, multi-queue-num-queues 0, 2 and
+    // not a number.
+    ("connect_errors", 8),
     // The first connection, one per fatal attack (7), netfront's.
     ("connects", 9),
 ];
@@ -555,6 +561,8 @@ fn hostile_guest() {
     }
     run.assert_line("blk: PASS");
     run.assert_contains("hostile: netif: the rings still carry frames both ways");
+    run.assert_contains("hostile: blkif: a good connection after the xenbus attacks reads");
+    run.assert_contains("requests taken while no reply was read; then all 120 replies, in order");
 
     // The shim counted what it refused.
     let v = stats_json(&run.stderr);

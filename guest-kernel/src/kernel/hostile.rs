@@ -11,7 +11,9 @@
 //! - **evtchn**: send/close/unmask/status/bind on ports that do not exist or are not
 //!   ours, unknown VIRQs and vCPUs, and exhausting the port space (`event_channel.h`).
 //! - **xenstore**: paths outside the domain, permission escapes, watch and transaction
-//!   floods beyond the quotas, an oversized value; raw wire messages with unterminated
+//!   floods beyond the quotas, an oversized value, 120 requests whose replies are not
+//!   read (xenstored must stop taking requests at its quota of unread replies, then
+//!   answer them all in order); raw wire messages with unterminated
 //!   or malformed payloads, unknown and privileged types, unknown transactions
 //!   (`xs_wire.h`); and, last of all, a header whose length exceeds
 //!   `XENSTORE_PAYLOAD_MAX`, after which xenstored stops serving the ring (as C
@@ -21,7 +23,11 @@
 //!   past the end, grants never given, given read-only (for reads) or to another domain,
 //!   unknown operations, indirect requests with bad counts, bad operations and bad
 //!   pages; good requests in between show the ring still works; a producer index far
-//!   ahead of the consumer ends the connection (blkif.h: the backend closes it).
+//!   ahead of the consumer ends the connection (blkif.h: the backend closes it); then
+//!   connection keys the backend must refuse (a ring never granted, read-only, beyond
+//!   the table or not a number, bad `ring-page-order`s, the xenstore's or a malformed
+//!   event channel, an unknown protocol, `multi-queue-num-queues` 0 and 2), after
+//!   which a good connection must still read.
 //! - **netif**: a raw netif connection to the first vif (negotiated here, not by
 //!   netfront; [`netif`]): transmit requests with sizes 0 and 13, references never
 //!   granted, beyond the table or another domain's, fragments larger than the frame,
@@ -61,6 +67,7 @@ use pv_drivers::abi::blkif::{
     BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE, BLKIF_RSP_OKAY, BlkifRequest, BlkifRequestIndirect,
     BlkifRequestSegment,
 };
+use pv_drivers::abi::errno::XenErrno;
 use pv_drivers::abi::event_channel::{
     EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_IPI, EVTCHNOP_INIT_CONTROL,
     EVTCHNOP_SEND, EVTCHNOP_STATUS, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnStatus,
@@ -1107,12 +1114,186 @@ fn xenstore(x: &xen::Xen, t: &mut Tally) {
 
     // Raw wire messages the client would never send.
     xenstore_raw(x, xs, t, me);
+    xenstore_unread_replies(x, xs, t, me);
     let r = xs.read(TxId::NONE, "domid");
     match r {
         Ok(_) => {}
         Err(e) => t.broken("reading domid after the xenstore attacks", e),
     }
     let _ = xs.rm(TxId::NONE, "data/hostile");
+}
+
+/// Requests sent by [`xenstore_unread_replies`] before it reads a reply.
+const UNREAD_REQUESTS: u32 = 120;
+/// The size of the value each of them reads: one reply nearly fills the 1 KiB ring.
+const UNREAD_VALUE: usize = 1000;
+/// The most requests xenstored may take while no reply is read: one reply in the
+/// ring (and the start of the next), and its quota of unread replies (`outstanding`,
+/// 20 as in C xenstored), with one of slack for a reply half in the ring.
+const UNREAD_BOUND: u32 = 23;
+
+/// A domain that sends requests and never reads the replies (xenstored's
+/// `quota-outstanding`): 120 reads of a 1000-byte value are pushed as fast as the
+/// request ring takes them. xenstored must stop taking requests once its quota of
+/// unread replies is queued (so its memory for this domain stays bounded), and once
+/// the replies are read it must serve the rest, losing none and keeping their order.
+fn xenstore_unread_replies<P, E>(
+    x: &xen::Xen,
+    xs: &mut pv_drivers::xenstore::XenStore<P, E>,
+    t: &mut Tally,
+    me: DomId,
+) where
+    P: core::ops::Deref<Target: SharedMemory>,
+    E: pv_drivers::xenstore::XsEvents,
+{
+    let c = Cat::Xenstore;
+    let what = "120 requests whose replies are not read (the outstanding quota)";
+    let path = format!("/local/domain/{me}/data/hostile-big");
+    let value = [b'v'; UNREAD_VALUE];
+    if let Err(e) = xs.write(TxId::NONE, &path, &value) {
+        t.broken("writing the value for the unread replies", e);
+        return;
+    }
+    let Some(page) = store_page(x) else {
+        t.broken("xenstore page", "HVM_PARAM_STORE_PFN unreadable");
+        return;
+    };
+    let mut ring = match XsRing::attach(&page) {
+        Ok(r) => r,
+        Err(e) => {
+            t.broken("attaching to the xenstore ring", e);
+            return;
+        }
+    };
+    let mut payload = path.clone().into_bytes();
+    payload.push(0);
+    let request = |id: u32| {
+        let h = XsdSockmsg {
+            type_: XsdSockmsgType::Read.as_raw(),
+            req_id: id,
+            tx_id: 0,
+            len: payload.len() as u32,
+        };
+        let mut m = h.to_bytes().to_vec();
+        m.extend_from_slice(&payload);
+        m
+    };
+    let msg_len = 16 + payload.len() as u32;
+    // Pushes requests (whole or in part) while the ring has room; returns the bytes
+    // of `pending` sent.
+    let mut next = 0u32;
+    let mut pending: Vec<u8> = Vec::new();
+    let sent_bytes = core::cell::Cell::new(0u64);
+    let mut push = |ring: &mut XsRing<&RawSharedMemory>| -> Result<bool, &'static str> {
+        let mut moved = false;
+        loop {
+            if pending.is_empty() {
+                if next == UNREAD_REQUESTS {
+                    return Ok(moved);
+                }
+                pending = request(next);
+                next += 1;
+            }
+            let n = ring.write(&pending).map_err(|_| "request ring broken")?;
+            if n == 0 {
+                return Ok(moved);
+            }
+            moved = true;
+            sent_bytes.set(sent_bytes.get() + n as u64);
+            pending.drain(..n);
+        }
+    };
+    // Phase 1: push until xenstored stops taking requests (the request ring stays
+    // full, or everything was taken) and nothing moves for 20 waits.
+    let deadline = x.now_ns().saturating_add(REPLY_NS);
+    let mut quiet = 0;
+    let mut broken = None;
+    while quiet < 20 && x.now_ns() < deadline {
+        match push(&mut ring) {
+            Ok(true) => {
+                quiet = 0;
+                let _ = x.hv.evtchn_send(store_port(x));
+            }
+            Ok(false) => quiet += 1,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
+        }
+        x.store_wait_until(x.now_ns().saturating_add(2_000_000).min(deadline));
+    }
+    let in_ring = ring.request_space().map(|free| 1024 - free).unwrap_or(1024);
+    let taken = ((sent_bytes.get() - u64::from(in_ring)) / u64::from(msg_len)) as u32;
+
+    // Phase 2: read every reply, pushing the rest of the requests as room appears.
+    let mut replies = 0u32;
+    let mut in_order = true;
+    let mut got: Vec<u8> = Vec::new();
+    let deadline = x.now_ns().saturating_add(REPLY_NS);
+    while broken.is_none() && replies < UNREAD_REQUESTS && x.now_ns() < deadline {
+        if let Err(e) = push(&mut ring) {
+            broken = Some(e);
+            break;
+        }
+        let _ = x.hv.evtchn_send(store_port(x));
+        let mut buf = [0u8; 1024];
+        let n = match ring.read(&mut buf) {
+            Ok(n) => n,
+            Err(_) => {
+                broken = Some("reply ring broken");
+                break;
+            }
+        };
+        got.extend_from_slice(&buf[..n]);
+        while let Some(h) = XsdSockmsg::from_prefix(&got) {
+            let len = 16 + h.len as usize;
+            if h.len > 4096 {
+                broken = Some("oversized reply");
+                break;
+            }
+            if got.len() < len {
+                break;
+            }
+            if h.type_ != XsdSockmsgType::WatchEvent.as_raw() {
+                in_order &= h.type_ == XsdSockmsgType::Read.as_raw()
+                    && h.req_id == replies
+                    && got[16..len] == value[..];
+                replies += 1;
+            }
+            got.drain(..len);
+        }
+        if n == 0 {
+            x.store_wait_until(x.now_ns().saturating_add(2_000_000).min(deadline));
+        }
+    }
+    let ok = broken.is_none()
+        && taken <= UNREAD_BOUND
+        && replies == UNREAD_REQUESTS
+        && in_order
+        && got.is_empty();
+    t.check(
+        c,
+        what,
+        ok,
+        format_args!(
+            "{taken} taken before any reply was read (at most {UNREAD_BOUND}), \
+             {replies} replies, in order {in_order}, {} bytes left over, {broken:?}",
+            got.len()
+        ),
+    );
+    if ok {
+        kprintln!(
+            "hostile: xenstore: {taken} of {UNREAD_REQUESTS} requests taken while no reply \
+             was read; then all {replies} replies, in order"
+        );
+    }
+    // The client's own indices are behind the ones moved here.
+    if let Err(e) = xs.resync() {
+        t.broken("resync after the unread replies", e);
+    }
+    if let Err(e) = xs.rm(TxId::NONE, &path) {
+        t.broken("removing the value of the unread replies", e);
+    }
 }
 
 /// The page of the xenstore ring, as a second view for raw messages.
@@ -1374,6 +1555,291 @@ fn blkif(t: &mut Tally, io: &IoOptions<'_>) {
         }
     };
     blkif_attacks(t, &mut v);
+    blkif_xenbus_attacks(t, &mut v, id);
+}
+
+/// The frontend keys a blkif connection attempt writes (good ones unless an attack
+/// changes one); `None` leaves the key out.
+#[derive(Clone)]
+struct VbdKeys {
+    ring_ref: String,
+    event_channel: Option<String>,
+    ring_page_order: Option<String>,
+    protocol: String,
+    queues: Option<&'static str>,
+}
+
+/// Every key a [`VbdKeys`] may write (removed before each attempt).
+const VBD_KEYS: [&str; 6] = [
+    "ring-ref",
+    "ring-ref0",
+    "event-channel",
+    "ring-page-order",
+    "protocol",
+    "multi-queue-num-queues",
+];
+
+/// Connection attempts blkback must refuse (blkif.h's negotiation; Linux's
+/// `xen-blkback/xenbus.c` refuses each too): it must go `Closing` with an `error`
+/// node instead of `Connected`. After them a good connection must still carry a read.
+fn blkif_xenbus_attacks(t: &mut Tally, v: &mut RawVbd, id: &str) {
+    use XenbusState as S;
+    let c = Cat::Blkif;
+    let Some(x) = xen::get() else { return };
+    let backend = v.dev.backend.domid;
+    let pages = (|| -> Result<_, String> {
+        let (ring_pfn, ring) = v.env.alloc_pages(1).map_err(|e| format!("{e}"))?;
+        let ring: &'static RawSharedMemory = Box::leak(Box::new(ring));
+        let good = v
+            .env
+            .grant(backend, ring_pfn, false)
+            .map_err(|e| format!("{e}"))?;
+        let ro = v
+            .env
+            .grant(backend, ring_pfn, true)
+            .map_err(|e| format!("{e}"))?;
+        let never = x.grants.lock().claim().map_err(|e| format!("{e}"))?;
+        Ok((ring, good, ro, never))
+    })();
+    let (ring, good, ro, never) = match pages {
+        Ok(p) => p,
+        Err(e) => {
+            t.broken("blkif xenbus pages", e);
+            return;
+        }
+    };
+    let order_beyond = {
+        let mut guard = x.store.lock();
+        guard
+            .as_mut()
+            .and_then(|xs| {
+                xenbus::read_u32(xs, TxId::NONE, &v.dev.backend_node("max-ring-page-order")).ok()
+            })
+            .unwrap_or(0)
+            + 1
+    };
+    let base = VbdKeys {
+        ring_ref: format!("{good}"),
+        event_channel: None,
+        ring_page_order: None,
+        protocol: "x86_64-abi".into(),
+        queues: None,
+    };
+    let attacks = [
+        (
+            "a ring never granted",
+            VbdKeys {
+                ring_ref: format!("{never}"),
+                ..base.clone()
+            },
+        ),
+        (
+            "a ring granted read-only",
+            VbdKeys {
+                ring_ref: format!("{ro}"),
+                ..base.clone()
+            },
+        ),
+        (
+            "a ring reference beyond the table",
+            VbdKeys {
+                ring_ref: format!("{}", 1u32 << 30),
+                ..base.clone()
+            },
+        ),
+        (
+            "a ring reference that is not a number",
+            VbdKeys {
+                ring_ref: "12ab".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "ring-page-order beyond max-ring-page-order",
+            VbdKeys {
+                ring_page_order: Some(format!("{order_beyond}")),
+                ..base.clone()
+            },
+        ),
+        (
+            "ring-page-order 1 without ring-ref1",
+            VbdKeys {
+                ring_page_order: Some("1".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "ring-page-order 2^32",
+            VbdKeys {
+                ring_page_order: Some("4294967296".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "the xenstore's event channel",
+            VbdKeys {
+                event_channel: Some(format!("{}", store_port(x))),
+                ..base.clone()
+            },
+        ),
+        (
+            "an event channel that is not a number",
+            VbdKeys {
+                event_channel: Some("-1".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "an unknown protocol",
+            VbdKeys {
+                protocol: "x86_65-abi".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "multi-queue-num-queues 0",
+            VbdKeys {
+                queues: Some("0"),
+                ..base.clone()
+            },
+        ),
+        (
+            "multi-queue-num-queues 2 (not offered)",
+            VbdKeys {
+                queues: Some("2"),
+                ..base.clone()
+            },
+        ),
+    ];
+    for (what, keys) in &attacks {
+        let r = vbd_try_connect(v, keys);
+        t.check(
+            c,
+            what,
+            matches!(r, Ok(S::Closing | S::Closed)),
+            format_args!("{r:?}"),
+        );
+    }
+    let _ = ring;
+    let _ = v.env.end_grant(ro);
+    // The backend still connects a good frontend, and the ring carries a read.
+    match connect_raw(id) {
+        Ok(mut fresh) => {
+            let mut ok = false;
+            if let Some((pa, buf)) = memory::alloc_zeroed(1) {
+                match fresh.env.grant(backend, pa >> 12, false) {
+                    Ok(g) => {
+                        let seg = BlkifRequestSegment {
+                            gref: g,
+                            first_sect: 0,
+                            last_sect: 7,
+                            ..BlkifRequestSegment::default()
+                        };
+                        let r = fresh.exchange(&request(1, BLKIF_OP_READ, 0, &[seg], 1));
+                        ok = r == Ok(BLKIF_RSP_OKAY);
+                        if !ok {
+                            t.broken(
+                                "a good read after the xenbus attacks",
+                                format_args!("{r:?}"),
+                            );
+                        }
+                        let _ = fresh.env.end_grant(g);
+                    }
+                    Err(e) => t.broken("a good read after the xenbus attacks", e),
+                }
+                let _ = buf;
+            }
+            if ok {
+                kprintln!("hostile: blkif: a good connection after the xenbus attacks reads");
+            }
+            if let Some(xs) = x.store.lock().as_mut() {
+                let _ = fresh.dev.switch_state(xs, S::Closed);
+            }
+            fresh.env.close_port(fresh.port);
+        }
+        Err(e) => t.broken("a good blkif connection after the xenbus attacks", e),
+    }
+}
+
+/// One connection attempt with `keys` on a device the frontend has closed: starts
+/// over (`Initialising`, the backend `InitWait`), writes the keys (a fresh event
+/// channel unless `keys` names one), goes `Initialised` and returns the state the
+/// backend went to; then closes again.
+fn vbd_try_connect(v: &mut RawVbd, keys: &VbdKeys) -> Result<XenbusState, String> {
+    use XenbusState as S;
+    let x = xen::get().ok_or("no Xen")?;
+    let backend = v.dev.backend.domid;
+    let port = v.env.alloc_unbound(backend).map_err(|e| format!("{e}"))?;
+    let r = (|| {
+        let mut guard = x.store.lock();
+        let xs = guard.as_mut().ok_or("no xenstore")?;
+        let dev = &v.dev;
+        dev.switch_state(xs, S::Closed)
+            .map_err(|e| format!("{e}"))?;
+        dev.wait_for_backend(xs, |s| s == S::Closed, 64)
+            .map_err(|e| format!("waiting for Closed: {e}"))?;
+        forget_vbd_keys(xs, dev)?;
+        dev.switch_state(xs, S::Initialising)
+            .map_err(|e| format!("{e}"))?;
+        dev.wait_for_backend(xs, |s| s == S::InitWait, 64)
+            .map_err(|e| format!("waiting for InitWait: {e}"))?;
+        let channel = keys
+            .event_channel
+            .clone()
+            .unwrap_or_else(|| format!("{port}"));
+        let mut nodes = alloc::vec![
+            ("ring-ref", keys.ring_ref.as_str()),
+            ("event-channel", channel.as_str()),
+            ("protocol", keys.protocol.as_str()),
+        ];
+        if let Some(o) = &keys.ring_page_order {
+            // A multi-page ring names its pages ring-refN.
+            nodes[0].0 = "ring-ref0";
+            nodes.push(("ring-page-order", o.as_str()));
+        }
+        if let Some(q) = keys.queues {
+            nodes.push(("multi-queue-num-queues", q));
+        }
+        for (name, value) in nodes {
+            xenbus::write_str(xs, TxId::NONE, &dev.node(name), value)
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        dev.switch_state(xs, S::Initialised)
+            .map_err(|e| format!("{e}"))?;
+        let st = dev
+            .wait_for_backend(
+                xs,
+                |s| matches!(s, S::Connected | S::Closing | S::Closed),
+                64,
+            )
+            .map_err(|e| format!("waiting for the backend: {e}"))?;
+        dev.switch_state(xs, S::Closed)
+            .map_err(|e| format!("{e}"))?;
+        dev.wait_for_backend(xs, |s| s == S::Closed, 64)
+            .map_err(|e| format!("waiting for Closed: {e}"))?;
+        forget_vbd_keys(xs, dev)?;
+        Ok(st)
+    })();
+    v.env.close_port(port);
+    r
+}
+
+/// Removes every key a [`VbdKeys`] may have written.
+fn forget_vbd_keys<P, E>(
+    xs: &mut pv_drivers::xenstore::XenStore<P, E>,
+    dev: &Frontend,
+) -> Result<(), String>
+where
+    P: core::ops::Deref<Target: SharedMemory>,
+    E: pv_drivers::xenstore::XsEvents,
+{
+    for name in VBD_KEYS {
+        match xs.rm(TxId::NONE, &dev.node(name)) {
+            Ok(()) | Err(XsError::Xen(XenErrno::ENOENT)) => {}
+            Err(e) => return Err(format!("{name}: {e}")),
+        }
+    }
+    Ok(())
 }
 
 fn connect_raw(id: &str) -> Result<RawVbd, String> {

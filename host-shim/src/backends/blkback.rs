@@ -7,7 +7,9 @@
 //! `feature-max-indirect-segments`, `max-ring-page-order`), goes `InitWait` and watches
 //! the frontend's `state`. When the frontend is `Initialised` it maps the ring
 //! (`ring-ref`, or `ring-page-order` and `ring-refN`), binds `event-channel`, checks
-//! `protocol` (only `x86_64-abi`) and goes `Connected`. When the frontend closes it
+//! `protocol` (only `x86_64-abi`) and goes `Connected`; a `multi-queue-num-queues`
+//! other than 1 is refused (0 is not a number of queues, and multi-queue is not
+//! offered). When the frontend closes it
 //! unmaps, unbinds and goes `Closed`, and `InitWait` again if the frontend starts over.
 //!
 //! Requests are served on the backend thread ([`super::spawn`]), each one copied out
@@ -333,6 +335,20 @@ impl<E: BackendEnv> Blkback<E> {
             let v = read(name)?.ok_or_else(|| format!("{dir}/{name} is missing"))?;
             parse_u32(&v).map_err(|e| format!("{dir}/{name}: {e}"))
         };
+        // blkif.h: the number of queues is greater than zero, and more than one needs
+        // `multi-queue-max-queues`, which is not offered (Linux's blkback refuses both).
+        match read("multi-queue-num-queues")? {
+            None => {}
+            Some(v) => match parse_u32(&v).map_err(|e| format!("multi-queue-num-queues: {e}"))? {
+                1 => {}
+                0 => return Err(format!("{dir}/multi-queue-num-queues is 0")),
+                q => {
+                    return Err(format!(
+                        "{dir}/multi-queue-num-queues is {q}: multi-queue is not offered"
+                    ));
+                }
+            },
+        }
         let order = match read(keys::RING_PAGE_ORDER)? {
             None => 0,
             Some(v) => parse_u32(&v).map_err(|e| format!("ring-page-order: {e}"))?,

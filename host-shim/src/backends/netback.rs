@@ -832,8 +832,15 @@ impl FrontKeys {
         };
         let required = |v: Option<u32>, name: &str| v.ok_or(format!("{dir}/{name} is missing"));
         let queues = number("multi-queue-num-queues")?;
-        if queues.is_some_and(|q| q > 1) {
-            return Err("multi-queue is not supported".into());
+        match queues {
+            // netif.h: "greater than zero" (Linux's netback refuses 0 since 2026).
+            Some(0) => return Err(format!("{dir}/multi-queue-num-queues is 0")),
+            Some(q) if q > 1 => {
+                return Err(format!(
+                    "{dir}/multi-queue-num-queues is {q}: multi-queue is not offered"
+                ));
+            }
+            _ => {}
         }
         let tx_ring_ref = required(number("tx-ring-ref")?, "tx-ring-ref")?;
         let rx_ring_ref = required(number("rx-ring-ref")?, "rx-ring-ref")?;

@@ -20,7 +20,8 @@
 //!   of 22 slots, a receive producer 1000 ahead;
 //! - **xenbus** (the backend refuses to connect): a transmit ring never granted, a
 //!   receive ring granted read-only, the xenstore's event channel, a ring reference
-//!   that is not a number, no `request-rx-copy`.
+//!   that is not a number, no `request-rx-copy`, `multi-queue-num-queues` of 0, of 2
+//!   (multi-queue is not offered) and not a number.
 //!
 //! Frames to receive come from the host: each good transmitted frame is an ARP request
 //! for the host's address (`net.gw=`), which the host answers. A good frame every few
@@ -77,7 +78,8 @@ const ARP_LEN: u16 = 60;
 const ARP_SPLIT: u16 = 20;
 
 /// The frontend keys a connection writes.
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 7] = [
+    "multi-queue-num-queues",
     "tx-ring-ref",
     "rx-ring-ref",
     "event-channel",
@@ -136,6 +138,8 @@ struct Keys {
     rx_ring_ref: String,
     event_channel: Option<String>,
     rx_copy: bool,
+    /// `multi-queue-num-queues`, if written.
+    queues: Option<&'static str>,
 }
 
 pub(super) fn attacks(t: &mut Tally, io: &IoOptions<'_>) {
@@ -411,6 +415,30 @@ fn xenbus_attacks(t: &mut Tally, v: &mut RawVif, p: &Pages) {
                 ..p.keys()
             },
         ),
+        // netif.h: the number of queues must be greater than zero (Linux's netback
+        // checks it since 2026); more than one needs `multi-queue-max-queues`, which
+        // the backend does not offer.
+        (
+            "multi-queue-num-queues 0",
+            Keys {
+                queues: Some("0"),
+                ..p.keys()
+            },
+        ),
+        (
+            "multi-queue-num-queues 2 (not offered)",
+            Keys {
+                queues: Some("2"),
+                ..p.keys()
+            },
+        ),
+        (
+            "multi-queue-num-queues that is not a number",
+            Keys {
+                queues: Some("1q"),
+                ..p.keys()
+            },
+        ),
     ];
     for (what, keys) in &attacks {
         let r = v.connect(p, keys);
@@ -529,6 +557,7 @@ impl Pages {
             rx_ring_ref: format!("{}", self.rx_ring_ref),
             event_channel: None,
             rx_copy: true,
+            queues: None,
         }
     }
 }
@@ -621,6 +650,12 @@ impl RawVif {
             nodes.push(("request-rx-copy", "1"));
         } else {
             let _ = xs.rm(TxId::NONE, &dev.node("request-rx-copy"));
+        }
+        match keys.queues {
+            Some(q) => nodes.push(("multi-queue-num-queues", q)),
+            None => {
+                let _ = xs.rm(TxId::NONE, &dev.node("multi-queue-num-queues"));
+            }
         }
         for (name, value) in nodes {
             xenbus::write_str(xs, TxId::NONE, &dev.node(name), value)
