@@ -211,7 +211,9 @@ add_module() {
         -o -name "$alt.ko" -o -name "$alt.ko.xz" \) -print -quit 2>/dev/null || true)
     [ -n "$file" ] || die "dom0 image: kernel $kver has no module $name"
     rel=${file#"$stage/lib/modules/"}
-    for dep in $(tr '\0' '\n' <"$file" | sed -n '/^depends=/{s///;p;q}' | tr ',' ' '); do
+    # sed reads to the end (no `q`): quitting early would kill tr with SIGPIPE, which
+    # pipefail and the ERR trap report as a failure.
+    for dep in $(tr '\0' '\n' <"$file" | sed -n '/^depends=/{s///;p}' | tr ',' ' '); do
         add_module "$stage" "$root" "$kver" "$dep"
     done
     grep -qx "${rel%.xz}" "$root/etc/xenrun/modules" 2>/dev/null && return 0
