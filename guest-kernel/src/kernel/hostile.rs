@@ -80,8 +80,8 @@ use pv_drivers::abi::grant_table::{
 use pv_drivers::abi::hvm::{HVM_PARAM_STORE_PFN, HVMOP_GET_PARAM};
 use pv_drivers::abi::memory::{
     XENMAPSPACE_GRANT_TABLE, XENMEM_ADD_TO_PHYSMAP, XENMEM_CURRENT_RESERVATION,
-    XENMEM_DECREASE_RESERVATION, XENMEM_MEMORY_MAP, XENMEM_POPULATE_PHYSMAP, XenAddToPhysmap,
-    XenMemoryReservation,
+    XENMEM_DECREASE_RESERVATION, XENMEM_MAXIMUM_RESERVATION, XENMEM_MEMORY_MAP,
+    XENMEM_POPULATE_PHYSMAP, XenAddToPhysmap, XenMemoryReservation,
 };
 use pv_drivers::abi::sched::{SCHEDOP_POLL, SCHEDOP_REMOTE_SHUTDOWN, SCHEDOP_SHUTDOWN, SchedPoll};
 use pv_drivers::abi::vcpu::{
@@ -125,6 +125,9 @@ const BAD_PTRS: [u64; 4] = [
 
 /// A count no interface accepts.
 const HUGE: u64 = 1 << 40;
+/// The largest count of an interface whose count is an `unsigned int` that Xen
+/// checks as an int (grant_table_op, multicall): HUGE would be read as 0 there.
+const HUGE_INT: u64 = 0x7fff_ffff;
 
 /// A domain that does not exist (an ordinary id: 0x7ff0 and up are `DOMID_SELF` and
 /// the other special ids).
@@ -314,7 +317,6 @@ fn hypercalls(x: &xen::Xen, t: &mut Tally) {
     // garbage arguments: a huge count and an unmapped pointer.
     for nr in [
         HYPERVISOR_MMU_UPDATE,
-        HYPERVISOR_MULTICALL,
         HYPERVISOR_UPDATE_VA_MAPPING,
         44,
         48,
@@ -328,6 +330,7 @@ fn hypercalls(x: &xen::Xen, t: &mut Tally) {
         let r = unsafe { raw(x, nr, [BAD_PTRS[1], HUGE, BAD_PTRS[2], 0, 0]) };
         t.expect_err(c, &format!("hypercall {nr} with garbage"), r);
     }
+    multicalls(x, t);
     for (i, &bad) in BAD_PTRS.iter().enumerate() {
         let calls: [(&str, u32, [u64; 5]); 12] = [
             (
@@ -336,9 +339,9 @@ fn hypercalls(x: &xen::Xen, t: &mut Tally) {
                 [1, bad, 0, 0, 0],
             ),
             (
-                "console_io write of 2^40 bytes",
+                "console_io write of 2^31-1 bytes",
                 HYPERVISOR_CONSOLE_IO,
-                [CONSOLEIO_WRITE.into(), HUGE, bad, 0, 0],
+                [CONSOLEIO_WRITE.into(), HUGE_INT, bad, 0, 0],
             ),
             (
                 "memory_op add_to_physmap",
@@ -356,9 +359,9 @@ fn hypercalls(x: &xen::Xen, t: &mut Tally) {
                 [HVMOP_GET_PARAM.into(), bad, 0, 0, 0],
             ),
             (
-                "grant_table_op copy x 2^40",
+                "grant_table_op copy x 2^31-1",
                 HYPERVISOR_GRANT_TABLE_OP,
-                [GNTTABOP_COPY.into(), bad, HUGE, 0, 0],
+                [GNTTABOP_COPY.into(), bad, HUGE_INT, 0, 0],
             ),
             (
                 "grant_table_op query_size",
@@ -432,6 +435,51 @@ fn hypercalls(x: &xen::Xen, t: &mut Tally) {
     vcpu_and_sched_op(x, t);
 }
 
+/// Multicall (which Xen serves to PVH guests too): lists of 2^31-1 entries at
+/// unmapped addresses, and entries that are garbage themselves (an unknown hypercall,
+/// a multicall inside the multicall, a hypercall with an unmapped pointer), each of
+/// which must fail in its own `result` while the multicall goes on.
+fn multicalls(x: &xen::Xen, t: &mut Tally) {
+    let c = Cat::Hypercall;
+    for (i, &bad) in BAD_PTRS.iter().enumerate() {
+        // SAFETY: the list pointer is a BAD_PTR.
+        let r = unsafe { raw(x, HYPERVISOR_MULTICALL, [bad, HUGE_INT, 0, 0, 0]) };
+        t.expect_err(
+            c,
+            &format!("multicall of 2^31-1 entries at bad pointer {i}"),
+            r,
+        );
+    }
+    // multicall_entry: op, result, args[6].
+    let entry = |op: u32, args: [u64; 2]| [u64::from(op), 0x5555, args[0], args[1], 0, 0, 0, 0];
+    let mut list = [
+        entry(99, [1, 2]),
+        entry(HYPERVISOR_MULTICALL, [0, 1]),
+        entry(HYPERVISOR_XEN_VERSION, [1, BAD_PTRS[1]]),
+        entry(HYPERVISOR_XEN_VERSION, [0, 0]),
+    ];
+    let inner = at(&mut list);
+    list[1][2] = inner;
+    // SAFETY: `list` is ours, 4 entries; its entries' pointers are BAD_PTRS or `list`.
+    let r = unsafe { raw(x, HYPERVISOR_MULTICALL, [inner, 4, 0, 0, 0]) };
+    let results = [list[0][1], list[1][1], list[2][1], list[3][1]].map(|v| v as i64);
+    let version =
+        x.hv.xen_version()
+            .map(|v| i64::from(v.major) << 16 | i64::from(v.minor));
+    for (k, what) in [
+        (0, "an unknown hypercall"),
+        (1, "a multicall inside the multicall"),
+        (2, "xen_version with a bad pointer"),
+    ] {
+        t.check(
+            c,
+            &format!("multicall entry: {what}"),
+            r == 0 && results[k] < 0 && Ok(results[3]) == version,
+            format_args!("multicall {}, results {results:?}", Ret(r)),
+        );
+    }
+}
+
 fn memory_op(x: &xen::Xen, t: &mut Tally) {
     let c = Cat::Hypercall;
     // add_to_physmap: a grant frame far beyond the table, an unknown space, another
@@ -483,6 +531,16 @@ fn memory_op(x: &xen::Xen, t: &mut Tally) {
     // any (and, above all, none may hand out or take away memory).
     let shared_info_pfn = 0u64; // page 0 is not ours to give back either
     let mut pfns = [shared_info_pfn; 4];
+    // The pages a hypervisor may still give us (Xen: max_pages - tot_pages; xl leaves
+    // 1 MiB of slack, the shim none): populating pages that are there takes new pages
+    // (Xen orphans the old ones), which only this headroom may pay for.
+    let reservation = |cmd: u32| {
+        let mut dom: DomId = DOMID_SELF;
+        // SAFETY: `dom` is a domid argument of ours.
+        unsafe { raw(x, HYPERVISOR_MEMORY_OP, [cmd.into(), at(&mut dom), 0, 0, 0]) }
+    };
+    let headroom =
+        reservation(XENMEM_MAXIMUM_RESERVATION) - reservation(XENMEM_CURRENT_RESERVATION);
     for (what, op, extent_start, nr_extents, order, domid) in [
         (
             "decrease_reservation x 2^40 at a bad pointer",
@@ -516,14 +574,6 @@ fn memory_op(x: &xen::Xen, t: &mut Tally) {
             0,
             0,
         ),
-        (
-            "populate_physmap of pages that are there",
-            XENMEM_POPULATE_PHYSMAP,
-            at(&mut pfns),
-            4,
-            0,
-            DOMID_SELF,
-        ),
     ] {
         let mut r = XenMemoryReservation {
             extent_start,
@@ -537,6 +587,32 @@ fn memory_op(x: &xen::Xen, t: &mut Tally) {
         let done = unsafe { raw(x, HYPERVISOR_MEMORY_OP, [op.into(), at(&mut r), 0, 0, 0]) };
         t.check(c, &format!("memory_op {what}"), done <= 0, Ret(done));
     }
+    let mut r = XenMemoryReservation {
+        extent_start: at(&mut pfns),
+        nr_extents: 4,
+        extent_order: 0,
+        mem_flags: 0,
+        domid: DOMID_SELF,
+        _pad: [0; 3],
+    };
+    // SAFETY: `r` and its extent list `pfns` are ours.
+    let done = unsafe {
+        raw(
+            x,
+            HYPERVISOR_MEMORY_OP,
+            [XENMEM_POPULATE_PHYSMAP.into(), at(&mut r), 0, 0, 0],
+        )
+    };
+    let over = reservation(XENMEM_CURRENT_RESERVATION) - reservation(XENMEM_MAXIMUM_RESERVATION);
+    t.check(
+        c,
+        "memory_op populate_physmap of pages that are there (within the headroom only)",
+        done <= headroom.clamp(0, 4) && over <= 0,
+        format_args!(
+            "{} done with a headroom of {headroom}; {over} pages over the maximum",
+            Ret(done)
+        ),
+    );
 }
 
 fn grant_table_op(x: &xen::Xen, t: &mut Tally) {
@@ -581,10 +657,14 @@ fn grant_table_op(x: &xen::Xen, t: &mut Tally) {
         raw(
             x,
             HYPERVISOR_GRANT_TABLE_OP,
-            [GNTTABOP_MAP_GRANT_REF.into(), BAD_PTRS[1], HUGE, 0, 0],
+            [GNTTABOP_MAP_GRANT_REF.into(), BAD_PTRS[1], HUGE_INT, 0, 0],
         )
     };
-    t.expect_err(c, "grant_table_op map_grant_ref x 2^40 at a bad pointer", r);
+    t.expect_err(
+        c,
+        "grant_table_op map_grant_ref x 2^31-1 at a bad pointer",
+        r,
+    );
     // Copies the table does not allow (the typed wrapper checks each op's status).
     let Some((page, _view)) = memory::alloc_zeroed(1) else {
         t.broken("grant copy page", "out of memory");
@@ -1327,6 +1407,12 @@ fn raw_exchange(
         let n = ring
             .read(&mut buf[..(want - got.len()).min(1024)])
             .map_err(|_| "reply ring broken")?;
+        if n > 0 {
+            // The ring had no room for all xenstored had to send (watch events queue
+            // up behind a reply): a consumer tells the producer it made room
+            // (xenstore-ring.txt), or C xenstored waits for ever.
+            let _ = x.hv.evtchn_send(store_port(x));
+        }
         got.extend_from_slice(&buf[..n]);
         if got.len() == 16 && want == 16 {
             let h = XsdSockmsg::from_prefix(&got).ok_or("short header")?;

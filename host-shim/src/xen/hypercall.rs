@@ -114,6 +114,8 @@ pub struct Ctx<'a> {
     fetch: &'a mut dyn FnMut() -> Option<PagingState>,
     /// Where console_io output goes.
     pub console: &'a mut dyn FnMut(&[u8]),
+    /// Inside a multicall (which may not nest).
+    in_multicall: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -127,6 +129,7 @@ impl<'a> Ctx<'a> {
             mode: Mode::Long,
             fetch,
             console,
+            in_multicall: false,
         }
     }
 
@@ -222,7 +225,12 @@ impl Xen {
             }
         };
         let after = match st.shutdown {
-            Some(req) if nr == u64::from(HYPERVISOR_SCHED_OP) => After::Shutdown(req.reason),
+            Some(req)
+                if nr == u64::from(HYPERVISOR_SCHED_OP)
+                    || nr == u64::from(HYPERVISOR_MULTICALL) =>
+            {
+                After::Shutdown(req.reason)
+            }
             _ => After::Resume,
         };
         Outcome { ret, after }
@@ -271,11 +279,67 @@ impl Xen {
                 self.set_timer(wide(a[0], a[1]), false),
             ),
             HYPERVISOR_VM_ASSIST => ("vm_assist".into(), self.vm_assist(op, a[1])),
+            HYPERVISOR_MULTICALL => ("multicall".into(), self.multicall(a[0], a[1] as u32, ctx)),
             HYPERVISOR_PLATFORM_OP | HYPERVISOR_SYSCTL | HYPERVISOR_DOMCTL => {
                 (privileged_name(nr).into(), self.privileged(nr, a[0], ctx))
             }
             _ => (format!("unknown_{nr}"), Err(XenErrno::ENOSYS)),
         }
+    }
+
+    // ---- multicall ---------------------------------------------------------------
+
+    /// `HYPERVISOR_multicall(call_list, nr_calls)` as Xen serves an HVM/PVH guest
+    /// (common/multicall.c, do_multicall; x86 hvm_do_multicall_call): `nr_calls` is a
+    /// `uint32_t`; each `multicall_entry` (`op`, `result`, `args[6]`: 64 bytes, or 32
+    /// in a 32-bit caller's layout) is read, its hypercall run as if called directly
+    /// (an unknown one gets -ENOSYS in `result`), and `result` written back; an entry
+    /// that cannot be read or written ends the call with -EFAULT; a multicall inside a
+    /// multicall is -EINVAL. Xen preempts long lists and continues them; the shim runs
+    /// them through (the list must lie in RAM, which bounds it).
+    fn multicall(&self, list: u64, nr: u32, ctx: &mut Ctx<'_>) -> HResult {
+        if ctx.in_multicall {
+            return Err(XenErrno::EINVAL);
+        }
+        ctx.in_multicall = true;
+        let r = self.multicall_entries(list, nr, ctx);
+        ctx.in_multicall = false;
+        r
+    }
+
+    fn multicall_entries(&self, list: u64, nr: u32, ctx: &mut Ctx<'_>) -> HResult {
+        for i in 0..u64::from(nr) {
+            let (op, args, result_at) = match ctx.mode {
+                Mode::Long => {
+                    let at = (i * 64).checked_add(list).ok_or(XenErrno::EFAULT)?;
+                    let e: [u64; 8] = self.get(ctx, at)?;
+                    (e[0], [e[2], e[3], e[4], e[5], e[6]], at + 8)
+                }
+                Mode::Compat => {
+                    let at = (i * 32).checked_add(list).ok_or(XenErrno::EFAULT)?;
+                    let e: [u32; 8] = self.get(ctx, at)?;
+                    let args = [e[2], e[3], e[4], e[5], e[6]].map(u64::from);
+                    (u64::from(e[0]), args, at + 4)
+                }
+            };
+            let (name, result) = self.dispatch(op, args, ctx);
+            let ret = match result {
+                Ok(v) => v,
+                Err(e) => e.as_neg(),
+            };
+            {
+                let mut st = self.lock();
+                *st.stats
+                    .hypercalls
+                    .entry(format!("multicall.{name}"))
+                    .or_default() += 1;
+            }
+            match ctx.mode {
+                Mode::Long => self.put(ctx, result_at, &ret)?,
+                Mode::Compat => self.put(ctx, result_at, &(ret as i32))?,
+            }
+        }
+        Ok(0)
     }
 
     // ---- xen_version -------------------------------------------------------------
@@ -340,9 +404,10 @@ impl Xen {
     fn console_io(&self, cmd: u32, count: u64, buf: u64, ctx: &mut Ctx<'_>) -> HResult {
         match cmd {
             CONSOLEIO_WRITE => {
-                // Xen copies in chunks and caps nothing but the guest's patience; the
-                // shim caps one call at 64 KiB so a huge count cannot stall the vCPU.
-                let count = count.min(CONSOLE_IO_MAX) as usize;
+                // Xen's `unsigned int count` (the register's upper half is not looked
+                // at); Xen copies in chunks and caps nothing but the guest's patience,
+                // the shim caps one call at 64 KiB so a huge count cannot stall the vCPU.
+                let count = u64::from(count as u32).min(CONSOLE_IO_MAX) as usize;
                 let paging = ctx.paging()?;
                 let mut data = vec![0u8; count];
                 self.ram
@@ -869,8 +934,12 @@ impl Xen {
     // ---- grant_table_op --------------------------------------------------------------
 
     fn grant_table_op(&self, cmd: u32, arg: u64, count: u64, ctx: &mut Ctx<'_>) -> HResult {
-        // Xen bounds batch sizes; anything above is refused outright.
-        if count > 512 {
+        // Xen's `unsigned int count` (common/grant_table.c, do_grant_table_op): the
+        // register's upper half is not looked at, and a count negative as an int is
+        // -EINVAL. Every element of a larger batch is done (Xen preempts and
+        // continues); the array must lie in RAM, which bounds the work.
+        let count = u64::from(count as u32);
+        if (count as u32 as i32) < 0 {
             return Err(XenErrno::EINVAL);
         }
         match cmd {

@@ -9,6 +9,7 @@ use pv_drivers::abi::memory::*;
 use pv_drivers::abi::sched::*;
 use pv_drivers::abi::vcpu::*;
 use pv_drivers::abi::xen::*;
+use pv_drivers::hypercall::XENVER_VERSION;
 
 use super::{Call, Ctx, Mode};
 use crate::kvm::PagingState;
@@ -120,6 +121,193 @@ fn set_version_answers_as_a_xen_offering_only_v1() {
         // The version in force is written back whatever the answer.
         assert_eq!(get::<4>(&xen, ARG), 1u32.to_le_bytes(), "version {asked}");
     }
+}
+
+// ---- grant_table_op: the count (xen/common/grant_table.c, do_grant_table_op) ----------
+
+/// `count` is an `unsigned int`: the register's upper half is not looked at (2^40 is
+/// 0, nothing done), a count negative as an int is -EINVAL, and a batch of any size
+/// is done element by element (found by running the hostile guest on Xen 4.17, which
+/// answered 0 where the shim refused counts above 512).
+#[test]
+fn grant_table_op_takes_its_count_as_xen_s_unsigned_int() {
+    let xen = rig();
+    // An unmapped array: with the count read as 0 it is never looked at.
+    let beyond_ram = 1u64 << 40;
+    for cmd in [GNTTABOP_COPY, GNTTABOP_MAP_GRANT_REF] {
+        let ret = call(
+            &xen,
+            HYPERVISOR_GRANT_TABLE_OP,
+            &[cmd.into(), beyond_ram, 1 << 40],
+        );
+        let want = if cmd == GNTTABOP_COPY {
+            0
+        } else {
+            // The shim maps no grants for its guest (it is never a backend).
+            err(XenErrno::ENOSYS)
+        };
+        assert_eq!(ret, want, "cmd {cmd}");
+    }
+    for count in [0x8000_0000u64, 0xffff_ffff, 0x1_8000_0000] {
+        let ret = call(
+            &xen,
+            HYPERVISOR_GRANT_TABLE_OP,
+            &[GNTTABOP_COPY.into(), ARG, count],
+        );
+        assert_eq!(ret, err(XenErrno::EINVAL), "count {count:#x}");
+    }
+    // 600 elements, each a copy from a frame of domain 0 (not the caller's): each
+    // gets its own status, none is left as it was.
+    const N: u64 = 600;
+    let size = GnttabCopy::SIZE as u64;
+    let element = GnttabCopy {
+        len: 8,
+        status: 0x7777,
+        ..GnttabCopy::default()
+    };
+    for i in 0..N {
+        put(&xen, LIST + i * size, &element.to_bytes());
+    }
+    let ret = call(
+        &xen,
+        HYPERVISOR_GRANT_TABLE_OP,
+        &[GNTTABOP_COPY.into(), LIST, N],
+    );
+    assert_eq!(ret, 0);
+    for i in 0..N {
+        let status = i16::from_le_bytes(get::<2>(&xen, LIST + i * size + 36));
+        assert!(status < 0, "element {i}: status {status}");
+    }
+}
+
+// ---- multicall (xen/common/multicall.c, do_multicall; x86 hvm_do_multicall_call) -------
+
+/// One 64-bit `multicall_entry`: `op`, `result` (preset to a sentinel), `args[6]`.
+fn mc_entry(op: u64, args: &[u64]) -> [u64; 8] {
+    let mut e = [0u64; 8];
+    e[0] = op;
+    e[1] = 0x5555;
+    e[2..2 + args.len()].copy_from_slice(args);
+    e
+}
+
+fn put_words<T: Copy>(xen: &Xen, at: u64, words: &[T], to_le: fn(T) -> Vec<u8>) {
+    let bytes: Vec<u8> = words.iter().flat_map(|&w| to_le(w)).collect();
+    put(xen, at, &bytes);
+}
+
+/// Xen serves multicall to HVM and PVH guests (found by the hostile guest on Xen 4.17,
+/// where the shim had answered -ENOSYS): each entry runs as its own hypercall and gets
+/// its result; an unknown one -ENOSYS, a nested multicall -EINVAL; `nr_calls` is a
+/// `uint32_t` (2^40 is 0); an entry outside RAM ends the call with -EFAULT.
+#[test]
+fn multicall_runs_each_entry_and_writes_its_result() {
+    let xen = rig();
+    let entries = [
+        mc_entry(HYPERVISOR_XEN_VERSION.into(), &[XENVER_VERSION.into()]),
+        mc_entry(99, &[1, 2, 3]),
+        mc_entry(HYPERVISOR_MULTICALL.into(), &[LIST, 1]),
+        mc_entry(HYPERVISOR_XEN_VERSION.into(), &[XENVER_VERSION.into()]),
+    ];
+    for (i, e) in entries.iter().enumerate() {
+        put_words(&xen, LIST + 64 * i as u64, e, |w: u64| {
+            w.to_le_bytes().to_vec()
+        });
+    }
+    let ret = call(&xen, HYPERVISOR_MULTICALL, &[LIST, entries.len() as u64]);
+    assert_eq!(ret, 0);
+    let result = |i: u64| i64::from_le_bytes(get::<8>(&xen, LIST + 64 * i + 8));
+    let (major, minor) = crate::xen::XEN_VERSION;
+    let version = i64::from(major) << 16 | i64::from(minor);
+    assert_eq!(result(0), version);
+    assert_eq!(result(1), err(XenErrno::ENOSYS));
+    assert_eq!(result(2), err(XenErrno::EINVAL));
+    assert_eq!(result(3), version);
+    // Arguments are not written back.
+    assert_eq!(
+        le_u64(&get::<8>(&xen, LIST + 16)),
+        u64::from(XENVER_VERSION)
+    );
+
+    // The count is 32 bits: 2^40 calls are none, and the list is never read.
+    assert_eq!(call(&xen, HYPERVISOR_MULTICALL, &[1 << 40, 1 << 40]), 0);
+    assert_eq!(
+        call(&xen, HYPERVISOR_MULTICALL, &[1 << 40, 1]),
+        err(XenErrno::EFAULT)
+    );
+    // A list running out of RAM: the entries before the edge are done.
+    let last = (RAM_MIB << 20) - 64;
+    put_words(
+        &xen,
+        last,
+        &mc_entry(HYPERVISOR_XEN_VERSION.into(), &[XENVER_VERSION.into()]),
+        |w: u64| w.to_le_bytes().to_vec(),
+    );
+    assert_eq!(
+        call(&xen, HYPERVISOR_MULTICALL, &[last, 2]),
+        err(XenErrno::EFAULT)
+    );
+    assert_eq!(i64::from_le_bytes(get::<8>(&xen, last + 8)), version);
+}
+
+/// A 32-bit caller's entries are 32 bytes of 32-bit fields, its result 32 bits.
+#[test]
+fn a_32_bit_caller_s_multicall_uses_the_compat_layout() {
+    let xen = rig();
+    let entries: [[u32; 8]; 2] = [
+        [
+            HYPERVISOR_XEN_VERSION,
+            0x5555,
+            XENVER_VERSION,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ],
+        [77, 0x5555, 0, 0, 0, 0, 0, 0],
+    ];
+    for (i, e) in entries.iter().enumerate() {
+        put_words(&xen, LIST + 32 * i as u64, e, |w: u32| {
+            w.to_le_bytes().to_vec()
+        });
+    }
+    let ret = call_in(&xen, Mode::Compat, HYPERVISOR_MULTICALL, &[LIST, 2]);
+    assert_eq!(ret, 0);
+    let (major, minor) = crate::xen::XEN_VERSION;
+    let result = |i: u64| i32::from_le_bytes(get::<4>(&xen, LIST + 32 * i + 4));
+    assert_eq!(
+        i64::from(result(0)),
+        i64::from(major) << 16 | i64::from(minor)
+    );
+    assert_eq!(i64::from(result(1)), err(XenErrno::ENOSYS));
+    // The first argument right after the result is untouched.
+    assert_eq!(u32::from_le_bytes(get::<4>(&xen, LIST + 8)), XENVER_VERSION);
+}
+
+/// `SCHEDOP_shutdown` from inside a multicall ends the guest as a direct one does.
+#[test]
+fn a_shutdown_inside_a_multicall_shuts_down() {
+    let xen = rig();
+    put(&xen, ARG, &SHUTDOWN_POWEROFF.to_le_bytes());
+    put_words(
+        &xen,
+        LIST,
+        &mc_entry(HYPERVISOR_SCHED_OP.into(), &[SCHEDOP_SHUTDOWN.into(), ARG]),
+        |w: u64| w.to_le_bytes().to_vec(),
+    );
+    let call = Call {
+        nr: HYPERVISOR_MULTICALL.into(),
+        args: [LIST, 1, 0, 0, 0],
+        mode: Mode::Long,
+        page: None,
+    };
+    let paging = PagingState::default();
+    let mut fetch = || Some(paging);
+    let mut console = |_: &[u8]| {};
+    let out = xen.hypercall(&call, &mut Ctx::new(&mut fetch, &mut console));
+    assert_eq!(out.ret, 0);
+    assert_eq!(out.after, super::After::Shutdown(SHUTDOWN_POWEROFF));
 }
 
 // ---- privileged hypercalls (xen/common/domctl.c, sysctl.c, x86 platform_hypercall.c) --
