@@ -22,8 +22,10 @@
 //! - the I/O window (BAR1, SDM 13.2.2; QEMU's e1000 stubs it, host-shim implements
 //!   it as the SDM and QEMU's e1000e do): IOADDR/IODATA must reach the registers BAR0
 //!   does (reads, a write, an unaligned IOADDR naming its dword, narrow reads giving
-//!   their bytes); an IOADDR beyond the register file (2^17, the flash window's last
-//!   dword, 2^32 - 1) must write nothing (a CTRL.RST there resets nothing) and read 0;
+//!   their bytes); IODATA writes with IOADDR at reserved offsets (0x0004, 0x1004)
+//!   must land nowhere; an IOADDR beyond the register file (2^17, the flash window's
+//!   last dword, 2^32 - 1) must write nothing (a CTRL.RST there resets nothing) and
+//!   read 0;
 //!   byte and word writes to IOADDR and IODATA, reserved offsets (+8, +0x3c) and
 //!   dwords straddling IOADDR and IODATA (+2) must be ignored (read 0).
 //! - the PHY through MDIC, each outcome as QEMU's `set_mdic` and `phy_regcap` give
@@ -953,6 +955,20 @@ fn io_attacks(t: &mut Tally, n: &mut Nic) {
         "an unaligned IOADDR (RAL0 + 3) names its dword",
         got == ral0,
         format_args!("{got:#x}, RAL0 {ral0:#x}"),
+    );
+    // IOADDR at offsets the 82540EM does not have: IODATA writes land nowhere (the
+    // model counts them as unknown registers, as BAR0 writes there).
+    let mut kept = [0u32; 2];
+    for (k, off) in kept.iter_mut().zip([0x0004u32, 0x1004]) {
+        arch::outl(io + IOADDR, off);
+        arch::outl(io + IODATA, u32::MAX);
+        *k = arch::inl(io + IODATA);
+    }
+    t.check(
+        c,
+        "IODATA writes with IOADDR at reserved offsets 0x0004 and 0x1004",
+        kept == [0, 0],
+        format_args!("read back {kept:#x?}"),
     );
     arch::outl(io + IOADDR, reg::RAL0);
     let (w, b) = (arch::inw(io + IODATA + 2), arch::inb(io + IODATA + 1));
