@@ -2,8 +2,9 @@
 //! `hw/net/e1000.c` models it, on a [`Link`] (a TAP in real runs, [`MemLink`] in tests).
 //!
 //! Layouts come from `hw_devices::e1000`, shared with the guest's driver. BAR0 is the
-//! 128 KiB register file; BAR1 the 64-byte I/O window, inert as in QEMU (reads 0,
-//! writes ignored: IOADDR/IODATA are not implemented). INTA#.
+//! 128 KiB register file; BAR1 the 64-byte I/O window with IOADDR (+0) and IODATA (+4),
+//! the indirect way to the same registers (8254x SDM 13.2.2; see [`E1000::io_read`]).
+//! INTA#.
 //!
 //! What it does, as QEMU does:
 //! - EEPROM through EERD (82540EM layout) and EECD Microwire bit-banging (64 words,
@@ -31,6 +32,9 @@
 //! - Statistics registers clear on read (a 64-bit pair when its high half is read).
 //!
 //! Where it differs from QEMU, on purpose:
+//! - The I/O window works as the SDM describes it (QEMU's `e1000_io_read/write` are
+//!   stubs that read 0 and drop writes; its `e1000e` implements the window as here):
+//!   IODATA reaches the register IOADDR names, with the side effects of a BAR0 access.
 //! - CTRL.RST resets the MAC registers (QEMU only clears the bit); the PHY stays.
 //! - A head index beyond the ring (or an empty ring) is refused without touching
 //!   memory (QEMU fetches one descriptor past the ring first); frames arriving while
@@ -300,6 +304,8 @@ struct Counters {
     err_rx_null_desc: u64,
     err_mdic: u64,
     err_link_recv: u64,
+    err_io_bad_access: u64,
+    err_io_bad_address: u64,
 }
 
 /// Names of the registers counted one by one; the rest go by table or "other".
@@ -406,6 +412,9 @@ pub struct E1000 {
     rx_buf: Vec<u8>,
     waiting_for_buffers: bool,
     wake: Arc<Wake>,
+    /// IOADDR of the I/O window: the register offset IODATA reaches. Not a MAC
+    /// register: CTRL.RST leaves it.
+    ioaddr: u32,
     c: Counters,
 }
 
@@ -448,6 +457,7 @@ impl E1000 {
             rx_buf: Vec::new(),
             waiting_for_buffers: false,
             wake: Arc::new(Wake::default()),
+            ioaddr: 0,
             c: Counters {
                 reads: vec![0; REG_NAMES.len()],
                 writes: vec![0; REG_NAMES.len()],
@@ -1288,6 +1298,68 @@ impl E1000 {
         }
     }
 
+    /// The I/O window (8254x SDM 13.2.2; the BAR is 64 bytes, only the first 8 decode):
+    /// IOADDR at +0 reads back as written; IODATA at +4 reads the register IOADDR
+    /// names, with the side effects of a BAR0 read of it (a read of ICR clears it).
+    /// IOADDR's low two bits are ignored (the file is dword-addressed; QEMU's `e1000e`
+    /// does the same); an IOADDR beyond the register file (the SDM's flash window and
+    /// above) reads 0. A narrow read returns its bytes of the dword. Reserved offsets
+    /// and accesses that straddle a register read 0. All refusals count in
+    /// `errors.io_bad_access` / `io_bad_address`.
+    fn io_read(&mut self, offset: u64, data: &mut [u8]) {
+        self.c.io_reads += 1;
+        data.fill(0);
+        let (s, len) = ((offset % 4) as usize, data.len());
+        if !matches!(len, 1 | 2 | 4) || s + len > 4 {
+            self.c.err_io_bad_access += 1;
+            return;
+        }
+        let dword = match offset & !3 {
+            0 => Some(self.ioaddr),
+            4 => self.io_target().map(|off| self.read_reg(off)),
+            _ => {
+                self.c.err_io_bad_access += 1;
+                None
+            }
+        };
+        if let Some(v) = dword {
+            data.copy_from_slice(&v.to_le_bytes()[s..s + len]);
+        }
+    }
+
+    /// Writes to the I/O window: only whole, aligned dwords to IOADDR or IODATA (the
+    /// SDM: "writes less than 32 bits are ignored"); an IODATA write reaches the
+    /// register IOADDR names as a BAR0 write would (a TDT write transmits).
+    fn io_write(&mut self, offset: u64, data: &[u8]) {
+        self.c.io_writes += 1;
+        let v = match <[u8; 4]>::try_from(data) {
+            Ok(b) => u32::from_le_bytes(b),
+            Err(_) => {
+                self.c.err_io_bad_access += 1;
+                return;
+            }
+        };
+        match offset {
+            0 => self.ioaddr = v,
+            4 => {
+                if let Some(off) = self.io_target() {
+                    self.write_reg(off, v);
+                }
+            }
+            _ => self.c.err_io_bad_access += 1,
+        }
+    }
+
+    /// The register IODATA reaches: IOADDR's dword, if it lies in the register file.
+    fn io_target(&mut self) -> Option<u32> {
+        if u64::from(self.ioaddr) < hw::MMIO_SIZE {
+            Some(self.ioaddr & !3)
+        } else {
+            self.c.err_io_bad_address += 1;
+            None
+        }
+    }
+
     /// The model's counters (also [`PciDevice::stats`]).
     pub fn counters(&self) -> serde_json::Value {
         let c = &self.c;
@@ -1349,6 +1421,8 @@ impl E1000 {
                 "rx_null_descriptor": c.err_rx_null_desc,
                 "mdic": c.err_mdic,
                 "link_recv": c.err_link_recv,
+                "io_bad_access": c.err_io_bad_access,
+                "io_bad_address": c.err_io_bad_address,
             },
             "link": self.link.stats(),
         })
@@ -1424,10 +1498,7 @@ impl PciDevice for E1000 {
     fn region_read(&mut self, region: usize, offset: u64, data: &mut [u8]) {
         match region {
             0 => self.mmio_read(offset, data),
-            1 => {
-                self.c.io_reads += 1;
-                data.fill(0);
-            }
+            1 => self.io_read(offset, data),
             _ => data.fill(0xff),
         }
     }
@@ -1435,7 +1506,7 @@ impl PciDevice for E1000 {
     fn region_write(&mut self, region: usize, offset: u64, data: &[u8]) {
         match region {
             0 => self.mmio_write(offset, data),
-            1 => self.c.io_writes += 1,
+            1 => self.io_write(offset, data),
             _ => {}
         }
     }
@@ -2250,6 +2321,83 @@ mod tests {
         assert_ne!(t.r(reg::ICR) & icr::RXO, 0);
         assert_eq!(t.counter(&["drops", "rx_dma"]), 1);
         assert_eq!(t.counter(&["drops", "rx_bad_ring"]), 1);
+    }
+
+    fn io_w(t: &mut Rig, off: u64, data: &[u8]) {
+        t.d.region_write(1, off, data);
+    }
+
+    fn io_r(t: &mut Rig, off: u64, len: usize) -> u32 {
+        let mut b = vec![0u8; len];
+        t.d.region_read(1, off, &mut b);
+        let mut v = [0u8; 4];
+        let n = len.min(4);
+        v[..n].copy_from_slice(&b[..n]);
+        u32::from_le_bytes(v)
+    }
+
+    /// The I/O window (8254x SDM 13.2.2; QEMU's e1000 stubs it): IOADDR/IODATA reach
+    /// BAR0's registers with their side effects; narrow writes, reserved offsets and an
+    /// IOADDR beyond the register file are refused and counted, never reach a register.
+    #[test]
+    fn the_io_window_reaches_the_registers_and_refuses_the_rest() {
+        let mut t = rig();
+        let ral0 = t.r(reg::RAL0);
+        io_w(&mut t, 0, &reg::RAL0.to_le_bytes());
+        assert_eq!(io_r(&mut t, 0, 4), reg::RAL0, "IOADDR reads back");
+        assert_eq!(io_r(&mut t, 4, 4), ral0, "IODATA reads RAL0");
+        assert_eq!(io_r(&mut t, 6, 2), ral0 >> 16, "a narrow read: its bytes");
+        assert_eq!(io_r(&mut t, 5, 1), (ral0 >> 8) & 0xff);
+        // Writes land, with their side effects: IMS, ICS raises the line, reading ICR
+        // through the window clears it.
+        io_w(&mut t, 0, &reg::IMS.to_le_bytes());
+        io_w(&mut t, 4, &icr::TXDW.to_le_bytes());
+        assert_eq!(t.r(reg::IMS), icr::TXDW);
+        io_w(&mut t, 0, &reg::ICS.to_le_bytes());
+        io_w(&mut t, 4, &icr::TXDW.to_le_bytes());
+        assert!(t.irq.up());
+        io_w(&mut t, 0, &reg::ICR.to_le_bytes());
+        assert_ne!(io_r(&mut t, 4, 4) & icr::TXDW, 0);
+        assert!(!t.irq.up(), "the ICR read through IODATA cleared it");
+        // An unaligned IOADDR names its dword.
+        io_w(&mut t, 0, &(reg::RAL0 + 3).to_le_bytes());
+        assert_eq!(io_r(&mut t, 4, 4), ral0);
+        let (bad_access, bad_address) = (
+            t.counter(&["errors", "io_bad_access"]),
+            t.counter(&["errors", "io_bad_address"]),
+        );
+        assert_eq!((bad_access, bad_address), (0, 0));
+        // Narrow writes are ignored, to IOADDR and to IODATA.
+        io_w(&mut t, 0, &[0x08]);
+        io_w(&mut t, 2, &[0x08, 0]);
+        assert_eq!(io_r(&mut t, 0, 4), reg::RAL0 + 3);
+        io_w(&mut t, 0, &reg::IMS.to_le_bytes());
+        io_w(&mut t, 4, &[0xff, 0xff]);
+        io_w(&mut t, 5, &[0xff]);
+        assert_eq!(t.r(reg::IMS), icr::TXDW);
+        // Beyond the register file: IODATA reads 0 and drops writes (a CTRL.RST
+        // aliased at 2^17 would reset the device).
+        for a in [hw::MMIO_SIZE as u32, 0x7_fffc, u32::MAX] {
+            io_w(&mut t, 0, &a.to_le_bytes());
+            assert_eq!(io_r(&mut t, 4, 4), 0);
+            io_w(&mut t, 4, &ctrl::RST.to_le_bytes());
+        }
+        assert_eq!(t.counter(&["resets"]), 0);
+        assert_eq!(t.r(reg::IMS), icr::TXDW);
+        // Reserved offsets, and accesses that straddle IOADDR and IODATA.
+        for off in [8u64, 0xc, 0x3c] {
+            io_w(&mut t, off, &u32::MAX.to_le_bytes());
+            assert_eq!(io_r(&mut t, off, 4), 0);
+        }
+        assert_eq!(io_r(&mut t, 2, 4), 0);
+        assert_eq!(io_r(&mut t, 0, 8), 0);
+        assert_eq!(
+            t.counter(&["errors", "io_bad_access"]),
+            4 + 3 * 2 + 2,
+            "narrow writes, reserved offsets, straddling reads"
+        );
+        assert_eq!(t.counter(&["errors", "io_bad_address"]), 6);
+        assert_eq!(t.r(reg::RAL0), ral0);
     }
 
     #[test]

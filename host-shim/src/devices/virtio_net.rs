@@ -19,7 +19,8 @@
 //! Receive: a frame read from the link fills one buffer (or, with `MRG_RXBUF`,
 //! as many as it needs); when the driver has posted too few, the frame is held, the
 //! link is not read further (the TAP queues, then drops, in the host kernel), and the
-//! driver's next receive notify delivers it.
+//! driver's next receive notify delivers it (with `EVENT_IDX`, `avail_event` then names
+//! the driver's available index, so that its next buffer is notified, as in QEMU).
 //!
 //! The guest is hostile: a chain that is not whole ([`whole_chain`]: it loops, runs
 //! longer than the queue, names a descriptor beyond it, or adds up to more than 2^32
@@ -295,6 +296,22 @@ impl VirtioNet {
                             if usize::from(waiting) > took {
                                 continue;
                             }
+                            if queue.event_idx_enabled() {
+                                // Ask for the driver's next buffer, then look once more:
+                                // it may have published meanwhile, by the old event.
+                                if !ask_for_next(queue, mem, idx) {
+                                    self.stats.ring_errors += 1;
+                                    break;
+                                }
+                                match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+                                    Ok(again) if again != idx => continue,
+                                    Ok(_) => {}
+                                    Err(_) => {
+                                        self.stats.ring_errors += 1;
+                                        break;
+                                    }
+                                }
+                            }
                             break;
                         }
                         Err(_) => {
@@ -423,6 +440,22 @@ impl VirtioNet {
         }
         then(any)
     }
+}
+
+/// With `EVENT_IDX`, asks the driver to notify the next buffer it makes available:
+/// `avail_event` becomes its available index `idx` (QEMU's
+/// `virtio_queue_set_notification`). rust-vmm's `enable_notification` writes the
+/// device's `next_avail` instead, which lies behind the buffers a waiting frame looked
+/// at and gave back: a driver that honours the event would not notify the buffer that
+/// completes the room. False if the used ring cannot be written.
+fn ask_for_next(queue: &Queue, mem: &GuestMemory, idx: Wrapping<u16>) -> bool {
+    use vm_memory::{Bytes, GuestAddress};
+    // `avail_event` follows the used ring's entries (2.7.8).
+    let at = queue.used_ring() + 4 + 8 * u64::from(queue.size());
+    let ok = mem.write_obj(idx.0.to_le(), GuestAddress(at)).is_ok();
+    // The event is visible before the available index is read again (2.7.10).
+    std::sync::atomic::fence(Ordering::SeqCst);
+    ok
 }
 
 /// What became of a held frame.
@@ -875,6 +908,40 @@ mod tests {
         assert!(ids.contains(&(0, 100)));
         assert!(ids.contains(&(3, (HDR_LEN + f.len() - 100) as u32)));
         assert_eq!(r.host.pending(), 0);
+    }
+
+    /// Regression (the hostile guest's EVENT_IDX attacks): a frame that found too few
+    /// merged buffers asked for the next notify with `avail_event` at the device's own
+    /// position (rust-vmm's `enable_notification` writes `next_avail`, which lies
+    /// behind the buffers the device looked at and gave back), so a driver honouring
+    /// EVENT_IDX did not notify the buffer that completed the room: the frame waited for
+    /// the next one from the link. `avail_event` names the driver's available index
+    /// instead, as QEMU's `virtio_queue_set_notification` does.
+    #[test]
+    fn a_frame_waiting_for_merged_buffers_asks_for_the_next_one() {
+        let (mut r, rx, _tx) = rig(ALL | F_EVENT_IDX);
+        let avail_event = |r: &Rig| -> u16 {
+            r.mem
+                .read_obj(GuestAddress(rx.used_addr().0 + 4 + 8 * 16))
+                .unwrap()
+        };
+        let f = udp_frame(500);
+        r.host.send_frame(&f).unwrap();
+        rx.add_desc_chains(
+            &[desc(BUFS, 100, WRITE), desc(BUFS + 0x1000, 100, WRITE)],
+            0,
+        )
+        .unwrap();
+        assert!(!r.net.notify(RX));
+        assert_eq!(used_idx(&r.mem, &rx), 0, "the frame waits");
+        // The driver publishes index 2: `vring_need_event(avail_event, 3, 2)` must hold.
+        assert_eq!(avail_event(&r), 2);
+        rx.add_desc_chains(&[desc(BUFS + 0x2000, 2048, WRITE)], 2)
+            .unwrap();
+        r.net.notify(RX);
+        assert_eq!(used_idx(&r.mem, &rx), 3);
+        assert_eq!(r.net.stats.rx_frames, 1);
+        assert_eq!(used(&r.mem, &rx, 2), (2, (HDR_LEN + f.len() - 200) as u32));
     }
 
     /// Regression (the hostile guest of #16): a chain that loops was walked to the

@@ -196,6 +196,13 @@ pub struct TransportStats {
     pub bad_activations: u64,
     /// Times the device entered `DEVICE_NEEDS_RESET` after a driver error on its rings.
     pub needs_reset: u64,
+    /// Writes the device ignored as the spec has it (4.1.4.3, 3.1.1, 2.1): driver
+    /// features once `FEATURES_OK` is set, `FEATURES_OK` for features not offered or
+    /// without `VERSION_1`, `DRIVER_OK` without `FEATURES_OK`; a queue's registers for a
+    /// queue that does not exist, while it is enabled or the device is live; a queue
+    /// size that is not a power of two or above the maximum, a `queue_enable` other than
+    /// 1; the read-only fields of the common configuration and the ISR byte.
+    pub refused_writes: u64,
     /// Wake-ups of the device thread: by the doorbell KVM absorbs (each may stand for
     /// several notifies; none of them was an exit to the shim) or by the device's own
     /// source of work (see the device's counters, e.g. virtio-net's `link_wakeups`).
@@ -551,6 +558,7 @@ impl VirtioPci {
             && (self.driver_features & !self.device_features() != 0
                 || self.driver_features & 1 << VIRTIO_F_VERSION_1 == 0)
         {
+            self.stats.refused_writes += 1;
             status &= !VIRTIO_CONFIG_S_FEATURES_OK;
         }
         let go = value & VIRTIO_CONFIG_S_DRIVER_OK != 0
@@ -575,6 +583,7 @@ impl VirtioPci {
                 self.config_generation = self.config_generation.wrapping_add(1);
             }
         } else if value & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.active {
+            self.stats.refused_writes += 1;
             status &= !VIRTIO_CONFIG_S_DRIVER_OK;
         }
         self.status = status as u8;
@@ -645,10 +654,18 @@ impl VirtioPci {
         let low = v as u32;
         // A 64-bit write sets both halves of an address.
         let high = (n == 8).then_some((v >> 32) as u32);
-        match offset {
-            common::DEVICE_FEATURE_SELECT => self.device_feature_select = low,
-            common::DRIVER_FEATURE_SELECT => self.driver_feature_select = low,
-            common::DRIVER_FEATURE if self.status & VIRTIO_CONFIG_S_FEATURES_OK as u8 == 0 => {
+        let refused = match offset {
+            common::DEVICE_FEATURE_SELECT => {
+                self.device_feature_select = low;
+                false
+            }
+            common::DRIVER_FEATURE_SELECT => {
+                self.driver_feature_select = low;
+                false
+            }
+            // Fixed once FEATURES_OK is set (3.1.1: the driver negotiates first).
+            common::DRIVER_FEATURE if self.status & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 => true,
+            common::DRIVER_FEATURE => {
                 match self.driver_feature_select {
                     0 => {
                         self.driver_features =
@@ -660,37 +677,83 @@ impl VirtioPci {
                     }
                     _ => {}
                 }
+                false
             }
-            common::DEVICE_STATUS => self.write_status(v as u8),
-            common::MSIX_CONFIG => self.config_vector = self.vector(v as u16),
+            common::DEVICE_STATUS => {
+                self.write_status(v as u8);
+                false
+            }
+            common::MSIX_CONFIG => {
+                self.config_vector = self.vector(v as u16);
+                false
+            }
             common::QUEUE_MSIX_VECTOR => {
                 let v = self.vector(v as u16);
-                if let Some(slot) = self.queue_vectors.get_mut(usize::from(self.queue_select)) {
-                    *slot = v;
+                match self.queue_vectors.get_mut(usize::from(self.queue_select)) {
+                    Some(slot) => {
+                        *slot = v;
+                        false
+                    }
+                    None => true,
                 }
             }
-            common::QUEUE_SELECT => self.queue_select = v as u16,
-            _ if !self.queues_writable() => {}
-            o => {
-                let Some(q) = self.selected() else {
-                    return;
-                };
-                // An enabled queue's configuration is fixed until reset.
-                if q.ready() && o != common::QUEUE_ENABLE {
-                    return;
-                }
-                match o {
-                    common::QUEUE_SIZE => q.set_size(v as u16),
-                    common::QUEUE_ENABLE if v as u16 == 1 => q.set_ready(true),
-                    common::QUEUE_DESC => q.set_desc_table_address(Some(low), high),
-                    common::QUEUE_DESC_HI => q.set_desc_table_address(None, Some(low)),
-                    common::QUEUE_DRIVER => q.set_avail_ring_address(Some(low), high),
-                    common::QUEUE_DRIVER_HI => q.set_avail_ring_address(None, Some(low)),
-                    common::QUEUE_DEVICE => q.set_used_ring_address(Some(low), high),
-                    common::QUEUE_DEVICE_HI => q.set_used_ring_address(None, Some(low)),
-                    _ => {}
-                }
+            common::QUEUE_SELECT => {
+                self.queue_select = v as u16;
+                false
             }
+            _ if !self.queues_writable() => true,
+            o => self.queue_write(o, v, low, high),
+        };
+        if refused {
+            self.stats.refused_writes += 1;
+        }
+    }
+
+    /// A write to the selected queue's register at `o` before `DRIVER_OK`; whether the
+    /// device refused it (no such queue or register, the queue enabled, a size it
+    /// cannot take, an enable other than 1).
+    fn queue_write(&mut self, o: u64, v: u64, low: u32, high: Option<u32>) -> bool {
+        let Some(q) = self.selected() else {
+            return true;
+        };
+        // An enabled queue's configuration is fixed until reset (4.1.4.3.2).
+        if q.ready() {
+            return true;
+        }
+        match o {
+            common::QUEUE_SIZE => {
+                q.set_size(v as u16);
+                q.size() != v as u16
+            }
+            common::QUEUE_ENABLE if v as u16 == 1 => {
+                q.set_ready(true);
+                false
+            }
+            common::QUEUE_DESC => {
+                q.set_desc_table_address(Some(low), high);
+                false
+            }
+            common::QUEUE_DESC_HI => {
+                q.set_desc_table_address(None, Some(low));
+                false
+            }
+            common::QUEUE_DRIVER => {
+                q.set_avail_ring_address(Some(low), high);
+                false
+            }
+            common::QUEUE_DRIVER_HI => {
+                q.set_avail_ring_address(None, Some(low));
+                false
+            }
+            common::QUEUE_DEVICE => {
+                q.set_used_ring_address(Some(low), high);
+                false
+            }
+            common::QUEUE_DEVICE_HI => {
+                q.set_used_ring_address(None, Some(low));
+                false
+            }
+            _ => true,
         }
     }
 
@@ -749,6 +812,7 @@ impl VirtioPci {
                 self.msix_write(o, data);
             }
             o if (NOTIFY_AT..MSIX_TABLE_AT).contains(&o) => self.notify(o - NOTIFY_AT),
+            ISR_AT => self.stats.refused_writes += 1,
             _ => {}
         }
     }
@@ -1276,6 +1340,55 @@ mod tests {
         d.config_write(PCI_CFG_DATA, &[1, 2, 3, 4]);
         d.region_read(1, 0, &mut b);
         assert_eq!(b, [0xff; 4]);
+    }
+
+    /// The writes 4.1.4.3, 3.1.1 and 2.1 have the device ignore are ignored, and counted
+    /// in `refused_writes` (the hostile guest's register storm asserts that count).
+    #[test]
+    fn writes_the_spec_refuses_are_ignored_and_counted() {
+        let (mut d, _, _) = device();
+        let refused = |d: &VirtioPci| d.stats.refused_writes;
+        // A queue that does not exist: reads 0, its registers refuse writes.
+        w(&mut d, common::QUEUE_SELECT, 2, 7);
+        assert_eq!(r(&mut d, common::QUEUE_SIZE, 2), 0);
+        w(&mut d, common::QUEUE_SIZE, 2, 8);
+        w(&mut d, common::QUEUE_ENABLE, 2, 1);
+        w(&mut d, common::QUEUE_MSIX_VECTOR, 2, 0);
+        assert_eq!((r(&mut d, common::QUEUE_ENABLE, 2), refused(&d)), (0, 3));
+        // DRIVER_OK without FEATURES_OK; FEATURES_OK for a feature not offered.
+        w(&mut d, common::DEVICE_STATUS, 1, 1 | 2);
+        w(&mut d, common::DEVICE_STATUS, 1, 1 | 2 | 4);
+        assert_eq!(r(&mut d, common::DEVICE_STATUS, 1), 1 | 2);
+        w(&mut d, common::DRIVER_FEATURE_SELECT, 4, 1);
+        w(&mut d, common::DRIVER_FEATURE, 4, 1 | 1 << 20);
+        w(&mut d, common::DEVICE_STATUS, 1, 1 | 2 | 8);
+        assert_eq!(r(&mut d, common::DEVICE_STATUS, 1), 1 | 2);
+        assert_eq!(refused(&d), 5);
+        // Read-only fields and the ISR byte.
+        let queues = r(&mut d, common::NUM_QUEUES, 2);
+        w(&mut d, common::NUM_QUEUES, 2, 9);
+        w(&mut d, common::CONFIG_GENERATION, 1, 5);
+        w(&mut d, ISR_AT, 1, 0xff);
+        assert_eq!(r(&mut d, common::NUM_QUEUES, 2), queues);
+        assert_eq!(r(&mut d, ISR_AT, 1), 0);
+        assert_eq!(refused(&d), 8);
+        // A reset, and a good bring-up (its queue size of 100 is refused).
+        w(&mut d, common::DEVICE_STATUS, 1, 0);
+        bring_up(&mut d, 0x1000);
+        assert_eq!(refused(&d), 9);
+        // Driver features are fixed after FEATURES_OK, queue registers after DRIVER_OK.
+        w(&mut d, common::DRIVER_FEATURE_SELECT, 4, 0);
+        w(&mut d, common::DRIVER_FEATURE, 4, 0xffff_ffff);
+        assert_eq!(r(&mut d, common::DRIVER_FEATURE, 4), 0);
+        w(&mut d, common::QUEUE_SELECT, 2, 1);
+        w(&mut d, common::QUEUE_SIZE, 2, 8);
+        w(&mut d, common::QUEUE_DESC, 8, 0xdead_0000);
+        w(&mut d, common::QUEUE_ENABLE, 2, 0);
+        assert_eq!(r(&mut d, common::QUEUE_SIZE, 2), 64);
+        assert_eq!(r(&mut d, common::QUEUE_DESC, 8), 0x1000);
+        assert_eq!(r(&mut d, common::QUEUE_ENABLE, 2), 1);
+        assert_eq!(refused(&d), 13);
+        assert_eq!(r(&mut d, common::DEVICE_STATUS, 1), 1 | 2 | 4 | 8);
     }
 
     #[derive(Default)]

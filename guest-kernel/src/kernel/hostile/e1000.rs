@@ -19,8 +19,29 @@
 //!   3.2.3). Each must end as a missed packet (MPC, RXO) or a descriptor given back
 //!   with an error (RXE), never as a good frame (GPRC), or (the null address) as the
 //!   frame in the next descriptor.
+//! - the I/O window (BAR1, SDM 13.2.2; QEMU's e1000 stubs it, host-shim implements
+//!   it as the SDM and QEMU's e1000e do): IOADDR/IODATA must reach the registers BAR0
+//!   does (reads, a write, an unaligned IOADDR naming its dword, narrow reads giving
+//!   their bytes); IODATA writes with IOADDR at reserved offsets (0x0004, 0x1004)
+//!   must land nowhere; an IOADDR beyond the register file (2^17, the flash window's
+//!   last dword, 2^32 - 1) must write nothing (a CTRL.RST there resets nothing) and
+//!   read 0;
+//!   byte and word writes to IOADDR and IODATA, reserved offsets (+8, +0x3c) and
+//!   dwords straddling IOADDR and IODATA (+2) must be ignored (read 0).
+//! - the PHY through MDIC, each outcome as QEMU's `set_mdic` and `phy_regcap` give
+//!   it: reads at PHY addresses 0, 2 and 31 and a BMCR reset written at PHY 2, reads
+//!   of registers 7, 8 and 31 (not implemented), writes to the read-only PHYID1, BMSR
+//!   and ANLPAR must end with MDIC.ERROR and change nothing; opcode 0 (neither read nor
+//!   write) must do nothing and opcode 3 must read (QEMU tests the read bit first).
+//! - the EEPROM: EERD reads of words 64, 128 and 255 (beyond the 64 words) must
+//!   give DONE and no data, EERD with every bit set must echo them, as QEMU's
+//!   `flash_eerd_read`; over EECD, a Microwire WRITE of word 0 and an ERAL must change
+//!   nothing (the EEPROM is read-only), a READ run past word 63 must wrap to word 0,
+//!   and after 2000 garbage EECD writes the words must still sum to 0xBABA and hold
+//!   the MAC.
 //! - a storm of thousands of garbage register writes over the whole BAR (reserved
-//!   offsets and narrow writes among them) with bus mastering off.
+//!   offsets and narrow writes among them; MDIC spared, its attacks are counted
+//!   above) with bus mastering off.
 //!
 //! A canary page that the unusable rings name, and the bytes of the ring and buffer
 //! pages beyond what the guest offered, must be untouched; the peer must have seen no
@@ -35,13 +56,13 @@ use alloc::vec::Vec;
 use hw_devices::Mmio as _;
 use hw_devices::e1000::reg::{self, stat};
 use hw_devices::e1000::{
-    DESC_SIZE, DLEN_MASK, RxDesc, TxContextDesc, TxDesc, ctrl, dtyp, eerd, popts, rctl, rx_errors,
-    rx_status, tctl, tx_cmd, tx_status,
+    DESC_SIZE, DLEN_MASK, RxDesc, TxContextDesc, TxDesc, ctrl, dtyp, eecd, eeprom, eerd, icr, mdic,
+    phy, popts, rctl, rx_errors, rx_status, tctl, tx_cmd, tx_status,
 };
 use hw_devices::pci::{self, ConfigAccess as _, command};
 use pv_drivers::shmem::{RawSharedMemory, SharedMemory};
 
-use super::super::{memory, platform, pv};
+use super::super::{arch, memory, platform, pv};
 use super::peer::{self, Wire};
 use super::{Cat, REPLY_NS, Tally};
 use crate::kprintln;
@@ -75,12 +96,12 @@ const RESERVED: [u32; 14] = [
     0x1_0000, 0x1_fffc,
 ];
 
-/// Registers the storm writes garbage into besides random offsets.
-const HOT: [u32; 29] = [
+/// Registers the storm writes garbage into besides random offsets (not MDIC: its
+/// errors are counted attack by attack in [`phy_attacks`]).
+const HOT: [u32; 28] = [
     reg::CTRL,
     reg::EECD,
     reg::EERD,
-    reg::MDIC,
     reg::ICR,
     reg::ICS,
     reg::IMS,
@@ -119,6 +140,8 @@ struct TxSeen {
 /// The NIC and the guest memory the attacks use.
 struct Nic {
     mmio: platform::MmioRegion,
+    /// The first port of the I/O window (IOADDR; IODATA at +4), if it has one.
+    io: Option<u16>,
     bdf: pci::Bdf,
     event: pv::DeviceEvent,
     mac: [u8; 6],
@@ -153,7 +176,7 @@ impl Nic {
 
     /// Memory decode on, INTx off, bus mastering as asked.
     fn bus_master(&mut self, on: bool) {
-        let mut cmd = command::MEMORY_SPACE | command::INTX_DISABLE;
+        let mut cmd = command::MEMORY_SPACE | command::IO_SPACE | command::INTX_DISABLE;
         if on {
             cmd |= command::BUS_MASTER;
         }
@@ -399,8 +422,17 @@ pub(super) fn attacks(t: &mut Tally) {
         t.broken("e1000 pages", "out of memory");
         return;
     };
+    // The first I/O BAR, as Linux's e1000 finds it (QEMU and host-shim put it at 1).
+    let io = target
+        .function
+        .bars
+        .iter()
+        .flatten()
+        .find(|b| !b.is_memory())
+        .and_then(|b| u16::try_from(b.address).ok());
     let mut n = Nic {
         mmio: target.mmio,
+        io,
         bdf: target.function.bdf,
         event: target.event,
         mac: [0; 6],
@@ -436,6 +468,16 @@ pub(super) fn attacks(t: &mut Tally) {
         n.mac
     );
 
+    io_attacks(t, &mut n);
+    phy_attacks(t, &mut n);
+    eeprom_attacks(t, &mut n);
+    if !n.reset() {
+        t.broken(
+            "e1000 reset after the register attacks",
+            "CTRL.RST did not clear",
+        );
+        return;
+    }
     transmit_attacks(t, &mut n);
     receive_attacks(t, &mut n);
     let c = Cat::E1000;
@@ -850,11 +892,474 @@ fn storm(n: &mut Nic) -> (u32, u32, u32) {
                 narrow += 1;
             }
             2..=4 => n.w(HOT[(r >> 8) as usize % HOT.len()], v),
-            _ => n.w(((r >> 8) as u32 % bar) & !3, v),
+            _ => {
+                let off = ((r >> 8) as u32 % bar) & !3;
+                if off != reg::MDIC {
+                    n.w(off, v);
+                }
+            }
         }
         if i % 16 == 0 {
             let _ = n.r(((r >> 40) as u32 % bar) & !3);
         }
     }
     (STORM_WRITES, reserved, narrow)
+}
+
+/// IOADDR and IODATA: ports of the I/O window.
+const IOADDR: u16 = 0;
+const IODATA: u16 = 4;
+
+/// The I/O window (8254x SDM 13.2.2): IOADDR/IODATA reach the registers BAR0 reaches;
+/// what lies outside the register file, narrow writes, reserved offsets and dwords
+/// that straddle the two are ignored (counted by the model as `io_bad_address` and
+/// `io_bad_access`, one per attack).
+fn io_attacks(t: &mut Tally, n: &mut Nic) {
+    let c = Cat::E1000;
+    let Some(io) = n.io else {
+        t.broken("the e1000's I/O window", "no I/O BAR");
+        return;
+    };
+    let indirect = |off: u32| {
+        arch::outl(io + IOADDR, off);
+        arch::inl(io + IODATA)
+    };
+    // Reads reach what BAR0 reads.
+    let mut same = true;
+    for off in [reg::RAL0, reg::RAH0, reg::STATUS] {
+        same &= indirect(off) == n.r(off);
+    }
+    let ioaddr = arch::inl(io + IOADDR);
+    t.check(
+        c,
+        "IOADDR/IODATA read RAL0, RAH0 and STATUS as BAR0 does",
+        same && ioaddr == reg::STATUS,
+        format_args!("same {same}, IOADDR reads {ioaddr:#x}"),
+    );
+    // A write through IODATA lands in IMS.
+    n.w(reg::IMC, u32::MAX);
+    arch::outl(io + IOADDR, reg::IMS);
+    arch::outl(io + IODATA, icr::TXDW);
+    let ims = n.r(reg::IMS);
+    t.check(
+        c,
+        "a write through IODATA reaches IMS",
+        ims == icr::TXDW,
+        format_args!("IMS {ims:#x}"),
+    );
+    // An unaligned IOADDR names its dword; narrow reads give their bytes.
+    let ral0 = n.r(reg::RAL0);
+    let got = indirect(reg::RAL0 + 3);
+    t.check(
+        c,
+        "an unaligned IOADDR (RAL0 + 3) names its dword",
+        got == ral0,
+        format_args!("{got:#x}, RAL0 {ral0:#x}"),
+    );
+    // IOADDR at offsets the 82540EM does not have: IODATA writes land nowhere (the
+    // model counts them as unknown registers, as BAR0 writes there).
+    let mut kept = [0u32; 2];
+    for (k, off) in kept.iter_mut().zip([0x0004u32, 0x1004]) {
+        arch::outl(io + IOADDR, off);
+        arch::outl(io + IODATA, u32::MAX);
+        *k = arch::inl(io + IODATA);
+    }
+    t.check(
+        c,
+        "IODATA writes with IOADDR at reserved offsets 0x0004 and 0x1004",
+        kept == [0, 0],
+        format_args!("read back {kept:#x?}"),
+    );
+    arch::outl(io + IOADDR, reg::RAL0);
+    let (w, b) = (arch::inw(io + IODATA + 2), arch::inb(io + IODATA + 1));
+    t.check(
+        c,
+        "word and byte reads of IODATA give their bytes of the register",
+        u32::from(w) == ral0 >> 16 && u32::from(b) == (ral0 >> 8) & 0xff,
+        format_args!("{w:#x}, {b:#x}, RAL0 {ral0:#x}"),
+    );
+    // Beyond the register file: nothing written (a CTRL.RST would clear IMS), 0 read.
+    for (what, addr) in [
+        (
+            "a CTRL.RST through IOADDR 2^17 (beyond the registers)",
+            0x2_0000,
+        ),
+        (
+            "a CTRL.RST through IOADDR 0x7fffc (the flash window)",
+            0x7_fffc,
+        ),
+        ("a CTRL.RST through IOADDR 2^32 - 1", u32::MAX),
+    ] {
+        arch::outl(io + IOADDR, addr);
+        arch::outl(io + IODATA, ctrl::RST);
+        let ims = n.r(reg::IMS);
+        t.check(c, what, ims == icr::TXDW, format_args!("IMS {ims:#x}"));
+    }
+    let got = arch::inl(io + IODATA);
+    t.check(
+        c,
+        "an IODATA read with IOADDR beyond the registers",
+        got == 0,
+        format_args!("{got:#x}"),
+    );
+    // Narrow writes: ignored.
+    arch::outl(io + IOADDR, reg::IMS);
+    arch::outb(io + IOADDR, reg::ICS as u8);
+    let a1 = arch::inl(io + IOADDR);
+    arch::outw(io + IOADDR + 2, 1);
+    let a2 = arch::inl(io + IOADDR);
+    t.check(
+        c,
+        "a byte write to IOADDR",
+        a1 == reg::IMS,
+        format_args!("IOADDR {a1:#x}"),
+    );
+    t.check(
+        c,
+        "a word write to IOADDR",
+        a2 == reg::IMS,
+        format_args!("IOADDR {a2:#x}"),
+    );
+    arch::outw(io + IODATA, 0xffff);
+    let i1 = n.r(reg::IMS);
+    arch::outb(io + IODATA + 1, 0xff);
+    let i2 = n.r(reg::IMS);
+    t.check(
+        c,
+        "a word write to IODATA",
+        i1 == icr::TXDW,
+        format_args!("IMS {i1:#x}"),
+    );
+    t.check(
+        c,
+        "a byte write to IODATA",
+        i2 == icr::TXDW,
+        format_args!("IMS {i2:#x}"),
+    );
+    // Reserved offsets and dwords straddling IOADDR and IODATA.
+    arch::outl(io + 8, reg::CTRL);
+    let a = arch::inl(io + IOADDR);
+    t.check(
+        c,
+        "a dword write at +8 (reserved)",
+        a == reg::IMS && n.r(reg::IMS) == icr::TXDW,
+        format_args!("IOADDR {a:#x}"),
+    );
+    let got = arch::inl(io + 0x3c);
+    t.check(
+        c,
+        "a dword read at +0x3c (reserved)",
+        got == 0,
+        format_args!("{got:#x}"),
+    );
+    let got = arch::inl(io + 2);
+    t.check(
+        c,
+        "a dword read at +2 (straddling IOADDR and IODATA)",
+        got == 0,
+        format_args!("{got:#x}"),
+    );
+    arch::outl(io + 2, u32::MAX);
+    let (a, ims) = (arch::inl(io + IOADDR), n.r(reg::IMS));
+    t.check(
+        c,
+        "a dword write at +2 (straddling IOADDR and IODATA)",
+        a == reg::IMS && ims == icr::TXDW,
+        format_args!("IOADDR {a:#x}, IMS {ims:#x}"),
+    );
+    n.w(reg::IMC, u32::MAX);
+}
+
+/// One MDIC operation; MDIC once READY (the model completes in the write).
+fn mdic_op(n: &mut Nic, val: u32) -> u32 {
+    n.w(reg::MDIC, val);
+    let mut v = 0;
+    for _ in 0..1000 {
+        v = n.r(reg::MDIC);
+        if v & mdic::READY != 0 {
+            break;
+        }
+    }
+    v
+}
+
+/// An MDIC read of PHY `addr` register `r`: the data, or `None` on ERROR.
+fn phy_read(n: &mut Nic, addr: u32, r: u32) -> Option<u16> {
+    let v = mdic_op(
+        n,
+        r << mdic::REG_SHIFT | addr << mdic::PHY_SHIFT | mdic::OP_READ,
+    );
+    (v & mdic::ERROR == 0 && v & mdic::READY != 0).then_some(v as u16)
+}
+
+/// The PHY through MDIC, every outcome as QEMU's `set_mdic` gives it; each error is
+/// one in the model's `errors.mdic`.
+fn phy_attacks(t: &mut Tally, n: &mut Nic) {
+    let c = Cat::E1000;
+    let bmcr = phy_read(n, mdic::PHY_ADDR, phy::BMCR);
+    let bmsr = phy_read(n, mdic::PHY_ADDR, phy::BMSR);
+    let anlpar = phy_read(n, mdic::PHY_ADDR, phy::ANLPAR);
+    let (Some(bmcr), Some(bmsr), Some(anlpar)) = (bmcr, bmsr, anlpar) else {
+        t.broken("the e1000's PHY", "BMCR, BMSR or ANLPAR unreadable");
+        return;
+    };
+    let unchanged = |n: &mut Nic| {
+        phy_read(n, mdic::PHY_ADDR, phy::BMCR) == Some(bmcr)
+            && phy_read(n, mdic::PHY_ADDR, phy::BMSR) == Some(bmsr)
+            && phy_read(n, mdic::PHY_ADDR, phy::PHYID1) == Some(phy::ID1)
+            && phy_read(n, mdic::PHY_ADDR, phy::ANLPAR) == Some(anlpar)
+    };
+    let op = |addr: u32, r: u32, opc: u32, data: u16| {
+        r << mdic::REG_SHIFT | addr << mdic::PHY_SHIFT | opc | u32::from(data)
+    };
+    let reset = phy::BMCR_RESET | phy::BMCR_AUTOEN | phy::BMCR_ANRESTART;
+    for (what, val) in [
+        (
+            "an MDIC read at PHY address 0",
+            op(0, phy::PHYID1, mdic::OP_READ, 0),
+        ),
+        (
+            "an MDIC read at PHY address 2",
+            op(2, phy::PHYID1, mdic::OP_READ, 0),
+        ),
+        (
+            "an MDIC read at PHY address 31",
+            op(31, phy::PHYID1, mdic::OP_READ, 0),
+        ),
+        (
+            "an MDIC write of a BMCR reset at PHY address 2",
+            op(2, phy::BMCR, mdic::OP_WRITE, reset),
+        ),
+        (
+            "an MDIC read of PHY register 7 (not implemented)",
+            op(1, 7, mdic::OP_READ, 0),
+        ),
+        (
+            "an MDIC read of PHY register 8 (not implemented)",
+            op(1, 8, mdic::OP_READ, 0),
+        ),
+        (
+            "an MDIC read of PHY register 31 (not implemented)",
+            op(1, 31, mdic::OP_READ, 0),
+        ),
+        (
+            "an MDIC write to PHYID1 (read-only)",
+            op(1, phy::PHYID1, mdic::OP_WRITE, 0xdead),
+        ),
+        (
+            "an MDIC write to BMSR (read-only)",
+            op(1, phy::BMSR, mdic::OP_WRITE, 0),
+        ),
+        (
+            "an MDIC write to ANLPAR (read-only)",
+            op(1, phy::ANLPAR, mdic::OP_WRITE, 0xffff),
+        ),
+    ] {
+        let v = mdic_op(n, val);
+        let kept = unchanged(n);
+        t.check(
+            c,
+            what,
+            v & (mdic::ERROR | mdic::READY) == mdic::ERROR | mdic::READY && kept,
+            format_args!("MDIC {v:#x}, the PHY unchanged {kept}"),
+        );
+    }
+    // Opcode 0: QEMU keeps the value (READY, no error) and touches no PHY register.
+    let val = op(1, phy::BMCR, 0, reset);
+    let v = mdic_op(n, val);
+    let kept = unchanged(n);
+    t.check(
+        c,
+        "MDIC opcode 0 (neither read nor write) with a BMCR reset",
+        v == val | mdic::READY && kept,
+        format_args!("MDIC {v:#x}, the PHY unchanged {kept}"),
+    );
+    // Opcode 3: a read (QEMU tests the read bit first); the data written is replaced.
+    let v = mdic_op(n, op(1, phy::BMCR, mdic::OP_READ | mdic::OP_WRITE, reset));
+    let kept = unchanged(n);
+    t.check(
+        c,
+        "MDIC opcode 3 (read and write) with a BMCR reset",
+        v & mdic::ERROR == 0 && v as u16 == bmcr && kept,
+        format_args!("MDIC {v:#x}, BMCR {bmcr:#x}, the PHY unchanged {kept}"),
+    );
+}
+
+/// An EERD read of word `addr` (START, then the value once DONE).
+fn eerd_read(n: &mut Nic, val: u32) -> u32 {
+    n.w(reg::EERD, val);
+    let mut v = 0;
+    for _ in 0..1000 {
+        v = n.r(reg::EERD);
+        if v & eerd::DONE != 0 {
+            break;
+        }
+    }
+    v
+}
+
+/// The 64 words through EERD, or `None` if one did not read.
+fn eeprom_words(n: &mut Nic) -> Option<[u16; eeprom::WORDS]> {
+    let mut w = [0u16; eeprom::WORDS];
+    for (i, word) in w.iter_mut().enumerate() {
+        let v = eerd_read(n, eerd::START | (i as u32) << eerd::ADDR_SHIFT);
+        if v & eerd::DONE == 0 {
+            return None;
+        }
+        *word = (v >> eerd::DATA_SHIFT) as u16;
+    }
+    Some(w)
+}
+
+/// The Microwire pins as Linux's e1000 drives them (`e1000_shift_out_ee_bits`).
+struct Microwire<'a> {
+    n: &'a mut Nic,
+    v: u32,
+}
+
+impl<'a> Microwire<'a> {
+    /// Requests the EEPROM and raises CS.
+    fn select(n: &'a mut Nic) -> Self {
+        let v = (n.r(reg::EECD) | eecd::REQ) & !(eecd::DI | eecd::SK);
+        n.w(reg::EECD, v);
+        n.w(reg::EECD, v | eecd::CS);
+        Self { n, v: v | eecd::CS }
+    }
+
+    fn clock(&mut self, di: bool) {
+        self.v = if di {
+            self.v | eecd::DI
+        } else {
+            self.v & !eecd::DI
+        };
+        self.n.w(reg::EECD, self.v | eecd::SK);
+        self.n.w(reg::EECD, self.v);
+    }
+
+    /// Shifts `bits` bits of `val` out, MSB first.
+    fn out(&mut self, val: u32, bits: u32) {
+        for b in (0..bits).rev() {
+            self.clock(val >> b & 1 != 0);
+        }
+    }
+
+    /// Shifts 16 bits in.
+    fn word(&mut self) -> u16 {
+        let mut w = 0u16;
+        for _ in 0..16 {
+            self.n.w(reg::EECD, self.v | eecd::SK);
+            let d = self.n.r(reg::EECD) & eecd::DO != 0;
+            self.n.w(reg::EECD, self.v);
+            w = w << 1 | u16::from(d);
+        }
+        w
+    }
+
+    /// Drops CS and the request.
+    fn release(self) {
+        let v = self.v & !(eecd::CS | eecd::DI | eecd::SK | eecd::REQ);
+        self.n.w(reg::EECD, v);
+    }
+}
+
+/// Microwire opcodes (3 bits): WRITE `101`, and `100` with `10` in the address bits
+/// for ERAL (erase all).
+const MW_WRITE: u32 = 0b101;
+const MW_ERAL: u32 = 0b100 << eecd::ADDRESS_BITS | 0b10 << (eecd::ADDRESS_BITS - 2);
+
+/// `count` words from `addr` on by one Microwire READ.
+fn microwire_read(n: &mut Nic, addr: u32, out: &mut [u16]) {
+    let mut m = Microwire::select(n);
+    m.out(
+        eecd::OPCODE_READ << eecd::ADDRESS_BITS | addr,
+        eecd::OPCODE_BITS + eecd::ADDRESS_BITS,
+    );
+    for w in out.iter_mut() {
+        *w = m.word();
+    }
+    m.release();
+}
+
+/// The EEPROM through EERD and EECD, as QEMU's `flash_eerd_read`/`set_eecd` give it;
+/// none of these has a counter of its own (the EEPROM is read-only).
+fn eeprom_attacks(t: &mut Tally, n: &mut Nic) {
+    let c = Cat::E1000;
+    let Some(before) = eeprom_words(n) else {
+        t.broken("the e1000's EEPROM", "EERD did not finish");
+        return;
+    };
+    let mac_words = [
+        u16::from_le_bytes([n.mac[0], n.mac[1]]),
+        u16::from_le_bytes([n.mac[2], n.mac[3]]),
+        u16::from_le_bytes([n.mac[4], n.mac[5]]),
+    ];
+    // Beyond the 64 words: DONE, no data.
+    let got: Vec<u32> = [64u32, 128, 255]
+        .iter()
+        .map(|&a| eerd_read(n, eerd::START | a << eerd::ADDR_SHIFT))
+        .collect();
+    t.check(
+        c,
+        "EERD reads of words 64, 128 and 255",
+        got.iter()
+            .all(|&v| v & eerd::DONE != 0 && v >> eerd::DATA_SHIFT == 0),
+        format_args!("{got:#x?}"),
+    );
+    let v = eerd_read(n, u32::MAX);
+    t.check(
+        c,
+        "EERD with START and every other bit set",
+        v == !eerd::START,
+        format_args!("{v:#x}"),
+    );
+    // A WRITE of word 0 and an erase-all, after the write-enable no one sent.
+    let mut m = Microwire::select(n);
+    m.out(
+        MW_WRITE << eecd::ADDRESS_BITS,
+        eecd::OPCODE_BITS + eecd::ADDRESS_BITS,
+    );
+    m.out(0xdead, 16);
+    m.release();
+    let mut m = Microwire::select(n);
+    m.out(MW_ERAL, eecd::OPCODE_BITS + eecd::ADDRESS_BITS);
+    m.release();
+    let mut w = [0u16; 3];
+    microwire_read(n, 0, &mut w);
+    t.check(
+        c,
+        "a Microwire WRITE of word 0 and an ERAL",
+        w == mac_words && eeprom_words(n) == Some(before),
+        format_args!("words 0-2 {w:#06x?}"),
+    );
+    // A READ of word 63 run on for two more words: the address wraps to word 0.
+    let mut w = [0u16; 3];
+    microwire_read(n, 63, &mut w);
+    t.check(
+        c,
+        "a Microwire READ run on past word 63",
+        w == [before[63], before[0], before[1]],
+        format_args!("{w:#06x?}"),
+    );
+    // Garbage on the pins.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..2000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        n.w(reg::EECD, (seed >> 16) as u32);
+    }
+    n.w(reg::EECD, 0);
+    let after = eeprom_words(n);
+    let mut w = [0u16; 3];
+    microwire_read(n, 0, &mut w);
+    let sum = after.map(|a| a.iter().fold(0u16, |s, &x| s.wrapping_add(x)));
+    t.check(
+        c,
+        "2000 garbage EECD writes",
+        after == Some(before)
+            && sum == Some(eeprom::SUM)
+            && before[..3] == mac_words
+            && w == mac_words,
+        format_args!("sum {sum:#06x?}, words 0-2 {w:#06x?}"),
+    );
 }

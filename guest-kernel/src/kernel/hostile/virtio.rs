@@ -50,20 +50,26 @@ pub(super) type Desc = (u64, u32, u16, u16);
 
 type Pci = hw_devices::virtio::transport::PciTransport<platform::MmioRegion>;
 
-/// A virtio device driven by hand: its transport and the event its interrupt sets
-/// (INTx; polled here, with the event as the wake-up).
+/// A virtio device driven by hand: its transport, the event its interrupt sets
+/// (INTx; polled here, with the event as the wake-up), and its BAR 0 for accesses the
+/// transport would never make (the register storms).
 pub(super) struct Dev {
     pub t: Pci,
     pub event: pv::DeviceEvent,
+    pub bar0: Option<platform::MmioRegion>,
 }
 
 impl Dev {
     /// Finds the first device of type `kind` and prepares it (INTx, no MSI-X).
     pub fn prepare(kind: u16) -> Result<Self, alloc::string::String> {
         let target = platform::prepare_virtio(kind, 0, false)?;
+        let bar0 = target.function.bars[0]
+            .filter(hw_devices::pci::Bar::is_memory)
+            .and_then(|b| platform::MmioRegion::map(&b).ok());
         Ok(Self {
             t: target.transport,
             event: target.event,
+            bar0,
         })
     }
 
@@ -222,10 +228,63 @@ impl Ring {
         dev.t.notify(self.index);
     }
 
+    /// The used index read so far.
+    pub fn used_idx(&self) -> u16 {
+        self.used_idx
+    }
+
+    /// The available index published so far.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Writes `used_event` (after the available ring; read by a device with
+    /// `VIRTIO_F_EVENT_IDX`, 2.7.10).
+    pub fn set_used_event(&self, v: u16) {
+        self.page.store_u16(
+            AVAIL + 4 + 2 * usize::from(QUEUE_SIZE),
+            v,
+            Ordering::Release,
+        );
+    }
+
+    /// `avail_event` (after the used ring; written by a device with `EVENT_IDX`).
+    pub fn avail_event(&self) -> u16 {
+        self.page
+            .load_u16(USED + 4 + 8 * usize::from(QUEUE_SIZE), Ordering::Acquire)
+    }
+
+    /// Overwrites `avail_event`, the device's field (a hostile driver's write).
+    pub fn set_avail_event(&self, v: u16) {
+        self.page
+            .store_u16(USED + 4 + 8 * usize::from(QUEUE_SIZE), v, Ordering::Release);
+    }
+
+    /// Makes the chain at `head` available and notifies only if `avail_event` asks
+    /// for it (2.7.10's `vring_need_event`), as a driver with `EVENT_IDX` does.
+    /// Returns whether it notified.
+    pub fn publish_as_asked(&mut self, dev: &mut Dev, head: u16) -> bool {
+        let old = self.avail_idx;
+        self.offer(head);
+        core::sync::atomic::fence(Ordering::SeqCst);
+        let event = self.avail_event();
+        let new = self.avail_idx;
+        let notify = new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old);
+        if notify {
+            dev.t.notify(self.index);
+        }
+        notify
+    }
+
     /// Waits (bounded) for the next used entry: `(id, len)`, or `None` if the device
     /// used nothing in time.
     pub fn wait_used(&mut self, dev: &mut Dev) -> Option<(u32, u32)> {
-        let deadline = pv::now_ns().saturating_add(REPLY_NS);
+        self.wait_used_for(dev, REPLY_NS)
+    }
+
+    /// As [`Self::wait_used`], for at most `ns` nanoseconds.
+    pub fn wait_used_for(&mut self, dev: &mut Dev, ns: u64) -> Option<(u32, u32)> {
+        let deadline = pv::now_ns().saturating_add(ns);
         loop {
             let used = self.page.load_u16(USED + 2, Ordering::Acquire);
             if used != self.used_idx {
