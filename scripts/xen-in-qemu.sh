@@ -35,7 +35,8 @@ usage: scripts/xen-in-qemu.sh [options]
   --timeout SECS       time the guest may run, from `xl create` to its end (default 300)
   --mem MIB            guest memory (default 64)
   --disk FILE          attach FILE (raw image) as the guest's vbd xvda, read-write:
-                       QEMU gives it to dom0 as a virtio disk, blkback exports it
+                       QEMU gives it to dom0 as a virtio disk, blkback exports it;
+                       repeatable (up to 4: xvda, xvdb, ... from dom0's vda, vdb, ...)
   --net                give the guest a vif on bridge xenbr0 (dom0 is 10.0.0.1/24)
   --dom0-script FILE   run FILE (a busybox sh script) in dom0 once the domain exists;
                        it gets XENRUN_DOMID, XENRUN_NAME, XENRUN_DISK, XENRUN_NET
@@ -56,7 +57,7 @@ kernel=
 cmdline=
 timeout=300
 mem=64
-disk=
+disks=()
 net=0
 dom0_script=
 xen_args=
@@ -72,7 +73,7 @@ while [ $# -gt 0 ]; do
         --cmdline) cmdline=$2 ;;
         --timeout) timeout=$2 ;;
         --mem) mem=$2 ;;
-        --disk) disk=$2 ;;
+        --disk) disks+=("$2") ;;
         --dom0-script) dom0_script=$2 ;;
         --xen-args) xen_args=$2 ;;
         --xl) xl_lines+=("$2") ;;
@@ -120,13 +121,23 @@ if [ -n "$kernel" ]; then
     check_kernel "$kernel"
     kernel=$(realpath "$kernel")
 fi
-if [ -n "$disk" ]; then
+[ "${#disks[@]}" -le 4 ] || die "at most 4 --disk images (xvda to xvdd)"
+letters=(a b c d)
+for i in "${!disks[@]}"; do
+    disk=${disks[$i]}
     [ -f "$disk" ] || die "disk image '$disk' does not exist or is not a regular file"
     { [ -r "$disk" ] && [ -w "$disk" ]; } || die "disk image '$disk' must be readable and writable"
     disk=$(realpath "$disk")
     # QEMU's option syntax: a comma in a path would have to be doubled.
     case "$disk" in *,*) die "disk image path may not contain a comma: '$disk'" ;; esac
-fi
+    disks[i]=$disk
+done
+# The guest's vbds (xvda, ...) and dom0's virtio disks behind them (/dev/vda, ...).
+xl_disks=() dom0_disks=()
+for i in "${!disks[@]}"; do
+    xl_disks+=("\"format=raw, vdev=xvd${letters[$i]}, access=rw, script=block-xenrun, target=/dev/vd${letters[$i]}\"")
+    dom0_disks+=("/dev/vd${letters[$i]}")
+done
 if [ -n "$dom0_script" ]; then
     { [ -f "$dom0_script" ] && [ -r "$dom0_script" ]; } || die "dom0 script '$dom0_script' is not a readable file"
 fi
@@ -352,8 +363,11 @@ cp "$kernel" "$run/archive/xenrun/guest.elf"
     echo 'on_poweroff = "destroy"'
     echo 'on_reboot = "destroy"'
     echo 'on_crash = "destroy"'
-    if [ -n "$disk" ]; then
-        echo 'disk = [ "format=raw, vdev=xvda, access=rw, script=block-xenrun, target=/dev/vda" ]'
+    if [ "${#disks[@]}" -gt 0 ]; then
+        (
+            IFS=,
+            echo "disk = [ ${xl_disks[*]} ]"
+        )
     fi
     if [ "$net" = 1 ]; then
         echo 'vif = [ "mac=00:16:3e:00:00:01, bridge=xenbr0, script=vif-xenrun" ]'
@@ -366,7 +380,7 @@ cp "$kernel" "$run/archive/xenrun/guest.elf"
     echo "XENRUN_NAME=$name"
     echo "XENRUN_TIMEOUT=$timeout"
     echo "XENRUN_NET=$net"
-    echo "XENRUN_DISK=${disk:+/dev/vda}"
+    echo "XENRUN_DISK=\"${dom0_disks[*]}\""
     [ "$verbose" = 1 ] && echo "XENRUN_XL_VERBOSE=1"
 } >"$run/archive/xenrun/params"
 if [ -n "$dom0_script" ]; then
@@ -387,9 +401,9 @@ qemu_args=(-M pc -accel tcg,thread=multi -cpu EPYC,-monitor,-smap -m 2048 -smp 2
     -display none -vga none -monitor none -nic none -serial stdio -no-reboot
     -kernel "$DOM0_DIR/xen" -append "$xen_cmdline"
     -initrd "$DOM0_DIR/vmlinuz $dom0_cmdline,$run/initrd")
-if [ -n "$disk" ]; then
+for disk in "${disks[@]}"; do
     qemu_args+=(-drive "file=$disk,format=raw,if=virtio,cache=writeback")
-fi
+done
 say "booting Xen $XEN_VERSION + dom0 in QEMU TCG (guest: $(basename "$kernel"), cmdline \"$cmdline\")"
 # dom0 enforces --timeout on the guest; `limit` is the net under Xen's and dom0's boot.
 # QEMU gets its own, a little longer, so that it ends even if this script is killed.

@@ -102,8 +102,36 @@ pub struct Options<'a> {
     pub selftest: SelfTests,
     /// Heap size in bytes.
     pub heap_bytes: u64,
+    /// `hostile.skip=`: the attack groups `selftest=hostile` leaves out (a comma list
+    /// of [`HOSTILE_GROUPS`]), e.g. one that takes down a hypervisor under test.
+    pub hostile_skip: &'a str,
     /// The whole command line, for unknown-word reporting.
     raw: &'a str,
+}
+
+/// The attack groups `hostile.skip=` may name: the categories, and the xenstore
+/// attacks' raw wire messages, unread replies and oversized header apart.
+pub const HOSTILE_GROUPS: [&str; 13] = [
+    "hypercall",
+    "evtchn",
+    "xenstore",
+    "xenstore-raw",
+    "xenstore-unread",
+    "xenstore-oversized",
+    "blkif",
+    "netif",
+    "ide",
+    "virtio",
+    "e1000",
+    "virtio-net",
+    "none",
+];
+
+impl Options<'_> {
+    /// Whether `hostile.skip=` names `group`.
+    pub fn hostile_skips(&self, group: &str) -> bool {
+        self.hostile_skip.split(',').any(|g| g == group)
+    }
 }
 
 /// Default heap size.
@@ -128,7 +156,7 @@ impl fmt::Display for BadOption<'_> {
     }
 }
 
-const KNOWN: [&str; 4] = ["console", "loglevel", "selftest", "heap"];
+const KNOWN: [&str; 5] = ["console", "loglevel", "selftest", "heap", "hostile.skip"];
 
 impl<'a> Options<'a> {
     /// Parses a command line.
@@ -141,6 +169,7 @@ impl<'a> Options<'a> {
                 ..Default::default()
             },
             heap_bytes: DEFAULT_HEAP,
+            hostile_skip: "",
             raw: cmdline,
         };
         for word in cmdline.split_ascii_whitespace() {
@@ -173,6 +202,17 @@ impl<'a> Options<'a> {
                     word,
                     expected: "none, or a comma list of boot, xen, irq, hostile, fault, stack, panic, triple, hang",
                 })?,
+                "hostile.skip" => {
+                    if !value.split(',').all(|g| HOSTILE_GROUPS.contains(&g)) {
+                        return Err(BadOption {
+                            word,
+                            expected: "a comma list of hypercall, evtchn, xenstore, xenstore-raw, \
+                                       xenstore-unread, xenstore-oversized, blkif, netif, ide, \
+                                       virtio, e1000, virtio-net, or none",
+                        });
+                    }
+                    o.hostile_skip = value;
+                }
                 "heap" => {
                     o.heap_bytes = parse_size(value)
                         .filter(|s| (MIN_HEAP..=MAX_HEAP).contains(s))
@@ -308,6 +348,22 @@ mod tests {
         assert!(o.selftest.irq && !o.selftest.boot && !o.selftest.xen);
         let o = Options::parse("selftest=panic,triple").unwrap();
         assert!(o.selftest.panic && o.selftest.triple && !o.selftest.fault && !o.selftest.boot);
+    }
+
+    #[test]
+    fn hostile_skip_names_attack_groups() {
+        let o = Options::parse("selftest=hostile hostile.skip=xenstore-raw,netif").unwrap();
+        assert!(o.hostile_skips("xenstore-raw") && o.hostile_skips("netif"));
+        assert!(!o.hostile_skips("xenstore") && !o.hostile_skips("blkif"));
+        assert!(
+            !Options::parse("selftest=hostile")
+                .unwrap()
+                .hostile_skips("netif")
+        );
+        assert_eq!(o.unknown().count(), 0);
+        for bad in ["hostile.skip=", "hostile.skip=netif,", "hostile.skip=all"] {
+            assert!(Options::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -911,8 +911,12 @@ fn hostile_frontend_gets_error_responses_and_the_backend_keeps_serving() {
             BLKIF_RSP_EOPNOTSUPP,
         ),
         (
-            "flush with data",
-            rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[seg(good, 0, 7)]),
+            "flush with 12 segments",
+            {
+                let mut r = rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[seg(good, 0, 7)]);
+                r.nr_segments = 12;
+                r
+            },
             BLKIF_RSP_ERROR,
         ),
         // A good segment next to a bad one: all or nothing.
@@ -1067,6 +1071,41 @@ fn backend_cannot_read_pages_the_frontend_did_not_grant() {
     assert!(buf.iter().all(|&b| b == 0xee));
     secret.read_bytes(0, &mut buf);
     assert!(buf.iter().all(|&b| b == 0xee));
+}
+
+/// A flush or barrier may carry a write's data: Linux's blkfront sends a write with
+/// REQ_FUA or REQ_PREFLUSH as its flush operation with the write's segments
+/// (`blkif_queue_rw_req`), and Linux's blkback writes them (found by running the
+/// hostile guest against Linux's blkback, which wrote what the shim refused).
+#[test]
+fn a_flush_carrying_data_writes_it_then_flushes() {
+    let rig = Rig::new(1 << 20, DiskOptions::default(), BlkbackOptions::default());
+    let mut f = RawFront::connect(&rig);
+    let (good, _) = f.page(0x3c, 0, false);
+    for (op, sector) in [
+        (BLKIF_OP_FLUSH_DISKCACHE, 16u64),
+        (BLKIF_OP_WRITE_BARRIER, 32),
+    ] {
+        let rsp = f.send(rw(
+            op,
+            sector,
+            &[
+                BlkifRequestSegment::new(good, 0, 7),
+                BlkifRequestSegment::new(good, 0, 3),
+            ],
+        ));
+        assert_eq!(rsp.status, BLKIF_RSP_OKAY, "op {op}");
+        let at = sector as usize * 512;
+        assert_eq!(
+            &rig.image.contents()[at..at + 6144],
+            &[0x3c; 6144][..],
+            "op {op}"
+        );
+    }
+    let s = rig.back_stats();
+    assert_eq!((s.ops.flush, s.ops.barrier), (1, 1), "{s:?}");
+    assert_eq!(s.bytes_written, 2 * 6144, "{s:?}");
+    assert_eq!(s.errors.segment_count, 0, "{s:?}");
 }
 
 #[test]

@@ -254,7 +254,7 @@ fn workloads(opts: &Options<'_>, io: &IoOptions<'_>) -> u8 {
     if opts.selftest.hostile {
         // Runs the block workload and the network services itself, on the
         // well-behaved disk and NIC, before its last attack ends xenstore.
-        if !hostile::run(io) {
+        if !hostile::run(io, opts) {
             status = exit_status::SELFTEST_FAILED;
         }
     } else {

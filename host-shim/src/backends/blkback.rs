@@ -15,7 +15,8 @@
 //! Requests are served on the backend thread ([`super::spawn`]), each one copied out
 //! of the ring before it is looked at. Data moves only by grant copy
 //! ([`BackendEnv::copy_from_grant`] / [`BackendEnv::copy_to_grant`]); a write is
-//! answered only after `pwrite` returned (and, for a flush or barrier, `fdatasync`). A
+//! answered only after `pwrite` returned (and, for a flush or barrier, `fdatasync`;
+//! either may carry a write's data, as Linux's blkfront sends FUA writes). A
 //! bad request (segments out of a page or reversed, too many or none, sectors beyond
 //! the disk, a write to a read-only disk, an unknown operation, a grant that is not the
 //! backend's) gets `BLKIF_RSP_ERROR` or `BLKIF_RSP_EOPNOTSUPP` and the ring keeps being
@@ -522,21 +523,15 @@ impl<E: BackendEnv> Blkback<E> {
                 let ind = req.as_indirect();
                 self.indirect(&ind)
             }
-            BLKIF_OP_FLUSH_DISKCACHE => {
-                self.stats.ops.flush += 1;
-                if !self.opts.flush {
-                    self.stats.errors.unsupported_op += 1;
-                    return BLKIF_RSP_EOPNOTSUPP;
-                }
-                if req.nr_segments != 0 {
-                    self.stats.errors.segment_count += 1;
-                    return BLKIF_RSP_ERROR;
-                }
-                self.flush()
-            }
-            BLKIF_OP_WRITE_BARRIER => {
-                self.stats.ops.barrier += 1;
-                if !self.opts.barrier {
+            op @ (BLKIF_OP_FLUSH_DISKCACHE | BLKIF_OP_WRITE_BARRIER) => {
+                let offered = if op == BLKIF_OP_FLUSH_DISKCACHE {
+                    self.stats.ops.flush += 1;
+                    self.opts.flush
+                } else {
+                    self.stats.ops.barrier += 1;
+                    self.opts.barrier
+                };
+                if !offered {
                     self.stats.errors.unsupported_op += 1;
                     return BLKIF_RSP_EOPNOTSUPP;
                 }
@@ -545,9 +540,11 @@ impl<E: BackendEnv> Blkback<E> {
                     self.stats.errors.segment_count += 1;
                     return BLKIF_RSP_ERROR;
                 }
-                // Requests are served one at a time, so every earlier write has reached
-                // the file; the barrier's own data goes next, then both are made
-                // durable.
+                // Either may carry data: Linux's blkfront sends a write with REQ_FUA or
+                // REQ_PREFLUSH as its flush operation with the write's segments
+                // (blkif_queue_rw_req), and Linux's blkback writes them. Requests are
+                // served one at a time, so every earlier write has reached the file;
+                // this one's data goes next, then both are made durable.
                 if nr > 0 {
                     let segs = req.seg[..nr].to_vec();
                     let status = self.read_write(true, req.sector_number, &segs);
