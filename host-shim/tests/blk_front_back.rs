@@ -1135,10 +1135,32 @@ fn read_only_disk_answers_raw_writes_with_an_error() {
     assert_eq!(rig.back_stats().errors.read_only, 2);
 }
 
+/// A frontend that writes a good ring, event channel and protocol, then `key` =
+/// `value`, and goes `Initialised`.
+fn offer_with(key: &str, value: &str) -> Rig {
+    let rig = Rig::new(1 << 20, DiskOptions::default(), BlkbackOptions::default());
+    let mut env = rig.lb.front();
+    let (pfn, _mem) = env.alloc_pages(1).unwrap();
+    let gref = env.grant(0, pfn, false).unwrap();
+    let port = env.alloc_unbound(0).unwrap();
+    let mut xs = rig.xs();
+    for (k, v) in [
+        ("ring-ref", gref.to_string()),
+        ("event-channel", port.to_string()),
+        ("protocol", "x86_64-abi".to_string()),
+        (key, value.to_string()),
+    ] {
+        xs.write(TxId::NONE, &front_node(k), v.as_bytes()).unwrap();
+    }
+    xs.write(TxId::NONE, &front_node("state"), b"3").unwrap();
+    rig
+}
+
 /// Connection keys blkback must refuse (`Closing`, an `error` node naming the key,
 /// `errors.connect`), as Linux's blkback does: a protocol it does not speak, and a
 /// `multi-queue-num-queues` of 0 (blkif.h: greater than zero) or above what it offers
-/// (none: multi-queue is not offered), or not a number.
+/// (none: multi-queue is not offered), or not a number. One queue, said explicitly, is
+/// a single-queue frontend.
 #[test]
 fn frontend_with_bad_connection_keys_is_refused() {
     for (key, value) in [
@@ -1147,21 +1169,7 @@ fn frontend_with_bad_connection_keys_is_refused() {
         ("multi-queue-num-queues", "2"),
         ("multi-queue-num-queues", "one"),
     ] {
-        let rig = Rig::new(1 << 20, DiskOptions::default(), BlkbackOptions::default());
-        let mut env = rig.lb.front();
-        let (pfn, _mem) = env.alloc_pages(1).unwrap();
-        let gref = env.grant(0, pfn, false).unwrap();
-        let port = env.alloc_unbound(0).unwrap();
-        let mut xs = rig.xs();
-        for (k, v) in [
-            ("ring-ref", gref.to_string()),
-            ("event-channel", port.to_string()),
-            ("protocol", "x86_64-abi".to_string()),
-            (key, value.to_string()),
-        ] {
-            xs.write(TxId::NONE, &front_node(k), v.as_bytes()).unwrap();
-        }
-        xs.write(TxId::NONE, &front_node("state"), b"3").unwrap();
+        let rig = offer_with(key, value);
         rig.wait_back_state(XenbusState::Closing);
         assert_eq!(rig.back_stats().errors.connect, 1, "{key}={value}");
         assert_eq!(rig.back_stats().connects, 0, "{key}={value}");
@@ -1172,25 +1180,7 @@ fn frontend_with_bad_connection_keys_is_refused() {
             String::from_utf8_lossy(&err)
         );
     }
-}
-
-/// One queue, said explicitly, is a single-queue frontend.
-#[test]
-fn frontend_asking_for_one_queue_connects() {
-    let rig = Rig::new(1 << 20, DiskOptions::default(), BlkbackOptions::default());
-    let mut env = rig.lb.front();
-    let (pfn, _mem) = env.alloc_pages(1).unwrap();
-    let gref = env.grant(0, pfn, false).unwrap();
-    let port = env.alloc_unbound(0).unwrap();
-    let mut xs = rig.xs();
-    for (k, v) in [
-        ("ring-ref", gref.to_string()),
-        ("event-channel", port.to_string()),
-        ("multi-queue-num-queues", "1".to_string()),
-    ] {
-        xs.write(TxId::NONE, &front_node(k), v.as_bytes()).unwrap();
-    }
-    xs.write(TxId::NONE, &front_node("state"), b"3").unwrap();
+    let rig = offer_with("multi-queue-num-queues", "1");
     rig.wait_back_state(XenbusState::Connected);
     assert_eq!(rig.back_stats().errors.connect, 0);
 }
