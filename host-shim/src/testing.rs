@@ -16,6 +16,7 @@ pub use fuzz::{fuzz_hypercall, fuzz_xenstore};
 pub use fuzz_backends::{fuzz_blkback, fuzz_blkfront, fuzz_netback, fuzz_netfront};
 pub use fuzz_devices::{fuzz_e1000, fuzz_ide, fuzz_pci_config, fuzz_virtio_blk, fuzz_virtio_net};
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use pv_drivers::abi::xen::DomId;
@@ -24,6 +25,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::elf::{XEN_ELFNOTE_PHYS32_ENTRY, XEN_NOTE_NAME};
 use crate::kvm::{InterruptLog, Interrupter};
 use crate::xen::guest_mem::{GuestRam, PAGE_SIZE};
+use crate::xen::xenstored::{DomainConfig, Quotas, Xenstored};
 use crate::xen::{Xen, XenConfig};
 
 #[derive(Debug, Clone)]
@@ -266,8 +268,34 @@ pub fn xen_without_kvm(mib: u64) -> (Arc<Xen>, InterruptLog) {
     };
     let (irq, log) = Interrupter::recording();
     let xen = Xen::new(config, GuestRam::new(ram), irq, 0).expect("Xen interface");
-    xen.attach_xenstore().expect("xenstored");
+    // As `attach_xenstore` builds it.
+    let daemon = fresh_xenstored(&Quotas::default(), &[(TEST_DOMID, xen.xenstore_domain())]);
+    xen.attach_xenstore_daemon(daemon).expect("xenstored");
     (xen, log)
+}
+
+/// A xenstore daemon as `Xenstored::new(quotas)` followed by `introduce_domain_with`
+/// for each of `domains` builds it: built once per thread for each argument list and
+/// cloned for every call (a clone is a deep copy of a daemon nobody used, so each call
+/// gets a fresh daemon, without the cost of building the tree again: the dearest part
+/// of a fuzz input's setup, two thirds of a small one's time).
+pub fn fresh_xenstored(quotas: &Quotas, domains: &[(DomId, DomainConfig)]) -> Xenstored {
+    type Built = (Quotas, Vec<(DomId, DomainConfig)>, Xenstored);
+    thread_local! {
+        static BUILT: RefCell<Vec<Built>> = const { RefCell::new(Vec::new()) };
+    }
+    BUILT.with_borrow_mut(|built| {
+        if let Some((_, _, xs)) = built.iter().find(|(q, d, _)| q == quotas && d == domains) {
+            return xs.clone();
+        }
+        let mut xs = Xenstored::new(quotas.clone());
+        for (domid, config) in domains {
+            xs.introduce_domain_with(*domid, config)
+                .unwrap_or_else(|e| panic!("introducing domain {domid}: {e}"));
+        }
+        built.push((quotas.clone(), domains.to_vec(), xs.clone()));
+        xs
+    })
 }
 
 /// The guest's domain id in [`xen_without_kvm`].

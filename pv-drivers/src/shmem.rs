@@ -331,8 +331,25 @@ pub struct HeapSharedMemory {
 
 impl HeapSharedMemory {
     /// A zeroed region of `len` bytes.
+    ///
+    /// Allocated zeroed (`calloc`), not zeroed word by word: a large region (the RAM of
+    /// a one-process test domain) then costs no pass over its memory, and pages never
+    /// touched are never faulted in.
     pub fn new(len: usize) -> Self {
-        let words = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
+        // `AtomicU64` has the size and bit validity of `u64`; checked here for the
+        // alignment, which the slice's reinterpretation below also needs.
+        const _: () = assert!(
+            core::mem::size_of::<AtomicU64>() == core::mem::size_of::<u64>()
+                && core::mem::align_of::<AtomicU64>() == core::mem::align_of::<u64>()
+        );
+        let zeroed: alloc::boxed::Box<[u64]> =
+            alloc::vec![0u64; len.div_ceil(8)].into_boxed_slice();
+        let raw = alloc::boxed::Box::into_raw(zeroed);
+        // SAFETY: `raw` is a live, uniquely owned `[u64]` allocation from the global
+        // allocator; `[AtomicU64]` has the same size, alignment (asserted above) and
+        // bit validity (all zero words are `AtomicU64::new(0)`), so the allocation is a
+        // valid `Box<[AtomicU64]>` of the same length, freed with the same layout.
+        let words = unsafe { alloc::boxed::Box::from_raw(raw as *mut [AtomicU64]) };
         Self { words, len }
     }
 
@@ -462,6 +479,16 @@ impl SharedMemory for HeapSharedMemory {
         // `read_bytes` allows: there is no atomicity across bytes either way).
         let mut at = offset;
         let mut out = buf;
+        if at.is_multiple_of(8) {
+            // Whole words first, each a fixed-size copy (the common case: pages).
+            let whole = out.len() / 8;
+            let (head, tail) = out.split_at_mut(whole * 8);
+            for (chunk, word) in head.chunks_exact_mut(8).zip(&self.words[at / 8..]) {
+                chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+            }
+            out = tail;
+            at += whole * 8;
+        }
         while !out.is_empty() {
             let word = self.words[at / 8].load(Ordering::Relaxed).to_le_bytes();
             let from = at % 8;

@@ -3,7 +3,7 @@
 //! requests from pools of real and bogus operations, segments, sectors and grants
 //! (read-only, foreign, revoked, never made, the ring itself), indirect pages of
 //! hostile descriptors, raw bytes over the ring and lying producer indices, state
-//! flips, on a small temporary disk.
+//! flips, on a small in-memory disk image.
 //!
 //! The body is `host_shim::testing::fuzz_blkback` (one process, a loopback domain pair
 //! with real grant rules, the backend driven step by step), which checks after every

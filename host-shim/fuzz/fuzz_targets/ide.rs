@@ -1,4 +1,4 @@
-//! Fuzzes the PIIX3 IDE model (`host_shim::devices::ide`) with a small temporary disk:
+//! Fuzzes the PIIX3 IDE model (`host_shim::devices::ide`) with a small in-memory disk image:
 //! task-file command sequences (LBA28/48, DMA, PIO, absurd counts), control (nIEN,
 //! SRST), bus-master starts and PRD tables in guest RAM, some pointing outside it.
 //!

@@ -1,5 +1,5 @@
 //! Fuzzes virtio-blk on the modern virtio-pci transport
-//! (`host_shim::devices::{virtio_pci, virtio_blk}`) with a small temporary disk:
+//! (`host_shim::devices::{virtio_pci, virtio_blk}`) with a small in-memory disk image:
 //! register accesses of every width in BAR 0 and through the configuration-access
 //! window, bring-ups with valid and misplaced queues, descriptor tables (looping,
 //! indirect, outside RAM, odd lengths), available indices far ahead, notifies.

@@ -248,13 +248,23 @@ pub struct Loopback {
 impl Loopback {
     /// A guest `domid` (named `name` in xenstore) with `ram_pages` pages of RAM.
     pub fn new(domid: DomId, name: &str, ram_pages: usize) -> Result<Arc<Self>, String> {
-        let table = Mem::new(GRANT_FRAMES * PAGE_SIZE);
-        let guest_grants = GrantTable::new(table.clone()).map_err(|e| e.to_string())?;
-        let host_grants = HostGrantTable::new(table);
         let mut store = Xenstored::new(Quotas::default());
         store
             .introduce_domain(domid, name)
             .map_err(|e| format!("introduce {domid}: {e}"))?;
+        Self::with_daemon(domid, store, ram_pages)
+    }
+
+    /// [`Self::new`] with the daemon given: one where `domid` is introduced, such as
+    /// a clone of one built earlier.
+    pub fn with_daemon(
+        domid: DomId,
+        store: Xenstored,
+        ram_pages: usize,
+    ) -> Result<Arc<Self>, String> {
+        let table = Mem::new(GRANT_FRAMES * PAGE_SIZE);
+        let guest_grants = GrantTable::new(table.clone()).map_err(|e| e.to_string())?;
+        let host_grants = HostGrantTable::new(table);
         let xs_page = Mem::new(PAGE_SIZE);
         let mut ring = RingServer::new(domid);
         ring.attach(&xs_page);

@@ -464,7 +464,9 @@ impl E1000 {
                 ..Counters::default()
             },
         };
-        d.reset();
+        // The registers are fresh zeros: zeroing them again (reset) would only write
+        // 128 KiB for nothing.
+        d.power_on();
         d
     }
 
@@ -508,6 +510,11 @@ impl E1000 {
     /// PHY, EEPROM and link are kept.
     fn reset(&mut self) {
         self.regs.fill(0);
+        self.power_on();
+    }
+
+    /// [`Self::reset`] on registers that are all zero already.
+    fn power_on(&mut self) {
         self.regs[idx(reg::PBA)] = 0x0010_0030;
         self.regs[idx(reg::LEDCTL)] = 0x602;
         self.regs[idx(reg::CTRL)] = ctrl::SWDPIN2 | ctrl::SWDPIN0 | ctrl::SPD_1000 | ctrl::SLU;

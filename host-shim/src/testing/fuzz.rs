@@ -25,7 +25,7 @@ use crate::kvm::PagingState;
 use crate::xen::XenStats;
 use crate::xen::guest_mem::PAGE_SIZE;
 use crate::xen::hypercall::{After, Ctx, Mode};
-use crate::xen::xenstored::{GuestRing, Quotas, RingServer, Xenstored, XsdSockmsg};
+use crate::xen::xenstored::{DomainConfig, GuestRing, Quotas, RingServer, XsdSockmsg};
 
 /// The fuzzer's bytes, consumed front to back; zeros once exhausted.
 pub struct Bytes<'a>(&'a [u8]);
@@ -403,7 +403,10 @@ pub fn fuzz_hypercall(data: &[u8]) -> HypercallRun {
     let (xen, irq) = xen_without_kvm(RAM_MIB);
     let ram = xen.ram().clone();
     let special = xen.special();
-    let _ = xen.attach_console(ConsoleSink::new(std::io::sink()));
+    // The console ring is served as in the shim, to a sink that drops the bytes (no
+    // writer thread: a thread per input would outlive it, and libFuzzer then runs the
+    // input again under a leak scan).
+    let _ = xen.attach_console(ConsoleSink::discard());
     // Blocking hypercalls return at once (as on a stop request) instead of sleeping.
     xen.stop();
 
@@ -706,9 +709,13 @@ pub fn fuzz_xenstore(data: &[u8]) {
     } else {
         Quotas::default()
     };
-    let mut xs = Xenstored::new(quotas);
-    xs.introduce_domain(1, "one").expect("introduce 1");
-    xs.introduce_domain(2, "two").expect("introduce 2");
+    let mut xs = super::fresh_xenstored(
+        &quotas,
+        &[
+            (1, DomainConfig::named("one")),
+            (2, DomainConfig::named("two")),
+        ],
+    );
     let mut server = RingServer::new(1);
     let mut guest = GuestRing::new();
     server.attach(guest.memory());

@@ -44,6 +44,7 @@ use crate::backends::netback::{LINK, Netback, NetbackConfig};
 use crate::backends::{Backend, DevicePaths, Kick};
 use crate::hostio::disk::SECTOR_SIZE;
 use crate::hostio::tap::{Link, MemLink};
+use crate::xen::xenstored::{DomainConfig, Quotas};
 
 /// The frontend domain.
 const DOMID: u16 = 9;
@@ -146,8 +147,9 @@ impl Pages {
         ] {
             let mut buf = [0u8; PAGE_SIZE];
             win.read_bytes(0, &mut buf);
+            // One `memcmp`: this runs after every step.
             assert!(
-                buf.iter().all(|&x| x == CANARY),
+                buf == [CANARY; PAGE_SIZE],
                 "the backend wrote the {what} page"
             );
         }
@@ -163,6 +165,14 @@ impl Pages {
             self.revoked,
         ]
     }
+}
+
+/// The frontend domain (`ram_pages` pages of RAM) and domain 0, as
+/// `Loopback::new(DOMID, "fuzz", ram_pages)` builds them, the daemon a clone of one
+/// built once ([`super::fresh_xenstored`]).
+fn loopback(ram_pages: usize) -> Arc<Loopback> {
+    let store = super::fresh_xenstored(&Quotas::default(), &[(DOMID, DomainConfig::named("fuzz"))]);
+    Loopback::with_daemon(DOMID, store, ram_pages).expect("loopback")
 }
 
 /// Panics if any of `grefs` is still pinned by a backend.
@@ -195,16 +205,14 @@ fn scribble(b: &mut Bytes<'_>, mem: &impl SharedMemory) {
 
 // ---- blkback -------------------------------------------------------------------------
 
-/// Fuzzes blkback with a hostile frontend over a 64-sector temporary disk (read-only
+/// Fuzzes blkback with a hostile frontend over a 64-sector in-memory disk image (read-only
 /// or not, features from the input). See the module documentation for what is checked.
 pub fn fuzz_blkback(data: &[u8]) -> BackendRun {
     let mut b = Bytes::new(data);
-    let path = super::fuzz_devices::temp_image();
-    let _image = super::fuzz_devices::TempImage(path.clone());
     let size = DISK_SECTORS * SECTOR_SIZE;
-    std::fs::write(&path, vec![0u8; size as usize]).expect("image");
+    let image = super::fuzz_devices::MemImage::new(size);
     let disk = DiskImage::open(
-        &path,
+        image.path(),
         DiskOptions {
             read_only: b.u8().is_multiple_of(4),
             ..Default::default()
@@ -219,7 +227,7 @@ pub fn fuzz_blkback(data: &[u8]) -> BackendRun {
         flush: f & 0x20 == 0,
         barrier: f & 0x40 == 0,
     };
-    let lb = Loopback::new(DOMID, "fuzz", RAM_PAGES).expect("loopback");
+    let lb = loopback(RAM_PAGES);
     let kick = Kick::new();
     let mut back = Blkback::new(lb.back(), kick, 51712, disk, opts).expect("blkback");
     let paths = back.paths().clone();
@@ -366,8 +374,7 @@ pub fn fuzz_blkback(data: &[u8]) -> BackendRun {
             }
         }
         pages.check_canaries();
-        let len = std::fs::metadata(&path).expect("image").len();
-        assert_eq!(len, size, "the disk image changed size");
+        assert_eq!(image.len(), size, "the disk image changed size");
     }
     run.stats = back.stats();
     back.shutdown();
@@ -459,7 +466,7 @@ fn blk_request(b: &mut Bytes<'_>, pages: &Pages, ring: &[GrantRef], id: u64) -> 
 /// link. See the module documentation for what is checked.
 pub fn fuzz_netback(data: &[u8]) -> BackendRun {
     let mut b = Bytes::new(data);
-    let lb = Loopback::new(DOMID, "fuzz", RAM_PAGES).expect("loopback");
+    let lb = loopback(RAM_PAGES);
     let (guest_end, host) = MemLink::pair(8);
     let mut host = host;
     let kick = Kick::new();
@@ -752,7 +759,7 @@ pub fn fuzz_blkfront(data: &[u8]) -> FrontRun {
 
     let mut b = Bytes::new(data);
     let mut run = FrontRun::default();
-    let lb = Loopback::new(DOMID, "fuzz", 96).expect("loopback");
+    let lb = loopback(96);
     let paths = DevicePaths::new("vbd", DOMID, 768);
     let sectors = match b.u8() % 8 {
         0 => b.u64().to_string(),
@@ -1026,7 +1033,7 @@ pub fn fuzz_netfront(data: &[u8]) -> FrontRun {
 
     let mut b = Bytes::new(data);
     let mut run = FrontRun::default();
-    let lb = Loopback::new(DOMID, "fuzz", 160).expect("loopback");
+    let lb = loopback(160);
     let paths = DevicePaths::new("vif", DOMID, 0);
     let f = b.u8();
     let back = [

@@ -44,25 +44,35 @@ impl Xen {
     /// `domid` and `name`), serving the guest's store ring. Call once, before the guest
     /// runs.
     pub fn attach_xenstore(self: &Arc<Self>) -> Result<(), String> {
-        let page = self
-            .ram
-            .page(self.special.store_pfn)
-            .map_err(|e| format!("xenstore page: {e}"))?;
         let mut daemon = Xenstored::new(Quotas::default());
-        // What libxl writes for a one-vCPU domain: its memory (KiB) and its vCPU
-        // online (Linux's cpu_hotplug reads `cpu/0/availability`), and the store's
-        // channel and frame.
-        let config = DomainConfig {
+        daemon
+            .introduce_domain_with(self.config.domid, &self.xenstore_domain())
+            .map_err(|e| format!("introducing domain {}: {e}", self.config.domid))?;
+        self.attach_xenstore_daemon(daemon)
+    }
+
+    /// How [`Self::attach_xenstore`] introduces the guest: what libxl writes for a
+    /// one-vCPU domain: its memory (KiB) and its vCPU online (Linux's cpu_hotplug reads
+    /// `cpu/0/availability`), and the store's channel and frame.
+    pub fn xenstore_domain(&self) -> DomainConfig {
+        DomainConfig {
             name: self.config.name.clone(),
             memory_kib: Some(self.config.ram_pages * 4),
             vcpus: Some(1),
             store_port: Some(self.special.store_port),
             store_ring_ref: Some(self.special.store_pfn),
             ..DomainConfig::default()
-        };
-        daemon
-            .introduce_domain_with(self.config.domid, &config)
-            .map_err(|e| format!("introducing domain {}: {e}", self.config.domid))?;
+        }
+    }
+
+    /// [`Self::attach_xenstore`] with the daemon given: one in the state
+    /// `attach_xenstore` builds (default quotas, the guest introduced with
+    /// [`Self::xenstore_domain`]), such as a clone of one built earlier.
+    pub fn attach_xenstore_daemon(self: &Arc<Self>, daemon: Xenstored) -> Result<(), String> {
+        let page = self
+            .ram
+            .page(self.special.store_pfn)
+            .map_err(|e| format!("xenstore page: {e}"))?;
         let mut ring = RingServer::new(self.config.domid);
         ring.attach(&page);
         let service = Arc::new(Mutex::new(StoreService {

@@ -215,7 +215,7 @@ impl ConnKey {
 }
 
 /// One queued message.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct OutMsg {
     /// Header and payload.
     bytes: Vec<u8>,
@@ -228,7 +228,7 @@ struct OutMsg {
 }
 
 /// A connection: a domain's ring, or the dom0 API.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Connection {
     domid: u16,
     target: Option<u16>,
@@ -357,7 +357,11 @@ struct DomainRecord {
 
 /// The xenstore daemon. It is `Send`: the shim may keep it behind a lock shared by
 /// the threads serving rings and backends.
-#[derive(Debug)]
+///
+/// A clone is a deep copy (the daemon holds plain data only: no handle is shared), so
+/// a clone of a freshly built daemon is a fresh daemon: the fuzz targets build their
+/// starting tree once and clone it per input (`testing::fresh_xenstored`).
+#[derive(Clone, Debug)]
 pub struct Xenstored {
     db: Db,
     quotas: Quotas,

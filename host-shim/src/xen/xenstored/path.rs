@@ -112,6 +112,27 @@ pub(super) fn child_path(parent: &str, name: &str) -> String {
     }
 }
 
+/// Whether `path` is `child_path(parent, name)`, without building it.
+pub(super) fn is_child_path(path: &str, parent: &str, name: &str) -> bool {
+    let rest = if parent == "/" {
+        path.strip_prefix('/')
+    } else {
+        path.strip_prefix(parent).and_then(|r| r.strip_prefix('/'))
+    };
+    rest == Some(name)
+}
+
+/// Writes `child_path(parent, name)` into `out` (replacing its contents), so that a
+/// loop over many children reuses one buffer.
+pub(super) fn child_path_into(out: &mut String, parent: &str, name: &str) {
+    out.clear();
+    out.push_str(parent);
+    if parent != "/" {
+        out.push('/');
+    }
+    out.push_str(name);
+}
+
 /// Whether `child` is `parent` or lies below it, at most `depth` levels down when a
 /// depth is given (C xenstored's `is_child()`, including its treatment of a one-byte
 /// parent such as `/` or `@` as matching everything that starts with that byte).
@@ -219,6 +240,18 @@ mod tests {
         assert_eq!(basename("/a"), "a");
         assert_eq!(child_path("/", "a"), "/a");
         assert_eq!(child_path("/a", "b"), "/a/b");
+        let mut buf = String::from("junk");
+        for (p, n) in [("/", "a"), ("/a", "b"), ("@w", "5"), ("/a", ""), ("", "x")] {
+            child_path_into(&mut buf, p, n);
+            assert_eq!(buf, child_path(p, n));
+            for path in ["/a", "/a/b", "@w/5", "/a/", "/x", "x", "/", "//a", "/ab"] {
+                assert_eq!(
+                    is_child_path(path, p, n),
+                    child_path(p, n) == path,
+                    "{path} {p} {n}"
+                );
+            }
+        }
     }
 
     #[test]

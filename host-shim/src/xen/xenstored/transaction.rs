@@ -40,7 +40,7 @@ pub(super) struct Accessed {
 }
 
 /// One open transaction.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Transaction {
     accessed: HashMap<String, Accessed>,
     next_seq: u64,

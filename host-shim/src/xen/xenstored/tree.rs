@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::path::{child_path, parent};
+use super::path::{child_path_into, is_child_path, parent};
 use super::perms::Perms;
 
 /// One node.
@@ -73,7 +73,7 @@ impl Node {
 }
 
 /// All nodes.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Db {
     nodes: BTreeMap<String, Node>,
     generation: u64,
@@ -151,12 +151,15 @@ impl Db {
     /// every node but `/` and the special ones is listed by its parent, every listed
     /// child exists, and the owner counts add up.
     pub fn check(&self) -> Result<(), String> {
+        // Run after every step of the fuzz targets: no allocation per node (one path
+        // buffer, reused; the parent's list compared in place).
         let mut owned: HashMap<u16, u32> = HashMap::new();
+        let mut child_at = String::new();
         for (path, node) in &self.nodes {
             *owned.entry(node.perms.owner()).or_default() += 1;
             for child in &node.children {
-                let c = child_path(path, child);
-                if !self.nodes.contains_key(&c) {
+                child_path_into(&mut child_at, path, child);
+                if !self.nodes.contains_key(&child_at) {
                     return Err(format!("{path} lists missing child {child}"));
                 }
             }
@@ -167,7 +170,7 @@ impl Db {
             let listed = self
                 .nodes
                 .get(p)
-                .is_some_and(|pn| pn.children.iter().any(|c| child_path(p, c) == *path));
+                .is_some_and(|pn| pn.children.iter().any(|c| is_child_path(path, p, c)));
             if !listed {
                 return Err(format!("{path} is not listed by its parent {p}"));
             }
