@@ -1922,19 +1922,7 @@ fn vbd_try_connect(v: &mut RawVbd, keys: &VbdKeys) -> Result<XenbusState, String
         if let Some(q) = keys.queues {
             nodes.push(("multi-queue-num-queues", q));
         }
-        for (name, value) in nodes {
-            xenbus::write_str(xs, TxId::NONE, &dev.node(name), value)
-                .map_err(|e| format!("{name}: {e}"))?;
-        }
-        dev.switch_state(xs, S::Initialised)
-            .map_err(|e| format!("{e}"))?;
-        let st = dev
-            .wait_for_backend(
-                xs,
-                |s| matches!(s, S::Connected | S::Closing | S::Closed),
-                64,
-            )
-            .map_err(|e| format!("waiting for the backend: {e}"))?;
+        let st = vbd_offer(xs, dev, &nodes)?;
         dev.switch_state(xs, S::Closed)
             .map_err(|e| format!("{e}"))?;
         dev.wait_for_backend(xs, |s| s == S::Closed, 64)
@@ -1944,6 +1932,32 @@ fn vbd_try_connect(v: &mut RawVbd, keys: &VbdKeys) -> Result<XenbusState, String
     })();
     v.env.close_port(port);
     r
+}
+
+/// Writes the frontend's connection `nodes`, goes `Initialised` and returns the state
+/// the backend went to (`Connected`, or `Closing`/`Closed` if it refused).
+fn vbd_offer<P, E>(
+    xs: &mut pv_drivers::xenstore::XenStore<P, E>,
+    dev: &Frontend,
+    nodes: &[(&str, &str)],
+) -> Result<XenbusState, String>
+where
+    P: core::ops::Deref<Target: SharedMemory>,
+    E: pv_drivers::xenstore::XsEvents,
+{
+    use XenbusState as S;
+    for &(name, value) in nodes {
+        xenbus::write_str(xs, TxId::NONE, &dev.node(name), value)
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    dev.switch_state(xs, S::Initialised)
+        .map_err(|e| format!("{e}"))?;
+    dev.wait_for_backend(
+        xs,
+        |s| matches!(s, S::Connected | S::Closing | S::Closed),
+        64,
+    )
+    .map_err(|e| format!("waiting for the backend: {e}"))
 }
 
 /// Removes every key a [`VbdKeys`] may have written.
@@ -1984,27 +1998,13 @@ fn connect_raw(id: &str) -> Result<RawVbd, String> {
     let ring = BlkifFrontRing::new(mem).map_err(|e| format!("{e}"))?;
     let gref = env.grant(backend, pfn, false).map_err(|e| format!("{e}"))?;
     let port = env.alloc_unbound(backend).map_err(|e| format!("{e}"))?;
-    let node = |n: &str| dev.node(n);
-    xenbus::write_fmt(xs, TxId::NONE, &node("ring-ref"), format_args!("{gref}"))
-        .map_err(|e| format!("{e}"))?;
-    xenbus::write_fmt(
-        xs,
-        TxId::NONE,
-        &node("event-channel"),
-        format_args!("{port}"),
-    )
-    .map_err(|e| format!("{e}"))?;
-    xenbus::write_str(xs, TxId::NONE, &node("protocol"), "x86_64-abi")
-        .map_err(|e| format!("{e}"))?;
-    dev.switch_state(xs, S::Initialised)
-        .map_err(|e| format!("{e}"))?;
-    let st2 = dev
-        .wait_for_backend(
-            xs,
-            |s| matches!(s, S::Connected | S::Closing | S::Closed),
-            64,
-        )
-        .map_err(|e| format!("waiting for Connected (was {st}): {e}"))?;
+    let (gref_s, port_s) = (format!("{gref}"), format!("{port}"));
+    let nodes = [
+        ("ring-ref", gref_s.as_str()),
+        ("event-channel", port_s.as_str()),
+        ("protocol", "x86_64-abi"),
+    ];
+    let st2 = vbd_offer(xs, &dev, &nodes).map_err(|e| format!("{e} (was {st})"))?;
     if st2 != S::Connected {
         return Err(format!("backend went {st2}"));
     }

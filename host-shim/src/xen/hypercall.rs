@@ -329,10 +329,7 @@ impl Xen {
             };
             {
                 let mut st = self.lock();
-                *st.stats
-                    .hypercalls
-                    .entry(format!("multicall.{name}"))
-                    .or_default() += 1;
+                *st.stats.multicall_entries.entry(name).or_default() += 1;
             }
             match ctx.mode {
                 Mode::Long => self.put(ctx, result_at, &ret)?,

@@ -228,6 +228,11 @@ fn multicall_runs_each_entry_and_writes_its_result() {
         le_u64(&get::<8>(&xen, LIST + 16)),
         u64::from(XENVER_VERSION)
     );
+    // The multicall counts once as a hypercall, its entries apart.
+    let stats = xen.stats();
+    assert_eq!(stats.hypercalls.get("multicall"), Some(&1));
+    assert_eq!(stats.hypercalls.values().sum::<u64>(), 1);
+    assert_eq!(stats.multicall_entries.values().sum::<u64>(), 4);
 
     // The count is 32 bits: 2^40 calls are none, and the list is never read.
     assert_eq!(call(&xen, HYPERVISOR_MULTICALL, &[1 << 40, 1 << 40]), 0);

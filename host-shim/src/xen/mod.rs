@@ -164,6 +164,9 @@ pub struct XenStats {
     pub hypercalls: BTreeMap<String, u64>,
     /// Hypercalls that returned an error.
     pub hypercall_errors: u64,
+    /// The entries of multicalls, by name as in `hypercalls` (each multicall counts
+    /// once there, as `"multicall"`).
+    pub multicall_entries: BTreeMap<String, u64>,
     /// Events the guest sent to domain 0 (xenstored, console, backends) through the
     /// shim's dispatcher.
     pub events_to_dom0: u64,
