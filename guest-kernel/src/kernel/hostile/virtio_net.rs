@@ -143,6 +143,19 @@ impl Net {
 }
 
 impl Net {
+    /// The canary page must hold nothing but [`CANARY`] bytes.
+    fn check_canary(&self, t: &mut Tally, what: &str) {
+        let mut b = [0u8; 4096];
+        self.canary.read_bytes(0, &mut b);
+        let changed = b.iter().filter(|&&x| x != CANARY).count();
+        t.check(
+            Cat::VirtioNet,
+            what,
+            changed == 0,
+            format_args!("{changed} bytes changed"),
+        );
+    }
+
     /// `num_buffers` of the header at `at` in our receive buffers, and whether the
     /// peer's frame follows it whole.
     fn rx_frame_at(&self, at: usize) -> (u16, bool) {
@@ -450,15 +463,7 @@ fn receive_attacks(t: &mut Tally, n: &mut Net) {
             ),
         );
     }
-    let mut b = [0u8; 4096];
-    n.canary.read_bytes(0, &mut b);
-    let changed = b.iter().filter(|&&x| x != CANARY).count();
-    t.check(
-        c,
-        "the canary page of the refused receive buffers",
-        changed == 0,
-        format_args!("{changed} bytes changed"),
-    );
+    n.check_canary(t, "the canary page of the refused receive buffers");
 }
 
 /// Receive with `VIRTIO_NET_F_MRG_RXBUF`: buffers shorter than the header, frames over
@@ -560,15 +565,7 @@ fn merged_attacks(t: &mut Tally, n: &mut Net) {
         asked && used == Some((0, RX_TOTAL)) && bufs == 1 && data,
         format_args!("asked {asked}, used {used:?}, num_buffers {bufs}, the frame {data}"),
     );
-    let mut b = [0u8; 4096];
-    n.canary.read_bytes(0, &mut b);
-    let changed = b.iter().filter(|&&x| x != CANARY).count();
-    t.check(
-        c,
-        "the canary page of the short merged buffers",
-        changed == 0,
-        format_args!("{changed} bytes changed"),
-    );
+    n.check_canary(t, "the canary page of the short merged buffers");
 }
 
 /// With `VIRTIO_F_EVENT_IDX`: event indices far ahead, behind and wrapping must not
