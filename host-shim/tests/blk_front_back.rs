@@ -1073,10 +1073,10 @@ fn backend_cannot_read_pages_the_frontend_did_not_grant() {
     assert!(buf.iter().all(|&b| b == 0xee));
 }
 
-/// A flush or barrier may carry a write's data: Linux's blkfront sends a write with
-/// REQ_FUA or REQ_PREFLUSH as its flush operation with the write's segments
-/// (`blkif_queue_rw_req`), and Linux's blkback writes them (found by running the
-/// hostile guest against Linux's blkback, which wrote what the shim refused).
+/// A flush or barrier may carry a write's data: `blkif.h` does not forbid it, Linux's
+/// blkfront can send a FUA or PREFLUSH write so (`blkif_queue_rw_req`), and Linux's
+/// blkback writes the segments (found by running the hostile guest against Linux's
+/// blkback, which wrote what the shim refused).
 #[test]
 fn a_flush_carrying_data_writes_it_then_flushes() {
     let rig = Rig::new(1 << 20, DiskOptions::default(), BlkbackOptions::default());

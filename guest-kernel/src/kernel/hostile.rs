@@ -2220,7 +2220,7 @@ fn blkif_attacks(t: &mut Tally, v: &mut RawVbd) {
         ),
     ];
     if v.flush {
-        // A flush may carry a write's data (Linux's blkfront sends FUA writes so), but
+        // A flush may carry a write's data (Linux's blkback writes it), but
         // not more segments than a request holds.
         attacks.push((
             "flush with 12 segments",

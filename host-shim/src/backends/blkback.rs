@@ -16,7 +16,7 @@
 //! of the ring before it is looked at. Data moves only by grant copy
 //! ([`BackendEnv::copy_from_grant`] / [`BackendEnv::copy_to_grant`]); a write is
 //! answered only after `pwrite` returned (and, for a flush or barrier, `fdatasync`;
-//! either may carry a write's data, as Linux's blkfront sends FUA writes). A
+//! either may carry a write's data, as Linux's blkback accepts). A
 //! bad request (segments out of a page or reversed, too many or none, sectors beyond
 //! the disk, a write to a read-only disk, an unknown operation, a grant that is not the
 //! backend's) gets `BLKIF_RSP_ERROR` or `BLKIF_RSP_EOPNOTSUPP` and the ring keeps being
@@ -540,9 +540,10 @@ impl<E: BackendEnv> Blkback<E> {
                     self.stats.errors.segment_count += 1;
                     return BLKIF_RSP_ERROR;
                 }
-                // Either may carry data: Linux's blkfront sends a write with REQ_FUA or
-                // REQ_PREFLUSH as its flush operation with the write's segments
-                // (blkif_queue_rw_req), and Linux's blkback writes them. Requests are
+                // Either may carry data: blkif.h does not forbid it, Linux's blkback
+                // writes a flush's segments (a write with REQ_PREFLUSH), and Linux's
+                // blkfront can send a FUA or PREFLUSH write as its flush operation with
+                // the write's segments (blkif_queue_rw_req). Requests are
                 // served one at a time, so every earlier write has reached the file;
                 // this one's data goes next, then both are made durable.
                 if nr > 0 {
