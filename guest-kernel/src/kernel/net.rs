@@ -260,6 +260,13 @@ pub fn serve(dev: &mut dyn NetDevice, event: &DeviceEvent, opts: &NetOptions<'_>
         if let Some(f) = stack.finished(now) {
             break f;
         }
+        if act.backlog {
+            // The poll stopped at its batch limit with frames perhaps still waiting,
+            // for which the device raises no new event (a virtio-net driver turns its
+            // interrupts back on only when it finds the ring empty).
+            woke = Woken::Event;
+            continue;
+        }
         let delay_ns = stack
             .poll_delay_ms(now)
             .map_or(tick.ns(), |d| d.saturating_mul(1_000_000))
