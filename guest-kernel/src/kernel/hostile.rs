@@ -99,7 +99,9 @@ use pv_drivers::abi::xen::{
     HYPERVISOR_SCHED_OP, HYPERVISOR_SYSCTL, HYPERVISOR_UPDATE_VA_MAPPING, HYPERVISOR_VCPU_OP,
     HYPERVISOR_VM_ASSIST, HYPERVISOR_XEN_VERSION, VIRQ_TIMER,
 };
-use pv_drivers::abi::xs_wire::{XENSTORE_ERROR_PROTO, XsdSockmsg, XsdSockmsgType};
+use pv_drivers::abi::xs_wire::{
+    XENSTORE_ERROR_PROTO, XENSTORE_SERVER_FEATURE_ERROR, XsdSockmsg, XsdSockmsgType,
+};
 use pv_drivers::frontend::FrontendEnv;
 use pv_drivers::hypercall::{Hypercall, HypercallError, XenHypercalls as _};
 use pv_drivers::ring::BlkifFrontRing;
@@ -1606,10 +1608,15 @@ fn xenstore_raw<P, E>(
 }
 
 /// The terminal attack: a header announcing more than `XENSTORE_PAYLOAD_MAX` bytes.
-/// xenstored must stop serving the ring and report `XENSTORE_ERROR_PROTO` in the page
-/// (the connection is not usable afterwards: nothing runs after this that needs it).
+/// xenstored must stop serving the ring (the connection is not usable afterwards:
+/// nothing runs after this that needs it). A server that advertises
+/// `XENSTORE_SERVER_FEATURE_ERROR` must say so with `XENSTORE_ERROR_PROTO` in the page's
+/// `error` field (as the shim's xenstored and newer C xenstored do); one that does not
+/// (Xen 4.17's C xenstored) can only show it by silence: a well-formed read sent after
+/// the header is never answered.
 fn xenstore_oversized(x: &xen::Xen, t: &mut Tally) {
     let c = Cat::Xenstore;
+    let what = "a header of 5000 bytes (the ring is then no longer served)";
     let mut guard = x.store.lock();
     let Some(page) = store_page(x) else {
         t.broken("xenstore page", "HVM_PARAM_STORE_PFN unreadable");
@@ -1624,19 +1631,57 @@ fn xenstore_oversized(x: &xen::Xen, t: &mut Tally) {
     };
     let mut m = message(XsdSockmsgType::Write.as_raw(), 0, b"junk");
     m[12..16].copy_from_slice(&5000u32.to_le_bytes());
+    let _ = ring.discard_responses();
     let sent = ring.write(&m).unwrap_or(0);
     let _ = x.hv.evtchn_send(store_port(x));
     let deadline = x.now_ns().saturating_add(REPLY_NS);
-    while ring.server_error().is_none() && x.now_ns() < deadline {
-        x.store_wait_until(x.now_ns().saturating_add(10_000_000).min(deadline));
+    if ring.server_features() & XENSTORE_SERVER_FEATURE_ERROR != 0 {
+        while ring.server_error().is_none() && x.now_ns() < deadline {
+            x.store_wait_until(x.now_ns().saturating_add(10_000_000).min(deadline));
+        }
+        let err = ring.server_error();
+        t.check(
+            c,
+            what,
+            sent == m.len() && err == Some(XENSTORE_ERROR_PROTO),
+            format_args!("sent {sent}, page error {err:?}"),
+        );
+    } else {
+        let probe = message(XsdSockmsgType::Read.as_raw(), 0, b"domid\0");
+        let probed = ring.write(&probe).unwrap_or(0);
+        let _ = x.hv.evtchn_send(store_port(x));
+        let answered = || ring.response_bytes().map_or(true, |n| n > 0);
+        while !answered() && x.now_ns() < deadline {
+            x.store_wait_until(x.now_ns().saturating_add(10_000_000).min(deadline));
+        }
+        let answered = answered();
+        kprintln!(
+            "hostile: xenstore: no error field (server features {:#x}): a read after the \
+             oversized header {}",
+            ring.server_features(),
+            if answered {
+                "was answered"
+            } else {
+                "was not answered"
+            }
+        );
+        t.check(
+            c,
+            what,
+            sent == m.len() && probed == probe.len() && !answered,
+            format_args!(
+                "sent {sent}, no error field (server features {:#x}); a read sent after it \
+                 {} within {} s",
+                ring.server_features(),
+                if answered {
+                    "was answered"
+                } else {
+                    "was not answered"
+                },
+                REPLY_NS / 1_000_000_000
+            ),
+        );
     }
-    let err = ring.server_error();
-    t.check(
-        c,
-        "a header of 5000 bytes (the ring is then no longer served)",
-        sent == m.len() && err == Some(XENSTORE_ERROR_PROTO),
-        format_args!("sent {sent}, page error {err:?}"),
-    );
     // The client must not be used again.
     *guard = None;
 }
