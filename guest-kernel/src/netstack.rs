@@ -1192,6 +1192,17 @@ mod tests {
         }
     }
 
+    /// Appends everything `t` has received to `into`.
+    fn read_all(t: &mut tcp::Socket<'_>, into: &mut Vec<u8>) {
+        while t.can_recv() {
+            t.recv(|b| {
+                into.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+    }
+
     /// Runs both ends for `ms` simulated milliseconds or until `done`.
     fn run(
         server: &mut NetStack,
@@ -1442,13 +1453,7 @@ mod tests {
                         t.send_slice(b"stats\n").unwrap();
                         asked = true;
                     }
-                    if t.can_recv() {
-                        t.recv(|b| {
-                            answer.extend_from_slice(b);
-                            (b.len(), ())
-                        })
-                        .unwrap();
-                    }
+                    read_all(t, &mut answer);
                     if answer.ends_with(b"\n") && t.may_send() {
                         t.close();
                     }
@@ -1488,13 +1493,7 @@ mod tests {
                     t.send_slice(b"hello\nstats\nexit\n").unwrap();
                     asked = 1;
                 }
-                if t.can_recv() {
-                    t.recv(|b| {
-                        answer.extend_from_slice(b);
-                        (b.len(), ())
-                    })
-                    .unwrap();
-                }
+                read_all(t, &mut answer);
                 if !t.may_recv() && t.may_send() {
                     t.close();
                 }
@@ -1550,13 +1549,7 @@ mod tests {
             client.poll(now);
             now += 1;
             let t = client.tcp(bulk);
-            if t.can_recv() {
-                t.recv(|b| {
-                    got.extend_from_slice(b);
-                    (b.len(), ())
-                })
-                .unwrap();
-            }
+            read_all(t, &mut got);
             got.len() == 30_000
         });
         assert!(ok, "{}", server.counters);
@@ -1602,13 +1595,7 @@ mod tests {
                 }
                 junk_closed |= !t.is_open() || t.state() == tcp::State::Closed;
                 let t = c.tcp(ctl);
-                if t.can_recv() {
-                    t.recv(|b| {
-                        got.extend_from_slice(b);
-                        (b.len(), ())
-                    })
-                    .unwrap();
-                }
+                read_all(t, &mut got);
                 match step {
                     0 if t.may_send() => {
                         t.send_slice(&cookie).unwrap();
