@@ -37,23 +37,27 @@ impl View<'_> {
         (!self.caller.privileged() && quota != 0).then_some(quota as usize)
     }
 
-    /// The node at `path` as the caller sees it. In a transaction the first access is
-    /// recorded (and may exceed the `transaction-nodes` quota: `ENOSPC`).
-    fn read(&mut self, path: &str) -> Result<Option<Node>, XenErrno> {
+    /// The node at `path` as the caller sees it, borrowed (a read clones nothing). In a
+    /// transaction the first access is recorded (and may exceed the
+    /// `transaction-nodes` quota: `ENOSPC`).
+    fn peek(&mut self, path: &str) -> Result<Option<&Node>, XenErrno> {
         let limit = self.limit(self.quotas.transaction_nodes);
         let Some(tx) = self.tx.as_deref_mut() else {
-            return Ok(self.db.get(path).cloned());
+            return Ok(self.db.get(path));
         };
-        if let Some(a) = tx.get(path) {
-            return Ok(a.node.clone());
+        if tx.get(path).is_none() {
+            if limit.is_some_and(|max| tx.touched() >= max) {
+                tx.fail = true;
+                return Err(XenErrno::ENOSPC);
+            }
+            tx.record(path, self.db.get(path), true);
         }
-        if limit.is_some_and(|max| tx.touched() >= max) {
-            tx.fail = true;
-            return Err(XenErrno::ENOSPC);
-        }
-        let global = self.db.get(path);
-        tx.record(path, global, true);
-        Ok(global.cloned())
+        Ok(tx.get(path).and_then(|a| a.node.as_ref()))
+    }
+
+    /// The node at `path` as the caller sees it, to change.
+    fn read(&mut self, path: &str) -> Result<Option<Node>, XenErrno> {
+        Ok(self.peek(path)?.cloned())
     }
 
     /// Writes (`Some`) or removes (`None`) the node at `path`.
@@ -102,10 +106,6 @@ impl View<'_> {
         i64::from(self.db.owned(domid)) + tx
     }
 
-    fn access(&self, node: &Node) -> u8 {
-        node.perms.access_for(&self.caller)
-    }
-
     /// What to tell a caller who lacks a node or the right to it: the error itself if
     /// the nearest existing ancestor grants any of `perm`, else `EACCES`, so that
     /// nothing leaks about nodes the caller may not see.
@@ -115,11 +115,12 @@ impl View<'_> {
         errnum: XenErrno,
         perm: u8,
     ) -> Result<XenErrno, XenErrno> {
+        let caller = self.caller;
         let mut p = path;
         while p != "/" {
             p = parent(p);
-            if let Some(node) = self.read(p)? {
-                return Ok(if self.access(&node) & perm != 0 {
+            if let Some(node) = self.peek(p)? {
+                return Ok(if node.perms.access_for(&caller) & perm != 0 {
                     errnum
                 } else {
                     XenErrno::EACCES
@@ -130,14 +131,25 @@ impl View<'_> {
         Ok(XenErrno::EACCES)
     }
 
-    /// The node at `path` if the caller has all of `perm` on it.
-    fn get_node(&mut self, path: &str, perm: u8) -> Result<Node, XenErrno> {
-        let errnum = match self.read(path)? {
-            Some(node) if self.access(&node) & perm == perm => return Ok(node),
+    /// `f` of the node at `path` if the caller has all of `perm` on it.
+    fn get_node_with<R>(
+        &mut self,
+        path: &str,
+        perm: u8,
+        f: impl FnOnce(&Node) -> R,
+    ) -> Result<R, XenErrno> {
+        let caller = self.caller;
+        let errnum = match self.peek(path)? {
+            Some(node) if node.perms.access_for(&caller) & perm == perm => return Ok(f(node)),
             Some(_) => XenErrno::EACCES,
             None => XenErrno::ENOENT,
         };
         Err(self.errno_from_parents(path, errnum, perm)?)
+    }
+
+    /// The node at `path` if the caller has all of `perm` on it.
+    fn get_node(&mut self, path: &str, perm: u8) -> Result<Node, XenErrno> {
+        self.get_node_with(path, perm, Node::clone)
     }
 
     /// Like [`Self::get_node`] for a node about to be created: `Ok(None)` if it does
@@ -160,21 +172,21 @@ impl View<'_> {
 
     /// `XS_READ`.
     pub fn read_value(&mut self, path: &str) -> Result<Vec<u8>, XenErrno> {
-        Ok(self.get_node(path, PERM_READ)?.value)
+        self.get_node_with(path, PERM_READ, |n| n.value.clone())
     }
 
     /// `XS_DIRECTORY`: the child names.
     pub fn directory(&mut self, path: &str) -> Result<Vec<String>, XenErrno> {
-        Ok(self.get_node(path, PERM_READ)?.children)
+        self.get_node_with(path, PERM_READ, |n| n.children.clone())
     }
 
     /// `XS_DIRECTORY_PART`: the node's generation and the part of its children list
     /// (as bytes, names with NULs) starting at byte `offset`, as much as fits a reply;
     /// an empty name ends the list.
     pub fn directory_part(&mut self, path: &str, offset: usize) -> Result<Vec<u8>, XenErrno> {
-        let node = self.get_node(path, PERM_READ)?;
-        let children = node.children_wire();
-        let mut out = node.generation.to_string().into_bytes();
+        let (generation, children) =
+            self.get_node_with(path, PERM_READ, |n| (n.generation, n.children_wire()))?;
+        let mut out = generation.to_string().into_bytes();
         out.push(0);
         if offset >= children.len() {
             out.push(0);
@@ -204,7 +216,7 @@ impl View<'_> {
 
     /// `XS_GET_PERMS`.
     pub fn get_perms(&mut self, path: &str) -> Result<Perms, XenErrno> {
-        Ok(self.get_node(path, PERM_READ)?.perms)
+        self.get_node_with(path, PERM_READ, |n| n.perms.clone())
     }
 
     /// `XS_WRITE`: sets the value, creating the node and missing parents.
