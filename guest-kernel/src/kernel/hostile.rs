@@ -1347,8 +1347,11 @@ fn xenstore_unread_replies<P, E>(
     let mut replies = 0u32;
     let mut in_order = true;
     let mut got: Vec<u8> = Vec::new();
-    let deadline = x.now_ns().saturating_add(REPLY_NS);
-    while broken.is_none() && replies < UNREAD_REQUESTS && x.now_ns() < deadline {
+    // The limit is on silence (a slow xenstored, a loaded dom0 under TCG, took more
+    // than 10 s for the 120 but kept answering), within a bound on the whole.
+    let end = x.now_ns().saturating_add(6 * REPLY_NS);
+    let mut deadline = x.now_ns().saturating_add(REPLY_NS);
+    while broken.is_none() && replies < UNREAD_REQUESTS && x.now_ns() < deadline.min(end) {
         if let Err(e) = push(&mut ring) {
             broken = Some(e);
             break;
@@ -1362,6 +1365,9 @@ fn xenstore_unread_replies<P, E>(
                 break;
             }
         };
+        if n > 0 {
+            deadline = x.now_ns().saturating_add(REPLY_NS).min(end);
+        }
         got.extend_from_slice(&buf[..n]);
         while let Some(h) = XsdSockmsg::from_prefix(&got) {
             let len = 16 + h.len as usize;
