@@ -1661,15 +1661,15 @@ fn xenstore_oversized(x: &xen::Xen, t: &mut Tally) {
             x.store_wait_until(x.now_ns().saturating_add(10_000_000).min(deadline));
         }
         let answered = answered();
+        let fate = if answered {
+            "was answered"
+        } else {
+            "was not answered"
+        };
         kprintln!(
             "hostile: xenstore: no error field (server features {:#x}): a read after the \
-             oversized header {}",
-            ring.server_features(),
-            if answered {
-                "was answered"
-            } else {
-                "was not answered"
-            }
+             oversized header {fate}",
+            ring.server_features()
         );
         t.check(
             c,
@@ -1677,13 +1677,8 @@ fn xenstore_oversized(x: &xen::Xen, t: &mut Tally) {
             sent == m.len() && probed == probe.len() && !answered,
             format_args!(
                 "sent {sent}, no error field (server features {:#x}); a read sent after it \
-                 {} within {} s",
+                 {fate} within {} s",
                 ring.server_features(),
-                if answered {
-                    "was answered"
-                } else {
-                    "was not answered"
-                },
                 REPLY_NS / 1_000_000_000
             ),
         );

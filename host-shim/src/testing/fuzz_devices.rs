@@ -662,12 +662,16 @@ pub fn fuzz_e1000(data: &[u8]) -> E1000Run {
     let mut rx_base = RING_BASES[0];
     let mut tx_base = RING_BASES[0] + 0x1000;
     let mut run = E1000Run::default();
-    let set_base = |dev: &mut E1000, rx: bool, base: u64| {
-        let (lo, hi) = if rx {
+    // The base registers (low, high) of the receive or the transmit ring.
+    let base_regs = |rx: bool| {
+        if rx {
             (reg::RDBAL, reg::RDBAH)
         } else {
             (reg::TDBAL, reg::TDBAH)
-        };
+        }
+    };
+    let set_base = |dev: &mut E1000, rx: bool, base: u64| {
+        let (lo, hi) = base_regs(rx);
         mmio_write(dev, lo, base as u32);
         mmio_write(dev, hi, (base >> 32) as u32);
     };
@@ -777,11 +781,7 @@ pub fn fuzz_e1000(data: &[u8]) -> E1000Run {
                     // read 0) or moved a ring: the guest puts its bases back, as after
                     // a reset through CTRL, or the canary would become a ring.
                     for (rx, base) in [(true, rx_base), (false, tx_base)] {
-                        let (lo, hi) = if rx {
-                            (reg::RDBAL, reg::RDBAH)
-                        } else {
-                            (reg::TDBAL, reg::TDBAH)
-                        };
+                        let (lo, hi) = base_regs(rx);
                         let now = u64::from(mmio_read(&mut dev, lo))
                             | u64::from(mmio_read(&mut dev, hi)) << 32;
                         if now != base {
