@@ -1,7 +1,8 @@
 //! `host-shim soak` through the binary, short: 2000 block requests and 2000 frames
 //! through one shim, and nothing grew, on every kind of path: the PV disk and NIC;
-//! the emulated IDE disk (DMA) with virtio-net; virtio-blk with the emulated e1000
-//! (the full size, 10^6 of each, is a manual run: see the README). Needs /dev/kvm,
+//! the emulated IDE disk (DMA) with virtio-net; virtio-blk with the emulated e1000;
+//! the IDE disk by PIO with the e1000 (the full size, 10^6 of each, is a manual run:
+//! see the README). Needs /dev/kvm,
 //! root (a private network namespace, a TAP) and ping; each missing one is a loud
 //! SKIPPED line. Also: a shim that dies at once is a clear error with status 2, not a
 //! hang, and bad input is one error line and 125.
@@ -142,6 +143,11 @@ fn a_short_soak_on_ide_dma_and_virtio_net_reaches_its_counts_and_nothing_grows()
 #[test]
 fn a_short_soak_on_virtio_blk_and_e1000_reaches_its_counts_and_nothing_grows() {
     short_soak("virtio", "e1000");
+}
+
+#[test]
+fn a_short_soak_on_ide_pio_and_e1000_reaches_its_counts_and_nothing_grows() {
+    short_soak("ide-pio", "e1000");
 }
 
 #[test]
