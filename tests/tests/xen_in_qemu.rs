@@ -317,11 +317,11 @@ fn netfront_serves_ping_and_tcp_to_dom0_through_linux_netback() {
 /// Linux's backends do only once the frontend has closed: the guest must follow its
 /// backend's state. Two things of this TCG dom0 are not the guest's doing and are
 /// retried, saying so: `xl` dying of SIGSEGV (this dom0's busybox and xl now and then
-/// crash on a garbage FS base), and libxl's fixed 10 s of wall-clock time for the
-/// backend to close (`LIBXL_DESTROY_TIMEOUT`, no retry of its own), which a loaded host
-/// can exceed. After such a time-out the script waits (bounded) for both ends to
-/// reach Closed by themselves, says in which states libxl left them, and detaches
-/// again; a frontend that never closes still fails. `-vvv` makes libxl say if it
+/// crash at garbage addresses, not understood), and libxl's fixed 10 s of wall-clock
+/// time for the backend to close (`LIBXL_DESTROY_TIMEOUT`, no retry of its own), which
+/// a loaded host can exceed. After such a time-out the script waits (bounded) for both
+/// ends to reach Closed by themselves, says in which states libxl left them, and
+/// detaches again; a frontend that never closes still fails. `-vvv` makes libxl say if it
 /// ever removes the device by force, which must not happen.
 const DETACH_SCRIPT: &str = r#"#!/bin/sh
 xl=/usr/lib/xen-4.17/bin/xl
