@@ -88,6 +88,9 @@ pub enum Error {
     /// KVM lacks something the shim needs.
     #[error("KVM does not offer {0}")]
     Missing(&'static str),
+    /// KVM did something other than what the shim asked for.
+    #[error("{0}")]
+    Unexpected(&'static str),
     /// More guest memory regions than KVM memory slots.
     #[error("guest memory has {0} regions, more than KVM's {1} memory slots")]
     TooManyRegions(usize, usize),
@@ -1423,6 +1426,51 @@ impl Vcpu {
         // area after `kvm_run`; nothing else references it while `self` is borrowed.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), len) };
         Ok(())
+    }
+
+    /// Makes the guest run the hypercall instruction at `rip` again, as a continued
+    /// hypercall (Xen's continuation): `rax` holds `nr`, and the argument registers of
+    /// the caller's mode (`rdi rsi rdx r10 r8`, or `ebx ecx edx esi edi` in 32-bit
+    /// code, `compat`) hold `args`. The last exit is completed first without entering
+    /// the guest (`immediate_exit`): KVM writes an exit's result and steps over its
+    /// instruction only at the next `KVM_RUN`, which would otherwise undo what is set
+    /// here.
+    pub fn restart_hypercall(
+        &mut self,
+        rip: u64,
+        nr: u64,
+        args: [u64; 5],
+        compat: bool,
+    ) -> Result<(), Error> {
+        self.fd.set_kvm_immediate_exit(1);
+        let done = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match done {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(source) => {
+                return Err(Error::Ioctl {
+                    op: "KVM_RUN (immediate_exit, completing a hypercall's exit)",
+                    source,
+                });
+            }
+            Ok(()) => {
+                return Err(Error::Unexpected(
+                    "KVM_RUN with immediate_exit set entered the guest",
+                ));
+            }
+        }
+        let mut r = self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+        r.rip = rip;
+        r.rax = nr;
+        let regs = if compat {
+            [&mut r.rbx, &mut r.rcx, &mut r.rdx, &mut r.rsi, &mut r.rdi]
+        } else {
+            [&mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8]
+        };
+        for (reg, arg) in regs.into_iter().zip(args) {
+            *reg = arg;
+        }
+        self.fd.set_regs(&r).map_err(ioctl("KVM_SET_REGS"))
     }
 
     /// The general-purpose registers.

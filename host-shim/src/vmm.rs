@@ -1135,7 +1135,7 @@ impl VcpuRunner {
             return self.hypercall(page);
         }
         if let Some((long_mode, cpl, nr, params)) = xen_call {
-            return Ok(self.xen_hypercall(long_mode, cpl, nr, params));
+            return self.xen_hypercall(long_mode, cpl, nr, params);
         }
         Ok(None)
     }
@@ -1154,10 +1154,32 @@ impl VcpuRunner {
             page: Some(page),
             ..xen::hypercall::Call::from_registers(&regs, xen::hypercall::Mode::of(&paging))
         };
-        let (ret, outcome) = self.dispatch(&call, Some(paging));
+        let outcome = self.dispatch(&call, Some(paging));
         // The stub sign-extends eax: results are 0, -errno, or small positive values.
-        self.vcpu.complete_io_in(&(ret as i32).to_le_bytes())?;
-        Ok(outcome)
+        self.vcpu
+            .complete_io_in(&(outcome.ret as i32).to_le_bytes())?;
+        self.after_hypercall(outcome.after, regs.rip)
+    }
+
+    /// What the vCPU loop does after the hypercall whose instruction is at `rip` (the
+    /// exit already answered): a continued hypercall sets the guest to run the
+    /// instruction again with the continued arguments.
+    fn after_hypercall(
+        &mut self,
+        after: xen::hypercall::After,
+        rip: u64,
+    ) -> Result<Option<Outcome>, kvm::Error> {
+        use xen::hypercall::{After, Mode};
+        match after {
+            After::Resume => Ok(None),
+            After::Shutdown(reason) => Ok(Some(Outcome::XenShutdown { reason })),
+            After::Continue(next) => {
+                let compat = next.mode == Mode::Compat;
+                self.vcpu
+                    .restart_hypercall(rip, next.nr, next.args, compat)?;
+                Ok(None)
+            }
+        }
     }
 
     /// Runs a `vmcall`/`vmmcall` hypercall that KVM's Xen support handed over, and
@@ -1168,12 +1190,17 @@ impl VcpuRunner {
         cpl: u32,
         nr: u64,
         params: [u64; 6],
-    ) -> Option<Outcome> {
+    ) -> Result<Option<Outcome>, kvm::Error> {
         use pv_drivers::abi::errno::XenErrno;
-        let (ret, outcome) = if self.xen.is_none() {
-            (XenErrno::ENOSYS.as_neg(), None)
+        use xen::hypercall::{After, Outcome as Done};
+        let refuse = |e: XenErrno| Done {
+            ret: e.as_neg(),
+            after: After::Resume,
+        };
+        let outcome = if self.xen.is_none() {
+            refuse(XenErrno::ENOSYS)
         } else if cpl != 0 {
-            (XenErrno::EPERM.as_neg(), None)
+            refuse(XenErrno::EPERM)
         } else {
             let [a, b, c, d, e, _] = params;
             let call = xen::hypercall::Call {
@@ -1188,9 +1215,14 @@ impl VcpuRunner {
             };
             self.dispatch(&call, None)
         };
-        self.vcpu.complete_xen_hypercall(ret as u64);
+        // KVM's exit leaves `rip` at the `vmcall` until the answer is taken.
+        let rip = match outcome.after {
+            After::Continue(_) => self.vcpu.registers()?.rip,
+            _ => 0,
+        };
+        self.vcpu.complete_xen_hypercall(outcome.ret as u64);
         self.sync_kvm_xen();
-        outcome
+        self.after_hypercall(outcome.after, rip)
     }
 
     /// Hands KVM's Xen support what it can now take over for a `vmcall` guest
@@ -1233,9 +1265,12 @@ impl VcpuRunner {
         &mut self,
         call: &xen::hypercall::Call,
         paging: Option<crate::kvm::PagingState>,
-    ) -> (i64, Option<Outcome>) {
+    ) -> xen::hypercall::Outcome {
         let Some(xen) = self.xen.clone() else {
-            return (pv_drivers::abi::errno::XenErrno::ENOSYS.as_neg(), None);
+            return xen::hypercall::Outcome {
+                ret: pv_drivers::abi::errno::XenErrno::ENOSYS.as_neg(),
+                after: xen::hypercall::After::Resume,
+            };
         };
         let vcpu = &self.vcpu;
         let mut fetch = || paging.or_else(|| vcpu.paging().ok());
@@ -1247,12 +1282,7 @@ impl VcpuRunner {
             let _ = log.write_all(&prefix_lines(&prefix, line_start, bytes));
         };
         let mut ctx = xen::hypercall::Ctx::new(&mut fetch, &mut print);
-        let outcome = xen.hypercall(call, &mut ctx);
-        let next = match outcome.after {
-            xen::hypercall::After::Resume => None,
-            xen::hypercall::After::Shutdown(reason) => Some(Outcome::XenShutdown { reason }),
-        };
-        (outcome.ret, next)
+        xen.hypercall(call, &mut ctx)
     }
 }
 

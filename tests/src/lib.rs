@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The guest's `selftest=xen` tests, in the order it runs them.
-pub const XEN_SELFTESTS: [&str; 8] = [
+pub const XEN_SELFTESTS: [&str; 9] = [
     "xen_store_identity",
     "xen_store_rw",
     "xen_store_watch",
@@ -22,6 +22,7 @@ pub const XEN_SELFTESTS: [&str; 8] = [
     "xen_store_wait_blocks",
     "xen_evtchn_loopback",
     "xen_grant_copy",
+    "xen_long_multicall",
     "xen_timer",
 ];
 

@@ -78,6 +78,8 @@ impl<'a> Bytes<'a> {
 
 /// Guest RAM of the hypercall target, MiB.
 const RAM_MIB: u64 = 2;
+/// How many times one step runs a preempted hypercall again.
+const MAX_CONTINUATIONS: usize = 3;
 /// The page tables of the paging-on mode (PML4, PDPT, PD: the first 2 MiB identity
 /// mapped with one large page).
 const PML4: u64 = 0x1000;
@@ -473,11 +475,28 @@ pub fn fuzz_hypercall(data: &[u8]) -> HypercallRun {
         };
         let mut fetch = || Some(paging);
         let mut console = |_: &[u8]| {};
-        let outcome = xen.hypercall(&hypercall, &mut Ctx::new(&mut fetch, &mut console));
+        let mut outcome = xen.hypercall(&hypercall, &mut Ctx::new(&mut fetch, &mut console));
         calls += 1;
+        // A preempted hypercall is run again as the guest would, a few times (a
+        // guest may also be stopped at any preemption point, so a list is not
+        // always run to its end).
+        for _ in 0..MAX_CONTINUATIONS {
+            let After::Continue(next) = outcome.after else {
+                break;
+            };
+            assert_eq!(
+                (next.nr, next.mode, next.page),
+                (hypercall.nr, hypercall.mode, hypercall.page),
+                "a continuation is the same hypercall"
+            );
+            assert_eq!(xen.pinned_grants(), 0, "a preempted hypercall left a pin");
+            outcome = xen.hypercall(&next, &mut Ctx::new(&mut fetch, &mut console));
+            calls += 1;
+        }
         if call.nr == HYPERVISOR_GRANT_TABLE_OP
             && call.args[0] == u64::from(GNTTABOP_COPY)
             && outcome.ret == 0
+            && outcome.after == After::Resume
         {
             // Paging is off or the identity: the elements are where they were put.
             let n = (call.scratch.len() / GnttabCopy::SIZE).min(call.args[2] as usize);
@@ -599,6 +618,7 @@ pub fn fuzz_hypercall(data: &[u8]) -> HypercallRun {
     let total: u64 = stats.hypercalls.values().sum();
     assert_eq!(total, calls, "every hypercall counted once");
     assert!(stats.hypercall_errors <= calls);
+    assert!(stats.hypercall_continuations <= calls);
     if let Some(store) = xen.xenstore() {
         assert_eq!(store.daemon.check(), Ok(()));
     }

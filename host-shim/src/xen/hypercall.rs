@@ -93,7 +93,19 @@ pub enum After {
     Resume,
     /// The guest asked to shut down (`SCHEDOP_shutdown`).
     Shutdown(u32),
+    /// The hypercall was preempted with work left (Xen's continuation,
+    /// `hypercall_create_continuation`): the guest is to run the same hypercall
+    /// instruction again, with the number in `rax` and these arguments in its argument
+    /// registers, which say where to go on. In between the guest may take interrupts.
+    Continue(Call),
 }
+
+/// Elements of guest-sized work (multicall entries, `GNTTABOP_copy` elements,
+/// reservation extents) one hypercall does before it is preempted and continued, as
+/// Xen preempts long hypercalls (`hypercall_preempt_check`). Xen's test is whether
+/// anything else wants the CPU; a fixed count keeps the shim deterministic. Either way
+/// the first element is always done, so every continuation makes progress.
+pub const PREEMPT_AFTER: u32 = 256;
 
 /// A hypercall's result: the value for `rax`, and what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +128,13 @@ pub struct Ctx<'a> {
     pub console: &'a mut dyn FnMut(&[u8]),
     /// Inside a multicall (which may not nest).
     in_multicall: bool,
+    /// Elements of work done in this hypercall (see [`PREEMPT_AFTER`]).
+    work: u32,
+    /// The arguments the hypercall continues with, once it has been preempted.
+    continuation: Option<[u64; 5]>,
+    /// Preemption is off: the multicall around the running entry could not be
+    /// continued at it.
+    pinned: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -130,7 +149,28 @@ impl<'a> Ctx<'a> {
             fetch,
             console,
             in_multicall: false,
+            work: 0,
+            continuation: None,
+            pinned: false,
         }
+    }
+
+    /// Counts one element of work done.
+    fn did(&mut self) {
+        self.work = self.work.saturating_add(1);
+    }
+
+    /// Preempts the hypercall if it has done its share of work: it is to continue with
+    /// `args`, and the caller returns at once. Not when the arguments do not fit a
+    /// 32-bit caller's registers (an array running past 4 GiB): the hypercall then goes
+    /// on, as it would have without preemption, and fails at that element.
+    fn preempt(&mut self, args: [u64; 5]) -> bool {
+        let fits = self.mode == Mode::Long || args.iter().all(|&a| a <= u64::from(u32::MAX));
+        if self.work < PREEMPT_AFTER || !fits || self.pinned {
+            return false;
+        }
+        self.continuation = Some(args);
+        true
     }
 
     fn paging(&mut self) -> Result<PagingState, XenErrno> {
@@ -196,6 +236,9 @@ impl Xen {
     /// Runs `call`.
     pub fn hypercall(&self, call: &Call, ctx: &mut Ctx<'_>) -> Outcome {
         ctx.mode = call.mode;
+        ctx.work = 0;
+        ctx.continuation = None;
+        ctx.pinned = false;
         let nr = call.nr;
         let (name, result) = match call.page {
             Some(page) if page != call.mode => {
@@ -214,9 +257,11 @@ impl Xen {
             }
             _ => self.dispatch(nr, call.args, ctx),
         };
+        let continuation = ctx.continuation.take();
         let mut st = self.lock();
         let stats: &mut XenStats = &mut st.stats;
         *stats.hypercalls.entry(name).or_default() += 1;
+        stats.hypercall_continuations += u64::from(continuation.is_some());
         let ret = match result {
             Ok(v) => v,
             Err(e) => {
@@ -231,7 +276,10 @@ impl Xen {
             {
                 After::Shutdown(req.reason)
             }
-            _ => After::Resume,
+            _ => match continuation {
+                Some(args) => After::Continue(Call { args, ..*call }),
+                None => After::Resume,
+            },
         };
         Outcome { ret, after }
     }
@@ -295,8 +343,10 @@ impl Xen {
     /// in a 32-bit caller's layout) is read, its hypercall run as if called directly
     /// (an unknown one gets -ENOSYS in `result`), and `result` written back; an entry
     /// that cannot be read or written ends the call with -EFAULT; a multicall inside a
-    /// multicall is -EINVAL. Xen preempts long lists and continues them; the shim runs
-    /// them through (the list must lie in RAM, which bounds it).
+    /// multicall is -EINVAL. A long list is preempted between entries and continues
+    /// from the next one (`call_list` advanced, `nr_calls` reduced, as Xen's
+    /// continuation); an entry preempted itself has its continued arguments written
+    /// back into the entry, and the multicall continues at it.
     fn multicall(&self, list: u64, nr: u32, ctx: &mut Ctx<'_>) -> HResult {
         if ctx.in_multicall {
             return Err(XenErrno::EINVAL);
@@ -308,32 +358,57 @@ impl Xen {
     }
 
     fn multicall_entries(&self, list: u64, nr: u32, ctx: &mut Ctx<'_>) -> HResult {
-        for i in 0..u64::from(nr) {
-            let (op, args, result_at) = match ctx.mode {
+        let size = match ctx.mode {
+            Mode::Long => 64,
+            Mode::Compat => 32,
+        };
+        let nr = u64::from(nr);
+        for i in 0..nr {
+            // Guest-supplied base: a list running off the address space is a bad
+            // address, not an overflow.
+            let at = (i * size).checked_add(list).ok_or(XenErrno::EFAULT)?;
+            if i > 0 && ctx.preempt([at, nr - i, 0, 0, 0]) {
+                return Ok(0);
+            }
+            let (op, args) = match ctx.mode {
                 Mode::Long => {
-                    let at = (i * 64).checked_add(list).ok_or(XenErrno::EFAULT)?;
                     let e: [u64; 8] = self.get(ctx, at)?;
-                    (e[0], [e[2], e[3], e[4], e[5], e[6]], at + 8)
+                    (e[0], [e[2], e[3], e[4], e[5], e[6]])
                 }
                 Mode::Compat => {
-                    let at = (i * 32).checked_add(list).ok_or(XenErrno::EFAULT)?;
                     let e: [u32; 8] = self.get(ctx, at)?;
-                    let args = [e[2], e[3], e[4], e[5], e[6]].map(u64::from);
-                    (u64::from(e[0]), args, at + 4)
+                    (
+                        u64::from(e[0]),
+                        [e[2], e[3], e[4], e[5], e[6]].map(u64::from),
+                    )
                 }
             };
+            // The entry may be preempted only if the multicall can continue at it.
+            ctx.pinned = ctx.mode == Mode::Compat && at > u64::from(u32::MAX);
             let (name, result) = self.dispatch(op, args, ctx);
-            let ret = match result {
-                Ok(v) => v,
-                Err(e) => e.as_neg(),
-            };
+            ctx.pinned = false;
             {
                 let mut st = self.lock();
                 *st.stats.multicall_entries.entry(name).or_default() += 1;
             }
+            if let Some(rest) = ctx.continuation.take() {
+                // The entry's own continuation replaces its arguments; the entry runs
+                // again when the multicall continues at it (`result` is written then).
+                match ctx.mode {
+                    Mode::Long => self.put(ctx, at + 16, &rest)?,
+                    Mode::Compat => self.put(ctx, at + 8, &rest.map(|a| a as u32))?,
+                }
+                ctx.continuation = Some([at, nr - i, 0, 0, 0]);
+                return Ok(0);
+            }
+            ctx.did();
+            let ret = match result {
+                Ok(v) => v,
+                Err(e) => e.as_neg(),
+            };
             match ctx.mode {
-                Mode::Long => self.put(ctx, result_at, &ret)?,
-                Mode::Compat => self.put(ctx, result_at, &(ret as i32))?,
+                Mode::Long => self.put(ctx, at + 8, &ret)?,
+                Mode::Compat => self.put(ctx, at + 4, &(ret as i32))?,
             }
         }
         Ok(0)
@@ -452,7 +527,8 @@ impl Xen {
     /// extent `start`, as Xen runs them: the result is the number of extents done
     /// (counting the `start` skipped); a bad argument structure, another domain, an
     /// order above Xen's domU limit or an unreadable extent list stops the operation
-    /// there, without an errno.
+    /// there, without an errno. A long list is preempted between extents and continues
+    /// from the next (its index in `cmd`'s high bits, as Xen's continuation).
     ///
     /// The guest's RAM is one host mapping, so a released page is discarded (its host
     /// memory freed, its contents zero) and remembered; only released pages can be
@@ -483,6 +559,11 @@ impl Xen {
         let pages = 1u64 << req.extent_order;
         let mut done = start;
         while done < req.nr_extents {
+            // `done` fits beside the command: `nr_extents` was checked above.
+            let cmd = u64::from(op) | done << MEMOP_EXTENT_SHIFT;
+            if done > start && ctx.preempt([cmd, arg, 0, 0, 0]) {
+                break;
+            }
             let at = done
                 .checked_mul(pfn_size)
                 .and_then(|off| req.extent_start.checked_add(off));
@@ -507,6 +588,7 @@ impl Xen {
             if !ok {
                 break;
             }
+            ctx.did();
             done += 1;
         }
         done as i64
@@ -933,8 +1015,8 @@ impl Xen {
     fn grant_table_op(&self, cmd: u32, arg: u64, count: u64, ctx: &mut Ctx<'_>) -> HResult {
         // Xen's `unsigned int count` (common/grant_table.c, do_grant_table_op): the
         // register's upper half is not looked at, and a count negative as an int is
-        // -EINVAL. Every element of a larger batch is done (Xen preempts and
-        // continues); the array must lie in RAM, which bounds the work.
+        // -EINVAL. A long batch is preempted between elements and continues with the
+        // next (`arg` advanced, `count` reduced), as Xen's continuation does.
         let count = u64::from(count as u32);
         if (count as u32 as i32) < 0 {
             return Err(XenErrno::EINVAL);
@@ -982,6 +1064,9 @@ impl Xen {
                     // Guest-supplied base: an array running off the address space is
                     // a bad address, not an overflow.
                     let at = (i * size).checked_add(arg).ok_or(XenErrno::EFAULT)?;
+                    if i > 0 && ctx.preempt([u64::from(cmd), at, count - i, 0, 0]) {
+                        return Ok(0);
+                    }
                     let mut op = self.get_abi(ctx, at, compat::gnttab_copy)?;
                     op.status = self.grant_copy(&op);
                     match ctx.mode {
@@ -991,6 +1076,7 @@ impl Xen {
                             self.put(ctx, status_at.ok_or(XenErrno::EFAULT)?, &op.status)?;
                         }
                     }
+                    ctx.did();
                 }
                 Ok(0)
             }

@@ -30,20 +30,40 @@ fn rig() -> Arc<Xen> {
     xen
 }
 
-fn call_in(xen: &Xen, mode: Mode, nr: u32, args: &[u64]) -> i64 {
+fn call_of(mode: Mode, nr: u32, args: &[u64]) -> Call {
     let mut a = [0u64; 5];
     a[..args.len()].copy_from_slice(args);
-    let call = Call {
+    Call {
         nr: nr.into(),
         args: a,
         mode,
         page: None,
-    };
+    }
+}
+
+fn run(xen: &Xen, call: &Call) -> super::Outcome {
     let paging = PagingState::default();
     let mut fetch = || Some(paging);
     let mut console = |_: &[u8]| {};
-    xen.hypercall(&call, &mut Ctx::new(&mut fetch, &mut console))
-        .ret
+    xen.hypercall(call, &mut Ctx::new(&mut fetch, &mut console))
+}
+
+fn call_in(xen: &Xen, mode: Mode, nr: u32, args: &[u64]) -> i64 {
+    run(xen, &call_of(mode, nr, args)).ret
+}
+
+/// Runs a hypercall, and again each time it is preempted, as the guest does; returns
+/// the last result and the number of runs.
+fn call_to_end(xen: &Xen, mode: Mode, nr: u32, args: &[u64]) -> (i64, u32) {
+    let mut out = run(xen, &call_of(mode, nr, args));
+    let mut runs = 1;
+    while let super::After::Continue(next) = out.after {
+        assert_eq!((next.nr, next.mode), (u64::from(nr), mode));
+        out = run(xen, &next);
+        runs += 1;
+        assert!(runs < 100, "a continuation makes progress");
+    }
+    (out.ret, runs)
 }
 
 fn call(xen: &Xen, nr: u32, args: &[u64]) -> i64 {
@@ -157,7 +177,8 @@ fn grant_table_op_takes_its_count_as_xen_s_unsigned_int() {
         assert_eq!(ret, err(XenErrno::EINVAL), "count {count:#x}");
     }
     // 600 elements, each a copy from a frame of domain 0 (not the caller's): each
-    // gets its own status, none is left as it was.
+    // gets its own status, none is left as it was. The batch is preempted twice
+    // (after 256 elements, then 512) and continued.
     const N: u64 = 600;
     let size = GnttabCopy::SIZE as u64;
     let element = GnttabCopy {
@@ -168,12 +189,13 @@ fn grant_table_op_takes_its_count_as_xen_s_unsigned_int() {
     for i in 0..N {
         put(&xen, LIST + i * size, &element.to_bytes());
     }
-    let ret = call(
+    let ret = call_to_end(
         &xen,
+        Mode::Long,
         HYPERVISOR_GRANT_TABLE_OP,
         &[GNTTABOP_COPY.into(), LIST, N],
     );
-    assert_eq!(ret, 0);
+    assert_eq!(ret, (0, 3));
     for i in 0..N {
         let status = i16::from_le_bytes(get::<2>(&xen, LIST + i * size + 36));
         assert!(status < 0, "element {i}: status {status}");
@@ -288,6 +310,133 @@ fn a_32_bit_caller_s_multicall_uses_the_compat_layout() {
     assert_eq!(i64::from(result(1)), err(XenErrno::ENOSYS));
     // The first argument right after the result is untouched.
     assert_eq!(u32::from_le_bytes(get::<4>(&xen, LIST + 8)), XENVER_VERSION);
+}
+
+/// Xen preempts a long multicall between entries and continues it
+/// (common/multicall.c: `hypercall_create_continuation(__HYPERVISOR_multicall, "hi",
+/// call_list, nr_calls - i)` with `call_list` advanced past the entries done): the
+/// shim after [`super::PREEMPT_AFTER`] entries, the continuation's arguments in the
+/// caller's layout. The guest runs the hypercall again and the list goes on where it
+/// stopped; every entry runs once.
+#[test]
+fn a_long_multicall_is_preempted_and_continues_where_it_stopped() {
+    use super::{After, PREEMPT_AFTER};
+    let (major, minor) = crate::xen::XEN_VERSION;
+    let version = i64::from(major) << 16 | i64::from(minor);
+    let done = u64::from(PREEMPT_AFTER);
+    for (mode, size) in [(Mode::Long, 64u64), (Mode::Compat, 32)] {
+        let xen = rig();
+        const N: u64 = 1000;
+        for i in 0..N {
+            let at = LIST + size * i;
+            match mode {
+                Mode::Long => put_words(
+                    &xen,
+                    at,
+                    &mc_entry(HYPERVISOR_XEN_VERSION.into(), &[XENVER_VERSION.into()]),
+                    |w: u64| w.to_le_bytes().to_vec(),
+                ),
+                Mode::Compat => put_words(
+                    &xen,
+                    at,
+                    &[
+                        HYPERVISOR_XEN_VERSION,
+                        0x5555,
+                        XENVER_VERSION,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ],
+                    |w: u32| w.to_le_bytes().to_vec(),
+                ),
+            }
+        }
+        let result = |i: u64| match mode {
+            Mode::Long => i64::from_le_bytes(get::<8>(&xen, LIST + size * i + 8)),
+            Mode::Compat => i64::from(i32::from_le_bytes(get::<4>(&xen, LIST + size * i + 4))),
+        };
+        let first = run(&xen, &call_of(mode, HYPERVISOR_MULTICALL, &[LIST, N]));
+        assert_eq!(
+            first.after,
+            After::Continue(call_of(
+                mode,
+                HYPERVISOR_MULTICALL,
+                &[LIST + size * done, N - done]
+            )),
+            "{mode:?}"
+        );
+        assert_eq!(result(done - 1), version);
+        assert_eq!(result(done), 0x5555, "{mode:?}: the next entry waits");
+
+        // From the start again, to the end: 1000 entries in four runs.
+        let (ret, runs) = call_to_end(&xen, mode, HYPERVISOR_MULTICALL, &[LIST, N]);
+        assert_eq!((ret, runs), (0, 4), "{mode:?}");
+        assert!((0..N).all(|i| result(i) == version), "{mode:?}");
+        let stats = xen.stats();
+        assert_eq!(stats.hypercalls.get("multicall"), Some(&5));
+        assert_eq!(stats.hypercall_continuations, 4);
+        assert_eq!(stats.multicall_entries.values().sum::<u64>(), done + N);
+    }
+}
+
+/// An entry preempted itself (here a `GNTTABOP_copy` of 600 elements) has its
+/// continued arguments written back into the entry, and the multicall continues at
+/// that entry (Xen: "Translate sub-call continuation to guest layout" and copy the
+/// entry back); the entries after it run once the entry is done.
+#[test]
+fn a_preempted_multicall_entry_continues_in_place() {
+    use super::After;
+    let xen = rig();
+    const N: u64 = 600;
+    let size = GnttabCopy::SIZE as u64;
+    let element = GnttabCopy {
+        len: 8,
+        status: 0x7777,
+        ..GnttabCopy::default()
+    };
+    for i in 0..N {
+        put(&xen, ARG + i * size, &element.to_bytes());
+    }
+    let entries = [
+        mc_entry(
+            HYPERVISOR_GRANT_TABLE_OP.into(),
+            &[GNTTABOP_COPY.into(), ARG, N],
+        ),
+        mc_entry(HYPERVISOR_XEN_VERSION.into(), &[XENVER_VERSION.into()]),
+    ];
+    for (i, e) in entries.iter().enumerate() {
+        put_words(&xen, LIST + 64 * i as u64, e, |w: u64| {
+            w.to_le_bytes().to_vec()
+        });
+    }
+    let first = run(&xen, &call_of(Mode::Long, HYPERVISOR_MULTICALL, &[LIST, 2]));
+    assert_eq!(
+        first.after,
+        After::Continue(call_of(Mode::Long, HYPERVISOR_MULTICALL, &[LIST, 2]))
+    );
+    let args: Vec<u64> = (0..3)
+        .map(|k| le_u64(&get::<8>(&xen, LIST + 16 + 8 * k)))
+        .collect();
+    assert_eq!(args, [u64::from(GNTTABOP_COPY), ARG + 256 * size, N - 256]);
+    let result = |i: u64| i64::from_le_bytes(get::<8>(&xen, LIST + 64 * i + 8));
+    assert_eq!((result(0), result(1)), (0x5555, 0x5555));
+
+    let mut out = first;
+    let mut runs = 1;
+    while let After::Continue(next) = out.after {
+        out = run(&xen, &next);
+        runs += 1;
+        assert!(runs < 10);
+    }
+    assert_eq!((out.ret, runs), (0, 3));
+    assert_eq!(result(0), 0);
+    assert!(result(1) > 0, "the entry after it ran: {}", result(1));
+    for i in 0..N {
+        let status = i16::from_le_bytes(get::<2>(&xen, ARG + i * size + 36));
+        assert!(status < 0, "element {i}: status {status}");
+    }
 }
 
 /// `SCHEDOP_shutdown` from inside a multicall ends the guest as a direct one does.
@@ -471,6 +620,35 @@ fn released_pages_read_zero_count_and_can_be_populated_again() {
     };
     assert_eq!(memory(&xen, XENMEM_INCREASE_RESERVATION, &alloc), 1);
     assert_eq!(current(&xen), full);
+}
+
+/// A long extent list is preempted between extents and continued with the next
+/// extent's index in `cmd`'s upper bits (common/memory.c: `hypercall_create_continuation(
+/// __HYPERVISOR_memory_op, "lh", op | (rc << MEMOP_EXTENT_SHIFT), arg)`); the result at
+/// the end counts every extent.
+#[test]
+fn a_long_extent_list_is_preempted_and_continued_at_the_next_extent() {
+    use super::{After, PREEMPT_AFTER};
+    let xen = rig();
+    let full = current(&xen);
+    let pfns: Vec<u64> = (0x60..0x60 + 300).collect();
+    let req = reservation(&xen, &pfns, 0);
+    put(&xen, ARG, &req.to_bytes());
+    let cmd = u64::from(XENMEM_DECREASE_RESERVATION);
+    let first = run(
+        &xen,
+        &call_of(Mode::Long, HYPERVISOR_MEMORY_OP, &[cmd, ARG]),
+    );
+    let next = cmd | u64::from(PREEMPT_AFTER) << super::MEMOP_EXTENT_SHIFT;
+    assert_eq!(
+        first.after,
+        After::Continue(call_of(Mode::Long, HYPERVISOR_MEMORY_OP, &[next, ARG]))
+    );
+    assert_eq!(current(&xen), full - i64::from(PREEMPT_AFTER));
+    put(&xen, ARG, &req.to_bytes()); // `current` wrote over it
+    let (ret, runs) = call_to_end(&xen, Mode::Long, HYPERVISOR_MEMORY_OP, &[next, ARG]);
+    assert_eq!((ret, runs), (300, 1));
+    assert_eq!(current(&xen), full - 300);
 }
 
 #[test]

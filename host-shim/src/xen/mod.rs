@@ -164,6 +164,9 @@ pub struct XenStats {
     pub hypercalls: BTreeMap<String, u64>,
     /// Hypercalls that returned an error.
     pub hypercall_errors: u64,
+    /// Hypercalls preempted with work left and continued by the guest running them
+    /// again (each run counts in `hypercalls`).
+    pub hypercall_continuations: u64,
     /// The entries of multicalls, by name as in `hypercalls` (each multicall counts
     /// once there, as `"multicall"`).
     pub multicall_entries: BTreeMap<String, u64>,
