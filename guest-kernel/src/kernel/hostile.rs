@@ -1348,10 +1348,11 @@ fn xenstore_unread_replies<P, E>(
     let mut in_order = true;
     let mut got: Vec<u8> = Vec::new();
     // The limit is on silence (a slow xenstored, a loaded dom0 under TCG, took more
-    // than 10 s for the 120 but kept answering), within a bound on the whole.
+    // than 10 s for the 120 but kept answering), within a bound on the whole: the
+    // deadline moves with each reply but never past `end`.
     let end = x.now_ns().saturating_add(6 * REPLY_NS);
-    let mut deadline = x.now_ns().saturating_add(REPLY_NS);
-    while broken.is_none() && replies < UNREAD_REQUESTS && x.now_ns() < deadline.min(end) {
+    let mut deadline = x.now_ns().saturating_add(REPLY_NS).min(end);
+    while broken.is_none() && replies < UNREAD_REQUESTS && x.now_ns() < deadline {
         if let Err(e) = push(&mut ring) {
             broken = Some(e);
             break;

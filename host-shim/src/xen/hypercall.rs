@@ -476,17 +476,47 @@ impl Xen {
     fn console_io(&self, cmd: u32, count: u64, buf: u64, ctx: &mut Ctx<'_>) -> HResult {
         match cmd {
             CONSOLEIO_WRITE => {
-                // Xen's `unsigned int count` (the register's upper half is not looked
-                // at); Xen copies in chunks and caps nothing but the guest's patience,
-                // the shim caps one call at 64 KiB so a huge count cannot stall the vCPU.
-                let count = u64::from(count as u32).min(CONSOLE_IO_MAX) as usize;
+                // As Xen's `guest_console_write`: `count` is an `unsigned int` (the
+                // register's upper half is not looked at), copied in chunks of its
+                // 128-byte buffer; a chunk that cannot be read ends the call with
+                // -EFAULT after the chunks before it were written, and a long write is
+                // preempted between chunks and continued with the rest.
+                let mut count = u64::from(count as u32);
+                let mut buf = buf;
                 let paging = ctx.paging()?;
-                let mut data = vec![0u8; count];
-                self.ram
-                    .read_virt(&paging, buf, &mut data)
-                    .map_err(efault)?;
-                (ctx.console)(&data);
-                Ok(0)
+                let mut out = Vec::new();
+                let mut result = Ok(0);
+                while count > 0 {
+                    if !out.is_empty()
+                        && ctx.preempt([u64::from(CONSOLEIO_WRITE), count, buf, 0, 0])
+                    {
+                        break;
+                    }
+                    let n = count.min(CONSOLE_CHUNK as u64);
+                    let mut chunk = [0u8; CONSOLE_CHUNK];
+                    let chunk = &mut chunk[..n as usize];
+                    if let Err(e) = self.ram.read_virt(&paging, buf, chunk) {
+                        result = Err(efault(e));
+                        break;
+                    }
+                    out.extend_from_slice(chunk);
+                    ctx.did();
+                    count -= n;
+                    // The next chunk's address; past the top of the address space
+                    // there is none.
+                    match buf.checked_add(n) {
+                        Some(next) => buf = next,
+                        None if count > 0 => {
+                            result = Err(XenErrno::EFAULT);
+                            break;
+                        }
+                        None => {}
+                    }
+                }
+                if !out.is_empty() {
+                    (ctx.console)(&out);
+                }
+                result
             }
             // No input source: nothing to read.
             CONSOLEIO_READ => Ok(0),
@@ -1443,8 +1473,8 @@ const XENPF_INTERFACE_VERSION: u32 = 0x0300_0001;
 const XEN_SYSCTL_INTERFACE_VERSION: u32 = 0x15;
 const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
 
-/// Longest `console_io` write the shim takes in one call.
-const CONSOLE_IO_MAX: u64 = 64 * 1024;
+/// The chunk in which `console_io` writes are copied (Xen's `kbuf`, less its NUL).
+const CONSOLE_CHUNK: usize = 127;
 
 // `xen/include/public/version.h`.
 const XENVER_VERSION: u32 = 0;

@@ -381,6 +381,60 @@ fn a_long_multicall_is_preempted_and_continues_where_it_stopped() {
     }
 }
 
+/// `console_io` writes as Xen's `guest_console_write` does: in chunks of 127 bytes,
+/// a long write preempted between chunks and continued with the rest (`"iih"`:
+/// command, count left, buffer advanced), and a chunk that cannot be read ending the
+/// call with -EFAULT after the chunks before it were written.
+#[test]
+fn console_writes_go_in_chunks_and_long_ones_are_continued() {
+    use super::{After, PREEMPT_AFTER};
+    let xen = rig();
+    let text: Vec<u8> = (0..40_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    put(&xen, LIST, &text);
+    let paging = PagingState::default();
+    let mut fetch = || Some(paging);
+    let printed = std::cell::RefCell::new(Vec::new());
+    let mut console = |b: &[u8]| printed.borrow_mut().extend_from_slice(b);
+    let write = |count: u64, at: u64| {
+        call_of(
+            Mode::Long,
+            HYPERVISOR_CONSOLE_IO,
+            &[CONSOLEIO_WRITE.into(), count, at],
+        )
+    };
+    let mut out = xen.hypercall(
+        &write(text.len() as u64, LIST),
+        &mut Ctx::new(&mut fetch, &mut console),
+    );
+    let first = u64::from(PREEMPT_AFTER) * 127;
+    assert_eq!(
+        out.after,
+        After::Continue(write(text.len() as u64 - first, LIST + first))
+    );
+    let mut runs = 1;
+    while let After::Continue(next) = out.after {
+        out = xen.hypercall(&next, &mut Ctx::new(&mut fetch, &mut console));
+        runs += 1;
+    }
+    assert_eq!((out.ret, runs), (0, 2));
+    assert_eq!(*printed.borrow(), text, "every byte once, in order");
+
+    // The last page of RAM, then beyond it: the first 127 bytes are written.
+    printed.borrow_mut().clear();
+    let last = (RAM_MIB << 20) - 127;
+    put(&xen, last, &[b'z'; 127]);
+    let out = xen.hypercall(&write(300, last), &mut Ctx::new(&mut fetch, &mut console));
+    assert_eq!(out.ret, err(XenErrno::EFAULT));
+    assert_eq!(printed.borrow()[..], [b'z'; 127]);
+    // The count is 32 bits: 2^40 + 3 is 3.
+    printed.borrow_mut().clear();
+    let out = xen.hypercall(
+        &write((1 << 40) + 3, LIST),
+        &mut Ctx::new(&mut fetch, &mut console),
+    );
+    assert_eq!((out.ret, &printed.borrow()[..]), (0, &b"abc"[..]));
+}
+
 /// An entry preempted itself (here a `GNTTABOP_copy` of 600 elements) has its
 /// continued arguments written back into the entry, and the multicall continues at
 /// that entry (Xen: "Translate sub-call continuation to guest layout" and copy the
