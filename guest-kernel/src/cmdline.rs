@@ -110,12 +110,14 @@ pub struct Options<'a> {
 }
 
 /// The attack groups `hostile.skip=` may name: the categories, and the xenstore
-/// attacks' raw wire messages, unread replies and oversized header apart.
-pub const HOSTILE_GROUPS: [&str; 13] = [
+/// attacks' raw wire messages (and among them the three whose payload has no NUL),
+/// unread replies and oversized header apart.
+pub const HOSTILE_GROUPS: [&str; 14] = [
     "hypercall",
     "evtchn",
     "xenstore",
     "xenstore-raw",
+    "xenstore-unterminated",
     "xenstore-unread",
     "xenstore-oversized",
     "blkif",
@@ -207,8 +209,9 @@ impl<'a> Options<'a> {
                         return Err(BadOption {
                             word,
                             expected: "a comma list of hypercall, evtchn, xenstore, xenstore-raw, \
-                                       xenstore-unread, xenstore-oversized, blkif, netif, ide, \
-                                       virtio, e1000, virtio-net, or none",
+                                       xenstore-unterminated, xenstore-unread, \
+                                       xenstore-oversized, blkif, netif, ide, virtio, e1000, \
+                                       virtio-net, or none",
                         });
                     }
                     o.hostile_skip = value;
@@ -355,6 +358,10 @@ mod tests {
         let o = Options::parse("selftest=hostile hostile.skip=xenstore-raw,netif").unwrap();
         assert!(o.hostile_skips("xenstore-raw") && o.hostile_skips("netif"));
         assert!(!o.hostile_skips("xenstore") && !o.hostile_skips("blkif"));
+        // A group's name is not a prefix of another's.
+        assert!(!o.hostile_skips("xenstore-unterminated"));
+        let o = Options::parse("selftest=hostile hostile.skip=xenstore-unterminated").unwrap();
+        assert!(o.hostile_skips("xenstore-unterminated") && !o.hostile_skips("xenstore-raw"));
         assert!(
             !Options::parse("selftest=hostile")
                 .unwrap()
