@@ -10,7 +10,9 @@
 //! back), `EVTCHNOP_close` of a bad port (`-EINVAL` intact in 32 bits), `set_timer_op`
 //! (deadline split over `ebx`/`ecx`); then that shared_info is in Xen's 32-bit layout
 //! (the wallclock at 0x904, an event on a loopback channel in 32-bit PENDING words and
-//! the 32-bit selector), then `console_io` and `SCHEDOP_shutdown`. The third test runs
+//! the 32-bit selector), a multicall of 300 entries in the compat layout (which
+//! host-shim preempts after 256 and continues through the 32-bit stub's `ebx` and
+//! `ecx`: each entry's result checked), then `console_io` and `SCHEDOP_shutdown`. The third test runs
 //! the same image on real Xen 4.17 (`scripts/xen-in-qemu.sh`): the two must agree.
 //!
 //! The numbers in the assembly are transcribed from Xen's public headers rather than
@@ -43,6 +45,7 @@ const KERNEL_S: &str = r#"
         # event_channel.h, sched.h, arch-x86/cpuid.h).
         .set XEN_CPUID_BASE,              0x40000000
         .set HYPERVISOR_memory_op,        12
+        .set HYPERVISOR_multicall,        13
         .set HYPERVISOR_set_timer_op,     15
         .set HYPERVISOR_xen_version,      17
         .set HYPERVISOR_console_io,       18
@@ -62,6 +65,9 @@ const KERNEL_S: &str = r#"
         .set DOMID_SELF,                  0x7ff0
         .set EINVAL,                      22
         .set EPERM,                       1
+        # Entries in step 9's multicall: more than host-shim runs before it preempts
+        # one (256).
+        .set MC_ENTRIES,                  300
         # vcpu_info[0].time.tsc_to_system_mul in shared_info: `time` is at 32 in
         # vcpu_info and the multiplier at 24 in vcpu_time_info, in the 32-bit and the
         # 64-bit layout alike; it is never 0 once published.
@@ -211,6 +217,31 @@ pvh_start:
         bt %eax, shared_info + 4        # the selector bit of that word
         check c, 8
 
+        # 9. A multicall of MC_ENTRIES entries in the compat layout (32 bytes: u32 op,
+        #    result, args[6]), each xen_version(XENVER_version, NULL), results preset
+        #    to 0. host-shim preempts it after 256 entries and sets the stub to run
+        #    again with ebx (the list) and ecx (the count) advanced; Xen may preempt
+        #    it too. Every entry must run once, with its own result.
+        mov $mc_list, %edi
+        mov $MC_ENTRIES, %ecx
+1:      movl $HYPERVISOR_xen_version, (%edi)
+        movl $0, 4(%edi)
+        movl $XENVER_version, 8(%edi)
+        movl $0, 12(%edi)
+        add $32, %edi
+        loop 1b
+        mov $mc_list, %ebx
+        mov $MC_ENTRIES, %ecx
+        hypercall HYPERVISOR_multicall
+        cmp $0, %eax
+        check e, 9
+        mov $mc_list, %edi
+        mov $MC_ENTRIES, %ecx
+2:      cmpl $WANT_VERSION, 4(%edi)
+        check e, 9
+        add $32, %edi
+        loop 2b
+
         # 6. Say so and power off. console_io answers 0, or -EPERM where Xen keeps it
         #    from a domU (real Xen without a debug build): both are correct.
         mov $ok_msg, %edx
@@ -321,6 +352,8 @@ hypercall_page:
         .skip 4096
 shared_info:
         .skip 4096
+mc_list:
+        .skip 32 * MC_ENTRIES
         .skip 4096                      # the stack
 stack_top:
 "#;
@@ -472,15 +505,23 @@ fn a_32_bit_pvh_kernel_makes_correct_hypercalls() {
             "event_channel_op.send": 1,
             "event_channel_op.close": 1,
             "set_timer_op": 1,
+            // The multicall of 300 entries: run, preempted after 256, run again.
+            "multicall": 2,
             "console_io": 1,
             "sched_op.shutdown": 1,
         }),
         "{v}"
     );
+    assert_eq!(xen["hypercall_continuations"], 1, "{v}");
+    assert_eq!(
+        xen["multicall_entries"],
+        serde_json::json!({ "xen_version.version": 300 }),
+        "{v}"
+    );
     // The one error is the deliberate close of port 0xffff.
     assert_eq!(xen["hypercall_errors"], 1, "{v}");
     // Each came through the 32-bit stubs' port exit.
-    assert_eq!(v["stats"]["exits"]["hypercall"], 10, "{v}");
+    assert_eq!(v["stats"]["exits"]["hypercall"], 12, "{v}");
 }
 
 #[test]
