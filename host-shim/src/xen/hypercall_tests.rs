@@ -176,19 +176,10 @@ fn grant_table_op_takes_its_count_as_xen_s_unsigned_int() {
         );
         assert_eq!(ret, err(XenErrno::EINVAL), "count {count:#x}");
     }
-    // 600 elements, each a copy from a frame of domain 0 (not the caller's): each
-    // gets its own status, none is left as it was. The batch is preempted twice
-    // (after 256 elements, then 512) and continued.
+    // 600 elements, each refused with a status of its own, none left as it was. The
+    // batch is preempted twice (after 256 elements, then 512) and continued.
     const N: u64 = 600;
-    let size = GnttabCopy::SIZE as u64;
-    let element = GnttabCopy {
-        len: 8,
-        status: 0x7777,
-        ..GnttabCopy::default()
-    };
-    for i in 0..N {
-        put(&xen, LIST + i * size, &element.to_bytes());
-    }
+    put_refused_copies(&xen, LIST, N);
     let ret = call_to_end(
         &xen,
         Mode::Long,
@@ -196,8 +187,28 @@ fn grant_table_op_takes_its_count_as_xen_s_unsigned_int() {
         &[GNTTABOP_COPY.into(), LIST, N],
     );
     assert_eq!(ret, (0, 3));
-    for i in 0..N {
-        let status = i16::from_le_bytes(get::<2>(&xen, LIST + i * size + 36));
+    assert_copies_refused(&xen, LIST, N);
+}
+
+/// `n` `GNTTABOP_copy` elements at `at`, each a copy from a frame of domain 0 (not
+/// the caller's, so each is refused with a status of its own), status preset to a
+/// sentinel.
+fn put_refused_copies(xen: &Xen, at: u64, n: u64) {
+    let element = GnttabCopy {
+        len: 8,
+        status: 0x7777,
+        ..GnttabCopy::default()
+    };
+    for i in 0..n {
+        put(xen, at + i * GnttabCopy::SIZE as u64, &element.to_bytes());
+    }
+}
+
+/// Every element [`put_refused_copies`] put at `at` was run: its status is an error.
+fn assert_copies_refused(xen: &Xen, at: u64, n: u64) {
+    for i in 0..n {
+        let at = at + i * GnttabCopy::SIZE as u64 + 36;
+        let status = i16::from_le_bytes(get::<2>(xen, at));
         assert!(status < 0, "element {i}: status {status}");
     }
 }
@@ -445,14 +456,7 @@ fn a_preempted_multicall_entry_continues_in_place() {
     let xen = rig();
     const N: u64 = 600;
     let size = GnttabCopy::SIZE as u64;
-    let element = GnttabCopy {
-        len: 8,
-        status: 0x7777,
-        ..GnttabCopy::default()
-    };
-    for i in 0..N {
-        put(&xen, ARG + i * size, &element.to_bytes());
-    }
+    put_refused_copies(&xen, ARG, N);
     let entries = [
         mc_entry(
             HYPERVISOR_GRANT_TABLE_OP.into(),
@@ -487,10 +491,7 @@ fn a_preempted_multicall_entry_continues_in_place() {
     assert_eq!((out.ret, runs), (0, 3));
     assert_eq!(result(0), 0);
     assert!(result(1) > 0, "the entry after it ran: {}", result(1));
-    for i in 0..N {
-        let status = i16::from_le_bytes(get::<2>(&xen, ARG + i * size + 36));
-        assert!(status < 0, "element {i}: status {status}");
-    }
+    assert_copies_refused(&xen, ARG, N);
 }
 
 /// `SCHEDOP_shutdown` from inside a multicall ends the guest as a direct one does.
