@@ -1460,6 +1460,13 @@ impl Vcpu {
             }
         }
         let mut r = self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+        if r.rip == rip {
+            // The exit was not completed (the instruction not stepped over): the
+            // answer would still land at the next run, after the registers set here.
+            return Err(Error::Unexpected(
+                "KVM_RUN with immediate_exit set left a hypercall's exit incomplete",
+            ));
+        }
         r.rip = rip;
         r.rax = nr;
         let regs = if compat {
