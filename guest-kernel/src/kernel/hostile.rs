@@ -51,9 +51,9 @@
 //! well-behaved NIC (netfront on the vif the attacks left, by default the same one).
 //! `hostile.skip=GROUP[,GROUP...]` leaves groups out (the categories, and the
 //! xenstore attacks' `xenstore-raw`, `xenstore-unread` and `xenstore-oversized`; and
-//! `xenstore-unterminated`, the three raw messages with no NUL in their payload (the
-//! empty one among them), on which Xen 4.17's C xenstored stops answering): each prints `hostile: GROUP: skipped
-//! (hostile.skip=)`.
+//! `xenstore-unterminated`, the three raw messages with no NUL in their payload, the
+//! empty one among them, on which Xen 4.17's C xenstored stops answering): each
+//! prints `hostile: GROUP: skipped (hostile.skip=)`.
 //!
 //! The summary line is
 //! `hostile: N attacks, N refused, N unexpected; well-behaved disk: PASS`, followed by
